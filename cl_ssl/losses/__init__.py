@@ -1,0 +1,31 @@
+"""Pure loss functions on arrays: the public, reusable API of cl_ssl (ARCHITECTURE.md rule 1).
+
+Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``) and ``sinkhorn``
+(the [batch, prototypes] codes).
+"""
+
+from cl_ssl.losses.objectives import (
+    barlow_twins_loss,
+    byol_loss,
+    dino_loss,
+    info_nce,
+    nt_xent,
+    similarity_kl,
+    simsiam_loss,
+    sinkhorn,
+    swav_loss,
+    vicreg_loss,
+)
+
+__all__ = [
+    "barlow_twins_loss",
+    "byol_loss",
+    "dino_loss",
+    "info_nce",
+    "nt_xent",
+    "similarity_kl",
+    "simsiam_loss",
+    "sinkhorn",
+    "swav_loss",
+    "vicreg_loss",
+]

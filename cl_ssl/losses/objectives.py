@@ -1,0 +1,557 @@
+"""Base self-supervised objectives as pure functions of arrays (METHODS.md part 2).
+
+Every function takes embeddings or scores shaped ``[batch, dim]`` and hyper-parameters as keyword
+arguments, computes in float32 (float64 inputs stay float64) and returns a scalar, except where the
+docstring says otherwise. Batch means and batch statistics cover the *global* batch:
+
+* under ``jax.jit`` on arrays sharded along the batch over a mesh with ``AxisType.Auto``, the
+  functions see the global batch directly and need no ``axis_name``;
+* inside ``jax.shard_map``, pass the mesh axis that splits the batch as ``axis_name``: negatives are
+  gathered with ``lax.all_gather`` and statistics reduced with ``lax.psum``/``lax.pmean``, so the
+  result equals the global call (each device must hold the same number of rows). Called inside
+  ``shard_map`` *without* ``axis_name``, a function works on the local rows only, which reproduces
+  CaSSLe's per-device SimCLR negatives and VICReg statistics (METHODS.md 1.8); average the result
+  with ``lax.pmean`` yourself.
+
+Shapes that cannot work and non-positive temperatures raise ``ValueError`` at trace time.
+Temperatures and epsilon given as Python or NumPy numbers are checked; traced values are not.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, used by the reference implementations.
+
+
+def _as_float(x: jax.Array) -> jax.Array:
+    """Promotes to at least float32 (bf16 and f16 become f32; f64 stays f64)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    """n(x) = x / max(||x||_2, 1e-12) along the last axis, as ``F.normalize``."""
+    sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
+
+
+def _axis_size(axis_name: str | None) -> int:
+    return 1 if axis_name is None else lax.axis_size(axis_name)
+
+
+def _batch_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """Sum over the leading (batch) axis of the global batch."""
+    total = jnp.sum(x, axis=0)
+    return total if axis_name is None else lax.psum(total, axis_name)
+
+
+def _batch_mean(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """Mean over the leading (batch) axis of the global batch (equal rows on every device)."""
+    return _batch_sum(x, axis_name) / (x.shape[0] * _axis_size(axis_name))
+
+
+def _check_embeddings(fn: str, **arrays: jax.Array) -> None:
+    """Every array is [batch, dim] and all share one shape."""
+    for name, x in arrays.items():
+        if jnp.ndim(x) != 2:
+            raise ValueError(
+                f"{fn}: {name} must be a 2-D [batch, dim] array, got shape {jnp.shape(x)}; "
+                f"flatten or reshape it to [batch, dim] before calling {fn}"
+            )
+    shapes = {name: jnp.shape(x) for name, x in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(
+            f"{fn}: the inputs must have the same [batch, dim] shape, got {listed}; row i of each "
+            f"must come from the same image, through heads of the same width"
+        )
+
+
+def _check_min_batch(fn: str, rows: int, minimum: int, axis_name: str | None) -> None:
+    """The global batch (local rows times the axis size) has at least ``minimum`` rows."""
+    global_rows = rows * _axis_size(axis_name)
+    if global_rows < minimum:
+        raise ValueError(
+            f"{fn}: needs a global batch of at least {minimum} rows, got {global_rows}; "
+            f"increase the batch size"
+        )
+
+
+def _check_positive(fn: str, **values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, numbers.Real) and not value > 0:
+            raise ValueError(f"{fn}: {name} must be > 0, got {value}; pass a positive {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# SimCLR
+
+
+def nt_xent(
+    z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, axis_name: str | None = None
+) -> jax.Array:
+    """SimCLR's NT-Xent loss (METHODS.md 2.1, ``cassle/losses/simclr.py::simclr_loss_func``).
+
+    With u = n([z1; z2]) (2B rows, L2-normalised here), s_ij = u_i . u_j / temperature and pi(i)
+    the row of the other view of the same image (pi(i) = i + B mod 2B):
+
+      L = -(1 / 2B) sum_{i=1}^{2B} log( exp(s_{i,pi(i)}) / sum_{j != i} exp(s_ij) )
+
+    i.e. the mean over all 2B rows of both views. The default temperature is the code default
+    (0.1); CaSSLe's CIFAR scripts pass 0.2.
+
+    Args:
+      z1: [B, D] projections of the first view (any float dtype).
+      z2: [B, D] projections of the second view, row i the same image as ``z1[i]``.
+      temperature: softmax temperature tau > 0.
+      axis_name: mesh axis that splits the batch, when called inside ``jax.shard_map``; each
+        device scores its local rows against the gathered rows of all devices.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("nt_xent", z1=z1, z2=z2)
+    _check_positive("nt_xent", temperature=temperature)
+    b = z1.shape[0]
+    _check_min_batch("nt_xent", b, 2, axis_name)
+    u = _l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D], local rows
+    if axis_name is None:
+        columns, offset = u, 0
+    else:
+        # Device d's block of columns is [its view-1 rows; its view-2 rows].
+        columns = lax.all_gather(u, axis_name, tiled=True)  # [2B, D]
+        offset = lax.axis_index(axis_name) * 2 * b
+    logits = u @ columns.T / temperature  # [2b, 2B]
+    rows = jnp.arange(2 * b)
+    self_column = offset + rows
+    positive_column = offset + (rows + b) % (2 * b)
+    is_self = jnp.arange(columns.shape[0])[None, :] == self_column[:, None]
+    log_prob = jax.nn.log_softmax(jnp.where(is_self, -jnp.inf, logits), axis=-1)
+    positive_log_prob = jnp.take_along_axis(log_prob, positive_column[:, None], axis=-1)
+    return -_batch_mean(positive_log_prob[:, 0], axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# MoCoV2+
+
+
+def info_nce(
+    q: jax.Array,
+    k: jax.Array,
+    queue: jax.Array,
+    *,
+    temperature: float = 0.2,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """MoCo's InfoNCE loss against a queue of negative keys (METHODS.md 2.2, one direction).
+
+    q, k and the queue rows are L2-normalised here (idempotent for the already normalised MoCo
+    embeddings); k and the queue pass through ``stop_gradient``:
+
+      l(q, k, Q) = -(1/B) sum_i log( exp(q_i . k_i / tau) /
+                                     (exp(q_i . k_i / tau) + sum_{n in Q} exp(q_i . n / tau)) )
+
+    i.e. the mean over the batch of a cross-entropy whose target is the positive key. MoCoV2+
+    averages the two directions: (l(q1, k2, Q2) + l(q2, k1, Q1)) / 2.
+
+    Args:
+      q: [B, D] queries (student side).
+      k: [B, D] keys of the other view from the momentum encoder, row i the positive of ``q[i]``.
+      queue: [K, D] past keys, one per row (the same on every device).
+      temperature: softmax temperature tau > 0 (0.2 in METHODS.md 2.2; solo-learn's default 0.1).
+      axis_name: mesh axis that splits q and k inside ``jax.shard_map``; only the batch mean is
+        reduced over it, the negatives are the queue alone.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("info_nce", q=q, k=k)
+    if jnp.ndim(queue) != 2 or jnp.shape(queue)[1] != q.shape[1]:
+        raise ValueError(
+            f"info_nce: queue must be [K, D] with D = {q.shape[1]} (one key per row), got shape "
+            f"{jnp.shape(queue)}; transpose a [D, K] queue"
+        )
+    _check_positive("info_nce", temperature=temperature)
+    q = _l2_normalize(_as_float(q))
+    k = lax.stop_gradient(_l2_normalize(_as_float(k)))
+    queue = lax.stop_gradient(_l2_normalize(_as_float(queue)))
+    positive = jnp.sum(q * k, axis=-1, keepdims=True)  # [B, 1]
+    negative = q @ queue.T  # [B, K]
+    log_prob = jax.nn.log_softmax(jnp.concatenate([positive, negative], axis=-1) / temperature)
+    return -_batch_mean(log_prob[:, 0], axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# BYOL and SimSiam
+
+
+def _mean_cosine(fn: str, p: jax.Array, z: jax.Array, axis_name: str | None) -> jax.Array:
+    """mean_i cos(p_i, sg(z_i)) over the global batch."""
+    _check_embeddings(fn, p=p, z=z)
+    p = _l2_normalize(_as_float(p))
+    z = lax.stop_gradient(_l2_normalize(_as_float(z)))
+    return _batch_mean(jnp.sum(p * z, axis=-1), axis_name)
+
+
+def byol_loss(p: jax.Array, z: jax.Array, *, axis_name: str | None = None) -> jax.Array:
+    """BYOL's regression loss (METHODS.md 2.3, ``cassle/losses/byol.py``, one direction).
+
+      L = 2 - 2 mean_i cos(p_i, sg(z_i)),   cos(a, b) = n(a) . n(b)
+
+    Both inputs are L2-normalised here; the target z passes through ``stop_gradient``. BYOL *sums*
+    the two directions: byol_loss(p1, z2) + byol_loss(p2, z1).
+
+    Args:
+      p: [B, D] online predictions of one view.
+      z: [B, D] target-network projections of the other view.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [0, 4].
+    """
+    return 2.0 - 2.0 * _mean_cosine("byol_loss", p, z, axis_name)
+
+
+def simsiam_loss(p: jax.Array, z: jax.Array, *, axis_name: str | None = None) -> jax.Array:
+    """SimSiam's negative cosine similarity (solo-learn ``simsiam_loss_func``, one direction).
+
+      L = -mean_i cos(p_i, sg(z_i))
+
+    Both inputs are L2-normalised here; z passes through ``stop_gradient``. SimSiam averages the two
+    directions: (simsiam_loss(p1, z2) + simsiam_loss(p2, z1)) / 2.
+
+    Args:
+      p: [B, D] predictor outputs of one view.
+      z: [B, D] projections of the other view.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [-1, 1].
+    """
+    return -_mean_cosine("simsiam_loss", p, z, axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Barlow Twins and VICReg
+
+
+def _off_diagonal_square_sum(m: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.where(jnp.eye(m.shape[0], dtype=bool), 0.0, m * m))
+
+
+def barlow_twins_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    lambd: float = 5e-3,
+    scale: float = 0.1,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Barlow Twins' redundancy-reduction loss (METHODS.md 2.4, ``cassle/losses/barlow.py``).
+
+    Each view is standardised per feature over the batch, as the reference's parameter-free
+    ``BatchNorm1d(affine=False)`` in training mode: z-hat = (z - mean) / sqrt(var + 1e-5), with the
+    biased variance. Then C = z-hat1^T z-hat2 / N (D x D, averaged over the batch) and
+
+      L = scale * [ sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2 ]
+
+    The reference's code default is scale 0.025; every CaSSLe CIFAR script sets 0.1, the default
+    here. With ``axis_name`` the standardisation statistics and C both cover the global batch, as
+    the global call. (CaSSLe standardises each device's rows with that device's statistics before
+    averaging C over devices; that variant is not provided.)
+
+    Args:
+      z1: [N, D] projections of the first view.
+      z2: [N, D] projections of the second view, row i the same image as ``z1[i]``.
+      lambd: weight of the off-diagonal (redundancy) term.
+      scale: overall factor (``scale_loss`` in the reference).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("barlow_twins_loss", z1=z1, z2=z2)
+    _check_min_batch("barlow_twins_loss", z1.shape[0], 2, axis_name)
+
+    def standardise(z):
+        z = _as_float(z)
+        centred = z - _batch_mean(z, axis_name)
+        return centred * lax.rsqrt(_batch_mean(centred * centred, axis_name) + 1e-5)
+
+    z1, z2 = standardise(z1), standardise(z2)
+    n = z1.shape[0] * _axis_size(axis_name)
+    c = z1.T @ z2
+    c = (c if axis_name is None else lax.psum(c, axis_name)) / n
+    on_diagonal = jnp.sum((1.0 - jnp.diagonal(c)) ** 2)
+    return scale * (on_diagonal + lambd * _off_diagonal_square_sum(c))
+
+
+def vicreg_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    axis_name: str | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """VICReg's variance-invariance-covariance loss (METHODS.md 2.5, ``cassle/losses/vicreg.py``).
+
+    No normalisation. With N rows, D features, Var and Cov the unbiased (1/(N-1)) estimators on
+    features centred over the batch:
+
+      invariance = (1 / ND) sum_{n,d} (z1_nd - z2_nd)^2
+      variance   = sum_{v=1,2} (1/D) sum_d ReLU(1 - sqrt(Var(z^v_d) + 1e-4))
+      covariance = sum_{v=1,2} (1/D) sum_{i != j} Cov(z^v)_ij^2
+      L = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+    Args:
+      z1: [N, D] projections of the first view.
+      z2: [N, D] projections of the second view, row i the same image as ``z1[i]``.
+      sim_weight, var_weight, cov_weight: term weights (25, 25, 1 in the reference).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; means, variances and
+        covariances then cover the global batch (CaSSLe uses per-device statistics).
+
+    Returns:
+      ``(loss, terms)``: the scalar float32 loss and a dict with the unweighted ``invariance``,
+      ``variance`` and ``covariance`` terms, for monitoring collapse.
+    """
+    _check_embeddings("vicreg_loss", z1=z1, z2=z2)
+    _check_min_batch("vicreg_loss", z1.shape[0], 2, axis_name)
+    z1, z2 = _as_float(z1), _as_float(z2)
+    n, d = z1.shape[0] * _axis_size(axis_name), z1.shape[1]
+    invariance = jnp.mean(_batch_mean((z1 - z2) ** 2, axis_name))
+
+    def variance_and_covariance(z):
+        centred = z - _batch_mean(z, axis_name)
+        variance = _batch_sum(centred * centred, axis_name) / (n - 1)
+        covariance = centred.T @ centred
+        covariance = (covariance if axis_name is None else lax.psum(covariance, axis_name)) / (
+            n - 1
+        )
+        return (
+            jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(variance + 1e-4))),
+            _off_diagonal_square_sum(covariance) / d,
+        )
+
+    var1, cov1 = variance_and_covariance(z1)
+    var2, cov2 = variance_and_covariance(z2)
+    terms = {"invariance": invariance, "variance": var1 + var2, "covariance": cov1 + cov2}
+    loss = (
+        sim_weight * terms["invariance"]
+        + var_weight * terms["variance"]
+        + cov_weight * terms["covariance"]
+    )
+    return loss, terms
+
+
+# ---------------------------------------------------------------------------------------------
+# SwAV
+
+
+def sinkhorn(
+    scores: jax.Array, *, epsilon: float = 0.05, num_iters: int = 3, axis_name: str | None = None
+) -> jax.Array:
+    """SwAV's Sinkhorn-Knopp codes (METHODS.md 2.6, solo-learn ``utils/sinkhorn_knopp.py``).
+
+    With B samples (global) and K prototypes, Q = exp(scores / epsilon) (B x K), divided by its total;
+    then ``num_iters`` times: divide each prototype column by K times its sum over all samples, then
+    each sample row by B times its sum. The result, times B, gives every sample a code that sums to 1
+    over the prototypes, and (approximately, exactly in the limit) every prototype a total mass of
+    B / K. The global maximum score is subtracted before the exponential, which leaves the result
+    unchanged and avoids overflow. No gradient flows (``stop_gradient``).
+
+    Args:
+      scores: [B, K] sample-to-prototype scores (cosines between normalised embeddings and
+        normalised prototypes in SwAV). Rows of a feature queue may be appended to the batch.
+      epsilon: entropic regularisation > 0.
+      num_iters: number of column-then-row normalisation rounds, >= 1.
+      axis_name: mesh axis that splits the samples inside ``jax.shard_map``; prototype sums, the
+        total and B then cover all devices, and each device returns the codes of its own rows.
+
+    Returns:
+      [B, K] float32 codes (assignments), each row summing to 1.
+    """
+    if jnp.ndim(scores) != 2:
+        raise ValueError(
+            f"sinkhorn: scores must be a 2-D [batch, prototypes] array, got shape {jnp.shape(scores)}"
+        )
+    _check_positive("sinkhorn", epsilon=epsilon)
+    if not (isinstance(num_iters, numbers.Integral) and num_iters >= 1):
+        raise ValueError(f"sinkhorn: num_iters must be an integer >= 1, got {num_iters!r}")
+    logits = lax.stop_gradient(_as_float(scores)) / epsilon
+    n, k = scores.shape[0] * _axis_size(axis_name), scores.shape[1]
+    peak = jnp.max(logits)
+    if axis_name is not None:
+        peak = lax.pmax(peak, axis_name)
+    q = jnp.exp(logits - peak)
+    q = q / jnp.sum(_batch_sum(q, axis_name))
+
+    def normalise(_, q):
+        q = q / (_batch_sum(q, axis_name) * k)  # every prototype's mass 1/K
+        return q / (jnp.sum(q, axis=1, keepdims=True) * n)  # every sample's mass 1/B
+
+    return lax.fori_loop(0, num_iters, normalise, q) * n
+
+
+def swav_loss(
+    scores1: jax.Array,
+    scores2: jax.Array,
+    *,
+    temperature: float = 0.1,
+    epsilon: float = 0.05,
+    num_iters: int = 3,
+    queue_scores1: jax.Array | None = None,
+    queue_scores2: jax.Array | None = None,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """SwAV's swapped-prediction loss (METHODS.md 2.6, solo-learn ``losses/swav.py``).
+
+    Codes q^v = sinkhorn(s^v) (no gradient), then each view predicts the other view's codes:
+
+      L = -(1/2) sum_{(a,b) in {(1,2),(2,1)}} mean_i sum_k q^a_ik log softmax(s^b_i / tau)_k
+
+    The scores are used as given (SwAV's are cosines: normalised embeddings against normalised
+    prototypes). With queue scores (past embeddings of view v scored against the current
+    prototypes), Sinkhorn runs on the batch and queue rows together and only the batch rows' codes
+    enter the loss, as in solo-learn.
+
+    Args:
+      scores1: [B, K] prototype scores of the first view.
+      scores2: [B, K] prototype scores of the second view, row i the same image as ``scores1[i]``.
+      temperature: softmax temperature tau > 0 of the predictions.
+      epsilon, num_iters: Sinkhorn parameters (see ``sinkhorn``).
+      queue_scores1, queue_scores2: optional [Q, K] scores of queued embeddings of each view (both
+        or neither). Inside ``shard_map`` each device passes its own queue rows, as SwAV's per-GPU
+        queues.
+      axis_name: mesh axis that splits the batch (and queues) inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("swav_loss", scores1=scores1, scores2=scores2)
+    _check_positive("swav_loss", temperature=temperature)
+    if (queue_scores1 is None) != (queue_scores2 is None):
+        raise ValueError("swav_loss: pass both queue_scores1 and queue_scores2, or neither")
+    b = scores1.shape[0]
+
+    def codes(scores, queue_scores):
+        if queue_scores is not None:
+            _check_embeddings("swav_loss", queue_scores=queue_scores)
+            if queue_scores.shape[1] != scores.shape[1]:
+                raise ValueError(
+                    f"swav_loss: queue scores must have {scores.shape[1]} prototype columns like the "
+                    f"batch scores, got shape {queue_scores.shape}"
+                )
+            scores = jnp.concatenate([scores, queue_scores], axis=0)
+        return sinkhorn(scores, epsilon=epsilon, num_iters=num_iters, axis_name=axis_name)[:b]
+
+    def cross_entropy(targets, scores):
+        log_prob = jax.nn.log_softmax(_as_float(scores) / temperature, axis=-1)
+        return -_batch_mean(jnp.sum(targets * log_prob, axis=-1), axis_name)
+
+    codes1, codes2 = codes(scores1, queue_scores1), codes(scores2, queue_scores2)
+    return 0.5 * (cross_entropy(codes1, scores2) + cross_entropy(codes2, scores1))
+
+
+# ---------------------------------------------------------------------------------------------
+# ISD and DINO
+
+
+def similarity_kl(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.01,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """ISD's similarity distillation KL(P_t || P_s) (METHODS.md 2.7, ``train_isd_plus.py``).
+
+    With s_ij and t_ij the student's and teacher's similarities to anchor j of the bank (for ISD,
+    dot products of L2-normalised embeddings with the L2-normalised anchors, before temperature):
+
+      P_t(i, .) = softmax_j(t_ij / tau_t),   P_s(i, .) = softmax_j(s_ij / tau_s)
+      L = (1/B) sum_i sum_j P_t(i, j) [log P_t(i, j) - log P_s(i, j)]   ("batchmean")
+
+    The teacher side passes through ``stop_gradient``. Defaults are ``train_isd_plus.py``'s
+    (tau_t 0.01, tau_s 0.1); ``train_isd.py`` (the README's ResNet-18 run) uses 0.02 for both.
+
+    Args:
+      student_logits: [B, K] student similarities to the K anchors.
+      teacher_logits: [B, K] teacher similarities to the same anchors.
+      student_temperature, teacher_temperature: temperatures > 0.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map`` (the bank is the same on
+        every device).
+
+    Returns:
+      Scalar float32 loss (>= 0).
+    """
+    _check_embeddings("similarity_kl", student_logits=student_logits, teacher_logits=teacher_logits)
+    _check_positive(
+        "similarity_kl",
+        student_temperature=student_temperature,
+        teacher_temperature=teacher_temperature,
+    )
+    log_p_s = jax.nn.log_softmax(_as_float(student_logits) / student_temperature, axis=-1)
+    log_p_t = lax.stop_gradient(
+        jax.nn.log_softmax(_as_float(teacher_logits) / teacher_temperature, axis=-1)
+    )
+    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return _batch_mean(kl, axis_name)
+
+
+def dino_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    center: jax.Array,
+    *,
+    student_temperature: float = 0.1,
+    teacher_temperature: float = 0.04,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """DINO's cross-entropy between a centred, sharpened teacher and the student (one view pair).
+
+    Following ``cassle/losses/dino.py`` for one (teacher view, student view) pair:
+
+      L = -(1/B) sum_i sum_k softmax((t_i - c) / tau_t)_k log softmax(s_i / tau_s)_k
+
+    The teacher side passes through ``stop_gradient``. DINO averages over the pairs of different
+    views. The centre is state: update it outside with c <- m c + (1 - m) mean_i t_i (over the
+    teacher logits of all views and the global batch).
+
+    Args:
+      student_logits: [B, P] student head outputs of one view.
+      teacher_logits: [B, P] teacher head outputs of another view.
+      center: [P] (or [1, P]) running centre of the teacher outputs.
+      student_temperature, teacher_temperature: temperatures > 0 (the teacher's is often warmed up
+        by a schedule; pass the current value).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("dino_loss", student_logits=student_logits, teacher_logits=teacher_logits)
+    p = student_logits.shape[1]
+    if jnp.shape(center) not in ((p,), (1, p)):
+        raise ValueError(
+            f"dino_loss: center must have shape ({p},) or (1, {p}) to match the logits, got "
+            f"{jnp.shape(center)}"
+        )
+    _check_positive(
+        "dino_loss",
+        student_temperature=student_temperature,
+        teacher_temperature=teacher_temperature,
+    )
+    teacher = lax.stop_gradient(
+        jax.nn.softmax(
+            (_as_float(teacher_logits) - _as_float(center)) / teacher_temperature, axis=-1
+        )
+    )
+    log_student = jax.nn.log_softmax(_as_float(student_logits) / student_temperature, axis=-1)
+    return -_batch_mean(jnp.sum(teacher * log_student, axis=-1), axis_name)

@@ -1,0 +1,660 @@
+"""Tests of cl_ssl.losses against independent NumPy transcriptions, closed forms and invariances,
+and of the single-device, sharded-jit and shard_map paths against each other (4 CPU devices)."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cl_ssl import losses
+
+RTOL = 1e-5
+ATOL = 1e-5
+N_DEVICES = 4
+
+
+def _normal(seed, shape, scale=1.0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _np_normalize(x):
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _np_log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _central_difference(f, x, direction, h):
+    return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    assert jax.device_count() >= N_DEVICES, "tests/conftest.py should force 4 CPU devices"
+    return jax.make_mesh((N_DEVICES,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy references, written from the papers' formulas with explicit loops.
+
+
+def np_nt_xent(z1, z2, temperature):
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    b = len(z1)
+    u = _np_normalize(np.concatenate([z1, z2]))
+    total = 0.0
+    for i in range(2 * b):
+        positive = (i + b) % (2 * b)
+        denominator = sum(np.exp(u[i] @ u[j] / temperature) for j in range(2 * b) if j != i)
+        total += -np.log(np.exp(u[i] @ u[positive] / temperature) / denominator)
+    return total / (2 * b)
+
+
+def np_info_nce(q, k, queue, temperature):
+    q, k, queue = (_np_normalize(np.asarray(a, np.float64)) for a in (q, k, queue))
+    total = 0.0
+    for i in range(len(q)):
+        positive = np.exp(q[i] @ k[i] / temperature)
+        negatives = sum(np.exp(q[i] @ n / temperature) for n in queue)
+        total += -np.log(positive / (positive + negatives))
+    return total / len(q)
+
+
+def np_mean_cosine(p, z):
+    p, z = np.asarray(p, np.float64), np.asarray(z, np.float64)
+    return np.mean(
+        [p[i] @ z[i] / (np.linalg.norm(p[i]) * np.linalg.norm(z[i])) for i in range(len(p))]
+    )
+
+
+def np_barlow_twins(z1, z2, lambd, scale):
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    n, d = z1.shape
+
+    def batch_norm(z):
+        return (z - z.mean(axis=0)) / np.sqrt(z.var(axis=0) + 1e-5)  # biased variance, as BN
+
+    z1, z2 = batch_norm(z1), batch_norm(z2)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            c_ij = sum(z1[m, i] * z2[m, j] for m in range(n)) / n
+            loss += (1 - c_ij) ** 2 if i == j else lambd * c_ij**2
+    return scale * loss
+
+
+def np_vicreg(z1, z2, sim_weight, var_weight, cov_weight):
+    z1, z2 = np.asarray(z1, np.float64), np.asarray(z2, np.float64)
+    d = z1.shape[1]
+    invariance = np.mean((z1 - z2) ** 2)
+    variance = covariance = 0.0
+    for z in (z1, z2):
+        std = np.sqrt(z.var(axis=0, ddof=1) + 1e-4)
+        variance += np.mean(np.maximum(0.0, 1.0 - std))
+        cov = np.cov(z, rowvar=False)
+        covariance += sum(cov[i, j] ** 2 for i in range(d) for j in range(d) if i != j) / d
+    loss = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+    return loss, {"invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+def np_sinkhorn(scores, epsilon, num_iters):
+    """solo-learn's SinkhornKnopp.forward, line by line (prototypes x samples layout)."""
+    q = np.exp(np.asarray(scores, np.float64) / epsilon).T
+    b, k = q.shape[1], q.shape[0]
+    q /= q.sum()
+    for _ in range(num_iters):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= k
+        q /= q.sum(axis=0, keepdims=True)
+        q /= b
+    return (q * b).T
+
+
+def np_swav(scores1, scores2, temperature, epsilon, num_iters, queue1=None, queue2=None):
+    b = len(scores1)
+    codes = []
+    for scores, queue in ((scores1, queue1), (scores2, queue2)):
+        stacked = scores if queue is None else np.concatenate([scores, queue])
+        codes.append(np_sinkhorn(stacked, epsilon, num_iters)[:b])
+    preds = [_np_log_softmax(np.asarray(s, np.float64) / temperature) for s in (scores1, scores2)]
+    total = 0.0
+    for a, other in ((0, 1), (1, 0)):
+        total += -np.mean([np.sum(codes[a][i] * preds[other][i]) for i in range(b)])
+    return total / 2
+
+
+def np_similarity_kl(student, teacher, student_temperature, teacher_temperature):
+    log_p_s = _np_log_softmax(np.asarray(student, np.float64) / student_temperature)
+    log_p_t = _np_log_softmax(np.asarray(teacher, np.float64) / teacher_temperature)
+    return np.mean(
+        [np.sum(np.exp(log_p_t[i]) * (log_p_t[i] - log_p_s[i])) for i in range(len(student))]
+    )
+
+
+def np_dino(student, teacher, center, student_temperature, teacher_temperature):
+    t = np.exp(_np_log_softmax((np.asarray(teacher, np.float64) - center) / teacher_temperature))
+    log_s = _np_log_softmax(np.asarray(student, np.float64) / student_temperature)
+    return np.mean([-np.sum(t[i] * log_s[i]) for i in range(len(student))])
+
+
+# ---------------------------------------------------------------------------------------------
+# nt_xent
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_matches_numpy_reference(temperature):
+    z1, z2 = _normal(0, (6, 5)), _normal(1, (6, 5))
+    value = losses.nt_xent(z1, z2, temperature=temperature)
+    assert value.shape == () and value.dtype == jnp.float32
+    np.testing.assert_allclose(value, np_nt_xent(z1, z2, temperature), rtol=RTOL)
+
+
+def test_nt_xent_closed_forms():
+    tau, b = 0.2, 3
+    # Identical views of orthonormal embeddings: the positive scores 1/tau, the 2B - 2 others 0.
+    e = np.eye(4, dtype=np.float32)[:b]
+    expected = np.log(1 + (2 * b - 2) * np.exp(-1 / tau))
+    np.testing.assert_allclose(losses.nt_xent(e, e, temperature=tau), expected, rtol=RTOL)
+    # Collapsed embeddings: every score is 1/tau, so each row is a uniform pick among 2B - 1.
+    c = np.ones((b, 4), np.float32)
+    np.testing.assert_allclose(losses.nt_xent(c, c, temperature=tau), np.log(2 * b - 1), rtol=RTOL)
+
+
+def test_nt_xent_invariances():
+    z1, z2 = _normal(2, (8, 6)), _normal(3, (8, 6))
+    value = losses.nt_xent(z1, z2)
+    perm = np.random.default_rng(0).permutation(8)
+    np.testing.assert_allclose(losses.nt_xent(z1[perm], z2[perm]), value, rtol=RTOL)
+    np.testing.assert_allclose(losses.nt_xent(z2, z1), value, rtol=RTOL)
+    scale = np.random.default_rng(1).uniform(0.1, 10.0, (8, 1)).astype(np.float32)
+    np.testing.assert_allclose(losses.nt_xent(z1 * scale, 3 * z2), value, rtol=RTOL)
+
+
+def test_nt_xent_bf16_inputs_compute_in_float32():
+    z1, z2 = _normal(4, (8, 6)), _normal(5, (8, 6))
+    z1_bf16, z2_bf16 = jnp.asarray(z1, jnp.bfloat16), jnp.asarray(z2, jnp.bfloat16)
+    value = losses.nt_xent(z1_bf16, z2_bf16)
+    assert value.dtype == jnp.float32
+    expected = np_nt_xent(np.asarray(z1_bf16, np.float32), np.asarray(z2_bf16, np.float32), 0.1)
+    np.testing.assert_allclose(value, expected, rtol=RTOL)
+
+
+def test_nt_xent_gradient_matches_finite_differences():
+    z1, z2 = _normal(6, (4, 3)).astype(np.float64), _normal(7, (4, 3)).astype(np.float64)
+    tau = 0.5
+    with jax.enable_x64(True):
+        g1, g2 = jax.grad(functools.partial(losses.nt_xent, temperature=tau), argnums=(0, 1))(
+            jnp.asarray(z1), jnp.asarray(z2)
+        )
+        assert g1.dtype == jnp.float64
+    rng = np.random.default_rng(8)
+    for _ in range(4):
+        d1, d2 = rng.standard_normal(z1.shape), rng.standard_normal(z2.shape)
+        numeric = _central_difference(
+            lambda t: np_nt_xent(z1 + t * d1, z2 + t * d2, tau), 0.0, 1.0, 1e-6
+        )
+        analytic = np.sum(np.asarray(g1) * d1) + np.sum(np.asarray(g2) * d2)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.ones((4, 3)), np.ones((5, 3))), "same"),
+        ((np.ones((4, 3)), np.ones((4, 2))), "same"),
+        ((np.ones((4,)), np.ones((4,))), "2-D"),
+        ((np.ones((1, 3)), np.ones((1, 3))), "at least 2"),
+    ],
+)
+def test_nt_xent_rejects_bad_shapes(args, match):
+    with pytest.raises(ValueError, match=match):
+        losses.nt_xent(*args)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.1])
+def test_nt_xent_rejects_non_positive_temperature(temperature):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        losses.nt_xent(np.ones((4, 3)), np.ones((4, 3)), temperature=temperature)
+
+
+def test_nt_xent_one_device_equals_four(mesh):
+    z1, z2 = _normal(9, (8, 5)), _normal(10, (8, 5))
+    loss_and_grad = jax.jit(
+        jax.value_and_grad(functools.partial(losses.nt_xent, temperature=0.2), argnums=(0, 1))
+    )
+    expected = loss_and_grad(z1, z2)
+
+    sharding = NamedSharding(mesh, P("data"))
+    sharded = loss_and_grad(jax.device_put(z1, sharding), jax.device_put(z2, sharding))
+    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
+
+    per_device = jax.shard_map(
+        functools.partial(losses.nt_xent, temperature=0.2, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )
+    manual = jax.jit(jax.value_and_grad(per_device, argnums=(0, 1)))(z1, z2)
+    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_nt_xent_batch_check_counts_global_rows_under_shard_map(mesh):
+    per_device = jax.shard_map(
+        functools.partial(losses.nt_xent, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )
+    # One row per device is a global batch of 4: allowed.
+    assert np.isfinite(per_device(_normal(11, (4, 3)), _normal(12, (4, 3))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Other losses against their NumPy references
+
+
+def _cosine_scores(seed, rows, prototypes=5, dim=4):
+    """Cosines between random unit embeddings and random unit prototypes, as SwAV's scores."""
+    z = _np_normalize(_normal(seed, (rows, dim)))
+    w = _np_normalize(_normal(seed + 1000, (prototypes, dim)))
+    return (z @ w.T).astype(np.float32)
+
+
+def test_info_nce_matches_numpy_reference():
+    q, k, queue = _normal(20, (6, 4)), _normal(21, (6, 4)), _normal(22, (7, 4))
+    np.testing.assert_allclose(
+        losses.info_nce(q, k, queue, temperature=0.2), np_info_nce(q, k, queue, 0.2), rtol=RTOL
+    )
+
+
+def test_byol_and_simsiam_match_numpy_reference():
+    p, z = _normal(23, (6, 4)), _normal(24, (6, 4))
+    np.testing.assert_allclose(losses.byol_loss(p, z), 2 - 2 * np_mean_cosine(p, z), rtol=RTOL)
+    np.testing.assert_allclose(losses.simsiam_loss(p, z), -np_mean_cosine(p, z), rtol=RTOL)
+
+
+@pytest.mark.parametrize("lambd, scale", [(5e-3, 0.1), (0.5, 1.0)])
+def test_barlow_twins_matches_numpy_reference(lambd, scale):
+    z1, z2 = _normal(25, (6, 4)), _normal(26, (6, 4), scale=3.0) + 1.0
+    np.testing.assert_allclose(
+        losses.barlow_twins_loss(z1, z2, lambd=lambd, scale=scale),
+        np_barlow_twins(z1, z2, lambd, scale),
+        rtol=RTOL,
+    )
+
+
+def test_vicreg_matches_numpy_reference():
+    z1, z2 = _normal(27, (6, 4)), _normal(28, (6, 4), scale=0.5)
+    loss, terms = losses.vicreg_loss(z1, z2, sim_weight=2.0, var_weight=3.0, cov_weight=4.0)
+    expected_loss, expected_terms = np_vicreg(z1, z2, 2.0, 3.0, 4.0)
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+    chex.assert_trees_all_close(terms, expected_terms, rtol=RTOL)
+
+
+@pytest.mark.parametrize("num_iters", [1, 3])
+def test_sinkhorn_matches_numpy_reference(num_iters):
+    scores = _cosine_scores(29, 6)
+    np.testing.assert_allclose(
+        losses.sinkhorn(scores, epsilon=0.05, num_iters=num_iters),
+        np_sinkhorn(scores, 0.05, num_iters),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+
+
+def test_swav_matches_numpy_reference():
+    s1, s2 = _cosine_scores(30, 6), _cosine_scores(31, 6)
+    np.testing.assert_allclose(
+        losses.swav_loss(s1, s2, temperature=0.1), np_swav(s1, s2, 0.1, 0.05, 3), rtol=RTOL
+    )
+    q1, q2 = _cosine_scores(32, 4), _cosine_scores(33, 4)
+    np.testing.assert_allclose(
+        losses.swav_loss(s1, s2, queue_scores1=q1, queue_scores2=q2),
+        np_swav(s1, s2, 0.1, 0.05, 3, q1, q2),
+        rtol=RTOL,
+    )
+
+
+def test_similarity_kl_matches_numpy_reference():
+    s, t = _normal(34, (5, 7), scale=0.3), _normal(35, (5, 7), scale=0.3)
+    np.testing.assert_allclose(
+        losses.similarity_kl(s, t, student_temperature=0.2, teacher_temperature=0.1),
+        np_similarity_kl(s, t, 0.2, 0.1),
+        rtol=RTOL,
+    )
+    np.testing.assert_allclose(
+        losses.similarity_kl(s, t), np_similarity_kl(s, t, 0.1, 0.01), rtol=RTOL
+    )
+
+
+def test_dino_matches_numpy_reference():
+    s, t, c = _normal(36, (5, 7)), _normal(37, (5, 7)), _normal(38, (7,), scale=0.1)
+    np.testing.assert_allclose(losses.dino_loss(s, t, c), np_dino(s, t, c, 0.1, 0.04), rtol=RTOL)
+    np.testing.assert_allclose(
+        losses.dino_loss(s, t, c[None]), np_dino(s, t, c, 0.1, 0.04), rtol=RTOL
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms
+
+
+# Zero-mean, mutually orthogonal columns with biased variance 1 (a 4 x 3 Hadamard block).
+_HADAMARD = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], np.float32)
+
+
+def test_info_nce_closed_forms():
+    tau = 0.2
+    e = np.eye(6, dtype=np.float32)
+    # Positives identical; the 3 queue keys orthogonal to every query.
+    expected = np.log(1 + 3 * np.exp(-1 / tau))
+    np.testing.assert_allclose(
+        losses.info_nce(e[:3], e[:3], e[3:], temperature=tau), expected, rtol=RTOL
+    )
+    # Collapsed: every score equals the positive's, a uniform pick among 1 + K.
+    c = np.ones((3, 4), np.float32)
+    np.testing.assert_allclose(
+        losses.info_nce(c, c, np.ones((5, 4), np.float32)), np.log(6), rtol=RTOL
+    )
+
+
+def test_cosine_losses_closed_forms():
+    p = _normal(40, (4, 3))
+    np.testing.assert_allclose(losses.byol_loss(p, 2 * p), 0.0, atol=ATOL)
+    np.testing.assert_allclose(losses.byol_loss(p, -p), 4.0, rtol=RTOL)
+    e = np.eye(2, dtype=np.float32)
+    np.testing.assert_allclose(losses.byol_loss(e, e[::-1]), 2.0, rtol=RTOL)
+    np.testing.assert_allclose(losses.simsiam_loss(p, 3 * p), -1.0, rtol=RTOL)
+    np.testing.assert_allclose(losses.simsiam_loss(e, e[::-1]), 0.0, atol=ATOL)
+
+
+def test_barlow_twins_closed_forms():
+    d, eps = 3, 1e-5
+    # Identical decorrelated views: C = I / (1 + eps), so only the tiny BN-eps gap remains.
+    np.testing.assert_allclose(
+        losses.barlow_twins_loss(_HADAMARD, _HADAMARD, scale=1.0),
+        d * (1 - 1 / (1 + eps)) ** 2,
+        rtol=1e-3,
+        atol=1e-12,
+    )
+    # Opposite views: C = -I / (1 + eps).
+    np.testing.assert_allclose(
+        losses.barlow_twins_loss(_HADAMARD, -_HADAMARD, scale=0.1),
+        0.1 * d * (1 + 1 / (1 + eps)) ** 2,
+        rtol=RTOL,
+    )
+
+
+def test_vicreg_closed_forms():
+    # Collapsed: no invariance or covariance penalty; variance term 2 * (1 - sqrt(1e-4)).
+    c = np.ones((4, 3), np.float32)
+    loss, terms = losses.vicreg_loss(c, c)
+    np.testing.assert_allclose(terms["variance"], 2 * (1 - 0.01), rtol=RTOL)
+    np.testing.assert_allclose(loss, 25 * 2 * (1 - 0.01), rtol=RTOL)
+    assert terms["invariance"] == 0 and terms["covariance"] == 0
+    # Identical, decorrelated, std sqrt(4/3) * 3 > 1: nothing to penalise.
+    loss, _ = losses.vicreg_loss(3 * _HADAMARD, 3 * _HADAMARD)
+    np.testing.assert_allclose(loss, 0.0, atol=ATOL)
+
+
+def test_swav_and_sinkhorn_closed_forms():
+    k = 5
+    flat = np.zeros((6, k), np.float32)
+    np.testing.assert_allclose(losses.sinkhorn(flat), np.full((6, k), 1 / k), rtol=RTOL)
+    # Uniform codes against uniform predictions: the cross-entropy log K.
+    np.testing.assert_allclose(losses.swav_loss(flat, flat), np.log(k), rtol=RTOL)
+
+
+def test_distillation_closed_forms():
+    s = _normal(41, (4, 6))
+    np.testing.assert_allclose(
+        losses.similarity_kl(s, s, student_temperature=0.1, teacher_temperature=0.1), 0.0, atol=ATOL
+    )
+    assert losses.similarity_kl(s, _normal(42, (4, 6))) > 0
+    zeros = np.zeros((4, 6), np.float32)
+    np.testing.assert_allclose(losses.dino_loss(zeros, zeros, np.zeros(6)), np.log(6), rtol=RTOL)
+    # A centre equal to the teacher's logits makes the teacher uniform.
+    t = _normal(43, (1, 6))
+    np.testing.assert_allclose(losses.dino_loss(zeros[:1], t, t[0]), np.log(6), rtol=RTOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariances, gradients, dtypes
+
+
+_PAIR_LOSSES = {
+    "info_nce": lambda a, b: losses.info_nce(a, b, _normal(50, (5, 4))),
+    "byol_loss": losses.byol_loss,
+    "simsiam_loss": losses.simsiam_loss,
+    "barlow_twins_loss": losses.barlow_twins_loss,
+    "vicreg_loss": lambda a, b: losses.vicreg_loss(a, b)[0],
+    "swav_loss": losses.swav_loss,
+    "similarity_kl": losses.similarity_kl,
+    "dino_loss": lambda a, b: losses.dino_loss(a, b, np.zeros(4, np.float32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PAIR_LOSSES))
+def test_losses_invariant_to_batch_permutation(name):
+    fn = _PAIR_LOSSES[name]
+    a, b = _normal(51, (8, 4), scale=0.5), _normal(52, (8, 4), scale=0.5)
+    perm = np.random.default_rng(2).permutation(8)
+    np.testing.assert_allclose(fn(a[perm], b[perm]), fn(a, b), rtol=RTOL, atol=ATOL)
+
+
+def test_normalising_losses_invariant_to_rescaling():
+    a, b, queue = _normal(53, (6, 4)), _normal(54, (6, 4)), _normal(55, (5, 4))
+    row_scale = np.random.default_rng(3).uniform(0.1, 10.0, (6, 1)).astype(np.float32)
+    for fn in (losses.byol_loss, losses.simsiam_loss):
+        np.testing.assert_allclose(fn(a * row_scale, 7 * b), fn(a, b), rtol=RTOL)
+    np.testing.assert_allclose(
+        losses.info_nce(a * row_scale, 0.5 * b, 3 * queue), losses.info_nce(a, b, queue), rtol=RTOL
+    )
+    # Barlow Twins standardises each feature: positive per-feature scales and shifts drop out (up
+    # to the BatchNorm eps).
+    feature_scale = np.array([0.5, 2.0, 4.0, 8.0], np.float32)
+    np.testing.assert_allclose(
+        losses.barlow_twins_loss(a * feature_scale + 3.0, b),
+        losses.barlow_twins_loss(a, b),
+        rtol=1e-4,
+    )
+
+
+def test_barlow_twins_gradient_matches_finite_differences():
+    z1, z2 = _normal(56, (5, 3)).astype(np.float64), _normal(57, (5, 3)).astype(np.float64)
+    with jax.enable_x64(True):
+        g1, g2 = jax.grad(
+            functools.partial(losses.barlow_twins_loss, lambd=0.3, scale=1.0), argnums=(0, 1)
+        )(jnp.asarray(z1), jnp.asarray(z2))
+    rng = np.random.default_rng(9)
+    for _ in range(4):
+        d1, d2 = rng.standard_normal(z1.shape), rng.standard_normal(z2.shape)
+        numeric = _central_difference(
+            lambda t: np_barlow_twins(z1 + t * d1, z2 + t * d2, 0.3, 1.0), 0.0, 1.0, 1e-6
+        )
+        analytic = np.sum(np.asarray(g1) * d1) + np.sum(np.asarray(g2) * d2)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_targets_receive_no_gradient():
+    a, b, queue = _normal(58, (4, 3)), _normal(59, (4, 3)), _normal(60, (5, 3))
+    cases = {
+        "info_nce keys and queue": jax.grad(losses.info_nce, argnums=(1, 2))(a, b, queue),
+        "byol_loss target": jax.grad(losses.byol_loss, argnums=1)(a, b),
+        "simsiam_loss target": jax.grad(losses.simsiam_loss, argnums=1)(a, b),
+        "similarity_kl teacher": jax.grad(losses.similarity_kl, argnums=1)(a, b),
+        "dino_loss teacher and centre": jax.grad(losses.dino_loss, argnums=(1, 2))(
+            a, b, np.zeros(3, np.float32)
+        ),
+        "sinkhorn scores": jax.grad(lambda s: jnp.sum(losses.sinkhorn(s) * b))(a),
+    }
+    for name, grads in cases.items():
+        for g in jax.tree.leaves(grads):
+            np.testing.assert_array_equal(g, np.zeros_like(g), err_msg=name)
+    # The online side does receive a gradient.
+    assert np.any(jax.grad(losses.byol_loss)(a, b) != 0)
+
+
+def test_sinkhorn_meets_marginals():
+    b, k = 8, 4
+    scores = _cosine_scores(61, b, prototypes=k)
+    codes = np.asarray(losses.sinkhorn(scores))  # three iterations: each sample's code sums to 1
+    np.testing.assert_allclose(codes.sum(axis=1), np.ones(b), rtol=RTOL)
+    assert np.all(codes >= 0)
+    # More iterations (with a softer epsilon, for speed) converge to prototype masses B / K too.
+    codes = np.asarray(losses.sinkhorn(scores, epsilon=0.5, num_iters=100))
+    np.testing.assert_allclose(codes.sum(axis=1), np.ones(b), rtol=RTOL)
+    np.testing.assert_allclose(codes.sum(axis=0), np.full(k, b / k), rtol=1e-4)
+
+
+def test_bf16_inputs_compute_in_float32():
+    a, b = _normal(62, (6, 4)), _normal(63, (6, 4))
+    a16, b16 = jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)
+    a32, b32 = np.asarray(a16, np.float32), np.asarray(b16, np.float32)
+    for name, fn in _PAIR_LOSSES.items():
+        value = fn(a16, b16)
+        assert value.dtype == jnp.float32, name
+        np.testing.assert_allclose(value, fn(a32, b32), rtol=RTOL, atol=ATOL, err_msg=name)
+    assert losses.sinkhorn(a16).dtype == jnp.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 device against 4: sharded jit and shard_map with axis_name
+
+
+_AXIS_LOSSES = {
+    # name: (loss of (x, y, *extra, axis_name) -> scalar, extra replicated inputs)
+    "info_nce": (
+        lambda x, y, queue, axis_name=None: losses.info_nce(x, y, queue, axis_name=axis_name),
+        (_normal(70, (6, 4)),),
+    ),
+    "byol_loss": (losses.byol_loss, ()),
+    "simsiam_loss": (losses.simsiam_loss, ()),
+    "barlow_twins_loss": (losses.barlow_twins_loss, ()),
+    "vicreg_loss": (
+        lambda x, y, axis_name=None: losses.vicreg_loss(x, y, axis_name=axis_name)[0],
+        (),
+    ),
+    "swav_loss": (lambda x, y, axis_name=None: losses.swav_loss(x, y, axis_name=axis_name), ()),
+    "swav_loss with queue": (
+        lambda x, y, axis_name=None: losses.swav_loss(
+            x, y, queue_scores1=2 * y, queue_scores2=x[::-1], axis_name=axis_name
+        ),
+        (),
+    ),
+    "similarity_kl": (losses.similarity_kl, ()),
+    "dino_loss": (
+        lambda x, y, center, axis_name=None: losses.dino_loss(x, y, center, axis_name=axis_name),
+        (_normal(71, (4,), scale=0.1),),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AXIS_LOSSES))
+def test_losses_one_device_equals_four(name, mesh):
+    fn, extra = _AXIS_LOSSES[name]
+    x, y = _normal(72, (8, 4), scale=0.5), _normal(73, (8, 4), scale=0.5)
+    loss_and_grad = jax.jit(jax.value_and_grad(fn))
+    expected = loss_and_grad(x, y, *extra)
+
+    sharding = NamedSharding(mesh, P("data"))
+    sharded = loss_and_grad(jax.device_put(x, sharding), jax.device_put(y, sharding), *extra)
+    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
+
+    per_device = jax.shard_map(
+        functools.partial(fn, axis_name="data"),
+        mesh=mesh,
+        in_specs=(P("data"), P("data")) + (P(),) * len(extra),
+        out_specs=P(),
+    )
+    manual = jax.jit(jax.value_and_grad(per_device))(x, y, *extra)
+    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_sinkhorn_one_device_equals_four(mesh):
+    scores = _cosine_scores(74, 8)
+    expected = losses.sinkhorn(scores)
+    sharded = jax.jit(losses.sinkhorn)(jax.device_put(scores, NamedSharding(mesh, P("data"))))
+    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
+    per_device = jax.shard_map(
+        functools.partial(losses.sinkhorn, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P("data"),
+    )
+    chex.assert_trees_all_close(jax.jit(per_device)(scores), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_vicreg_terms_one_device_equal_four(mesh):
+    x, y = _normal(75, (8, 4)), _normal(76, (8, 4))
+    expected = losses.vicreg_loss(x, y)
+    per_device = jax.shard_map(
+        functools.partial(losses.vicreg_loss, axis_name="data"),
+        mesh=mesh,
+        in_specs=P("data"),
+        out_specs=P(),
+    )
+    chex.assert_trees_all_close(jax.jit(per_device)(x, y), expected, rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+_ONES = np.ones((4, 3), np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: losses.info_nce(_ONES, _ONES[:3], _ONES), "same"),
+        (lambda: losses.info_nce(_ONES, _ONES, np.ones((3, 5))), "queue must be"),
+        (lambda: losses.byol_loss(_ONES, np.ones((4, 2))), "same"),
+        (lambda: losses.simsiam_loss(_ONES[0], _ONES[0]), "2-D"),
+        (lambda: losses.barlow_twins_loss(_ONES[:1], _ONES[:1]), "at least 2"),
+        (lambda: losses.vicreg_loss(_ONES[:1], _ONES[:1]), "at least 2"),
+        (lambda: losses.vicreg_loss(_ONES, _ONES[:2]), "same"),
+        (lambda: losses.sinkhorn(_ONES[0]), "2-D"),
+        (lambda: losses.swav_loss(_ONES, _ONES, queue_scores1=_ONES), "both"),
+        (
+            lambda: losses.swav_loss(
+                _ONES, _ONES, queue_scores1=np.ones((2, 5)), queue_scores2=np.ones((2, 5))
+            ),
+            "prototype columns",
+        ),
+        (lambda: losses.similarity_kl(_ONES, np.ones((4, 5))), "same"),
+        (lambda: losses.dino_loss(_ONES, _ONES, np.zeros(5)), "center must have shape"),
+    ],
+)
+def test_bad_shapes_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: losses.info_nce(_ONES, _ONES, _ONES, temperature=0.0), "temperature must be > 0"),
+        (lambda: losses.sinkhorn(_ONES, epsilon=-1.0), "epsilon must be > 0"),
+        (lambda: losses.sinkhorn(_ONES, num_iters=0), "num_iters"),
+        (lambda: losses.swav_loss(_ONES, _ONES, temperature=0), "temperature must be > 0"),
+        (
+            lambda: losses.similarity_kl(_ONES, _ONES, teacher_temperature=0.0),
+            "teacher_temperature must be > 0",
+        ),
+        (
+            lambda: losses.dino_loss(_ONES, _ONES, np.zeros(3), student_temperature=-0.1),
+            "student_temperature must be > 0",
+        ),
+    ],
+)
+def test_bad_hyperparameters_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
