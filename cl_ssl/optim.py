@@ -1,0 +1,277 @@
+"""Optimizers and learning-rate schedules of the CaSSLe / solo-learn training substrate.
+
+* `lars`: SGD with momentum wrapped in CaSSLe's LARS (`cassle/utils/lars.py`, METHODS.md 1.3).
+* `sgd`: PyTorch SGD with coupled weight decay (d = g + wd * w) and momentum.
+* `adamw`: optax's AdamW with the same bias/norm exclusion option.
+* `warmup_cosine_schedule`: pl_bolts' `LinearWarmupCosineAnnealingLR` (METHODS.md 1.4), stepped
+  once per epoch (CaSSLe) or once per step (solo-learn).
+
+Every learning rate may be a float or an `optax.Schedule` of the optimizer's own step count. The
+training loop re-initialises the optimizer state at each task, so that count, and with it the
+schedule, restarts at every task as in the reference (one process per task).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "OPTIMIZERS",
+    "adamw",
+    "bias_and_norm_mask",
+    "lars",
+    "make_optimizer",
+    "scale_by_lars_trust_ratio",
+    "sgd",
+    "warmup_cosine_schedule",
+]
+
+ScalarOrSchedule = float | optax.Schedule
+
+
+def bias_and_norm_mask(params: Any) -> Any:
+    """True for every 1-D leaf (biases, BatchNorm scales and shifts), False otherwise.
+
+    This is the reference's test `p.ndim == 1`; it works on arrays and on `jax.ShapeDtypeStruct`
+    leaves. Returns a pytree of Python bools with the structure of `params`.
+    """
+    return jax.tree.map(lambda p: len(p.shape) == 1, params)
+
+
+def _not_excluded_mask(params: Any) -> Any:
+    return jax.tree.map(lambda excluded: not excluded, bias_and_norm_mask(params))
+
+
+class LarsTrustRatioState(NamedTuple):
+    """Step count (int32 scalar) used to evaluate the learning-rate schedule for the clip."""
+
+    count: jax.Array
+
+
+def scale_by_lars_trust_ratio(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    eta: float = 0.02,
+    clip_lr: bool = True,
+    exclude_bias_and_norm: bool = True,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """The LARS direction of CaSSLe's `LARSWrapper.update_p`, per tensor w with gradient g.
+
+    * Excluded tensors (1-D, when `exclude_bias_and_norm`): d = g (no trust ratio, no decay).
+    * ||w|| == 0 or ||g|| == 0: d = g. The reference skips `update_p` for such a tensor and has
+      zeroed the group's weight decay for the wrapped SGD step, so the gradient passes through
+      unchanged: a trust ratio of 1 *without* weight decay. This differs from a ratio of 1 with
+      decay only when ||g|| == 0 < ||w||: d is then 0 rather than wd * w.
+    * Otherwise r = eta * ||w|| / (||g|| + wd * ||w|| + eps); with `clip_lr`,
+      r <- min(r / lr, 1) where lr is the current scheduled learning rate;
+      d = r * (g + wd * w).
+
+    Norms are Frobenius norms over the whole tensor, computed in float32.
+
+    This is hand-written rather than `optax.lars`: optax adds the weight decay before computing
+    the trust ratio (||w|| / ||g + wd w|| instead of ||w|| / (||g|| + wd ||w||)), has no
+    learning-rate clip, and treats zero norms differently. The learning rate is needed here only
+    for the clip; it is applied later by `optax.scale_by_learning_rate`, which keeps its own count
+    in step with this one.
+    """
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return learning_rate(count) if callable(learning_rate) else learning_rate
+
+    def init_fn(params: Any) -> LarsTrustRatioState:
+        del params
+        return LarsTrustRatioState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates: Any, state: LarsTrustRatioState, params: Any = None):
+        if params is None:
+            raise ValueError("LARS needs the current parameters: call update(grads, state, params)")
+        lr = jnp.asarray(schedule(state.count), jnp.float32)
+
+        def direction(g: jax.Array, w: jax.Array, excluded: bool) -> jax.Array:
+            if excluded:
+                return g
+            g32 = g.astype(jnp.float32)
+            w32 = w.astype(jnp.float32)
+            w_norm = jnp.linalg.norm(w32)
+            g_norm = jnp.linalg.norm(g32)
+            ratio = eta * w_norm / (g_norm + weight_decay * w_norm + eps)
+            if clip_lr:
+                ratio = jnp.minimum(ratio / lr, 1.0)
+            d = ratio * (g32 + weight_decay * w32)
+            return jnp.where((w_norm > 0) & (g_norm > 0), d, g32).astype(g.dtype)
+
+        if exclude_bias_and_norm:
+            excluded = bias_and_norm_mask(params)
+        else:
+            excluded = jax.tree.map(lambda _: False, params)
+        updates = jax.tree.map(direction, updates, params, excluded)
+        return updates, LarsTrustRatioState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lars(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 0.02,
+    clip_lr: bool = True,
+    exclude_bias_and_norm: bool = True,
+    eps: float = 1e-8,
+) -> optax.GradientTransformation:
+    """CaSSLe's LARS around PyTorch SGD with momentum (METHODS.md 1.3).
+
+    Per step: d = LARS direction (`scale_by_lars_trust_ratio`); v <- momentum * v + d (PyTorch
+    momentum, no dampening; v starts at 0, so the first v is d); w <- w - lr * v. CIFAR
+    settings: eta 0.02, clip on, bias/norm excluded (SwAV: not excluded). `update` must be
+    given the parameters.
+
+    Args:
+      learning_rate: lr (float) or schedule of the step count within the task.
+      weight_decay: coupled L2 coefficient wd (not applied to excluded tensors).
+      momentum: SGD momentum.
+      eta: LARS trust coefficient.
+      clip_lr: clip the trust ratio to min(r / lr, 1).
+      exclude_bias_and_norm: 1-D tensors skip the trust ratio and the weight decay.
+      eps: added to the trust-ratio denominator.
+    """
+    return optax.chain(
+        scale_by_lars_trust_ratio(
+            learning_rate,
+            weight_decay=weight_decay,
+            eta=eta,
+            clip_lr=clip_lr,
+            exclude_bias_and_norm=exclude_bias_and_norm,
+            eps=eps,
+        ),
+        optax.trace(decay=momentum),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+    exclude_bias_and_norm: bool = False,
+) -> optax.GradientTransformation:
+    """PyTorch SGD: d = g + wd * w (coupled decay); v <- momentum * v + d; w <- w - lr * v.
+
+    With `exclude_bias_and_norm`, 1-D tensors get no weight decay. `update` must be given the
+    parameters when weight_decay is non-zero.
+    """
+    return optax.chain(
+        optax.add_decayed_weights(
+            weight_decay, mask=_not_excluded_mask if exclude_bias_and_norm else None
+        ),
+        optax.trace(decay=momentum),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    *,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    exclude_bias_and_norm: bool = False,
+) -> optax.GradientTransformation:
+    """`optax.adamw` (decoupled decay lr * wd * w); 1-D tensors undecayed on request."""
+    return optax.adamw(
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        mask=_not_excluded_mask if exclude_bias_and_norm else None,
+    )
+
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "lars": lars,
+    "sgd": sgd,
+    "adamw": adamw,
+}
+"""Optimizer names accepted by `make_optimizer`."""
+
+
+def make_optimizer(
+    name: str, *, learning_rate: ScalarOrSchedule, weight_decay: float, **kwargs: Any
+) -> optax.GradientTransformation:
+    """Builds the optimizer `name` ('lars', 'sgd' or 'adamw'); `kwargs` go to its builder.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid names: {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](learning_rate, weight_decay=weight_decay, **kwargs)
+
+
+def warmup_cosine_schedule(
+    base_lr: float,
+    *,
+    total_epochs: int,
+    warmup_epochs: int,
+    steps_per_epoch: int,
+    warmup_start_lr: float = 0.003,
+    min_lr: float = 0.0,
+    per_epoch: bool = True,
+) -> optax.Schedule:
+    """Linear warmup then cosine annealing, pl_bolts `LinearWarmupCosineAnnealingLR` closed form.
+
+    With t the schedule unit index (the epoch `step // steps_per_epoch` when `per_epoch`, as
+    CaSSLe steps its scheduler once per epoch; else the step itself, with W and E converted to
+    steps as solo-learn does), W warmup units and E total units:
+
+      t < W:  lr_t = warmup_start_lr + t * (base_lr - warmup_start_lr) / max(W - 1, 1)
+      t >= W: lr_t = min_lr + (base_lr - min_lr) * (1 + cos(pi * min(t - W, E - W) / (E - W))) / 2
+
+    So warmup reaches base_lr at t = W - 1 and the cosine starts from base_lr at t = W (base_lr
+    is held for two units). W = 1 gives warmup_start_lr at t = 0, then the cosine, as pl_bolts'
+    recursive form does (its closed form divides by zero there); W = 0 is a plain cosine from
+    base_lr. Past the end (t >= E) the rate stays at min_lr instead of rising again.
+
+    Args:
+      base_lr: peak learning rate (already scaled by batch size if wanted).
+      total_epochs: E, epochs of the task.
+      warmup_epochs: W, 0 <= W < E.
+      steps_per_epoch: optimizer steps per epoch.
+      warmup_start_lr: rate at the first warmup unit.
+      min_lr: final rate of the cosine.
+      per_epoch: constant rate within an epoch (True) or per-step interpolation (False).
+
+    Returns:
+      A schedule mapping the step count within the task (int scalar) to a float32 rate.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if not 0 <= warmup_epochs < total_epochs:
+        raise ValueError(
+            f"need 0 <= warmup_epochs < total_epochs, got {warmup_epochs} and {total_epochs}"
+        )
+    unit = 1 if per_epoch else steps_per_epoch
+    warmup, total = warmup_epochs * unit, total_epochs * unit
+    warmup_slope = (base_lr - warmup_start_lr) / max(warmup - 1, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step)
+        t = (step // steps_per_epoch if per_epoch else step).astype(jnp.float32)
+        warm = warmup_start_lr + t * warmup_slope
+        progress = jnp.clip((t - warmup) / (total - warmup), 0.0, 1.0)
+        cosine = min_lr + (base_lr - min_lr) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(t < warmup, warm, cosine)
+
+    return schedule
