@@ -5,5 +5,31 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+from tensorflow_datasets.testing import mocking  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+    """``tfds.testing.mock_data`` from the builder code alone (no metadata files needed).
+
+    tensorflow-datasets 4.9.10 attaches the mocked ``__getitems__`` as an unbound
+    ``functools.partial(_getitems, generator=...)``, so a batch read passes the keys as ``self``
+    and fails; the replacement below takes the keys first.
+    """
+
+    def getitems(record_keys, generator, serialized=False):
+        assert not serialized
+        return [generator[key] for key in record_keys]
+
+    monkeypatch.setattr(mocking, "_getitems", getitems)
+
+    def mock(num_examples):
+        return tfds.testing.mock_data(
+            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
+        )
+
+    return mock
