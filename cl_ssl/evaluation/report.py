@@ -1,0 +1,289 @@
+"""Result files of a continual run: JSON, markdown tables, heat maps and TensorBoard scalars (PROTOCOLS.md 7).
+
+Accuracy matrices are ``[T + 1, T]`` in percent, row 0 = random-init baseline, row ``i`` = after task ``i``
+(see :mod:`cl_ssl.evaluation.metrics`). Other row counts ``[S + 1, T]`` are accepted too: their rows are
+labelled ``after training`` for ``S = 1`` (an offline run) and ``after stage i`` otherwise. Rows not yet
+evaluated hold NaN; NaN renders as an empty table or heat-map cell and is written as ``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorboardX
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cl_ssl.evaluation.metrics import validate_accuracy_matrix
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _check(R: Any) -> np.ndarray:
+    return validate_accuracy_matrix(R, one_row_per_task=False)
+
+
+def _row_labels(num_rows: int, num_tasks: int) -> list[str]:
+    if num_rows == num_tasks + 1:
+        return ["random init"] + [f"after task {i}" for i in range(1, num_rows)]
+    if num_rows == 2:
+        return ["random init", "after training"]
+    return ["random init"] + [f"after stage {i}" for i in range(1, num_rows)]
+
+
+def _format_number(value: float, digits: int) -> str:
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def format_matrix(R: Any, title: str | None = None, *, digits: int = 2) -> str:
+    """Markdown table of an accuracy matrix.
+
+    Rows ``random init``, ``after task 1..T`` (see the module docstring for other row counts); columns
+    ``task 1..T`` and ``mean`` (task mean of the row, empty unless the row is complete). Values in percent with
+    ``digits`` decimals; NaN cells are empty. A non-empty ``title`` is put above the table as a level-3 heading.
+    """
+    R = _check(R)
+    num_rows, num_tasks = R.shape
+    lines = [f"### {title}", ""] if title else []
+    lines.append(
+        "| evaluated after | "
+        + " | ".join(f"task {j}" for j in range(1, num_tasks + 1))
+        + " | mean |"
+    )
+    lines.append("|---|" + "---:|" * (num_tasks + 1))
+    for label, row in zip(_row_labels(num_rows, num_tasks), R, strict=True):
+        cells = [_format_number(value, digits) for value in row] + [
+            _format_number(float(np.mean(row)), digits)
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_value(value: Any, digits: int) -> str:
+    if isinstance(value, Mapping) and set(value) == {"mean", "std"}:
+        if isinstance(value["mean"], (list, tuple, np.ndarray)):
+            pairs = zip(
+                np.asarray(value["mean"]).tolist(), np.asarray(value["std"]).tolist(), strict=True
+            )
+            return ", ".join(
+                _format_value({"mean": mean, "std": std}, digits) for mean, std in pairs
+            )
+        mean, std = _format_value(value["mean"], digits), _format_value(value["std"], digits)
+        return mean if std == "n/a" else f"{mean} ± {std}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(_format_value(item, digits) for item in np.asarray(value).tolist())
+    if isinstance(value, (float, np.floating)):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return "n/a" if value is None else str(value)
+
+
+def format_summary(summary: Mapping[str, Any], title: str | None = None, *, digits: int = 2) -> str:
+    """Markdown table ``metric | value`` of a :func:`~cl_ssl.evaluation.metrics.summarize` or
+    :func:`~cl_ssl.evaluation.metrics.aggregate_seeds` result. Floats get ``digits`` decimals, undefined
+    (NaN or ``None``) metrics read ``n/a``, aggregated metrics read ``mean ± std``."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| metric | value |", "|---|---:|"]
+    lines += [f"| {key} | {_format_value(value, digits)} |" for key, value in summary.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None:
+    """Saves a PNG heat map of an accuracy matrix with the values written in the cells.
+
+    Rows are ``random init`` and ``after task 1..T`` (time runs downwards), columns the evaluated tasks. The
+    colour scale is fixed to 0-100 % so that plots are comparable; NaN cells are left blank.
+    """
+    R = _check(R)
+    num_rows, num_tasks = R.shape
+    figure = _new_figure(max(4.5, 0.65 * num_tasks + 2.5), max(3.0, 0.45 * num_rows + 1.5))
+    axes = figure.add_subplot()
+    colormap = colormaps["viridis"].with_extremes(bad="white")
+    image = axes.imshow(np.ma.masked_invalid(R), cmap=colormap, vmin=0.0, vmax=100.0, aspect="auto")
+    for i, j in zip(*np.nonzero(np.isfinite(R)), strict=True):
+        value = R[i, j]
+        axes.text(
+            j,
+            i,
+            f"{value:.1f}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if value < 60.0 else "black",
+        )
+    axes.axhline(0.5, color="black", linewidth=1.5)
+    axes.set_xticks(range(num_tasks), [str(j) for j in range(1, num_tasks + 1)])
+    axes.set_yticks(range(num_rows), _row_labels(num_rows, num_tasks))
+    axes.set_xlabel("evaluated on task")
+    axes.set_title(title or "accuracy (%)")
+    figure.colorbar(image, ax=axes, label="accuracy (%)")
+    figure.savefig(path, dpi=120)
+
+
+def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
+    """Saves a PNG line plot of each task's accuracy over time (x = the rows: random init, after task 1..T).
+
+    With one row per task, the point where task ``j`` itself is trained has a larger marker. NaN points are
+    skipped.
+    """
+    R = _check(R)
+    num_rows, num_tasks = R.shape
+    one_row_per_task = num_rows == num_tasks + 1
+    figure = _new_figure(6.5 if num_tasks <= 10 else 8.5, 4.0)
+    axes = figure.add_subplot()
+    colormap = colormaps["tab10" if num_tasks <= 10 else "tab20" if num_tasks <= 20 else "viridis"]
+    steps = np.arange(num_rows)
+    for j in range(num_tasks):
+        color = colormap(j if num_tasks <= 20 else j / (num_tasks - 1))
+        column = R[:, j]
+        finite = np.isfinite(column)
+        axes.plot(
+            steps[finite],
+            column[finite],
+            marker="o",
+            markersize=3,
+            color=color,
+            label=f"task {j + 1}",
+        )
+        if one_row_per_task and finite[j + 1]:
+            axes.plot(j + 1, column[j + 1], marker="o", markersize=8, color=color)
+    labels = _row_labels(num_rows, num_tasks)
+    axes.set_xticks(
+        steps,
+        ["init"] + [label.removeprefix("after ").removeprefix("task ") for label in labels[1:]],
+    )
+    axes.set_xlabel("after training task" if one_row_per_task else "evaluated after")
+    axes.set_ylabel("accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.set_title(title or "task accuracy over time")
+    axes.legend(
+        loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncol=1 if num_tasks <= 20 else 2
+    )
+    figure.savefig(path, dpi=120)
+
+
+def _to_json(value: Any, where: str = "") -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _to_json(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _to_json(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return _to_json(value.item(), where)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    raise TypeError(
+        f"results value at {where or 'top level'} is not JSON-serialisable: {type(value).__name__}"
+    )
+
+
+def _write_atomic(path: str, text: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def write_results(
+    workdir: str,
+    *,
+    matrices: Mapping[str, Any],
+    summaries: Mapping[str, Mapping[str, Any]],
+    meta: Mapping[str, Any],
+) -> None:
+    """Writes the results of a run into ``workdir``, replacing earlier versions (call it after every task).
+
+    Files:
+
+    - ``results.json``: ``{"accuracy_unit": "percent", "matrices": {evaluator: R as nested lists},
+      "summaries": ..., "meta": ...}``; NaN and infinities become ``null``;
+    - ``results.md``: per evaluator the :func:`format_matrix` table and the :func:`format_summary` table,
+      then ``meta`` as a JSON block;
+    - ``plots/accuracy_matrix_<evaluator>.png`` (:func:`plot_accuracy_matrix`) and
+      ``plots/task_accuracy_<evaluator>.png`` (:func:`plot_task_accuracy`).
+
+    Args:
+      workdir: output directory, created if missing.
+      matrices: evaluator name (letters, digits, ``_.-``; e.g. ``"linear"``, ``"knn"``) -> accuracy matrix
+        ``[T + 1, T]`` (or ``[S + 1, T]``, see the module docstring) in percent, rows not yet evaluated filled
+        with NaN.
+      summaries: evaluator name -> metrics dict (e.g. from ``metrics.summarize``); evaluators without a summary
+        yet may be left out.
+      meta: run description (config, seeds, protocol, split file and checksum, git hash, ...). Must consist of
+        dicts, lists, strings, numbers, booleans, None and NumPy values.
+
+    Raises:
+      ValueError: on an invalid evaluator name or accuracy matrix.
+      TypeError: on a value that cannot be written as JSON.
+    """
+    for name in list(matrices) + list(summaries):
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(
+                f"evaluator name {name!r} must consist of letters, digits, '_', '.' or '-'"
+            )
+    checked = {name: _check(R) for name, R in matrices.items()}
+    document = _to_json(
+        {"accuracy_unit": "percent", "matrices": checked, "summaries": summaries, "meta": meta}
+    )
+    plots = os.path.join(workdir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    _write_atomic(
+        os.path.join(workdir, "results.json"),
+        json.dumps(document, indent=2, allow_nan=False) + "\n",
+    )
+
+    sections = ["# Results", "", "Accuracies in percent; metrics in percent or percent points.", ""]
+    for name in list(checked) + [name for name in summaries if name not in checked]:
+        sections += [f"## {name}", ""]
+        if name in checked:
+            sections.append(format_matrix(checked[name]))
+        if name in summaries:
+            sections.append(format_summary(summaries[name]))
+    sections += ["## Run", "", "```json", json.dumps(document["meta"], indent=2), "```", ""]
+    _write_atomic(os.path.join(workdir, "results.md"), "\n".join(sections))
+
+    for name, R in checked.items():
+        plot_accuracy_matrix(
+            R, os.path.join(plots, f"accuracy_matrix_{name}.png"), title=f"{name}: accuracy (%)"
+        )
+        plot_task_accuracy(
+            R, os.path.join(plots, f"task_accuracy_{name}.png"), title=f"{name}: task accuracy"
+        )
+
+
+class ScalarWriter:
+    """TensorBoard scalar logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``)."""
+
+    def __init__(self, logdir: str) -> None:
+        self._writer = tensorboardX.SummaryWriter(logdir)
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        """Logs ``value`` under the tag ``name`` at global step ``step``."""
+        self._writer.add_scalar(name, float(value), global_step=int(step))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> ScalarWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
