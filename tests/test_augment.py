@@ -454,3 +454,19 @@ def test_crop_statistics(scale):
     log_ratio = np.log(w / h)
     assert np.all(np.abs(log_ratio) <= np.log(4 / 3) + 1.0 / np.minimum(h, w))
     assert top.max() > 16 and left.max() > 16
+
+
+def test_views_do_not_depend_on_the_device_count():
+    """The same key gives the same views on 1 and 4 devices: no op may take a branch that XLA
+    fusion can flip (dm-pix's RGB -> HSV compares a channel with the recomputed maximum)."""
+    from cl_ssl import parallel
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
+    cfg = augment.ViewConfig()
+    views = []
+    for n in (1, 4):
+        mesh = parallel.make_mesh(n)
+        x = jax.device_put(images, parallel.batch_sharded(mesh))
+        fn = jax.jit(augment.augment_batch, static_argnums=2)
+        views.append(np.asarray(fn(jax.random.PRNGKey(0), x, cfg)))
+    np.testing.assert_allclose(views[0], views[1], atol=1e-4)

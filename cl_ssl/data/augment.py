@@ -13,8 +13,8 @@ torchvision does on float tensors.
 dm-pix follows `tf.image`, not torchvision (JAX_STYLE.md 2.7): its brightness is additive, its
 contrast blends towards per-channel means, its saturation scales the HSV saturation, its
 grayscale weights red with 0.2989 and its blur zero-pads. Those ops are written here with the
-torchvision formulas. dm-pix is used where it matches torchvision: the hue rotation in HSV,
-the Gaussian kernel (applied to a reflect-padded image), solarisation and the flip.
+torchvision formulas. dm-pix is used where it matches torchvision: HSV -> RGB for the hue
+rotation (its RGB -> HSV is replaced, see `_rgb_to_hsv`), the Gaussian kernel (applied to a reflect-padded image), solarisation and the flip.
 """
 
 import dataclasses
@@ -336,7 +336,8 @@ def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
 def adjust_hue(image: jax.Array, shift: jax.Array) -> jax.Array:
     """torchvision `adjust_hue`: rotates the HSV hue by `shift` turns, modulo 1.
 
-    dm-pix's `adjust_hue` is the same HSV rotation; the clip only removes rounding excursions.
+    The HSV rotation of torchvision and dm-pix, with a fusion-safe RGB -> HSV conversion
+    (`_rgb_to_hsv`); the clip only removes rounding excursions.
 
     Args:
       image: float32 [H, W, 3] in [0, 1].
@@ -345,7 +346,32 @@ def adjust_hue(image: jax.Array, shift: jax.Array) -> jax.Array:
     Returns:
       float32 [H, W, 3] in [0, 1].
     """
-    return jnp.clip(dm_pix.adjust_hue(image, shift), 0.0, 1.0)
+    hue, saturation, value = _rgb_to_hsv(image)
+    rgb = dm_pix.hsv_to_rgb(jnp.stack([(hue + shift) % 1.0, saturation, value], axis=-1))
+    return jnp.clip(rgb, 0.0, 1.0)
+
+
+def _rgb_to_hsv(image: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Hue (turns, [0, 1)), saturation and value planes [H, W] of an RGB image [H, W, 3] in [0, 1].
+
+    dm-pix's `rgb_to_hsv` chooses the hue sector by exact equality between a channel and the
+    maximum computed from it; under XLA fusion the two need not compare equal, which sends some
+    pixels to the wrong sector (a hue off by up to half a turn) depending on how the step was
+    compiled. Here the sector is the argmax channel (red first on ties, as in torchvision); the
+    sector formulas agree wherever channels tie, so near-ties are harmless.
+    """
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    value = jnp.max(image, axis=-1)
+    range_ = value - jnp.min(image, axis=-1)
+    saturation = jnp.where(value > 0, range_ / jnp.where(value > 0, value, 1.0), 0.0)
+    norm = 1.0 / (6.0 * jnp.where(range_ > 0, range_, 1.0))
+    sector = jnp.argmax(image, axis=-1)
+    hue = jnp.select(
+        [sector == 0, sector == 1],
+        [norm * (green - blue), norm * (blue - red) + 2.0 / 6.0],
+        norm * (red - green) + 4.0 / 6.0,
+    )
+    return jnp.where(range_ > 0, hue, 0.0) % 1.0, saturation, value
 
 
 def _jitter_params(
