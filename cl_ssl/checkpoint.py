@@ -1,0 +1,81 @@
+"""Checkpoints of the train state and the run's results so far, through orbax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+PyTree = Any
+
+
+class Checkpointer:
+    """Saves (state, meta) pairs under ``directory`` and restores the newest one that reads back.
+
+    ``meta`` is a JSON-serialisable dict (the accuracy matrices filled so far). The newest
+    ``keep`` checkpoints are kept. Saving is asynchronous; orbax writes each checkpoint to a temporary
+    folder and renames it when complete, so a killed save never leaves a checkpoint that looks whole.
+    """
+
+    def __init__(self, directory: str, *, keep: int):
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True
+        )
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def save(self, step: int, state: PyTree, meta: dict) -> None:
+        """Saves ``state`` and ``meta`` as checkpoint ``step`` (the global optimizer step)."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, abstract_state: PyTree) -> tuple[int, PyTree, dict] | None:
+        """The newest checkpoint that restores, as (step, state, meta); None when there is none.
+
+        Args:
+          abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the state.
+
+        A checkpoint that fails to restore (corrupt or partial files) is skipped with a warning and the
+        one before it is tried.
+        """
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as error:  # noqa: BLE001 -- any unreadable checkpoint falls back
+                logging.warning(
+                    "checkpoint %d in %s cannot be restored (%s: %s); trying the one before",
+                    step,
+                    self.directory,
+                    type(error).__name__,
+                    error,
+                )
+                continue
+            return step, restored["state"], restored["meta"]
+        return None
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are written."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
+    """``jax.ShapeDtypeStruct`` leaves with ``sharding``, for restoring a tree shaped like ``tree``."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -1,0 +1,150 @@
+"""Default run configuration, shared by the files under configs/, and its validation.
+
+Every field can be overridden on the command line the ml_collections way, for example
+``--config.strategy=offline --config.num_tasks=10 --config.optimizer.lr=0.3``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Fields that change how a run is executed or logged but not its numbers: a resumed run may change
+# them without being taken for a different run.
+EXECUTION_FIELDS = frozenset(
+    {
+        "log_every_steps",
+        "stop_after_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "dataset.data_dir",
+        "progress_bar",
+        "eval.batch_size",
+    }
+)
+
+
+def view_config(**overrides) -> ml_collections.ConfigDict:
+    """One augmentation view (fields of ``cl_ssl.data.augment.ViewConfig``), CIFAR defaults."""
+    view = dict(
+        crop_size=32,
+        min_scale=0.08,
+        max_scale=1.0,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_prob=0.8,
+        gray_prob=0.2,
+        blur_prob=0.0,
+        solarize_prob=0.0,
+        flip_prob=0.5,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.247, 0.243, 0.261),
+    )
+    unknown = set(overrides) - set(view)
+    if unknown:
+        raise ValueError(f"unknown view fields {sorted(unknown)}; valid fields are {sorted(view)}")
+    view.update(overrides)
+    return ml_collections.ConfigDict(view)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """SimCLR on CIFAR-100, 5 class-incremental tasks, CaSSLe's settings (METHODS.md 2.1, 2.8)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict(dict(name="cifar100", data_dir=""))
+    c.scenario = "class_incremental"
+    c.num_tasks = 5
+    c.class_order = "natural"
+    c.split_seed = 0
+
+    c.strategy = "finetune"
+    c.objective = "simclr"
+    c.simclr = ml_collections.ConfigDict(
+        dict(temperature=0.2, proj_hidden_dim=2048, proj_output_dim=256)
+    )
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            backbone="resnet18",
+            stem="cifar",
+            width_multiplier=1.0,
+            cifar_stem_padding=2,
+            dtype="float32",
+        )
+    )
+    # SimCLR's CIFAR views (METHODS.md 1.7): strong jitter, no blur, no solarisation.
+    simclr_view = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
+    c.augment = ml_collections.ConfigDict(
+        dict(view1=view_config(**simclr_view), view2=view_config(**simclr_view))
+    )
+
+    c.batch_size = 256
+    c.epochs_per_task = 500
+    # Epochs of the offline (joint) run; -1 matches the continual runs' budget of image
+    # presentations (METHODS.md 3.2): one pass over the union per epoch of a task.
+    c.offline_epochs = -1
+
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="lars",
+            lr=0.4,
+            weight_decay=1e-5,
+            scale_lr_by_batch=True,
+            warmup_epochs=10,
+            warmup_start_lr=0.003,
+            min_lr=0.0,
+            schedule_per_epoch=True,
+            kwargs=ml_collections.ConfigDict(
+                dict(momentum=0.9, eta=0.02, clip_lr=True, exclude_bias_and_norm=True)
+            ),
+        )
+    )
+
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            evaluators=("linear", "knn"),
+            batch_size=512,
+            train_examples=-1,  # labelled examples that train the probes; -1: the whole train set
+            # CaSSLe's offline probe (PROTOCOLS.md 3.1): 100 epochs, lr x0.1 at 60 and 80,
+            # lr 1.0 for SimCLR, raw (unstandardised) features.
+            linear=ml_collections.ConfigDict(
+                dict(
+                    epochs=100,
+                    batch_size=256,
+                    learning_rate=1.0,
+                    momentum=0.9,
+                    weight_decay=0.0,
+                    milestones=(0.6, 0.8),
+                    standardize=False,
+                )
+            ),
+            knn=ml_collections.ConfigDict(dict(k=20, temperature=0.07)),
+            forgetting="max_prev",
+            bwt_norm="T-1",
+        )
+    )
+
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_every_steps = 50
+    c.progress_bar = True
+    # Stop (as if killed) once this many global steps are done; -1 never. For testing resume.
+    c.stop_after_steps = -1
+    return c
+
+
+def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the run-defining fields whose values differ between two config dicts."""
+    names = []
+    for key in sorted(set(stored) | set(given)):
+        name = f"{prefix}{key}"
+        if name in EXECUTION_FIELDS:
+            continue
+        a, b = stored.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += differing_fields(a, b, prefix=f"{name}.")
+        elif a != b:
+            names.append(name)
+    return names

@@ -1,0 +1,111 @@
+"""One row of the accuracy matrix: frozen-backbone features, then every probe of the config."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+
+from cl_ssl import parallel
+from cl_ssl.data import augment
+from cl_ssl.data.scenarios import Scenario
+from cl_ssl.data.sources import ArraySplit
+from cl_ssl.evaluation import probes
+
+EVALUATORS = ("linear", "knn")
+
+
+class Evaluator:
+    """Scores a backbone by linear probe and weighted kNN on each task's test data (PROTOCOLS 3.1).
+
+    Features are extracted once per evaluation with BatchNorm in inference mode, from the un-augmented
+    images normalised as the first view normalises them. The probes train on the labelled training
+    data of all tasks (``eval.train_examples`` of them, a fixed random subset, when set) and are
+    tested on the whole test set; per-task accuracies come from that one all-class probe, without
+    masking logits.
+    """
+
+    def __init__(
+        self,
+        model,
+        train: ArraySplit,
+        test: ArraySplit,
+        scenario: Scenario,
+        config: ml_collections.ConfigDict,
+        mesh: jax.sharding.Mesh,
+        *,
+        key: jax.Array,
+    ):
+        self._config = config
+        self._scenario = scenario
+        self._mesh = mesh
+        self._num_classes = train.num_classes
+        self._seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        n = config.eval.train_examples
+        if 0 < n < len(train.labels):
+            keep = np.sort(
+                np.random.default_rng(self._seed).choice(len(train.labels), n, replace=False)
+            )
+            train = ArraySplit(
+                images=train.images[keep], labels=train.labels[keep], num_classes=train.num_classes
+            )
+        self._train, self._test = train, test
+        self._batch_size = config.eval.batch_size
+        parallel.check_batch_size(self._batch_size, mesh)
+        view = ml_collections.ConfigDict(config.augment.view1)
+        crop = view.crop_size
+
+        def features(variables, images):
+            x = augment.normalize(images, mean=view.mean, std=view.std)
+            if x.shape[1:3] != (crop, crop):
+                x = jax.image.resize(x, (x.shape[0], crop, crop, x.shape[3]), "bilinear")
+            return model.apply(variables, x, method=model.features)
+
+        self._features = jax.jit(
+            features,
+            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+            out_shardings=parallel.batch_sharded(mesh),
+        )
+
+    def features(self, variables, images: np.ndarray) -> np.ndarray:
+        """Backbone features float32 [N, F] of uint8 images [N, H, W, C], in fixed-size batches."""
+        b = self._batch_size
+        out = []
+        for start in range(0, len(images), b):
+            chunk = images[start : start + b]
+            padded = np.concatenate(
+                [chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)]
+            )
+            f = self._features(variables, parallel.global_batch(self._mesh, padded))
+            out.append(np.asarray(jax.device_get(f))[: len(chunk)])
+        return np.concatenate(out)
+
+    def __call__(self, params, batch_stats) -> dict[str, np.ndarray]:
+        """Per-task top-1 accuracy in percent, float [T], for every evaluator in ``eval.evaluators``."""
+        variables = {"params": params, "batch_stats": batch_stats}
+        train_f = self.features(variables, self._train.images)
+        test_f = self.features(variables, self._test.images)
+        e = self._config.eval
+        results = {}
+        for name in e.evaluators:
+            if name == "linear":
+                predictions = probes.linear_probe(
+                    train_f,
+                    self._train.labels,
+                    test_f,
+                    num_classes=self._num_classes,
+                    seed=self._seed,
+                    **e.linear.to_dict(),
+                )
+            else:
+                predictions = probes.knn_predict(
+                    train_f,
+                    self._train.labels,
+                    test_f,
+                    num_classes=self._num_classes,
+                    **e.knn.to_dict(),
+                )
+            results[name] = probes.per_task_accuracy(
+                np.asarray(predictions), self._test.labels, self._scenario.test_indices
+            )
+        return results

@@ -1,0 +1,44 @@
+"""Command-line entry point: ``python -m cl_ssl.main --config=configs/cifar100.py --workdir=DIR``.
+
+Any config value can be overridden on the command line, e.g. ``--config.strategy=offline``.
+On a multi-host system (Cloud TPU pods, GPU clusters) pass ``--multihost`` so that every process
+joins the same run through ``jax.distributed.initialize()``.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from cl_ssl import train
+from cl_ssl.evaluation import report
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/fashion_mnist.py", "Path of the run's config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", "runs/default", "Folder of checkpoints and results; a run resumes from it."
+)
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() before touching devices."
+)
+
+
+def main(argv):
+    del argv
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    result = train.run(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0 and not result["stopped"]:
+        for name, matrix in result["matrices"].items():
+            print(report.format_matrix(np.asarray(matrix), title=f"{name} accuracy (%)"))
+            for metric, value in result["summaries"].get(name, {}).items():
+                if isinstance(value, float):
+                    print(f"  {metric}: {value:.2f}")
+        print(f"results: {_WORKDIR.value}/results.md")
+
+
+if __name__ == "__main__":
+    app.run(main)

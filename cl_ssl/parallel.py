@@ -1,0 +1,73 @@
+"""Device mesh and shardings for data parallelism (ARCHITECTURE.md rule 4).
+
+One 1-D mesh over every device of every host, axis ``data``. The train state and the on-device data
+sets are replicated; each step's batch of example indices is sharded along ``data``. Under ``jax.jit``
+the losses then see the global batch, and BatchNorm statistics and contrastive negatives cover all
+devices without hand-written collectives.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (all devices when None)."""
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(
+                f"asked for a mesh of {num_devices} devices but {len(devices)} are available; "
+                f"choose a number between 1 and {len(devices)}"
+            )
+        devices = devices[:num_devices]
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of arrays held whole on every device (state, on-device data sets)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of arrays split along their leading (batch) axis over ``data``."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+    """Raises ValueError unless the global batch divides evenly over the mesh's devices."""
+    n = mesh.size
+    if batch_size % n:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {n} devices of the mesh; "
+            f"set --config.batch_size to a multiple of {n} (e.g. {max(n, batch_size - batch_size % n)})"
+        )
+
+
+def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
+    """Places a host array that every process holds whole as a batch-sharded global array.
+
+    Args:
+      mesh: the data mesh.
+      batch: [B, ...], identical on every process (for example the example indices of one step,
+        derived from the shared seed).
+
+    Returns:
+      A global jax.Array of shape [B, ...] sharded along ``data``; each process transfers only the
+      rows that its own devices hold.
+    """
+    return jax.make_array_from_callback(
+        batch.shape, batch_sharded(mesh), lambda index: batch[index]
+    )
+
+
+def put_replicated(mesh: jax.sharding.Mesh, tree):
+    """Copies a pytree of host arrays whole onto every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,234 @@
+"""Train-step throughput of SimCLR with a ResNet-18 (CIFAR stem), augmentation included.
+
+Measures cl_ssl's jitted step (on-device augmentation of two views, forward and backward of both,
+NT-Xent, LARS update) and, in the same run, the peer: a plain PyTorch loop of the same model, loss
+and augmentations, fed the way solo-learn feeds its model (torchvision transforms on PIL images in
+a DataLoader with worker processes). Prints images/s for both and their ratio, and the model-FLOPs
+utilisation of the JAX step when the device's peak is known.
+
+    python experiments/throughput.py                       # CPU, batch 256
+    python experiments/throughput.py --dtype=bfloat16      # GPU: bf16 compute, f32 parameters
+
+The PyTorch peer needs the `bench` extra (`pip install -e '.[bench]'`); it is skipped if absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from cl_ssl import config as config_lib
+from cl_ssl import parallel
+from cl_ssl import state as state_lib
+from cl_ssl import step as step_lib
+from cl_ssl.objectives import get_objective
+
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size (images per step).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing (compilation included).")
+_BACKBONE = flags.DEFINE_string("backbone", "resnet18", "Backbone name.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_PEER = flags.DEFINE_bool("peer", True, "Also time the PyTorch peer loop.")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "DataLoader workers of the peer.")
+_PEAK = flags.DEFINE_float(
+    "peak_tflops", 0.0, "Device peak TFLOP/s for MFU; 0 looks the device kind up."
+)
+_OUTPUT = flags.DEFINE_string("output", "", "Optional JSON file for the figures.")
+
+# Dense peak TFLOP/s per device (vendor figures, no sparsity).
+PEAK_TFLOPS = {
+    ("NVIDIA H100 80GB HBM3", "bfloat16"): 989.0,
+    ("NVIDIA H100 80GB HBM3", "float32"): 67.0,
+    ("NVIDIA H200", "bfloat16"): 989.0,
+    ("NVIDIA H200", "float32"): 67.0,
+}
+NUM_IMAGES = 4096
+
+
+def _config():
+    config = config_lib.base_config()
+    config.batch_size = _BATCH.value
+    config.model.backbone = _BACKBONE.value
+    config.model.dtype = _DTYPE.value
+    return config
+
+
+def time_jax() -> dict:
+    """images/s and FLOPs per step of cl_ssl's train step on random CIFAR-sized uint8 images."""
+    config = _config()
+    mesh = parallel.make_mesh()
+    objective = get_objective(config)
+    tx = step_lib.make_tx(config)
+    rng = jax.random.PRNGKey(0)
+    variables = objective.model.init(rng, np.zeros((1, 32, 32, 3), np.float32), train=True)
+    state = parallel.put_replicated(
+        mesh, state_lib.create_state(variables=variables, tx=tx, teacher={}, rng=rng)
+    )
+    images = parallel.put_replicated(
+        mesh, np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
+    )
+    step = step_lib.jit_step(step_lib.build_step_fn(objective, tx), mesh)
+    lr = parallel.put_replicated(mesh, np.float32(0.4))
+    batches = [
+        parallel.global_batch(
+            mesh,
+            np.random.default_rng(i)
+            .choice(NUM_IMAGES, _BATCH.value, replace=False)
+            .astype(np.int32),
+        )
+        for i in range(4)
+    ]
+    cost = step.lower(state, images, batches[0], lr).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0))
+    for i in range(_WARMUP.value):
+        state, metrics = step(state, images, batches[i % 4], lr)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i in range(_STEPS.value):
+        state, metrics = step(state, images, batches[i % 4], lr)
+    jax.block_until_ready(metrics)
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": _STEPS.value * _BATCH.value / seconds,
+        "step_ms": 1e3 * seconds / _STEPS.value,
+        "flops_per_step": flops,
+        "loss": float(metrics["loss"]),
+    }
+
+
+def time_torch() -> dict:
+    """images/s of the PyTorch peer: torchvision ResNet-18 (CIFAR stem), DataLoader of two views."""
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision import transforms as T
+
+    class TwoViews(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = images
+            self.transform = T.Compose(
+                [
+                    T.RandomResizedCrop(
+                        32, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                    ),
+                    T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                    T.RandomGrayscale(p=0.2),
+                    T.RandomHorizontalFlip(),
+                    T.ToTensor(),
+                    T.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+                ]
+            )
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            from PIL import Image
+
+            image = Image.fromarray(self.images[i])
+            return self.transform(image), self.transform(image)
+
+    def nt_xent(z1, z2, temperature=0.2):
+        z = nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+        logits = z @ z.T / temperature
+        logits.fill_diagonal_(float("-inf"))
+        n = z1.shape[0]
+        targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        return nn.functional.cross_entropy(logits, targets)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = torchvision.models.resnet18()
+    backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    backbone.maxpool = nn.Identity()
+    backbone.fc = nn.Identity()
+    model = nn.Sequential(backbone, nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, 256)).to(
+        device
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9, weight_decay=1e-5)
+    images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
+    loader = torch.utils.data.DataLoader(
+        TwoViews(images),
+        batch_size=_BATCH.value,
+        shuffle=True,
+        drop_last=True,
+        num_workers=_WORKERS.value,
+        persistent_workers=_WORKERS.value > 0,
+        pin_memory=device == "cuda",
+    )
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=_DTYPE.value == "bfloat16")
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+
+    def step():
+        x1, x2 = next(it)
+        x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+        with autocast:
+            loss = nt_xent(model(x1), model(x2))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(_WARMUP.value):
+        loss = step()
+    float(loss)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+        loss = step()
+    float(loss)
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": _STEPS.value * _BATCH.value / seconds,
+        "step_ms": 1e3 * seconds / _STEPS.value,
+        "torch": torch.__version__,
+    }
+
+
+def main(argv):
+    del argv
+    device = jax.devices()[0]
+    results = {
+        "device": device.device_kind,
+        "num_devices": jax.device_count(),
+        "batch_size": _BATCH.value,
+        "backbone": _BACKBONE.value,
+        "dtype": _DTYPE.value,
+        "jax": time_jax(),
+    }
+    peak = _PEAK.value or PEAK_TFLOPS.get((device.device_kind, _DTYPE.value), 0.0)
+    if peak:
+        achieved = results["jax"]["flops_per_step"] * 1e3 / results["jax"]["step_ms"]
+        results["jax"]["mfu"] = achieved / (peak * 1e12 * jax.device_count())
+    if _PEER.value:
+        try:
+            results["torch"] = time_torch()
+        except ImportError as error:
+            print(f"PyTorch peer skipped ({error}); install it with pip install -e '.[bench]'")
+    print(json.dumps(results, indent=2))
+    print(f"\n{'loop':<10}{'images/s':>12}{'ms/step':>12}")
+    for name in ("jax", "torch"):
+        if name in results:
+            r = results[name]
+            print(f"{name:<10}{r['images_per_s']:>12.1f}{r['step_ms']:>12.1f}")
+    if "torch" in results:
+        ratio = results["jax"]["images_per_s"] / results["torch"]["images_per_s"]
+        print(f"ratio jax/torch: {ratio:.2f}")
+    if "mfu" in results["jax"]:
+        print(f"MFU (jax): {100 * results['jax']['mfu']:.1f}%")
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,152 @@
+"""End-to-end runs of the training pipeline on mock data with the tiny ResNet."""
+
+import json
+import os
+
+import chex
+import numpy as np
+import pytest
+
+from cl_ssl import config as config_lib
+from cl_ssl import losses, parallel, train
+from cl_ssl import step as step_lib
+
+
+def tiny_config(**overrides):
+    """SimCLR with the tiny ResNet on mock CIFAR-10, 2 tasks, a few steps per task."""
+    c = config_lib.base_config()
+    c.dataset.name = "cifar10"
+    c.num_tasks = 2
+    c.model.backbone = "resnet_tiny"
+    c.simclr.proj_hidden_dim = 32
+    c.simclr.proj_output_dim = 16
+    c.batch_size = 8
+    c.epochs_per_task = 2
+    c.optimizer.warmup_epochs = 1
+    c.eval.batch_size = 32
+    c.eval.linear.epochs = 2
+    c.eval.linear.batch_size = 16
+    c.eval.knn.k = 5
+    c.checkpoint_every_steps = 3
+    c.log_every_steps = 1
+    c.progress_bar = False
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture
+def mock_cifar10(mock_tfds):
+    with mock_tfds(num_examples=48):
+        yield
+
+
+def _run(config, workdir, num_devices=1):
+    return train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "offline"])
+def test_end_to_end_two_tasks(mock_cifar10, tmp_path, strategy):
+    result = _run(tiny_config(strategy=strategy), tmp_path)
+    stages = 2 if strategy == "finetune" else 1
+    for name in ("linear", "knn"):
+        R = result["matrices"][name]
+        assert R.shape == (stages + 1, 2)
+        assert np.all((R >= 0) & (R <= 100))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["matrices"]) == {"linear", "knn"}
+    assert (tmp_path / "results.md").exists()
+    assert (tmp_path / "plots" / "accuracy_matrix_linear.png").exists()
+    assert int(result["state"].task) == stages
+    if strategy == "finetune":
+        assert "forgetting" in " ".join(result["summaries"]["linear"])
+
+
+def test_resume_is_exact(mock_cifar10, tmp_path):
+    """A run stopped mid-task (between two checkpoints) and resumed ends bit-identical."""
+    whole = _run(tiny_config(), tmp_path / "whole")
+    stopped = _run(tiny_config(stop_after_steps=5), tmp_path / "resumed")
+    assert stopped["stopped"]
+    resumed = _run(tiny_config(), tmp_path / "resumed")
+    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+    chex.assert_trees_all_equal(whole["state"].batch_stats, resumed["state"].batch_stats)
+    for name in whole["matrices"]:
+        np.testing.assert_array_equal(whole["matrices"][name], resumed["matrices"][name])
+
+
+def test_resume_across_task_boundary_and_corrupt_latest(mock_cifar10, tmp_path):
+    """A corrupt newest checkpoint is skipped with a warning; the run still ends identical."""
+    whole = _run(tiny_config(), tmp_path / "whole")
+    workdir = tmp_path / "resumed"
+    _run(tiny_config(stop_after_steps=8), workdir)
+    ckpt_dir = workdir / "checkpoints"
+    newest = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+    for root, _, files in os.walk(ckpt_dir / str(newest) / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"corrupt")
+    resumed = _run(tiny_config(), workdir)
+    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+
+
+def test_one_compile_for_all_tasks(mock_cifar10, tmp_path, monkeypatch):
+    chex.clear_trace_counter()
+    build = step_lib.build_step_fn
+    monkeypatch.setattr(
+        step_lib, "build_step_fn", lambda *a, **k: chex.assert_max_traces(build(*a, **k), n=1)
+    )
+    result = _run(tiny_config(), tmp_path)
+    assert int(result["state"].task) == 2
+
+
+def test_one_and_four_devices_agree(mock_cifar10, tmp_path):
+    config = tiny_config(
+        epochs_per_task=1, **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
+    )
+    one = _run(config, tmp_path / "one", num_devices=1)
+    four = _run(config, tmp_path / "four", num_devices=4)
+    chex.assert_trees_all_close(one["state"].params, four["state"].params, atol=1e-4, rtol=1e-3)
+    chex.assert_trees_all_close(
+        one["state"].batch_stats, four["state"].batch_stats, atol=1e-4, rtol=1e-3
+    )
+
+
+def test_non_finite_loss_stops_the_run(mock_cifar10, tmp_path, monkeypatch):
+    monkeypatch.setattr(losses, "nt_xent", lambda z1, z2, **kw: (z1.sum() + z2.sum()) * np.nan)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss nan at step 1 .*checkpoint is "
+        r"step 0",
+    ):
+        _run(tiny_config(), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"strategy": "nope"}, "--config.strategy to one of"),
+        ({"objective": "nope"}, "--config.objective to one of"),
+        ({"num_tasks": 3}, "do not divide"),
+        ({"batch_size": 6}, "not divisible by the 4 devices"),
+        ({"dataset.name": "no_such_dataset"}, "no_such_dataset"),
+        ({"eval.evaluators": ("linear", "magic")}, "unknown evaluator"),
+    ],
+)
+def test_bad_config_fails_before_compiling(mock_cifar10, tmp_path, monkeypatch, overrides, message):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the train step was built although the config is bad")
+
+    monkeypatch.setattr(step_lib, "build_step_fn", no_compile)
+    with pytest.raises(ValueError, match=message):
+        _run(tiny_config(**overrides), tmp_path, num_devices=4)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_workdir_of_another_config_is_refused(mock_cifar10, tmp_path):
+    _run(tiny_config(epochs_per_task=2, stop_after_steps=1), tmp_path)
+    with pytest.raises(ValueError, match="different config .*epochs_per_task"):
+        _run(tiny_config(epochs_per_task=3), tmp_path)
