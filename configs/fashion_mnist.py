@@ -1,7 +1,11 @@
 """The built-in demo: SimCLR on Split Fashion-MNIST, 5 class-incremental tasks of 2 classes.
 
-Sized to finish on 2 CPU cores in under 10 minutes: a ResNet-18 at 1/8 width, 28x28 crops,
-a few epochs per task, probes trained on a fixed subset of 10,000 labelled images.
+Sized to finish on 2 CPU cores in under 10 minutes: a ResNet-18 at 1/4 width with the ImageNet
+stem (7x7/2 convolution and max-pool: 7x7 maps after the stem on 28x28 crops, about 3x cheaper
+than the CIFAR stem at 1/8 width), 3 epochs per task, probes trained on a fixed subset of 10,000
+labelled images. AdamW replaces CaSSLe's LARS here: in runs this short (141 steps per task) it
+learns faster. This is a CPU-scale demonstration of the pipeline, not a paper setting; see
+configs/cifar100.py for CaSSLe's.
 
     apt-get install dataset-fashion-mnist        # the real IDX files, read offline
     python -m cl_ssl.main --config=configs/fashion_mnist.py --workdir=runs/demo
@@ -19,19 +23,29 @@ def get_config(arg: str | None = None):
     config.dataset.name = "fashion_mnist_idx"
     config.num_tasks = 5
     config.model.backbone = "resnet18"
-    config.model.width_multiplier = 0.125
+    config.model.stem = "imagenet"
+    config.model.width_multiplier = 0.25
     config.simclr.proj_hidden_dim = 256
     config.simclr.proj_output_dim = 64
     # Grayscale images: brightness and contrast jitter only; objects are centred and small, so
     # crops keep at least 20% of the image.
-    view = dict(crop_size=28, min_scale=0.2, saturation=0.0, hue=0.0, gray_prob=0.0, mean=MEAN,
-                std=STD)
+    view = dict(
+        crop_size=28, min_scale=0.2, saturation=0.0, hue=0.0, gray_prob=0.0, mean=MEAN, std=STD
+    )
     config.augment.view1 = config_lib.view_config(**view)
     config.augment.view2 = config_lib.view_config(**view)
     config.batch_size = 256
     config.epochs_per_task = 3
-    config.optimizer.warmup_epochs = 1
-    config.optimizer.schedule_per_epoch = False
+    config.optimizer.update(
+        name="adamw",
+        lr=2e-3,
+        weight_decay=1e-4,
+        scale_lr_by_batch=False,
+        warmup_epochs=1,
+        warmup_start_lr=1e-4,
+        schedule_per_epoch=False,
+    )
+    config.optimizer.kwargs = {}
     config.eval.train_examples = 10_000
     config.eval.linear.epochs = 30
     config.eval.linear.learning_rate = 0.1
