@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cl_ssl import train
@@ -28,6 +28,10 @@ _MULTIHOST = flags.DEFINE_bool(
 
 def main(argv):
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        # orbax reports every checkpoint operation at INFO; keep the console to the progress bar
+        # and the results unless --verbosity asks for more.
+        logging.set_verbosity(logging.WARNING)
     if _MULTIHOST.value:
         jax.distributed.initialize()
     result = train.run(_CONFIG.value, _WORKDIR.value)

@@ -269,12 +269,13 @@ def _run(
     else:
         _, state, meta = restored
         results.load_json(meta["matrices"])
-        logging.info(
-            "resumed from step %d (task %d, step %d of the task)",
-            int(state.step),
-            int(state.task),
-            int(state.task_step),
-        )
+        if jax.process_index() == 0:
+            where = (
+                "the run is complete"
+                if int(state.task) >= len(p.stages)
+                else f"task {int(state.task) + 1}, step {int(state.task_step)} of the task"
+            )
+            print(f"resumed from {ckpt.directory} at step {int(state.step)} ({where})")
 
     images = parallel.put_replicated(mesh, p.train.images)
     train_step = step_lib.jit_step(step_lib.build_step_fn(objective, tx), mesh)
@@ -331,7 +332,7 @@ def _run(
                 ckpt.save(global_step, state, {"matrices": results.to_json()})
             if stop:
                 bar.close()
-                logging.info("stopping after step %d as stop_after_steps asks", global_step)
+                logging.warning("stopping after step %d as stop_after_steps asks", global_step)
                 return {
                     "matrices": results.matrices,
                     "summaries": results.summaries(),
