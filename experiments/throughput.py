@@ -83,7 +83,8 @@ def time_jax() -> dict:
         )
         for i in range(4)
     ]
-    cost = step.lower(state, images, batches[0], lr).compile().cost_analysis()
+    step = step.lower(state, images, batches[0], lr).compile()
+    cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0))
     for i in range(_WARMUP.value):
@@ -181,11 +182,11 @@ def time_torch() -> dict:
 
     for _ in range(_WARMUP.value):
         loss = step()
-    float(loss)
+    loss.item()
     start = time.perf_counter()
     for _ in range(_STEPS.value):
         loss = step()
-    float(loss)
+    loss.item()
     seconds = time.perf_counter() - start
     return {
         "images_per_s": _STEPS.value * _BATCH.value / seconds,
@@ -196,24 +197,20 @@ def time_torch() -> dict:
 
 def main(argv):
     del argv
-    device = jax.devices()[0]
-    results = {
-        "device": device.device_kind,
-        "num_devices": jax.device_count(),
-        "batch_size": _BATCH.value,
-        "backbone": _BACKBONE.value,
-        "dtype": _DTYPE.value,
-        "jax": time_jax(),
-    }
-    peak = _PEAK.value or PEAK_TFLOPS.get((device.device_kind, _DTYPE.value), 0.0)
-    if peak:
-        achieved = results["jax"]["flops_per_step"] * 1e3 / results["jax"]["step_ms"]
-        results["jax"]["mfu"] = achieved / (peak * 1e12 * jax.device_count())
+    results = {"batch_size": _BATCH.value, "backbone": _BACKBONE.value, "dtype": _DTYPE.value}
     if _PEER.value:
+        # The peer runs first: its DataLoader forks worker processes, which is unsafe once JAX
+        # has started its thread pools.
         try:
             results["torch"] = time_torch()
         except ImportError as error:
             print(f"PyTorch peer skipped ({error}); install it with pip install -e '.[bench]'")
+    device = jax.devices()[0]
+    results.update(device=device.device_kind, num_devices=jax.device_count(), jax=time_jax())
+    peak = _PEAK.value or PEAK_TFLOPS.get((device.device_kind, _DTYPE.value), 0.0)
+    if peak:
+        achieved = results["jax"]["flops_per_step"] * 1e3 / results["jax"]["step_ms"]
+        results["jax"]["mfu"] = achieved / (peak * 1e12 * jax.device_count())
     print(json.dumps(results, indent=2))
     print(f"\n{'loop':<10}{'images/s':>12}{'ms/step':>12}")
     for name in ("jax", "torch"):
