@@ -73,7 +73,9 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
       images: uint8 [N, H, W, C], the whole training set, replicated on every device.
       batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis.
       lr: float32 [], this step's learning rate (see ``lr_schedule``).
-      metrics: float32 scalars, 'loss', the objective's own terms and 'lr'.
+      metrics: float32 scalars: 'loss', 'grad_norm' (global L2 norm of the gradients), 'lr' and the
+      objective's own terms. A finite loss with a non-finite gradient norm means the updated
+      parameters are not finite.
     The step's random key is the run key folded with the global step, so a resumed run draws the
     same augmentations as an uninterrupted one.
     """
@@ -117,7 +119,8 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        return new_state, {"loss": loss, "lr": lr, **terms}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **terms}
+        return new_state, metrics
 
     return train_step
 

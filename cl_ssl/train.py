@@ -206,10 +206,18 @@ class _Results:
             )
 
 
+def _finite(step_metrics: dict) -> bool:
+    """Whether a step's loss and gradient norm (hence its updated parameters) are finite."""
+    return bool(
+        np.isfinite(float(step_metrics["loss"])) and np.isfinite(float(step_metrics["grad_norm"]))
+    )
+
+
 def _non_finite(step: int, metrics_: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
     values = {k: float(v) for k, v in metrics_.items()}
     return FloatingPointError(
-        f"non-finite loss {values['loss']} at step {step} (task {stage_id + 1}; metrics {values}); "
+        f"non-finite loss or gradient (loss {values['loss']}, gradient norm "
+        f"{values['grad_norm']}) at step {step} (task {stage_id + 1}; metrics {values}); "
         f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the "
         f"learning rate or check the data, then rerun with the same --workdir."
     )
@@ -306,9 +314,9 @@ def _run(
             state, step_metrics = train_step(state, images, parallel.global_batch(mesh, batch), lr)
             global_step += 1
             if pending is not None:
-                loss = float(pending[1]["loss"])
-                if not np.isfinite(loss):
+                if not _finite(pending[1]):
                     raise _non_finite(*pending, stage_id, ckpt)
+                loss = float(pending[1]["loss"])
                 if pending[0] % config.log_every_steps == 0:
                     rate = (task_step - tic_step) * config.batch_size / (time.perf_counter() - tic)
                     tic, tic_step = time.perf_counter(), task_step
@@ -327,7 +335,7 @@ def _run(
             if task_step + 1 < stage.num_steps and (
                 global_step % config.checkpoint_every_steps == 0 or stop
             ):
-                if not np.isfinite(float(step_metrics["loss"])):
+                if not _finite(step_metrics):
                     raise _non_finite(*pending, stage_id, ckpt)
                 ckpt.save(global_step, state, {"matrices": results.to_json()})
             if stop:
@@ -340,7 +348,7 @@ def _run(
                     "stopped": True,
                 }
         bar.close()
-        if pending is not None and not np.isfinite(float(pending[1]["loss"])):
+        if pending is not None and not _finite(pending[1]):
             raise _non_finite(*pending, stage_id, ckpt)
 
         results.record(stage_id + 1, evaluator(state.params, state.batch_stats))

@@ -4,6 +4,7 @@ import json
 import os
 
 import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -115,14 +116,22 @@ def test_one_and_four_devices_agree(mock_cifar10, tmp_path):
     )
 
 
-def test_non_finite_loss_stops_the_run(mock_cifar10, tmp_path, monkeypatch):
-    monkeypatch.setattr(losses, "nt_xent", lambda z1, z2, **kw: (z1.sum() + z2.sum()) * np.nan)
+@pytest.mark.parametrize(
+    "bad_loss",
+    [
+        lambda z1, z2, **kw: (z1.sum() + z2.sum()) * np.nan,
+        # A finite loss whose gradient is not: the updated parameters would be NaN.
+        lambda z1, z2, **kw: jnp.sqrt(jnp.sum(z1 * 0.0)) + jnp.mean(z2) * 0.0,
+    ],
+    ids=["nan_loss", "inf_gradient"],
+)
+def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_loss):
+    monkeypatch.setattr(losses, "nt_xent", bad_loss)
     with pytest.raises(
-        FloatingPointError,
-        match=r"non-finite loss nan at step 1 .*checkpoint is "
-        r"step 0",
+        FloatingPointError, match=r"non-finite loss or gradient .* at step 1 .*checkpoint is step 0"
     ):
         _run(tiny_config(), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["0"]
 
 
 @pytest.mark.parametrize(
