@@ -43,11 +43,18 @@ class Checkpointer:
         """The newest checkpoint that restores, as (step, state, meta); None when there is none.
 
         Args:
-          abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the state.
+          abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the
+            state.
 
-        A checkpoint that fails to restore (corrupt or partial files) is skipped with a warning and the
-        one before it is tried.
+        A checkpoint that fails to restore (corrupt or partial files) is skipped with a warning and
+        the one before it is tried; once an older one restores, the unreadable newer ones are
+        deleted, so that the replayed run can save those steps again.
+
+        Raises:
+          RuntimeError: when checkpoints exist but none of them restores (for example a state
+            whose layout changed); nothing is deleted then.
         """
+        errors = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self._manager.restore(
@@ -64,8 +71,17 @@ class Checkpointer:
                     type(error).__name__,
                     error,
                 )
+                errors.append((step, f"step {step}: {type(error).__name__}: {error}"))
                 continue
+            for unreadable, _ in errors:
+                self._manager.delete(unreadable)
             return step, restored["state"], restored["meta"]
+        if errors:
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} restores "
+                f"({'; '.join(message for _, message in errors)}); the state does not match this "
+                "version of the code or the files are damaged. Use a new --workdir to start again."
+            )
         return None
 
     def wait(self) -> None:

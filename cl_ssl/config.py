@@ -148,3 +148,54 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
         elif a != b:
             names.append(name)
     return names
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks the plain values of a run config; ValueError names the field and what to change.
+
+    Names (strategy, objective, data set, class order) are checked where they are looked up;
+    this covers the numbers and choices that would otherwise fail only after compiling.
+    """
+    from cl_ssl.evaluation import evaluate, metrics  # noqa: PLC0415 -- avoids an import cycle
+
+    for field in ("batch_size", "epochs_per_task", "checkpoint_every_steps", "log_every_steps"):
+        _require(config[field] >= 1, f"{field}={config[field]}; set it to at least 1")
+    _require(
+        config.keep_checkpoints >= 2,
+        f"keep_checkpoints={config.keep_checkpoints}; keep at least 2 so that an unreadable "
+        "newest checkpoint can fall back to the one before",
+    )
+    for field in ("offline_epochs", "stop_after_steps"):
+        _require(
+            config[field] == -1 or config[field] >= 1,
+            f"{field}={config[field]}; set it to -1 (off) or to at least 1",
+        )
+    for field in ("batch_size", "eval.batch_size"):
+        value = config.eval.batch_size if field == "eval.batch_size" else config.batch_size
+        _require(
+            value % num_devices == 0,
+            f"{field}={value} is not divisible by the {num_devices} devices of the mesh; set "
+            f"--config.{field} to a multiple of {num_devices}",
+        )
+    _require(
+        config.model.dtype in ("float32", "bfloat16"),
+        f"model.dtype={config.model.dtype!r}; choose 'float32' or 'bfloat16'",
+    )
+    for name in config.eval.evaluators:
+        _require(
+            name in evaluate.EVALUATORS,
+            f"unknown evaluator {name!r} in eval.evaluators; choose among {list(evaluate.EVALUATORS)}",
+        )
+    _require(
+        config.eval.forgetting in metrics.FORGETTING_VARIANTS,
+        f"eval.forgetting={config.eval.forgetting!r}; choose among {list(metrics.FORGETTING_VARIANTS)}",
+    )
+    _require(
+        config.eval.bwt_norm in metrics.TRANSFER_NORMS,
+        f"eval.bwt_norm={config.eval.bwt_norm!r}; choose among {list(metrics.TRANSFER_NORMS)}",
+    )

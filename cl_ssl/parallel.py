@@ -41,16 +41,6 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> None:
-    """Raises ValueError unless the global batch divides evenly over the mesh's devices."""
-    n = mesh.size
-    if batch_size % n:
-        raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {n} devices of the mesh; "
-            f"set --config.batch_size to a multiple of {n} (e.g. {max(n, batch_size - batch_size % n)})"
-        )
-
-
 def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
     """Places a host array that every process holds whole as a batch-sharded global array.
 

@@ -3,8 +3,8 @@
 The step takes the whole on-device training set and one batch of example indices, gathers and
 augments the two views on the device, and updates the state. Everything that differs between tasks
 (the task index, the learning rate, whose schedule has a different length in each task) enters as
-arrays, so a run compiles the step once (ARCHITECTURE.md rule 3). The learning rate is computed on
-the host, which keeps schedule arithmetic out of the step.
+arrays, so a run compiles the step once (ARCHITECTURE.md rule 3). The training loop computes each
+stage's learning rates once, ahead of its steps, and passes one per step.
 """
 
 from __future__ import annotations

@@ -59,13 +59,7 @@ def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.nd
 
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     """Validates ``config``, loads the data and cuts the stages; ValueError says what to change."""
-    parallel.check_batch_size(config.batch_size, mesh)
-    for name in config.eval.evaluators:
-        if name not in evaluate.EVALUATORS:
-            raise ValueError(
-                f"unknown evaluator {name!r} in eval.evaluators; choose among "
-                f"{list(evaluate.EVALUATORS)}"
-            )
+    config_lib.validate(config, mesh.size)
     try:
         step_lib.make_tx(config).init({})
     except TypeError as error:
@@ -123,10 +117,16 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
 
 
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Stores the config in a new workdir; refuses a workdir that holds a run of another config."""
+    """Stores the config in the workdir; refuses a workdir whose checkpoints are of another config.
+
+    A stored config without checkpoints (a first attempt that failed before saving anything) is
+    replaced.
+    """
     given = json.loads(config.to_json())
     path = os.path.join(workdir, "config.json")
-    if os.path.exists(path):
+    checkpoints = os.path.join(workdir, "checkpoints")
+    has_run = os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
+    if has_run and os.path.exists(path):
         with open(path) as f:
             differ = config_lib.differing_fields(json.load(f), given)
         if differ:
@@ -136,8 +136,7 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
             )
     elif jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(given, f, indent=2, sort_keys=True)
+        report.write_atomic(path, json.dumps(given, indent=2, sort_keys=True))
 
 
 class _Results:
@@ -254,8 +253,7 @@ def _run(
     config, mesh, objective, strategy = p.config, p.mesh, p.objective, p.strategy
     rep = parallel.replicated(mesh)
     tx = step_lib.make_tx(config)
-    rng = jax.random.PRNGKey(config.seed)
-    init_key, eval_key = jax.random.split(jax.random.fold_in(rng, 0))
+    init_key, eval_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     crop = objective.views[0].crop_size
 
     def init_state():
@@ -263,7 +261,7 @@ def _run(
             init_key, np.zeros((1, crop, crop, 3), np.float32), train=True
         )
         teacher = strategy.teacher(variables["params"], variables.get("batch_stats", {}))
-        return state_lib.create_state(variables=variables, tx=tx, teacher=teacher, rng=rng)
+        return state_lib.create_state(variables=variables, tx=tx, teacher=teacher, rng=step_key)
 
     state = jax.jit(init_state, out_shardings=rep)()
     results = _Results(p, workdir, writer)
@@ -293,6 +291,8 @@ def _run(
         lr_at = step_lib.lr_schedule(
             config, num_epochs=stage.num_epochs, steps_per_epoch=stage.steps_per_epoch
         )
+        # The whole stage's rates at once, so the loop never waits on the device for one.
+        lrs = np.asarray(jax.jit(jax.vmap(lr_at))(np.arange(stage.num_steps)), np.float32)
         first = int(state.task_step)
         bar = tqdm.tqdm(
             total=stage.num_steps,
@@ -310,7 +310,7 @@ def _run(
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
             batch = order[position * config.batch_size : (position + 1) * config.batch_size]
-            lr = parallel.put_replicated(mesh, np.float32(lr_at(task_step)))
+            lr = parallel.put_replicated(mesh, lrs[task_step])
             state, step_metrics = train_step(state, images, parallel.global_batch(mesh, batch), lr)
             global_step += 1
             if pending is not None:

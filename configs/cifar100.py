@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         config.model.backbone = "resnet_tiny"
         config.epochs_per_task = 1
+        config.optimizer.warmup_epochs = 0
         config.batch_size = 64
         config.eval.train_examples = 2000
         config.eval.linear.epochs = 5

@@ -3,7 +3,7 @@
 Sized to finish on 2 CPU cores in under 10 minutes: a ResNet-18 at 1/4 width with the ImageNet
 stem (7x7/2 convolution and max-pool: 7x7 maps after the stem on 28x28 crops, about 3x cheaper
 than the CIFAR stem at 1/8 width), 3 epochs per task, probes trained on a fixed subset of 10,000
-labelled images. AdamW replaces CaSSLe's LARS here: in runs this short (141 steps per task) it
+labelled images. AdamW replaces CaSSLe's LARS here: in runs this short (138 steps per task) it
 learns faster. This is a CPU-scale demonstration of the pipeline, not a paper setting; see
 configs/cifar100.py for CaSSLe's.
 

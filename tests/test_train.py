@@ -1,7 +1,9 @@
 """End-to-end runs of the training pipeline on mock data with the tiny ResNet."""
 
+import importlib.util
 import json
 import os
+import pathlib
 
 import chex
 import jax.numpy as jnp
@@ -68,7 +70,8 @@ def test_end_to_end_two_tasks(mock_cifar10, tmp_path, strategy):
 
 
 def test_resume_is_exact(mock_cifar10, tmp_path):
-    """A run stopped mid-task (between two checkpoints) and resumed ends bit-identical."""
+    """A run stopped mid-task (at step 5, between the periodic checkpoints 3 and 9) and resumed
+    ends bit-identical to an uninterrupted run."""
     whole = _run(tiny_config(), tmp_path / "whole")
     stopped = _run(tiny_config(stop_after_steps=5), tmp_path / "resumed")
     assert stopped["stopped"]
@@ -80,18 +83,23 @@ def test_resume_is_exact(mock_cifar10, tmp_path):
 
 
 def test_resume_across_task_boundary_and_corrupt_latest(mock_cifar10, tmp_path):
-    """A corrupt newest checkpoint is skipped with a warning; the run still ends identical."""
+    """A corrupt newest checkpoint (the periodic one at step 9, in task 2) is skipped with a
+    warning; the run resumes from the task boundary (step 6), saves step 9 again and ends
+    identical."""
     whole = _run(tiny_config(), tmp_path / "whole")
     workdir = tmp_path / "resumed"
-    _run(tiny_config(stop_after_steps=8), workdir)
+    _run(tiny_config(stop_after_steps=9), workdir)
     ckpt_dir = workdir / "checkpoints"
     newest = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     for root, _, files in os.walk(ckpt_dir / str(newest) / "state"):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"corrupt")
+    assert newest == 9
     resumed = _run(tiny_config(), workdir)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+    for name in whole["matrices"]:
+        np.testing.assert_array_equal(whole["matrices"][name], resumed["matrices"][name])
 
 
 def test_one_compile_for_all_tasks(mock_cifar10, tmp_path, monkeypatch):
@@ -143,6 +151,12 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
         ({"batch_size": 6}, "not divisible by the 4 devices"),
         ({"dataset.name": "no_such_dataset"}, "no_such_dataset"),
         ({"eval.evaluators": ("linear", "magic")}, "unknown evaluator"),
+        ({"eval.forgetting": "max"}, "eval.forgetting='max'; choose among"),
+        ({"eval.batch_size": 30}, "eval.batch_size=30 is not divisible"),
+        ({"keep_checkpoints": 1}, "keep at least 2"),
+        ({"checkpoint_every_steps": 0}, "checkpoint_every_steps=0"),
+        ({"epochs_per_task": 2, "optimizer.warmup_epochs": 2}, "warmup_epochs=2 must lie in"),
+        ({"optimizer.name": "sgd"}, "do not fit optimizer 'sgd'"),
     ],
 )
 def test_bad_config_fails_before_compiling(mock_cifar10, tmp_path, monkeypatch, overrides, message):
@@ -153,9 +167,49 @@ def test_bad_config_fails_before_compiling(mock_cifar10, tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match=message):
         _run(tiny_config(**overrides), tmp_path, num_devices=4)
     assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "config.json").exists()
 
 
 def test_workdir_of_another_config_is_refused(mock_cifar10, tmp_path):
     _run(tiny_config(epochs_per_task=2, stop_after_steps=1), tmp_path)
     with pytest.raises(ValueError, match="different config .*epochs_per_task"):
         _run(tiny_config(epochs_per_task=3), tmp_path)
+
+
+def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, monkeypatch):
+    """A config stored by an attempt that saved no checkpoint is replaced by the next attempt."""
+    from cl_ssl.evaluation import evaluate
+
+    def broken_evaluator(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate, "Evaluator", broken_evaluator)
+        with pytest.raises(RuntimeError, match="evaluation failed"):
+            _run(tiny_config(epochs_per_task=2), tmp_path)
+    assert (tmp_path / "config.json").exists()
+    _run(tiny_config(epochs_per_task=3, stop_after_steps=1), tmp_path)
+
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    "path, arg",
+    [(p, None) for p in CONFIGS] + [(CONFIGS[0].with_name("cifar100.py"), "runlocal")],
+    ids=lambda v: getattr(v, "stem", str(v)),
+)
+def test_shipped_configs_pass_validation(mock_tfds, path, arg):
+    """Every config file, as shipped, passes the checks that run before compiling."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    if config.dataset.name == "fashion_mnist_idx":
+        if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+            pytest.skip("Debian's dataset-fashion-mnist is not installed")
+        p = train.plan(config, parallel.make_mesh(1))
+    else:
+        with mock_tfds(num_examples=2000):
+            p = train.plan(config, parallel.make_mesh(1))
+    assert len(p.stages) == (1 if config.strategy == "offline" else config.num_tasks)

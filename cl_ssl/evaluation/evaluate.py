@@ -51,7 +51,6 @@ class Evaluator:
             )
         self._train, self._test = train, test
         self._batch_size = config.eval.batch_size
-        parallel.check_batch_size(self._batch_size, mesh)
         view = ml_collections.ConfigDict(config.augment.view1)
         crop = view.crop_size
 
@@ -64,7 +63,8 @@ class Evaluator:
         self._features = jax.jit(
             features,
             in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-            out_shardings=parallel.batch_sharded(mesh),
+            # Gathered on every device, so that every process can read all features.
+            out_shardings=parallel.replicated(mesh),
         )
 
     def features(self, variables, images: np.ndarray) -> np.ndarray:

@@ -192,7 +192,7 @@ def _to_json(value: Any, where: str = "") -> Any:
     )
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:
         handle.write(text)
@@ -242,7 +242,7 @@ def write_results(
     )
     plots = os.path.join(workdir, "plots")
     os.makedirs(plots, exist_ok=True)
-    _write_atomic(
+    write_atomic(
         os.path.join(workdir, "results.json"),
         json.dumps(document, indent=2, allow_nan=False) + "\n",
     )
@@ -255,7 +255,7 @@ def write_results(
         if name in summaries:
             sections.append(format_summary(summaries[name]))
     sections += ["## Run", "", "```json", json.dumps(document["meta"], indent=2), "```", ""]
-    _write_atomic(os.path.join(workdir, "results.md"), "\n".join(sections))
+    write_atomic(os.path.join(workdir, "results.md"), "\n".join(sections))
 
     for name, R in checked.items():
         plot_accuracy_matrix(
