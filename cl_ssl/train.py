@@ -181,13 +181,16 @@ class _Results:
                 }
         return out
 
-    def record(self, row: int, accuracies: dict[str, np.ndarray]) -> None:
-        """Fills ``row`` (0: random initialisation; i: after stage i) and rewrites the files."""
+    def record(self, row: int, accuracies: dict[str, np.ndarray], step: int) -> None:
+        """Fills ``row`` (0: random initialisation; i: after stage i) and rewrites the files.
+
+        TensorBoard gets the accuracies at the global optimizer ``step``, the x-axis of the
+        training scalars too."""
         for name, acc in accuracies.items():
             self.matrices[name][row] = acc
             if self._writer:
                 for j, a in enumerate(acc):
-                    self._writer.scalar(f"eval/{name}/task{j + 1}", a, row)
+                    self._writer.scalar(f"eval/{name}/task{j + 1}", a, step)
         if jax.process_index() == 0:
             p = self._plan
             report.write_results(
@@ -270,7 +273,7 @@ def _run(
     )
     restored = ckpt.restore(checkpoint.abstract_like(state, rep))
     if restored is None:
-        results.record(0, evaluator(state.params, state.batch_stats))
+        results.record(0, evaluator(state.params, state.batch_stats), step=0)
         ckpt.save(0, state, {"matrices": results.to_json()})
     else:
         _, state, meta = restored
@@ -351,7 +354,7 @@ def _run(
         if pending is not None and not _finite(pending[1]):
             raise _non_finite(*pending, stage_id, ckpt)
 
-        results.record(stage_id + 1, evaluator(state.params, state.batch_stats))
+        results.record(stage_id + 1, evaluator(state.params, state.batch_stats), step=global_step)
         state = state_lib.start_task(
             state,
             task=stage_id + 1,
