@@ -266,13 +266,14 @@ def _run(
         teacher = strategy.teacher(variables["params"], variables.get("batch_stats", {}))
         return state_lib.create_state(variables=variables, tx=tx, teacher=teacher, rng=step_key)
 
-    state = jax.jit(init_state, out_shardings=rep)()
     results = _Results(p, workdir, writer)
     evaluator = evaluate.Evaluator(
         objective.model, p.train, p.test, p.scenario, config, mesh, key=eval_key
     )
-    restored = ckpt.restore(checkpoint.abstract_like(state, rep))
+    # Shapes only: a resumed run never computes the initial state it is about to overwrite.
+    restored = ckpt.restore(checkpoint.abstract_like(jax.eval_shape(init_state), rep))
     if restored is None:
+        state = jax.jit(init_state, out_shardings=rep)()
         results.record(0, evaluator(state.params, state.batch_stats), step=0)
         ckpt.save(0, state, {"matrices": results.to_json()})
     else:

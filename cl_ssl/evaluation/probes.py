@@ -187,19 +187,7 @@ def fit_linear_classifier(
 
 
 def linear_probe(
-    train_features: Any,
-    train_labels: Any,
-    test_features: Any,
-    *,
-    num_classes: int,
-    epochs: int = 100,
-    batch_size: int = 256,
-    learning_rate: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    milestones: Sequence[float] = (0.6, 0.8),
-    standardize: bool = False,
-    seed: int = 0,
+    train_features: Any, train_labels: Any, test_features: Any, *, num_classes: int, **schedule: Any
 ) -> np.ndarray:
     """Predicted classes of a linear probe: :func:`fit_linear_classifier` on the training features, then
     ``argmax(test_features @ kernel + bias)``.
@@ -208,26 +196,17 @@ def linear_probe(
       train_features: float ``[N_train, D]``.
       train_labels: int ``[N_train]`` in ``[0, num_classes)``.
       test_features: float ``[N_test, D]``.
-      num_classes, epochs, batch_size, learning_rate, momentum, weight_decay, milestones, standardize, seed:
-        as in :func:`fit_linear_classifier`.
+      num_classes: number of output classes ``C``.
+      **schedule: the SGD keywords of :func:`fit_linear_classifier` (epochs, batch_size,
+        learning_rate, momentum, weight_decay, milestones, standardize, seed), with its defaults.
 
     Returns:
       int32 ``[N_test]`` predicted classes.
     """
-    shape = _check_train(train_features, train_labels, num_classes)
-    _check_test(test_features, shape[1])
+    train_shape = _check_train(train_features, train_labels, num_classes)
+    _check_test(test_features, train_shape[1])
     kernel, bias = fit_linear_classifier(
-        train_features,
-        train_labels,
-        num_classes=num_classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        milestones=milestones,
-        standardize=standardize,
-        seed=seed,
+        train_features, train_labels, num_classes=num_classes, **schedule
     )
     logits = jnp.dot(jnp.asarray(test_features, jnp.float32), kernel, precision=_HIGHEST) + bias
     return np.asarray(jnp.argmax(logits, axis=-1), dtype=np.int32)
