@@ -6,7 +6,15 @@ Every field can be overridden on the command line the ml_collections way, for ex
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from cl_ssl import objectives
+from cl_ssl.data.augment import ViewConfig
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
 # Fields that change how a run is executed or logged but not its numbers: a resumed run may change
 # them without being taken for a different run.
@@ -23,33 +31,26 @@ EXECUTION_FIELDS = frozenset(
 )
 
 
-def view_config(**overrides) -> ml_collections.ConfigDict:
-    """One augmentation view (fields of ``cl_ssl.data.augment.ViewConfig``), CIFAR defaults."""
-    view = dict(
-        crop_size=32,
-        min_scale=0.08,
-        max_scale=1.0,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        jitter_prob=0.8,
-        gray_prob=0.2,
-        blur_prob=0.0,
-        solarize_prob=0.0,
-        flip_prob=0.5,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.247, 0.243, 0.261),
-    )
-    unknown = set(overrides) - set(view)
+def view_config(**values) -> ml_collections.ConfigDict:
+    """One augmentation view: every field of ``cl_ssl.data.augment.ViewConfig``.
+
+    Fields not given stay unset (None) and take the objective's recipe value when the run starts
+    (``cl_ssl.objectives.resolve_config``); crop size and normalisation default to CIFAR's.
+    """
+    fields = {f.name: f for f in dataclasses.fields(ViewConfig)}
+    unknown = set(values) - set(fields)
     if unknown:
-        raise ValueError(f"unknown view fields {sorted(unknown)}; valid fields are {sorted(view)}")
-    view.update(overrides)
+        raise ValueError(
+            f"unknown view fields {sorted(unknown)}; valid fields are {sorted(fields)}"
+        )
+    view = {name: placeholder(type(f.default)) for name, f in fields.items()}
+    view.update(crop_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
+    view.update(values)
     return ml_collections.ConfigDict(view)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """SimCLR on CIFAR-100, 5 class-incremental tasks, CaSSLe's settings (METHODS.md 2.1, 2.8)."""
+    """CIFAR-100, 5 class-incremental tasks, CaSSLe's settings; SimCLR unless --config.objective."""
     c = ml_collections.ConfigDict()
     c.seed = 0
 
@@ -61,9 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.strategy = "finetune"
     c.objective = "simclr"
-    c.simclr = ml_collections.ConfigDict(
-        dict(temperature=0.2, proj_hidden_dim=2048, proj_output_dim=256)
-    )
+    # One section per objective (heads, temperatures, queues, EMA schedules), e.g.
+    # --config.byol.pred_hidden_dim=2048; only the section of config.objective is read.
+    for name, section in objectives.default_configs().items():
+        c[name] = section
 
     c.model = ml_collections.ConfigDict(
         dict(
@@ -74,11 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",
         )
     )
-    # SimCLR's CIFAR views (METHODS.md 1.7): strong jitter, no blur, no solarisation.
-    simclr_view = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
-    c.augment = ml_collections.ConfigDict(
-        dict(view1=view_config(**simclr_view), view2=view_config(**simclr_view))
-    )
+    # Augmentation fields left unset take the objective's recipe (METHODS.md 1.7).
+    c.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
 
     c.batch_size = 256
     c.epochs_per_task = 500
@@ -89,15 +88,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict(
         dict(
             name="lars",
-            lr=0.4,
-            weight_decay=1e-5,
+            # lr, weight_decay, min_lr and exclude_bias_and_norm: the objective's recipe unless set
+            # (METHODS.md 2.8).
+            lr=placeholder(float),
+            weight_decay=placeholder(float),
             scale_lr_by_batch=True,
             warmup_epochs=10,
             warmup_start_lr=0.003,
-            min_lr=0.0,
+            min_lr=placeholder(float),
             schedule_per_epoch=True,
             kwargs=ml_collections.ConfigDict(
-                dict(momentum=0.9, eta=0.02, clip_lr=True, exclude_bias_and_norm=True)
+                dict(momentum=0.9, eta=0.02, clip_lr=True, exclude_bias_and_norm=placeholder(bool))
             ),
         )
     )

@@ -27,6 +27,8 @@ class ContinualState:
       opt_state: optimizer state, re-initialised at every task boundary.
       teacher: the strategy's frozen pytree (for example the previous task's model); an empty dict
         for strategies that need none. Its shape is fixed for the whole run.
+      objective_state: the objective's own fixed-shape state (momentum network, queues, centre;
+        ``Objective.init_state``), carried across tasks; an empty dict for objectives without one.
       rng: uint32 [2], the run's base key; every random draw folds in the step.
     """
 
@@ -37,11 +39,17 @@ class ContinualState:
     batch_stats: PyTree
     opt_state: optax.OptState
     teacher: PyTree
+    objective_state: PyTree
     rng: jax.Array
 
 
 def create_state(
-    *, variables: PyTree, tx: optax.GradientTransformation, teacher: PyTree, rng: jax.Array
+    *,
+    variables: PyTree,
+    tx: optax.GradientTransformation,
+    teacher: PyTree,
+    objective_state: PyTree,
+    rng: jax.Array,
 ) -> ContinualState:
     """The state at the start of a run: step 0, task 0, fresh optimizer state."""
     params = variables["params"]
@@ -53,14 +61,21 @@ def create_state(
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         teacher=teacher,
+        objective_state=objective_state,
         rng=rng,
     )
 
 
 def start_task(
-    state: ContinualState, *, task: int, tx: optax.GradientTransformation, teacher: PyTree
+    state: ContinualState,
+    *,
+    task: int,
+    tx: optax.GradientTransformation,
+    teacher: PyTree,
+    objective_state: PyTree,
 ) -> ContinualState:
-    """The state at the start of ``task``: optimizer and schedules restart, the teacher is replaced.
+    """The state at the start of ``task``: optimizer and schedules restart, the teacher and the
+    objective's state are replaced (the caller derives them from the old ones).
 
     The optimizer state is re-initialised (LARS momentum and the learning-rate schedule's count
     restart with every task, as each task is a new process in the reference code, METHODS.md 1.6).
@@ -70,4 +85,5 @@ def start_task(
         task_step=jnp.zeros((), jnp.int32),
         opt_state=tx.init(state.params),
         teacher=teacher,
+        objective_state=objective_state,
     )

@@ -2,9 +2,10 @@
 
 The step takes the whole on-device training set and one batch of example indices, gathers and
 augments the two views on the device, and updates the state. Everything that differs between tasks
-(the task index, the learning rate, whose schedule has a different length in each task) enters as
-arrays, so a run compiles the step once (ARCHITECTURE.md rule 3). The training loop computes each
-stage's learning rates once, ahead of its steps, and passes one per step.
+(the task index, the learning rate and the objective's schedules, which have a different length in
+each task) enters as arrays, so a run compiles the step once (ARCHITECTURE.md rule 3). The training
+loop computes each stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes
+one set per step.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cl_ssl import optim
@@ -23,7 +25,7 @@ from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState
 
 Metrics = dict[str, jax.Array]
-StepFn = Callable[[ContinualState, jax.Array, jax.Array, jax.Array], tuple[ContinualState, Metrics]]
+StepFn = Callable[[ContinualState, jax.Array, jax.Array, Metrics], tuple[ContinualState, Metrics]]
 
 
 def make_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -69,60 +71,87 @@ def lr_schedule(
 def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> StepFn:
     """The (un-jitted) train step for ``objective``.
 
-    The returned function maps (state, images, batch_indices, lr) to (new state, metrics):
+    The returned function maps (state, images, batch_indices, hyper) to (new state, metrics):
       images: uint8 [N, H, W, C], the whole training set, replicated on every device.
       batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis.
-      lr: float32 [], this step's learning rate (see ``lr_schedule``).
+      hyper: float32 scalars of this step: 'lr' (see ``lr_schedule``) and the objective's
+        ``schedules`` (EMA momentum, ...).
       metrics: float32 scalars: 'loss', 'grad_norm' (global L2 norm of the gradients), 'lr' and the
       objective's own terms. A finite loss with a non-finite gradient norm means the updated
       parameters are not finite.
     The step's random key is the run key folded with the global step, so a resumed run draws the
-    same augmentations as an uninterrupted one.
+    same augmentations as an uninterrupted one. The student sees ``objective.student_views``; its
+    BatchNorm statistics are updated by each view in turn.
     """
     model = objective.model
-    view1, view2 = objective.views
 
     def train_step(
-        state: ContinualState, images: jax.Array, batch_indices: jax.Array, lr: jax.Array
+        state: ContinualState, images: jax.Array, batch_indices: jax.Array, hyper: Metrics
     ) -> tuple[ContinualState, Metrics]:
         x = jnp.take(images, batch_indices, axis=0)
-        key1, key2 = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        x1 = augment.augment_batch(key1, x, view1)
-        x2 = augment.augment_batch(key2, x, view2)
+        keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        views = tuple(
+            augment.augment_batch(key, x, view) for key, view in zip(keys, objective.views, strict=True)
+        )
+        target = None
+        if objective.target is not None:
+            target = objective.target(state.objective_state, *views)
 
         def loss_fn(params):
-            out1, mutated = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                x1,
-                train=True,
-                mutable=["batch_stats"],
+            batch_stats, outputs = state.batch_stats, []
+            for v in objective.student_views:
+                out, mutated = model.apply(
+                    {"params": params, "batch_stats": batch_stats},
+                    views[v],
+                    train=True,
+                    mutable=["batch_stats"],
+                )
+                batch_stats = mutated["batch_stats"]
+                outputs.append(out)
+            loss, terms, aux = objective.loss(
+                tuple(outputs), target, state.objective_state, params, hyper
             )
-            out2, mutated = model.apply(
-                {"params": params, "batch_stats": mutated["batch_stats"]},
-                x2,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            loss, terms = objective.loss(out1, out2)
-            return loss, (mutated["batch_stats"], terms)
+            return loss, (batch_stats, terms, aux)
 
-        (loss, (batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
+        if objective.mask_grads is not None:
+            grads = objective.mask_grads(grads, hyper)
         opt_state = state.opt_state
-        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+        opt_state = opt_state._replace(
+            hyperparams={**opt_state.hyperparams, "learning_rate": hyper["lr"]}
+        )
         updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1,
             task_step=state.task_step + 1,
-            params=optax.apply_updates(state.params, updates),
+            params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
+            objective_state=objective.update_state(state.objective_state, params, aux, hyper),
         )
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **terms}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": hyper["lr"], **terms}
         return new_state, metrics
 
     return train_step
+
+
+def stage_hyper(
+    config: ml_collections.ConfigDict,
+    objective: Objective,
+    *,
+    num_epochs: int,
+    steps_per_epoch: int,
+) -> dict[str, np.ndarray]:
+    """Every per-step scalar of one stage: name -> float32 [steps]; 'lr' and the objective's."""
+    lr_at = lr_schedule(config, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch)
+    num_steps = num_epochs * steps_per_epoch
+    hyper = {"lr": np.asarray(jax.jit(jax.vmap(lr_at))(np.arange(num_steps)), np.float32)}
+    for name, values in objective.schedules(num_steps, steps_per_epoch).items():
+        hyper[name] = np.asarray(values, np.float32)
+    return hyper
 
 
 def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:

@@ -21,7 +21,7 @@ from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data import scenarios, sources
 from cl_ssl.evaluation import evaluate, metrics, report
-from cl_ssl.objectives import Objective, get_objective
+from cl_ssl.objectives import Objective, get_objective, resolve_config
 from cl_ssl.strategies import Strategy, get_strategy
 
 
@@ -58,7 +58,11 @@ def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.nd
 
 
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
-    """Validates ``config``, loads the data and cuts the stages; ValueError says what to change."""
+    """Validates ``config``, loads the data and cuts the stages; ValueError says what to change.
+
+    ``Plan.config`` is the resolved config: fields left unset hold the objective's recipe.
+    """
+    config = resolve_config(config)
     config_lib.validate(config, mesh.size)
     try:
         step_lib.make_tx(config).init({})
@@ -257,6 +261,7 @@ def _run(
     rep = parallel.replicated(mesh)
     tx = step_lib.make_tx(config)
     init_key, eval_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    objective_key = jax.random.fold_in(init_key, 1)  # the initial queues and banks
     crop = objective.views[0].crop_size
 
     def init_state():
@@ -264,7 +269,13 @@ def _run(
             init_key, np.zeros((1, crop, crop, 3), np.float32), train=True
         )
         teacher = strategy.teacher(variables["params"], variables.get("batch_stats", {}))
-        return state_lib.create_state(variables=variables, tx=tx, teacher=teacher, rng=step_key)
+        return state_lib.create_state(
+            variables=variables,
+            tx=tx,
+            teacher=teacher,
+            objective_state=objective.init_state(variables["params"], objective_key),
+            rng=step_key,
+        )
 
     results = _Results(p, workdir, writer)
     evaluator = evaluate.Evaluator(
@@ -292,11 +303,10 @@ def _run(
     global_step = int(state.step)
     for stage_id in range(int(state.task), len(p.stages)):
         stage = p.stages[stage_id]
-        lr_at = step_lib.lr_schedule(
-            config, num_epochs=stage.num_epochs, steps_per_epoch=stage.steps_per_epoch
+        # The whole stage's schedules at once, so the loop never waits on the device for one.
+        hyper = step_lib.stage_hyper(
+            config, objective, num_epochs=stage.num_epochs, steps_per_epoch=stage.steps_per_epoch
         )
-        # The whole stage's rates at once, so the loop never waits on the device for one.
-        lrs = np.asarray(jax.jit(jax.vmap(lr_at))(np.arange(stage.num_steps)), np.float32)
         first = int(state.task_step)
         bar = tqdm.tqdm(
             total=stage.num_steps,
@@ -314,8 +324,10 @@ def _run(
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
             batch = order[position * config.batch_size : (position + 1) * config.batch_size]
-            lr = parallel.put_replicated(mesh, lrs[task_step])
-            state, step_metrics = train_step(state, images, parallel.global_batch(mesh, batch), lr)
+            hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
+            state, step_metrics = train_step(
+                state, images, parallel.global_batch(mesh, batch), hyper_now
+            )
             global_step += 1
             if pending is not None:
                 if not _finite(pending[1]):
@@ -361,6 +373,7 @@ def _run(
             task=stage_id + 1,
             tx=tx,
             teacher=strategy.teacher(state.params, state.batch_stats),
+            objective_state=objective.start_task(state.objective_state),
         )
         state = jax.device_put(state, rep)
         ckpt.save(global_step, state, {"matrices": results.to_json()})

@@ -1,10 +1,12 @@
 """Representation quality of the demo setting over several seeds: strategy vs random init.
 
-Runs configs/fashion_mnist.py (SimCLR, Split Fashion-MNIST, 5 tasks) for each strategy and seed,
-each in its own workdir (an interrupted sweep resumes), and prints a markdown table of the final
-linear-probe and kNN accuracy next to the random-initialisation row, as mean +- std over seeds.
+Runs configs/fashion_mnist.py (Split Fashion-MNIST, 5 tasks) for each objective, strategy and
+seed, each in its own workdir (an interrupted sweep resumes), and prints a markdown table of the
+final linear-probe and kNN accuracy next to the random-initialisation row (the same backbone
+initialisation for every objective of a seed), as mean +- std over seeds.
 
     python experiments/quality.py --seeds=0,1,2 --strategies=finetune,offline --workdir=runs/quality
+    python experiments/quality.py --objectives=simclr,byol --strategies=offline --seeds=0
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cl_ssl.evaluation import metrics
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["finetune", "offline"], "Strategies to compare.")
+_OBJECTIVES = flags.DEFINE_list("objectives", ["simclr"], "SSL objectives to compare.")
 _CONFIG = flags.DEFINE_string("config", "configs/fashion_mnist.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Parent folder of the runs.")
 
@@ -44,27 +47,28 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     rows = {}
-    for strategy in _STRATEGIES.value:
-        per_seed = []
-        for seed in _SEEDS.value:
-            config = _load_config(_CONFIG.value)
-            config.strategy, config.seed, config.progress_bar = strategy, int(seed), False
-            workdir = os.path.join(_WORKDIR.value, f"{strategy}_seed{seed}")
-            per_seed.append(_final_and_random(train.run(config, workdir)))
-            print(strategy, seed, json.dumps(per_seed[-1]), flush=True)
-        rows[strategy] = metrics.aggregate_seeds(per_seed)
-    names = [
-        k for k in rows[_STRATEGIES.value[0]] if isinstance(rows[_STRATEGIES.value[0]][k], dict)
-    ]
+    for objective in _OBJECTIVES.value:
+        for strategy in _STRATEGIES.value:
+            per_seed = []
+            for seed in _SEEDS.value:
+                config = _load_config(_CONFIG.value)
+                config.objective, config.strategy = objective, strategy
+                config.seed, config.progress_bar = int(seed), False
+                workdir = os.path.join(_WORKDIR.value, f"{objective}_{strategy}_seed{seed}")
+                per_seed.append(_final_and_random(train.run(config, workdir)))
+                print(objective, strategy, seed, json.dumps(per_seed[-1]), flush=True)
+            rows[objective, strategy] = metrics.aggregate_seeds(per_seed)
+    first = next(iter(rows.values()))
+    names = [k for k in first if isinstance(first[k], dict)]
     print(
         f"\n{len(_SEEDS.value)} seeds ({', '.join(_SEEDS.value)}); accuracies in percent, "
         "mean of the 5 tasks' test accuracy, mean +- std over seeds\n"
     )
-    print("| strategy | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for strategy, agg in rows.items():
+    print("| objective | strategy | " + " | ".join(names) + " |")
+    print("|---|---|" + "---:|" * len(names))
+    for (objective, strategy), agg in rows.items():
         cells = [f"{agg[n]['mean']:.2f} +- {agg[n]['std']:.2f}" for n in names]
-        print(f"| {strategy} | " + " | ".join(cells) + " |")
+        print(f"| {objective} | {strategy} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,10 @@ def mock_tfds(monkeypatch):
         )
 
     return mock
+
+
+@pytest.fixture
+def mock_cifar10(mock_tfds):
+    """Mock CIFAR-10 with 48 examples per split."""
+    with mock_tfds(num_examples=48):
+        yield

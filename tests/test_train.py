@@ -9,47 +9,11 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run as _run
+from helpers import tiny_config
 
-from cl_ssl import config as config_lib
 from cl_ssl import losses, parallel, train
 from cl_ssl import step as step_lib
-
-
-def tiny_config(**overrides):
-    """SimCLR with the tiny ResNet on mock CIFAR-10, 2 tasks, a few steps per task."""
-    c = config_lib.base_config()
-    c.dataset.name = "cifar10"
-    c.num_tasks = 2
-    c.model.backbone = "resnet_tiny"
-    c.simclr.proj_hidden_dim = 32
-    c.simclr.proj_output_dim = 16
-    c.batch_size = 8
-    c.epochs_per_task = 2
-    c.optimizer.warmup_epochs = 1
-    c.eval.batch_size = 32
-    c.eval.linear.epochs = 2
-    c.eval.linear.batch_size = 16
-    c.eval.knn.k = 5
-    c.checkpoint_every_steps = 3
-    c.log_every_steps = 1
-    c.progress_bar = False
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
-
-
-@pytest.fixture
-def mock_cifar10(mock_tfds):
-    with mock_tfds(num_examples=48):
-        yield
-
-
-def _run(config, workdir, num_devices=1):
-    return train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "offline"])

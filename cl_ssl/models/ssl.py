@@ -1,26 +1,75 @@
-"""The student network of an SSL objective: a backbone followed by a projector."""
+"""The student network of an SSL objective: backbone, projector and the optional extra heads."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+
+from cl_ssl.models.heads import torch_linear_kernel_init
+
+_NORM_EPS = 1e-12
+
+
+def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), _NORM_EPS)
+
+
+class Prototypes(nn.Module):
+    """Scores against learnable unit-norm prototypes: n(z) . n(c_k) (SwAV, DINO's last layer).
+
+    Equals PyTorch's ``weight_norm(nn.Linear(D, K, bias=False))`` with the norm gain fixed at 1, as
+    solo-learn builds SwAV's prototypes and DINO's last layer: gradients flow through the
+    normalisation of both the embedding and the prototypes.
+
+    Attributes:
+      num_prototypes: K.
+    """
+
+    num_prototypes: int
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Embeddings [B, D] -> float32 cosine scores [B, K]."""
+        kernel = self.param(
+            "kernel", torch_linear_kernel_init, (z.shape[-1], self.num_prototypes), jnp.float32
+        )
+        z = _l2_normalize(jnp.asarray(z, jnp.float32), axis=-1)
+        return z @ _l2_normalize(kernel, axis=0)
 
 
 class SSLModel(nn.Module):
-    """Backbone f and projector g (METHODS.md 0.3: z = g(f(x))).
+    """Backbone f, projector g and the heads some objectives add (METHODS.md 0.3: z = g(f(x))).
 
     Attributes:
       backbone: maps images float [B, H, W, 3] to features float32 [B, F].
       projector: maps features [B, F] to projections float32 [B, D].
+      predictor: optional head on the projection (BYOL, SimSiam, ISD): [B, D] -> [B, D'].
+      prototypes: optional ``Prototypes`` scoring the projection (SwAV, DINO): [B, D] -> [B, K].
     """
 
     backbone: nn.Module
     projector: nn.Module
+    predictor: nn.Module | None = None
+    prototypes: nn.Module | None = None
 
     def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-        """Returns {'features': [B, F], 'projection': [B, D]}, both float32."""
+        """``project``'s outputs plus 'prediction' [B, D'] when the model has a predictor."""
+        out = self.project(images, train)
+        if self.predictor is not None:
+            out["prediction"] = self.predictor(out["projection"], train=train)
+        return out
+
+    def project(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+        """{'features': [B, F], 'projection': [B, D]} and, with prototypes, 'scores' [B, K].
+
+        This is the momentum (EMA) network's forward: it needs no predictor parameters.
+        """
         features = self.backbone(images, train=train)
-        return {"features": features, "projection": self.projector(features, train=train)}
+        out = {"features": features, "projection": self.projector(features, train=train)}
+        if self.prototypes is not None:
+            out["scores"] = self.prototypes(out["projection"])
+        return out
 
     def features(self, images: jax.Array) -> jax.Array:
         """Frozen backbone features for evaluation (BatchNorm in inference mode): [B, F] float32."""

@@ -1,30 +1,98 @@
 """SSL objectives selectable by name (``--config.objective=NAME``).
 
-An objective bundles the student network (backbone + heads), the two augmentation views and the
-loss on the two views' outputs. ``get_objective(config)`` builds the one the config names.
+An objective bundles the student network (backbone + heads), the two augmentation views, the
+loss and its extra state (momentum network, queues, centre). ``get_objective(config)`` builds the
+one the config names; ``resolve_config(config)`` first fills the config fields left unset (the
+learning rate, weight decay and augmentations) from that objective's ``Recipe``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import types
 
 import ml_collections
 
-from cl_ssl.objectives import simclr
-from cl_ssl.objectives.base import Objective
+from cl_ssl.data.augment import ViewConfig
+from cl_ssl.objectives import (
+    barlow_twins,
+    byol,
+    dino,
+    isd,
+    mocov2plus,
+    simclr,
+    simsiam,
+    swav,
+    vicreg,
+)
+from cl_ssl.objectives.base import Objective, Recipe
 
-__all__ = ["Objective", "OBJECTIVES", "get_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "Recipe",
+    "default_configs",
+    "get_objective",
+    "resolve_config",
+]
 
-OBJECTIVES: dict[str, Callable[[ml_collections.ConfigDict], Objective]] = {
-    "simclr": simclr.make,
+_MODULES: dict[str, types.ModuleType] = {
+    "simclr": simclr,
+    "mocov2plus": mocov2plus,
+    "byol": byol,
+    "barlow_twins": barlow_twins,
+    "vicreg": vicreg,
+    "swav": swav,
+    "isd": isd,
+    "simsiam": simsiam,
+    "dino": dino,
 }
+OBJECTIVES = tuple(_MODULES)
+"""The registered objective names."""
+
+
+def default_configs() -> dict[str, ml_collections.ConfigDict]:
+    """name -> the objective's own config section (``config.<name>``), reference defaults."""
+    return {name: module.default_config() for name, module in _MODULES.items()}
+
+
+def _check_name(config: ml_collections.ConfigDict) -> types.ModuleType:
+    if config.objective not in _MODULES:
+        raise ValueError(
+            f"unknown objective {config.objective!r}; set --config.objective to one of "
+            f"{list(OBJECTIVES)}"
+        )
+    return _MODULES[config.objective]
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose unset (None) recipe fields hold the objective's values.
+
+    Filled: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.min_lr``,
+    ``optimizer.kwargs.exclude_bias_and_norm`` (when the optimizer takes it) and every unset field
+    of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
+    value given in the config or on the command line always wins.
+    """
+    recipe: Recipe = _check_name(config).RECIPE
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    o = resolved.optimizer
+    for key, value in recipe.optimizer.items():
+        fields = o.kwargs if key == "exclude_bias_and_norm" else o
+        if key in fields and fields[key] is None:
+            fields[key] = value
+    defaults = {f.name: f.default for f in dataclasses.fields(ViewConfig)}
+    for name, preset in (("view1", recipe.view1), ("view2", recipe.view2)):
+        view = resolved.augment[name]
+        for key in defaults:
+            if view.get(key) is None:
+                view[key] = preset.get(key, defaults[key])
+    return resolved
 
 
 def get_objective(config: ml_collections.ConfigDict) -> Objective:
-    """Builds the objective named by ``config.objective``; ValueError for an unknown name."""
-    if config.objective not in OBJECTIVES:
-        raise ValueError(
-            f"unknown objective {config.objective!r}; set --config.objective to one of "
-            f"{sorted(OBJECTIVES)}"
-        )
-    return OBJECTIVES[config.objective](config)
+    """Builds the objective named by ``config.objective`` from a resolved config.
+
+    ValueError for an unknown name or settings the objective cannot use (e.g. a queue length that
+    is not a multiple of the batch).
+    """
+    return _check_name(config).make(config)

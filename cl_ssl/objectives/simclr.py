@@ -5,18 +5,34 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses
-from cl_ssl.objectives.base import Objective, make_model, make_views
+from cl_ssl.objectives.base import STRONG_JITTER, Objective, Recipe, make_model, make_views, mlp
+
+RECIPE = Recipe(
+    optimizer=dict(lr=0.4, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    view1=dict(min_scale=0.08, **STRONG_JITTER),
+    view2=dict(min_scale=0.08, **STRONG_JITTER),
+    source="CaSSLe bash_files/continual/cifar/simclr*.sh (METHODS.md 1.7, 2.8)",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.simclr``: CaSSLe's CIFAR values."""
+    return ml_collections.ConfigDict(
+        dict(temperature=0.2, proj_hidden_dim=2048, proj_output_dim=256)
+    )
 
 
 def make(config: ml_collections.ConfigDict) -> Objective:
     """SimCLR from ``config.simclr`` (temperature, proj_hidden_dim, proj_output_dim)."""
     c = config.simclr
     model = make_model(
-        config, hidden_dims=(c.proj_hidden_dim,), out_dim=c.proj_output_dim, batch_norm=False
+        config, mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=False)
     )
 
-    def loss(out1, out2):
+    def loss(student, target, state, params, hyper):
+        del target, state, params, hyper
+        out1, out2 = student
         value = losses.nt_xent(out1["projection"], out2["projection"], temperature=c.temperature)
-        return value, {"nt_xent": value}
+        return value, {"nt_xent": value}, None
 
     return Objective(name="simclr", model=model, views=make_views(config), loss=loss)

@@ -1,0 +1,81 @@
+"""BYOL (METHODS.md 2.3): predictor on the online side, momentum target, summed directions."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cl_ssl import losses
+from cl_ssl.objectives.base import (
+    MILD_JITTER,
+    Objective,
+    Recipe,
+    cosine_momentum,
+    ema,
+    make_model,
+    make_views,
+    mlp,
+    momentum_target,
+    target_params,
+)
+
+RECIPE = Recipe(
+    optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
+    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    source="CaSSLe bash_files/continual/cifar/byol*.sh (METHODS.md 1.7, 2.8)",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.byol``: head sizes and the EMA schedule of CaSSLe's CIFAR runs."""
+    return ml_collections.ConfigDict(
+        dict(
+            proj_hidden_dim=4096,
+            proj_output_dim=256,
+            pred_hidden_dim=4096,
+            base_momentum=0.99,
+            final_momentum=1.0,
+        )
+    )
+
+
+def make(config: ml_collections.ConfigDict) -> Objective:
+    """BYOL from ``config.byol``."""
+    c = config.byol
+    model = make_model(
+        config,
+        mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=True),
+        predictor=mlp(config, (c.pred_hidden_dim,), c.proj_output_dim, batch_norm=True),
+    )
+
+    def init_state(params, key):
+        del key
+        return {"momentum": target_params(params)}
+
+    def loss(student, target, state, params, hyper):
+        del state, params, hyper
+        (s1, s2), (t1, t2) = student, target
+        # The two directions are summed, not averaged (METHODS.md 4.3).
+        value = losses.byol_loss(s1["prediction"], t2["projection"]) + losses.byol_loss(
+            s2["prediction"], t1["projection"]
+        )
+        return value, {"byol": value}, None
+
+    def update_state(state, params, aux, hyper):
+        del aux
+        return {"momentum": ema(state["momentum"], target_params(params), hyper["momentum"])}
+
+    def schedules(num_steps, steps_per_epoch):
+        del steps_per_epoch
+        return {"momentum": cosine_momentum(c.base_momentum, c.final_momentum, num_steps)}
+
+    return Objective(
+        name="byol",
+        model=model,
+        views=make_views(config),
+        loss=loss,
+        init_state=init_state,
+        target=momentum_target(model),
+        update_state=update_state,
+        schedules=schedules,
+    )

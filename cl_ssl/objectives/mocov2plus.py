@@ -1,0 +1,102 @@
+"""MoCoV2+ (METHODS.md 2.2): momentum encoder, one key queue per view, symmetric InfoNCE.
+
+CaSSLe ships no CIFAR MoCoV2+ script; the recipe is Kaizen's CIFAR script (LARS, lr 1.0, wd 1e-5,
+mild jitter, solarisation on the second view) and the projector output is CaSSLe's code default
+D = 128 (Kaizen uses 256).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cl_ssl import losses, memory
+from cl_ssl.objectives.base import (
+    MILD_JITTER,
+    Objective,
+    Recipe,
+    cosine_momentum,
+    ema,
+    make_model,
+    make_views,
+    mlp,
+    momentum_target,
+    target_params,
+)
+
+RECIPE = Recipe(
+    optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
+    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    source="Kaizen bash_files/mocov2plus.sh (no CaSSLe CIFAR script exists, METHODS.md 2.2)",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.mocov2plus``: temperature, head sizes, queue length and EMA schedule."""
+    return ml_collections.ConfigDict(
+        dict(
+            temperature=0.2,
+            proj_hidden_dim=2048,
+            proj_output_dim=128,
+            queue_size=65536,
+            base_momentum=0.99,
+            final_momentum=0.999,
+        )
+    )
+
+
+def make(config: ml_collections.ConfigDict) -> Objective:
+    """MoCoV2+ from ``config.mocov2plus``; the queue length must be a multiple of the batch."""
+    c = config.mocov2plus
+    memory.check_fits("mocov2plus.queue_size", c.queue_size, config.batch_size)
+    model = make_model(
+        config, mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=False)
+    )
+
+    def init_state(params, key):
+        key1, key2 = jax.random.split(key)
+        return {
+            "momentum": target_params(params),
+            # queues[v] holds past keys of view v (METHODS.md 2.2), random unit rows at first.
+            "queues": (
+                memory.random_unit_queue(key1, c.queue_size, c.proj_output_dim),
+                memory.random_unit_queue(key2, c.queue_size, c.proj_output_dim),
+            ),
+        }
+
+    def loss(student, target, state, params, hyper):
+        del params, hyper
+        (s1, s2), (t1, t2) = student, target
+        q1, q2 = s1["projection"], s2["projection"]
+        k1, k2 = t1["projection"], t2["projection"]
+        queue1, queue2 = state["queues"]
+        value = 0.5 * (
+            losses.info_nce(q1, k2, queue2.items, temperature=c.temperature)
+            + losses.info_nce(q2, k1, queue1.items, temperature=c.temperature)
+        )
+        return value, {"info_nce": value}, (k1, k2)
+
+    def update_state(state, params, keys, hyper):
+        queue1, queue2 = state["queues"]
+        k1, k2 = (k / jnp.linalg.norm(k, axis=-1, keepdims=True) for k in keys)
+        return {
+            "momentum": ema(state["momentum"], target_params(params), hyper["momentum"]),
+            "queues": (memory.push(queue1, k1), memory.push(queue2, k2)),
+        }
+
+    def schedules(num_steps, steps_per_epoch):
+        del steps_per_epoch
+        return {"momentum": cosine_momentum(c.base_momentum, c.final_momentum, num_steps)}
+
+    return Objective(
+        name="mocov2plus",
+        model=model,
+        views=make_views(config),
+        loss=loss,
+        init_state=init_state,
+        target=momentum_target(model),
+        update_state=update_state,
+        schedules=schedules,
+    )

@@ -1,0 +1,56 @@
+"""SimSiam: predictor, stop-gradient on the other view's projection, no momentum network.
+
+Beyond CaSSLe's seeds (METHODS.md 3.9 needs it for LUMP). Heads and recipe are solo-learn's CIFAR
+SimSiam (projector 2048-2048-2048 with BN after every layer, predictor 2048 -> 512 -> 2048;
+lr 0.5, wd 1e-5), applied with the pipeline's optimizer; the projector's last BatchNorm keeps its
+scale and shift (the original has none).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cl_ssl import losses
+from cl_ssl.objectives.base import MILD_JITTER, Objective, Recipe, make_model, make_views, mlp
+
+RECIPE = Recipe(
+    optimizer=dict(lr=0.5, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
+    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    source="solo-learn scripts/pretrain/cifar/simsiam.yaml (unverified here)",
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.simsiam``: head sizes."""
+    return ml_collections.ConfigDict(
+        dict(proj_hidden_dim=2048, proj_output_dim=2048, pred_hidden_dim=512)
+    )
+
+
+def make(config: ml_collections.ConfigDict) -> Objective:
+    """SimSiam from ``config.simsiam``."""
+    c = config.simsiam
+    model = make_model(
+        config,
+        mlp(
+            config,
+            (c.proj_hidden_dim,) * 2,
+            c.proj_output_dim,
+            batch_norm=True,
+            last_batch_norm=True,
+        ),
+        predictor=mlp(config, (c.pred_hidden_dim,), c.proj_output_dim, batch_norm=True),
+    )
+
+    def loss(student, target, state, params, hyper):
+        del target, state, params, hyper
+        out1, out2 = student
+        # The two directions are averaged; simsiam_loss stops the gradient of the projection.
+        value = 0.5 * (
+            losses.simsiam_loss(out1["prediction"], out2["projection"])
+            + losses.simsiam_loss(out2["prediction"], out1["projection"])
+        )
+        return value, {"simsiam": value}, None
+
+    return Objective(name="simsiam", model=model, views=make_views(config), loss=loss)

@@ -1,0 +1,35 @@
+"""Shared helpers of the end-to-end tests: a tiny run config and a run on a forced mesh."""
+
+from cl_ssl import config as config_lib
+from cl_ssl import parallel, train
+
+
+def tiny_config(**overrides):
+    """SimCLR with the tiny ResNet on mock CIFAR-10, 2 tasks, a few steps per task."""
+    c = config_lib.base_config()
+    c.dataset.name = "cifar10"
+    c.num_tasks = 2
+    c.model.backbone = "resnet_tiny"
+    c.simclr.proj_hidden_dim = 32
+    c.simclr.proj_output_dim = 16
+    c.batch_size = 8
+    c.epochs_per_task = 2
+    c.optimizer.warmup_epochs = 1
+    c.eval.batch_size = 32
+    c.eval.linear.epochs = 2
+    c.eval.linear.batch_size = 16
+    c.eval.knn.k = 5
+    c.checkpoint_every_steps = 3
+    c.log_every_steps = 1
+    c.progress_bar = False
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def run(config, workdir, num_devices=1):
+    return train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))

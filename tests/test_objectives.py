@@ -1,0 +1,334 @@
+"""Every objective in the pipeline: recipes, state updates, and 2 mock tasks end to end."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run as _run
+from helpers import tiny_config
+
+from cl_ssl import config as config_lib
+from cl_ssl import losses, memory, objectives
+from cl_ssl import state as state_lib
+from cl_ssl import step as step_lib
+from cl_ssl.objectives import base
+
+# Small heads for every objective, so a CPU step takes milliseconds.
+TINY_HEADS = {
+    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=32),
+    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "swav": dict(
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        num_prototypes=10,
+        queue_size=16,
+        queue_start_epoch=1,
+        freeze_prototypes_epochs=1,
+    ),
+    "isd": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, bank_size=32),
+    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
+    "dino": dict(
+        proj_hidden_dim=32, proj_output_dim=16, num_prototypes=10, warmup_teacher_epochs=1
+    ),
+}
+
+
+def tiny_objective_config(name, **overrides):
+    heads = {f"{name}.{k}": v for k, v in TINY_HEADS[name].items()}
+    return tiny_config(objective=name, **{**heads, **overrides})
+
+
+@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+def test_two_mock_tasks_end_to_end(mock_cifar10, tmp_path, monkeypatch, name):
+    """Trains 2 tasks (4 steps each) and evaluates; the step traces once across the tasks."""
+    chex.clear_trace_counter()
+    build = step_lib.build_step_fn
+    monkeypatch.setattr(
+        step_lib, "build_step_fn", lambda *a, **k: chex.assert_max_traces(build(*a, **k), n=1)
+    )
+    config = tiny_objective_config(name, **{"eval.evaluators": ("knn",)})
+    result = _run(config, tmp_path)
+    R = result["matrices"]["knn"]
+    assert R.shape == (3, 2) and np.all(np.isfinite(R))
+    assert int(result["state"].task) == 2 and int(result["state"].step) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+def test_recipe_fills_the_unset_fields(name):
+    config = config_lib.base_config()
+    config.objective = name
+    recipe = objectives._MODULES[name].RECIPE
+    resolved = objectives.resolve_config(config)
+    for key, value in recipe.optimizer.items():
+        got = (
+            resolved.optimizer.kwargs[key]
+            if key == "exclude_bias_and_norm"
+            else resolved.optimizer[key]
+        )
+        assert got == value, key
+    for view, preset in (("view1", recipe.view1), ("view2", recipe.view2)):
+        for key, value in preset.items():
+            assert resolved.augment[view][key] == value, (view, key)
+        assert None not in resolved.augment[view].to_dict().values()
+    assert config.optimizer.lr is None  # the given config is left as it was
+
+
+def test_given_values_win_over_the_recipe():
+    config = config_lib.base_config()
+    config.objective = "swav"
+    config.optimizer.lr = 0.123
+    config.optimizer.kwargs.exclude_bias_and_norm = True
+    config.augment.view2.brightness = 0.0
+    resolved = objectives.resolve_config(config)
+    assert resolved.optimizer.lr == 0.123
+    assert resolved.optimizer.kwargs.exclude_bias_and_norm is True
+    assert resolved.augment.view2.brightness == 0.0
+    assert resolved.optimizer.weight_decay == 1e-6  # still SwAV's
+    assert resolved.augment.view1.brightness == 0.8
+
+
+def test_cassle_cifar_recipes_match_the_reference_table():
+    """METHODS.md 2.8: lr, wd and augmentation per objective in CaSSLe's CIFAR scripts."""
+    expected = {
+        "simclr": (0.4, 1e-5, 0.8, 0.08, (0.0, 0.0)),
+        "byol": (1.0, 1e-5, 0.4, 0.08, (0.0, 0.2)),
+        "barlow_twins": (0.3, 1e-4, 0.4, 0.08, (0.0, 0.2)),
+        "vicreg": (0.3, 1e-4, 0.4, 0.2, (0.1, 0.1)),
+        "swav": (0.6, 1e-6, 0.8, 0.08, (0.0, 0.0)),
+    }
+    for name, (lr, wd, brightness, min_scale, solarize) in expected.items():
+        config = config_lib.base_config()
+        config.objective = name
+        r = objectives.resolve_config(config)
+        assert (r.optimizer.lr, r.optimizer.weight_decay) == (lr, wd), name
+        assert r.augment.view1.brightness == brightness and r.augment.view1.min_scale == min_scale
+        assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == solarize, name
+    swav = objectives.resolve_config(config)
+    assert swav.optimizer.min_lr == 6e-4 and swav.optimizer.kwargs.exclude_bias_and_norm is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Queues and schedules
+
+
+def test_queue_push_overwrites_the_oldest_rows():
+    q = memory.zeros_queue(4, 1)
+    q = memory.push(q, jnp.array([[1.0], [2.0]]))
+    np.testing.assert_array_equal(q.items[:, 0], [1, 2, 0, 0])
+    q = memory.push(q, jnp.array([[3.0], [4.0]]))
+    q = memory.push(q, jnp.array([[5.0], [6.0]]))
+    np.testing.assert_array_equal(q.items[:, 0], [5, 6, 3, 4])
+    assert int(q.ptr) == 2
+
+
+def test_random_unit_queue_has_unit_rows():
+    q = memory.random_unit_queue(jax.random.PRNGKey(0), 8, 5)
+    np.testing.assert_allclose(np.linalg.norm(q.items, axis=1), 1.0, rtol=1e-6)
+
+
+def test_queue_capacity_must_tile_the_batch():
+    with pytest.raises(ValueError, match="multiple of the global batch size 256.*set it to 4096"):
+        memory.check_fits("mocov2plus.queue_size", 4000, 256)
+    with pytest.raises(ValueError, match="mocov2plus.queue_size=12"):
+        objectives.get_objective(
+            objectives.resolve_config(
+                tiny_objective_config("mocov2plus", **{"mocov2plus.queue_size": 12})
+            )
+        )
+
+
+def test_cosine_momentum_schedule():
+    tau = base.cosine_momentum(0.99, 1.0, 100)
+    assert tau[0] == pytest.approx(0.99)
+    assert np.all(np.diff(tau) > 0) and tau[-1] < 1.0
+    assert tau[50] == pytest.approx(0.995)
+    np.testing.assert_allclose(
+        tau, 1.0 - 0.01 * (np.cos(np.pi * np.arange(100) / 100) + 1) / 2, rtol=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One train step of each objective with state, on random images
+
+
+def _one_step(name, *, step=0, **overrides):
+    """(objective, state before, state after, hyper, metrics) of one step at ``step`` of a task of
+    2 epochs x 2 steps, on 8 random 32x32 images."""
+    config = objectives.resolve_config(tiny_objective_config(name, **overrides))
+    objective = objectives.get_objective(config)
+    tx = step_lib.make_tx(config)
+    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=True)
+    state = state_lib.create_state(
+        variables=variables,
+        tx=tx,
+        teacher={},
+        objective_state=objective.init_state(variables["params"], jax.random.PRNGKey(1)),
+        rng=jax.random.PRNGKey(2),
+    )
+    hyper = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=2)
+    hyper = {k: jnp.asarray(v[step]) for k, v in hyper.items()}
+    images = jax.random.randint(jax.random.PRNGKey(3), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    new, metrics = jax.jit(step_lib.build_step_fn(objective, tx))(
+        state, images, jnp.arange(8), hyper
+    )
+    return objective, state, new, hyper, metrics
+
+
+@pytest.mark.parametrize("name", ["mocov2plus", "byol", "isd", "dino"])
+def test_momentum_network_is_an_ema_of_the_student(name):
+    """After a step, theta_m = tau theta_m + (1 - tau) theta (updated student); no gradient."""
+    _, before, after, hyper, metrics = _one_step(name)
+    tau = hyper["momentum"] if "momentum" in hyper else 0.99  # ISD: a constant m
+    expected = jax.tree.map(
+        lambda m, p: tau * m + (1 - tau) * p,
+        before.objective_state["momentum"],
+        base.target_params(after.params),
+    )
+    chex.assert_trees_all_close(after.objective_state["momentum"], expected, rtol=1e-6, atol=1e-7)
+    assert "predictor" not in after.objective_state["momentum"]
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_moco_queues_receive_the_normalised_keys():
+    _, before, after, _, _ = _one_step("mocov2plus")
+    for q_before, q_after in zip(
+        before.objective_state["queues"], after.objective_state["queues"], strict=True
+    ):
+        assert int(q_after.ptr) == 8
+        np.testing.assert_allclose(np.linalg.norm(q_after.items[:8], axis=1), 1.0, rtol=1e-5)
+        assert not np.allclose(q_after.items[:8], q_before.items[:8])
+        np.testing.assert_array_equal(q_after.items[8:], q_before.items[8:])
+
+
+def test_isd_bank_receives_the_teacher_embeddings():
+    _, before, after, _, _ = _one_step("isd")
+    bank = after.objective_state["bank"]
+    assert int(bank.ptr) == 8
+    np.testing.assert_allclose(np.linalg.norm(bank.items[:8], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(bank.items[8:], before.objective_state["bank"].items[8:])
+
+
+def test_swav_prototypes_frozen_in_the_first_epochs_and_queue_filled():
+    _, before, after, hyper, _ = _one_step("swav", step=0)  # epoch 0 < freeze_prototypes_epochs
+    assert float(hyper["prototype_grad"]) == 0.0 and float(hyper["use_queue"]) == 0.0
+    chex.assert_trees_all_equal(before.params["prototypes"], after.params["prototypes"])
+    queues = after.objective_state["queues"]
+    assert all(int(q.ptr) == 8 for q in queues)
+    np.testing.assert_allclose(np.linalg.norm(queues[0].items[:8], axis=1), 1.0, rtol=1e-5)
+    _, before, after, hyper, _ = _one_step("swav", step=2)  # epoch 1: thawed, queue in use
+    assert float(hyper["prototype_grad"]) == 1.0 and float(hyper["use_queue"]) == 1.0
+    assert not np.allclose(
+        before.params["prototypes"]["kernel"], after.params["prototypes"]["kernel"]
+    )
+
+
+def test_swav_queue_is_emptied_at_a_task_start():
+    objective, _, after, _, _ = _one_step("swav")
+    restarted = objective.start_task(after.objective_state)
+    for q in restarted["queues"]:
+        assert int(q.ptr) == 0 and not np.any(q.items)
+
+
+def test_dino_centre_moves_towards_the_teacher_mean():
+    _, before, after, hyper, _ = _one_step("dino")
+    assert not np.any(before.objective_state["center"])
+    center = after.objective_state["center"]
+    assert center.shape == (10,) and np.all(np.abs(center) <= 0.1 + 1e-6) and np.any(center)
+    assert float(hyper["teacher_temperature"]) == pytest.approx(0.04)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring of each objective's loss: which outputs meet, and how the directions combine
+
+
+def _outputs(key, rows=6, dim=5, prototypes=4):
+    k = jax.random.split(key, 3)
+    return {
+        "projection": jax.random.normal(k[0], (rows, dim)),
+        "prediction": jax.random.normal(k[1], (rows, dim)),
+        "scores": jax.random.normal(k[2], (rows, prototypes)),
+    }
+
+
+def _objective(name, **overrides):
+    return objectives.get_objective(
+        objectives.resolve_config(tiny_objective_config(name, **overrides))
+    )
+
+
+def test_byol_sums_both_directions():
+    s1, s2, t1, t2 = (_outputs(jax.random.PRNGKey(i)) for i in range(4))
+    value, _, _ = _objective("byol").loss((s1, s2), (t1, t2), {}, {}, {})
+    expected = losses.byol_loss(s1["prediction"], t2["projection"]) + losses.byol_loss(
+        s2["prediction"], t1["projection"]
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_simsiam_averages_both_directions():
+    s1, s2 = (_outputs(jax.random.PRNGKey(i)) for i in range(2))
+    value, _, _ = _objective("simsiam").loss((s1, s2), None, {}, {}, {})
+    expected = 0.5 * (
+        losses.simsiam_loss(s1["prediction"], s2["projection"])
+        + losses.simsiam_loss(s2["prediction"], s1["projection"])
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_moco_pairs_each_query_with_the_other_views_keys_and_queue():
+    s1, s2, t1, t2 = (_outputs(jax.random.PRNGKey(i)) for i in range(4))
+    queues = tuple(memory.random_unit_queue(jax.random.PRNGKey(10 + v), 12, 5) for v in range(2))
+    objective = _objective("mocov2plus", **{"mocov2plus.proj_output_dim": 5})
+    value, _, _ = objective.loss((s1, s2), (t1, t2), {"queues": queues}, {}, {})
+    expected = 0.5 * (
+        losses.info_nce(s1["projection"], t2["projection"], queues[1].items, temperature=0.2)
+        + losses.info_nce(s2["projection"], t1["projection"], queues[0].items, temperature=0.2)
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_isd_compares_student_prediction_and_teacher_projection_on_the_bank():
+    (s,), t = (_outputs(jax.random.PRNGKey(0)),), _outputs(jax.random.PRNGKey(1))
+    bank = memory.random_unit_queue(jax.random.PRNGKey(2), 16, 5)
+    value, _, enqueued = _objective("isd").loss((s,), (None, t), {"bank": bank}, {}, {})
+    n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    log_p_t = jax.nn.log_softmax(n(t["projection"]) @ bank.items.T / 0.02)
+    log_p_s = jax.nn.log_softmax(n(s["prediction"]) @ bank.items.T / 0.2)
+    expected = np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), axis=1))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(enqueued, n(t["projection"]), rtol=1e-6)
+
+
+def test_dino_averages_the_two_cross_view_pairs():
+    s1, s2, t1, t2 = (_outputs(jax.random.PRNGKey(i)) for i in range(4))
+    center = jnp.linspace(-0.1, 0.1, 4)
+    hyper = {"teacher_temperature": jnp.float32(0.05)}
+    value, _, batch_center = _objective("dino", **{"dino.num_prototypes": 4}).loss(
+        (s1, s2), (t1, t2), {"center": center}, {}, hyper
+    )
+    kw = dict(student_temperature=0.1, teacher_temperature=0.05)
+    expected = 0.5 * (
+        losses.dino_loss(s1["scores"], t2["scores"], center, **kw)
+        + losses.dino_loss(s2["scores"], t1["scores"], center, **kw)
+    )
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        batch_center, np.concatenate([t1["scores"], t2["scores"]]).mean(0), rtol=1e-5
+    )
+
+
+def test_resume_restores_the_objective_state(mock_cifar10, tmp_path):
+    """MoCoV2+ stopped mid-task and resumed ends with the same queues and momentum network."""
+    whole = _run(tiny_objective_config("mocov2plus"), tmp_path / "whole")
+    _run(tiny_objective_config("mocov2plus", stop_after_steps=5), tmp_path / "resumed")
+    resumed = _run(tiny_objective_config("mocov2plus"), tmp_path / "resumed")
+    chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
+    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
