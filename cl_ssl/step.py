@@ -91,7 +91,8 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
         x = jnp.take(images, batch_indices, axis=0)
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
         views = tuple(
-            augment.augment_batch(key, x, view) for key, view in zip(keys, objective.views, strict=True)
+            augment.augment_batch(key, x, view)
+            for key, view in zip(keys, objective.views, strict=True)
         )
         target = None
         if objective.target is not None:

@@ -74,7 +74,7 @@ def test_recipe_fills_the_unset_fields(name):
             else resolved.optimizer[key]
         )
         assert got == value, key
-    for view, preset in (("view1", recipe.view1), ("view2", recipe.view2)):
+    for view, preset in zip(("view1", "view2"), recipe.views, strict=True):
         for key, value in preset.items():
             assert resolved.augment[view][key] == value, (view, key)
         assert None not in resolved.augment[view].to_dict().values()

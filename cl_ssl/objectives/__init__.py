@@ -81,7 +81,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         if key in fields and fields[key] is None:
             fields[key] = value
     defaults = {f.name: f.default for f in dataclasses.fields(ViewConfig)}
-    for name, preset in (("view1", recipe.view1), ("view2", recipe.view2)):
+    for name, preset in zip(("view1", "view2"), recipe.views, strict=True):
         view = resolved.augment[name]
         for key in defaults:
             if view.get(key) is None:

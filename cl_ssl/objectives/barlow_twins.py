@@ -5,12 +5,11 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses
-from cl_ssl.objectives.base import MILD_JITTER, Objective, Recipe, make_model, make_views, mlp
+from cl_ssl.objectives.base import BYOL_VIEWS, Objective, Recipe, make_model, make_views, mlp
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
-    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    views=BYOL_VIEWS,
     source="CaSSLe bash_files/continual/cifar/barlow*.sh (METHODS.md 1.7, 2.8)",
 )
 

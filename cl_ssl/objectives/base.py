@@ -93,20 +93,24 @@ class Recipe:
     Attributes:
       optimizer: values for ``config.optimizer`` fields (lr, weight_decay, min_lr) and for
         ``config.optimizer.kwargs.exclude_bias_and_norm`` where the optimizer has that argument.
-      view1, view2: augmentation values (``ViewConfig`` fields) of each view.
+      views: augmentation values (``ViewConfig`` fields) of the first and the second view.
       source: where the values come from.
     """
 
     optimizer: dict[str, Any]
-    view1: dict[str, Any]
-    view2: dict[str, Any]
+    views: tuple[dict[str, Any], dict[str, Any]]
     source: str
 
 
 STRONG_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
-"""SimCLR's and SwAV's CIFAR colour jitter (METHODS.md 1.7)."""
 MILD_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
-"""The BYOL / Barlow Twins / VICReg CIFAR colour jitter (METHODS.md 1.7)."""
+SIMCLR_VIEWS = (dict(min_scale=0.08, **STRONG_JITTER),) * 2
+"""SimCLR's and SwAV's CIFAR views: strong jitter, no blur or solarisation (METHODS.md 1.7)."""
+BYOL_VIEWS = (
+    dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
+    dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+)
+"""BYOL's and Barlow Twins' CIFAR views: mild jitter, solarisation on the second (METHODS.md 1.7)."""
 
 
 def make_backbone(config: ml_collections.ConfigDict) -> nn.Module:
@@ -202,6 +206,16 @@ def cosine_momentum(base: float, end: float, num_steps: int) -> np.ndarray:
     """
     k = np.arange(num_steps, dtype=np.float64)
     return (end - (end - base) * (np.cos(math.pi * k / num_steps) + 1.0) / 2.0).astype(np.float32)
+
+
+def momentum_schedules(base: float, end: float) -> Callable[[int, int], dict[str, np.ndarray]]:
+    """``Objective.schedules`` giving 'momentum', the cosine EMA schedule from base to end."""
+
+    def schedules(num_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        del steps_per_epoch
+        return {"momentum": cosine_momentum(base, end, num_steps)}
+
+    return schedules
 
 
 def epoch_of_step(num_steps: int, steps_per_epoch: int) -> np.ndarray:

@@ -6,22 +6,21 @@ import ml_collections
 
 from cl_ssl import losses
 from cl_ssl.objectives.base import (
-    MILD_JITTER,
+    BYOL_VIEWS,
     Objective,
     Recipe,
-    cosine_momentum,
     ema,
     make_model,
     make_views,
     mlp,
+    momentum_schedules,
     momentum_target,
     target_params,
 )
 
 RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
-    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    views=BYOL_VIEWS,
     source="CaSSLe bash_files/continual/cifar/byol*.sh (METHODS.md 1.7, 2.8)",
 )
 
@@ -65,10 +64,6 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         del aux
         return {"momentum": ema(state["momentum"], target_params(params), hyper["momentum"])}
 
-    def schedules(num_steps, steps_per_epoch):
-        del steps_per_epoch
-        return {"momentum": cosine_momentum(c.base_momentum, c.final_momentum, num_steps)}
-
     return Objective(
         name="byol",
         model=model,
@@ -77,5 +72,5 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         init_state=init_state,
         target=momentum_target(model),
         update_state=update_state,
-        schedules=schedules,
+        schedules=momentum_schedules(c.base_momentum, c.final_momentum),
     )

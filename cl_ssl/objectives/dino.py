@@ -16,7 +16,7 @@ import numpy as np
 
 from cl_ssl import losses
 from cl_ssl.objectives.base import (
-    MILD_JITTER,
+    BYOL_VIEWS,
     Objective,
     Recipe,
     cosine_momentum,
@@ -31,8 +31,7 @@ from cl_ssl.objectives.base import (
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-6, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
-    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    views=BYOL_VIEWS,
     source="project choice (the BYOL CIFAR views; METHODS.md lists no DINO recipe)",
 )
 

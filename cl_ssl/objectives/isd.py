@@ -33,10 +33,12 @@ from cl_ssl.objectives.base import (
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
-    # Student: MoCo-v2 strong views (blur off on CIFAR, as in CaSSLe's CIFAR scripts).
-    view1=dict(min_scale=0.2, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
-    # Teacher: random resized crop and flip only.
-    view2=dict(min_scale=0.2, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0),
+    views=(
+        # Student: MoCo-v2 strong views (blur off on CIFAR, as in CaSSLe's CIFAR scripts).
+        dict(min_scale=0.2, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        # Teacher: random resized crop and flip only.
+        dict(min_scale=0.2, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0),
+    ),
     source="UMBCvision/ISD train_isd_plus.py views; optimizer a project choice (METHODS.md 2.7)",
 )
 

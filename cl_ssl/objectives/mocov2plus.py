@@ -13,22 +13,21 @@ import ml_collections
 
 from cl_ssl import losses, memory
 from cl_ssl.objectives.base import (
-    MILD_JITTER,
+    BYOL_VIEWS,
     Objective,
     Recipe,
-    cosine_momentum,
     ema,
     make_model,
     make_views,
     mlp,
+    momentum_schedules,
     momentum_target,
     target_params,
 )
 
 RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
-    view2=dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
+    views=BYOL_VIEWS,
     source="Kaizen bash_files/mocov2plus.sh (no CaSSLe CIFAR script exists, METHODS.md 2.2)",
 )
 
@@ -86,10 +85,6 @@ def make(config: ml_collections.ConfigDict) -> Objective:
             "queues": (memory.push(queue1, k1), memory.push(queue2, k2)),
         }
 
-    def schedules(num_steps, steps_per_epoch):
-        del steps_per_epoch
-        return {"momentum": cosine_momentum(c.base_momentum, c.final_momentum, num_steps)}
-
     return Objective(
         name="mocov2plus",
         model=model,
@@ -98,5 +93,5 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         init_state=init_state,
         target=momentum_target(model),
         update_state=update_state,
-        schedules=schedules,
+        schedules=momentum_schedules(c.base_momentum, c.final_momentum),
     )

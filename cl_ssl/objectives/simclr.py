@@ -5,12 +5,11 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses
-from cl_ssl.objectives.base import STRONG_JITTER, Objective, Recipe, make_model, make_views, mlp
+from cl_ssl.objectives.base import SIMCLR_VIEWS, Objective, Recipe, make_model, make_views, mlp
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.08, **STRONG_JITTER),
-    view2=dict(min_scale=0.08, **STRONG_JITTER),
+    views=SIMCLR_VIEWS,
     source="CaSSLe bash_files/continual/cifar/simclr*.sh (METHODS.md 1.7, 2.8)",
 )
 

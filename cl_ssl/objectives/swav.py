@@ -16,7 +16,7 @@ from jax import lax
 from cl_ssl import losses, memory
 from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
-    STRONG_JITTER,
+    SIMCLR_VIEWS,
     Objective,
     Recipe,
     epoch_of_step,
@@ -28,8 +28,7 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     # The SwAV CIFAR script omits --exclude_bias_n_norm (METHODS.md 1.3).
     optimizer=dict(lr=0.6, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
-    view1=dict(min_scale=0.08, **STRONG_JITTER),
-    view2=dict(min_scale=0.08, **STRONG_JITTER),
+    views=SIMCLR_VIEWS,
     source="CaSSLe bash_files/continual/cifar/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
 )
 

@@ -9,8 +9,7 @@ from cl_ssl.objectives.base import MILD_JITTER, Objective, Recipe, make_model, m
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
-    view1=dict(min_scale=0.2, solarize_prob=0.1, **MILD_JITTER),
-    view2=dict(min_scale=0.2, solarize_prob=0.1, **MILD_JITTER),
+    views=(dict(min_scale=0.2, solarize_prob=0.1, **MILD_JITTER),) * 2,
     source="CaSSLe bash_files/continual/cifar/vicreg*.sh (METHODS.md 1.7, 2.8)",
 )
 
