@@ -117,13 +117,13 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
         (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        if objective.mask_grads is not None:
-            grads = objective.mask_grads(grads, hyper)
         opt_state = state.opt_state
         opt_state = opt_state._replace(
             hyperparams={**opt_state.hyperparams, "learning_rate": hyper["lr"]}
         )
         updates, opt_state = tx.update(grads, opt_state, state.params)
+        if objective.mask_updates is not None:
+            updates = objective.mask_updates(updates, hyper)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1,

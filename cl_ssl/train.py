@@ -241,7 +241,7 @@ def run(
     results.md, plots/ and TensorBoard events (tb/) to ``workdir``.
     """
     p = plan(config, mesh or parallel.make_mesh())
-    _check_workdir(workdir, config)
+    _check_workdir(workdir, p.config)
     with contextlib.ExitStack() as stack:
         writer = None
         if jax.process_index() == 0:

@@ -68,6 +68,7 @@ def get_config(arg: str | None = None):
         name="adamw",
         lr=2e-3,
         weight_decay=1e-4,
+        min_lr=0.0,
         scale_lr_by_batch=False,
         warmup_epochs=1,
         warmup_start_lr=1e-4,

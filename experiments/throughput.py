@@ -26,7 +26,7 @@ from cl_ssl import config as config_lib
 from cl_ssl import parallel
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
-from cl_ssl.objectives import get_objective
+from cl_ssl.objectives import get_objective, resolve_config
 
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size (images per step).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps.")
@@ -51,11 +51,11 @@ NUM_IMAGES = 4096
 
 
 def _config():
-    config = config_lib.base_config()
+    config = config_lib.base_config()  # SimCLR, CaSSLe's CIFAR recipe
     config.batch_size = _BATCH.value
     config.model.backbone = _BACKBONE.value
     config.model.dtype = _DTYPE.value
-    return config
+    return resolve_config(config)
 
 
 def time_jax() -> dict:
@@ -67,13 +67,20 @@ def time_jax() -> dict:
     rng = jax.random.PRNGKey(0)
     variables = objective.model.init(rng, np.zeros((1, 32, 32, 3), np.float32), train=True)
     state = parallel.put_replicated(
-        mesh, state_lib.create_state(variables=variables, tx=tx, teacher={}, rng=rng)
+        mesh,
+        state_lib.create_state(
+            variables=variables,
+            tx=tx,
+            teacher={},
+            objective_state=objective.init_state(variables["params"], rng),
+            rng=rng,
+        ),
     )
     images = parallel.put_replicated(
         mesh, np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
     )
     step = step_lib.jit_step(step_lib.build_step_fn(objective, tx), mesh)
-    lr = parallel.put_replicated(mesh, np.float32(0.4))
+    lr = parallel.put_replicated(mesh, {"lr": np.float32(config.optimizer.lr)})
     batches = [
         parallel.global_batch(
             mesh,

@@ -332,3 +332,44 @@ def test_resume_restores_the_objective_state(mock_cifar10, tmp_path):
     resumed = _run(tiny_objective_config("mocov2plus"), tmp_path / "resumed")
     chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+
+
+@pytest.mark.parametrize("name", ["mocov2plus", "byol", "swav", "dino"])
+def test_schedules_restart_with_every_stage(name):
+    """Each stage's schedules start from their first value, whatever the stage's length."""
+    config = objectives.resolve_config(tiny_objective_config(name))
+    objective = objectives.get_objective(config)
+    short = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=3)
+    long = step_lib.stage_hyper(config, objective, num_epochs=4, steps_per_epoch=5)
+    assert set(short) == set(long) and len(short) > 1
+    for key in short:
+        assert short[key][0] == long[key][0], key
+        assert short[key].shape == (6,) and long[key].shape == (20,)
+
+
+def test_swav_queue_changes_the_codes_once_in_use():
+    s1, s2 = (_outputs(jax.random.PRNGKey(i), prototypes=10) for i in range(2))
+    objective = _objective("swav", **{"swav.proj_output_dim": 5})
+    params = {"prototypes": {"kernel": jax.random.normal(jax.random.PRNGKey(5), (5, 10))}}
+    queues = tuple(memory.random_unit_queue(jax.random.PRNGKey(6 + v), 16, 5) for v in range(2))
+    state = {"queues": queues}
+    off, _, _ = objective.loss((s1, s2), None, state, params, {"use_queue": jnp.float32(0)})
+    on, _, _ = objective.loss((s1, s2), None, state, params, {"use_queue": jnp.float32(1)})
+    np.testing.assert_allclose(off, losses.swav_loss(s1["scores"], s2["scores"]), rtol=1e-6)
+    assert abs(float(on) - float(off)) > 1e-4
+
+
+def test_stateful_objective_on_one_and_four_devices(mock_cifar10, tmp_path):
+    """MoCoV2+ (queues pushed from a batch-sharded step, momentum network) agrees on 1 and 4
+    devices."""
+    config = tiny_objective_config(
+        "mocov2plus",
+        epochs_per_task=1,
+        **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)},
+    )
+    one = _run(config, tmp_path / "one", num_devices=1)
+    four = _run(config, tmp_path / "four", num_devices=4)
+    chex.assert_trees_all_close(
+        one["state"].objective_state, four["state"].objective_state, atol=1e-4, rtol=1e-3
+    )
+    chex.assert_trees_all_close(one["state"].params, four["state"].params, atol=1e-4, rtol=1e-3)

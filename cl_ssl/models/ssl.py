@@ -18,9 +18,9 @@ def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
 class Prototypes(nn.Module):
     """Scores against learnable unit-norm prototypes: n(z) . n(c_k) (SwAV, DINO's last layer).
 
-    Equals PyTorch's ``weight_norm(nn.Linear(D, K, bias=False))`` with the norm gain fixed at 1, as
-    solo-learn builds SwAV's prototypes and DINO's last layer: gradients flow through the
-    normalisation of both the embedding and the prototypes.
+    Equals PyTorch's ``weight_norm(nn.Linear(D, K, bias=False))`` with ``weight_g`` filled with 1
+    and frozen, as solo-learn's SwAV and DINO build them (not checked against CaSSLe's pinned
+    commit): gradients flow through the normalisation of both the embedding and the prototypes.
 
     Attributes:
       num_prototypes: K.

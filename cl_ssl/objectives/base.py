@@ -70,7 +70,8 @@ class Objective:
       start_task: (state) -> state at the start of every task after the first.
       schedules: (steps in the stage, steps per epoch) -> name -> float32 [steps] values the step
         reads from ``hyper``; they restart with every task (METHODS.md 1.6).
-      mask_grads: optional (grads, hyper) -> grads applied before the optimizer.
+      mask_updates: optional (optimizer updates, hyper) -> updates, applied before the parameters
+        change (SwAV's prototype freeze).
     """
 
     name: str
@@ -83,7 +84,7 @@ class Objective:
     update_state: Callable[[PyTree, PyTree, PyTree, Hyper], PyTree] = _keep_state
     start_task: Callable[[PyTree], PyTree] = _keep_state
     schedules: Callable[[int, int], dict[str, np.ndarray]] = _no_schedules
-    mask_grads: Callable[[PyTree, Hyper], PyTree] | None = None
+    mask_updates: Callable[[PyTree, Hyper], PyTree] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,11 @@ def make_model(
 
 # ---------------------------------------------------------------------------------------------
 # Momentum (EMA) target networks: MoCoV2+, BYOL, ISD, DINO
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """x / max(||x||_2, 1e-12) along the last axis (``F.normalize``)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def target_params(params: PyTree) -> PyTree:

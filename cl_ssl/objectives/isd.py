@@ -15,8 +15,6 @@ Shuffle-BN is not needed: under ``jit`` the teacher's BatchNorm already sees the
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from cl_ssl import losses, memory
@@ -24,6 +22,7 @@ from cl_ssl.objectives.base import (
     Objective,
     Recipe,
     ema,
+    l2_normalize,
     make_model,
     make_views,
     mlp,
@@ -58,10 +57,6 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def _normalize(x: jax.Array) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def make(config: ml_collections.ConfigDict) -> Objective:
     """ISD from ``config.isd``; the bank size must be a multiple of the batch."""
     c = config.isd
@@ -81,7 +76,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     def loss(student, target, state, params, hyper):
         del params, hyper
         (s,), (_, t) = student, target
-        s, t = _normalize(s["prediction"]), _normalize(t["projection"])
+        s, t = l2_normalize(s["prediction"]), l2_normalize(t["projection"])
         anchors = state["bank"].items
         value = losses.similarity_kl(
             s @ anchors.T,

@@ -8,7 +8,6 @@ D = 128 (Kaizen uses 256).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from cl_ssl import losses, memory
@@ -17,6 +16,7 @@ from cl_ssl.objectives.base import (
     Objective,
     Recipe,
     ema,
+    l2_normalize,
     make_model,
     make_views,
     mlp,
@@ -79,7 +79,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
 
     def update_state(state, params, keys, hyper):
         queue1, queue2 = state["queues"]
-        k1, k2 = (k / jnp.linalg.norm(k, axis=-1, keepdims=True) for k in keys)
+        k1, k2 = map(l2_normalize, keys)
         return {
             "momentum": ema(state["momentum"], target_params(params), hyper["momentum"]),
             "queues": (memory.push(queue1, k1), memory.push(queue2, k2)),
