@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cl_ssl.losses import l2_normalize
+
 
 @flax.struct.dataclass
 class Queue:
@@ -31,8 +33,7 @@ class Queue:
 
 def random_unit_queue(key: jax.Array, capacity: int, dim: int) -> Queue:
     """A queue of ``capacity`` random L2-normalised rows of width ``dim`` (MoCo's initial keys)."""
-    items = jax.random.normal(key, (capacity, dim), jnp.float32)
-    items = items / jnp.linalg.norm(items, axis=-1, keepdims=True)
+    items = l2_normalize(jax.random.normal(key, (capacity, dim), jnp.float32))
     return Queue(items=items, ptr=jnp.zeros((), jnp.int32))
 
 

@@ -336,15 +336,25 @@ def test_resume_restores_the_objective_state(mock_cifar10, tmp_path):
 
 @pytest.mark.parametrize("name", ["mocov2plus", "byol", "swav", "dino"])
 def test_schedules_restart_with_every_stage(name):
-    """Each stage's schedules start from their first value, whatever the stage's length."""
+    """Each stage's schedules start from the config's initial values, whatever its length."""
     config = objectives.resolve_config(tiny_objective_config(name))
+    c = config[name]
+    first = {
+        "momentum": c.get("base_momentum"),
+        "use_queue": 0.0,  # tiny SwAV: queue from epoch 1
+        "prototype_grad": 0.0,  # tiny SwAV: prototypes frozen in epoch 0
+        "teacher_temperature": c.get("warmup_teacher_temperature"),
+        "lr": config.optimizer.warmup_start_lr,
+    }
     objective = objectives.get_objective(config)
-    short = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=3)
-    long = step_lib.stage_hyper(config, objective, num_epochs=4, steps_per_epoch=5)
-    assert set(short) == set(long) and len(short) > 1
-    for key in short:
-        assert short[key][0] == long[key][0], key
-        assert short[key].shape == (6,) and long[key].shape == (20,)
+    for epochs, steps_per_epoch in ((2, 3), (4, 5)):
+        hyper = step_lib.stage_hyper(
+            config, objective, num_epochs=epochs, steps_per_epoch=steps_per_epoch
+        )
+        assert len(hyper) > 1
+        for key, values in hyper.items():
+            assert values.shape == (epochs * steps_per_epoch,), key
+            assert values[0] == pytest.approx(first[key], rel=1e-6), key
 
 
 def test_swav_queue_changes_the_codes_once_in_use():

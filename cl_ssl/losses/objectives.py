@@ -34,9 +34,9 @@ def _as_float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-    """n(x) = x / max(||x||_2, 1e-12) along the last axis, as ``F.normalize``."""
-    sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """n(x) = x / max(||x||_2, 1e-12) along ``axis``, as PyTorch's ``F.normalize``."""
+    sq_norm = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
 
 
@@ -119,7 +119,7 @@ def nt_xent(
     _check_positive("nt_xent", temperature=temperature)
     b = z1.shape[0]
     _check_min_batch("nt_xent", b, 2, axis_name)
-    u = _l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D], local rows
+    u = l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D], local rows
     if axis_name is None:
         columns, offset = u, 0
     else:
@@ -177,9 +177,9 @@ def info_nce(
             f"{jnp.shape(queue)}; transpose a [D, K] queue"
         )
     _check_positive("info_nce", temperature=temperature)
-    q = _l2_normalize(_as_float(q))
-    k = lax.stop_gradient(_l2_normalize(_as_float(k)))
-    queue = lax.stop_gradient(_l2_normalize(_as_float(queue)))
+    q = l2_normalize(_as_float(q))
+    k = lax.stop_gradient(l2_normalize(_as_float(k)))
+    queue = lax.stop_gradient(l2_normalize(_as_float(queue)))
     positive = jnp.sum(q * k, axis=-1, keepdims=True)  # [B, 1]
     negative = q @ queue.T  # [B, K]
     log_prob = jax.nn.log_softmax(jnp.concatenate([positive, negative], axis=-1) / temperature)
@@ -193,8 +193,8 @@ def info_nce(
 def _mean_cosine(fn: str, p: jax.Array, z: jax.Array, axis_name: str | None) -> jax.Array:
     """mean_i cos(p_i, sg(z_i)) over the global batch."""
     _check_embeddings(fn, p=p, z=z)
-    p = _l2_normalize(_as_float(p))
-    z = lax.stop_gradient(_l2_normalize(_as_float(z)))
+    p = l2_normalize(_as_float(p))
+    z = lax.stop_gradient(l2_normalize(_as_float(z)))
     return _batch_mean(jnp.sum(p * z, axis=-1), axis_name)
 
 

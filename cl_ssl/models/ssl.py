@@ -6,13 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cl_ssl.losses import l2_normalize
 from cl_ssl.models.heads import torch_linear_kernel_init
-
-_NORM_EPS = 1e-12
-
-
-def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), _NORM_EPS)
 
 
 class Prototypes(nn.Module):
@@ -34,8 +29,8 @@ class Prototypes(nn.Module):
         kernel = self.param(
             "kernel", torch_linear_kernel_init, (z.shape[-1], self.num_prototypes), jnp.float32
         )
-        z = _l2_normalize(jnp.asarray(z, jnp.float32), axis=-1)
-        return z @ _l2_normalize(kernel, axis=0)
+        z = l2_normalize(jnp.asarray(z, jnp.float32))
+        return z @ l2_normalize(kernel, axis=0)
 
 
 class SSLModel(nn.Module):

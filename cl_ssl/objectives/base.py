@@ -170,11 +170,6 @@ def make_model(
 # Momentum (EMA) target networks: MoCoV2+, BYOL, ISD, DINO
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(||x||_2, 1e-12) along the last axis (``F.normalize``)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def target_params(params: PyTree) -> PyTree:
     """The part of the student's params the momentum network copies: all but the predictor."""
     return {k: v for k, v in params.items() if k != "predictor"}

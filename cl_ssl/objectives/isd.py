@@ -18,11 +18,11 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses, memory
+from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives.base import (
     Objective,
     Recipe,
     ema,
-    l2_normalize,
     make_model,
     make_views,
     mlp,

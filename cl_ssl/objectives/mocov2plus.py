@@ -11,12 +11,12 @@ import jax
 import ml_collections
 
 from cl_ssl import losses, memory
+from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives.base import (
     BYOL_VIEWS,
     Objective,
     Recipe,
     ema,
-    l2_normalize,
     make_model,
     make_views,
     mlp,

@@ -14,13 +14,13 @@ import ml_collections
 from jax import lax
 
 from cl_ssl import losses, memory
+from cl_ssl.losses import l2_normalize
 from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
     SIMCLR_VIEWS,
     Objective,
     Recipe,
     epoch_of_step,
-    l2_normalize,
     make_model,
     make_views,
     mlp,
