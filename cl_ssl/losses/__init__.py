@@ -1,9 +1,19 @@
 """Pure loss functions on arrays: the public, reusable API of cl_ssl (ARCHITECTURE.md rule 1).
 
-Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``) and ``sinkhorn``
-(the [batch, prototypes] codes).
+The SSL objectives (``objectives.py``) and the continual strategies' distillation terms
+(``distill.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
+and ``sinkhorn`` (the [batch, prototypes] codes).
 """
 
+from cl_ssl.losses.distill import (
+    contrastive_distillation,
+    cosine_distillation,
+    decorrelative_distillation,
+    knowledge_distillation,
+    mse_distillation,
+    predictive_distillation,
+    similarity_distillation,
+)
 from cl_ssl.losses.objectives import (
     barlow_twins_loss,
     byol_loss,
@@ -21,6 +31,13 @@ from cl_ssl.losses.objectives import (
 __all__ = [
     "barlow_twins_loss",
     "byol_loss",
+    "contrastive_distillation",
+    "cosine_distillation",
+    "decorrelative_distillation",
+    "knowledge_distillation",
+    "mse_distillation",
+    "predictive_distillation",
+    "similarity_distillation",
     "dino_loss",
     "info_nce",
     "l2_normalize",

@@ -1,0 +1,289 @@
+"""Distillation terms of the continual strategies as pure functions of arrays (METHODS.md 3.3, 3.4).
+
+CaSSLe turns each SSL loss into a distillation term: a learnable predictor h maps the student's
+projection z^v of view v onto the frozen previous-task model's projection z-bar^v *of the same
+view*, through a loss of the same kind as the SSL objective. Every function here takes the
+predictions p^v = h(z^v) and the teacher's outputs as tuples with one [B, D] array per view (the
+student's views, usually two) and averages its per-view terms, the reference's (1/2) sum_v
+(METHODS.md 4.3). The teacher side always passes through ``stop_gradient``.
+
+Conventions (float32 compute, global batch under ``jit``, optional ``axis_name`` inside
+``shard_map``) are those of ``cl_ssl.losses.objectives``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cl_ssl.losses.objectives import (
+    _as_float,
+    _batch_mean,
+    _check_embeddings,
+    _check_min_batch,
+    _check_positive,
+    barlow_twins_loss,
+    byol_loss,
+    l2_normalize,
+    similarity_kl,
+    simsiam_loss,
+)
+
+Views = Sequence[jax.Array]
+
+
+def _check_views(fn: str, predictions: Views, targets: Views) -> None:
+    if len(predictions) != len(targets) or not predictions:
+        raise ValueError(
+            f"{fn}: pass one prediction and one teacher output per view, got {len(predictions)} "
+            f"predictions and {len(targets)} teacher outputs"
+        )
+    for v, (p, t) in enumerate(zip(predictions, targets, strict=True)):
+        _check_embeddings(fn, **{f"predictions[{v}]": p, f"targets[{v}]": t})
+    shapes = {jnp.shape(p) for p in predictions}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{fn}: every view must have the same [batch, dim] shape, got {sorted(shapes)}; pass "
+            f"the same images in every view, through the same heads"
+        )
+
+
+def _mean_over_views(fn: str, term, predictions: Views, targets: Views) -> jax.Array:
+    _check_views(fn, predictions, targets)
+    values = [term(p, lax.stop_gradient(t)) for p, t in zip(predictions, targets, strict=True)]
+    return sum(values) / len(values)
+
+
+def _gathered_columns(u: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """The rows of every device as columns, and this device's offset among them."""
+    if axis_name is None:
+        return u, jnp.zeros((), jnp.int32)
+    return lax.all_gather(u, axis_name, tiled=True), lax.axis_index(axis_name) * u.shape[0]
+
+
+def contrastive_distillation(
+    predictions: Views,
+    targets: Views,
+    *,
+    temperature: float = 0.2,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """CaSSLe's contrastive distiller (SimCLR, MoCoV2+; ``simclr_distill_loss_func``).
+
+    With P = n([p^1; p^2; ...]) and Z = n([z-bar^1; z-bar^2; ...]) (N = views x B rows each):
+
+      L_c(A, C) = -(1/N) sum_i log( exp(a_i . c_i / tau) / sum_j exp(a_i . c_j / tau) )
+      L = (1/2) [ L_c(P, Z) + L_c(Z, P) ]
+
+    The denominator runs over all N columns, including the other view of the same image: the
+    reference means to mask it but its mask is a no-op, and this reproduces the code (METHODS.md
+    3.3). Gradient reaches P through both terms.
+
+    Args:
+      predictions: per view, [B, D] predictor outputs h(z^v) of the student.
+      targets: per view, [B, D] teacher projections z-bar^v of the same view.
+      temperature: tau > 0 (CaSSLe: 0.2).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_views("contrastive_distillation", predictions, targets)
+    _check_positive("contrastive_distillation", temperature=temperature)
+    p = l2_normalize(_as_float(jnp.concatenate(predictions, axis=0)))
+    z = lax.stop_gradient(l2_normalize(_as_float(jnp.concatenate(targets, axis=0))))
+
+    def cross_entropy(rows, columns):
+        gathered, offset = _gathered_columns(columns, axis_name)
+        log_prob = jax.nn.log_softmax(rows @ gathered.T / temperature, axis=-1)
+        own = offset + jnp.arange(rows.shape[0])
+        return -_batch_mean(jnp.take_along_axis(log_prob, own[:, None], axis=-1)[:, 0], axis_name)
+
+    return 0.5 * (cross_entropy(p, z) + cross_entropy(z, p))
+
+
+def predictive_distillation(
+    predictions: Views, targets: Views, *, axis_name: str | None = None
+) -> jax.Array:
+    """CaSSLe's predictive distiller (BYOL): L = (1/V) sum_v [2 - 2 mean_i cos(p^v_i, z-bar^v_i)].
+
+    Note the average over views, where BYOL's own loss sums its two directions.
+
+    Args:
+      predictions: per view, [B, D] predictor outputs h(z^v).
+      targets: per view, [B, D] teacher projections z-bar^v.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [0, 4].
+    """
+    return _mean_over_views(
+        "predictive_distillation",
+        lambda p, t: byol_loss(p, t, axis_name=axis_name),
+        predictions,
+        targets,
+    )
+
+
+def cosine_distillation(
+    predictions: Views, targets: Views, *, axis_name: str | None = None
+) -> jax.Array:
+    """Negative cosine: L = -(1/V) sum_v mean_i cos(p^v_i, sg(t^v_i)).
+
+    PFR's term on backbone features (METHODS.md 3.4: -(1/2) sum_v cos(h(f^v), f-bar^v)), and the
+    CaSSLe-style distiller of SimSiam, whose own loss is this negative cosine.
+
+    Args:
+      predictions: per view, [B, D] predictor outputs.
+      targets: per view, [B, D] teacher outputs of the same view.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [-1, 1].
+    """
+    return _mean_over_views(
+        "cosine_distillation",
+        lambda p, t: simsiam_loss(p, t, axis_name=axis_name),
+        predictions,
+        targets,
+    )
+
+
+def decorrelative_distillation(
+    predictions: Views,
+    targets: Views,
+    *,
+    lambd: float = 5e-3,
+    scale: float = 0.1,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """CaSSLe's decorrelative distiller (Barlow Twins): L = (1/V) sum_v BT(p^v, z-bar^v).
+
+    BT is ``barlow_twins_loss``; the cross-correlation pairs a view's prediction with the teacher's
+    projection of the same view.
+
+    Args:
+      predictions: per view, [B, D] predictor outputs h(z^v).
+      targets: per view, [B, D] teacher projections z-bar^v.
+      lambd, scale: Barlow Twins' off-diagonal weight and overall factor (CaSSLe: 5e-3, 0.1).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    return _mean_over_views(
+        "decorrelative_distillation",
+        lambda p, t: barlow_twins_loss(p, t, lambd=lambd, scale=scale, axis_name=axis_name),
+        predictions,
+        targets,
+    )
+
+
+def mse_distillation(
+    predictions: Views, targets: Views, *, axis_name: str | None = None
+) -> jax.Array:
+    """CaSSLe's predictive-MSE distiller (VICReg): L = (1/V) sum_v mean_{i,d} (p^v_id - z-bar^v_id)^2.
+
+    The mean runs over the batch and the D dimensions, as ``F.mse_loss``. CaSSLe weighs this term
+    by 25, VICReg's invariance weight; the weight is the caller's.
+
+    Args:
+      predictions: per view, [B, D] predictor outputs h(z^v).
+      targets: per view, [B, D] teacher projections z-bar^v.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss (>= 0).
+    """
+
+    def mse(p, t):
+        err = _as_float(p) - _as_float(t)
+        return _batch_mean(jnp.mean(err * err, axis=-1), axis_name)
+
+    return _mean_over_views("mse_distillation", mse, predictions, targets)
+
+
+def knowledge_distillation(
+    student_scores: Views,
+    teacher_scores: Views,
+    *,
+    temperature: float = 0.1,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """CaSSLe's knowledge distiller (SwAV): soft-label cross-entropy over prototypes.
+
+      L = -(1/V) sum_v mean_i sum_k softmax(t^v_i / tau)_k log softmax(s^v_i / tau)_k
+
+    with t^v = W-bar n(z-bar^v), the previous task's (frozen) prototypes scoring the teacher's
+    projection, used directly (no Sinkhorn step), and s^v = W_d n(h(z^v)), new learnable
+    prototypes scoring the prediction.
+
+    Args:
+      student_scores: per view, [B, K] scores of the predictions against the new prototypes.
+      teacher_scores: per view, [B, K] scores of the teacher's projections against its prototypes.
+      temperature: tau > 0 of both distributions (CaSSLe: 0.1).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_positive("knowledge_distillation", temperature=temperature)
+
+    def cross_entropy(s, t):
+        target = jax.nn.softmax(_as_float(t) / temperature, axis=-1)
+        log_prob = jax.nn.log_softmax(_as_float(s) / temperature, axis=-1)
+        return -_batch_mean(jnp.sum(target * log_prob, axis=-1), axis_name)
+
+    return _mean_over_views("knowledge_distillation", cross_entropy, student_scores, teacher_scores)
+
+
+def similarity_distillation(
+    predictions: Views,
+    targets: Views,
+    *,
+    student_temperature: float = 0.2,
+    teacher_temperature: float = 0.02,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """ISD's similarity KL as a distiller: the teacher's similarity distribution over the batch.
+
+    For view v, with s_i = n(p^v_i) and t_i = n(z-bar^v_i), the anchors of image i are the
+    teacher's embeddings of the *other* images of the batch, t_j for j != i, and
+
+      L = (1/V) sum_v similarity_kl(s_i . t_j, t_i . t_j; tau_s, tau_t)   over j != i
+
+    ISD's anchor bank holds embeddings of the current momentum teacher, in a space the frozen
+    previous-task teacher does not share; the batch of teacher embeddings is the anchor set both
+    networks can score (a project choice: METHODS.md lists no ISD distiller).
+
+    Args:
+      predictions: per view, [B, D] predictor outputs h(z^v).
+      targets: per view, [B, D] teacher projections z-bar^v.
+      student_temperature, teacher_temperature: temperatures > 0 (ISD-plus R-18: 0.2, 0.02).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; the anchors are then the
+        teacher embeddings of the global batch.
+
+    Returns:
+      Scalar float32 loss (>= 0).
+    """
+
+    def term(p, t):
+        _check_min_batch("similarity_distillation", p.shape[0], 2, axis_name)
+        s, t = l2_normalize(_as_float(p)), l2_normalize(_as_float(t))
+        anchors, offset = _gathered_columns(t, axis_name)
+        rows = jnp.arange(s.shape[0])
+        # Column k of row i is anchor k, skipping the row's own image.
+        others = jnp.arange(anchors.shape[0] - 1)[None, :]
+        others = others + (others >= (offset + rows)[:, None])
+        return similarity_kl(
+            jnp.take_along_axis(s @ anchors.T, others, axis=-1),
+            jnp.take_along_axis(t @ anchors.T, others, axis=-1),
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            axis_name=axis_name,
+        )
+
+    return _mean_over_views("similarity_distillation", term, predictions, targets)
