@@ -11,7 +11,7 @@ import dataclasses
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from cl_ssl import objectives
+from cl_ssl import objectives, strategies
 from cl_ssl.data.augment import ViewConfig
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.split_seed = 0
 
     c.strategy = "finetune"
+    # One section per strategy with settings, e.g. --config.cassle.weight=1.0.
+    for name, section in strategies.default_configs().items():
+        c[name] = section
     c.objective = "simclr"
     # One section per objective (heads, temperatures, queues, EMA schedules), e.g.
     # --config.byol.pred_hidden_dim=2048; only the section of config.objective is read.

@@ -24,7 +24,9 @@ class ContinualState:
         epoch it gives the epoch and the position inside it.
       params: the student's parameters (backbone and heads).
       batch_stats: the student's BatchNorm statistics.
-      opt_state: optimizer state, re-initialised at every task boundary.
+      strategy_params: the strategy's own trainable parameters (CaSSLe's distillation predictor),
+        updated by the same optimizer as ``params``; an empty dict for strategies without any.
+      opt_state: optimizer state of ``trainable(state)``, re-initialised at every task boundary.
       teacher: the strategy's frozen pytree (for example the previous task's model); an empty dict
         for strategies that need none. Its shape is fixed for the whole run.
       objective_state: the objective's own fixed-shape state (momentum network, queues, centre;
@@ -37,10 +39,16 @@ class ContinualState:
     task_step: jax.Array
     params: PyTree
     batch_stats: PyTree
+    strategy_params: PyTree
     opt_state: optax.OptState
     teacher: PyTree
     objective_state: PyTree
     rng: jax.Array
+
+
+def trainable(state: ContinualState) -> tuple[PyTree, PyTree]:
+    """What the optimizer updates: (student params, strategy params)."""
+    return state.params, state.strategy_params
 
 
 def create_state(
@@ -49,6 +57,7 @@ def create_state(
     tx: optax.GradientTransformation,
     teacher: PyTree,
     objective_state: PyTree,
+    strategy_params: PyTree,
     rng: jax.Array,
 ) -> ContinualState:
     """The state at the start of a run: step 0, task 0, fresh optimizer state."""
@@ -59,7 +68,8 @@ def create_state(
         task_step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
+        strategy_params=strategy_params,
+        opt_state=tx.init((params, strategy_params)),
         teacher=teacher,
         objective_state=objective_state,
         rng=rng,
@@ -73,9 +83,11 @@ def start_task(
     tx: optax.GradientTransformation,
     teacher: PyTree,
     objective_state: PyTree,
+    strategy_params: PyTree,
 ) -> ContinualState:
-    """The state at the start of ``task``: optimizer and schedules restart, the teacher and the
-    objective's state are replaced (the caller derives them from the old ones).
+    """The state at the start of ``task``: optimizer and schedules restart; the teacher, the
+    objective's state and the strategy's params are replaced (the caller derives them from the
+    old ones).
 
     The optimizer state is re-initialised (LARS momentum and the learning-rate schedule's count
     restart with every task, as each task is a new process in the reference code, METHODS.md 1.6).
@@ -83,7 +95,8 @@ def start_task(
     return state.replace(
         task=jnp.asarray(task, jnp.int32),
         task_step=jnp.zeros((), jnp.int32),
-        opt_state=tx.init(state.params),
+        strategy_params=strategy_params,
+        opt_state=tx.init((state.params, strategy_params)),
         teacher=teacher,
         objective_state=objective_state,
     )

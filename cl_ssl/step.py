@@ -22,7 +22,8 @@ from cl_ssl import optim
 from cl_ssl.data import augment
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
-from cl_ssl.state import ContinualState
+from cl_ssl.state import ContinualState, trainable
+from cl_ssl.strategies import Strategy
 
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[ContinualState, jax.Array, jax.Array, Metrics], tuple[ContinualState, Metrics]]
@@ -68,20 +69,24 @@ def lr_schedule(
     )
 
 
-def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> StepFn:
-    """The (un-jitted) train step for ``objective``.
+def build_step_fn(
+    objective: Objective, strategy: Strategy, tx: optax.GradientTransformation
+) -> StepFn:
+    """The (un-jitted) train step for ``objective`` under ``strategy``.
 
     The returned function maps (state, images, batch_indices, hyper) to (new state, metrics):
       images: uint8 [N, H, W, C], the whole training set, replicated on every device.
       batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis.
       hyper: float32 scalars of this step: 'lr' (see ``lr_schedule``) and the objective's
         ``schedules`` (EMA momentum, ...).
-      metrics: float32 scalars: 'loss', 'grad_norm' (global L2 norm of the gradients), 'lr' and the
-      objective's own terms. A finite loss with a non-finite gradient norm means the updated
-      parameters are not finite.
+      metrics: float32 scalars: 'loss' (the objective's plus the strategy's weighted distillation
+      term), 'grad_norm' (global L2 norm of the gradients), 'lr', the objective's own terms and
+      the strategy's (the unweighted 'distill'). A finite loss with a non-finite gradient norm
+      means the updated parameters are not finite.
     The step's random key is the run key folded with the global step, so a resumed run draws the
     same augmentations as an uninterrupted one. The student sees ``objective.student_views``; its
-    BatchNorm statistics are updated by each view in turn.
+    BatchNorm statistics are updated by each view in turn. The optimizer updates the student's
+    params and the strategy's together (``cl_ssl.state.trainable``).
     """
     model = objective.model
 
@@ -98,7 +103,8 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)
 
-        def loss_fn(params):
+        def loss_fn(variables):
+            params, strategy_params = variables
             batch_stats, outputs = state.batch_stats, []
             for v in objective.student_views:
                 out, mutated = model.apply(
@@ -112,23 +118,30 @@ def build_step_fn(objective: Objective, tx: optax.GradientTransformation) -> Ste
             loss, terms, aux = objective.loss(
                 tuple(outputs), target, state.objective_state, params, hyper
             )
+            if strategy.distill is not None:
+                student_views = tuple(views[v] for v in objective.student_views)
+                distill, distill_terms = strategy.distill(
+                    tuple(outputs), student_views, state.teacher, strategy_params, state.task
+                )
+                loss, terms = loss + distill, {**terms, **distill_terms}
             return loss, (batch_stats, terms, aux)
 
         (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params
+            trainable(state)
         )
         opt_state = state.opt_state
         opt_state = opt_state._replace(
             hyperparams={**opt_state.hyperparams, "learning_rate": hyper["lr"]}
         )
-        updates, opt_state = tx.update(grads, opt_state, state.params)
+        updates, opt_state = tx.update(grads, opt_state, trainable(state))
         if objective.mask_updates is not None:
-            updates = objective.mask_updates(updates, hyper)
-        params = optax.apply_updates(state.params, updates)
+            updates = (objective.mask_updates(updates[0], hyper), updates[1])
+        params, strategy_params = optax.apply_updates(trainable(state), updates)
         new_state = state.replace(
             step=state.step + 1,
             task_step=state.task_step + 1,
             params=params,
+            strategy_params=strategy_params,
             batch_stats=batch_stats,
             opt_state=opt_state,
             objective_state=objective.update_state(state.objective_state, params, aux, hyper),

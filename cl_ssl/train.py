@@ -71,8 +71,8 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             f"optimizer.kwargs {config.optimizer.kwargs.to_dict()} do not fit optimizer "
             f"{config.optimizer.name!r} ({error}); set --config.optimizer.kwargs to its arguments"
         ) from error
-    strategy = get_strategy(config.strategy)
     objective = get_objective(config)
+    strategy = get_strategy(config, objective)
     data_dir = config.dataset.data_dir or None
     train = sources.load_split(config.dataset.name, "train", data_dir=data_dir)
     test = sources.load_split(config.dataset.name, "test", data_dir=data_dir)
@@ -262,6 +262,7 @@ def _run(
     tx = step_lib.make_tx(config)
     init_key, eval_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     objective_key = jax.random.fold_in(init_key, 1)  # the initial queues and banks
+    strategy_key = jax.random.fold_in(init_key, 2)  # the strategy's heads
     crop = objective.views[0].crop_size
 
     def init_state():
@@ -274,6 +275,7 @@ def _run(
             tx=tx,
             teacher=teacher,
             objective_state=objective.init_state(variables["params"], objective_key),
+            strategy_params=strategy.init_params(strategy_key),
             rng=step_key,
         )
 
@@ -299,7 +301,7 @@ def _run(
             print(f"resumed from {ckpt.directory} at step {int(state.step)} ({where})")
 
     images = parallel.put_replicated(mesh, p.train.images)
-    train_step = step_lib.jit_step(step_lib.build_step_fn(objective, tx), mesh)
+    train_step = step_lib.jit_step(step_lib.build_step_fn(objective, strategy, tx), mesh)
     global_step = int(state.step)
     for stage_id in range(int(state.task), len(p.stages)):
         stage = p.stages[stage_id]
@@ -374,6 +376,7 @@ def _run(
             tx=tx,
             teacher=strategy.teacher(state.params, state.batch_stats),
             objective_state=objective.start_task(state.objective_state),
+            strategy_params=strategy.start_task(state.strategy_params, stage_id + 1, strategy_key),
         )
         state = jax.device_put(state, rep)
         ckpt.save(global_step, state, {"matrices": results.to_json()})

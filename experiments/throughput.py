@@ -8,6 +8,10 @@ utilisation of the JAX step when the device's peak is known.
 
     python experiments/throughput.py                       # CPU, batch 256
     python experiments/throughput.py --dtype=bfloat16      # GPU: bf16 compute, f32 parameters
+    python experiments/throughput.py --strategy=cassle --peer=false   # the distillation step
+
+With ``--strategy=cassle`` (or ``pfr``) the step runs in the second task, so it includes the frozen
+teacher's forward pass and the distillation predictor; compare its images/s with finetune's.
 
 The PyTorch peer needs the `bench` extra (`pip install -e '.[bench]'`); it is skipped if absent.
 """
@@ -27,11 +31,13 @@ from cl_ssl import parallel
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.objectives import get_objective, resolve_config
+from cl_ssl.strategies import STRATEGIES, get_strategy
 
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size (images per step).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing (compilation included).")
 _BACKBONE = flags.DEFINE_string("backbone", "resnet18", "Backbone name.")
+_STRATEGY = flags.DEFINE_enum("strategy", "finetune", list(STRATEGIES), "Continual strategy.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time the PyTorch peer loop.")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "DataLoader workers of the peer.")
@@ -55,6 +61,7 @@ def _config():
     config.batch_size = _BATCH.value
     config.model.backbone = _BACKBONE.value
     config.model.dtype = _DTYPE.value
+    config.strategy = _STRATEGY.value
     return resolve_config(config)
 
 
@@ -63,23 +70,24 @@ def time_jax() -> dict:
     config = _config()
     mesh = parallel.make_mesh()
     objective = get_objective(config)
+    strategy = get_strategy(config, objective)
     tx = step_lib.make_tx(config)
     rng = jax.random.PRNGKey(0)
     variables = objective.model.init(rng, np.zeros((1, 32, 32, 3), np.float32), train=True)
-    state = parallel.put_replicated(
-        mesh,
-        state_lib.create_state(
-            variables=variables,
-            tx=tx,
-            teacher={},
-            objective_state=objective.init_state(variables["params"], rng),
-            rng=rng,
-        ),
+    state = state_lib.create_state(
+        variables=variables,
+        tx=tx,
+        teacher=strategy.teacher(variables["params"], variables.get("batch_stats", {})),
+        objective_state=objective.init_state(variables["params"], rng),
+        strategy_params=strategy.init_params(rng),
+        rng=rng,
     )
+    # The second task: distillation (if any) is on.
+    state = parallel.put_replicated(mesh, state.replace(task=np.int32(1)))
     images = parallel.put_replicated(
         mesh, np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
     )
-    step = step_lib.jit_step(step_lib.build_step_fn(objective, tx), mesh)
+    step = step_lib.jit_step(step_lib.build_step_fn(objective, strategy, tx), mesh)
     lr = parallel.put_replicated(mesh, {"lr": np.float32(config.optimizer.lr)})
     batches = [
         parallel.global_batch(
@@ -204,7 +212,12 @@ def time_torch() -> dict:
 
 def main(argv):
     del argv
-    results = {"batch_size": _BATCH.value, "backbone": _BACKBONE.value, "dtype": _DTYPE.value}
+    results = {
+        "batch_size": _BATCH.value,
+        "backbone": _BACKBONE.value,
+        "dtype": _DTYPE.value,
+        "strategy": _STRATEGY.value,
+    }
     if _PEER.value:
         # The peer runs first: its DataLoader forks worker processes, which is unsafe once JAX
         # has started its thread pools.

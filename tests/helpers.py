@@ -1,4 +1,4 @@
-"""Shared helpers of the end-to-end tests: a tiny run config and a run on a forced mesh."""
+"""Shared helpers of the end-to-end tests: tiny run configs and a run on a forced mesh."""
 
 from cl_ssl import config as config_lib
 from cl_ssl import parallel, train
@@ -29,6 +29,35 @@ def tiny_config(**overrides):
             target = target[p]
         target[leaf] = value
     return c
+
+
+# Small heads for every objective, so a CPU step takes milliseconds.
+TINY_HEADS = {
+    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=32),
+    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
+    "swav": dict(
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        num_prototypes=10,
+        queue_size=16,
+        queue_start_epoch=1,
+        freeze_prototypes_epochs=1,
+    ),
+    "isd": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, bank_size=32),
+    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
+    "dino": dict(
+        proj_hidden_dim=32, proj_output_dim=16, num_prototypes=10, warmup_teacher_epochs=1
+    ),
+}
+
+
+def tiny_objective_config(name, **overrides):
+    """``tiny_config`` for objective ``name`` with its tiny heads."""
+    heads = {f"{name}.{k}": v for k, v in TINY_HEADS[name].items()}
+    return tiny_config(objective=name, **{**heads, **overrides})
 
 
 def run(config, workdir, num_devices=1):

@@ -6,40 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import run as _run
-from helpers import tiny_config
+from helpers import tiny_objective_config
 
 from cl_ssl import config as config_lib
-from cl_ssl import losses, memory, objectives
+from cl_ssl import losses, memory, objectives, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.objectives import base
-
-# Small heads for every objective, so a CPU step takes milliseconds.
-TINY_HEADS = {
-    "simclr": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "mocov2plus": dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=32),
-    "byol": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
-    "barlow_twins": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "vicreg": dict(proj_hidden_dim=32, proj_output_dim=16),
-    "swav": dict(
-        proj_hidden_dim=32,
-        proj_output_dim=16,
-        num_prototypes=10,
-        queue_size=16,
-        queue_start_epoch=1,
-        freeze_prototypes_epochs=1,
-    ),
-    "isd": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, bank_size=32),
-    "simsiam": dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
-    "dino": dict(
-        proj_hidden_dim=32, proj_output_dim=16, num_prototypes=10, warmup_teacher_epochs=1
-    ),
-}
-
-
-def tiny_objective_config(name, **overrides):
-    heads = {f"{name}.{k}": v for k, v in TINY_HEADS[name].items()}
-    return tiny_config(objective=name, **{**heads, **overrides})
 
 
 @pytest.mark.parametrize("name", objectives.OBJECTIVES)
@@ -171,14 +144,15 @@ def _one_step(name, *, step=0, **overrides):
         tx=tx,
         teacher={},
         objective_state=objective.init_state(variables["params"], jax.random.PRNGKey(1)),
+        strategy_params={},
         rng=jax.random.PRNGKey(2),
     )
     hyper = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=2)
     hyper = {k: jnp.asarray(v[step]) for k, v in hyper.items()}
     images = jax.random.randint(jax.random.PRNGKey(3), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
-    new, metrics = jax.jit(step_lib.build_step_fn(objective, tx))(
-        state, images, jnp.arange(8), hyper
-    )
+    new, metrics = jax.jit(
+        step_lib.build_step_fn(objective, strategies.base.make_finetune(config, objective), tx)
+    )(state, images, jnp.arange(8), hyper)
     return objective, state, new, hyper, metrics
 
 

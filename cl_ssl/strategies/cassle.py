@@ -1,0 +1,183 @@
+"""CaSSLe (Fini et al., CVPR 2022; METHODS.md 3.3): the SSL loss turned into distillation.
+
+From the second task on, the previous task's backbone and projector (and SwAV's or DINO's
+prototypes) are a frozen teacher, and a learnable predictor h, Linear(D -> 2048)-BN-ReLU-
+Linear(2048 -> D), maps the student's projection z^v of each view onto the teacher's projection
+z-bar^v of the same view, through a loss of the objective's own kind:
+
+    L = L_SSL + lambda * L_D(h(z^1), h(z^2); z-bar^1, z-bar^2)
+
+The reference details kept here: the teacher runs its BatchNorm on the batch's statistics (train
+mode, ``cassle.teacher_train_bn``); h is random at the start of the second task and carried from
+the third on (the reference's first distillation task loads a checkpoint without h); h trains with
+the student's optimizer, learning rate and weight decay. On the first task the teacher slot holds
+the initial model and lambda is 0, so every task runs the same compiled step.
+
+Which distiller each objective uses (``DISTILLERS``): the reference's for SimCLR, MoCoV2+, BYOL,
+Barlow Twins, SwAV and VICReg; for ISD, SimSiam and DINO, the one of the same kind (project choices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cl_ssl import losses
+from cl_ssl.losses import l2_normalize
+from cl_ssl.models import heads
+from cl_ssl.models.ssl import Prototypes
+from cl_ssl.objectives import Objective
+from cl_ssl.objectives.base import target_params
+from cl_ssl.strategies.base import (
+    Strategy,
+    apply_head,
+    apply_teacher,
+    distill_weight,
+    each_task,
+    fresh_at_second_task,
+    output_widths,
+    snapshot,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distiller:
+    """How CaSSLe distils one objective.
+
+    Attributes:
+      kind: the loss: 'contrastive', 'predictive', 'decorrelative', 'mse', 'knowledge',
+        'similarity' or 'cosine' (``cl_ssl.losses.<kind>_distillation``).
+      weight: lambda, the distillation weight when ``cassle.weight`` is unset.
+      normalize_input: h reads the L2-normalised projection (MoCo's query), not the raw one.
+    """
+
+    kind: str
+    weight: float = 1.0
+    normalize_input: bool = False
+
+
+DISTILLERS = {
+    "simclr": Distiller("contrastive"),
+    # MoCo's out["z"] is its normalised query (METHODS.md 3.3, "Which z enters h").
+    "mocov2plus": Distiller("contrastive", normalize_input=True),
+    # h reads BYOL's projection, not the output of BYOL's own predictor.
+    "byol": Distiller("predictive"),
+    "barlow_twins": Distiller("decorrelative"),
+    "swav": Distiller("knowledge"),
+    # 25 mirrors VICReg's invariance weight.
+    "vicreg": Distiller("mse", weight=25.0),
+    "isd": Distiller("similarity"),
+    "simsiam": Distiller("cosine"),
+    "dino": Distiller("knowledge"),
+}
+_TEMPERATURES = {"contrastive": 0.2, "knowledge": 0.1}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.cassle``: CaSSLe's values; weight and temperature unset take the distiller's."""
+    return ml_collections.ConfigDict(
+        dict(
+            weight=ml_collections.config_dict.placeholder(float),
+            pred_hidden_dim=2048,
+            temperature=ml_collections.config_dict.placeholder(float),
+            teacher_train_bn=True,
+        )
+    )
+
+
+def _loss(
+    kind: str, config: ml_collections.ConfigDict, num_prototypes: int | None
+) -> Callable[..., jax.Array]:
+    """(predictions per view, teacher outputs per view, strategy params) -> L_D."""
+    c = config.cassle
+    temperature = c.temperature if c.temperature is not None else _TEMPERATURES.get(kind)
+
+    def projections(teacher):
+        return [t["projection"] for t in teacher]
+
+    if kind == "contrastive":
+        return lambda p, t, params: losses.contrastive_distillation(
+            p, projections(t), temperature=temperature
+        )
+    if kind == "predictive":
+        return lambda p, t, params: losses.predictive_distillation(p, projections(t))
+    if kind == "cosine":
+        return lambda p, t, params: losses.cosine_distillation(p, projections(t))
+    if kind == "mse":
+        return lambda p, t, params: losses.mse_distillation(p, projections(t))
+    if kind == "decorrelative":
+        b = config.barlow_twins
+        return lambda p, t, params: losses.decorrelative_distillation(
+            p, projections(t), lambd=b.lambd, scale=b.scale
+        )
+    if kind == "similarity":
+        i = config.isd
+        return lambda p, t, params: losses.similarity_distillation(
+            p,
+            projections(t),
+            student_temperature=i.student_temperature,
+            teacher_temperature=i.teacher_temperature,
+        )
+    if kind == "knowledge":
+        prototypes = Prototypes(num_prototypes)
+
+        def knowledge(p, t, params):
+            scores = [prototypes.apply({"params": params["prototypes"]}, x) for x in p]
+            return losses.knowledge_distillation(
+                scores, [x["scores"] for x in t], temperature=temperature
+            )
+
+        return knowledge
+    raise ValueError(f"unknown distiller kind {kind!r}")
+
+
+def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """CaSSLe for ``objective`` from ``config.cassle``; ValueError for an objective it cannot distil."""
+    if objective.name not in DISTILLERS:
+        raise ValueError(
+            f"strategy 'cassle' has no distiller for objective {objective.name!r}; choose one of "
+            f"{sorted(DISTILLERS)}"
+        )
+    c, spec = config.cassle, DISTILLERS[objective.name]
+    weight = spec.weight if c.weight is None else c.weight
+    widths = output_widths(objective)
+    dim = widths["projection"]
+    predictor = heads.MLPHead(hidden_dims=(c.pred_hidden_dim,), out_dim=dim, batch_norm=True)
+    num_prototypes = widths.get("scores") if spec.kind == "knowledge" else None
+    loss = _loss(spec.kind, config, num_prototypes)
+    model = objective.model
+
+    def init_params(key):
+        k1, k2 = jax.random.split(key)
+        z = jnp.zeros((2, dim))
+        params = {"predictor": predictor.init(k1, z, train=False)["params"]}
+        if num_prototypes is not None:
+            # New prototypes W_d score the predictions (CaSSLe's SwAV distiller).
+            params["prototypes"] = Prototypes(num_prototypes).init(k2, z)["params"]
+        return params
+
+    def distill(student, views, teacher, params, task):
+        targets = [
+            apply_teacher(model, teacher, x, train_bn=c.teacher_train_bn, method="project")
+            for x in views
+        ]
+        inputs = [out["projection"] for out in student]
+        if spec.normalize_input:
+            inputs = [l2_normalize(z) for z in inputs]
+        predictions = [apply_head(predictor, params["predictor"], z) for z in inputs]
+        value = loss(predictions, targets, params)
+        return distill_weight(weight, task) * value, {"distill": value}
+
+    return Strategy(
+        name="cassle",
+        stages=each_task,
+        # The online backbone and projector (and prototypes), never a momentum copy.
+        teacher=snapshot(target_params),
+        init_params=init_params,
+        start_task=fresh_at_second_task(init_params),
+        distill=distill,
+    )

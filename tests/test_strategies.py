@@ -1,0 +1,308 @@
+"""CaSSLe and PFR in the pipeline: the teacher's life cycle, the distillation predictor, the
+wiring of each objective's distiller, one compile, and exact resume across task boundaries."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run as _run
+from helpers import tiny_objective_config
+
+from cl_ssl import losses, objectives, strategies, train
+from cl_ssl import state as state_lib
+from cl_ssl import step as step_lib
+from cl_ssl.losses import l2_normalize
+from cl_ssl.objectives.base import target_params
+from cl_ssl.strategies import base, cassle
+
+# 3 data-incremental tasks of 16 mock images: 2 steps per epoch, 4 steps per task.
+THREE_TASKS = {
+    "num_tasks": 3,
+    "scenario": "data_incremental",
+    "eval.evaluators": ("knn",),
+    "checkpoint_every_steps": 3,
+}
+
+
+def _parts(name, strategy="cassle", **overrides):
+    """(resolved config, objective, strategy) of the tiny setting."""
+    config = objectives.resolve_config(tiny_objective_config(name, strategy=strategy, **overrides))
+    objective = objectives.get_objective(config)
+    return config, objective, strategies.get_strategy(config, objective)
+
+
+def _state(objective, strategy, tx, task=0):
+    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=True)
+    state = state_lib.create_state(
+        variables=variables,
+        tx=tx,
+        teacher=strategy.teacher(variables["params"], variables["batch_stats"]),
+        objective_state=objective.init_state(variables["params"], jax.random.PRNGKey(1)),
+        strategy_params=strategy.init_params(jax.random.PRNGKey(2)),
+        rng=jax.random.PRNGKey(3),
+    )
+    return state.replace(task=jnp.asarray(task, jnp.int32))
+
+
+def _one_step(name, strategy="cassle", task=1, **overrides):
+    """(objective, strategy, state before, state after, metrics) of one step in ``task``."""
+    config, objective, strat = _parts(name, strategy, **overrides)
+    tx = step_lib.make_tx(config)
+    state = _state(objective, strat, tx, task)
+    # A teacher that differs from the student, as after a task of training.
+    state = state.replace(teacher=jax.tree.map(lambda x: x * 0.9 + 0.01, state.teacher))
+    hyper = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=2)
+    hyper = {k: jnp.asarray(v[0]) for k, v in hyper.items()}
+    images = jax.random.randint(jax.random.PRNGKey(4), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    step = jax.jit(step_lib.build_step_fn(objective, strat, tx))
+    new, metrics = step(state, images, jnp.arange(8), hyper)
+    return objective, strat, state, new, metrics
+
+
+def _changed(a, b):
+    return any(
+        not np.array_equal(x, y)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The distillation term in one step
+
+
+@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
+@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+def test_distillation_step_trains_student_and_predictor(name, strategy):
+    """From the second task on, the distillation term is finite, enters the loss with its weight,
+    and its predictor (and SwAV's/DINO's new prototypes) receives updates; the teacher does not."""
+    _, strat, before, after, metrics = _one_step(name, strategy)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["distill"]))
+    for key in before.strategy_params:
+        assert _changed(before.strategy_params[key], after.strategy_params[key]), key
+    chex.assert_trees_all_equal(before.teacher, after.teacher)
+    expected = {"predictor"} if strategy == "cassle" else {"projector"}
+    if strategy == "cassle" and cassle.DISTILLERS[name].kind == "knowledge":
+        expected.add("prototypes")
+    assert set(before.strategy_params) == expected
+
+
+@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
+def test_first_task_has_no_distillation_contribution(strategy):
+    """At task 0 the student's step equals fine-tuning's exactly, whatever the teacher slot holds."""
+    _, _, _, with_teacher, metrics = _one_step("simclr", strategy, task=0)
+    _, _, _, finetune, plain = _one_step("simclr", "finetune", task=0)
+    chex.assert_trees_all_equal(with_teacher.params, finetune.params)
+    chex.assert_trees_all_equal(with_teacher.batch_stats, finetune.batch_stats)
+    np.testing.assert_array_equal(metrics["loss"], plain["loss"])
+    assert float(metrics["distill"]) != 0.0  # computed, weighted by 0
+    _, _, _, distilled, _ = _one_step("simclr", strategy, task=1)
+    assert _changed(distilled.params, finetune.params)
+
+
+def _distill_inputs(name, strategy="cassle"):
+    config, objective, strat = _parts(name, strategy)
+    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=True)
+    teacher = strat.teacher(variables["params"], variables["batch_stats"])
+    views = tuple(
+        jax.random.uniform(jax.random.PRNGKey(5 + v), (8, 32, 32, 3))
+        for v in objective.student_views
+    )
+    student = tuple(
+        objective.model.apply(variables, x, True, mutable=["batch_stats"])[0] for x in views
+    )
+    return config, objective, strat, teacher, views, student
+
+
+def _teacher_projections(objective, teacher, views):
+    return [
+        objective.model.apply(teacher, x, True, method="project", mutable=["batch_stats"])[0]
+        for x in views
+    ]
+
+
+def _predict(config, params, z):
+    head = cassle.heads.MLPHead(
+        hidden_dims=(config.cassle.pred_hidden_dim,), out_dim=z.shape[-1], batch_norm=True
+    )
+    return head.apply({"params": params}, z, train=True, mutable=["batch_stats"])[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected_loss", "weight"),
+    [
+        ("simclr", lambda p, t: losses.contrastive_distillation(p, t, temperature=0.2), 1.0),
+        ("mocov2plus", lambda p, t: losses.contrastive_distillation(p, t, temperature=0.2), 1.0),
+        ("byol", losses.predictive_distillation, 1.0),
+        ("barlow_twins", losses.decorrelative_distillation, 1.0),
+        ("vicreg", losses.mse_distillation, 25.0),
+        ("simsiam", losses.cosine_distillation, 1.0),
+    ],
+)
+def test_cassle_distiller_wiring(name, expected_loss, weight):
+    """Which output enters h (MoCo: the normalised query; BYOL: the projection, not its own
+    predictor's output), which loss meets the teacher's projection of the same view, and lambda."""
+    config, objective, strat, teacher, views, student = _distill_inputs(name)
+    params = strat.init_params(jax.random.PRNGKey(6))
+    if name == "byol":  # the online predictor's output must not be read
+        student = tuple(
+            {**s, "prediction": jnp.full_like(s["prediction"], jnp.nan)} for s in student
+        )
+    inputs = [s["projection"] for s in student]
+    if name == "mocov2plus":
+        inputs = [l2_normalize(z) for z in inputs]
+    predictions = [_predict(config, params["predictor"], z) for z in inputs]
+    targets = [t["projection"] for t in _teacher_projections(objective, teacher, views)]
+    expected = expected_loss(predictions, targets)
+    value, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)
+    np.testing.assert_allclose(value, weight * expected, rtol=1e-5)
+    first, _ = strat.distill(student, views, teacher, params, jnp.int32(0))
+    assert float(first) == 0.0
+
+
+def test_cassle_knowledge_distiller_scores_with_old_and_new_prototypes():
+    """SwAV: the teacher's distribution comes from the previous task's prototypes on its own
+    projection; the student's from the new prototypes W_d on h(z)."""
+    config, objective, strat, teacher, views, student = _distill_inputs("swav")
+    params = strat.init_params(jax.random.PRNGKey(6))
+    predictions = [_predict(config, params["predictor"], s["projection"]) for s in student]
+    new = cassle.Prototypes(config.swav.num_prototypes)
+    scores = [new.apply({"params": params["prototypes"]}, p) for p in predictions]
+    old = [t["scores"] for t in _teacher_projections(objective, teacher, views)]
+    expected = losses.knowledge_distillation(scores, old, temperature=0.1)
+    _, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)
+
+
+def test_pfr_distils_backbone_features():
+    config, objective, strat, teacher, views, student = _distill_inputs("simclr", "pfr")
+    params = strat.init_params(jax.random.PRNGKey(6))
+    width = student[0]["features"].shape[-1]
+    head = cassle.heads.MLPHead(hidden_dims=(width // 2,), out_dim=width, batch_norm=True)
+    predictions = [
+        head.apply(
+            {"params": params["projector"]}, s["features"], train=True, mutable=["batch_stats"]
+        )[0]
+        for s in student
+    ]
+    targets = [
+        objective.model.apply(
+            teacher, x, method=lambda m, x: m.backbone(x, train=True), mutable=["batch_stats"]
+        )[0]
+        for x in views
+    ]
+    _, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    np.testing.assert_allclose(
+        terms["distill"], losses.cosine_distillation(predictions, targets), rtol=1e-5
+    )
+    assert set(teacher["params"]) == {"backbone"}
+
+
+@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
+def test_teacher_receives_no_gradient(strategy):
+    _, _, strat, teacher, views, student = _distill_inputs("simclr", strategy)
+    params = strat.init_params(jax.random.PRNGKey(6))
+    grads = jax.grad(lambda t: strat.distill(student, views, t, params, jnp.int32(1))[0])(teacher)
+    for g in jax.tree.leaves(grads):
+        np.testing.assert_array_equal(g, 0.0)
+
+
+def test_teacher_batch_norm_mode():
+    """Train mode (the reference's): the batch's statistics; eval mode: the frozen running ones."""
+    _, objective, _, teacher, views, _ = _distill_inputs("barlow_twins")
+    teacher = {**teacher, "batch_stats": jax.tree.map(lambda x: x + 0.5, teacher["batch_stats"])}
+    model, x = objective.model, views[0]
+    train_mode = base.apply_teacher(model, teacher, x, train_bn=True, method="project")
+    eval_mode = base.apply_teacher(model, teacher, x, train_bn=False, method="project")
+    on_batch, _ = model.apply(teacher, x, True, method="project", mutable=["batch_stats"])
+    on_running = model.apply(teacher, x, False, method="project")
+    chex.assert_trees_all_close(train_mode, on_batch)
+    chex.assert_trees_all_close(eval_mode, on_running)
+    assert _changed(train_mode["projection"], eval_mode["projection"])
+
+
+def test_unknown_strategy_is_rejected():
+    config, objective, _ = _parts("simclr", "finetune")
+    config.strategy = "ewc"
+    with pytest.raises(ValueError, match="unknown strategy 'ewc'.*cassle"):
+        strategies.get_strategy(config, objective)
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher and the predictor across tasks, in whole runs
+
+
+class _Recorder:
+    """Host copies of the state entering every train step and at every task start."""
+
+    def __init__(self, monkeypatch):
+        self.steps, self.starts = [], []
+        jit_step, start_task = step_lib.jit_step, state_lib.start_task
+
+        def recording_jit_step(step_fn, mesh):
+            jitted = jit_step(chex.assert_max_traces(step_fn, n=1), mesh)
+
+            def step(state, *args):
+                self.steps.append(jax.device_get(state))  # before the state is donated
+                return jitted(state, *args)
+
+            return step
+
+        def recording_start_task(state, **kwargs):
+            new = start_task(state, **kwargs)
+            self.starts.append((jax.device_get(state), jax.device_get(new)))
+            return new
+
+        monkeypatch.setattr(step_lib, "jit_step", recording_jit_step)
+        monkeypatch.setattr(state_lib, "start_task", recording_start_task)
+
+
+@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
+def test_teacher_and_predictor_across_three_tasks(mock_cifar10, tmp_path, monkeypatch, strategy):
+    """The teacher of task t is the student at the end of task t-1 and stays fixed during the
+    task; the predictor is random at task 1 and carried into task 2; one trace serves all tasks."""
+    chex.clear_trace_counter()
+    rec = _Recorder(monkeypatch)
+    result = _run(tiny_objective_config("simclr", strategy=strategy, **THREE_TASKS), tmp_path)
+    assert int(result["state"].task) == 3 and len(rec.starts) == 3
+    keep = target_params if strategy == "cassle" else (lambda t: {"backbone": t["backbone"]})
+    initial_heads = rec.steps[0].strategy_params
+    for t in (1, 2):
+        ended, started = rec.starts[t - 1]
+        chex.assert_trees_all_equal(started.teacher["params"], keep(ended.params))
+        chex.assert_trees_all_equal(started.teacher["batch_stats"], keep(ended.batch_stats))
+        during = [s for s in rec.steps if int(s.task) == t]
+        assert len(during) == 4
+        for s in during:
+            chex.assert_trees_all_equal(s.teacher, started.teacher)
+        assert _changed(during[-1].params, started.params)
+    # Random at task 1 (the initial draw, untouched by task 0's zero-weight term's decay) ...
+    chex.assert_trees_all_equal(rec.starts[0][1].strategy_params, initial_heads)
+    # ... carried from task 1 into task 2.
+    chex.assert_trees_all_equal(rec.starts[1][1].strategy_params, rec.starts[1][0].strategy_params)
+    assert _changed(rec.starts[1][1].strategy_params, initial_heads)
+
+
+def test_cassle_resume_across_task_boundaries_is_exact(mock_cifar10, tmp_path):
+    """Killed in task 0 (step 3) and in task 1 (step 7), resumed each time: the final student,
+    predictor, teacher and accuracies equal an uninterrupted run's."""
+
+    def config(**kw):
+        return tiny_objective_config("byol", strategy="cassle", **THREE_TASKS, **kw)
+
+    whole = _run(config(), tmp_path / "whole")
+    for stop in (3, 7):
+        assert _run(config(stop_after_steps=stop), tmp_path / "resumed")["stopped"]
+    resumed = _run(config(), tmp_path / "resumed")
+    for field in ("params", "batch_stats", "strategy_params", "teacher", "objective_state"):
+        chex.assert_trees_all_equal(
+            getattr(whole["state"], field), getattr(resumed["state"], field)
+        )
+    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+
+
+def test_plan_builds_the_strategy_for_the_objective(mock_cifar10):
+    p = train.plan(tiny_objective_config("vicreg", strategy="cassle"), train.parallel.make_mesh(1))
+    assert p.strategy.name == "cassle" and p.strategy.distill is not None
+    assert len(p.stages) == 2
