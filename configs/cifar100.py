@@ -1,20 +1,55 @@
-"""SimCLR on Split CIFAR-100, 5 class-incremental tasks of 20 classes, CaSSLe's settings.
+"""Split CIFAR-100 with CaSSLe's settings: 5 tasks, SimCLR fine-tuning unless told otherwise.
 
     python -m cl_ssl.main --config=configs/cifar100.py --workdir=runs/c100
+    python -m cl_ssl.main --config=configs/cifar100.py:cassle --config.objective=byol --workdir=DIR
+    python -m cl_ssl.main --config=configs/cifar100.py:cassle,data_incremental --workdir=DIR
+
+The argument after ':' is a comma-separated list of variants:
+  class_incremental (the default): 5 tasks of 20 classes in CaSSLe's order (torch seed 5).
+  data_incremental: 5 random, not class-balanced, fifths of the training set, the remainder to the
+    first task (PROTOCOLS.md 2.5). The partition is drawn with numpy from ``split_seed`` 42: the
+    same sizes and rule as CaSSLe's ``random_split`` with a torch generator seeded 42, not the same
+    images (JAX cannot regenerate a torch permutation).
+  cassle, pfr, finetune, offline: the continual strategy.
+  runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task).
+
+Everything else is CaSSLe's CIFAR-100 recipe (METHODS.md 2.8): ResNet-18 with the CIFAR stem,
+500 epochs per task, batch 256, SGD momentum 0.9 with LARS (eta 0.02, clipping, bias and norm
+excluded except for SwAV), 10 warm-up epochs from 0.003 and a per-epoch cosine, and each objective's
+learning rate, weight decay and augmentations (its ``Recipe``, filled when the run starts).
+CaSSLe's online probe on the full labelled set is not run; the offline linear probe of
+PROTOCOLS.md 3.1 evaluates every task.
 
 CIFAR-100 must be prepared once with tfds (needs TensorFlow, ``pip install '.[prepare]'``):
 ``python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=DIR``, then add
-``--config.dataset.data_dir=DIR``. ``get_config('runlocal')`` gives a tiny variant for a smoke run.
+``--config.dataset.data_dir=DIR``.
 """
 
 from cl_ssl import config as config_lib
 
+_SCENARIOS = ("class_incremental", "data_incremental")
+_STRATEGIES = ("finetune", "offline", "cassle", "pfr")
+
 
 def get_config(arg: str | None = None):
+    variants = [v for v in (arg or "").split(",") if v]
+    unknown = set(variants) - set(_SCENARIOS) - set(_STRATEGIES) - {"runlocal"}
+    if unknown:
+        raise ValueError(
+            f"unknown cifar100 config variants {sorted(unknown)}; combine any of "
+            f"{list(_SCENARIOS + _STRATEGIES)} and 'runlocal' with commas"
+        )
     config = config_lib.base_config()
     config.dataset.name = "cifar100"
     config.class_order = "cifar100_cassle_seed5"
-    if arg == "runlocal":
+    if "data_incremental" in variants:
+        config.scenario = "data_incremental"
+        config.class_order = "natural"
+        config.split_seed = 42
+    for strategy in _STRATEGIES:
+        if strategy in variants:
+            config.strategy = strategy
+    if "runlocal" in variants:
         config.model.backbone = "resnet_tiny"
         config.epochs_per_task = 1
         config.optimizer.warmup_epochs = 0

@@ -10,6 +10,10 @@ configs/cifar100.py for CaSSLe's.
 
     apt-get install dataset-fashion-mnist        # the real IDX files, read offline
     python -m cl_ssl.main --config=configs/fashion_mnist.py --workdir=runs/demo
+
+``get_config('strategies')`` is a cheaper variant for comparing continual strategies over many
+runs (experiments/quality.py): a ResNet-18 at 1/8 width, 2 epochs per task, probes trained on
+5,000 labelled images for 20 epochs.
 """
 
 from cl_ssl import config as config_lib
@@ -19,7 +23,8 @@ MEAN, STD = (0.2860,) * 3, (0.3530,) * 3
 
 
 def get_config(arg: str | None = None):
-    del arg
+    if arg not in (None, "strategies"):
+        raise ValueError(f"unknown fashion_mnist config variant {arg!r}; use none or 'strategies'")
     config = config_lib.base_config()
     config.dataset.name = "fashion_mnist_idx"
     config.num_tasks = 5
@@ -81,4 +86,9 @@ def get_config(arg: str | None = None):
     config.eval.linear.standardize = True
     config.checkpoint_every_steps = 100
     config.log_every_steps = 5
+    if arg == "strategies":
+        config.model.width_multiplier = 0.125
+        config.epochs_per_task = 2
+        config.eval.train_examples = 5_000
+        config.eval.linear.epochs = 20
     return config

@@ -1,19 +1,28 @@
-"""Representation quality of the demo setting over several seeds: strategy vs random init.
+"""Representation quality on Split Fashion-MNIST over several seeds: strategies, objectives and
+random initialisation.
 
-Runs configs/fashion_mnist.py (Split Fashion-MNIST, 5 tasks) for each objective, strategy and
-seed, each in its own workdir (an interrupted sweep resumes), and prints a markdown table of the
-final linear-probe and kNN accuracy next to the random-initialisation row (the same backbone
-initialisation for every objective of a seed), as mean +- std over seeds.
+Runs a config (by default configs/fashion_mnist.py, the demo: 5 class-incremental tasks) for each
+objective, strategy and seed, each in its own workdir (an interrupted sweep resumes), and prints a
+markdown table, mean +- std over seeds, of the final linear-probe and kNN accuracy (mean of the 5
+tasks' test accuracy), the gain over the random-initialisation row (the same backbone
+initialisation for every objective and strategy of a seed), and for continual strategies the
+forgetting and forward transfer (PROTOCOLS.md 4.2, 4.4; ``max_prev`` forgetting, T-1 norm).
+``--output`` also writes the table and the command to a markdown file.
 
     python experiments/quality.py --seeds=0,1,2 --strategies=finetune,offline --workdir=runs/quality
     python experiments/quality.py --objectives=simclr,byol --strategies=offline --seeds=0
+    python experiments/quality.py --config=configs/fashion_mnist.py:strategies \
+        --objectives=simclr,byol,barlow_twins,vicreg --strategies=finetune,cassle,pfr,offline \
+        --seeds=0,1,2 --workdir=runs/strategies --output=runs/strategies/table.md
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+import sys
 
 from absl import app, flags, logging
 
@@ -23,52 +32,73 @@ from cl_ssl.evaluation import metrics
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["finetune", "offline"], "Strategies to compare.")
 _OBJECTIVES = flags.DEFINE_list("objectives", ["simclr"], "SSL objectives to compare.")
-_CONFIG = flags.DEFINE_string("config", "configs/fashion_mnist.py", "Config file.")
+_CONFIG = flags.DEFINE_string(
+    "config", "configs/fashion_mnist.py", "Config file, optionally with ':ARG' for get_config(ARG)."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Parent folder of the runs.")
+_OUTPUT = flags.DEFINE_string("output", "", "Optional markdown file for the command and table.")
 
 
-def _load_config(path: str):
+def _load_config(path_and_arg: str):
+    path, _, arg = path_and_arg.partition(":")
     spec = importlib.util.spec_from_file_location("config_module", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg or None)
 
 
-def _final_and_random(result) -> dict[str, float]:
+def _figures(result) -> dict[str, float]:
+    """Final accuracy, gain over random init, forgetting and forward transfer per evaluator (NaN
+    where a strategy has none: the offline run's single trained row)."""
     out = {}
     for name, R in result["matrices"].items():
         out[f"{name}_final"] = float(R[-1].mean())
         out[f"{name}_random_init"] = float(R[0].mean())
         out[f"{name}_gain"] = out[f"{name}_final"] - out[f"{name}_random_init"]
+        summary = result["summaries"].get(name, {})
+        for metric in ("forgetting", "forward_transfer"):
+            out[f"{name}_{metric}"] = float(summary.get(metric, math.nan))
     return out
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    rows = {}
-    for objective in _OBJECTIVES.value:
-        for strategy in _STRATEGIES.value:
-            per_seed = []
-            for seed in _SEEDS.value:
-                config = _load_config(_CONFIG.value)
-                config.objective, config.strategy = objective, strategy
-                config.seed, config.progress_bar = int(seed), False
-                workdir = os.path.join(_WORKDIR.value, f"{objective}_{strategy}_seed{seed}")
-                per_seed.append(_final_and_random(train.run(config, workdir)))
-                print(objective, strategy, seed, json.dumps(per_seed[-1]), flush=True)
-            rows[objective, strategy] = metrics.aggregate_seeds(per_seed)
+    # Seeds outermost: a sweep stopped early has complete seeds for every row.
+    per_seed = {(o, s): [] for o in _OBJECTIVES.value for s in _STRATEGIES.value}
+    for seed in _SEEDS.value:
+        for objective, strategy in per_seed:
+            config = _load_config(_CONFIG.value)
+            config.objective, config.strategy = objective, strategy
+            config.seed, config.progress_bar = int(seed), False
+            workdir = os.path.join(_WORKDIR.value, f"{objective}_{strategy}_seed{seed}")
+            per_seed[objective, strategy].append(_figures(train.run(config, workdir)))
+            print(
+                objective, strategy, seed, json.dumps(per_seed[objective, strategy][-1]), flush=True
+            )
+    rows = {key: metrics.aggregate_seeds(values) for key, values in per_seed.items()}
     first = next(iter(rows.values()))
     names = [k for k in first if isinstance(first[k], dict)]
-    print(
-        f"\n{len(_SEEDS.value)} seeds ({', '.join(_SEEDS.value)}); accuracies in percent, "
-        "mean of the 5 tasks' test accuracy, mean +- std over seeds\n"
-    )
-    print("| objective | strategy | " + " | ".join(names) + " |")
-    print("|---|---|" + "---:|" * len(names))
+    lines = [
+        f"`python {' '.join(sys.argv)}`",
+        "",
+        f"{len(_SEEDS.value)} seeds ({', '.join(_SEEDS.value)}); accuracies in percent, mean of "
+        "the tasks' test accuracy, mean +- std over seeds",
+        "",
+        "| objective | strategy | " + " | ".join(names) + " |",
+        "|---|---|" + "---:|" * len(names),
+    ]
     for (objective, strategy), agg in rows.items():
-        cells = [f"{agg[n]['mean']:.2f} +- {agg[n]['std']:.2f}" for n in names]
-        print(f"| {objective} | {strategy} | " + " | ".join(cells) + " |")
+        cells = [
+            "-" if math.isnan(agg[n]["mean"]) else f"{agg[n]['mean']:.2f} +- {agg[n]['std']:.2f}"
+            for n in names
+        ]
+        lines.append(f"| {objective} | {strategy} | " + " | ".join(cells) + " |")
+    print("\n" + "\n".join(lines))
+    if _OUTPUT.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+        with open(_OUTPUT.value, "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

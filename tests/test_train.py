@@ -160,7 +160,12 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob(
 
 @pytest.mark.parametrize(
     "path, arg",
-    [(p, None) for p in CONFIGS] + [(CONFIGS[0].with_name("cifar100.py"), "runlocal")],
+    [(p, None) for p in CONFIGS]
+    + [
+        (CONFIGS[0].with_name("cifar100.py"), arg)
+        for arg in ("runlocal", "cassle,data_incremental", "pfr")
+    ]
+    + [(CONFIGS[0].with_name("fashion_mnist.py"), "strategies")],
     ids=lambda v: getattr(v, "stem", str(v)),
 )
 def test_shipped_configs_pass_validation(mock_tfds, path, arg):
@@ -177,3 +182,28 @@ def test_shipped_configs_pass_validation(mock_tfds, path, arg):
         with mock_tfds(num_examples=2000):
             p = train.plan(config, parallel.make_mesh(1))
     assert len(p.stages) == (1 if config.strategy == "offline" else config.num_tasks)
+    assert p.strategy.name == config.strategy
+
+
+def test_cifar100_presets_reproduce_cassle():
+    """The CaSSLe CIFAR-100 settings: 5 tasks in the seed-5 class order, 500 epochs, batch 256,
+    LARS; the data-incremental variant splits with seed 42; unknown variants are named."""
+    spec = importlib.util.spec_from_file_location("cifar100", CONFIGS[0].with_name("cifar100.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("cassle")
+    assert (c.strategy, c.scenario, c.class_order) == (
+        "cassle",
+        "class_incremental",
+        "cifar100_cassle_seed5",
+    )
+    assert (c.num_tasks, c.epochs_per_task, c.batch_size) == (5, 500, 256)
+    assert (c.optimizer.name, c.optimizer.kwargs.eta, c.optimizer.warmup_epochs) == (
+        "lars",
+        0.02,
+        10,
+    )
+    d = module.get_config("data_incremental")
+    assert (d.scenario, d.split_seed, d.strategy) == ("data_incremental", 42, "finetune")
+    with pytest.raises(ValueError, match="unknown cifar100 config variants.*'cassle'"):
+        module.get_config("casle")
