@@ -20,6 +20,7 @@ Barlow Twins, SwAV and VICReg; for ISD, SimSiam and DINO, the one of the same ki
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -93,46 +94,38 @@ def _loss(
     kind: str, config: ml_collections.ConfigDict, num_prototypes: int | None
 ) -> Callable[..., jax.Array]:
     """(predictions per view, teacher outputs per view, strategy params) -> L_D."""
-    c = config.cassle
+    c, b, i = config.cassle, config.barlow_twins, config.isd
     temperature = c.temperature if c.temperature is not None else _TEMPERATURES.get(kind)
-
-    def projections(teacher):
-        return [t["projection"] for t in teacher]
-
-    if kind == "contrastive":
-        return lambda p, t, params: losses.contrastive_distillation(
-            p, projections(t), temperature=temperature
-        )
-    if kind == "predictive":
-        return lambda p, t, params: losses.predictive_distillation(p, projections(t))
-    if kind == "cosine":
-        return lambda p, t, params: losses.cosine_distillation(p, projections(t))
-    if kind == "mse":
-        return lambda p, t, params: losses.mse_distillation(p, projections(t))
-    if kind == "decorrelative":
-        b = config.barlow_twins
-        return lambda p, t, params: losses.decorrelative_distillation(
-            p, projections(t), lambd=b.lambd, scale=b.scale
-        )
-    if kind == "similarity":
-        i = config.isd
-        return lambda p, t, params: losses.similarity_distillation(
-            p,
-            projections(t),
-            student_temperature=i.student_temperature,
-            teacher_temperature=i.teacher_temperature,
-        )
     if kind == "knowledge":
         prototypes = Prototypes(num_prototypes)
 
-        def knowledge(p, t, params):
-            scores = [prototypes.apply({"params": params["prototypes"]}, x) for x in p]
+        def knowledge(predictions, teacher, params):
+            scores = [prototypes.apply({"params": params["prototypes"]}, p) for p in predictions]
             return losses.knowledge_distillation(
-                scores, [x["scores"] for x in t], temperature=temperature
+                scores, [t["scores"] for t in teacher], temperature=temperature
             )
 
         return knowledge
-    raise ValueError(f"unknown distiller kind {kind!r}")
+    on_projections = {
+        "contrastive": functools.partial(losses.contrastive_distillation, temperature=temperature),
+        "predictive": losses.predictive_distillation,
+        "cosine": losses.cosine_distillation,
+        "mse": losses.mse_distillation,
+        "decorrelative": functools.partial(
+            losses.decorrelative_distillation, lambd=b.lambd, scale=b.scale
+        ),
+        "similarity": functools.partial(
+            losses.similarity_distillation,
+            student_temperature=i.student_temperature,
+            teacher_temperature=i.teacher_temperature,
+        ),
+    }[kind]
+
+    def distillation(predictions, teacher, params):
+        del params
+        return on_projections(predictions, [t["projection"] for t in teacher])
+
+    return distillation
 
 
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
