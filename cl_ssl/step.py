@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax import lax
 
 from cl_ssl import optim
 from cl_ssl.data import augment
@@ -120,10 +121,18 @@ def build_step_fn(
             )
             if strategy.distill is not None:
                 student_views = tuple(views[v] for v in objective.student_views)
-                distill, distill_terms = strategy.distill(
-                    tuple(outputs), student_views, state.teacher, strategy_params, state.task
-                )
-                loss, terms = loss + distill, {**terms, **distill_terms}
+
+                def distill():
+                    return strategy.distill(
+                        tuple(outputs), student_views, state.teacher, strategy_params
+                    )
+
+                def no_teacher_yet():
+                    return jax.tree.map(jnp.zeros_like, jax.eval_shape(distill))
+
+                # The first task skips the teacher's forward pass at run time (lax.cond).
+                distill_loss, distill_terms = lax.cond(state.task > 0, distill, no_teacher_yet)
+                loss, terms = loss + distill_loss, {**terms, **distill_terms}
             return loss, (batch_stats, terms, aux)
 
         (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -39,6 +39,10 @@ def get_config(arg: str | None = None):
             f"unknown cifar100 config variants {sorted(unknown)}; combine any of "
             f"{list(_SCENARIOS + _STRATEGIES)} and 'runlocal' with commas"
         )
+    for group in (_SCENARIOS, _STRATEGIES):
+        chosen = [v for v in variants if v in group]
+        if len(chosen) > 1:
+            raise ValueError(f"cifar100 config variants {chosen} exclude each other; keep one")
     config = config_lib.base_config()
     config.dataset.name = "cifar100"
     config.class_order = "cifar100_cassle_seed5"

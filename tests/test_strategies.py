@@ -1,6 +1,8 @@
 """CaSSLe and PFR in the pipeline: the teacher's life cycle, the distillation predictor, the
 wiring of each objective's distiller, one compile, and exact resume across task boundaries."""
 
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -71,13 +73,17 @@ def _changed(a, b):
 # The distillation term in one step
 
 
-@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
-@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+@pytest.mark.parametrize(
+    ("name", "strategy"),
+    [(name, "cassle") for name in objectives.OBJECTIVES] + [("simclr", "pfr")],
+)
 def test_distillation_step_trains_student_and_predictor(name, strategy):
     """From the second task on, the distillation term is finite, enters the loss with its weight,
     and its predictor (and SwAV's/DINO's new prototypes) receives updates; the teacher does not."""
     _, strat, before, after, metrics = _one_step(name, strategy)
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["distill"]))
+    assert float(metrics["distill"]) != 0.0
+    assert _changed(before.params, after.params)
     for key in before.strategy_params:
         assert _changed(before.strategy_params[key], after.strategy_params[key]), key
     chex.assert_trees_all_equal(before.teacher, after.teacher)
@@ -89,13 +95,14 @@ def test_distillation_step_trains_student_and_predictor(name, strategy):
 
 @pytest.mark.parametrize("strategy", ["cassle", "pfr"])
 def test_first_task_has_no_distillation_contribution(strategy):
-    """At task 0 the student's step equals fine-tuning's exactly, whatever the teacher slot holds."""
-    _, _, _, with_teacher, metrics = _one_step("simclr", strategy, task=0)
+    """At task 0 the student's step equals fine-tuning's exactly, whatever the teacher slot holds,
+    and the distillation term is skipped."""
+    _, _, before, with_teacher, metrics = _one_step("simclr", strategy, task=0)
     _, _, _, finetune, plain = _one_step("simclr", "finetune", task=0)
     chex.assert_trees_all_equal(with_teacher.params, finetune.params)
     chex.assert_trees_all_equal(with_teacher.batch_stats, finetune.batch_stats)
     np.testing.assert_array_equal(metrics["loss"], plain["loss"])
-    assert float(metrics["distill"]) != 0.0  # computed, weighted by 0
+    assert float(metrics["distill"]) == 0.0
     _, _, _, distilled, _ = _one_step("simclr", strategy, task=1)
     assert _changed(distilled.params, finetune.params)
 
@@ -137,6 +144,13 @@ def _predict(config, params, z):
         ("barlow_twins", losses.decorrelative_distillation, 1.0),
         ("vicreg", losses.mse_distillation, 25.0),
         ("simsiam", losses.cosine_distillation, 1.0),
+        (
+            "isd",
+            lambda p, t: losses.similarity_distillation(
+                p, t, student_temperature=0.2, teacher_temperature=0.02
+            ),
+            1.0,
+        ),
     ],
 )
 def test_cassle_distiller_wiring(name, expected_loss, weight):
@@ -154,24 +168,24 @@ def test_cassle_distiller_wiring(name, expected_loss, weight):
     predictions = [_predict(config, params["predictor"], z) for z in inputs]
     targets = [t["projection"] for t in _teacher_projections(objective, teacher, views)]
     expected = expected_loss(predictions, targets)
-    value, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    value, terms = strat.distill(student, views, teacher, params)
     np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)
     np.testing.assert_allclose(value, weight * expected, rtol=1e-5)
-    first, _ = strat.distill(student, views, teacher, params, jnp.int32(0))
-    assert float(first) == 0.0
+    assert len(views) == (1 if name == "isd" else 2)
 
 
-def test_cassle_knowledge_distiller_scores_with_old_and_new_prototypes():
-    """SwAV: the teacher's distribution comes from the previous task's prototypes on its own
+@pytest.mark.parametrize("name", ["swav", "dino"])
+def test_cassle_knowledge_distiller_scores_with_old_and_new_prototypes(name):
+    """SwAV, DINO: the teacher's distribution comes from the previous task's prototypes on its own
     projection; the student's from the new prototypes W_d on h(z)."""
-    config, objective, strat, teacher, views, student = _distill_inputs("swav")
+    config, objective, strat, teacher, views, student = _distill_inputs(name)
     params = strat.init_params(jax.random.PRNGKey(6))
     predictions = [_predict(config, params["predictor"], s["projection"]) for s in student]
-    new = cassle.Prototypes(config.swav.num_prototypes)
+    new = cassle.Prototypes(config[name].num_prototypes)
     scores = [new.apply({"params": params["prototypes"]}, p) for p in predictions]
     old = [t["scores"] for t in _teacher_projections(objective, teacher, views)]
     expected = losses.knowledge_distillation(scores, old, temperature=0.1)
-    _, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    _, terms = strat.distill(student, views, teacher, params)
     np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)
 
 
@@ -192,7 +206,7 @@ def test_pfr_distils_backbone_features():
         )[0]
         for x in views
     ]
-    _, terms = strat.distill(student, views, teacher, params, jnp.int32(1))
+    _, terms = strat.distill(student, views, teacher, params)
     np.testing.assert_allclose(
         terms["distill"], losses.cosine_distillation(predictions, targets), rtol=1e-5
     )
@@ -203,7 +217,7 @@ def test_pfr_distils_backbone_features():
 def test_teacher_receives_no_gradient(strategy):
     _, _, strat, teacher, views, student = _distill_inputs("simclr", strategy)
     params = strat.init_params(jax.random.PRNGKey(6))
-    grads = jax.grad(lambda t: strat.distill(student, views, t, params, jnp.int32(1))[0])(teacher)
+    grads = jax.grad(lambda t: strat.distill(student, views, t, params)[0])(teacher)
     for g in jax.tree.leaves(grads):
         np.testing.assert_array_equal(g, 0.0)
 
@@ -220,6 +234,17 @@ def test_teacher_batch_norm_mode():
     chex.assert_trees_all_close(train_mode, on_batch)
     chex.assert_trees_all_close(eval_mode, on_running)
     assert _changed(train_mode["projection"], eval_mode["projection"])
+
+
+@pytest.mark.parametrize("strategy", ["cassle", "pfr"])
+def test_heads_are_fresh_at_the_second_task_only(strategy):
+    """The distillation heads restart from the initial draw at task 1 and are carried later."""
+    _, _, strat = _parts("simclr", strategy)
+    key = jax.random.PRNGKey(7)
+    trained = jax.tree.map(lambda x: x + 1.0, strat.init_params(key))
+    chex.assert_trees_all_equal(strat.start_task(trained, 1, key), strat.init_params(key))
+    chex.assert_trees_all_equal(strat.start_task(trained, 2, key), trained)
+    chex.assert_trees_all_equal(strat.start_task(trained, 3, key), trained)
 
 
 def test_unknown_strategy_is_rejected():
@@ -277,7 +302,7 @@ def test_teacher_and_predictor_across_three_tasks(mock_cifar10, tmp_path, monkey
         for s in during:
             chex.assert_trees_all_equal(s.teacher, started.teacher)
         assert _changed(during[-1].params, started.params)
-    # Random at task 1 (the initial draw, untouched by task 0's zero-weight term's decay) ...
+    # Random at task 1: the initial draw (test_heads_are_fresh_at_the_second_task_only) ...
     chex.assert_trees_all_equal(rec.starts[0][1].strategy_params, initial_heads)
     # ... carried from task 1 into task 2.
     chex.assert_trees_all_equal(rec.starts[1][1].strategy_params, rec.starts[1][0].strategy_params)
@@ -285,21 +310,29 @@ def test_teacher_and_predictor_across_three_tasks(mock_cifar10, tmp_path, monkey
 
 
 def test_cassle_resume_across_task_boundaries_is_exact(mock_cifar10, tmp_path):
-    """Killed in task 0 (step 3) and in task 1 (step 7), resumed each time: the final student,
-    predictor, teacher and accuracies equal an uninterrupted run's."""
+    """Resumed from the boundary checkpoint of task 1 (step 4: new teacher, fresh h), then killed
+    in task 1 (step 7) and resumed across the next boundary in memory: the final student, heads,
+    teacher, objective state and accuracies equal an uninterrupted run's."""
 
     def config(**kw):
         return tiny_objective_config("byol", strategy="cassle", **THREE_TASKS, **kw)
 
     whole = _run(config(), tmp_path / "whole")
-    for stop in (3, 7):
-        assert _run(config(stop_after_steps=stop), tmp_path / "resumed")["stopped"]
-    resumed = _run(config(), tmp_path / "resumed")
+    workdir = tmp_path / "resumed"
+    assert _run(config(stop_after_steps=5), workdir)["stopped"]
+    shutil.rmtree(workdir / "checkpoints" / "5")  # the newest is now the boundary's, step 4
+    assert _run(config(stop_after_steps=7), workdir)["stopped"]
+    resumed = _run(config(), workdir)
     for field in ("params", "batch_stats", "strategy_params", "teacher", "objective_state"):
         chex.assert_trees_all_equal(
             getattr(whole["state"], field), getattr(resumed["state"], field)
         )
     np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+
+
+def test_cassle_settings_that_cannot_apply_are_rejected():
+    with pytest.raises(ValueError, match="cassle.temperature=0.5 has no effect.*'predictive'"):
+        _parts("byol", **{"cassle.temperature": 0.5})
 
 
 def test_plan_builds_the_strategy_for_the_objective(mock_cifar10):

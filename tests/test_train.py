@@ -207,3 +207,5 @@ def test_cifar100_presets_reproduce_cassle():
     assert (d.scenario, d.split_seed, d.strategy) == ("data_incremental", 42, "finetune")
     with pytest.raises(ValueError, match="unknown cifar100 config variants.*'cassle'"):
         module.get_config("casle")
+    with pytest.raises(ValueError, match="exclude each other"):
+        module.get_config("cassle,pfr")

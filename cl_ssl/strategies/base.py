@@ -19,8 +19,7 @@ PyTree = Any
 Outputs = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 Distill = Callable[
-    [tuple[Outputs, ...], tuple[jax.Array, ...], PyTree, PyTree, jax.Array],
-    tuple[jax.Array, Metrics],
+    [tuple[Outputs, ...], tuple[jax.Array, ...], PyTree, PyTree], tuple[jax.Array, Metrics]
 ]
 
 
@@ -76,8 +75,9 @@ class Strategy:
       start_task: (strategy params, index of the task about to start, the same key as
         ``init_params``) -> the strategy params that task starts from.
       distill: optional (student outputs per student view, the student's augmented views, teacher,
-        strategy params, task index int32 []) -> (weighted distillation loss added to the
-        objective's, metrics). It runs inside the differentiated loss; the teacher gets no gradient.
+        strategy params) -> (weighted distillation loss added to the objective's, metrics). It
+        runs inside the differentiated loss, from the second task on: on the first, whose teacher
+        slot holds no teacher yet, the step skips it and adds 0 (one compiled step for all tasks).
     """
 
     name: str
@@ -143,12 +143,37 @@ def apply_teacher(
     return jax.tree.map(lax.stop_gradient, out)
 
 
-def distill_weight(weight: float, task: jax.Array) -> jax.Array:
-    """``weight`` from the second task on, 0 on the first, whose teacher slot holds no teacher."""
-    return jnp.where(task > 0, jnp.float32(weight), jnp.float32(0.0))
-
-
 def apply_head(head: Any, params: PyTree, x: jax.Array) -> jax.Array:
     """A strategy head on ``x`` with BatchNorm on the batch's statistics (never read at eval)."""
     out, _ = head.apply({"params": params}, x, train=True, mutable=["batch_stats"])
     return out
+
+
+def teacher_distillation(
+    *,
+    model: SSLModel,
+    method: Any,
+    train_bn: bool,
+    read: Callable[[Outputs], jax.Array],
+    head: Any,
+    head_key: str,
+    loss: Callable[[list, list, PyTree], jax.Array],
+    weight: float,
+) -> Distill:
+    """``Strategy.distill`` of a frozen previous-task teacher (CaSSLe, PFR).
+
+    For each of the student's views: the teacher's ``method`` outputs on that view
+    (``apply_teacher``) and the head ``strategy_params[head_key]`` on the student's ``read``
+    output; then ``weight * loss(predictions, teacher outputs, strategy params)``, with the
+    unweighted value as the metric 'distill'.
+    """
+
+    def distill(student, views, teacher, params):
+        targets = [
+            apply_teacher(model, teacher, x, train_bn=train_bn, method=method) for x in views
+        ]
+        predictions = [apply_head(head, params[head_key], read(out)) for out in student]
+        value = loss(predictions, targets, params)
+        return weight * value, {"distill": value}
+
+    return distill

@@ -10,8 +10,10 @@ z-bar^v of the same view, through a loss of the objective's own kind:
 The reference details kept here: the teacher runs its BatchNorm on the batch's statistics (train
 mode, ``cassle.teacher_train_bn``); h is random at the start of the second task and carried from
 the third on (the reference's first distillation task loads a checkpoint without h); h trains with
-the student's optimizer, learning rate and weight decay. On the first task the teacher slot holds
-the initial model and lambda is 0, so every task runs the same compiled step.
+the student's optimizer, learning rate and weight decay. The teacher slot and h exist from the
+first task on, which has no teacher yet and skips the term, so every task runs the same compiled
+step. Not reproduced: with a weight below 1 the reference trains BYOL's h at lr / lambda; here h
+always has the student's learning rate.
 
 Which distiller each objective uses (``DISTILLERS``): the reference's for SimCLR, MoCoV2+, BYOL,
 Barlow Twins, SwAV and VICReg; for ISD, SimSiam and DINO, the one of the same kind (project choices).
@@ -35,13 +37,11 @@ from cl_ssl.objectives import Objective
 from cl_ssl.objectives.base import target_params
 from cl_ssl.strategies.base import (
     Strategy,
-    apply_head,
-    apply_teacher,
-    distill_weight,
     each_task,
     fresh_at_second_task,
     output_widths,
     snapshot,
+    teacher_distillation,
 )
 
 
@@ -136,13 +136,16 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             f"{sorted(DISTILLERS)}"
         )
     c, spec = config.cassle, DISTILLERS[objective.name]
+    if c.temperature is not None and spec.kind not in _TEMPERATURES:
+        raise ValueError(
+            f"cassle.temperature={c.temperature} has no effect on the {spec.kind!r} distiller of "
+            f"{objective.name!r}; leave it unset (it applies to {sorted(_TEMPERATURES)} only)"
+        )
     weight = spec.weight if c.weight is None else c.weight
     widths = output_widths(objective)
     dim = widths["projection"]
     predictor = heads.MLPHead(hidden_dims=(c.pred_hidden_dim,), out_dim=dim, batch_norm=True)
     num_prototypes = widths.get("scores") if spec.kind == "knowledge" else None
-    loss = _loss(spec.kind, config, num_prototypes)
-    model = objective.model
 
     def init_params(key):
         k1, k2 = jax.random.split(key)
@@ -153,17 +156,8 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             params["prototypes"] = Prototypes(num_prototypes).init(k2, z)["params"]
         return params
 
-    def distill(student, views, teacher, params, task):
-        targets = [
-            apply_teacher(model, teacher, x, train_bn=c.teacher_train_bn, method="project")
-            for x in views
-        ]
-        inputs = [out["projection"] for out in student]
-        if spec.normalize_input:
-            inputs = [l2_normalize(z) for z in inputs]
-        predictions = [apply_head(predictor, params["predictor"], z) for z in inputs]
-        value = loss(predictions, targets, params)
-        return distill_weight(weight, task) * value, {"distill": value}
+    def read(out):
+        return l2_normalize(out["projection"]) if spec.normalize_input else out["projection"]
 
     return Strategy(
         name="cassle",
@@ -172,5 +166,14 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         teacher=snapshot(target_params),
         init_params=init_params,
         start_task=fresh_at_second_task(init_params),
-        distill=distill,
+        distill=teacher_distillation(
+            model=objective.model,
+            method="project",
+            train_bn=c.teacher_train_bn,
+            read=read,
+            head=predictor,
+            head_key="predictor",
+            loss=_loss(spec.kind, config, num_prototypes),
+            weight=weight,
+        ),
     )

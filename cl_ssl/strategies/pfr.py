@@ -22,13 +22,11 @@ from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives import Objective
 from cl_ssl.strategies.base import (
     Strategy,
-    apply_head,
-    apply_teacher,
-    distill_weight,
     each_task,
     fresh_at_second_task,
     output_widths,
     snapshot,
+    teacher_distillation,
 )
 
 
@@ -41,6 +39,15 @@ def _backbone(module: SSLModel, images, train):
     return module.backbone(images, train=train)
 
 
+def _features(out):
+    return out["features"]
+
+
+def _cosine(predictions, targets, params):
+    del params
+    return losses.cosine_distillation(predictions, targets)
+
+
 def _backbone_only(tree):
     return {"backbone": tree["backbone"]}
 
@@ -51,19 +58,9 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     width = output_widths(objective)["features"]
     hidden = c.pred_hidden_dim if c.pred_hidden_dim > 0 else width // 2
     projector = heads.MLPHead(hidden_dims=(hidden,), out_dim=width, batch_norm=True)
-    model = objective.model
 
     def init_params(key):
         return {"projector": projector.init(key, jnp.zeros((2, width)), train=False)["params"]}
-
-    def distill(student, views, teacher, params, task):
-        targets = [
-            apply_teacher(model, teacher, x, train_bn=c.teacher_train_bn, method=_backbone)
-            for x in views
-        ]
-        predictions = [apply_head(projector, params["projector"], s["features"]) for s in student]
-        value = losses.cosine_distillation(predictions, targets)
-        return distill_weight(c.weight, task) * value, {"distill": value}
 
     return Strategy(
         name="pfr",
@@ -71,5 +68,14 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         teacher=snapshot(_backbone_only),
         init_params=init_params,
         start_task=fresh_at_second_task(init_params),
-        distill=distill,
+        distill=teacher_distillation(
+            model=objective.model,
+            method=_backbone,
+            train_bn=c.teacher_train_bn,
+            read=_features,
+            head=projector,
+            head_key="projector",
+            loss=_cosine,
+            weight=c.weight,
+        ),
     )
