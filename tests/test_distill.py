@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_losses import np_barlow_twins
 
 from cl_ssl import losses
 
@@ -82,24 +83,9 @@ def np_cosine_distillation(predictions, targets):
     return -np.mean([_np_mean_cosine(p, z) for p, z in pairs])
 
 
-def _np_barlow_twins(z1, z2, lambd, scale):
-    n, d = z1.shape
-
-    def batch_norm(z):
-        return (z - z.mean(axis=0)) / np.sqrt(z.var(axis=0) + 1e-5)  # biased variance, as BN
-
-    z1, z2 = batch_norm(z1), batch_norm(z2)
-    loss = 0.0
-    for i in range(d):
-        for j in range(d):
-            c_ij = sum(z1[m, i] * z2[m, j] for m in range(n)) / n
-            loss += (1 - c_ij) ** 2 if i == j else lambd * c_ij**2
-    return scale * loss
-
-
 def np_decorrelative_distillation(predictions, targets, lambd=5e-3, scale=0.1):
     pairs = zip(_f64(predictions), _f64(targets), strict=True)
-    return np.mean([_np_barlow_twins(p, z, lambd, scale) for p, z in pairs])
+    return np.mean([np_barlow_twins(p, z, lambd, scale) for p, z in pairs])
 
 
 def np_mse_distillation(predictions, targets):
