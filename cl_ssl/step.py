@@ -103,14 +103,15 @@ def build_step_fn(
         target = None
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)
+        student_views = tuple(views[v] for v in objective.student_views)
 
         def loss_fn(variables):
             params, strategy_params = variables
             batch_stats, outputs = state.batch_stats, []
-            for v in objective.student_views:
+            for view in student_views:
                 out, mutated = model.apply(
                     {"params": params, "batch_stats": batch_stats},
-                    views[v],
+                    view,
                     train=True,
                     mutable=["batch_stats"],
                 )
@@ -120,7 +121,6 @@ def build_step_fn(
                 tuple(outputs), target, state.objective_state, params, hyper
             )
             if strategy.distill is not None:
-                student_views = tuple(views[v] for v in objective.student_views)
 
                 def distill():
                     return strategy.distill(
@@ -135,17 +135,18 @@ def build_step_fn(
                 loss, terms = loss + distill_loss, {**terms, **distill_terms}
             return loss, (batch_stats, terms, aux)
 
+        variables = trainable(state)
         (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            trainable(state)
+            variables
         )
         opt_state = state.opt_state
         opt_state = opt_state._replace(
             hyperparams={**opt_state.hyperparams, "learning_rate": hyper["lr"]}
         )
-        updates, opt_state = tx.update(grads, opt_state, trainable(state))
+        updates, opt_state = tx.update(grads, opt_state, variables)
         if objective.mask_updates is not None:
             updates = (objective.mask_updates(updates[0], hyper), updates[1])
-        params, strategy_params = optax.apply_updates(trainable(state), updates)
+        params, strategy_params = optax.apply_updates(variables, updates)
         new_state = state.replace(
             step=state.step + 1,
             task_step=state.task_step + 1,

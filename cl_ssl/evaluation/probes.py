@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cl_ssl.losses import l2_normalize
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 _STANDARDIZE_EPS = 1e-6
-_NORMALIZE_EPS = 1e-12
 
 
 def _check_train(train_features: Any, train_labels: Any, num_classes: int) -> tuple[int, ...]:
@@ -212,11 +213,6 @@ def linear_probe(
     return np.asarray(jnp.argmax(logits, axis=-1), dtype=np.int32)
 
 
-def _l2_normalize(features: jax.Array) -> jax.Array:
-    norm = jnp.linalg.norm(features, axis=-1, keepdims=True)
-    return features / jnp.maximum(norm, _NORMALIZE_EPS)
-
-
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "batch_size"))
 def _knn_predict(
     train_features: jax.Array,
@@ -228,8 +224,8 @@ def _knn_predict(
     k: int,
     batch_size: int,
 ) -> jax.Array:
-    train_features = _l2_normalize(train_features)
-    test_features = _l2_normalize(test_features)
+    train_features = l2_normalize(train_features)
+    test_features = l2_normalize(test_features)
     num_test = test_features.shape[0]
     num_batches = -(-num_test // batch_size)
     queries = jnp.pad(test_features, ((0, num_batches * batch_size - num_test), (0, 0)))
