@@ -7,7 +7,10 @@ markdown table, mean +- std over seeds, of the final linear-probe and kNN accura
 tasks' test accuracy), the gain over the random-initialisation row (the same backbone
 initialisation for every objective and strategy of a seed), and for continual strategies the
 forgetting and forward transfer (PROTOCOLS.md 4.2, 4.4; ``max_prev`` forgetting, T-1 norm).
-``--output`` also writes the table and the command to a markdown file.
+``--output`` also writes the table and the command to a markdown file. Config values can be
+overridden as in cl_ssl.main (``--config.epochs_per_task=15``). A run whose workdir already holds
+complete results of the same config (results.json with every row evaluated, from this machine or
+another) is read, not re-run.
 
     python experiments/quality.py --seeds=0,1,2 --strategies=finetune,offline --workdir=runs/quality
     python experiments/quality.py --objectives=simclr,byol --strategies=offline --seeds=0
@@ -18,33 +21,47 @@ forgetting and forward transfer (PROTOCOLS.md 4.2, 4.4; ``max_prev`` forgetting,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import sys
 
+import numpy as np
 from absl import app, flags, logging
+from ml_collections import config_flags
 
+from cl_ssl import config as config_lib
 from cl_ssl import train
 from cl_ssl.evaluation import metrics
+from cl_ssl.objectives import resolve_config
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _STRATEGIES = flags.DEFINE_list("strategies", ["finetune", "offline"], "Strategies to compare.")
 _OBJECTIVES = flags.DEFINE_list("objectives", ["simclr"], "SSL objectives to compare.")
-_CONFIG = flags.DEFINE_string(
+_CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/fashion_mnist.py", "Config file, optionally with ':ARG' for get_config(ARG)."
 )
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quality", "Parent folder of the runs.")
 _OUTPUT = flags.DEFINE_string("output", "", "Optional markdown file for the command and table.")
 
 
-def _load_config(path_and_arg: str):
-    path, _, arg = path_and_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("config_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+def _finished_results(config, workdir: str) -> dict | None:
+    """The matrices and summaries in ``workdir``/results.json when they are complete and of
+    ``config``; None otherwise (no results, rows not yet evaluated, or another config)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        document = json.load(f)
+    resolved = json.loads(resolve_config(config).to_json())  # results.json holds the resolved one
+    if config_lib.differing_fields(document["meta"]["config"], resolved):
+        return None
+    matrices = {
+        name: np.array(rows, dtype=float) for name, rows in document["matrices"].items()
+    }  # JSON null (not yet evaluated) becomes NaN
+    if any(np.isnan(R).any() for R in matrices.values()):
+        return None
+    return {"matrices": matrices, "summaries": document["summaries"]}
 
 
 def _figures(result) -> dict[str, float]:
@@ -57,7 +74,8 @@ def _figures(result) -> dict[str, float]:
         out[f"{name}_gain"] = out[f"{name}_final"] - out[f"{name}_random_init"]
         summary = result["summaries"].get(name, {})
         for metric in ("forgetting", "forward_transfer"):
-            out[f"{name}_{metric}"] = float(summary.get(metric, math.nan))
+            value = summary.get(metric)
+            out[f"{name}_{metric}"] = math.nan if value is None else float(value)
     return out
 
 
@@ -68,11 +86,12 @@ def main(argv):
     per_seed = {(o, s): [] for o in _OBJECTIVES.value for s in _STRATEGIES.value}
     for seed in _SEEDS.value:
         for objective, strategy in per_seed:
-            config = _load_config(_CONFIG.value)
+            config = _CONFIG.value.copy_and_resolve_references()
             config.objective, config.strategy = objective, strategy
             config.seed, config.progress_bar = int(seed), False
             workdir = os.path.join(_WORKDIR.value, f"{objective}_{strategy}_seed{seed}")
-            per_seed[objective, strategy].append(_figures(train.run(config, workdir)))
+            result = _finished_results(config, workdir) or train.run(config, workdir)
+            per_seed[objective, strategy].append(_figures(result))
             print(
                 objective, strategy, seed, json.dumps(per_seed[objective, strategy][-1]), flush=True
             )

@@ -1,7 +1,11 @@
 """The benchmark scripts still run against the library (tiny settings, no timing claims)."""
 
+import importlib.util
+import json
 import subprocess
 import sys
+
+from cl_ssl.objectives import resolve_config
 
 
 def test_throughput_script_runs_the_train_step():
@@ -21,3 +25,76 @@ def test_throughput_script_runs_the_train_step():
         timeout=300,
     )
     assert "jax" in out.stdout and "images/s" in out.stdout
+
+
+def _fashion_mnist_config(arg):
+    spec = importlib.util.spec_from_file_location("fashion_mnist", "configs/fashion_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _write_finished_run(workdir, config, final_row):
+    """A results.json as a finished 5-task run of ``config`` writes it (row 0: random init)."""
+    rows = [[60.0] * 5] + [[70.0] * 5] * 4 + [final_row]
+    summaries = {"linear": {"forgetting": 1.5, "forward_transfer": None}}
+    document = {
+        "accuracy_unit": "percent",
+        "matrices": {"linear": rows},
+        "summaries": summaries,
+        "meta": {"config": json.loads(resolve_config(config).to_json()), "rows_evaluated": 6},
+    }
+    workdir.mkdir(parents=True)
+    (workdir / "results.json").write_text(json.dumps(document))
+
+
+def _quality(tmp_path, *extra):
+    return subprocess.run(
+        [
+            sys.executable,
+            "experiments/quality.py",
+            "--config=configs/fashion_mnist.py:strategies",
+            # No data set here: reading the finished run must not need one.
+            f"--config.dataset.data_dir={tmp_path / 'no_data'}",
+            "--objectives=simclr",
+            "--strategies=cassle",
+            "--seeds=0",
+            f"--workdir={tmp_path / 'runs'}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _quality_config(**overrides):
+    config = _fashion_mnist_config("strategies")
+    config.update(
+        dict(objective="simclr", strategy="cassle", seed=0, progress_bar=False, **overrides)
+    )
+    return config
+
+
+def test_quality_script_reads_a_finished_run_instead_of_training(tmp_path):
+    _write_finished_run(
+        tmp_path / "runs" / "simclr_cassle_seed0", _quality_config(), [72.0, 74.0, 76.0, 78.0, 80.0]
+    )
+    out = _quality(tmp_path, f"--output={tmp_path / 'table.md'}")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| simclr | cassle"))
+    # final 76.00 (mean of the last row), random init 60.00, gain 16.00, forgetting 1.50, no FWT
+    assert row.startswith("| simclr | cassle | 76.00 +- nan | 60.00 +- nan | 16.00 +- nan | 1.50")
+    assert row in (tmp_path / "table.md").read_text()
+
+
+def test_quality_script_reruns_a_workdir_of_another_config(tmp_path):
+    _write_finished_run(
+        tmp_path / "runs" / "simclr_cassle_seed0",
+        _quality_config(epochs_per_task=7),
+        [72.0, 74.0, 76.0, 78.0, 80.0],
+    )
+    out = _quality(tmp_path)
+    # It trains instead, which needs the (absent) data set.
+    assert out.returncode != 0
+    assert "Fashion-MNIST IDX files not found" in out.stderr
