@@ -7,6 +7,7 @@ Every field can be overridden on the command line the ml_collections way, for ex
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -54,7 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    c.dataset = ml_collections.ConfigDict(dict(name="cifar100", data_dir=""))
+    # image_size: the side at which images are stored (required for data sets of varying image
+    # size, e.g. imagenet100 and domainnet); 0 keeps them as they are. domains: domainnet's
+    # domains in task order; () is CaSSLe's order.
+    c.dataset = ml_collections.ConfigDict(
+        dict(name="cifar100", data_dir="", image_size=0, domains=())
+    )
     c.scenario = "class_incremental"
     c.num_tasks = 5
     c.class_order = "natural"
@@ -79,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",
         )
     )
+    # Which of the objective's recipes fills the unset optimizer and augmentation fields:
+    # 'cifar' or 'imagenet' (CaSSLe's CIFAR-100 or ImageNet-100 scripts, METHODS.md 2.8).
+    c.recipe = "cifar"
     # Augmentation fields left unset take the objective's recipe (METHODS.md 1.7).
     c.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
 
@@ -154,6 +163,67 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return names
 
 
+STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr")
+
+
+def apply_variants(
+    config: ml_collections.ConfigDict, preset: str, arg: str | None, scenarios: Sequence[str]
+) -> list[str]:
+    """Applies a CaSSLe preset file's ``':a,b'`` argument to ``config``; returns the variants.
+
+    Each variant is one of ``scenarios``, one continual strategy of ``STRATEGY_VARIANTS``, or
+    ``'runlocal'`` (the tiny smoke-test setting). At most one scenario and one strategy; ValueError
+    names the variants that do not fit. ``data_incremental`` splits as CaSSLe does (PROTOCOLS.md
+    2.5): random fifths from ``split_seed`` 42, no class order.
+    """
+    variants = [v for v in (arg or "").split(",") if v]
+    unknown = set(variants) - set(scenarios) - set(STRATEGY_VARIANTS) - {"runlocal"}
+    if unknown:
+        raise ValueError(
+            f"unknown {preset} config variants {sorted(unknown)}; combine any of "
+            f"{list(scenarios) + list(STRATEGY_VARIANTS)} and 'runlocal' with commas"
+        )
+    for group, field in ((scenarios, "scenario"), (STRATEGY_VARIANTS, "strategy")):
+        chosen = [v for v in variants if v in group]
+        if len(chosen) > 1:
+            raise ValueError(f"{preset} config variants {chosen} exclude each other; keep one")
+        if chosen:
+            config[field] = chosen[0]
+    if config.scenario == "data_incremental":
+        config.class_order = "natural"
+        config.split_seed = 42
+    if "runlocal" in variants:
+        use_runlocal_setting(config)
+    return variants
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
+    """CaSSLe's ImageNet-100 and DomainNet setting (METHODS.md 2.8): images stored and cropped at
+    ``image_size``, the ResNet's ImageNet stem, ImageNet statistics, the objectives' ImageNet-100
+    recipes, BYOL's 8192-wide predictor and SwAV's queue from epoch 100."""
+    config.dataset.image_size = image_size
+    config.model.stem = "imagenet"
+    config.recipe = "imagenet"
+    for view in (config.augment.view1, config.augment.view2):
+        view.update(crop_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    config.byol.pred_hidden_dim = 8192
+    config.swav.queue_start_epoch = 100
+
+
+def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:
+    """A preset's ``runlocal`` variant: the tiny ResNet, 1 epoch per task, small probes."""
+    config.model.backbone = "resnet_tiny"
+    config.epochs_per_task = 1
+    config.optimizer.warmup_epochs = 0
+    config.batch_size = 64
+    config.eval.train_examples = 2000
+    config.eval.linear.epochs = 5
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -186,6 +256,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"{field}={value} is not divisible by the {num_devices} devices of the mesh; set "
             f"--config.{field} to a multiple of {num_devices}",
         )
+    _require(
+        config.dataset.image_size >= 0,
+        f"dataset.image_size={config.dataset.image_size}; set 0 (keep) or a side in pixels",
+    )
     _require(
         config.model.dtype in ("float32", "bfloat16"),
         f"model.dtype={config.model.dtype!r}; choose 'float32' or 'bfloat16'",

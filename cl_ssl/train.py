@@ -73,9 +73,10 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         ) from error
     objective = get_objective(config)
     strategy = get_strategy(config, objective)
-    data_dir = config.dataset.data_dir or None
-    train = sources.load_split(config.dataset.name, "train", data_dir=data_dir)
-    test = sources.load_split(config.dataset.name, "test", data_dir=data_dir)
+    d = config.dataset
+    read = dict(data_dir=d.data_dir or None, image_size=d.image_size, domains=tuple(d.domains))
+    train = sources.load_split(d.name, "train", **read)
+    test = sources.load_split(d.name, "test", **read)
     scenario = scenarios.make_scenario(
         config.scenario,
         train.labels,
@@ -85,6 +86,8 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         class_order=config.class_order,
         split_seed=config.split_seed,
         dataset=config.dataset.name,
+        train_domains=train.domains,
+        test_domains=test.domains,
     )
     epochs = config.epochs_per_task
     if strategy.name == "offline" and config.offline_epochs > 0:

@@ -27,37 +27,10 @@ CIFAR-100 must be prepared once with tfds (needs TensorFlow, ``pip install '.[pr
 
 from cl_ssl import config as config_lib
 
-_SCENARIOS = ("class_incremental", "data_incremental")
-_STRATEGIES = ("finetune", "offline", "cassle", "pfr")
-
 
 def get_config(arg: str | None = None):
-    variants = [v for v in (arg or "").split(",") if v]
-    unknown = set(variants) - set(_SCENARIOS) - set(_STRATEGIES) - {"runlocal"}
-    if unknown:
-        raise ValueError(
-            f"unknown cifar100 config variants {sorted(unknown)}; combine any of "
-            f"{list(_SCENARIOS + _STRATEGIES)} and 'runlocal' with commas"
-        )
-    for group in (_SCENARIOS, _STRATEGIES):
-        chosen = [v for v in variants if v in group]
-        if len(chosen) > 1:
-            raise ValueError(f"cifar100 config variants {chosen} exclude each other; keep one")
     config = config_lib.base_config()
     config.dataset.name = "cifar100"
     config.class_order = "cifar100_cassle_seed5"
-    if "data_incremental" in variants:
-        config.scenario = "data_incremental"
-        config.class_order = "natural"
-        config.split_seed = 42
-    for strategy in _STRATEGIES:
-        if strategy in variants:
-            config.strategy = strategy
-    if "runlocal" in variants:
-        config.model.backbone = "resnet_tiny"
-        config.epochs_per_task = 1
-        config.optimizer.warmup_epochs = 0
-        config.batch_size = 64
-        config.eval.train_examples = 2000
-        config.eval.linear.epochs = 5
+    config_lib.apply_variants(config, "cifar100", arg, ("class_incremental", "data_incremental"))
     return config

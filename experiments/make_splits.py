@@ -5,8 +5,9 @@
 
 Files (PROTOCOLS.md 2.2, 2.3, 2.7), all in the order-of-appearance convention:
 - cifar100_icarl1993_{5x20,10x10,20x5}: ``np.random.seed(1993); np.random.permutation(100)``;
-- cifar100_cassle_seed5 (5x20): ``torch.manual_seed(5); torch.randperm(100).chunk(5)``. It needs
-  torch; without torch the existing file is kept. Its description records the torch version used.
+- cifar100_cassle_seed5 and imagenet100_cassle_seed5 (5x20): ``torch.manual_seed(5);
+  torch.randperm(100).chunk(5)``, the same call for both data sets. They need torch; without torch
+  the existing files are kept. Their descriptions record the torch version used.
 
 The output is deterministic: the same NumPy (any version) and torch versions give the same bytes.
 """
@@ -24,6 +25,10 @@ from cl_ssl.data import scenarios
 CIFAR100_LABELS = (
     "CIFAR-100 fine labels 0-99 with the ids of the original archive (alphabetical class names; "
     "tfds cifar100 'label', torchvision CIFAR100 targets)"
+)
+IMAGENET100_LABELS = (
+    "ImageNet-100 labels 0-99: the CMC classes in sorted WordNet-id order "
+    "(cl_ssl/data/classes/imagenet100_cmc.txt; torchvision ImageFolder on an imagenet-100 folder)"
 )
 
 
@@ -77,34 +82,49 @@ def icarl1993_files() -> list[dict]:
     return files
 
 
-def cassle_seed5_file() -> dict | None:
-    """CaSSLe's CIFAR-100 5-task order, or None when torch is not importable."""
+def cassle_seed5_files() -> list[dict]:
+    """CaSSLe's 5-task orders of CIFAR-100 and ImageNet-100, or [] when torch is not importable."""
     try:
         import torch
     except ImportError:
-        return None
+        return []
     torch.manual_seed(5)
     permutation = torch.randperm(100).tolist()
-    return _content(
-        name="cifar100_cassle_seed5",
-        dataset="cifar100",
-        dataset_labels=CIFAR100_LABELS,
-        permutation=permutation,
-        num_tasks=5,
-        description=(
-            "CaSSLe class-incremental CIFAR-100 order: torch.manual_seed(5); "
-            "torch.randperm(100).chunk(5) (CaSSLe main_pretrain.py calls Lightning's "
-            "seed_everything(5), which seeds torch with manual_seed(5), then randperm). "
-            "Task k holds permutation[20k:20(k+1)]. "
-            f"Generated on the CPU with torch {torch.__version__}. "
-            "CaSSLe's reference environment pins torch 1.10.2, which was not run: equality with "
-            "its output is unverified. The permutation does equal a NumPy re-implementation of "
-            "the CPU randperm algorithm of the PyTorch sources (mt19937 seeded by "
-            "init_genrand(5); for i in 0..n-2 swap i with i + random() % (n - i)). "
-            "Also unverified: that nothing in CaSSLe draws from the torch RNG between seeding "
-            "and randperm."
-        ),
+    common = (
+        "torch.manual_seed(5); torch.randperm(100).chunk(5) (CaSSLe main_pretrain.py calls "
+        "Lightning's seed_everything(5), which seeds torch with manual_seed(5), then randperm). "
+        "Task k holds permutation[20k:20(k+1)]. "
+        f"Generated on the CPU with torch {torch.__version__}. "
+        "CaSSLe's reference environment pins torch 1.10.2, which was not run: equality with "
+        "its output is unverified. The permutation does equal a NumPy re-implementation of "
+        "the CPU randperm algorithm of the PyTorch sources (mt19937 seeded by "
+        "init_genrand(5); for i in 0..n-2 swap i with i + random() % (n - i)). "
+        "Also unverified: that nothing in CaSSLe draws from the torch RNG between seeding "
+        "and randperm."
     )
+    return [
+        _content(
+            name="cifar100_cassle_seed5",
+            dataset="cifar100",
+            dataset_labels=CIFAR100_LABELS,
+            permutation=permutation,
+            num_tasks=5,
+            description="CaSSLe class-incremental CIFAR-100 order: " + common,
+        ),
+        _content(
+            name="imagenet100_cassle_seed5",
+            dataset="imagenet100",
+            dataset_labels=IMAGENET100_LABELS,
+            permutation=permutation,
+            num_tasks=5,
+            description=(
+                "CaSSLe class-incremental ImageNet-100 order, the same call as for CIFAR-100: "
+                + common
+                + " Also unverified: that CaSSLe's DALI loader of its ImageNet-100 runs splits "
+                "the classes with this call too."
+            ),
+        ),
+    ]
 
 
 def dumps(content: dict) -> str:
@@ -124,11 +144,10 @@ def main(argv):
         raise app.UsageError("Usage: python -m experiments.make_splits [OUT_DIR]")
     out_dir = argv[1] if len(argv) == 2 else str(scenarios.SPLITS_DIR)
     files = icarl1993_files()
-    cassle = cassle_seed5_file()
-    if cassle is None:
-        print("torch is not importable: cifar100_cassle_seed5.json is left as it is.")
-    else:
-        files.append(cassle)
+    cassle = cassle_seed5_files()
+    if not cassle:
+        print("torch is not importable: the *_cassle_seed5.json files are left as they are.")
+    files += cassle
     os.makedirs(out_dir, exist_ok=True)
     for content in files:
         path = os.path.join(out_dir, content["name"] + ".json")

@@ -226,8 +226,8 @@ def test_tfds_unknown_name():
         sources.load_split("no_such_data_set", "train")
 
 
-def test_tfds_variable_size_images_rejected(tmp_path):
-    with pytest.raises(ValueError, match="fixed-size uint8 images"):
+def test_tfds_variable_size_images_need_an_image_size(tmp_path):
+    with pytest.raises(ValueError, match="varying size.*--config.dataset.image_size"):
         sources.load_split("imagenette", "train", data_dir=str(tmp_path))
 
 
@@ -387,10 +387,11 @@ def test_split_files_shipped():
         "cifar100_icarl1993_10x10",
         "cifar100_icarl1993_20x5",
         "cifar100_icarl1993_5x20",
+        "imagenet100_cassle_seed5",
     ]
     for name in scenarios.split_file_names():
         content = scenarios.load_split_file(name)
-        assert content["name"] == name and content["dataset"] == "cifar100"
+        assert content["name"] == name and content["dataset"] == name.split("_")[0]
         assert content["num_classes"] == 100 and content["convention"] == "order_of_appearance"
         assert content["description"]
 
@@ -523,7 +524,7 @@ def _make(**overrides):
         (
             dict(kind="task_incremental"),
             r"Unknown scenario kind 'task_incremental'; "
-            r"choose one of \['class_incremental', 'data_incremental'\]",
+            r"choose one of \['class_incremental', 'data_incremental', 'domain_incremental'\]",
         ),
         (
             dict(num_tasks=7),

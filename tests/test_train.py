@@ -165,6 +165,7 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob(
         (CONFIGS[0].with_name("cifar100.py"), arg)
         for arg in ("runlocal", "cassle,data_incremental", "pfr")
     ]
+    + [(CONFIGS[0].with_name("imagenet100.py"), "data_incremental,cassle")]
     + [(CONFIGS[0].with_name("fashion_mnist.py"), "strategies")],
     ids=lambda v: getattr(v, "stem", str(v)),
 )
@@ -179,7 +180,10 @@ def test_shipped_configs_pass_validation(mock_tfds, path, arg):
             pytest.skip("Debian's dataset-fashion-mnist is not installed")
         p = train.plan(config, parallel.make_mesh(1))
     else:
-        with mock_tfds(num_examples=2000):
+        # Enough mock images for a batch of 256 in every task: ImageNet-100 keeps a tenth of
+        # imagenet2012's; DomainNet reads each domain's.
+        num_examples = {"imagenet100": 14_000, "domainnet": 300}.get(config.dataset.name, 2000)
+        with mock_tfds(num_examples=num_examples):
             p = train.plan(config, parallel.make_mesh(1))
     assert len(p.stages) == (1 if config.strategy == "offline" else config.num_tasks)
     assert p.strategy.name == config.strategy

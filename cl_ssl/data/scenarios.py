@@ -6,7 +6,9 @@ computed once from the labels (PROTOCOLS.md sections 1 and 2):
 - class-incremental: disjoint groups of classes; task t trains on every training image of its
   classes and tests on the test images of its classes;
 - data-incremental: disjoint i.i.d. subsets of the training set; every task tests on the whole
-  test set.
+  test set;
+- domain-incremental: one input domain per task, the same classes in every task; task t trains on
+  every training image of its domain and tests on the test images of its domain.
 
 Class orders are ``'natural'`` (0..C-1), ``'random'`` (a seeded NumPy permutation) or a split
 file shipped under ``cl_ssl/data/splits`` (for orders that NumPy cannot regenerate, such as
@@ -31,7 +33,8 @@ import numpy as np
 
 CLASS_INCREMENTAL = "class_incremental"
 DATA_INCREMENTAL = "data_incremental"
-KINDS = (CLASS_INCREMENTAL, DATA_INCREMENTAL)
+DOMAIN_INCREMENTAL = "domain_incremental"
+KINDS = (CLASS_INCREMENTAL, DATA_INCREMENTAL, DOMAIN_INCREMENTAL)
 ORDER_OF_APPEARANCE = "order_of_appearance"
 SPLITS_DIR = pathlib.Path(__file__).parent / "splits"
 SPLIT_FILE_FIELDS = (
@@ -53,11 +56,12 @@ class Scenario:
     """The task structure of a continual run.
 
     Attributes:
-      kind: ``'class_incremental'`` or ``'data_incremental'``.
+      kind: ``'class_incremental'``, ``'data_incremental'`` or ``'domain_incremental'``.
       num_tasks: number of tasks T.
       train_indices: T sorted int32 arrays of indices into the training split.
       test_indices: T sorted int32 arrays of indices into the test split: the test images of the
-        task's classes (class-IL) or the whole test set (data-IL).
+        task's classes (class-IL), the whole test set (data-IL) or the test images of the task's
+        domain (domain-IL).
       test_task_ids: int32 [N_test], the task of each test sample for task-aware probes; -1 for a
         sample of no task's classes, and everywhere for data-IL, where no task owns a sample.
       task_classes: class-IL only: T tuples of original class ids, in order of appearance.
@@ -216,6 +220,41 @@ def data_incremental(
     )
 
 
+def domain_incremental(train_domains, test_domains, *, num_tasks: int) -> Scenario:
+    """One task per domain (PROTOCOLS.md 1, 2.6): task t holds the images of domain t.
+
+    Args:
+      train_domains: int [N_train], the domain of each training image, numbered in task order
+        (`cl_ssl.data.sources` numbers them in the order of the domain list it read).
+      test_domains: int [N_test], the same for the test images.
+      num_tasks: T, the number of domains; every domain needs training and test images.
+
+    Returns:
+      The scenario, with ``task_classes=None`` and ``test_task_ids`` the test images' domains.
+    """
+    train_domains = _as_labels(train_domains, "train_domains")
+    test_domains = _as_labels(test_domains, "test_domains")
+    for what, domains in (("training", train_domains), ("test", test_domains)):
+        ids, counts = np.unique(domains, return_counts=True)
+        if ids.tolist() != list(range(num_tasks)):
+            raise ValueError(
+                f"num_tasks={num_tasks} must equal the number of domains read, and every domain "
+                f"needs {what} images; the {what} images hold domains {ids.tolist()} "
+                f"({counts.tolist()} images)."
+            )
+    return Scenario(
+        kind=DOMAIN_INCREMENTAL,
+        num_tasks=num_tasks,
+        train_indices=tuple(
+            np.flatnonzero(train_domains == t).astype(np.int32) for t in range(num_tasks)
+        ),
+        test_indices=tuple(
+            np.flatnonzero(test_domains == t).astype(np.int32) for t in range(num_tasks)
+        ),
+        test_task_ids=test_domains.astype(np.int32),
+    )
+
+
 def split_file_checksum(content: dict) -> str:
     """Returns ``'sha256:<hex>'`` of the canonical JSON (sorted keys, no spaces) of ``content``.
 
@@ -327,11 +366,13 @@ def make_scenario(
     class_order: str = "natural",
     split_seed: int = 0,
     dataset: str | None = None,
+    train_domains: np.ndarray | None = None,
+    test_domains: np.ndarray | None = None,
 ) -> Scenario:
     """Builds the scenario a config asks for, after checking the config.
 
     Args:
-      kind: ``'class_incremental'`` or ``'data_incremental'``.
+      kind: ``'class_incremental'``, ``'data_incremental'`` or ``'domain_incremental'``.
       train_labels: int [N_train] labels of the training split.
       test_labels: int [N_test] labels of the test split.
       num_classes: C, the data set's number of classes.
@@ -343,6 +384,7 @@ def make_scenario(
       split_seed: seed of the ``'random'`` class order or of the data-IL partition.
       dataset: the run's data set name (tfds ``'name'`` or ``'name:version'``); required with a
         split file, which must be for that data set.
+      train_domains, test_domains: domain-IL only: int [N] domain of each image, in task order.
 
     Returns:
       The scenario.
@@ -362,6 +404,18 @@ def make_scenario(
                 f"{what} hold labels in [{labels.min()}, {labels.max()}], outside "
                 f"[0, {num_classes}); set num_classes to the data set's number of classes."
             )
+    if kind == DOMAIN_INCREMENTAL:
+        if train_domains is None or test_domains is None:
+            raise ValueError(
+                f"scenario {DOMAIN_INCREMENTAL!r} needs a multi-domain data set (e.g. "
+                f"dataset.name='domainnet'); {dataset!r} has no domains."
+            )
+        if class_order != "natural":
+            raise ValueError(
+                f"class_order={class_order!r} applies to class-incremental scenarios only; leave "
+                "it at 'natural' for domain_incremental, whose tasks follow dataset.domains."
+            )
+        return domain_incremental(train_domains, test_domains, num_tasks=num_tasks)
     if kind == DATA_INCREMENTAL:
         if class_order != "natural":
             raise ValueError(

@@ -1,24 +1,42 @@
 """Whole image-classification data sets as NumPy arrays.
 
-Small data sets (CIFAR, Fashion-MNIST) are read once into host memory; the training code then
-puts the arrays on the device for the whole run. Two kinds of source:
+Data sets are read once into host memory; the training code then puts the arrays on the device
+for the whole run. Sources:
 
 - ``'fashion_mnist_idx'``: the original Fashion-MNIST IDX files, as installed offline by Debian's
   ``dataset-fashion-mnist`` package;
-- any other name: a prepared tfds data set, read without TensorFlow through its ArrayRecord data
-  source (``tfds.data_source``).
+- ``'imagenet100'``: the 100 CMC classes of tfds ``imagenet2012`` (classes/imagenet100_cmc.txt),
+  labelled 0-99 in sorted WordNet-id order; its ``'test'`` split is ImageNet's validation set;
+- ``'domainnet'``: tfds ``domainnet/<domain>`` for each domain of a list (CaSSLe's order by
+  default), concatenated, with each image's domain;
+- any other name: a prepared tfds data set.
+
+tfds data sets are read without TensorFlow through their ArrayRecord data source
+(``tfds.data_source``). Images of varying size (ImageNet, DomainNet) are stored at one size,
+``image_size``: shorter side resized to it, then the central square. The whole set then sits on
+every device: ImageNet-100 at 224 pixels is 19 GB, DomainNet's six training domains 62 GB.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
+import io
 import os
+import pathlib
+from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 FASHION_MNIST_IDX = "fashion_mnist_idx"
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGENET100 = "imagenet100"
+DOMAINNET = "domainnet"
+DOMAINNET_CASSLE_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
+"""CaSSLe's DomainNet task order (PROTOCOLS.md 2.6)."""
+CLASSES_DIR = pathlib.Path(__file__).parent / "classes"
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -37,34 +55,102 @@ class ArraySplit:
       images: uint8 [N, H, W, C], C in {1, 3}.
       labels: int32 [N], values in [0, num_classes).
       num_classes: size of the label space (classes absent from this split still count).
+      domains: int32 [N], the position of each image's domain in the list that was read, for
+        multi-domain data sets (DomainNet); None otherwise.
     """
 
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
+    domains: np.ndarray | None = None
 
 
-def load_split(name: str, split: str, *, data_dir: str | None = None) -> ArraySplit:
+def imagenet100_classes() -> list[str]:
+    """The 100 WordNet ids of ImageNet-100, sorted; label k is the k-th."""
+    lines = (CLASSES_DIR / "imagenet100_cmc.txt").read_text().splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int = 0,
+    domains: Sequence[str] = (),
+) -> ArraySplit:
     """Reads a whole split into memory.
 
     Args:
-      name: ``'fashion_mnist_idx'`` for the Debian IDX files, otherwise a tfds name such as
-        ``'cifar100'``, ``'cifar10'``, ``'fashion_mnist'`` or ``'mnist'`` (``'name:version'``
-        works as in tfds).
-      split: ``'train'`` or ``'test'`` for the IDX files; any tfds split string otherwise.
+      name: ``'fashion_mnist_idx'`` for the Debian IDX files, ``'imagenet100'``, ``'domainnet'``,
+        otherwise a tfds name such as ``'cifar100'``, ``'cifar10'``, ``'fashion_mnist'`` or
+        ``'mnist'`` (``'name:version'`` works as in tfds).
+      split: ``'train'`` or ``'test'`` for the IDX files, ImageNet-100 and DomainNet; any tfds
+        split string otherwise.
       data_dir: directory holding the IDX files (default /usr/share/datasets/fashion-mnist), or
         the tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      image_size: S > 0 stores every image as S x S pixels (shorter side resized to S with
+        bicubic interpolation, then the central S x S crop); needed for data sets whose images
+        vary in size. 0 keeps the images as they are.
+      domains: DomainNet only: the domains to read, in task order; empty for CaSSLe's order.
 
     Returns:
-      The split: images uint8 [N, H, W, C], labels int32 [N].
+      The split: images uint8 [N, H, W, C], labels int32 [N], and for DomainNet domains int32 [N].
 
     Raises:
       FileNotFoundError: the data are not on disk; the message says how to get them.
-      ValueError: unknown data set or split, or malformed files.
+      ValueError: unknown data set, split or domain, malformed files, or a missing image_size.
     """
+    if domains and name != DOMAINNET:
+        raise ValueError(f"domains={list(domains)} apply to {DOMAINNET!r} only, not to {name!r}.")
     if name == FASHION_MNIST_IDX:
+        if image_size:
+            raise ValueError(f"{FASHION_MNIST_IDX!r} keeps its 28x28 images; set image_size=0.")
         return _load_idx_split(split, data_dir or DEFAULT_IDX_DIR)
-    return _load_tfds_split(name, split, data_dir)
+    if name == IMAGENET100:
+        tfds_split = {"train": "train", "test": "validation"}.get(split)
+        if tfds_split is None:
+            raise ValueError(
+                f"Split {split!r} does not exist for {IMAGENET100!r}; use 'train' or 'test'."
+            )
+        return _load_tfds_split(
+            "imagenet2012", tfds_split, data_dir, image_size, classes=imagenet100_classes()
+        )
+    if name == DOMAINNET:
+        return _load_domains(split, data_dir, image_size, list(domains or DOMAINNET_CASSLE_ORDER))
+    return _load_tfds_split(name, split, data_dir, image_size)
+
+
+def _load_domains(split: str, data_dir: str | None, image_size: int, domains: list[str]):
+    """Reads tfds ``domainnet/<domain>`` for each domain and concatenates them in that order."""
+    unknown = sorted(set(domains) - set(DOMAINNET_CASSLE_ORDER))
+    if unknown or len(set(domains)) != len(domains):
+        raise ValueError(
+            f"domains={domains} must be distinct DomainNet domains, of {list(DOMAINNET_CASSLE_ORDER)}."
+        )
+    parts = [_load_tfds_split(f"{DOMAINNET}/{d}", split, data_dir, image_size) for d in domains]
+    return ArraySplit(
+        images=np.concatenate([p.images for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        num_classes=parts[0].num_classes,
+        domains=np.repeat(np.arange(len(parts), dtype=np.int32), [p.labels.size for p in parts]),
+    )
+
+
+def _square(image, size: int) -> np.ndarray:
+    """uint8 [size, size, 3] from an encoded image (bytes) or a uint8 [H, W, C] array: shorter
+    side resized to ``size`` (bicubic), then the central square."""
+    if isinstance(image, bytes):
+        pil = Image.open(io.BytesIO(image))
+    else:
+        image = np.asarray(image)
+        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    pil = pil.convert("RGB")
+    scale = size / min(pil.size)
+    width, height = (max(size, round(d * scale)) for d in pil.size)
+    pil = pil.resize((width, height), Image.BICUBIC)
+    left, top = (width - size) // 2, (height - size) // 2
+    return np.asarray(pil.crop((left, top, left + size, top + size)))
 
 
 def _read_idx(path: str, ndim: int) -> np.ndarray:
@@ -131,16 +217,27 @@ def _load_idx_split(split: str, data_dir: str) -> ArraySplit:
     return ArraySplit(images=images[..., None], labels=labels, num_classes=_FASHION_MNIST_CLASSES)
 
 
-def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArraySplit:
-    """Reads a prepared tfds image-classification split through its random-access data source."""
+def _load_tfds_split(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    image_size: int = 0,
+    classes: Sequence[str] | None = None,
+) -> ArraySplit:
+    """Reads a prepared tfds image-classification split through its random-access data source.
+
+    ``classes``: keep only the examples of these class names, relabelled by their position in
+    the list. Images of varying size are read undecoded and decoded only when kept.
+    """
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(
-            f"Unknown data set {name!r}: it is neither {FASHION_MNIST_IDX!r} nor a tfds data set "
-            "(see https://www.tensorflow.org/datasets/catalog for names such as 'cifar100')."
+            f"Unknown data set {name!r}: it is neither {FASHION_MNIST_IDX!r}, {IMAGENET100!r}, "
+            f"{DOMAINNET!r} nor a tfds data set (see https://www.tensorflow.org/datasets/catalog "
+            "for names such as 'cifar100')."
         ) from e
     features = builder.info.features
     if "image" not in features or "label" not in features:
@@ -150,14 +247,25 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArraySplit:
         )
     image_shape = tuple(features["image"].shape)
     image_dtype = np.dtype(features["image"].np_dtype)
-    if None in image_shape or image_dtype != np.uint8:
+    if image_dtype != np.uint8:
+        raise ValueError(f"tfds data set {name!r} has {image_dtype.name} images; uint8 is needed.")
+    varying = None in image_shape
+    if varying and image_size <= 0:
         raise ValueError(
-            f"tfds data set {name!r} has images of shape {image_shape} and dtype "
-            f"{image_dtype.name}; load_split needs fixed-size uint8 images "
-            "(larger data sets stream through the data pipeline instead)."
+            f"tfds data set {name!r} has images of varying size {image_shape}; set "
+            "--config.dataset.image_size to the side at which to store them (e.g. 224)."
         )
+    label_names = features["label"].names
+    keep = None
+    if classes is not None:
+        missing = sorted(set(classes) - set(label_names))
+        if missing:
+            raise ValueError(f"tfds data set {name!r} has no classes {missing[:5]}.")
+        position = {c: i for i, c in enumerate(classes)}
+        keep = np.array([position.get(n, -1) for n in label_names])  # old label -> new or -1
+    decoders = {"image": tfds.decode.SkipDecoding()} if varying else None
     try:
-        source = builder.as_data_source(split=split)
+        source = builder.as_data_source(split=split, decoders=decoders)
     except NotImplementedError as e:
         root = data_dir or str(builder.data_dir_root)
         raise FileNotFoundError(
@@ -171,12 +279,21 @@ def _load_tfds_split(name: str, split: str, data_dir: str | None) -> ArraySplit:
     if num == 0:
         raise ValueError(f"Split {split!r} of tfds data set {name!r} is empty.")
     images, labels = [], []
-    for start in range(0, num, _READ_BATCH):
-        examples = source.__getitems__(list(range(start, min(start + _READ_BATCH, num))))
-        images.extend(ex["image"] for ex in examples)
-        labels.extend(ex["label"] for ex in examples)
+    # PIL decodes and resizes outside the GIL: threads share the work.
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        for start in range(0, num, _READ_BATCH):
+            examples = source.__getitems__(list(range(start, min(start + _READ_BATCH, num))))
+            if keep is not None:
+                examples = [ex for ex in examples if keep[ex["label"]] >= 0]
+            batch = [ex["image"] for ex in examples]
+            if image_size > 0:
+                batch = list(pool.map(lambda im: _square(im, image_size), batch))
+            images.extend(batch)
+            labels.extend(ex["label"] if keep is None else keep[ex["label"]] for ex in examples)
+    if not images:
+        raise ValueError(f"Split {split!r} of tfds data set {name!r} holds none of the classes.")
     return ArraySplit(
         images=np.stack(images),
         labels=np.asarray(labels, dtype=np.int32),
-        num_classes=int(features["label"].num_classes),
+        num_classes=len(classes) if classes is not None else int(features["label"].num_classes),
     )

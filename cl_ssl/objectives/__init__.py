@@ -65,15 +65,28 @@ def _check_name(config: ml_collections.ConfigDict) -> types.ModuleType:
     return _MODULES[config.objective]
 
 
+_RECIPES = {"cifar": "RECIPE", "imagenet": "IMAGENET_RECIPE"}  # config.recipe -> module attribute
+
+
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose unset (None) recipe fields hold the objective's values.
 
     Filled: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.min_lr``,
     ``optimizer.kwargs.exclude_bias_and_norm`` (when the optimizer takes it) and every unset field
     of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
-    value given in the config or on the command line always wins.
+    value given in the config or on the command line always wins. ``config.recipe`` picks the
+    recipe: ``'cifar'`` (CaSSLe's CIFAR-100 scripts) or ``'imagenet'`` (its ImageNet-100 scripts,
+    also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one).
     """
-    recipe: Recipe = _check_name(config).RECIPE
+    if config.recipe not in _RECIPES:
+        raise ValueError(f"recipe={config.recipe!r}; choose one of {sorted(_RECIPES)}")
+    recipe: Recipe | None = getattr(_check_name(config), _RECIPES[config.recipe], None)
+    if recipe is None:
+        raise ValueError(
+            f"objective {config.objective!r} has no {config.recipe!r} recipe (CaSSLe ships no "
+            "such script for it); use --config.recipe=cifar and set optimizer.lr, "
+            "optimizer.weight_decay and the augment fields for this data set"
+        )
     resolved = ml_collections.ConfigDict(config.to_dict())
     o = resolved.optimizer
     for key, value in recipe.optimizer.items():

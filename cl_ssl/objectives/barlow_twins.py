@@ -5,12 +5,26 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses
-from cl_ssl.objectives.base import BYOL_VIEWS, Objective, Recipe, make_model, make_views, mlp
+from cl_ssl.objectives.base import (
+    BYOL_IMAGENET_VIEWS,
+    BYOL_VIEWS,
+    Objective,
+    Recipe,
+    make_model,
+    make_views,
+    mlp,
+)
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
     source="CaSSLe bash_files/continual/cifar/barlow*.sh (METHODS.md 1.7, 2.8)",
+)
+
+IMAGENET_RECIPE = Recipe(
+    optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
+    views=BYOL_IMAGENET_VIEWS,
+    source="CaSSLe bash_files/continual/imagenet-100/barlow*.sh (METHODS.md 1.7, 2.8)",
 )
 
 

@@ -112,6 +112,13 @@ BYOL_VIEWS = (
     dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
 )
 """BYOL's and Barlow Twins' CIFAR views: mild jitter, solarisation on the second (METHODS.md 1.7)."""
+SIMCLR_IMAGENET_VIEWS = (dict(min_scale=0.08, blur_prob=0.5, **STRONG_JITTER),) * 2
+"""SimCLR's and SwAV's ImageNet-100 views: the CIFAR views with blur at 0.5 (METHODS.md 1.7)."""
+BYOL_IMAGENET_VIEWS = (
+    dict(min_scale=0.08, blur_prob=1.0, solarize_prob=0.0, **MILD_JITTER),
+    dict(min_scale=0.08, blur_prob=0.1, solarize_prob=0.2, **MILD_JITTER),
+)
+"""BYOL's and Barlow Twins' ImageNet-100 views: blur 1.0 / 0.1, solarisation 0 / 0.2."""
 
 
 def make_backbone(config: ml_collections.ConfigDict) -> nn.Module:

@@ -6,6 +6,7 @@ import ml_collections
 
 from cl_ssl import losses
 from cl_ssl.objectives.base import (
+    BYOL_IMAGENET_VIEWS,
     BYOL_VIEWS,
     Objective,
     Recipe,
@@ -22,6 +23,12 @@ RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
     source="CaSSLe bash_files/continual/cifar/byol*.sh (METHODS.md 1.7, 2.8)",
+)
+
+IMAGENET_RECIPE = Recipe(
+    optimizer=dict(lr=0.6, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    views=BYOL_IMAGENET_VIEWS,
+    source="CaSSLe bash_files/continual/imagenet-100/byol*.sh (METHODS.md 1.7, 2.8)",
 )
 
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 import ml_collections
 
 from cl_ssl import losses
-from cl_ssl.objectives.base import SIMCLR_VIEWS, Objective, Recipe, make_model, make_views, mlp
+from cl_ssl.objectives.base import (
+    SIMCLR_IMAGENET_VIEWS,
+    SIMCLR_VIEWS,
+    Objective,
+    Recipe,
+    make_model,
+    make_views,
+    mlp,
+)
 
 RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=SIMCLR_VIEWS,
     source="CaSSLe bash_files/continual/cifar/simclr*.sh (METHODS.md 1.7, 2.8)",
+)
+
+IMAGENET_RECIPE = Recipe(
+    optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
+    views=SIMCLR_IMAGENET_VIEWS,
+    source="CaSSLe bash_files/continual/imagenet-100/simclr*.sh (METHODS.md 1.7, 2.8)",
 )
 
 

@@ -17,6 +17,7 @@ from cl_ssl import losses, memory
 from cl_ssl.losses import l2_normalize
 from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
+    SIMCLR_IMAGENET_VIEWS,
     SIMCLR_VIEWS,
     Objective,
     Recipe,
@@ -31,6 +32,12 @@ RECIPE = Recipe(
     optimizer=dict(lr=0.6, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
     views=SIMCLR_VIEWS,
     source="CaSSLe bash_files/continual/cifar/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
+)
+
+IMAGENET_RECIPE = Recipe(
+    optimizer=dict(lr=0.8, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
+    views=SIMCLR_IMAGENET_VIEWS,
+    source="CaSSLe bash_files/continual/imagenet-100/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
 )
 
 

@@ -1,0 +1,39 @@
+"""DomainNet with CaSSLe's settings: 6 domain-incremental tasks, SimCLR fine-tuning by default.
+
+    python -m cl_ssl.main --config=configs/domainnet.py --workdir=runs/domainnet
+    python -m cl_ssl.main --config=configs/domainnet.py:cassle --config.objective=barlow_twins --workdir=DIR
+
+The argument after ':' is a comma-separated list of variants: cassle, pfr, finetune, offline (the
+continual strategy), runlocal (a tiny smoke-test variant: the tiny ResNet, 1 epoch per task,
+32-pixel images).
+
+One task per domain, all 345 classes in every task, in CaSSLe's order real -> quickdraw ->
+painting -> sketch -> infograph -> clipart (PROTOCOLS.md 2.6; ``--config.dataset.domains`` picks
+another order or a subset, with num_tasks set to its length). Each task tests on its own domain's
+test images. CaSSLe's recipe otherwise (METHODS.md 2.8): 200 epochs per task, batch 256, the
+ImageNet-100 settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the
+offline linear probe trained on all domains ("domain-agnostic", PROTOCOLS.md 3.1).
+
+As for ImageNet-100, images are stored once at 224 x 224 (shorter side resized, central square)
+and the whole training set sits on every device: 62 GB for the six domains at 224 pixels, more
+than most accelerators hold, so set --config.dataset.image_size (and the views' crop_size) lower
+there. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
+TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
+"""
+
+from cl_ssl import config as config_lib
+from cl_ssl.data import sources
+
+
+def get_config(arg: str | None = None):
+    config = config_lib.base_config()
+    config.dataset.name = "domainnet"
+    config.dataset.domains = sources.DOMAINNET_CASSLE_ORDER
+    config.scenario = "domain_incremental"
+    config.num_tasks = len(sources.DOMAINNET_CASSLE_ORDER)
+    config.epochs_per_task = 200
+    config_lib.use_imagenet_setting(config)
+    variants = config_lib.apply_variants(config, "domainnet", arg, ("domain_incremental",))
+    if "runlocal" in variants:
+        config_lib.use_imagenet_setting(config, image_size=32)
+    return config

@@ -1,0 +1,173 @@
+"""ImageNet-100 and DomainNet: class subset, domains, images of varying size, the
+domain-incremental scenario and the presets, on tfds mock data."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from helpers import run as _run
+
+from cl_ssl.data import scenarios, sources
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def _preset(name, arg=None):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_imagenet100_keeps_the_cmc_classes_relabelled_in_sorted_order(mock_tfds):
+    classes = sources.imagenet100_classes()
+    assert len(classes) == len(set(classes)) == 100 and classes == sorted(classes)
+    assert {"n02869837", "n02090622", "n01749939"} <= set(classes)  # first, last, second of CMC
+    with mock_tfds(num_examples=1500):
+        names = tfds.builder("imagenet2012").info.features["label"].names
+        source = tfds.data_source("imagenet2012", split="validation")
+        expected = [
+            classes.index(names[ex["label"]])
+            for ex in source.__getitems__(list(range(1500)))
+            if names[ex["label"]] in classes
+        ]
+        test = sources.load_split("imagenet100", "test", image_size=12)
+    assert test.num_classes == 100 and test.domains is None
+    assert test.images.shape == (len(expected), 12, 12, 3) and test.images.dtype == np.uint8
+    np.testing.assert_array_equal(test.labels, expected)  # 'test' is ImageNet's validation set
+
+
+def test_square_resize_keeps_the_central_square():
+    image = np.zeros((40, 20, 3), np.uint8)
+    image[4:36] = 255  # white around the central 20 x 20 square of a tall image, black ends
+    out = sources._square(image, 10)  # resized to 10 x 20, then rows 5-14 kept
+    assert out.shape == (10, 10, 3)
+    assert out.min() >= 250  # only the white band: the black ends were cropped away
+    gray = sources._square(np.full((7, 9, 1), 9, np.uint8), 4)
+    np.testing.assert_array_equal(gray, np.full((4, 4, 3), 9))
+
+
+def test_domainnet_concatenates_domains_in_the_order_given(mock_tfds):
+    with mock_tfds(num_examples=6):
+        split = sources.load_split("domainnet", "train", image_size=8, domains=("sketch", "real"))
+        sketch = sources.load_split("domainnet", "train", image_size=8, domains=("sketch",))
+        default = sources.load_split("domainnet", "test", image_size=8)
+    assert split.images.shape == (12, 8, 8, 3) and split.num_classes == 345
+    np.testing.assert_array_equal(split.domains, [0] * 6 + [1] * 6)
+    np.testing.assert_array_equal(split.images[:6], sketch.images)
+    np.testing.assert_array_equal(np.bincount(default.domains), [6] * 6)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("domainnet", dict(image_size=8, domains=("real", "photo")), "distinct DomainNet domains"),
+        ("domainnet", dict(image_size=8, domains=("real", "real")), "distinct DomainNet domains"),
+        ("cifar10", dict(domains=("real",)), "apply to 'domainnet' only"),
+        ("domainnet", dict(), "varying size.*dataset.image_size"),
+        ("imagenet100", dict(), "varying size.*dataset.image_size"),
+    ],
+)
+def test_bad_data_settings_are_named(mock_tfds, name, kwargs, message):
+    with mock_tfds(num_examples=4), pytest.raises(ValueError, match=message):
+        sources.load_split(name, "train", **kwargs)
+
+
+def test_domain_incremental_tasks_are_the_domains():
+    train_domains = np.array([2, 0, 1, 0, 2, 1, 1])
+    test_domains = np.array([1, 0, 2, 2])
+    s = scenarios.make_scenario(
+        "domain_incremental",
+        np.array([0, 1, 2, 0, 1, 2, 0]),
+        np.array([0, 1, 2, 0]),
+        num_classes=3,
+        num_tasks=3,
+        train_domains=train_domains,
+        test_domains=test_domains,
+    )
+    assert s.kind == "domain_incremental" and s.task_classes is None
+    assert [t.tolist() for t in s.train_indices] == [[1, 3], [2, 5, 6], [0, 4]]
+    assert [t.tolist() for t in s.test_indices] == [[1], [0], [2, 3]]
+    np.testing.assert_array_equal(s.test_task_ids, test_domains)
+
+
+@pytest.mark.parametrize(
+    "num_tasks, kwargs, message",
+    [
+        (2, {}, "num_tasks=2 must equal the number of domains"),
+        (3, dict(test_domains=np.array([0, 1, 1])), "every domain needs test images"),
+        (3, dict(class_order="random"), "class_order='random' applies to class-incremental"),
+        (3, dict(train_domains=None), "needs a multi-domain data set"),
+    ],
+)
+def test_domain_incremental_rejects_what_does_not_fit(num_tasks, kwargs, message):
+    args = dict(train_domains=np.array([0, 1, 2]), test_domains=np.array([0, 1, 2]))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        scenarios.make_scenario(
+            "domain_incremental",
+            np.zeros(3, int),
+            np.zeros(3, int),
+            num_classes=1,
+            num_tasks=num_tasks,
+            **args,
+        )
+
+
+def test_presets_reproduce_cassle_settings():
+    c = _preset("imagenet100", "cassle")
+    assert (c.dataset.name, c.class_order, c.num_tasks, c.epochs_per_task) == (
+        "imagenet100",
+        "imagenet100_cassle_seed5",
+        5,
+        400,
+    )
+    assert (c.model.stem, c.dataset.image_size, c.augment.view1.crop_size, c.recipe) == (
+        "imagenet",
+        224,
+        224,
+        "imagenet",
+    )
+    assert c.strategy == "cassle" and c.byol.pred_hidden_dim == 8192
+    same = scenarios.load_split_file("imagenet100_cassle_seed5")["permutation"]
+    assert same == scenarios.load_split_file("cifar100_cassle_seed5")["permutation"]
+    d = _preset("domainnet", "pfr")
+    assert d.dataset.domains == ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
+    assert (d.scenario, d.num_tasks, d.epochs_per_task, d.strategy) == (
+        "domain_incremental",
+        6,
+        200,
+        "pfr",
+    )
+    with pytest.raises(ValueError, match="unknown domainnet config variants"):
+        _preset("domainnet", "data_incremental")
+
+
+def test_imagenet_recipe_fills_the_imagenet100_values():
+    from cl_ssl.objectives import resolve_config
+
+    c = _preset("imagenet100")
+    c.objective = "byol"
+    r = resolve_config(c)
+    assert (r.optimizer.lr, r.optimizer.weight_decay) == (0.6, 1e-5)
+    assert (r.augment.view1.blur_prob, r.augment.view2.blur_prob) == (1.0, 0.1)
+    assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == (0.0, 0.2)
+    c.objective = "isd"
+    with pytest.raises(ValueError, match="no 'imagenet' recipe"):
+        resolve_config(c)
+
+
+@pytest.mark.parametrize(
+    "preset, num_examples, tasks", [("domainnet", 24, 6), ("imagenet100", 1200, 5)]
+)
+def test_runlocal_presets_train_end_to_end(mock_tfds, tmp_path, preset, num_examples, tasks):
+    config = _preset(preset, "runlocal,cassle")
+    config.update(batch_size=8, progress_bar=False)
+    config.eval.train_examples = 64
+    with mock_tfds(num_examples=num_examples):
+        result = _run(config, tmp_path)
+    R = result["matrices"]["linear"]
+    assert R.shape == (tasks + 1, tasks) and np.all((R >= 0) & (R <= 100))
+    assert int(result["state"].task) == tasks
