@@ -26,6 +26,7 @@ EXECUTION_FIELDS = frozenset(
         "checkpoint_every_steps",
         "keep_checkpoints",
         "dataset.data_dir",
+        "dataset.on_device",
         "progress_bar",
         "eval.batch_size",
     }
@@ -57,9 +58,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # image_size: the side at which images are stored (required for data sets of varying image
     # size, e.g. imagenet100 and domainnet); 0 keeps them as they are. domains: domainnet's
-    # domains in task order; () is CaSSLe's order.
+    # domains in task order; () is CaSSLe's order. on_device: the training set lives on every
+    # device for the whole run (True), or in host memory, each step's batch sent to the devices
+    # (False: for data sets larger than a device's memory; the same numbers either way).
     c.dataset = ml_collections.ConfigDict(
-        dict(name="cifar100", data_dir="", image_size=0, domains=())
+        dict(name="cifar100", data_dir="", image_size=0, domains=(), on_device=True)
     )
     c.scenario = "class_incremental"
     c.num_tasks = 5
@@ -203,9 +206,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
     """CaSSLe's ImageNet-100 and DomainNet setting (METHODS.md 2.8): images stored and cropped at
-    ``image_size``, the ResNet's ImageNet stem, ImageNet statistics, the objectives' ImageNet-100
+    ``image_size`` and kept in host memory, the ResNet's ImageNet stem, ImageNet statistics, the objectives' ImageNet-100
     recipes, BYOL's 8192-wide predictor and SwAV's queue from epoch 100."""
     config.dataset.image_size = image_size
+    config.dataset.on_device = False
     config.model.stem = "imagenet"
     config.recipe = "imagenet"
     for view in (config.augment.view1, config.augment.view2):

@@ -1,9 +1,9 @@
 """Device mesh and shardings for data parallelism (ARCHITECTURE.md rule 4).
 
 One 1-D mesh over every device of every host, axis ``data``. The train state and the on-device data
-sets are replicated; each step's batch of example indices is sharded along ``data``. Under ``jax.jit``
-the losses then see the global batch, and BatchNorm statistics and contrastive negatives cover all
-devices without hand-written collectives.
+sets are replicated; each step's batch of example indices (or, for a data set kept in host memory,
+of images) is sharded along ``data``. Under ``jax.jit`` the losses then see the global batch, and
+BatchNorm statistics and contrastive negatives cover all devices without hand-written collectives.
 """
 
 from __future__ import annotations
@@ -55,6 +55,24 @@ def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
     """
     return jax.make_array_from_callback(
         batch.shape, batch_sharded(mesh), lambda index: batch[index]
+    )
+
+
+def gather_batch(mesh: jax.sharding.Mesh, images: np.ndarray, indices: np.ndarray) -> jax.Array:
+    """``images[indices]`` as a batch-sharded global array, read from host memory.
+
+    Args:
+      mesh: the data mesh.
+      images: [N, ...] host array, whole on every process (a data set kept in host memory).
+      indices: int [B], identical on every process.
+
+    Returns:
+      A global jax.Array [B, ...] sharded along ``data``; each process reads and transfers only the
+      rows that its own devices hold.
+    """
+    shape = (len(indices), *images.shape[1:])
+    return jax.make_array_from_callback(
+        shape, batch_sharded(mesh), lambda index: images[indices[index[0]]]
     )
 
 

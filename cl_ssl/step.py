@@ -76,8 +76,11 @@ def build_step_fn(
     """The (un-jitted) train step for ``objective`` under ``strategy``.
 
     The returned function maps (state, images, batch_indices, hyper) to (new state, metrics):
-      images: uint8 [N, H, W, C], the whole training set, replicated on every device.
-      batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis.
+      images: uint8 [N, H, W, C], the whole training set, replicated on every device; or, for a
+        data set kept in host memory, this step's batch uint8 [B, H, W, C], sharded over the
+        ``data`` mesh axis.
+      batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis; None
+        when ``images`` is already the batch.
       hyper: float32 scalars of this step: 'lr' (see ``lr_schedule``) and the objective's
         ``schedules`` (EMA momentum, ...).
       metrics: float32 scalars: 'loss' (the objective's plus the strategy's weighted distillation
@@ -94,7 +97,7 @@ def build_step_fn(
     def train_step(
         state: ContinualState, images: jax.Array, batch_indices: jax.Array, hyper: Metrics
     ) -> tuple[ContinualState, Metrics]:
-        x = jnp.take(images, batch_indices, axis=0)
+        x = images if batch_indices is None else jnp.take(images, batch_indices, axis=0)
         keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
         views = tuple(
             augment.augment_batch(key, x, view)
@@ -178,9 +181,12 @@ def stage_hyper(
     return hyper
 
 
-def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
-    """Jits ``step_fn`` over ``mesh``: state and images replicated, indices sharded, state donated."""
+def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh, *, host_batches: bool = False) -> StepFn:
+    """Jits ``step_fn`` over ``mesh``, state donated: state replicated, indices sharded, and the
+    images replicated (the whole on-device data set) or, with ``host_batches``, batch-sharded (each
+    step's batch from host memory, with None for the indices)."""
     rep, batch = replicated(mesh), batch_sharded(mesh)
+    images = batch if host_batches else rep
     return jax.jit(
-        step_fn, in_shardings=(rep, rep, batch, rep), out_shardings=(rep, rep), donate_argnums=0
+        step_fn, in_shardings=(rep, images, batch, rep), out_shardings=(rep, rep), donate_argnums=0
     )

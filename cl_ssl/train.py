@@ -303,8 +303,11 @@ def _run(
             )
             print(f"resumed from {ckpt.directory} at step {int(state.step)} ({where})")
 
-    images = parallel.put_replicated(mesh, p.train.images)
-    train_step = step_lib.jit_step(step_lib.build_step_fn(objective, strategy, tx), mesh)
+    on_device = config.dataset.on_device
+    images = parallel.put_replicated(mesh, p.train.images) if on_device else None
+    train_step = step_lib.jit_step(
+        step_lib.build_step_fn(objective, strategy, tx), mesh, host_batches=not on_device
+    )
     global_step = int(state.step)
     for stage_id in range(int(state.task), len(p.stages)):
         stage = p.stages[stage_id]
@@ -330,9 +333,11 @@ def _run(
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
             batch = order[position * config.batch_size : (position + 1) * config.batch_size]
             hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
-            state, step_metrics = train_step(
-                state, images, parallel.global_batch(mesh, batch), hyper_now
-            )
+            if on_device:
+                inputs = (images, parallel.global_batch(mesh, batch))
+            else:  # read while the device runs the previous step
+                inputs = (parallel.gather_batch(mesh, p.train.images, batch), None)
+            state, step_metrics = train_step(state, *inputs, hyper_now)
             global_step += 1
             if pending is not None:
                 if not _finite(pending[1]):

@@ -15,9 +15,8 @@ ImageNet-100 settings of each objective (ResNet-18, ImageNet stem, 224-pixel cro
 offline linear probe trained on all domains ("domain-agnostic", PROTOCOLS.md 3.1).
 
 As for ImageNet-100, images are stored once at 224 x 224 (shorter side resized, central square)
-and the whole training set sits on every device: 62 GB for the six domains at 224 pixels, more
-than most accelerators hold, so set --config.dataset.image_size (and the views' crop_size) lower
-there. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
+and kept in host memory, each step's batch sent to the devices: 62 GB for the six training
+domains, so the host needs that much free memory. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
 TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
 """
 

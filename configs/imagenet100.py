@@ -18,11 +18,11 @@ LARS, and each objective's ImageNet-100 learning rate, weight decay and augmenta
 SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one). The offline linear probe of PROTOCOLS.md 3.1
 evaluates every task.
 
-Two differences from CaSSLe's DALI pipeline: every image is stored once at 224 x 224 (shorter
+One difference from CaSSLe's DALI pipeline: every image is stored once at 224 x 224 (shorter
 side resized to 224, then the central square) and the random resized crops are taken from that
-square, not from the full image; and the whole training set sits on every device (19 GB at
-224 pixels: an 80 GB GPU holds it; on smaller accelerators set --config.dataset.image_size=128
-and the crop_size of both views to match).
+square, not from the full image. The stored training set (19 GB) stays in host memory, and each
+step's batch goes to the devices, where it is augmented (``dataset.on_device=False``; on an
+accelerator with room for it, ``--config.dataset.on_device=true`` keeps it there instead).
 
 ImageNet must be prepared once with tfds (``imagenet2012``, manual download; needs TensorFlow,
 ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare --dataset=imagenet2012

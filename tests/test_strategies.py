@@ -265,8 +265,8 @@ class _Recorder:
         self.steps, self.starts = [], []
         jit_step, start_task = step_lib.jit_step, state_lib.start_task
 
-        def recording_jit_step(step_fn, mesh):
-            jitted = jit_step(chex.assert_max_traces(step_fn, n=1), mesh)
+        def recording_jit_step(step_fn, mesh, **kwargs):
+            jitted = jit_step(chex.assert_max_traces(step_fn, n=1), mesh, **kwargs)
 
             def step(state, *args):
                 self.steps.append(jax.device_get(state))  # before the state is donated

@@ -88,6 +88,21 @@ def test_one_and_four_devices_agree(mock_cifar10, tmp_path):
     )
 
 
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_data_in_host_memory_trains_as_on_device(mock_cifar10, tmp_path, num_devices):
+    """dataset.on_device=False sends each step's batch from host memory: the same run."""
+    config = tiny_config(
+        epochs_per_task=1, **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
+    )
+    device = _run(config, tmp_path / "device", num_devices=num_devices)
+    config.dataset.on_device = False
+    host = _run(config, tmp_path / "host", num_devices=num_devices)
+    chex.assert_trees_all_close(device["state"].params, host["state"].params, atol=1e-6)
+    chex.assert_trees_all_close(device["state"].batch_stats, host["state"].batch_stats, atol=1e-6)
+    np.testing.assert_allclose(device["matrices"]["knn"], host["matrices"]["knn"])
+    assert int(host["state"].step) == int(device["state"].step) > 0
+
+
 @pytest.mark.parametrize(
     "bad_loss",
     [
