@@ -24,9 +24,11 @@ square, not from the full image. The stored training set (19 GB) stays in host m
 step's batch goes to the devices, where it is augmented (``dataset.on_device=False``; on an
 accelerator with room for it, ``--config.dataset.on_device=true`` keeps it there instead).
 
-ImageNet must be prepared once with tfds (``imagenet2012``, manual download; needs TensorFlow,
-``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare --dataset=imagenet2012
---data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``. Only the 100 classes are read.
+ImageNet must be prepared once with tfds (``imagenet2012``; needs TensorFlow,
+``pip install '.[prepare]'``): put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
+DIR/downloads/manual (tfds does not download ImageNet), run ``python -m cl_ssl.data.prepare
+--dataset=imagenet2012 --data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``. A run reads
+the whole of imagenet2012's records and decodes the 100 classes' images only.
 """
 
 from cl_ssl import config as config_lib
