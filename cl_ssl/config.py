@@ -176,8 +176,9 @@ def apply_variants(
 
     Each variant is one of ``scenarios``, one continual strategy of ``STRATEGY_VARIANTS``, or
     ``'runlocal'`` (the tiny smoke-test setting). At most one scenario and one strategy; ValueError
-    names the variants that do not fit. ``data_incremental`` splits as CaSSLe does (PROTOCOLS.md
-    2.5): random fifths from ``split_seed`` 42, no class order.
+    names the variants that do not fit. ``data_incremental`` uses CaSSLe's sizes and rule
+    (PROTOCOLS.md 2.5: random fifths, the remainder to the first task, ``split_seed`` 42) drawn
+    with NumPy, so not CaSSLe's images; no class order.
     """
     variants = [v for v in (arg or "").split(",") if v]
     unknown = set(variants) - set(scenarios) - set(STRATEGY_VARIANTS) - {"runlocal"}
@@ -205,9 +206,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
-    """CaSSLe's ImageNet-100 and DomainNet setting (METHODS.md 2.8): images stored and cropped at
-    ``image_size`` and kept in host memory, the ResNet's ImageNet stem, ImageNet statistics, the objectives' ImageNet-100
-    recipes, BYOL's 8192-wide predictor and SwAV's queue from epoch 100."""
+    """CaSSLe's ImageNet-100 and DomainNet setting (METHODS.md 2.6, 2.8; PROTOCOLS.md 3.1).
+
+    Images stored and cropped at ``image_size`` and kept in host memory, the ResNet's ImageNet
+    stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
+    offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
+    prototypes frozen for 5 epochs.
+    """
     config.dataset.image_size = image_size
     config.dataset.on_device = False
     config.model.stem = "imagenet"
@@ -215,7 +220,9 @@ def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 22
     for view in (config.augment.view1, config.augment.view2):
         view.update(crop_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     config.byol.pred_hidden_dim = 8192
-    config.swav.queue_start_epoch = 100
+    config.swav.update(queue_start_epoch=100, freeze_prototypes_epochs=5)
+    # CaSSLe's linear scripts set the offline probe's learning rate per method (PROTOCOLS.md 3.1).
+    config.eval.linear.learning_rate = placeholder(float)
 
 
 def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:

@@ -57,6 +57,29 @@ def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.nd
     return np.random.default_rng((seed, stage, epoch)).permutation(indices)
 
 
+def _check_domains(config: ml_collections.ConfigDict) -> None:
+    """The domain-incremental settings that can be checked without the data."""
+    d = config.dataset
+    if config.scenario != scenarios.DOMAIN_INCREMENTAL:
+        return
+    if d.name != sources.DOMAINNET:
+        raise ValueError(
+            f"scenario={config.scenario!r} needs a multi-domain data set "
+            f"(dataset.name={sources.DOMAINNET!r}); {d.name!r} has no domains"
+        )
+    domains = tuple(d.domains) or sources.DOMAINNET_CASSLE_ORDER
+    if config.num_tasks != len(domains):
+        raise ValueError(
+            f"num_tasks={config.num_tasks} but the run reads {len(domains)} domains {domains}; "
+            f"set --config.num_tasks={len(domains)} or change dataset.domains"
+        )
+    if config.class_order != "natural":
+        raise ValueError(
+            f"class_order={config.class_order!r} applies to class-incremental scenarios only; "
+            "leave it at 'natural' for domain_incremental, whose tasks follow dataset.domains"
+        )
+
+
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     """Validates ``config``, loads the data and cuts the stages; ValueError says what to change.
 
@@ -73,6 +96,15 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         ) from error
     objective = get_objective(config)
     strategy = get_strategy(config, objective)
+    epochs = config.epochs_per_task
+    if strategy.name == "offline" and config.offline_epochs > 0:
+        epochs = config.offline_epochs
+    if not 0 <= config.optimizer.warmup_epochs < epochs:
+        raise ValueError(
+            f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} must lie in "
+            f"[0, {epochs}) for {epochs} epochs per stage; lower it or raise the epochs"
+        )
+    _check_domains(config)  # before reading data sets that take long to read
     d = config.dataset
     read = dict(data_dir=d.data_dir or None, image_size=d.image_size, domains=tuple(d.domains))
     train = sources.load_split(d.name, "train", **read)
@@ -89,14 +121,6 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         train_domains=train.domains,
         test_domains=test.domains,
     )
-    epochs = config.epochs_per_task
-    if strategy.name == "offline" and config.offline_epochs > 0:
-        epochs = config.offline_epochs
-    if not 0 <= config.optimizer.warmup_epochs < epochs:
-        raise ValueError(
-            f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} must lie in "
-            f"[0, {epochs}) for {epochs} epochs per stage; lower it or raise the epochs"
-        )
     stages = []
     for i, indices in enumerate(strategy.stages(scenario.train_indices)):
         if len(indices) < config.batch_size:

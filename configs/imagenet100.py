@@ -18,9 +18,10 @@ LARS, and each objective's ImageNet-100 learning rate, weight decay and augmenta
 SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one). The offline linear probe of PROTOCOLS.md 3.1
 evaluates every task.
 
-One difference from CaSSLe's DALI pipeline: every image is stored once at 224 x 224 (shorter
-side resized to 224, then the central square) and the random resized crops are taken from that
-square, not from the full image. The stored training set (19 GB) stays in host memory, and each
+Two differences from CaSSLe's pipeline: every image is stored once at 224 x 224 (shorter side
+resized to 224, then the central square), so the random resized crops are taken from that square,
+not from the full image, and the probes see that square, not the usual 256-pixel resize with a
+central 224 crop. The stored training set (19 GB) stays in host memory, and each
 step's batch goes to the devices, where it is augmented (``dataset.on_device=False``; on an
 accelerator with room for it, ``--config.dataset.on_device=true`` keeps it there instead).
 

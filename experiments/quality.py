@@ -53,8 +53,9 @@ def _finished_results(config, workdir: str) -> dict | None:
         return None
     with open(path) as f:
         document = json.load(f)
+    stored = document.get("meta", {}).get("config")
     resolved = json.loads(resolve_config(config).to_json())  # results.json holds the resolved one
-    if config_lib.differing_fields(document["meta"]["config"], resolved):
+    if stored is None or config_lib.differing_fields(stored, resolved):
         return None
     matrices = {
         name: np.array(rows, dtype=float) for name, rows in document["matrices"].items()

@@ -1,7 +1,21 @@
-"""Shared helpers of the end-to-end tests: tiny run configs and a run on a forced mesh."""
+"""Shared helpers of the end-to-end tests: tiny run configs, the shipped configs, and a run on a
+forced mesh."""
+
+import importlib.util
+import pathlib
 
 from cl_ssl import config as config_lib
 from cl_ssl import parallel, train
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_config(name, arg=None):
+    """``get_config(arg)`` of configs/<name>.py."""
+    spec = importlib.util.spec_from_file_location(name, CONFIGS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def tiny_config(**overrides):

@@ -1,24 +1,14 @@
 """ImageNet-100 and DomainNet: class subset, domains, images of varying size, the
 domain-incremental scenario and the presets, on tfds mock data."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from helpers import run as _run
+from helpers import shipped_config
 
+from cl_ssl import parallel, train
 from cl_ssl.data import scenarios, sources
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-
-
-def _preset(name, arg=None):
-    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def test_imagenet100_keeps_the_cmc_classes_relabelled_in_sorted_order(mock_tfds):
@@ -49,15 +39,36 @@ def test_square_resize_keeps_the_central_square():
     np.testing.assert_array_equal(gray, np.full((4, 4, 3), 9))
 
 
-def test_domainnet_concatenates_domains_in_the_order_given(mock_tfds):
+def test_domainnet_concatenates_domains_in_the_order_given(monkeypatch):
+    """Each domain's images land in its own rows, in the order asked for (a stand-in reader
+    gives domain k of DOMAINNET_CASSLE_ORDER k + 1 images of value k and label k)."""
+    read = []
+
+    def reader(name, split, data_dir, image_size):
+        k = sources.DOMAINNET_CASSLE_ORDER.index(name.split("/")[1])
+        read.append((name, split, image_size))
+
+        def fill(images, labels):
+            images[:], labels[:] = k, k
+
+        return sources._TfdsReader(k + 1, (image_size, image_size, 3), 345, fill)
+
+    monkeypatch.setattr(sources, "_tfds_reader", reader)
+    split = sources.load_split("domainnet", "test", image_size=4, domains=("sketch", "real"))
+    assert read == [("domainnet/sketch", "test", 4), ("domainnet/real", "test", 4)]
+    np.testing.assert_array_equal(split.labels, [3, 3, 3, 3, 0])  # sketch is domain 3, real 0
+    np.testing.assert_array_equal(split.images[:, 0, 0, 0], [3, 3, 3, 3, 0])
+    np.testing.assert_array_equal(split.domains, [0, 0, 0, 0, 1])
+    default = sources.load_split("domainnet", "train", image_size=2)
+    np.testing.assert_array_equal(np.bincount(default.domains), [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(default.labels, np.repeat(np.arange(6), np.arange(1, 7)))
+
+
+def test_domainnet_reads_every_domain_of_the_tfds_data(mock_tfds):
     with mock_tfds(num_examples=6):
         split = sources.load_split("domainnet", "train", image_size=8, domains=("sketch", "real"))
-        sketch = sources.load_split("domainnet", "train", image_size=8, domains=("sketch",))
-        default = sources.load_split("domainnet", "test", image_size=8)
     assert split.images.shape == (12, 8, 8, 3) and split.num_classes == 345
-    np.testing.assert_array_equal(split.domains, [0] * 6 + [1] * 6)
-    np.testing.assert_array_equal(split.images[:6], sketch.images)
-    np.testing.assert_array_equal(np.bincount(default.domains), [6] * 6)
+    assert split.labels.dtype == np.int32 and split.labels.max() < 345
 
 
 @pytest.mark.parametrize(
@@ -117,7 +128,7 @@ def test_domain_incremental_rejects_what_does_not_fit(num_tasks, kwargs, message
 
 
 def test_presets_reproduce_cassle_settings():
-    c = _preset("imagenet100", "cassle")
+    c = shipped_config("imagenet100", "cassle")
     assert (c.dataset.name, c.class_order, c.num_tasks, c.epochs_per_task) == (
         "imagenet100",
         "imagenet100_cassle_seed5",
@@ -131,9 +142,10 @@ def test_presets_reproduce_cassle_settings():
         "imagenet",
     )
     assert c.strategy == "cassle" and c.byol.pred_hidden_dim == 8192
+    assert (c.swav.queue_start_epoch, c.swav.freeze_prototypes_epochs) == (100, 5)
     same = scenarios.load_split_file("imagenet100_cassle_seed5")["permutation"]
     assert same == scenarios.load_split_file("cifar100_cassle_seed5")["permutation"]
-    d = _preset("domainnet", "pfr")
+    d = shipped_config("domainnet", "pfr")
     assert d.dataset.domains == ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
     assert (d.scenario, d.num_tasks, d.epochs_per_task, d.strategy) == (
         "domain_incremental",
@@ -142,16 +154,17 @@ def test_presets_reproduce_cassle_settings():
         "pfr",
     )
     with pytest.raises(ValueError, match="unknown domainnet config variants"):
-        _preset("domainnet", "data_incremental")
+        shipped_config("domainnet", "data_incremental")
 
 
 def test_imagenet_recipe_fills_the_imagenet100_values():
     from cl_ssl.objectives import resolve_config
 
-    c = _preset("imagenet100")
+    c = shipped_config("imagenet100")
     c.objective = "byol"
     r = resolve_config(c)
     assert (r.optimizer.lr, r.optimizer.weight_decay) == (0.6, 1e-5)
+    assert r.eval.linear.learning_rate == 3.0  # CaSSLe's BYOL linear script (PROTOCOLS.md 3.1)
     assert (r.augment.view1.blur_prob, r.augment.view2.blur_prob) == (1.0, 0.1)
     assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == (0.0, 0.2)
     c.objective = "isd"
@@ -163,7 +176,7 @@ def test_imagenet_recipe_fills_the_imagenet100_values():
     "preset, num_examples, tasks", [("domainnet", 24, 6), ("imagenet100", 1200, 5)]
 )
 def test_runlocal_presets_train_end_to_end(mock_tfds, tmp_path, preset, num_examples, tasks):
-    config = _preset(preset, "runlocal,cassle")
+    config = shipped_config(preset, "runlocal,cassle")
     config.update(batch_size=8, progress_bar=False)
     config.eval.train_examples = 64
     with mock_tfds(num_examples=num_examples):
@@ -171,3 +184,23 @@ def test_runlocal_presets_train_end_to_end(mock_tfds, tmp_path, preset, num_exam
     R = result["matrices"]["linear"]
     assert R.shape == (tasks + 1, tasks) and np.all((R >= 0) & (R <= 100))
     assert int(result["state"].task) == tasks
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, message",
+    [
+        ("domainnet", dict(num_tasks=5), "num_tasks=5 but the run reads 6 domains"),
+        ("domainnet", dict(class_order="random"), "class_order='random' applies to class-"),
+        ("imagenet100", dict(scenario="domain_incremental"), "needs a multi-domain data set"),
+        ("imagenet100", {"optimizer.warmup_epochs": 400}, "warmup_epochs=400 must lie in"),
+    ],
+)
+def test_settings_fail_before_the_data_are_read(monkeypatch, preset, overrides, message):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data set was read before the settings were checked")
+
+    monkeypatch.setattr(sources, "load_split", no_reading)
+    config = shipped_config(preset)
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        train.plan(config, parallel.make_mesh(1))

@@ -1,9 +1,10 @@
 """The benchmark scripts still run against the library (tiny settings, no timing claims)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
+
+from helpers import shipped_config
 
 from cl_ssl.objectives import resolve_config
 
@@ -25,13 +26,6 @@ def test_throughput_script_runs_the_train_step():
         timeout=300,
     )
     assert "jax" in out.stdout and "images/s" in out.stdout
-
-
-def _fashion_mnist_config(arg):
-    spec = importlib.util.spec_from_file_location("fashion_mnist", "configs/fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def _write_finished_run(workdir, config, final_row):
@@ -69,7 +63,7 @@ def _quality(tmp_path, *extra):
 
 
 def _quality_config(**overrides):
-    config = _fashion_mnist_config("strategies")
+    config = shipped_config("fashion_mnist", "strategies")
     config.update(
         dict(objective="simclr", strategy="cassle", seed=0, progress_bar=False, **overrides)
     )

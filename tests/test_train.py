@@ -1,16 +1,14 @@
 """End-to-end runs of the training pipeline on mock data with the tiny ResNet."""
 
-import importlib.util
 import json
 import os
-import pathlib
 
 import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import CONFIGS_DIR, shipped_config, tiny_config
 from helpers import run as _run
-from helpers import tiny_config
 
 from cl_ssl import losses, parallel, train
 from cl_ssl import step as step_lib
@@ -170,7 +168,7 @@ def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, 
     _run(tiny_config(epochs_per_task=3, stop_after_steps=1), tmp_path)
 
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = sorted(CONFIGS_DIR.glob("*.py"))
 
 
 @pytest.mark.parametrize(
@@ -186,10 +184,7 @@ CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob(
 )
 def test_shipped_configs_pass_validation(mock_tfds, path, arg):
     """Every config file, as shipped, passes the checks that run before compiling."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
+    config = shipped_config(path.stem, arg)
     if config.dataset.name == "fashion_mnist_idx":
         if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
             pytest.skip("Debian's dataset-fashion-mnist is not installed")
@@ -207,10 +202,7 @@ def test_shipped_configs_pass_validation(mock_tfds, path, arg):
 def test_cifar100_presets_reproduce_cassle():
     """The CaSSLe CIFAR-100 settings: 5 tasks in the seed-5 class order, 500 epochs, batch 256,
     LARS; the data-incremental variant splits with seed 42; unknown variants are named."""
-    spec = importlib.util.spec_from_file_location("cifar100", CONFIGS[0].with_name("cifar100.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("cassle")
+    c = shipped_config("cifar100", "cassle")
     assert (c.strategy, c.scenario, c.class_order) == (
         "cassle",
         "class_incremental",
@@ -222,9 +214,9 @@ def test_cifar100_presets_reproduce_cassle():
         0.02,
         10,
     )
-    d = module.get_config("data_incremental")
+    d = shipped_config("cifar100", "data_incremental")
     assert (d.scenario, d.split_seed, d.strategy) == ("data_incremental", 42, "finetune")
     with pytest.raises(ValueError, match="unknown cifar100 config variants.*'cassle'"):
-        module.get_config("casle")
+        shipped_config("cifar100", "casle")
     with pytest.raises(ValueError, match="exclude each other"):
-        module.get_config("cassle,pfr")
+        shipped_config("cifar100", "cassle,pfr")

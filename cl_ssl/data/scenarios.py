@@ -62,8 +62,9 @@ class Scenario:
       test_indices: T sorted int32 arrays of indices into the test split: the test images of the
         task's classes (class-IL), the whole test set (data-IL) or the test images of the task's
         domain (domain-IL).
-      test_task_ids: int32 [N_test], the task of each test sample for task-aware probes; -1 for a
-        sample of no task's classes, and everywhere for data-IL, where no task owns a sample.
+      test_task_ids: int32 [N_test], the task of each test sample for task-aware probes: the task
+        of its class (class-IL; -1 for a sample of no task's classes), of its domain (domain-IL),
+        and -1 everywhere for data-IL, where no task owns a sample.
       task_classes: class-IL only: T tuples of original class ids, in order of appearance.
     """
 

@@ -26,7 +26,7 @@ import gzip
 import io
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -123,19 +123,29 @@ def load_split(
 
 
 def _load_domains(split: str, data_dir: str | None, image_size: int, domains: list[str]):
-    """Reads tfds ``domainnet/<domain>`` for each domain and concatenates them in that order."""
+    """Reads tfds ``domainnet/<domain>`` for each domain, in that order, into one array."""
     unknown = sorted(set(domains) - set(DOMAINNET_CASSLE_ORDER))
     if unknown or len(set(domains)) != len(domains):
         raise ValueError(
             f"domains={domains} must be distinct DomainNet domains, of {list(DOMAINNET_CASSLE_ORDER)}."
         )
-    parts = [_load_tfds_split(f"{DOMAINNET}/{d}", split, data_dir, image_size) for d in domains]
+    readers = [_tfds_reader(f"{DOMAINNET}/{d}", split, data_dir, image_size) for d in domains]
+    sizes = [r.size for r in readers]
+    images, labels = _allocate(sum(sizes), readers[0].image_shape)
+    starts = np.cumsum([0, *sizes[:-1]])
+    for reader, start, stop in zip(readers, starts, np.cumsum(sizes), strict=True):
+        reader.fill(images[start:stop], labels[start:stop])  # views: filled in place
     return ArraySplit(
-        images=np.concatenate([p.images for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        num_classes=parts[0].num_classes,
-        domains=np.repeat(np.arange(len(parts), dtype=np.int32), [p.labels.size for p in parts]),
+        images=images,
+        labels=labels,
+        num_classes=readers[0].num_classes,
+        domains=np.repeat(np.arange(len(readers), dtype=np.int32), sizes),
     )
+
+
+def _allocate(size: int, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Uninitialised uint8 images [size, *image_shape] and int32 labels [size]."""
+    return np.empty((size, *image_shape), np.uint8), np.empty(size, np.int32)
 
 
 def _square(image, size: int) -> np.ndarray:
@@ -228,8 +238,42 @@ def _load_tfds_split(
     """Reads a prepared tfds image-classification split through its random-access data source.
 
     ``classes``: keep only the examples of these class names, relabelled by their position in
-    the list. Images of varying size are read undecoded and decoded only when kept.
+    the list.
     """
+    reader = _tfds_reader(name, split, data_dir, image_size, classes)
+    images, labels = _allocate(reader.size, reader.image_shape)
+    reader.fill(images, labels)
+    return ArraySplit(images=images, labels=labels, num_classes=reader.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsReader:
+    """The examples of one tfds split that a run keeps, and how to read them.
+
+    Attributes:
+      size: number of examples kept.
+      image_shape: (H, W, C) of the images as stored.
+      num_classes: size of the label space after relabelling.
+      fill: fill(images, labels) writes the kept examples, in record order, into uint8
+        [size, H, W, C] and int32 [size] arrays: each image is written once, straight into its
+        row, so a split never exists twice in memory.
+    """
+
+    size: int
+    image_shape: tuple[int, ...]
+    num_classes: int
+    fill: Callable[[np.ndarray, np.ndarray], None]
+
+
+def _tfds_reader(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    image_size: int,
+    classes: Sequence[str] | None = None,
+) -> _TfdsReader:
+    """Opens a tfds split; with ``classes``, a first pass reads the labels to find the examples
+    to keep (images of varying size are read undecoded and decoded only when kept)."""
     import tensorflow_datasets as tfds
 
     try:
@@ -250,21 +294,12 @@ def _load_tfds_split(
     image_dtype = np.dtype(features["image"].np_dtype)
     if image_dtype != np.uint8:
         raise ValueError(f"tfds data set {name!r} has {image_dtype.name} images; uint8 is needed.")
-    varying = None in image_shape
-    if varying and image_size <= 0:
+    if None in image_shape and image_size <= 0:
         raise ValueError(
             f"tfds data set {name!r} has images of varying size {image_shape}; set "
             "--config.dataset.image_size to the side at which to store them (e.g. 224)."
         )
-    label_names = features["label"].names
-    keep = None
-    if classes is not None:
-        missing = sorted(set(classes) - set(label_names))
-        if missing:
-            raise ValueError(f"tfds data set {name!r} has no classes {missing[:5]}.")
-        position = {c: i for i, c in enumerate(classes)}
-        keep = np.array([position.get(n, -1) for n in label_names])  # old label -> new or -1
-    decoders = {"image": tfds.decode.SkipDecoding()} if varying else None
+    decoders = {"image": tfds.decode.SkipDecoding()} if None in image_shape else None
     try:
         source = builder.as_data_source(split=split, decoders=decoders)
     except NotImplementedError as e:
@@ -276,25 +311,49 @@ def _load_tfds_split(
             f"  python -m cl_ssl.data.prepare --dataset={name} --data_dir={root}\n"
             "or pass the data_dir that holds it."
         ) from e
-    num = len(source)
-    if num == 0:
+    if len(source) == 0:
         raise ValueError(f"Split {split!r} of tfds data set {name!r} is empty.")
-    images, labels = [], []
-    # PIL decodes and resizes outside the GIL: threads share the work.
-    with concurrent.futures.ThreadPoolExecutor() as pool:
-        for start in range(0, num, _READ_BATCH):
-            examples = source.__getitems__(list(range(start, min(start + _READ_BATCH, num))))
-            if keep is not None:
-                examples = [ex for ex in examples if keep[ex["label"]] >= 0]
-            batch = [ex["image"] for ex in examples]
-            if image_size > 0:
-                batch = list(pool.map(lambda im: _square(im, image_size), batch))
-            images.extend(batch)
-            labels.extend(ex["label"] if keep is None else keep[ex["label"]] for ex in examples)
-    if not images:
-        raise ValueError(f"Split {split!r} of tfds data set {name!r} holds none of the classes.")
-    return ArraySplit(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int32),
-        num_classes=len(classes) if classes is not None else int(features["label"].num_classes),
-    )
+    records = np.arange(len(source))
+    num_classes = int(features["label"].num_classes)
+    relabel = np.arange(num_classes)
+    if classes is not None:
+        names = features["label"].names
+        missing = sorted(set(classes) - set(names))
+        if missing:
+            raise ValueError(f"tfds data set {name!r} has no classes {missing[:5]}.")
+        position = {c: i for i, c in enumerate(classes)}
+        relabel = np.array([position.get(n, -1) for n in names])  # old label -> new, or -1
+        labels = np.concatenate(
+            [[ex["label"] for ex in batch] for batch in _batches(source, records)]
+        )
+        records = records[relabel[labels] >= 0]
+        num_classes = len(classes)
+        if records.size == 0:
+            raise ValueError(
+                f"Split {split!r} of tfds data set {name!r} holds none of {classes[:5]}."
+            )
+    if image_size > 0:
+        image_shape = (image_size, image_size, 3)
+
+    def fill(images: np.ndarray, labels: np.ndarray) -> None:
+        # PIL decodes and resizes outside the GIL: threads share the work.
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            start = 0
+            for batch in _batches(source, records):
+                stop = start + len(batch)
+                labels[start:stop] = relabel[[ex["label"] for ex in batch]]
+                if image_size > 0:
+                    rows = pool.map(lambda ex: _square(ex["image"], image_size), batch)
+                else:
+                    rows = (ex["image"] for ex in batch)
+                for row, image in enumerate(rows, start):
+                    images[row] = image
+                start = stop
+
+    return _TfdsReader(records.size, image_shape, num_classes, fill)
+
+
+def _batches(source, records: np.ndarray):
+    """The examples of ``records`` from a tfds data source, in lists of up to _READ_BATCH."""
+    for start in range(0, len(records), _READ_BATCH):
+        yield source.__getitems__(records[start : start + _READ_BATCH].tolist())

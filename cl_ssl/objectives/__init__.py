@@ -72,6 +72,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     """A copy of ``config`` whose unset (None) recipe fields hold the objective's values.
 
     Filled: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.min_lr``,
+    ``eval.linear.learning_rate`` (where the recipe has one),
     ``optimizer.kwargs.exclude_bias_and_norm`` (when the optimizer takes it) and every unset field
     of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
     value given in the config or on the command line always wins. ``config.recipe`` picks the
@@ -93,6 +94,13 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         fields = o.kwargs if key == "exclude_bias_and_norm" else o
         if key in fields and fields[key] is None:
             fields[key] = value
+    if resolved.eval.linear.learning_rate is None:
+        if recipe.linear_lr is None:
+            raise ValueError(
+                f"the {config.recipe!r} recipe of {config.objective!r} sets no linear-probe "
+                "learning rate; set --config.eval.linear.learning_rate"
+            )
+        resolved.eval.linear.learning_rate = recipe.linear_lr
     defaults = {f.name: f.default for f in dataclasses.fields(ViewConfig)}
     for name, preset in zip(("view1", "view2"), recipe.views, strict=True):
         view = resolved.augment[name]

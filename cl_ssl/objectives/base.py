@@ -96,11 +96,14 @@ class Recipe:
         ``config.optimizer.kwargs.exclude_bias_and_norm`` where the optimizer has that argument.
       views: augmentation values (``ViewConfig`` fields) of the first and the second view.
       source: where the values come from.
+      linear_lr: the offline linear probe's learning rate (``config.eval.linear.learning_rate``,
+        PROTOCOLS.md 3.1), where the recipe's scripts set one per method.
     """
 
     optimizer: dict[str, Any]
     views: tuple[dict[str, Any], dict[str, Any]]
     source: str
+    linear_lr: float | None = None
 
 
 STRONG_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)

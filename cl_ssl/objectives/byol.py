@@ -29,6 +29,7 @@ IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.6, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_IMAGENET_VIEWS,
     source="CaSSLe bash_files/continual/imagenet-100/byol*.sh (METHODS.md 1.7, 2.8)",
+    linear_lr=3.0,
 )
 
 

@@ -25,6 +25,7 @@ IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=SIMCLR_IMAGENET_VIEWS,
     source="CaSSLe bash_files/continual/imagenet-100/simclr*.sh (METHODS.md 1.7, 2.8)",
+    linear_lr=1.0,
 )
 
 

@@ -38,6 +38,7 @@ IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.8, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
     views=SIMCLR_IMAGENET_VIEWS,
     source="CaSSLe bash_files/continual/imagenet-100/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
+    linear_lr=0.15,
 )
 
 

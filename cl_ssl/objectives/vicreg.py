@@ -17,6 +17,7 @@ IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=(dict(min_scale=0.2, solarize_prob=0.1, blur_prob=0.5, **MILD_JITTER),) * 2,
     source="CaSSLe bash_files/continual/imagenet-100/vicreg*.sh (METHODS.md 1.7, 2.8)",
+    linear_lr=0.3,
 )
 
 
