@@ -16,7 +16,7 @@ offline linear probe trained on all domains ("domain-agnostic", PROTOCOLS.md 3.1
 
 As for ImageNet-100, images are stored once at 224 x 224 (shorter side resized, central square)
 and kept in host memory, each step's batch sent to the devices: 62 GB for the six training
-domains, so the host needs that much free memory. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
+domains and 27 GB for their test images, so the host needs about 90 GB free. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
 TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
 """
 
