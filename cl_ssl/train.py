@@ -57,29 +57,6 @@ def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.nd
     return np.random.default_rng((seed, stage, epoch)).permutation(indices)
 
 
-def _check_domains(config: ml_collections.ConfigDict) -> None:
-    """The domain-incremental settings that can be checked without the data."""
-    d = config.dataset
-    if config.scenario != scenarios.DOMAIN_INCREMENTAL:
-        return
-    if d.name != sources.DOMAINNET:
-        raise ValueError(
-            f"scenario={config.scenario!r} needs a multi-domain data set "
-            f"(dataset.name={sources.DOMAINNET!r}); {d.name!r} has no domains"
-        )
-    domains = tuple(d.domains) or sources.DOMAINNET_CASSLE_ORDER
-    if config.num_tasks != len(domains):
-        raise ValueError(
-            f"num_tasks={config.num_tasks} but the run reads {len(domains)} domains {domains}; "
-            f"set --config.num_tasks={len(domains)} or change dataset.domains"
-        )
-    if config.class_order != "natural":
-        raise ValueError(
-            f"class_order={config.class_order!r} applies to class-incremental scenarios only; "
-            "leave it at 'natural' for domain_incremental, whose tasks follow dataset.domains"
-        )
-
-
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     """Validates ``config``, loads the data and cuts the stages; ValueError says what to change.
 
@@ -104,8 +81,15 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} must lie in "
             f"[0, {epochs}) for {epochs} epochs per stage; lower it or raise the epochs"
         )
-    _check_domains(config)  # before reading data sets that take long to read
     d = config.dataset
+    # Before reading data sets that take long to read.
+    scenarios.check_settings(
+        config.scenario,
+        num_tasks=config.num_tasks,
+        class_order=config.class_order,
+        dataset=d.name,
+        num_domains=sources.num_domains(d.name, tuple(d.domains)),
+    )
     read = dict(data_dir=d.data_dir or None, image_size=d.image_size, domains=tuple(d.domains))
     train = sources.load_split(d.name, "train", **read)
     test = sources.load_split(d.name, "test", **read)

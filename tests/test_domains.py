@@ -107,7 +107,7 @@ def test_domain_incremental_tasks_are_the_domains():
 @pytest.mark.parametrize(
     "num_tasks, kwargs, message",
     [
-        (2, {}, "num_tasks=2 must equal the number of domains"),
+        (2, {}, "num_tasks=2 but the data set provides 3 domains"),
         (3, dict(test_domains=np.array([0, 1, 1])), "every domain needs test images"),
         (3, dict(class_order="random"), "class_order='random' applies to class-incremental"),
         (3, dict(train_domains=None), "needs a multi-domain data set"),
@@ -189,7 +189,7 @@ def test_runlocal_presets_train_end_to_end(mock_tfds, tmp_path, preset, num_exam
 @pytest.mark.parametrize(
     "preset, overrides, message",
     [
-        ("domainnet", dict(num_tasks=5), "num_tasks=5 but the run reads 6 domains"),
+        ("domainnet", dict(num_tasks=5), "num_tasks=5 but the data set provides 6 domains"),
         ("domainnet", dict(class_order="random"), "class_order='random' applies to class-"),
         ("imagenet100", dict(scenario="domain_incremental"), "needs a multi-domain data set"),
         ("imagenet100", {"optimizer.warmup_epochs": 400}, "warmup_epochs=400 must lie in"),

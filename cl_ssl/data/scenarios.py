@@ -357,6 +357,47 @@ def _split_file_for(
     return split
 
 
+def check_settings(
+    kind: str,
+    *,
+    num_tasks: int,
+    class_order: str,
+    dataset: str | None,
+    num_domains: int | None,
+) -> None:
+    """The scenario checks that need no data (a run makes them before reading its data set).
+
+    Args:
+      kind, num_tasks, class_order, dataset: as for `make_scenario`.
+      num_domains: how many domains the data set provides; None for a single-domain data set.
+
+    Raises:
+      ValueError: an unknown kind, fewer than 1 task, a class order outside class-IL, or a
+        domain-IL run without domains or with a task count other than the number of domains.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Unknown scenario kind {kind!r}; choose one of {list(KINDS)}.")
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be at least 1; got {num_tasks}.")
+    if kind == DOMAIN_INCREMENTAL:
+        if num_domains is None:
+            raise ValueError(
+                f"scenario {DOMAIN_INCREMENTAL!r} needs a multi-domain data set (e.g. "
+                f"dataset.name='domainnet'); {dataset!r} has no domains."
+            )
+        if num_tasks != num_domains:
+            raise ValueError(
+                f"num_tasks={num_tasks} but the data set provides {num_domains} domains; set "
+                f"num_tasks={num_domains} or change dataset.domains."
+            )
+    if kind != CLASS_INCREMENTAL and class_order != "natural":
+        tasks_from = "dataset.domains" if kind == DOMAIN_INCREMENTAL else "split_seed"
+        raise ValueError(
+            f"class_order={class_order!r} applies to class-incremental scenarios only; leave "
+            f"it at 'natural' for {kind}, whose tasks follow {tasks_from}."
+        )
+
+
 def make_scenario(
     kind: str,
     train_labels: np.ndarray,
@@ -393,10 +434,13 @@ def make_scenario(
     Raises:
       ValueError: a config that does not fit; the message says what to change.
     """
-    if kind not in KINDS:
-        raise ValueError(f"Unknown scenario kind {kind!r}; choose one of {list(KINDS)}.")
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks must be at least 1; got {num_tasks}.")
+    check_settings(
+        kind,
+        num_tasks=num_tasks,
+        class_order=class_order,
+        dataset=dataset,
+        num_domains=None if train_domains is None else int(np.unique(train_domains).size),
+    )
     train_labels = _as_labels(train_labels, "train_labels")
     test_labels = _as_labels(test_labels, "test_labels")
     for what, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
@@ -406,23 +450,8 @@ def make_scenario(
                 f"[0, {num_classes}); set num_classes to the data set's number of classes."
             )
     if kind == DOMAIN_INCREMENTAL:
-        if train_domains is None or test_domains is None:
-            raise ValueError(
-                f"scenario {DOMAIN_INCREMENTAL!r} needs a multi-domain data set (e.g. "
-                f"dataset.name='domainnet'); {dataset!r} has no domains."
-            )
-        if class_order != "natural":
-            raise ValueError(
-                f"class_order={class_order!r} applies to class-incremental scenarios only; leave "
-                "it at 'natural' for domain_incremental, whose tasks follow dataset.domains."
-            )
         return domain_incremental(train_domains, test_domains, num_tasks=num_tasks)
     if kind == DATA_INCREMENTAL:
-        if class_order != "natural":
-            raise ValueError(
-                f"class_order={class_order!r} applies to class-incremental scenarios only; leave "
-                "it at 'natural' for data_incremental, whose partition is drawn with split_seed."
-            )
         return data_incremental(
             train_labels.size, test_labels, num_tasks=num_tasks, seed=split_seed
         )

@@ -73,6 +73,14 @@ def imagenet100_classes() -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def num_domains(name: str, domains: Sequence[str] = ()) -> int | None:
+    """How many domains `load_split` reads for ``name`` and ``domains``; None for a
+    single-domain data set."""
+    if name != DOMAINNET:
+        return None
+    return len(domains or DOMAINNET_CASSLE_ORDER)
+
+
 def load_split(
     name: str,
     split: str,
