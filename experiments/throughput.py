@@ -12,6 +12,9 @@ utilisation of the JAX step when the device's peak is known.
 
 With ``--strategy=cassle`` (or ``pfr``) the step runs in the second task, so it includes the frozen
 teacher's forward pass and the distillation predictor; compare its images/s with finetune's.
+``--on_device=false`` keeps the images in host memory and sends each step's batch to the devices
+(``dataset.on_device=False``, the ImageNet-100 and DomainNet presets' path); the timed loop then
+includes reading and transferring the batch.
 
 The PyTorch peer needs the `bench` extra (`pip install -e '.[bench]'`); it is skipped if absent.
 """
@@ -40,6 +43,9 @@ _BACKBONE = flags.DEFINE_string("backbone", "resnet18", "Backbone name.")
 _STRATEGY = flags.DEFINE_enum("strategy", "finetune", list(STRATEGIES), "Continual strategy.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time the PyTorch peer loop.")
+_ON_DEVICE = flags.DEFINE_bool(
+    "on_device", True, "Keep the images on the devices (else in host memory, a batch per step)."
+)
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "DataLoader workers of the peer.")
 _PEAK = flags.DEFINE_float(
     "peak_tflops", 0.0, "Device peak TFLOP/s for MFU; 0 looks the device kind up."
@@ -86,21 +92,27 @@ def time_jax() -> dict:
     )
     # The second task: distillation (if any) is on.
     state = parallel.put_replicated(mesh, state.replace(task=np.int32(1)))
-    images = parallel.put_replicated(
-        mesh, np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
-    )
-    step = step_lib.jit_step(step_lib.build_step_fn(objective, strategy, tx), mesh)
-    lr = parallel.put_replicated(mesh, {"lr": np.float32(config.optimizer.lr)})
-    batches = [
-        parallel.global_batch(
-            mesh,
-            np.random.default_rng(i)
-            .choice(NUM_IMAGES, _BATCH.value, replace=False)
-            .astype(np.int32),
-        )
+    host_images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
+    indices = [
+        np.random.default_rng(i).choice(NUM_IMAGES, _BATCH.value, replace=False).astype(np.int32)
         for i in range(4)
     ]
-    lowered = step.lower(state, images, batches[0], lr)
+    if _ON_DEVICE.value:
+        images = parallel.put_replicated(mesh, host_images)
+        batches = [parallel.global_batch(mesh, i) for i in indices]
+
+        def inputs(i):
+            return images, batches[i % 4]
+    else:
+
+        def inputs(i):  # read and sent inside the timed loop, as in training
+            return parallel.gather_batch(mesh, host_images, indices[i % 4]), None
+
+    step = step_lib.jit_step(
+        step_lib.build_step_fn(objective, strategy, tx), mesh, host_batches=not _ON_DEVICE.value
+    )
+    lr = parallel.put_replicated(mesh, {"lr": np.float32(config.optimizer.lr)})
+    lowered = step.lower(state, *inputs(0), lr)
     # FLOPs of the lowered program: after compilation for a GPU the convolutions are cuDNN custom
     # calls, which XLA's cost analysis does not count (it reports about 1% of the FLOPs).
     cost = lowered.cost_analysis()
@@ -108,11 +120,11 @@ def time_jax() -> dict:
     flops = float(cost.get("flops", 0.0))
     step = lowered.compile()
     for i in range(_WARMUP.value):
-        state, metrics = step(state, images, batches[i % 4], lr)
+        state, metrics = step(state, *inputs(i), lr)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(_STEPS.value):
-        state, metrics = step(state, images, batches[i % 4], lr)
+        state, metrics = step(state, *inputs(i), lr)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     return {
@@ -222,6 +234,7 @@ def main(argv):
         "backbone": _BACKBONE.value,
         "dtype": _DTYPE.value,
         "strategy": _STRATEGY.value,
+        "on_device": _ON_DEVICE.value,
     }
     if _PEER.value:
         # The peer runs first: its DataLoader forks worker processes, which is unsafe once JAX
