@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import shipped_config
 
 from cl_ssl.objectives import resolve_config
 
 
-def test_throughput_script_runs_the_train_step():
+@pytest.mark.parametrize("on_device", ["true", "false"])
+def test_throughput_script_runs_the_train_step(on_device):
     out = subprocess.run(
         [
             sys.executable,
@@ -19,6 +21,7 @@ def test_throughput_script_runs_the_train_step():
             "--steps=1",
             "--warmup=1",
             "--peer=false",
+            f"--on_device={on_device}",
         ],
         capture_output=True,
         text=True,
