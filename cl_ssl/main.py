@@ -1,11 +1,15 @@
 """Command-line entry point: ``python -m cl_ssl.main --config=configs/cifar100.py --workdir=DIR``.
 
-Any config value can be overridden on the command line, e.g. ``--config.strategy=offline``.
+Without ``--config`` the run is the built-in demo, ``configs/fashion_mnist.py`` as installed with
+the package (``cl_ssl.configs``), so the command works from any directory. Any config value can be
+overridden on the command line, e.g. ``--config.strategy=offline``.
 On a multi-host system (Cloud TPU pods, GPU clusters) pass ``--multihost`` so that every process
 joins the same run through ``jax.distributed.initialize()``.
 """
 
 from __future__ import annotations
+
+import importlib.resources
 
 import jax
 import numpy as np
@@ -15,8 +19,13 @@ from ml_collections import config_flags
 from cl_ssl import train
 from cl_ssl.evaluation import report
 
+_DEMO_CONFIG = importlib.resources.files("cl_ssl.configs") / "fashion_mnist.py"
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/fashion_mnist.py", "Path of the run's config file.", lock_config=True
+    "config",
+    str(_DEMO_CONFIG),
+    "Path of the run's config file, optionally with ':ARG' for its get_config(ARG); the default "
+    "is the installed demo config (configs/fashion_mnist.py).",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/default", "Folder of checkpoints and results; a run resumes from it."
