@@ -1,14 +1,27 @@
-"""Fixed-shape FIFO queues as pytrees with pure updates (MoCo keys, SwAV features, ISD anchors).
+"""Fixed-shape memories as pytrees with pure updates: FIFO queues and an exemplar memory.
 
-A queue keeps its shape for the whole run, so the train step compiles once however full it is
-(ARCHITECTURE.md rule 3). It is a ring buffer: ``push`` overwrites the oldest rows.
+Both keep their shapes for the whole run, so the train step compiles once however full they are
+(ARCHITECTURE.md rule 3).
+
+* ``Queue`` (MoCo keys, SwAV features, ISD anchors) is a ring buffer: ``push`` overwrites the
+  oldest rows.
+* ``Memory`` holds exemplars of past tasks (replay and distillation) as example ids, labels, tasks
+  and a priority per slot, with their images for data sets kept in host memory. Every update is the
+  union of the memory and a batch of candidates, cut back to the capacity by priority
+  (``keep_top``), optionally with a per-class quota first (``keep_top_per_class``). Random
+  priorities make these reservoir samplers (``reservoir_update``, ``class_balanced_update``).
+  ``herding`` orders a class's examples as iCaRL does, while ``first_per_class`` (Kaizen) and
+  ``random_per_class`` choose exemplars on the host, in NumPy. ``sample`` draws replay batches.
 """
 
 from __future__ import annotations
 
+import math
+
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from cl_ssl.losses import l2_normalize
@@ -64,3 +77,384 @@ def push(queue: Queue, rows: jax.Array) -> Queue:
     start = (queue.ptr,) + (0,) * (rows.ndim - 1)
     items = lax.dynamic_update_slice(queue.items, rows, start)
     return Queue(items=items, ptr=(queue.ptr + rows.shape[0]) % queue.capacity)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exemplar memory
+
+
+@flax.struct.dataclass
+class Memory:
+    """A fixed-shape set of ``capacity`` exemplars; valid slots come first after every update.
+
+    Attributes:
+      ids: int32 [M], example ids (rows of the training set); -1 in empty slots.
+      labels: int32 [M], class labels of the exemplars (-1 where unknown or empty).
+      tasks: int32 [M], the task each exemplar came from; -1 in empty slots.
+      priority: float32 [M], higher is kept first when the memory must shrink; -inf in empty slots.
+      valid: bool [M], which slots hold an exemplar.
+      images: uint8 [M, H, W, C], the exemplars' images, only for data sets kept in host memory
+        (whatever is left over in empty slots); None otherwise.
+    """
+
+    ids: jax.Array
+    labels: jax.Array
+    tasks: jax.Array
+    priority: jax.Array
+    valid: jax.Array
+    images: jax.Array | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.ids.shape[0]
+
+
+def empty_memory(capacity: int, image_shape: tuple[int, ...] | None = None) -> Memory:
+    """A memory of ``capacity`` empty slots, with uint8 images of ``image_shape`` (H, W, C) if given."""
+    images = None if image_shape is None else jnp.zeros((capacity, *image_shape), jnp.uint8)
+    return Memory(
+        ids=jnp.full((capacity,), -1, jnp.int32),
+        labels=jnp.full((capacity,), -1, jnp.int32),
+        tasks=jnp.full((capacity,), -1, jnp.int32),
+        priority=jnp.full((capacity,), -jnp.inf, jnp.float32),
+        valid=jnp.zeros((capacity,), jnp.bool_),
+        images=images,
+    )
+
+
+def _pool(memory: Memory, ids, labels, tasks, priority, valid, images) -> Memory:
+    """The memory's M slots followed by the B candidates, as one Memory of M + B entries.
+
+    ``labels``, ``tasks``, ``priority`` and ``valid`` broadcast to the shape [B] of ``ids``.
+    """
+    if (images is None) != (memory.images is None):
+        raise ValueError(
+            "pass candidate images exactly when the memory stores images (empty_memory's "
+            f"image_shape): the memory has images={memory.images is not None}, the call "
+            f"images={images is not None}"
+        )
+    if images is not None and jnp.shape(images)[1:] != memory.images.shape[1:]:
+        raise ValueError(
+            f"candidate images of shape {jnp.shape(images)} do not match the memory's images "
+            f"{memory.images.shape}: they must be [B, {', '.join(map(str, memory.images.shape[1:]))}]"
+        )
+    shape = jnp.shape(ids)
+    candidates = Memory(
+        ids=jnp.asarray(ids, jnp.int32),
+        labels=jnp.broadcast_to(labels, shape).astype(jnp.int32),
+        tasks=jnp.broadcast_to(tasks, shape).astype(jnp.int32),
+        priority=jnp.broadcast_to(priority, shape).astype(jnp.float32),
+        valid=jnp.broadcast_to(valid, shape).astype(jnp.bool_),
+        images=None if images is None else jnp.asarray(images).astype(memory.images.dtype),
+    )
+    return jax.tree.map(lambda old, new: jnp.concatenate([old, new]), memory, candidates)
+
+
+def _select(pool: Memory, keep: jax.Array, capacity: int) -> Memory:
+    """Of the entries of ``pool`` marked in ``keep``, the ``capacity`` of highest priority, packed
+    first in decreasing priority.
+
+    Ties go to the lower pool index (the memory's slots, then the candidates in order); slots left
+    over are emptied.
+    """
+    index = jnp.arange(keep.shape[0])
+    *_, ranked = lax.sort(
+        (jnp.logical_not(keep).astype(jnp.int32), -pool.priority, index), num_keys=2
+    )
+    chosen = ranked[:capacity]
+    kept = jax.tree.map(lambda x: x[chosen], pool)
+    valid = keep[chosen]
+    return kept.replace(
+        ids=jnp.where(valid, kept.ids, -1),
+        labels=jnp.where(valid, kept.labels, -1),
+        tasks=jnp.where(valid, kept.tasks, -1),
+        priority=jnp.where(valid, kept.priority, -jnp.inf),
+        valid=valid,
+    )
+
+
+def keep_top(
+    memory: Memory,
+    *,
+    ids: jax.Array,
+    labels: jax.Array,
+    tasks: jax.Array,
+    priority: jax.Array,
+    valid: jax.Array,
+    images: jax.Array | None = None,
+) -> Memory:
+    """The ``capacity`` entries of highest priority among the memory's valid slots and the valid
+    candidates.
+
+    Ties go to the memory's existing entries first, then to the candidates in order. The kept
+    entries are packed into the first slots in decreasing priority; the remaining slots are empty.
+    Candidates are not matched against the memory: an id presented twice takes two slots.
+
+    Args:
+      memory: the memory, of capacity M.
+      ids: int [B], the candidates' example ids.
+      labels: int [B] (or a scalar), their class labels (-1 where unknown).
+      tasks: int [B] (or a scalar), the task they come from.
+      priority: float [B], their priorities (higher is kept first).
+      valid: bool [B] (or a scalar); invalid candidates are ignored.
+      images: uint8 [B, H, W, C], their images, exactly when the memory stores images.
+
+    Returns:
+      The updated Memory of capacity M.
+    """
+    pool = _pool(memory, ids, labels, tasks, priority, valid, images)
+    return _select(pool, pool.valid, memory.capacity)
+
+
+def keep_top_per_class(
+    memory: Memory,
+    *,
+    ids: jax.Array,
+    labels: jax.Array,
+    tasks: jax.Array,
+    priority: jax.Array,
+    valid: jax.Array,
+    quota: jax.Array | int,
+    images: jax.Array | None = None,
+) -> Memory:
+    """``keep_top`` with at most ``quota`` entries per class: among the memory's valid slots and the
+    valid candidates, each class keeps its ``quota`` entries of highest priority, then the union is
+    cut to the capacity by priority (ties as in ``keep_top``).
+
+    Per-class keeping needs labels: entries with a label < 0, in the memory or among the
+    candidates, are dropped. The class-wise rank is computed on the device: the entries are sorted
+    by (label, decreasing priority, position) and ranked within each label's segment.
+
+    Args:
+      memory: the memory, of capacity M.
+      ids, labels, tasks, priority, valid, images: the B candidates, as in ``keep_top``.
+      quota: int32 scalar (may be traced), the most entries any class keeps.
+
+    Returns:
+      The updated Memory of capacity M.
+    """
+    pool = _pool(memory, ids, labels, tasks, priority, valid, images)
+    eligible = pool.valid & (pool.labels >= 0)
+    index = jnp.arange(eligible.shape[0])
+    # Eligible entries first, grouped by label, each group in the order ``_select`` ranks them.
+    *keys, order = lax.sort(
+        (jnp.logical_not(eligible).astype(jnp.int32), pool.labels, -pool.priority, index),
+        num_keys=3,
+    )
+    sorted_labels = keys[1]
+    starts = jnp.concatenate([jnp.ones(1, jnp.bool_), sorted_labels[1:] != sorted_labels[:-1]])
+    rank_in_class = index - lax.cummax(jnp.where(starts, index, 0))
+    rank = jnp.zeros_like(index).at[order].set(rank_in_class)
+    return _select(pool, eligible & (rank < quota), memory.capacity)
+
+
+def reservoir_update(
+    memory: Memory,
+    key: jax.Array,
+    *,
+    ids: jax.Array,
+    labels: jax.Array,
+    tasks: jax.Array,
+    valid: jax.Array | None = None,
+    images: jax.Array | None = None,
+) -> Memory:
+    """Reservoir sampling (Vitter 1985, "Random sampling with a reservoir", ACM TOMS 11(1)) in its
+    "top-M random keys" form.
+
+    Each presented candidate draws a priority u ~ U(0, 1) from ``key``, and the memory keeps the M
+    highest keys among everything presented so far (``keep_top``). After n examples the memory is
+    a uniform random subset of size min(M, n), so every presented example is kept with probability
+    min(1, M / n), as with Vitter's Algorithm R. Use a fresh ``key`` for every call.
+
+    Args:
+      memory: the memory, of capacity M.
+      key: PRNG key for this batch's priorities.
+      ids, labels, tasks, images: the B candidates, as in ``keep_top``.
+      valid: bool [B]; None presents every candidate.
+
+    Returns:
+      The updated Memory of capacity M.
+    """
+    priority = jax.random.uniform(key, jnp.shape(ids), jnp.float32)
+    return keep_top(
+        memory,
+        ids=ids,
+        labels=labels,
+        tasks=tasks,
+        priority=priority,
+        valid=True if valid is None else valid,
+        images=images,
+    )
+
+
+def class_balanced_update(
+    memory: Memory,
+    key: jax.Array,
+    *,
+    ids: jax.Array,
+    labels: jax.Array,
+    tasks: jax.Array,
+    quota: jax.Array | int,
+    valid: jax.Array | None = None,
+    images: jax.Array | None = None,
+) -> Memory:
+    """The class-balanced reservoir: random priorities u ~ U(0, 1), as in ``reservoir_update``,
+    kept with ``keep_top_per_class``.
+
+    Each class keeps the ``quota`` highest keys among its presented examples, i.e. a uniform random
+    subset of size min(quota, n_c) of its n_c examples (Vitter's argument within each class); the
+    union is then cut to the capacity by priority. Lowering the quota (more classes seen, see
+    ``class_quota``) shrinks every class to a uniform subset of what it held. Labels must be >= 0;
+    candidates with a label < 0 are dropped.
+
+    Args:
+      memory: the memory, of capacity M.
+      key: PRNG key for this batch's priorities.
+      ids, labels, tasks, images: the B candidates, as in ``keep_top``.
+      quota: int32 scalar (may be traced), the most exemplars per class.
+      valid: bool [B]; None presents every candidate.
+
+    Returns:
+      The updated Memory of capacity M.
+    """
+    priority = jax.random.uniform(key, jnp.shape(ids), jnp.float32)
+    return keep_top_per_class(
+        memory,
+        ids=ids,
+        labels=labels,
+        tasks=tasks,
+        priority=priority,
+        valid=True if valid is None else valid,
+        quota=quota,
+        images=images,
+    )
+
+
+def class_quota(num_seen_classes: int, *, capacity: int, per_class: int) -> int:
+    """The number of exemplars each class may keep.
+
+    ``per_class`` when it is > 0 (a fixed number per class, the memory growing with the classes up
+    to its capacity); otherwise ``capacity // num_seen_classes`` (a fixed total shared equally by
+    the seen classes: iCaRL's m = K / t, Rebuffi et al., CVPR 2017, Alg. 2).
+    """
+    if per_class > 0:
+        return per_class
+    if num_seen_classes < 1:
+        raise ValueError(
+            f"class_quota: num_seen_classes must be >= 1 to share the capacity, got {num_seen_classes}"
+        )
+    quota = capacity // num_seen_classes
+    if quota == 0:
+        raise ValueError(
+            f"class_quota: a memory of capacity {capacity} shared by {num_seen_classes} classes "
+            f"leaves 0 exemplars per class; raise the capacity to at least {num_seen_classes} or "
+            f"set a fixed number per class"
+        )
+    return quota
+
+
+def herding(features: jax.Array, num_exemplars: int) -> jax.Array:
+    """iCaRL's herding selection (Rebuffi et al., CVPR 2017, Sec. 2.2 and Algorithm 4).
+
+    With phi_i the L2-normalised rows of ``features`` and mu their mean, for k = 1, ..., m:
+
+      p_k = argmin_{i not in {p_1, ..., p_{k-1}}} || mu - (1/k) (phi_i + sum_{j<k} phi_{p_j}) ||
+
+    ties going to the lowest index. The order is greedy, so the first q indices are the herding
+    selection of size q: shrinking a class's exemplar set is a slice. Jit-compatible with
+    ``num_exemplars`` static.
+
+    Args:
+      features: float [N, D], the features of one class's examples (not normalised).
+      num_exemplars: m <= N, the number of exemplars to choose.
+
+    Returns:
+      int32 [m], indices into the rows of ``features``, in priority order.
+    """
+    n = features.shape[0]
+    if not 0 <= num_exemplars <= n:
+        raise ValueError(
+            f"herding: cannot choose {num_exemplars} exemplars among {n} rows; num_exemplars must "
+            f"be between 0 and the number of rows"
+        )
+    features = jnp.asarray(features)
+    phi = l2_normalize(features.astype(jnp.promote_types(features.dtype, jnp.float32)))
+    mean = jnp.mean(phi, axis=0)
+
+    def pick(carry, k):
+        taken, picked_sum = carry
+        distance = jnp.sum(jnp.square(mean - (picked_sum + phi) / k), axis=-1)
+        best = jnp.argmin(jnp.where(taken, jnp.inf, distance)).astype(jnp.int32)
+        return (taken.at[best].set(True), picked_sum + phi[best]), best
+
+    ks = jnp.arange(1, num_exemplars + 1, dtype=phi.dtype)
+    _, order = lax.scan(pick, (jnp.zeros(n, jnp.bool_), jnp.zeros_like(mean)), ks)
+    return order
+
+
+def first_per_class(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Kaizen's exemplars (Tang et al., "Kaizen: Practical self-supervised continual learning with
+    continual fine-tuning", WACV 2024): for each class, its first floor(fraction * n_c) rows in data
+    set order. Host-side NumPy.
+
+    Args:
+      labels: int [N], the class of each row.
+      fraction: in [0, 1], the share of each class to keep.
+
+    Returns:
+      int [K], the kept row indices, sorted in data set order.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"first_per_class: fraction must be in [0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    kept = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        # The tolerance keeps e.g. 0.29 * 100 = 28.999999999999996 at 29 rows.
+        kept.append(rows[: math.floor(fraction * len(rows) + 1e-9)])
+    return np.sort(np.concatenate([np.zeros(0, np.int64), *kept]))
+
+
+def random_per_class(
+    labels: np.ndarray, num_per_class: int, rng: np.random.Generator
+) -> np.ndarray:
+    """For each class, min(num_per_class, n_c) of its rows drawn uniformly without replacement.
+    Host-side NumPy.
+
+    Args:
+      labels: int [N], the class of each row.
+      num_per_class: the number of rows to draw from each class.
+      rng: the generator to draw with (the result is a function of its state).
+
+    Returns:
+      int [K], the drawn row indices, class by class in increasing label, each class's rows in the
+      order drawn (its priority order).
+    """
+    labels = np.asarray(labels)
+    drawn = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        drawn.append(rng.choice(rows, size=min(num_per_class, len(rows)), replace=False))
+    return np.concatenate([np.zeros(0, np.int64), *drawn])
+
+
+def sample(memory: Memory, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """A uniform draw of ``batch_size`` slots without replacement among the memory's valid slots.
+
+    Every slot draws a random key (-inf for empty slots) and the ``batch_size`` highest are taken
+    (``lax.top_k``). When fewer than ``batch_size`` slots are valid, the extra rows are masked out
+    and point at slot 0. Jit-compatible with ``batch_size`` static.
+
+    Returns:
+      (slots, mask): int32 [batch_size] slot indices and bool [batch_size], True for drawn rows.
+    """
+    scores = jnp.where(memory.valid, jax.random.uniform(key, (memory.capacity,)), -jnp.inf)
+    scores = jnp.pad(scores, (0, max(0, batch_size - memory.capacity)), constant_values=-jnp.inf)
+    values, slots = lax.top_k(scores, batch_size)
+    mask = values > -jnp.inf
+    return jnp.where(mask, slots, 0).astype(jnp.int32), mask
+
+
+def nbytes(memory: Memory) -> int:
+    """The memory's size in bytes (the sum over its arrays), for reporting."""
+    return sum(leaf.nbytes for leaf in jax.tree.leaves(memory))

@@ -1,0 +1,384 @@
+"""Tests of the exemplar memory in cl_ssl.memory against NumPy transcriptions, hand-made cases and
+sampling statistics (vmapped over PRNG keys)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cl_ssl import memory
+
+TRIALS = 2000  # PRNG keys per statistical test
+SIGMAS = 5.0  # tolerance of the statistical tests, in binomial standard deviations
+
+# Jitted once for the whole file: calls with the same shapes share one compilation.
+keep_top = jax.jit(memory.keep_top)
+keep_top_per_class = jax.jit(memory.keep_top_per_class)  # the quota is traced
+reservoir_update = jax.jit(memory.reservoir_update)
+herding = jax.jit(memory.herding, static_argnums=1)
+sample = jax.jit(memory.sample, static_argnums=2)
+
+
+def _assert_frequencies(counts, probability, trials=TRIALS):
+    """Each empirical frequency counts / trials is within SIGMAS binomial sigmas of probability."""
+    sigma = np.sqrt(probability * (1 - probability) / trials)
+    np.testing.assert_array_less(np.abs(np.asarray(counts) / trials - probability), SIGMAS * sigma)
+
+
+def _stored(mem):
+    """The memory's valid entries as NumPy arrays (ids, labels, tasks, priority)."""
+    valid = np.asarray(mem.valid)
+    return tuple(np.asarray(x)[valid] for x in (mem.ids, mem.labels, mem.tasks, mem.priority))
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy references, with explicit loops.
+
+
+def np_herding(features, num_exemplars):
+    """iCaRL Algorithm 4, line by line, in float64 (strict < keeps the lowest index on ties)."""
+    features = np.asarray(features, np.float64)
+    phi = features / np.linalg.norm(features, axis=1, keepdims=True)
+    mu = phi.mean(axis=0)
+    chosen = []
+    for k in range(1, num_exemplars + 1):
+        best, best_distance = None, np.inf
+        for i in range(len(phi)):
+            if i in chosen:
+                continue
+            distance = np.linalg.norm(mu - (phi[i] + sum(phi[j] for j in chosen)) / k)
+            if distance < best_distance:
+                best, best_distance = i, distance
+        chosen.append(best)
+    return np.array(chosen)
+
+
+def np_keep(mem, ids, labels, tasks, priority, valid, quota=None):
+    """The union of the memory's valid slots and the valid candidates; with a quota, each class
+    (labels >= 0 only) keeps its ``quota`` highest priorities; then the ``capacity`` highest.
+    Ties go to the memory first, then the candidates in order. Returns the packed expected arrays."""
+    stored = list(zip(*_stored(mem), strict=True))  # the memory's valid slots, in slot order
+    presented = [
+        e for e, v in zip(zip(ids, labels, tasks, priority, strict=True), valid, strict=True) if v
+    ]
+    # (position in the union, id, label, task, priority)
+    entries = [(pos, *entry) for pos, entry in enumerate(stored + presented)]
+    if quota is not None:
+        kept = []
+        for label in sorted({e[2] for e in entries if e[2] >= 0}):
+            in_class = sorted((e for e in entries if e[2] == label), key=lambda e: (-e[4], e[0]))
+            kept += in_class[:quota]
+        entries = kept
+    entries = sorted(entries, key=lambda e: (-e[4], e[0]))[: mem.capacity]
+    pad = mem.capacity - len(entries)
+    return {
+        "ids": np.array([e[1] for e in entries] + [-1] * pad, np.int32),
+        "labels": np.array([e[2] for e in entries] + [-1] * pad, np.int32),
+        "tasks": np.array([e[3] for e in entries] + [-1] * pad, np.int32),
+        "priority": np.array([e[4] for e in entries] + [-np.inf] * pad, np.float32),
+        "valid": np.array([True] * len(entries) + [False] * pad),
+    }
+
+
+def _assert_memory_equals(mem, expected):
+    for name, value in expected.items():
+        np.testing.assert_array_equal(getattr(mem, name), value, err_msg=name)
+
+
+def _candidates(seed, batch, num_classes=3, first_id=0):
+    """Random candidates with tied integer priorities, some invalid, some with label -1."""
+    rng = np.random.default_rng(seed)
+    return {
+        "ids": np.arange(first_id, first_id + batch, dtype=np.int32),
+        "labels": rng.integers(-1, num_classes, batch).astype(np.int32),
+        "tasks": rng.integers(0, 3, batch).astype(np.int32),
+        "priority": rng.integers(0, 4, batch).astype(np.float32),
+        "valid": rng.random(batch) < 0.8,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The pytree
+
+
+def test_empty_memory_and_nbytes():
+    mem = memory.empty_memory(10, (4, 4, 3))
+    assert mem.capacity == 10
+    assert mem.ids.dtype == mem.labels.dtype == mem.tasks.dtype == jnp.int32
+    assert mem.priority.dtype == jnp.float32 and mem.valid.dtype == jnp.bool_
+    assert mem.images.shape == (10, 4, 4, 3) and mem.images.dtype == jnp.uint8
+    assert not mem.valid.any() and (mem.ids == -1).all() and (mem.priority == -np.inf).all()
+    assert memory.nbytes(mem) == 10 * (4 + 4 + 4 + 4 + 1) + 10 * 4 * 4 * 3
+    assert memory.empty_memory(10).images is None
+    assert memory.nbytes(memory.empty_memory(10)) == 10 * (4 + 4 + 4 + 4 + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# keep_top and keep_top_per_class
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_top_matches_numpy_reference(seed):
+    mem = memory.empty_memory(6)
+    for step in range(4):
+        candidates = _candidates(10 * seed + step, 5, first_id=5 * step)
+        expected = np_keep(mem, **candidates)
+        mem = keep_top(mem, **candidates)
+        _assert_memory_equals(mem, expected)
+
+
+@pytest.mark.parametrize("seed, quota", [(0, 1), (1, 2), (2, 3), (3, 10)])
+def test_keep_top_per_class_matches_numpy_reference(seed, quota):
+    mem = memory.empty_memory(7)
+    for step in range(4):
+        candidates = _candidates(10 * seed + step, 6, first_id=6 * step)
+        expected = np_keep(mem, **candidates, quota=quota)
+        mem = keep_top_per_class(mem, **candidates, quota=jnp.int32(quota))
+        _assert_memory_equals(mem, expected)
+        assert (np.asarray(mem.labels)[np.asarray(mem.valid)] >= 0).all()
+
+
+def test_keep_top_per_class_shrinks_classes_to_a_lower_quota():
+    mem = memory.empty_memory(8)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    priority = np.arange(8, dtype=np.float32)
+    mem = keep_top(mem, ids=np.arange(8), labels=labels, tasks=0, priority=priority, valid=True)
+    shrunk = keep_top_per_class(
+        mem, ids=np.zeros(1), labels=0, tasks=0, priority=0.0, valid=False, quota=2
+    )
+    np.testing.assert_array_equal(shrunk.ids, [7, 6, 3, 2, -1, -1, -1, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reservoir sampling
+
+
+def _stream(update, ids, labels, batch, capacity, **kwargs):
+    """Presents ``ids`` batch by batch to TRIALS memories at once, each drawing its own keys.
+
+    Returns the memories after each batch as NumPy arrays [TRIALS, num_batches, capacity]."""
+    step = jax.jit(
+        jax.vmap(
+            lambda mem, key, batch_ids, batch_labels: update(
+                mem, key, ids=batch_ids, labels=batch_labels, tasks=0, **kwargs
+            ),
+            (0, 0, None, None),
+        )
+    )
+    mem = jax.tree.map(
+        lambda x: jnp.broadcast_to(x, (TRIALS, *x.shape)), memory.empty_memory(capacity)
+    )
+    history = []
+    for start in range(0, len(ids), batch):
+        keys = jax.random.split(jax.random.key(start), TRIALS)
+        mem = step(mem, keys, ids[start : start + batch], labels[start : start + batch])
+        history.append(mem)
+    return jax.tree.map(lambda *steps: np.stack(steps, axis=1), *history)
+
+
+def test_reservoir_inclusion_probability_is_m_over_n():
+    capacity, n, batch = 10, 40, 4
+    ids = np.random.default_rng(0).permutation(100)[:n].astype(np.int32)  # arbitrary ids
+    history = _stream(
+        memory.reservoir_update,
+        ids,
+        np.zeros(n, np.int32),
+        batch,
+        capacity=capacity,
+    )
+    valid = np.asarray(history.valid)  # [trials, batches, capacity]
+    seen = batch * np.arange(1, n // batch + 1)
+    np.testing.assert_array_equal(
+        valid.sum(-1), np.broadcast_to(np.minimum(capacity, seen), valid.shape[:2])
+    )
+    final_ids, final_valid = np.asarray(history.ids)[:, -1], valid[:, -1]
+    for trial_ids in final_ids:
+        assert len(set(trial_ids)) == capacity and set(trial_ids) <= set(ids)
+    counts = [np.sum((final_ids == i) & final_valid) for i in ids]
+    _assert_frequencies(counts, capacity / n)
+
+
+def test_reservoir_ignores_invalid_candidates():
+    mem = reservoir_update(
+        memory.empty_memory(8),
+        jax.random.key(1),
+        ids=np.arange(6),
+        labels=0,
+        tasks=2,
+        valid=np.array([True, False, True, True, False, True]),
+    )
+    ids, _, tasks, _ = _stored(mem)
+    assert sorted(ids) == [0, 2, 3, 5] and (tasks == 2).all()
+    assert not np.asarray(mem.valid)[4:].any()  # valid slots packed first
+
+
+def test_class_balanced_quota_and_uniformity_within_class():
+    capacity, quota, batch = 16, 5, 4
+    sizes = {0: 20, 1: 12, 2: 4}
+    labels_by_id = np.repeat(list(sizes), list(sizes.values())).astype(np.int32)
+    ids = np.random.default_rng(1).permutation(len(labels_by_id)).astype(np.int32)  # stream order
+    history = _stream(
+        memory.class_balanced_update,
+        ids,
+        labels_by_id[ids],
+        batch,
+        capacity=capacity,
+        quota=jnp.int32(quota),
+    )
+    valid, hist_ids = np.asarray(history.valid), np.asarray(history.ids)
+    np.testing.assert_array_equal(np.asarray(history.labels)[valid], labels_by_id[hist_ids[valid]])
+    per_class = np.stack([((np.asarray(history.labels) == c) & valid).sum(-1) for c in sizes], -1)
+    assert per_class.max() <= quota
+    np.testing.assert_array_equal(per_class[:, -1], np.broadcast_to([5, 5, 4], (TRIALS, 3)))
+    final_ids, final_valid = hist_ids[:, -1], valid[:, -1]
+    for c, size in sizes.items():
+        counts = [np.sum((final_ids == i) & final_valid) for i in np.flatnonzero(labels_by_id == c)]
+        if size <= quota:
+            assert min(counts) == TRIALS
+        else:
+            _assert_frequencies(counts, quota / size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Herding
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_herding_matches_icarl_algorithm_4(seed):
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((24, 6)) * rng.uniform(0.1, 10.0, (24, 1))  # rows of any norm
+    features = features.astype(np.float32)
+    indices = herding(features, 24)
+    assert indices.dtype == jnp.int32 and indices.shape == (24,)
+    np.testing.assert_array_equal(indices, np_herding(features, 24))
+    assert sorted(np.asarray(indices)) == list(range(24))  # a permutation when m = N
+
+
+def test_herding_ties_go_to_the_lowest_index():
+    base = np.random.default_rng(4).standard_normal((5, 4)).astype(np.float32)
+    features = np.concatenate([base, base, base])  # each row three times: exact ties
+    features = features[np.random.default_rng(5).permutation(15)]
+    indices = np.asarray(herding(features, 12))
+    np.testing.assert_array_equal(indices, np_herding(features, 12))
+    # Of identical rows, the earliest is picked first.
+    first = {}
+    for i in indices:
+        assert i >= first.setdefault(features[i].tobytes(), i)
+    assert len(first) == 5
+
+
+def test_herding_prefix_is_the_smaller_selection():
+    features = np.random.default_rng(6).standard_normal((12, 5)).astype(np.float32)
+    np.testing.assert_array_equal(herding(features, 3), herding(features, 5)[:3])
+    assert herding(features, 0).shape == (0,)
+
+
+def test_herding_rejects_more_exemplars_than_rows():
+    with pytest.raises(ValueError, match="cannot choose 6 exemplars among 5 rows"):
+        memory.herding(np.ones((5, 3), np.float32), 6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side choices
+
+
+def test_first_per_class_hand_made_case():
+    labels = np.array([1, 1, 0, 2, 1, 0, 2, 0, 1, 0, 2, 1, 2])
+    # class 0: rows 2 5 7 9 -> 2, 5; class 1: rows 0 1 4 8 11 -> floor(2.5) = 2 -> 0, 1;
+    # class 2: rows 3 6 10 12 -> 3, 6.
+    np.testing.assert_array_equal(memory.first_per_class(labels, 0.5), [0, 1, 2, 3, 5, 6])
+    np.testing.assert_array_equal(memory.first_per_class(labels, 0.25), [0, 2, 3])
+    np.testing.assert_array_equal(memory.first_per_class(labels, 1.0), np.arange(13))
+    assert memory.first_per_class(labels, 0.0).size == 0
+    assert len(memory.first_per_class(np.zeros(100, int), 0.29)) == 29  # 0.29 * 100 < 29 in floats
+    with pytest.raises(ValueError, match="fraction"):
+        memory.first_per_class(labels, 1.5)
+
+
+def test_random_per_class_counts_membership_and_determinism():
+    labels = np.random.default_rng(7).permutation(np.repeat([0, 1, 2], [3, 7, 10]))
+    drawn = memory.random_per_class(labels, 5, np.random.default_rng(0))
+    assert len(set(drawn)) == len(drawn) == 3 + 5 + 5
+    np.testing.assert_array_equal(labels[drawn], np.repeat([0, 1, 2], [3, 5, 5]))  # class by class
+    np.testing.assert_array_equal(
+        drawn, memory.random_per_class(labels, 5, np.random.default_rng(0))
+    )
+    assert not np.array_equal(drawn, memory.random_per_class(labels, 5, np.random.default_rng(1)))
+    counts = np.zeros(len(labels))
+    for seed in range(TRIALS):
+        np.add.at(counts, memory.random_per_class(labels, 5, np.random.default_rng(seed)), 1)
+    _assert_frequencies(counts[labels == 1], 5 / 7)
+    _assert_frequencies(counts[labels == 2], 5 / 10)
+    assert (counts[labels == 0] == TRIALS).all()
+
+
+def test_class_quota():
+    assert memory.class_quota(10, capacity=2000, per_class=20) == 20
+    assert memory.class_quota(10, capacity=2000, per_class=0) == 200
+    assert memory.class_quota(3, capacity=2000, per_class=0) == 666
+    with pytest.raises(ValueError, match="0 exemplars per class"):
+        memory.class_quota(10, capacity=5, per_class=0)
+    with pytest.raises(ValueError, match="num_seen_classes"):
+        memory.class_quota(0, capacity=5, per_class=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling replay batches
+
+
+def _memory_with(num_valid, capacity):
+    return keep_top(
+        memory.empty_memory(capacity),
+        ids=100 + np.arange(num_valid),
+        labels=0,
+        tasks=0,
+        priority=np.zeros(num_valid, np.float32),
+        valid=True,
+    )
+
+
+@pytest.mark.parametrize("batch_size", [5, 10, 16])
+def test_sample_draws_distinct_valid_slots(batch_size):
+    mem = _memory_with(7, 12)
+    for seed in range(3):
+        slots, mask = sample(mem, jax.random.key(seed), batch_size)
+        assert slots.dtype == jnp.int32 and slots.shape == mask.shape == (batch_size,)
+        slots, mask = np.asarray(slots), np.asarray(mask)
+        np.testing.assert_array_equal(mask, np.arange(batch_size) < min(batch_size, 7))
+        assert len(set(slots[mask])) == mask.sum() and np.asarray(mem.valid)[slots[mask]].all()
+        assert ((0 <= slots) & (slots < 12)).all()
+
+
+def test_sample_is_uniform():
+    mem = _memory_with(7, 12)
+    keys = jax.random.split(jax.random.key(3), TRIALS)
+    slots, mask = jax.jit(jax.vmap(memory.sample, (None, 0, None)), static_argnums=2)(mem, keys, 3)
+    assert np.asarray(mask).all()
+    counts = np.bincount(np.asarray(slots).ravel(), minlength=12)
+    assert counts[7:].sum() == 0
+    _assert_frequencies(counts[:7], 3 / 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def test_images_follow_their_ids():
+    images = np.random.default_rng(8).integers(0, 256, (40, 2, 3, 1), dtype=np.uint8)
+    balanced = jax.jit(functools.partial(memory.class_balanced_update, quota=3))
+    mem_r = mem_b = memory.empty_memory(8, (2, 3, 1))
+    for step in range(5):
+        ids = np.arange(8 * step, 8 * step + 8)
+        key = jax.random.key(step)
+        mem_r = reservoir_update(mem_r, key, ids=ids, labels=ids % 3, tasks=0, images=images[ids])
+        mem_b = balanced(mem_b, key, ids=ids, labels=ids % 3, tasks=0, images=images[ids])
+        for mem in (mem_r, mem_b):
+            valid = np.asarray(mem.valid)
+            assert valid.sum() == 8
+            np.testing.assert_array_equal(
+                np.asarray(mem.images)[valid], images[np.asarray(mem.ids)[valid]]
+            )
+    with pytest.raises(ValueError, match="images"):
+        memory.reservoir_update(mem_r, jax.random.key(0), ids=np.arange(2), labels=0, tasks=0)
