@@ -1,4 +1,4 @@
-"""Device mesh and shardings for data parallelism (ARCHITECTURE.md rule 4).
+"""Device mesh and shardings: data parallelism by sharding the batch, not by hand.
 
 One 1-D mesh over every device of every host, axis ``data``. The train state and the on-device data
 sets are replicated; each step's batch of example indices (or, for a data set kept in host memory,

@@ -7,18 +7,19 @@
 The argument after ':' is a comma-separated list of variants:
   class_incremental (the default): 5 tasks of 20 classes in CaSSLe's order (torch seed 5).
   data_incremental: 5 random, not class-balanced, fifths of the training set, the remainder to the
-    first task (PROTOCOLS.md 2.5). The partition is drawn with numpy from ``split_seed`` 42: the
-    same sizes and rule as CaSSLe's ``random_split`` with a torch generator seeded 42, not the same
-    images (JAX cannot regenerate a torch permutation).
+    first task (``cassle/utils/pretrain_dataloader.py::split_dataset``). The partition is drawn
+    with numpy from ``split_seed`` 42: the same sizes and rule as CaSSLe's ``random_split`` with a
+    torch generator seeded 42, not the same images (JAX cannot regenerate a torch permutation).
   cassle, pfr, finetune, offline: the continual strategy.
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task).
 
-Everything else is CaSSLe's CIFAR-100 recipe (METHODS.md 2.8): ResNet-18 with the CIFAR stem,
-500 epochs per task, batch 256, SGD momentum 0.9 with LARS (eta 0.02, clipping, bias and norm
-excluded except for SwAV), 10 warm-up epochs from 0.003 and a per-epoch cosine, and each objective's
-learning rate, weight decay and augmentations (its ``Recipe``, filled when the run starts).
-CaSSLe's online probe on the full labelled set is not run; the offline linear probe of
-PROTOCOLS.md 3.1 evaluates every task.
+Everything else is CaSSLe's CIFAR-100 recipe (Fini et al., CVPR 2022;
+``bash_files/continual/cifar/*.sh``): ResNet-18 with the CIFAR stem, 500 epochs per task, batch
+256, SGD momentum 0.9 with LARS (eta 0.02, clipping, bias and norm excluded except for SwAV), 10
+warm-up epochs from 0.003 and a per-epoch cosine, and each objective's learning rate, weight decay
+and augmentations (its ``Recipe``, filled when the run starts). CaSSLe's online probe on the full
+labelled set is not run; the offline linear probe of CaSSLe's ``main_linear.py`` evaluates every
+task.
 
 CIFAR-100 must be prepared once with tfds (needs TensorFlow, ``pip install '.[prepare]'``):
 ``python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=DIR``, then add

@@ -8,11 +8,12 @@ continual strategy), runlocal (a tiny smoke-test variant: the tiny ResNet, 1 epo
 32-pixel images).
 
 One task per domain, all 345 classes in every task, in CaSSLe's order real -> quickdraw ->
-painting -> sketch -> infograph -> clipart (PROTOCOLS.md 2.6; ``--config.dataset.domains`` picks
-another order or a subset, with num_tasks set to its length). Each task tests on its own domain's
-test images. CaSSLe's recipe otherwise (METHODS.md 2.8): 200 epochs per task, batch 256, the
-ImageNet-100 settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the
-offline linear probe trained on all domains ("domain-agnostic", PROTOCOLS.md 3.1).
+painting -> sketch -> infograph -> clipart (``cassle/methods/base.py``;
+``--config.dataset.domains`` picks another order or a subset, with num_tasks set to its length).
+Each task tests on its own domain's test images. CaSSLe's recipe otherwise (Fini et al., CVPR
+2022; ``bash_files/continual/domainnet/*.sh``): 200 epochs per task, batch 256, the ImageNet-100
+settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the offline linear
+probe trained on all domains ("domain-agnostic", ``bash_files/linear/domainnet/domain/*.sh``).
 
 As for ImageNet-100, images are stored once at 224 x 224 (shorter side resized, central square)
 and kept in host memory, each step's batch sent to the devices: 62 GB for the six training

@@ -12,11 +12,12 @@ The argument after ':' is a comma-separated list of variants:
   cassle, pfr, finetune, offline: the continual strategy.
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task, 32-pixel images).
 
-Everything else is CaSSLe's ImageNet-100 recipe (METHODS.md 2.8): the 100 CMC classes, ResNet-18
-with the ImageNet stem on 224-pixel crops, 400 epochs per task, batch 256, SGD momentum 0.9 with
-LARS, and each objective's ImageNet-100 learning rate, weight decay and augmentations (only
-SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one). The offline linear probe of PROTOCOLS.md 3.1
-evaluates every task.
+Everything else is CaSSLe's ImageNet-100 recipe (Fini et al., CVPR 2022; its scripts
+``bash_files/continual/imagenet-100/class/*.sh``): the 100 CMC classes, ResNet-18 with the
+ImageNet stem on 224-pixel crops, 400 epochs per task, batch 256, SGD momentum 0.9 with LARS, and
+each objective's ImageNet-100 learning rate, weight decay and augmentations (only SimCLR, BYOL,
+Barlow Twins, SwAV and VICReg have one). CaSSLe's offline linear probe (``main_linear.py`` with
+``bash_files/linear/imagenet-100/class/*.sh``) evaluates every task.
 
 Two differences from CaSSLe's pipeline: every image is stored once at 224 x 224 (shorter side
 resized to 224, then the central square), so the random resized crops are taken from that square,

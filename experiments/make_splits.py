@@ -3,7 +3,8 @@
     python -m experiments.make_splits [OUT_DIR]   # from the repository root; OUT_DIR defaults to
                                                   # cl_ssl/data/splits
 
-Files (PROTOCOLS.md 2.2, 2.3, 2.7), all in the order-of-appearance convention:
+Files (iCaRL's order, Rebuffi et al., CVPR 2017; CaSSLe's, ``main_pretrain.py``), all in the
+order-of-appearance convention:
 - cifar100_icarl1993_{5x20,10x10,20x5}: ``np.random.seed(1993); np.random.permutation(100)``;
 - cifar100_cassle_seed5 and imagenet100_cassle_seed5 (5x20): ``torch.manual_seed(5);
   torch.randperm(100).chunk(5)``, the same call for both data sets. They need torch; without torch

@@ -18,7 +18,8 @@ from cl_ssl.data import scenarios, sources
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEBIAN_DIR = sources.DEFAULT_IDX_DIR
 
-# PROTOCOLS.md 2.2: np.random.seed(1993); np.random.permutation(100).
+# iCaRL's class order (Rebuffi et al., CVPR 2017): np.random.seed(1993);
+# np.random.permutation(100).
 ICARL_PERMUTATION = """
     68 56 78  8 23 84 90 65 74 76  40 89  3 92 55  9 26 80 43 38
     58 70 77  1 85 19 17 50 28 53  13 81 45 82  6 59 83 16 15 44
@@ -26,7 +27,7 @@ ICARL_PERMUTATION = """
     42 22 35 86 24 34 87 21 99  0  88 27 18 94 11 12 47 25 30 46
     62 69 36 61  7 63 75  5 32  4  51 48 73 93 39 67 29 49 57 33
 """
-# PROTOCOLS.md 2.2: per-task class sets, order-of-appearance convention, sorted within a task.
+# iCaRL order: per-task class sets, order-of-appearance convention, sorted within a task.
 ICARL_5X20 = """
     3 8 9 23 26 38 40 43 55 56 65 68 74 76 78 80 84 89 90 92
     1 6 13 15 16 17 19 28 44 45 50 53 58 59 70 77 81 82 83 85

@@ -1,6 +1,7 @@
-"""Tests of the distillation terms of cl_ssl.losses.distill (METHODS.md 3.3, 3.4): NumPy
-transcriptions of the formulas, closed forms, stop-gradient on the teacher, finite differences,
-batch-permutation invariance, input checks, and 1 device against 4 (sharded jit and shard_map)."""
+"""Tests of the distillation terms of cl_ssl.losses.distill (CaSSLe, Fini et al., CVPR 2022;
+PFR, Gomez-Villa et al., CVPRW 2022): NumPy transcriptions of the formulas, closed forms,
+stop-gradient on the teacher, finite differences, batch-permutation invariance, input checks,
+and 1 device against 4 (sharded jit and shard_map)."""
 
 import functools
 
@@ -48,7 +49,8 @@ def mesh():
 
 
 # ---------------------------------------------------------------------------------------------
-# NumPy references, written from METHODS.md 3.3 / 3.4 with explicit loops, in float64.
+# NumPy references, written from CaSSLe's cassle/distillers/*.py and PFR's distiller with
+# explicit loops, in float64.
 
 
 def np_contrastive_distillation(predictions, targets, temperature):
@@ -250,7 +252,8 @@ def test_contrastive_distillation_closed_forms():
         losses.contrastive_distillation(views, views, temperature=tau), expected, rtol=RTOL
     )
     # Both views identical: the other view of the same image is *not* masked out of the
-    # denominator (METHODS.md 3.3), so it scores 1/tau beside the target: log(2 + (2B - 2) e^-1/tau).
+    # denominator (as in cassle/losses/simclr.py::simclr_distill_loss_func), so it scores 1/tau
+    # beside the target: log(2 + (2B - 2) e^-1/tau).
     same = (e[:b], e[:b])
     expected = np.log(2 + (2 * b - 2) * np.exp(-1 / tau))
     np.testing.assert_allclose(

@@ -164,7 +164,8 @@ def test_imagenet_recipe_fills_the_imagenet100_values():
     c.objective = "byol"
     r = resolve_config(c)
     assert (r.optimizer.lr, r.optimizer.weight_decay) == (0.6, 1e-5)
-    assert r.eval.linear.learning_rate == 3.0  # CaSSLe's BYOL linear script (PROTOCOLS.md 3.1)
+    # CaSSLe's bash_files/linear/imagenet-100/class/byol_linear.sh
+    assert r.eval.linear.learning_rate == 3.0
     assert (r.augment.view1.blur_prob, r.augment.view2.blur_prob) == (1.0, 0.1)
     assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == (0.0, 0.2)
     c.objective = "isd"

@@ -1,4 +1,7 @@
-"""LARS, SGD and the warmup-cosine schedule against NumPy transcriptions of METHODS.md 1.3 / 1.4."""
+"""LARS, SGD and the warmup-cosine schedule against NumPy transcriptions of the references.
+
+CaSSLe's ``cassle/utils/lars.py`` and pl_bolts' ``LinearWarmupCosineAnnealingLR``.
+"""
 
 import math
 
@@ -215,7 +218,7 @@ def test_bias_and_norm_mask_on_resnet_and_head():
 
 
 def _pl_bolts(e, *, base, start, min_lr, warmup, total):
-    """pl_bolts LinearWarmupCosineAnnealingLR closed form (METHODS.md 1.4), W >= 2."""
+    """pl_bolts LinearWarmupCosineAnnealingLR closed form, W >= 2."""
     if e < warmup:
         return start + e * (base - start) / (warmup - 1)
     progress = (e - warmup) / (total - warmup)

@@ -4,17 +4,19 @@ Every function is pure and traces under `jax.jit` and `jax.vmap`; random decisio
 selects, so one compiled step serves every draw. `augment_image` works on one uint8 image;
 `augment_batch` vmaps it over per-example keys.
 
-The view pipeline follows the torchvision transforms of solo-learn / CaSSLe (METHODS.md 1.7):
+The view pipeline follows the torchvision transforms of solo-learn / CaSSLe (``CifarTransform``
+and ``ImagenetTransform`` in ``cassle/utils/pretrain_dataloader.py``):
 RandomResizedCrop (bicubic) -> ColorJitter (p = jitter_prob, the four ops in a random order per
 image) -> RandomGrayscale -> GaussianBlur -> Solarize -> RandomHorizontalFlip -> Normalize.
 Images between the ops are float32 in [0, 1], and every colour op clips its result to [0, 1] as
 torchvision does on float tensors.
 
-dm-pix follows `tf.image`, not torchvision (JAX_STYLE.md 2.7): its brightness is additive, its
-contrast blends towards per-channel means, its saturation scales the HSV saturation, its
-grayscale weights red with 0.2989 and its blur zero-pads. Those ops are written here with the
-torchvision formulas. dm-pix is used where it matches torchvision: HSV -> RGB for the hue
-rotation (its RGB -> HSV is replaced, see `_rgb_to_hsv`), the Gaussian kernel (applied to a reflect-padded image), solarisation and the flip.
+dm-pix follows `tf.image`, not torchvision (see ``dm_pix/_src/augment.py``): its brightness
+is additive, its contrast blends towards per-channel means, its saturation scales the HSV
+saturation, its grayscale weights red with 0.2989 and its blur zero-pads. Those ops are written
+here with the torchvision formulas. dm-pix is used where it matches torchvision: HSV -> RGB for
+the hue rotation (its RGB -> HSV is replaced, see `_rgb_to_hsv`), the Gaussian kernel (applied
+to a reflect-padded image), solarisation and the flip.
 """
 
 import dataclasses
@@ -533,7 +535,7 @@ def _random_apply(
 
 
 def augment_image(key: jax.Array, image: jax.Array, cfg: ViewConfig) -> jax.Array:
-    """One SSL view of one image (the torchvision pipeline of METHODS.md 1.7).
+    """One SSL view of one image (the torchvision pipeline of the module docstring).
 
     All random numbers of a view come from one `jax.random.uniform` call, which keeps the
     compiled step small.

@@ -1,7 +1,7 @@
 """Continual scenarios: which training and test samples each task holds.
 
 A scenario is a set of index arrays into the whole-data-set splits of `cl_ssl.data.sources`,
-computed once from the labels (PROTOCOLS.md sections 1 and 2):
+computed once from the labels, for the three settings of CaSSLe (Fini et al., CVPR 2022):
 
 - class-incremental: disjoint groups of classes; task t trains on every training image of its
   classes and tests on the test images of its classes;
@@ -98,7 +98,9 @@ def _not_divisible(num_classes: int, num_tasks: int) -> ValueError:
 
 
 def class_order_tasks(order: Sequence[int], num_tasks: int) -> list[list[int]]:
-    """Cuts a class order into equal tasks, order-of-appearance convention (PROTOCOLS 2.1).
+    """Cuts a class order into equal tasks, order-of-appearance convention.
+
+    The convention of iCaRL (Rebuffi et al., CVPR 2017), PyCIL, FACIL and Continuum.
 
     Args:
       order: distinct class ids, e.g. a permutation of 0..C-1.
@@ -181,7 +183,7 @@ def data_incremental(
     """Builds a data-incremental scenario: a seeded i.i.d. partition of the training set.
 
     Each task gets floor(N/T) samples of a random permutation (``np.random.RandomState(seed)``).
-    The N mod T left over go to task 0 (CaSSLe, PROTOCOLS 2.5) or, with
+    The N mod T left over go to task 0 (CaSSLe, ``cassle/utils/pretrain_dataloader.py``) or, with
     ``remainder_to_first=False``, one each to the first N mod T tasks. The split is not
     class-balanced. Every task tests on the whole test set.
 
@@ -222,7 +224,10 @@ def data_incremental(
 
 
 def domain_incremental(train_domains, test_domains, *, num_tasks: int) -> Scenario:
-    """One task per domain (PROTOCOLS.md 1, 2.6): task t holds the images of domain t.
+    """One task per domain: task t holds the images of domain t.
+
+    CaSSLe's domain-incremental DomainNet setting (Fini et al., CVPR 2022; DALI loader
+    ``cassle/utils/dali_dataloader.py``).
 
     Args:
       train_domains: int [N_train], the domain of each training image, numbered in task order

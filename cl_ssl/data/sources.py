@@ -37,7 +37,7 @@ DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGENET100 = "imagenet100"
 DOMAINNET = "domainnet"
 DOMAINNET_CASSLE_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
-"""CaSSLe's DomainNet task order (PROTOCOLS.md 2.6)."""
+"""CaSSLe's DomainNet task order (Fini et al., CVPR 2022; ``cassle/methods/base.py``)."""
 CLASSES_DIR = pathlib.Path(__file__).parent / "classes"
 
 _IDX_FILES = {

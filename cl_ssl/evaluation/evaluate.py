@@ -16,7 +16,8 @@ EVALUATORS = ("linear", "knn")
 
 
 class Evaluator:
-    """Scores a backbone by linear probe and weighted kNN on each task's test data (PROTOCOLS 3.1).
+    """Scores a backbone by linear probe and weighted kNN on each task's test data (CaSSLe's
+    offline protocol, ``main_linear.py``).
 
     Features are extracted once per evaluation with BatchNorm in inference mode, from the un-augmented
     images normalised as the first view normalises them. The probes train on the labelled training

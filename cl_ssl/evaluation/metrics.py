@@ -1,13 +1,18 @@
-"""Continual-learning metrics computed from an accuracy matrix (PROTOCOLS.md section 4).
+"""Continual-learning metrics computed from an accuracy matrix.
+
+Accuracy, backward and forward transfer follow GEM (Lopez-Paz and Ranzato, NeurIPS 2017),
+forgetting follows Chaudhry et al. (ECCV 2018), average incremental accuracy iCaRL (Rebuffi et
+al., CVPR 2017); each function names the variants it offers.
 
 All accuracies are in **percent** (0-100), never fractions, on input and on output.
 
 The accuracy matrix ``R`` of one evaluator is a float array of shape ``[T + 1, T]``:
 
-- row 0 holds the random-initialisation baseline ``b_j`` (PROTOCOLS 3.3);
+- row 0 holds the random-initialisation baseline ``b_j`` (GEM's b, computed as CaSSLe
+  does, DonkeyShot21/cassle#11);
 - row ``i`` (``i = 1..T``) holds the accuracy on the test data of each task ``j`` after training task ``i``.
 
-In the docstrings tasks are numbered ``1..T`` as in PROTOCOLS 4, so ``R[i, j]`` with 1-based ``j`` is the
+In the docstrings tasks are numbered ``1..T`` as in GEM, so ``R[i, j]`` with 1-based ``j`` is the
 array element ``R[i, j - 1]``; rows need no shift because row 0 is the baseline.
 
 NaN entries are allowed (a matrix that is being filled during a run) and propagate to every metric that reads
@@ -75,7 +80,7 @@ def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
 
 
 def final_average_accuracy(R: Any) -> float:
-    """Task mean of the last row: ``ACC = (1/T) sum_j R[T, j]`` (percent; GEM "ACC", PROTOCOLS 4.1)."""
+    """Task mean of the last row: ``ACC = (1/T) sum_j R[T, j]`` (percent; GEM "ACC")."""
     R = validate_accuracy_matrix(R)
     return float(np.mean(R[-1]))
 
@@ -116,7 +121,7 @@ def accuracy_after_each_task(R: Any, task_sizes: Any = None) -> np.ndarray:
 def average_incremental_accuracy(
     R: Any, task_sizes: Any = None, *, include_first: bool = True
 ) -> float:
-    """Average incremental accuracy ``AIA = (1/T) sum_{k=1}^{T} A-bar_k`` in percent (PROTOCOLS 4.1).
+    """Average incremental accuracy ``AIA = (1/T) sum_{k=1}^{T} A-bar_k`` in percent (iCaRL).
 
     ``A-bar_k`` is :func:`accuracy_after_each_task` (weighted by ``task_sizes``, task mean if ``None``).
     ``include_first=False`` averages over ``k = 2..T`` only (Genifer ``avg_inc_accuracy``); NaN for ``T = 1``.
@@ -134,7 +139,9 @@ def lower_triangle_accuracy(R: Any) -> float:
 
 
 def forgetting(R: Any, variant: str = "max_prev") -> float:
-    """Final forgetting ``F_T = (1/(T-1)) sum_{j=1}^{T-1} f_j^T`` in percent points (PROTOCOLS 4.2).
+    """Final forgetting ``F_T = (1/(T-1)) sum_{j=1}^{T-1} f_j^T`` in percent points.
+
+    Chaudhry et al., ECCV 2018.
 
     Variants of the per-task forgetting ``f_j^T`` (rows before task ``j`` is trained never enter the max):
 
@@ -164,7 +171,10 @@ def _transfer_denominator(num_tasks: int, norm: str) -> int:
 
 
 def backward_transfer(R: Any, norm: str = "T-1") -> float:
-    """GEM backward transfer ``sum_{i=1}^{T-1} (R[T, i] - R[i, i]) / D`` in percent points (PROTOCOLS 4.3).
+    """GEM backward transfer ``sum_{i=1}^{T-1} (R[T, i] - R[i, i]) / D`` in percent points.
+
+    Lopez-Paz and Ranzato, NeurIPS 2017; reference code ``facebookresearch/GradientEpisodicMemory``
+    ``metrics/metrics.py``.
 
     ``norm="T-1"``: ``D = T - 1`` (paper, Mammoth). ``norm="T"``: ``D = T`` (GEM reference code, which keeps
     the zero entry of the last task in the mean), i.e. ``(T-1)/T`` times the paper value. NaN for ``T = 1``.
@@ -179,7 +189,10 @@ def backward_transfer(R: Any, norm: str = "T-1") -> float:
 
 
 def forward_transfer(R: Any, norm: str = "T-1") -> float:
-    """GEM forward transfer ``sum_{i=2}^{T} (R[i-1, i] - b_i) / D`` in percent points (PROTOCOLS 4.4).
+    """GEM forward transfer ``sum_{i=2}^{T} (R[i-1, i] - b_i) / D`` in percent points.
+
+    Lopez-Paz and Ranzato, NeurIPS 2017; reference code ``facebookresearch/GradientEpisodicMemory``
+    ``metrics/metrics.py``.
 
     ``b_i = R[0, i]`` is the random-initialisation baseline. ``norm`` as in :func:`backward_transfer`.
     NaN for ``T = 1``.

@@ -1,4 +1,4 @@
-"""Probes on precomputed features: linear classifier, weighted kNN, per-task accuracy (PROTOCOLS.md 3.1).
+"""Probes on precomputed features: linear classifier, weighted kNN, per-task accuracy.
 
 Features are float ``[N, D]`` arrays, labels int ``[N]`` arrays with values in ``[0, num_classes)``. The
 functions take host (NumPy) or device (JAX) arrays and return NumPy arrays. Accuracies are in percent.
@@ -134,7 +134,9 @@ def fit_linear_classifier(
     standardize: bool = False,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Trains a softmax linear classifier on frozen features (the offline probe of PROTOCOLS 3.1).
+    """Trains a softmax linear classifier on frozen features (CaSSLe's offline probe).
+
+    CaSSLe ``main_linear.py`` with its ``bash_files/linear/**`` settings.
 
     Cross-entropy, SGD with (heavy-ball, PyTorch-style) momentum, weight decay added to the gradient of every
     parameter, the learning rate multiplied by 0.1 at each milestone (fractions of ``epochs``, rounded to whole
@@ -252,7 +254,7 @@ def knn_predict(
     temperature: float = 0.07,
     batch_size: int = 1024,
 ) -> np.ndarray:
-    """Weighted kNN classification (InstDisc form, PROTOCOLS 3.1).
+    """Weighted kNN classification (InstDisc form: Wu et al., CVPR 2018).
 
     Features are L2-normalised; for each test sample the ``k`` training samples of highest cosine similarity
     ``s`` vote for their class with weight ``exp(s / temperature)``; the predicted class has the largest sum
@@ -296,7 +298,9 @@ def knn_predict(
 def per_task_accuracy(
     predictions: Any, labels: Any, test_indices_per_task: Sequence[Any]
 ) -> np.ndarray:
-    """Top-1 accuracy of one probe on each task's test samples, without logit masking (PROTOCOLS 3.1).
+    """Top-1 accuracy of one probe on each task's test samples, without logit masking.
+
+    As CaSSLe's per-task ``val_acc1_task{i}`` (DonkeyShot21/cassle#14).
 
     Args:
       predictions: int ``[N_test]`` predicted classes (e.g. ``np.argmax(logits, -1)``).

@@ -1,4 +1,4 @@
-"""Result files of a continual run: JSON, markdown tables, heat maps and TensorBoard scalars (PROTOCOLS.md 7).
+"""Result files of a continual run: JSON, markdown tables, heat maps and TensorBoard scalars.
 
 Accuracy matrices are ``[T + 1, T]`` in percent, row 0 = random-init baseline, row ``i`` = after task ``i``
 (see :mod:`cl_ssl.evaluation.metrics`). Other row counts ``[S + 1, T]`` are accepted too: their rows are

@@ -1,6 +1,7 @@
-"""Pure loss functions on arrays: the public, reusable API of cl_ssl (ARCHITECTURE.md rule 1).
+"""Pure loss functions on arrays: the public, reusable API of cl_ssl.
 
-The SSL objectives (``objectives.py``) and the continual strategies' distillation terms
+They use no Flax, no config objects and no global state, so that other JAX projects can import
+them. The SSL objectives (``objectives.py``) and the continual strategies' distillation terms
 (``distill.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
 and ``sinkhorn`` (the [batch, prototypes] codes).
 """

@@ -1,11 +1,13 @@
-"""Distillation terms of the continual strategies as pure functions of arrays (METHODS.md 3.3, 3.4).
+"""Distillation terms of the continual strategies as pure functions of arrays.
 
-CaSSLe turns each SSL loss into a distillation term: a learnable predictor h maps the student's
-projection z^v of view v onto the frozen previous-task model's projection z-bar^v *of the same
-view*, through a loss of the same kind as the SSL objective. Every function here takes the
-predictions p^v = h(z^v) and the teacher's outputs as tuples with one [B, D] array per view (the
-student's views, usually two) and averages its per-view terms, the reference's (1/2) sum_v
-(METHODS.md 4.3). The teacher side always passes through ``stop_gradient``.
+CaSSLe (Fini et al., CVPR 2022; ``cassle/distillers/*.py``) turns each SSL loss into a
+distillation term: a learnable predictor h maps the student's projection z^v of view v onto the
+frozen previous-task model's projection z-bar^v *of the same view*, through a loss of the same
+kind as the SSL objective; PFR (Gomez-Villa et al., CVPRW 2022) applies a predictor the same way
+to backbone features. Every function here takes the predictions p^v = h(z^v) and the teacher's
+outputs as tuples with one [B, D] array per view (the student's views, usually two) and averages
+its per-view terms, the (1/2) sum_v of CaSSLe's distillers. The teacher side always passes
+through ``stop_gradient``.
 
 Conventions (float32 compute, global batch under ``jit``, optional ``axis_name`` inside
 ``shard_map``) are those of ``cl_ssl.losses.objectives``.
@@ -79,8 +81,8 @@ def contrastive_distillation(
       L = (1/2) [ L_c(P, Z) + L_c(Z, P) ]
 
     The denominator runs over all N columns, including the other view of the same image: the
-    reference means to mask it but its mask is a no-op, and this reproduces the code (METHODS.md
-    3.3). Gradient reaches P through both terms.
+    reference means to mask it but its mask is a no-op, and this reproduces the code (CaSSLe
+    ``cassle/losses/simclr.py::simclr_distill_loss_func``). Gradient reaches P through both terms.
 
     Args:
       predictions: per view, [B, D] predictor outputs h(z^v) of the student.
@@ -133,8 +135,9 @@ def cosine_distillation(
 ) -> jax.Array:
     """Negative cosine: L = -(1/V) sum_v mean_i cos(p^v_i, sg(t^v_i)).
 
-    PFR's term on backbone features (METHODS.md 3.4: -(1/2) sum_v cos(h(f^v), f-bar^v)), and the
-    CaSSLe-style distiller of SimSiam, whose own loss is this negative cosine.
+    PFR's term on backbone features (Gomez-Villa et al., CVPRW 2022; distiller
+    ``cassle/distillers/pfr.py`` of ``alviur/CVPR_PFR``: -(1/2) sum_v cos(h(f^v), f-bar^v)), and
+    the CaSSLe-style distiller of SimSiam, whose own loss is this negative cosine.
 
     Args:
       predictions: per view, [B, D] predictor outputs.
@@ -257,7 +260,7 @@ def similarity_distillation(
 
     ISD's anchor bank holds embeddings of the current momentum teacher, in a space the frozen
     previous-task teacher does not share; the batch of teacher embeddings is the anchor set both
-    networks can score (a project choice: METHODS.md lists no ISD distiller).
+    networks can score (a project choice: neither CaSSLe nor ISD defines an ISD distiller).
 
     Args:
       predictions: per view, [B, D] predictor outputs h(z^v).

@@ -1,4 +1,4 @@
-"""Base self-supervised objectives as pure functions of arrays (METHODS.md part 2).
+"""Base self-supervised objectives as pure functions of arrays.
 
 Every function takes embeddings or scores shaped ``[batch, dim]`` and hyper-parameters as keyword
 arguments, computes in float32 (float64 inputs stay float64) and returns a scalar, except where the
@@ -10,8 +10,8 @@ docstring says otherwise. Batch means and batch statistics cover the *global* ba
   gathered with ``lax.all_gather`` and statistics reduced with ``lax.psum``/``lax.pmean``, so the
   result equals the global call (each device must hold the same number of rows). Called inside
   ``shard_map`` *without* ``axis_name``, a function works on the local rows only, which reproduces
-  CaSSLe's per-device SimCLR negatives and VICReg statistics (METHODS.md 1.8); average the result
-  with ``lax.pmean`` yourself.
+  CaSSLe's per-device SimCLR negatives and VICReg statistics (``cassle/losses/simclr.py``,
+  ``cassle/losses/vicreg.py``); average the result with ``lax.pmean`` yourself.
 
 Shapes that cannot work and non-positive temperatures raise ``ValueError`` at trace time.
 Temperatures and epsilon given as Python or NumPy numbers are checked; traced values are not.
@@ -95,7 +95,9 @@ def _check_positive(fn: str, **values: float) -> None:
 def nt_xent(
     z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, axis_name: str | None = None
 ) -> jax.Array:
-    """SimCLR's NT-Xent loss (METHODS.md 2.1, ``cassle/losses/simclr.py::simclr_loss_func``).
+    """SimCLR's NT-Xent loss (Chen et al., ICML 2020, Sec. 2.1, Eq. 1).
+
+    Reference code: CaSSLe ``cassle/losses/simclr.py::simclr_loss_func``.
 
     With u = n([z1; z2]) (2B rows, L2-normalised here), s_ij = u_i . u_j / temperature and pi(i)
     the row of the other view of the same image (pi(i) = i + B mod 2B):
@@ -148,7 +150,9 @@ def info_nce(
     temperature: float = 0.2,
     axis_name: str | None = None,
 ) -> jax.Array:
-    """MoCo's InfoNCE loss against a queue of negative keys (METHODS.md 2.2, one direction).
+    """MoCo's InfoNCE loss against a queue of negative keys (He et al., CVPR 2020, Eq. 1).
+
+    One direction of the symmetric MoCoV2+ loss; reference code: CaSSLe ``cassle/losses/moco.py``.
 
     q, k and the queue rows are L2-normalised here (idempotent for the already normalised MoCo
     embeddings); k and the queue pass through ``stop_gradient``:
@@ -163,7 +167,8 @@ def info_nce(
       q: [B, D] queries (student side).
       k: [B, D] keys of the other view from the momentum encoder, row i the positive of ``q[i]``.
       queue: [K, D] past keys, one per row (the same on every device).
-      temperature: softmax temperature tau > 0 (0.2 in METHODS.md 2.2; solo-learn's default 0.1).
+      temperature: softmax temperature tau > 0 (0.2 in MoCo v2, Chen et al., arXiv:2003.04297,
+        and CaSSLe's MoCoV2+; solo-learn's default 0.1).
       axis_name: mesh axis that splits q and k inside ``jax.shard_map``; only the batch mean is
         reduced over it, the negatives are the queue alone.
 
@@ -199,7 +204,9 @@ def _mean_cosine(fn: str, p: jax.Array, z: jax.Array, axis_name: str | None) -> 
 
 
 def byol_loss(p: jax.Array, z: jax.Array, *, axis_name: str | None = None) -> jax.Array:
-    """BYOL's regression loss (METHODS.md 2.3, ``cassle/losses/byol.py``, one direction).
+    """BYOL's regression loss, one direction (Grill et al., NeurIPS 2020, Sec. 3.1).
+
+    Reference code: CaSSLe ``cassle/losses/byol.py``.
 
       L = 2 - 2 mean_i cos(p_i, sg(z_i)),   cos(a, b) = n(a) . n(b)
 
@@ -252,7 +259,9 @@ def barlow_twins_loss(
     scale: float = 0.1,
     axis_name: str | None = None,
 ) -> jax.Array:
-    """Barlow Twins' redundancy-reduction loss (METHODS.md 2.4, ``cassle/losses/barlow.py``).
+    """Barlow Twins' redundancy-reduction loss (Zbontar et al., ICML 2021, Eqs. 1-2).
+
+    Reference code: CaSSLe ``cassle/losses/barlow.py``.
 
     Each view is standardised per feature over the batch, as the reference's parameter-free
     ``BatchNorm1d(affine=False)`` in training mode: z-hat = (z - mean) / sqrt(var + 1e-5), with the
@@ -300,7 +309,9 @@ def vicreg_loss(
     cov_weight: float = 1.0,
     axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """VICReg's variance-invariance-covariance loss (METHODS.md 2.5, ``cassle/losses/vicreg.py``).
+    """VICReg's variance-invariance-covariance loss (Bardes et al., ICLR 2022, Sec. 3).
+
+    Reference code: CaSSLe ``cassle/losses/vicreg.py``.
 
     No normalisation. With N rows, D features, Var and Cov the unbiased (1/(N-1)) estimators on
     features centred over the batch:
@@ -357,7 +368,10 @@ def vicreg_loss(
 def sinkhorn(
     scores: jax.Array, *, epsilon: float = 0.05, num_iters: int = 3, axis_name: str | None = None
 ) -> jax.Array:
-    """SwAV's Sinkhorn-Knopp codes (METHODS.md 2.6, solo-learn ``utils/sinkhorn_knopp.py``).
+    """SwAV's Sinkhorn-Knopp codes (Caron et al., NeurIPS 2020, Sec. 3.1).
+
+    Reference code: solo-learn ``solo/utils/sinkhorn_knopp.py`` (CaSSLe's copy:
+    ``cassle/utils/sinkhorn_knopp.py``).
 
     With B samples (global) and K prototypes, Q = exp(scores / epsilon) (B x K), divided by its total;
     then ``num_iters`` times: divide each prototype column by K times its sum over all samples, then
@@ -410,7 +424,9 @@ def swav_loss(
     queue_scores2: jax.Array | None = None,
     axis_name: str | None = None,
 ) -> jax.Array:
-    """SwAV's swapped-prediction loss (METHODS.md 2.6, solo-learn ``losses/swav.py``).
+    """SwAV's swapped-prediction loss (Caron et al., NeurIPS 2020, Sec. 3.1).
+
+    Reference code: solo-learn ``solo/losses/swav.py`` (CaSSLe's copy: ``cassle/losses/swav.py``).
 
     Codes q^v = sinkhorn(s^v) (no gradient), then each view predicts the other view's codes:
 
@@ -471,7 +487,9 @@ def similarity_kl(
     teacher_temperature: float = 0.01,
     axis_name: str | None = None,
 ) -> jax.Array:
-    """ISD's similarity distillation KL(P_t || P_s) (METHODS.md 2.7, ``train_isd_plus.py``).
+    """ISD's similarity distillation KL(P_t || P_s) (Tejankar et al., ICCV 2021).
+
+    Reference code: ``UMBCvision/ISD`` ``train_isd_plus.py``.
 
     With s_ij and t_ij the student's and teacher's similarities to anchor j of the bank (for ISD,
     dot products of L2-normalised embeddings with the L2-normalised anchors, before temperature):

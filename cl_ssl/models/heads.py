@@ -1,6 +1,7 @@
-"""MLP projectors and predictors (METHODS.md 2.1-2.6, 2.8).
+"""MLP projectors and predictors.
 
-One module covers every head in the reference configurations:
+One module covers every head in the reference configurations (CaSSLe ``cassle/methods/*.py``
+with the widths its ``bash_files/continual/**`` scripts set):
 
 | head | hidden_dims | out_dim | batch_norm |
 |---|---|---|---|
@@ -56,7 +57,7 @@ class MLPHead(nn.Module):
       out_dim: width of the final Linear.
       batch_norm: BatchNorm after every hidden Linear.
       last_batch_norm: BatchNorm (with scale and shift) after the final Linear; False for every
-        head in METHODS.md.
+        head of the reference configurations (table above).
       dtype: computation dtype; parameters stay float32 and the output is float32.
     """
 

@@ -1,11 +1,11 @@
-"""ResNet backbones in Flax Linen with torchvision's layout (METHODS.md 1.1).
+"""ResNet backbones (He et al., CVPR 2016) in Flax Linen with torchvision's layout.
 
 The networks reproduce torchvision's `resnet18` / `resnet50` without the final `fc` layer: the
 output is the global-average-pooled feature vector. Two stems are available:
 
 * `'cifar'`: conv 3x3, stride 1, padding `cifar_stem_padding`, no max-pool. CaSSLe / solo-learn
-  use padding 2, which gives 34x34 maps after the stem and a 5x5 final map on 32x32 inputs;
-  Genifer uses padding 1 (final map 4x4).
+  use padding 2 (``cassle/methods/base.py``, ``solo/methods/base.py``), which gives 34x34 maps
+  after the stem and a 5x5 final map on 32x32 inputs; Genifer uses padding 1 (final map 4x4).
 * `'imagenet'`: conv 7x7, stride 2, padding 3, then max-pool 3x3, stride 2, padding 1.
 
 Convolutions use PyTorch's explicit symmetric padding (not Flax's 'SAME', which pads

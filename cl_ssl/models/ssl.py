@@ -34,7 +34,9 @@ class Prototypes(nn.Module):
 
 
 class SSLModel(nn.Module):
-    """Backbone f, projector g and the heads some objectives add (METHODS.md 0.3: z = g(f(x))).
+    """Backbone f, projector g and the heads some objectives add: z = g(f(x)).
+
+    The notation of SimCLR (Chen et al., ICML 2020, Sec. 2.1).
 
     Attributes:
       backbone: maps images float [B, H, W, 3] to features float32 [B, F].

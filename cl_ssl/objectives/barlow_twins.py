@@ -1,4 +1,8 @@
-"""Barlow Twins (METHODS.md 2.4): 3-layer 2048-wide projector, cross-correlation loss."""
+"""Barlow Twins: 3-layer 2048-wide projector, cross-correlation loss.
+
+Zbontar et al., ICML 2021; reference code CaSSLe ``cassle/methods/barlow_twins.py`` and
+``cassle/losses/barlow.py``.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,13 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
-    source="CaSSLe bash_files/continual/cifar/barlow*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/cifar/barlow*.sh",
 )
 
 IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_IMAGENET_VIEWS,
-    source="CaSSLe bash_files/continual/imagenet-100/barlow*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/imagenet-100/class/barlow*.sh",
     linear_lr=0.1,
 )
 

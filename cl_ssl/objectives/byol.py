@@ -1,4 +1,8 @@
-"""BYOL (METHODS.md 2.3): predictor on the online side, momentum target, summed directions."""
+"""BYOL: predictor on the online side, momentum target, summed directions.
+
+Grill et al., NeurIPS 2020, Sec. 3.1; reference code CaSSLe ``cassle/methods/byol.py`` and
+``cassle/losses/byol.py``.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +26,13 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
-    source="CaSSLe bash_files/continual/cifar/byol*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/cifar/byol*.sh",
 )
 
 IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.6, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_IMAGENET_VIEWS,
-    source="CaSSLe bash_files/continual/imagenet-100/byol*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/imagenet-100/class/byol*.sh",
     linear_lr=3.0,
 )
 
@@ -62,7 +66,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     def loss(student, target, state, params, hyper):
         del state, params, hyper
         (s1, s2), (t1, t2) = student, target
-        # The two directions are summed, not averaged (METHODS.md 4.3).
+        # The two directions are summed, not averaged (as in CaSSLe's cassle/methods/byol.py).
         value = losses.byol_loss(s1["prediction"], t2["projection"]) + losses.byol_loss(
             s2["prediction"], t1["projection"]
         )

@@ -32,7 +32,7 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-6, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
-    source="project choice (the BYOL CIFAR views; METHODS.md lists no DINO recipe)",
+    source="project choice (the BYOL CIFAR views; CaSSLe ships no DINO script)",
 )
 
 

@@ -1,4 +1,6 @@
-"""ISD, iterative similarity distillation (METHODS.md 2.7), in its ISD-plus form.
+"""ISD, iterative similarity distillation (Tejankar et al., ICCV 2021), in its ISD-plus form.
+
+Reference code: ``UMBCvision/ISD`` ``train_isd_plus.py`` and ``run_isd_plus.sh``.
 
 The student (backbone, projector, predictor) sees the strong first view; an EMA teacher
 (backbone, projector) sees the weak second view. Both embeddings are L2-normalised and compared
@@ -38,7 +40,7 @@ RECIPE = Recipe(
         # Teacher: random resized crop and flip only.
         dict(min_scale=0.2, jitter_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0),
     ),
-    source="UMBCvision/ISD train_isd_plus.py views; optimizer a project choice (METHODS.md 2.7)",
+    source="UMBCvision/ISD train_isd_plus.py views; optimizer a project choice",
 )
 
 

@@ -1,4 +1,8 @@
-"""MoCoV2+ (METHODS.md 2.2): momentum encoder, one key queue per view, symmetric InfoNCE.
+"""MoCoV2+: momentum encoder, one key queue per view, symmetric InfoNCE.
+
+MoCo (He et al., CVPR 2020) with the MLP head and temperature of MoCo v2 (Chen et al.,
+arXiv:2003.04297); reference code CaSSLe ``cassle/methods/mocov2plus.py`` and
+``cassle/losses/moco.py``.
 
 CaSSLe ships no CIFAR MoCoV2+ script; the recipe is Kaizen's CIFAR script (LARS, lr 1.0, wd 1e-5,
 mild jitter, solarisation on the second view) and the projector output is CaSSLe's code default
@@ -28,7 +32,7 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
-    source="Kaizen bash_files/mocov2plus.sh (no CaSSLe CIFAR script exists, METHODS.md 2.2)",
+    source="Kaizen bash_files/mocov2plus.sh (no CaSSLe CIFAR script exists)",
 )
 
 
@@ -58,7 +62,8 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         key1, key2 = jax.random.split(key)
         return {
             "momentum": target_params(params),
-            # queues[v] holds past keys of view v (METHODS.md 2.2), random unit rows at first.
+            # queues[v] holds past keys of view v (as in cassle/methods/mocov2plus.py), random
+            # unit rows at first.
             "queues": (
                 memory.random_unit_queue(key1, c.queue_size, c.proj_output_dim),
                 memory.random_unit_queue(key2, c.queue_size, c.proj_output_dim),

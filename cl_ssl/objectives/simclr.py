@@ -1,4 +1,8 @@
-"""SimCLR (METHODS.md 2.1): projector Linear-ReLU-Linear without BN, NT-Xent over both views."""
+"""SimCLR: projector Linear-ReLU-Linear without BN, NT-Xent over both views.
+
+Chen et al., ICML 2020, Sec. 2.1; reference code CaSSLe ``cassle/methods/simclr.py`` and
+``cassle/losses/simclr.py``.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,13 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=SIMCLR_VIEWS,
-    source="CaSSLe bash_files/continual/cifar/simclr*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/cifar/simclr*.sh",
 )
 
 IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=SIMCLR_IMAGENET_VIEWS,
-    source="CaSSLe bash_files/continual/imagenet-100/simclr*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/imagenet-100/class/simclr*.sh",
     linear_lr=1.0,
 )
 

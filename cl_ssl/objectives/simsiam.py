@@ -1,9 +1,10 @@
 """SimSiam: predictor, stop-gradient on the other view's projection, no momentum network.
 
-Beyond CaSSLe's seeds (METHODS.md 3.9 needs it for LUMP). Heads and recipe are solo-learn's CIFAR
-SimSiam (projector 2048-2048-2048 with BN after every layer, predictor 2048 -> 512 -> 2048;
-lr 0.5, wd 1e-5), applied with the pipeline's optimizer; the projector's last BatchNorm keeps its
-scale and shift (the original has none).
+Chen and He, CVPR 2021. Beyond CaSSLe's seeds: LUMP (Madaan et al., ICLR 2022; code
+``divyam3897/UCL``) needs it. Heads and recipe are solo-learn's CIFAR SimSiam (projector
+2048-2048-2048 with BN after every layer, predictor 2048 -> 512 -> 2048; lr 0.5, wd 1e-5),
+applied with the pipeline's optimizer; the projector's last BatchNorm keeps its scale and shift
+(the original has none).
 """
 
 from __future__ import annotations

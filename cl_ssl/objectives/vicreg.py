@@ -1,4 +1,8 @@
-"""VICReg (METHODS.md 2.5): the Barlow Twins projector, invariance + variance + covariance."""
+"""VICReg: the Barlow Twins projector, invariance + variance + covariance.
+
+Bardes et al., ICLR 2022, Sec. 3; reference code CaSSLe ``cassle/methods/vicreg.py`` and
+``cassle/losses/vicreg.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,13 @@ from cl_ssl.objectives.base import MILD_JITTER, Objective, Recipe, make_model, m
 RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=(dict(min_scale=0.2, solarize_prob=0.1, **MILD_JITTER),) * 2,
-    source="CaSSLe bash_files/continual/cifar/vicreg*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/cifar/vicreg*.sh",
 )
 
 IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=(dict(min_scale=0.2, solarize_prob=0.1, blur_prob=0.5, **MILD_JITTER),) * 2,
-    source="CaSSLe bash_files/continual/imagenet-100/vicreg*.sh (METHODS.md 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/imagenet-100/class/vicreg*.sh",
     linear_lr=0.3,
 )
 
