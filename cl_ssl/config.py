@@ -68,6 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_tasks = 5
     c.class_order = "natural"
     c.split_seed = 0
+    # Labels the learner may use: a fraction of each task's training examples, drawn per task from
+    # (seed, task); 0 (pure self-supervision) by default, 1 for every label. The probes that
+    # evaluate the representation always use the data set's labels.
+    c.labels = ml_collections.ConfigDict(dict(fraction=0.0))
 
     c.strategy = "finetune"
     # One section per strategy with settings, e.g. --config.cassle.weight=1.0.
@@ -89,22 +93,22 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     # Which of the objective's recipes fills the unset optimizer and augmentation fields:
-    # 'cifar' or 'imagenet' (CaSSLe's CIFAR-100 or ImageNet-100 scripts, METHODS.md 2.8).
+    # 'cifar' or 'imagenet' (CaSSLe's CIFAR-100 or ImageNet-100 scripts).
     c.recipe = "cifar"
-    # Augmentation fields left unset take the objective's recipe (METHODS.md 1.7).
+    # Augmentation fields left unset take the objective's recipe (CaSSLe's scripts).
     c.augment = ml_collections.ConfigDict(dict(view1=view_config(), view2=view_config()))
 
     c.batch_size = 256
     c.epochs_per_task = 500
     # Epochs of the offline (joint) run; -1 matches the continual runs' budget of image
-    # presentations (METHODS.md 3.2): one pass over the union per epoch of a task.
+    # presentations: one pass over the union per epoch of a task.
     c.offline_epochs = -1
 
     c.optimizer = ml_collections.ConfigDict(
         dict(
             name="lars",
             # lr, weight_decay, min_lr and exclude_bias_and_norm: the objective's recipe unless set
-            # (METHODS.md 2.8).
+            # (CaSSLe's bash_files/continual/cifar/*.sh).
             lr=placeholder(float),
             weight_decay=placeholder(float),
             scale_lr_by_batch=True,
@@ -123,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
             evaluators=("linear", "knn"),
             batch_size=512,
             train_examples=-1,  # labelled examples that train the probes; -1: the whole train set
-            # CaSSLe's offline probe (PROTOCOLS.md 3.1): 100 epochs, lr x0.1 at 60 and 80,
+            # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
             # lr 1.0 for SimCLR, raw (unstandardised) features.
             linear=ml_collections.ConfigDict(
                 dict(
@@ -151,12 +155,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def unread_sections(config: dict) -> set[str]:
+    """The config sections a run of ``config`` (a dict) never reads: those of the other objectives
+    and of the other strategies."""
+    sections = set(objectives.OBJECTIVES) | set(strategies.default_configs())
+    return sections - {config.get("objective"), config.get("strategy")}
+
+
 def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the run-defining fields whose values differ between two config dicts."""
+    """Dotted names of the run-defining fields whose values differ between two config dicts; the
+    sections the given run does not read (``unread_sections``) are not compared."""
+    skip = unread_sections(given) if not prefix else set()
     names = []
     for key in sorted(set(stored) | set(given)):
         name = f"{prefix}{key}"
-        if name in EXECUTION_FIELDS:
+        if name in EXECUTION_FIELDS or key in skip:
             continue
         a, b = stored.get(key), given.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -166,7 +179,7 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return names
 
 
-STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr")
+STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump")
 
 
 def apply_variants(
@@ -177,7 +190,7 @@ def apply_variants(
     Each variant is one of ``scenarios``, one continual strategy of ``STRATEGY_VARIANTS``, or
     ``'runlocal'`` (the tiny smoke-test setting). At most one scenario and one strategy; ValueError
     names the variants that do not fit. ``data_incremental`` uses CaSSLe's sizes and rule
-    (PROTOCOLS.md 2.5: random fifths, the remainder to the first task, ``split_seed`` 42) drawn
+    (CaSSLe's ``split_dataset``: random fifths, the remainder to the first task, seed 42) drawn
     with NumPy, so not CaSSLe's images; no class order.
     """
     variants = [v for v in (arg or "").split(",") if v]
@@ -206,7 +219,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
-    """CaSSLe's ImageNet-100 and DomainNet setting (METHODS.md 2.6, 2.8; PROTOCOLS.md 3.1).
+    """CaSSLe's ImageNet-100 and DomainNet setting (its ``bash_files/continual/imagenet-100``
+    and ``domainnet`` scripts, and ``main_linear.py``).
 
     Images stored and cropped at ``image_size`` and kept in host memory, the ResNet's ImageNet
     stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
@@ -221,7 +235,7 @@ def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 22
         view.update(crop_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     config.byol.pred_hidden_dim = 8192
     config.swav.update(queue_start_epoch=100, freeze_prototypes_epochs=5)
-    # CaSSLe's linear scripts set the offline probe's learning rate per method (PROTOCOLS.md 3.1).
+    # CaSSLe's linear scripts set the offline probe's learning rate per method.
     config.eval.linear.learning_rate = placeholder(float)
 
 
@@ -267,6 +281,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"{field}={value} is not divisible by the {num_devices} devices of the mesh; set "
             f"--config.{field} to a multiple of {num_devices}",
         )
+    _require(
+        0.0 <= config.labels.fraction <= 1.0,
+        f"labels.fraction={config.labels.fraction}; set a fraction of each task's labels in [0, 1]",
+    )
     _require(
         config.dataset.image_size >= 0,
         f"dataset.image_size={config.dataset.image_size}; set 0 (keep) or a side in pixels",

@@ -1,7 +1,7 @@
 """Fixed-shape memories as pytrees with pure updates: FIFO queues and an exemplar memory.
 
-Both keep their shapes for the whole run, so the train step compiles once however full they are
-(ARCHITECTURE.md rule 3).
+Both keep their shapes for the whole run, so the train step never compiles again however full
+they are.
 
 * ``Queue`` (MoCo keys, SwAV features, ISD anchors) is a ring buffer: ``push`` overwrites the
   oldest rows.
@@ -67,16 +67,20 @@ def check_fits(name: str, capacity: int, batch: int) -> None:
 def push(queue: Queue, rows: jax.Array) -> Queue:
     """The queue with ``rows`` [B, ...] written over its B oldest rows (no gradient flows).
 
-    B must divide the capacity (``check_fits``), so a push never wraps around the end.
+    B <= capacity. When B divides the capacity (``check_fits``: the reference's queues take one
+    batch per step) the rows are written as one slice; otherwise, as when a strategy's replay rows
+    join the batch, row i goes to slot (ptr + i) mod capacity.
     """
     rows = lax.stop_gradient(rows).astype(queue.items.dtype)
-    if queue.capacity % rows.shape[0]:
-        raise ValueError(
-            f"push: {rows.shape[0]} rows do not divide the queue capacity {queue.capacity}"
-        )
-    start = (queue.ptr,) + (0,) * (rows.ndim - 1)
-    items = lax.dynamic_update_slice(queue.items, rows, start)
-    return Queue(items=items, ptr=(queue.ptr + rows.shape[0]) % queue.capacity)
+    size = rows.shape[0]
+    if size > queue.capacity:
+        raise ValueError(f"push: {size} rows do not fit a queue of {queue.capacity}")
+    if queue.capacity % size == 0:
+        start = (queue.ptr,) + (0,) * (rows.ndim - 1)
+        items = lax.dynamic_update_slice(queue.items, rows, start)
+    else:
+        items = queue.items.at[(queue.ptr + jnp.arange(size)) % queue.capacity].set(rows)
+    return Queue(items=items, ptr=(queue.ptr + size) % queue.capacity)
 
 
 # ---------------------------------------------------------------------------------------------

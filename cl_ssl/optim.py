@@ -1,10 +1,12 @@
 """Optimizers and learning-rate schedules of the CaSSLe / solo-learn training substrate.
 
-* `lars`: SGD with momentum wrapped in CaSSLe's LARS (`cassle/utils/lars.py`, METHODS.md 1.3).
+* `lars`: SGD with momentum wrapped in CaSSLe's LARS (You et al., arXiv:1708.03888;
+  `cassle/utils/lars.py`).
 * `sgd`: PyTorch SGD with coupled weight decay (d = g + wd * w) and momentum.
 * `adamw`: optax's AdamW with the same bias/norm exclusion option.
-* `warmup_cosine_schedule`: pl_bolts' `LinearWarmupCosineAnnealingLR` (METHODS.md 1.4), stepped
-  once per epoch (CaSSLe) or once per step (solo-learn).
+* `warmup_cosine_schedule`: pl_bolts' `LinearWarmupCosineAnnealingLR` (linear warm-up, then
+  the cosine of Loshchilov and Hutter, ICLR 2017), stepped once per epoch (CaSSLe) or once per
+  step (solo-learn).
 
 Every learning rate may be a float or an `optax.Schedule` of the optimizer's own step count. The
 training loop re-initialises the optimizer state at each task, so that count, and with it the
@@ -13,6 +15,7 @@ schedule, restarts at every task as in the reference (one process per task).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -128,7 +131,9 @@ def lars(
     exclude_bias_and_norm: bool = True,
     eps: float = 1e-8,
 ) -> optax.GradientTransformation:
-    """CaSSLe's LARS around PyTorch SGD with momentum (METHODS.md 1.3).
+    """CaSSLe's LARS around PyTorch SGD with momentum.
+
+    LARS: You et al., arXiv:1708.03888; reference code CaSSLe ``cassle/utils/lars.py``.
 
     Per step: d = LARS direction (`scale_by_lars_trust_ratio`); v <- momentum * v + d (PyTorch
     momentum, no dampening; v starts at 0, so the first v is d); w <- w - lr * v. CIFAR
@@ -275,3 +280,65 @@ def warmup_cosine_schedule(
         return jnp.where(t < warmup, warm, cosine)
 
     return schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups (optax.multi_transform)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+    """The optimizer settings of one group of parameters.
+
+    Attributes:
+      lr_scale: the group's base learning rate is the run's times this; its schedule has the run's
+        shape (warm-up and cosine), restarted from that base, as PyTorch's per-group schedulers do.
+      lr: an absolute base learning rate instead (not scaled by the batch size); None: ``lr_scale``.
+      weight_decay: the group's weight decay; None: the run's.
+      frozen: no update and no optimizer state (``optax.set_to_zero``).
+      active: the name of a per-step scalar of the step's ``hyper`` (1: update, 0: skip the step:
+        parameters *and* optimizer state unchanged, as PyTorch skips a parameter whose gradient is
+        None); None: always active.
+    """
+
+    lr_scale: float = 1.0
+    lr: float | None = None
+    weight_decay: float | None = None
+    frozen: bool = False
+    active: str | None = None
+
+    @property
+    def own_schedule(self) -> bool:
+        return self.lr is not None or self.lr_scale != 1.0
+
+
+DEFAULT_GROUP = "default"
+
+
+def gated(inner: optax.GradientTransformation, active: jax.Array) -> optax.GradientTransformation:
+    """``inner`` when ``active`` > 0; otherwise zero updates and ``inner``'s state kept as it was.
+
+    Unlike zeroing the updates after the fact, a skipped step accumulates no momentum and no
+    weight decay (SwAV's prototype freeze: solo-learn sets their gradients to None, and PyTorch's
+    SGD and CaSSLe's LARS skip such parameters, ``cassle/utils/lars.py`` l.88-93).
+    """
+
+    def update_fn(updates, state, params=None):
+        new_updates, new_state = inner.update(updates, state, params)
+        keep = active > 0
+        new_updates = jax.tree.map(lambda u: jnp.where(keep, u, jnp.zeros_like(u)), new_updates)
+        new_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_state, state)
+        return new_updates, new_state
+
+    return optax.GradientTransformation(inner.init, update_fn)
+
+
+def label_top_level(tree: Any, names: dict[str, str]) -> Any:
+    """Labels for ``optax.multi_transform``: every leaf under the top-level key ``k`` of ``tree``
+    gets ``names[k]``, every other leaf ``DEFAULT_GROUP``."""
+
+    def label(key: str, subtree: Any) -> Any:
+        name = names.get(key, DEFAULT_GROUP)
+        return jax.tree.map(lambda _: name, subtree)
+
+    return {key: label(key, value) for key, value in tree.items()}

@@ -1,15 +1,34 @@
-"""The train state carried through the whole continual run."""
+"""The train state carried through the whole continual run, and its one constructor."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
+
+
+@flax.struct.dataclass
+class StrategyState:
+    """What a continual strategy carries, fixed in shape for the whole run.
+
+    Attributes:
+      trainable: parameters the optimizer updates with the student's (CaSSLe's predictor h, a
+        classifier); ``{}`` when the strategy has none.
+      frozen: pytrees that stay fixed during a task and are rewritten at its end (a previous-task
+        teacher with its heads); ``{}`` when none.
+      buffers: arrays the step or the end of a task rewrites without gradient (an exemplar memory,
+        queues, a generator and its optimizer state); ``{}`` when none.
+    """
+
+    trainable: PyTree = flax.struct.field(default_factory=dict)
+    frozen: PyTree = flax.struct.field(default_factory=dict)
+    buffers: PyTree = flax.struct.field(default_factory=dict)
 
 
 @flax.struct.dataclass
@@ -24,14 +43,11 @@ class ContinualState:
         epoch it gives the epoch and the position inside it.
       params: the student's parameters (backbone and heads).
       batch_stats: the student's BatchNorm statistics.
-      strategy_params: the strategy's own trainable parameters (CaSSLe's distillation predictor),
-        updated by the same optimizer as ``params``; an empty dict for strategies without any.
       opt_state: optimizer state of ``trainable(state)``, re-initialised at every task boundary.
-      teacher: the strategy's frozen pytree (for example the previous task's model); an empty dict
-        for strategies that need none. Its shape is fixed for the whole run.
       objective_state: the objective's own fixed-shape state (momentum network, queues, centre;
         ``Objective.init_state``), carried across tasks; an empty dict for objectives without one.
-      rng: uint32 [2], the run's base key; every random draw folds in the step.
+      strategy: the strategy's state (``StrategyState``).
+      rng: the run's base key; every random draw folds in the step.
     """
 
     step: jax.Array
@@ -39,28 +55,53 @@ class ContinualState:
     task_step: jax.Array
     params: PyTree
     batch_stats: PyTree
-    strategy_params: PyTree
     opt_state: optax.OptState
-    teacher: PyTree
     objective_state: PyTree
+    strategy: StrategyState
     rng: jax.Array
 
 
-def trainable(state: ContinualState) -> tuple[PyTree, PyTree]:
-    """What the optimizer updates: (student params, strategy params)."""
-    return state.params, state.strategy_params
+def trainable(state: ContinualState) -> dict[str, PyTree]:
+    """What the optimizer updates: {'student': params, 'strategy': the strategy's trainable}."""
+    return {"student": state.params, "strategy": state.strategy.trainable}
 
 
-def create_state(
-    *,
-    variables: PyTree,
-    tx: optax.GradientTransformation,
-    teacher: PyTree,
-    objective_state: PyTree,
-    strategy_params: PyTree,
-    rng: jax.Array,
+class RunKeys(NamedTuple):
+    """The run's keys, all derived from ``config.seed``: model init, evaluator, train steps,
+    the objective's initial state (queues, banks) and the strategy's (heads, memories)."""
+
+    init: jax.Array
+    eval: jax.Array
+    step: jax.Array
+    objective: jax.Array
+    strategy: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+    init, eval_, step = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return RunKeys(init, eval_, step, jax.random.fold_in(init, 1), jax.random.fold_in(init, 2))
+
+
+def initial_state(
+    *, objective: Any, strategy: Any, tx: optax.GradientTransformation, seed: int, train: Any
 ) -> ContinualState:
-    """The state at the start of a run: step 0, task 0, fresh optimizer state."""
+    """The state at the start of a run: step 0, task 0, a fresh student, objective and strategy
+    state, fresh optimizer state.
+
+    Args:
+      objective: the ``cl_ssl.objectives.Objective`` (its model, views and ``init_state``).
+      strategy: the ``cl_ssl.strategies.Strategy`` (its ``init``).
+      tx: the run's optimizer (``cl_ssl.step.make_tx``).
+      seed: ``config.seed``; every key comes from it (``run_keys``).
+      train: the training split (``cl_ssl.data.sources.ArraySplit``), whose shapes and labels size
+        the strategy's buffers.
+    """
+    keys = run_keys(seed)
+    crop = objective.views[0].crop_size
+    variables = objective.model.init(
+        keys.init, np.zeros((1, crop, crop, 3), np.float32), train=True
+    )
+    strategy_state = strategy.init(variables, keys.strategy, train)
     params = variables["params"]
     return ContinualState(
         step=jnp.zeros((), jnp.int32),
@@ -68,11 +109,10 @@ def create_state(
         task_step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
-        strategy_params=strategy_params,
-        opt_state=tx.init((params, strategy_params)),
-        teacher=teacher,
-        objective_state=objective_state,
-        rng=rng,
+        opt_state=tx.init({"student": params, "strategy": strategy_state.trainable}),
+        objective_state=objective.init_state(params, keys.objective),
+        strategy=strategy_state,
+        rng=keys.step,
     )
 
 
@@ -81,22 +121,20 @@ def start_task(
     *,
     task: int,
     tx: optax.GradientTransformation,
-    teacher: PyTree,
     objective_state: PyTree,
-    strategy_params: PyTree,
+    strategy_state: StrategyState,
 ) -> ContinualState:
-    """The state at the start of ``task``: optimizer and schedules restart; the teacher, the
-    objective's state and the strategy's params are replaced (the caller derives them from the
-    old ones).
+    """The state at the start of ``task``: optimizer and schedules restart; the objective's and the
+    strategy's states are replaced (the caller derives them from the old ones).
 
-    The optimizer state is re-initialised (LARS momentum and the learning-rate schedule's count
-    restart with every task, as each task is a new process in the reference code, METHODS.md 1.6).
+    The optimizer state is re-initialised: LARS momentum and the learning-rate schedule's count
+    restart with every task, as each task is a new training process in the reference code
+    (CaSSLe's ``main_continual.py`` launches ``main_pretrain.py`` once per task).
     """
     return state.replace(
         task=jnp.asarray(task, jnp.int32),
         task_step=jnp.zeros((), jnp.int32),
-        strategy_params=strategy_params,
-        opt_state=tx.init((state.params, strategy_params)),
-        teacher=teacher,
+        opt_state=tx.init({"student": state.params, "strategy": strategy_state.trainable}),
         objective_state=objective_state,
+        strategy=strategy_state,
     )

@@ -3,7 +3,7 @@
 The step takes the whole on-device training set and one batch of example indices, gathers and
 augments the two views on the device, and updates the state. Everything that differs between tasks
 (the task index, the learning rate and the objective's schedules, which have a different length in
-each task) enters as arrays, so a run compiles the step once (ARCHITECTURE.md rule 3). The training
+each task) enters as arrays, so a run compiles the step a bounded number of times, whatever the number of tasks. The training
 loop computes each stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes
 one set per step.
 """
@@ -13,54 +13,139 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax import lax
 
 from cl_ssl import optim
 from cl_ssl.data import augment
+from cl_ssl.data import batch as batch_lib
+from cl_ssl.data.batch import TrainData
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
-from cl_ssl.strategies import Strategy
+from cl_ssl.strategies import LossInputs, Strategy
 
 Metrics = dict[str, jax.Array]
-StepFn = Callable[[ContinualState, jax.Array, jax.Array, Metrics], tuple[ContinualState, Metrics]]
+StepFn = Callable[[ContinualState, TrainData, jax.Array, Metrics], tuple[ContinualState, Metrics]]
 
 
-def make_tx(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer of ``config.optimizer`` with its learning rate injected by the step.
+def param_groups(objective: Objective, strategy: Strategy) -> dict[str, optim.ParamGroup]:
+    """Every optimizer group of a run: the default one, the objective's and the strategy's."""
+    clash = set(objective.param_groups) & set(strategy.param_groups)
+    if clash:
+        raise ValueError(
+            f"parameter groups {sorted(clash)} are named by the objective and the strategy"
+        )
+    return {
+        optim.DEFAULT_GROUP: optim.ParamGroup(),
+        **objective.param_groups,
+        **strategy.param_groups,
+    }
 
-    The learning rate is a hyperparameter of the optimizer state (``optax.inject_hyperparams``) that
-    the step overwrites from the schedule, because the schedule's length differs between tasks while
-    the compiled step must not.
+
+def make_tx(
+    config: ml_collections.ConfigDict,
+    objective: Objective | None = None,
+    strategy: Strategy | None = None,
+) -> optax.GradientTransformation:
+    """The optimizer of ``config.optimizer`` over ``trainable(state)``, one group at a time.
+
+    An ``optax.multi_transform`` of the groups (``param_groups``): the student's parameters are
+    labelled by ``objective.param_labels``, the strategy's by ``strategy.param_labels``, both
+    defaulting to the run's group. Each group's learning rate (and its ``active`` switch) is a
+    hyperparameter of its optimizer state (``optax.inject_hyperparams``) that the step overwrites
+    from the stage's schedule, because the schedule's length differs between tasks while the
+    compiled step must not. Without an objective and a strategy: the default group alone, over any
+    tree (to check the optimizer's settings).
     """
     o = config.optimizer
     kwargs = o.kwargs.to_dict()
+    groups = (
+        param_groups(objective, strategy)
+        if objective
+        else {optim.DEFAULT_GROUP: optim.ParamGroup()}
+    )
 
-    def factory(learning_rate):
-        return optim.make_optimizer(
-            o.name, learning_rate=learning_rate, weight_decay=o.weight_decay, **kwargs
+    def group_tx(group: optim.ParamGroup) -> optax.GradientTransformation:
+        if group.frozen:
+            return optax.set_to_zero()
+        weight_decay = o.weight_decay if group.weight_decay is None else group.weight_decay
+
+        def factory(learning_rate, active=None):
+            tx = optim.make_optimizer(
+                o.name, learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
+            )
+            return tx if active is None else optim.gated(tx, active)
+
+        if group.active is None:
+            return optax.inject_hyperparams(lambda learning_rate: factory(learning_rate))(
+                learning_rate=0.0
+            )
+        return optax.inject_hyperparams(factory)(learning_rate=0.0, active=1.0)
+
+    def labels(trainable):
+        if objective is None:
+            return jax.tree.map(lambda _: optim.DEFAULT_GROUP, trainable)
+        return {
+            "student": _labels(objective.param_labels, trainable["student"]),
+            "strategy": _labels(strategy.param_labels, trainable["strategy"]),
+        }
+
+    return optax.multi_transform({name: group_tx(g) for name, g in groups.items()}, labels)
+
+
+def _labels(label_fn, tree):
+    if label_fn is None:
+        return jax.tree.map(lambda _: optim.DEFAULT_GROUP, tree)
+    return label_fn(tree)
+
+
+def set_group_hyperparams(
+    opt_state: optax.OptState, groups: dict[str, optim.ParamGroup], hyper: Metrics
+) -> optax.OptState:
+    """``opt_state`` with each group's learning rate (and ``active`` switch) of this step."""
+    inner = dict(opt_state.inner_states)
+    for name, group in groups.items():
+        if group.frozen:
+            continue
+        values = {"learning_rate": hyper[group_lr_key(name) if group.own_schedule else "lr"]}
+        if group.active is not None:
+            values["active"] = hyper[group.active]
+        masked = inner[name]
+        injected = masked.inner_state
+        inner[name] = masked._replace(
+            inner_state=injected._replace(hyperparams={**injected.hyperparams, **values})
         )
+    return opt_state._replace(inner_states=inner)
 
-    return optax.inject_hyperparams(factory)(learning_rate=0.0)
+
+def group_lr_key(name: str) -> str:
+    """The key of a group's own learning rate in the step's ``hyper``."""
+    return f"lr/{name}"
 
 
 def scaled_base_lr(config: ml_collections.ConfigDict) -> float:
-    """``optimizer.lr`` scaled linearly by batch_size / 256 when ``scale_lr_by_batch`` (METHODS 1.4)."""
+    """``optimizer.lr`` scaled linearly by batch_size / 256 when ``scale_lr_by_batch`` (CaSSLe's
+    ``main_pretrain.py``)."""
     o = config.optimizer
     return o.lr * config.batch_size / 256 if o.scale_lr_by_batch else o.lr
 
 
 def lr_schedule(
-    config: ml_collections.ConfigDict, *, num_epochs: int, steps_per_epoch: int
+    config: ml_collections.ConfigDict,
+    *,
+    num_epochs: int,
+    steps_per_epoch: int,
+    group: optim.ParamGroup | None = None,
 ) -> optax.Schedule:
-    """The warm-up + cosine schedule of one stage, a function of the step within the stage."""
+    """The warm-up + cosine schedule of one stage for ``group``, a function of the step within the
+    stage; the group's base learning rate is its own ``lr`` or the run's times its ``lr_scale``."""
     o = config.optimizer
+    group = group or optim.ParamGroup()
+    base = group.lr if group.lr is not None else scaled_base_lr(config) * group.lr_scale
     return optim.warmup_cosine_schedule(
-        scaled_base_lr(config),
+        base,
         total_epochs=num_epochs,
         warmup_epochs=o.warmup_epochs,
         steps_per_epoch=steps_per_epoch,
@@ -71,45 +156,56 @@ def lr_schedule(
 
 
 def build_step_fn(
-    objective: Objective, strategy: Strategy, tx: optax.GradientTransformation
+    objective: Objective, strategy: Strategy, tx: optax.GradientTransformation, *, extend: bool
 ) -> StepFn:
     """The (un-jitted) train step for ``objective`` under ``strategy``.
 
-    The returned function maps (state, images, batch_indices, hyper) to (new state, metrics):
-      images: uint8 [N, H, W, C], the whole training set, replicated on every device; or, for a
-        data set kept in host memory, this step's batch uint8 [B, H, W, C], sharded over the
-        ``data`` mesh axis.
-      batch_indices: int32 [B], this step's examples, sharded over the ``data`` mesh axis; None
-        when ``images`` is already the batch.
-      hyper: float32 scalars of this step: 'lr' (see ``lr_schedule``) and the objective's
-        ``schedules`` (EMA momentum, ...).
-      metrics: float32 scalars: 'loss' (the objective's plus the strategy's weighted distillation
-      term), 'grad_norm' (global L2 norm of the gradients), 'lr', the objective's own terms and
-      the strategy's (the unweighted 'distill'). A finite loss with a non-finite gradient norm
-      means the updated parameters are not finite.
-    The step's random key is the run key folded with the global step, so a resumed run draws the
-    same augmentations as an uninterrupted one. The student sees ``objective.student_views``; its
-    BatchNorm statistics are updated by each view in turn. The optimizer updates the student's
-    params and the strategy's together (``cl_ssl.state.trainable``).
+    The returned function maps (state, data, ids, hyper) to (new state, metrics):
+      data: the training split (``TrainData``): labels, classes and tasks of every example, and its
+        images whole on every device or, for a data set kept in host memory, this step's batch
+        sharded over the ``data`` mesh axis.
+      ids: int32 [B], this step's examples, sharded over the ``data`` mesh axis.
+      hyper: float32 scalars of this step: 'lr' (see ``lr_schedule``), the parameter groups' own
+        learning rates and the objective's ``schedules`` (EMA momentum, ...).
+      metrics: float32 scalars: 'loss' (the objective's plus the strategy's weighted term),
+        'grad_norm' (global L2 norm of the gradients), 'lr', the objective's own terms and the
+        strategy's. A finite loss with a non-finite gradient norm means the updated parameters are
+        not finite.
+
+    One step: the batch of ``ids`` (``current_batch``); with ``extend``, the strategy's
+    ``extend_batch`` joins its rows; two augmented views of every row, which the strategy's
+    ``transform_views`` may then rewrite; the student on ``objective.student_views`` (its BatchNorm
+    statistics updated by each view in turn); the objective's loss plus the strategy's ``loss``;
+    the optimizer update of ``trainable(state)``; the objective's ``update_state`` and the
+    strategy's ``update_buffers`` (with the step's own rows). Every random draw comes from the run
+    key folded with the global step, so a resumed run draws as an uninterrupted one.
     """
     model = objective.model
+    groups = param_groups(objective, strategy)
 
     def train_step(
-        state: ContinualState, images: jax.Array, batch_indices: jax.Array, hyper: Metrics
+        state: ContinualState, data: TrainData, ids: jax.Array, hyper: Metrics
     ) -> tuple[ContinualState, Metrics]:
-        x = images if batch_indices is None else jnp.take(images, batch_indices, axis=0)
-        keys = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        step_key = jax.random.fold_in(state.rng, state.step)
+        view_keys = jax.random.split(step_key)
+        strategy_key = jax.random.fold_in(step_key, 2)
+        current = batch_lib.current_batch(data, ids)
+        batch = current
+        if extend:
+            batch = strategy.extend_batch(state.strategy, batch, data, strategy_key, state.task)
         views = tuple(
-            augment.augment_batch(key, x, view)
-            for key, view in zip(keys, objective.views, strict=True)
+            augment.augment_batch(key, batch.images, view)
+            for key, view in zip(view_keys, objective.views, strict=True)
         )
+        if extend and strategy.transform_views is not None:
+            views = strategy.transform_views(views, batch, strategy_key)
         target = None
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)
         student_views = tuple(views[v] for v in objective.student_views)
 
         def loss_fn(variables):
-            params, strategy_params = variables
+            params = variables["student"]
             batch_stats, outputs = state.batch_stats, []
             for view in student_views:
                 out, mutated = model.apply(
@@ -123,41 +219,45 @@ def build_step_fn(
             loss, terms, aux = objective.loss(
                 tuple(outputs), target, state.objective_state, params, hyper
             )
-            if strategy.distill is not None:
-
-                def distill():
-                    return strategy.distill(
-                        tuple(outputs), student_views, state.teacher, strategy_params
+            if strategy.loss is not None:
+                extra, extra_terms = strategy.loss(
+                    LossInputs(
+                        outputs=tuple(outputs),
+                        views=student_views,
+                        batch=batch,
+                        params=params,
+                        trainable=variables["strategy"],
+                        state=state.strategy,
+                        task=state.task,
+                        hyper=hyper,
                     )
-
-                def no_teacher_yet():
-                    return jax.tree.map(jnp.zeros_like, jax.eval_shape(distill))
-
-                # The first task skips the teacher's forward pass at run time (lax.cond).
-                distill_loss, distill_terms = lax.cond(state.task > 0, distill, no_teacher_yet)
-                loss, terms = loss + distill_loss, {**terms, **distill_terms}
+                )
+                loss, terms = loss + extra, {**terms, **extra_terms}
             return loss, (batch_stats, terms, aux)
 
         variables = trainable(state)
         (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             variables
         )
-        opt_state = state.opt_state
-        opt_state = opt_state._replace(
-            hyperparams={**opt_state.hyperparams, "learning_rate": hyper["lr"]}
-        )
+        opt_state = set_group_hyperparams(state.opt_state, groups, hyper)
         updates, opt_state = tx.update(grads, opt_state, variables)
-        if objective.mask_updates is not None:
-            updates = (objective.mask_updates(updates[0], hyper), updates[1])
-        params, strategy_params = optax.apply_updates(variables, updates)
+        variables = optax.apply_updates(variables, updates)
+        params = variables["student"]
+        strategy_state = state.strategy.replace(trainable=variables["strategy"])
+        if strategy.update_buffers is not None:
+            strategy_state = strategy_state.replace(
+                buffers=strategy.update_buffers(
+                    strategy_state, current, data, jax.random.fold_in(strategy_key, 1), state.task
+                )
+            )
         new_state = state.replace(
             step=state.step + 1,
             task_step=state.task_step + 1,
             params=params,
-            strategy_params=strategy_params,
             batch_stats=batch_stats,
             opt_state=opt_state,
             objective_state=objective.update_state(state.objective_state, params, aux, hyper),
+            strategy=strategy_state,
         )
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": hyper["lr"], **terms}
         return new_state, metrics
@@ -168,25 +268,38 @@ def build_step_fn(
 def stage_hyper(
     config: ml_collections.ConfigDict,
     objective: Objective,
+    strategy: Strategy,
     *,
     num_epochs: int,
     steps_per_epoch: int,
 ) -> dict[str, np.ndarray]:
-    """Every per-step scalar of one stage: name -> float32 [steps]; 'lr' and the objective's."""
-    lr_at = lr_schedule(config, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch)
+    """Every per-step scalar of one stage: name -> float32 [steps]; 'lr', each group's own
+    learning rate ('lr/<group>', ``group_lr_key``) and the objective's schedules."""
     num_steps = num_epochs * steps_per_epoch
-    hyper = {"lr": np.asarray(jax.jit(jax.vmap(lr_at))(np.arange(num_steps)), np.float32)}
+    steps = np.arange(num_steps)
+    schedules = {"lr": optim.ParamGroup()}
+    for name, group in param_groups(objective, strategy).items():
+        if group.own_schedule and not group.frozen:
+            schedules[group_lr_key(name)] = group
+    hyper = {}
+    for key, group in schedules.items():
+        lr_at = lr_schedule(
+            config, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, group=group
+        )
+        hyper[key] = np.asarray(jax.jit(jax.vmap(lr_at))(steps), np.float32)
     for name, values in objective.schedules(num_steps, steps_per_epoch).items():
         hyper[name] = np.asarray(values, np.float32)
     return hyper
 
 
-def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh, *, host_batches: bool = False) -> StepFn:
-    """Jits ``step_fn`` over ``mesh``, state donated: state replicated, indices sharded, and the
-    images replicated (the whole on-device data set) or, with ``host_batches``, batch-sharded (each
-    step's batch from host memory, with None for the indices)."""
+def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh, *, on_device: bool = True) -> StepFn:
+    """Jits ``step_fn`` over ``mesh``, state donated: state replicated, example ids sharded, and the
+    data's label arrays replicated with its images replicated (the whole on-device data set) or,
+    without ``on_device``, batch-sharded (each step's batch from host memory)."""
     rep, batch = replicated(mesh), batch_sharded(mesh)
-    images = batch if host_batches else rep
+    data = TrainData(
+        images=rep if on_device else batch, labels=rep, classes=rep, tasks=rep, on_device=on_device
+    )
     return jax.jit(
-        step_fn, in_shardings=(rep, images, batch, rep), out_shardings=(rep, rep), donate_argnums=0
+        step_fn, in_shardings=(rep, data, batch, rep), out_shardings=(rep, rep), donate_argnums=0
     )

@@ -20,9 +20,10 @@ from cl_ssl import config as config_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data import scenarios, sources
+from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, metrics, report
 from cl_ssl.objectives import Objective, get_objective, resolve_config
-from cl_ssl.strategies import Strategy, get_strategy
+from cl_ssl.strategies import Strategy, TaskEnd, get_strategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +51,29 @@ class Plan:
     test: sources.ArraySplit
     scenario: scenarios.Scenario
     stages: tuple[Stage, ...]
+    labels: np.ndarray  # int32 [N_train], the labels the learner may use, -1 where it has none
+    example_tasks: np.ndarray  # int32 [N_train], the task of every training example
 
 
 def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.ndarray:
     """The stage's example indices in the order of one epoch, a function of (seed, stage, epoch)."""
     return np.random.default_rng((seed, stage, epoch)).permutation(indices)
+
+
+def visible_labels(
+    labels: np.ndarray, task_indices: list[np.ndarray], *, fraction: float, seed: int
+) -> np.ndarray:
+    """int32 [N]: ``labels`` where the learner may use them, -1 elsewhere.
+
+    Within each task, round(fraction * n_task) of its examples keep their label, drawn without
+    replacement from (seed, task); examples of no task get -1.
+    """
+    visible = np.full(len(labels), -1, np.int32)
+    for task, indices in enumerate(task_indices):
+        rng = np.random.default_rng((seed, task))
+        keep = rng.choice(indices, round(fraction * len(indices)), replace=False)
+        visible[keep] = labels[keep]
+    return visible
 
 
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
@@ -65,7 +84,7 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     config = resolve_config(config)
     config_lib.validate(config, mesh.size)
     try:
-        step_lib.make_tx(config).init({})
+        step_lib.make_tx(config).init({"w": np.zeros(2)})
     except TypeError as error:
         raise ValueError(
             f"optimizer.kwargs {config.optimizer.kwargs.to_dict()} do not fit optimizer "
@@ -119,6 +138,9 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
                 steps_per_epoch=len(indices) // config.batch_size,
             )
         )
+    example_tasks = np.full(len(train.labels), -1, np.int32)
+    for task, indices in enumerate(scenario.train_indices):
+        example_tasks[indices] = task
     return Plan(
         config=config,
         mesh=mesh,
@@ -128,6 +150,13 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         test=test,
         scenario=scenario,
         stages=tuple(stages),
+        labels=visible_labels(
+            train.labels,
+            scenario.train_indices,
+            fraction=config.labels.fraction,
+            seed=config.seed,
+        ),
+        example_tasks=example_tasks,
     )
 
 
@@ -161,6 +190,7 @@ class _Results:
         self._plan, self._workdir, self._writer = p, workdir, writer
         rows, tasks = len(p.stages) + 1, p.scenario.num_tasks
         self.matrices = {name: np.full((rows, tasks), np.nan) for name in p.config.eval.evaluators}
+        self.buffer_bytes = 0  # size of the strategy's buffers (an exemplar memory)
 
     def to_json(self) -> dict:
         return {
@@ -175,7 +205,7 @@ class _Results:
         }
 
     def summaries(self) -> dict[str, dict]:
-        """Metrics of every complete matrix: all of PROTOCOLS.md 4 for continual runs, final accuracy
+        """Metrics of every complete matrix: every continual metric for continual runs, final accuracy
         for the offline run's single trained row."""
         c, sizes = self._plan.config, np.array([len(i) for i in self._plan.scenario.test_indices])
         out = {}
@@ -219,20 +249,18 @@ class _Results:
                     "scenario": p.scenario.kind,
                     "num_devices": p.mesh.size,
                     "rows_evaluated": row + 1,
+                    "strategy_buffer_bytes": self.buffer_bytes,
                 },
             )
 
 
-def _finite(step_metrics: dict) -> bool:
-    """Whether a step's loss and gradient norm (hence its updated parameters) are finite."""
-    return bool(
-        np.isfinite(float(step_metrics["loss"])) and np.isfinite(float(step_metrics["grad_norm"]))
-    )
-
-
-def _non_finite(step: int, metrics_: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
-    values = {k: float(v) for k, v in metrics_.items()}
-    return FloatingPointError(
+def _check_finite(step: int, step_metrics: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
+    """FloatingPointError unless a step's loss and gradient norm (hence its updated parameters)
+    are finite; the message names the last checkpoint and what to change."""
+    values = {k: float(v) for k, v in step_metrics.items()}
+    if np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]):
+        return
+    raise FloatingPointError(
         f"non-finite loss or gradient (loss {values['loss']}, gradient norm "
         f"{values['grad_norm']}) at step {step} (task {stage_id + 1}; metrics {values}); "
         f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the "
@@ -262,68 +290,119 @@ def run(
             os.path.join(os.path.abspath(workdir), "checkpoints"), keep=config.keep_checkpoints
         )
         stack.callback(ckpt.close)
-        return _run(p, workdir, ckpt, writer)
+        return _Run(p, workdir, ckpt, writer).run()
 
 
-def _run(
-    p: Plan, workdir: str, ckpt: checkpoint.Checkpointer, writer: report.ScalarWriter | None
-) -> dict[str, Any]:
-    config, mesh, objective, strategy = p.config, p.mesh, p.objective, p.strategy
-    rep = parallel.replicated(mesh)
-    tx = step_lib.make_tx(config)
-    init_key, eval_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    objective_key = jax.random.fold_in(init_key, 1)  # the initial queues and banks
-    strategy_key = jax.random.fold_in(init_key, 2)  # the strategy's heads
-    crop = objective.views[0].crop_size
+class _Run:
+    """One run's training loop: start or resume, then each stage's steps and its end."""
 
-    def init_state():
-        variables = objective.model.init(
-            init_key, np.zeros((1, crop, crop, 3), np.float32), train=True
+    def __init__(
+        self,
+        p: Plan,
+        workdir: str,
+        ckpt: checkpoint.Checkpointer,
+        writer: report.ScalarWriter | None,
+    ):
+        self.p, self.ckpt, self.writer = p, ckpt, writer
+        self.config, self.mesh = p.config, p.mesh
+        self.tx = step_lib.make_tx(p.config, p.objective, p.strategy)
+        self.keys = state_lib.run_keys(p.config.seed)
+        self.results = _Results(p, workdir, writer)
+        self.evaluator = evaluate.Evaluator(
+            p.objective.model, p.train, p.test, p.scenario, p.config, p.mesh, key=self.keys.eval
         )
-        teacher = strategy.teacher(variables["params"], variables.get("batch_stats", {}))
-        return state_lib.create_state(
-            variables=variables,
-            tx=tx,
-            teacher=teacher,
-            objective_state=objective.init_state(variables["params"], objective_key),
-            strategy_params=strategy.init_params(strategy_key),
-            rng=step_key,
+        on_device = p.config.dataset.on_device
+        rep = parallel.replicated(p.mesh)
+        self.data = TrainData(
+            images=parallel.put_replicated(p.mesh, p.train.images) if on_device else None,
+            labels=jax.device_put(p.labels, rep),
+            classes=jax.device_put(p.train.labels.astype(np.int32), rep),
+            tasks=jax.device_put(p.example_tasks, rep),
+            on_device=on_device,
+        )
+        self._steps = {}  # extend_batch (bool) -> jitted step, built when a stage first needs it
+
+    def run(self) -> dict[str, Any]:
+        state = self.start_or_resume()
+        for stage_id in range(int(state.task), len(self.p.stages)):
+            state, stopped = self.train_stage(stage_id, state)
+            if stopped:
+                return self._result(state, stopped=True)
+            state = self.end_stage(stage_id, state)
+        return self._result(state, stopped=False)
+
+    def _result(self, state: state_lib.ContinualState, *, stopped: bool) -> dict[str, Any]:
+        return {
+            "matrices": self.results.matrices,
+            "summaries": self.results.summaries(),
+            "state": state,
+            "stopped": stopped,
+        }
+
+    def _initial_state(self) -> state_lib.ContinualState:
+        p = self.p
+        return state_lib.initial_state(
+            objective=p.objective,
+            strategy=p.strategy,
+            tx=self.tx,
+            seed=p.config.seed,
+            train=p.train,
         )
 
-    results = _Results(p, workdir, writer)
-    evaluator = evaluate.Evaluator(
-        objective.model, p.train, p.test, p.scenario, config, mesh, key=eval_key
-    )
-    # Shapes only: a resumed run never computes the initial state it is about to overwrite.
-    restored = ckpt.restore(checkpoint.abstract_like(jax.eval_shape(init_state), rep))
-    if restored is None:
-        state = jax.jit(init_state, out_shardings=rep)()
-        results.record(0, evaluator(state.params, state.batch_stats), step=0)
-        ckpt.save(0, state, {"matrices": results.to_json()})
-    else:
+    def start_or_resume(self) -> state_lib.ContinualState:
+        """The newest checkpoint's state, or a fresh one evaluated as row 0 and saved as step 0."""
+        rep = parallel.replicated(self.mesh)
+        # Shapes only: a resumed run never computes the initial state it is about to overwrite.
+        abstract = checkpoint.abstract_like(jax.eval_shape(self._initial_state), rep)
+        restored = self.ckpt.restore(abstract)
+        if restored is None:
+            state = jax.jit(self._initial_state, out_shardings=rep)()
+            self._report_buffers(state)
+            self.results.record(0, self.evaluator(state.params, state.batch_stats), step=0)
+            self.ckpt.save(0, state, {"matrices": self.results.to_json()})
+            return state
         _, state, meta = restored
-        results.load_json(meta["matrices"])
+        self.results.load_json(meta["matrices"])
+        self._report_buffers(state)
         if jax.process_index() == 0:
             where = (
                 "the run is complete"
-                if int(state.task) >= len(p.stages)
+                if int(state.task) >= len(self.p.stages)
                 else f"task {int(state.task) + 1}, step {int(state.task_step)} of the task"
             )
-            print(f"resumed from {ckpt.directory} at step {int(state.step)} ({where})")
+            print(f"resumed from {self.ckpt.directory} at step {int(state.step)} ({where})")
+        return state
 
-    on_device = config.dataset.on_device
-    images = parallel.put_replicated(mesh, p.train.images) if on_device else None
-    train_step = step_lib.jit_step(
-        step_lib.build_step_fn(objective, strategy, tx), mesh, host_batches=not on_device
-    )
-    global_step = int(state.step)
-    for stage_id in range(int(state.task), len(p.stages)):
+    def _report_buffers(self, state: state_lib.ContinualState) -> None:
+        """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
+        size = sum(x.nbytes for x in jax.tree.leaves(state.strategy.buffers))
+        self.results.buffer_bytes = size
+        if size and jax.process_index() == 0:
+            print(f"strategy {self.p.strategy.name}: buffers of {size / 2**20:.2f} MiB")
+
+    def _step(self, stage_id: int):
+        extend = self.p.strategy.extends_batch(stage_id)
+        if extend not in self._steps:
+            fn = step_lib.build_step_fn(self.p.objective, self.p.strategy, self.tx, extend=extend)
+            self._steps[extend] = step_lib.jit_step(fn, self.mesh, on_device=self.data.on_device)
+        return self._steps[extend]
+
+    def train_stage(
+        self, stage_id: int, state: state_lib.ContinualState
+    ) -> tuple[state_lib.ContinualState, bool]:
+        """The stage's remaining steps; (state, True) when ``stop_after_steps`` ends the run."""
+        config, mesh, p = self.config, self.mesh, self.p
         stage = p.stages[stage_id]
+        train_step = self._step(stage_id)
         # The whole stage's schedules at once, so the loop never waits on the device for one.
         hyper = step_lib.stage_hyper(
-            config, objective, num_epochs=stage.num_epochs, steps_per_epoch=stage.steps_per_epoch
+            config,
+            p.objective,
+            p.strategy,
+            num_epochs=stage.num_epochs,
+            steps_per_epoch=stage.steps_per_epoch,
         )
-        first = int(state.task_step)
+        first, global_step = int(state.task_step), int(state.step)
         bar = tqdm.tqdm(
             total=stage.num_steps,
             initial=first,
@@ -341,66 +420,75 @@ def _run(
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
             batch = order[position * config.batch_size : (position + 1) * config.batch_size]
             hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
-            if on_device:
-                inputs = (images, parallel.global_batch(mesh, batch))
-            else:  # read while the device runs the previous step
-                inputs = (parallel.gather_batch(mesh, p.train.images, batch), None)
-            state, step_metrics = train_step(state, *inputs, hyper_now)
+            data = self.data
+            if not data.on_device:  # read while the device runs the previous step
+                data = data.replace(images=parallel.gather_batch(mesh, p.train.images, batch))
+            state, step_metrics = train_step(
+                state, data, parallel.global_batch(mesh, batch), hyper_now
+            )
             global_step += 1
             if pending is not None:
-                if not _finite(pending[1]):
-                    raise _non_finite(*pending, stage_id, ckpt)
-                loss = float(pending[1]["loss"])
+                _check_finite(*pending, stage_id, self.ckpt)
                 if pending[0] % config.log_every_steps == 0:
                     rate = (task_step - tic_step) * config.batch_size / (time.perf_counter() - tic)
                     tic, tic_step = time.perf_counter(), task_step
-                    bar.set_postfix(
-                        epoch=f"{epoch + 1}/{stage.num_epochs}",
-                        loss=f"{loss:.4f}",
-                        img_s=f"{rate:.0f}",
-                    )
-                    if writer:
-                        for k, v in pending[1].items():
-                            writer.scalar(f"train/{k}", float(v), pending[0])
-                        writer.scalar("train/images_per_second", rate, pending[0])
+                    self._log(bar, pending, epoch, stage, rate)
             pending = (global_step, step_metrics)
             bar.update(1)
             stop = global_step == config.stop_after_steps
             if task_step + 1 < stage.num_steps and (
                 global_step % config.checkpoint_every_steps == 0 or stop
             ):
-                if not _finite(step_metrics):
-                    raise _non_finite(*pending, stage_id, ckpt)
-                ckpt.save(global_step, state, {"matrices": results.to_json()})
+                _check_finite(*pending, stage_id, self.ckpt)
+                self.ckpt.save(global_step, state, {"matrices": self.results.to_json()})
             if stop:
                 bar.close()
                 logging.warning("stopping after step %d as stop_after_steps asks", global_step)
-                return {
-                    "matrices": results.matrices,
-                    "summaries": results.summaries(),
-                    "state": state,
-                    "stopped": True,
-                }
+                return state, True
         bar.close()
-        if pending is not None and not _finite(pending[1]):
-            raise _non_finite(*pending, stage_id, ckpt)
+        if pending is not None:
+            _check_finite(*pending, stage_id, self.ckpt)
+        return state, False
 
-        results.record(stage_id + 1, evaluator(state.params, state.batch_stats), step=global_step)
+    def _log(self, bar: tqdm.tqdm, pending: tuple, epoch: int, stage: Stage, rate: float) -> None:
+        step, step_metrics = pending
+        bar.set_postfix(
+            epoch=f"{epoch + 1}/{stage.num_epochs}",
+            loss=f"{float(step_metrics['loss']):.4f}",
+            img_s=f"{rate:.0f}",
+        )
+        if self.writer:
+            for k, v in step_metrics.items():
+                self.writer.scalar(f"train/{k}", float(v), step)
+            self.writer.scalar("train/images_per_second", rate, step)
+
+    def end_stage(self, stage_id: int, state: state_lib.ContinualState) -> state_lib.ContinualState:
+        """Evaluates the stage's row, lets the strategy and the objective start the next stage, and
+        saves the boundary checkpoint."""
+        p = self.p
+        step = int(state.step)
+        self.results.record(
+            stage_id + 1, self.evaluator(state.params, state.batch_stats), step=step
+        )
+        strategy_state = p.strategy.end_task(
+            TaskEnd(
+                state=state,
+                next_task=stage_id + 1,
+                key=self.keys.strategy,
+                indices=p.stages[stage_id].indices,
+                train=p.train,
+                features=self.evaluator.features,
+            )
+        )
         state = state_lib.start_task(
             state,
             task=stage_id + 1,
-            tx=tx,
-            teacher=strategy.teacher(state.params, state.batch_stats),
-            objective_state=objective.start_task(state.objective_state),
-            strategy_params=strategy.start_task(state.strategy_params, stage_id + 1, strategy_key),
+            tx=self.tx,
+            objective_state=p.objective.start_task(state.objective_state),
+            strategy_state=strategy_state,
         )
-        state = jax.device_put(state, rep)
-        ckpt.save(global_step, state, {"matrices": results.to_json()})
-        if writer:
-            writer.flush()
-    return {
-        "matrices": results.matrices,
-        "summaries": results.summaries(),
-        "state": state,
-        "stopped": False,
-    }
+        state = jax.device_put(state, parallel.replicated(self.mesh))
+        self.ckpt.save(step, state, {"matrices": self.results.to_json()})
+        if self.writer:
+            self.writer.flush()
+        return state

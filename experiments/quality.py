@@ -6,7 +6,7 @@ objective, strategy and seed, each in its own workdir (an interrupted sweep resu
 markdown table, mean +- std over seeds, of the final linear-probe and kNN accuracy (mean of the 5
 tasks' test accuracy), the gain over the random-initialisation row (the same backbone
 initialisation for every objective and strategy of a seed), and for continual strategies the
-forgetting and forward transfer (PROTOCOLS.md 4.2, 4.4; ``max_prev`` forgetting, T-1 norm).
+forgetting and forward transfer (``max_prev`` forgetting, T-1 norm).
 ``--output`` also writes the table and the command to a markdown file. Config values can be
 overridden as in cl_ssl.main (``--config.epochs_per_task=15``). A run whose workdir already holds
 complete results of the same config (results.json with every row evaluated, from this machine or

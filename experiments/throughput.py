@@ -33,6 +33,8 @@ from cl_ssl import config as config_lib
 from cl_ssl import parallel
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
+from cl_ssl.data.batch import TrainData
+from cl_ssl.data.sources import ArraySplit
 from cl_ssl.objectives import get_objective, resolve_config
 from cl_ssl.strategies import STRATEGIES, get_strategy
 
@@ -79,39 +81,50 @@ def time_jax() -> dict:
     mesh = parallel.make_mesh()
     objective = get_objective(config)
     strategy = get_strategy(config, objective)
-    tx = step_lib.make_tx(config)
-    rng = jax.random.PRNGKey(0)
-    variables = objective.model.init(rng, np.zeros((1, 32, 32, 3), np.float32), train=True)
-    state = state_lib.create_state(
-        variables=variables,
-        tx=tx,
-        teacher=strategy.teacher(variables["params"], variables.get("batch_stats", {})),
-        objective_state=objective.init_state(variables["params"], rng),
-        strategy_params=strategy.init_params(rng),
-        rng=rng,
+    tx = step_lib.make_tx(config, objective, strategy)
+    rng = np.random.default_rng(0)
+    train = ArraySplit(
+        images=rng.integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8),
+        labels=rng.integers(0, 10, NUM_IMAGES).astype(np.int32),
+        num_classes=10,
     )
-    # The second task: distillation (if any) is on.
+    state = state_lib.initial_state(
+        objective=objective, strategy=strategy, tx=tx, seed=0, train=train
+    )
+    # The second task: distillation (if any) is on, a replay sub-batch (if any) joins the batch.
     state = parallel.put_replicated(mesh, state.replace(task=np.int32(1)))
-    host_images = np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, 32, 32, 3), np.uint8)
+    labels = parallel.put_replicated(mesh, train.labels)
+    data = TrainData(
+        images=parallel.put_replicated(mesh, train.images) if _ON_DEVICE.value else None,
+        labels=labels,
+        classes=labels,
+        tasks=parallel.put_replicated(mesh, np.zeros(NUM_IMAGES, np.int32)),
+        on_device=_ON_DEVICE.value,
+    )
     indices = [
         np.random.default_rng(i).choice(NUM_IMAGES, _BATCH.value, replace=False).astype(np.int32)
         for i in range(4)
     ]
-    if _ON_DEVICE.value:
-        images = parallel.put_replicated(mesh, host_images)
-        batches = [parallel.global_batch(mesh, i) for i in indices]
+    batches = [parallel.global_batch(mesh, i) for i in indices]
 
-        def inputs(i):
-            return images, batches[i % 4]
-    else:
-
-        def inputs(i):  # read and sent inside the timed loop, as in training
-            return parallel.gather_batch(mesh, host_images, indices[i % 4]), None
+    def inputs(i):
+        if _ON_DEVICE.value:
+            return data, batches[i % 4]
+        # Read and sent inside the timed loop, as in training.
+        images = parallel.gather_batch(mesh, train.images, indices[i % 4])
+        return data.replace(images=images), batches[i % 4]
 
     step = step_lib.jit_step(
-        step_lib.build_step_fn(objective, strategy, tx), mesh, host_batches=not _ON_DEVICE.value
+        step_lib.build_step_fn(objective, strategy, tx, extend=strategy.extends_batch(1)),
+        mesh,
+        on_device=_ON_DEVICE.value,
     )
-    lr = parallel.put_replicated(mesh, {"lr": np.float32(config.optimizer.lr)})
+    # The per-step scalars once the warm-up is over: every group at its base learning rate.
+    warmup = config.optimizer.warmup_epochs
+    hyper = step_lib.stage_hyper(
+        config, objective, strategy, num_epochs=warmup + 1, steps_per_epoch=1
+    )
+    lr = parallel.put_replicated(mesh, {k: v[-1] for k, v in hyper.items()})
     lowered = step.lower(state, *inputs(0), lr)
     # FLOPs of the lowered program: after compilation for a GPU the convolutions are cuDNN custom
     # calls, which XLA's cost analysis does not count (it reports about 1% of the FLOPs).

@@ -4,8 +4,13 @@ forced mesh."""
 import importlib.util
 import pathlib
 
+import jax
+import numpy as np
+
 from cl_ssl import config as config_lib
 from cl_ssl import parallel, train
+from cl_ssl.data.batch import TrainData
+from cl_ssl.data.sources import ArraySplit
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -76,3 +81,24 @@ def tiny_objective_config(name, **overrides):
 
 def run(config, workdir, num_devices=1):
     return train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
+
+
+def random_split(n, num_classes=4, seed=4):
+    """An ``ArraySplit`` of ``n`` random 32x32 RGB images, labels cycling over ``num_classes``."""
+    images = np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.int32) % num_classes
+    return ArraySplit(images=images, labels=labels, num_classes=num_classes)
+
+
+def train_data(n, *, tasks=0, labelled=True, seed=4):
+    """``TrainData`` of ``random_split(n)`` on the default device, every example in ``tasks``."""
+    split = random_split(n, seed=seed)
+    labels = split.labels if labelled else np.full(n, -1, np.int32)
+    return jax.device_put(
+        TrainData(
+            images=split.images,
+            labels=labels,
+            classes=split.labels,
+            tasks=np.broadcast_to(np.asarray(tasks, np.int32), (n,)).copy(),
+        )
+    )

@@ -382,3 +382,13 @@ def test_images_follow_their_ids():
             )
     with pytest.raises(ValueError, match="images"):
         memory.reservoir_update(mem_r, jax.random.key(0), ids=np.arange(2), labels=0, tasks=0)
+
+
+def test_queue_push_wraps_around_when_the_rows_do_not_tile_it():
+    queue = memory.zeros_queue(4, 1)
+    queue = memory.push(queue, jnp.array([[1.0], [2.0], [3.0]]))
+    queue = memory.push(queue, jnp.array([[4.0], [5.0], [6.0]]))
+    np.testing.assert_array_equal(queue.items[:, 0], [5.0, 6.0, 3.0, 4.0])
+    assert int(queue.ptr) == 2
+    with pytest.raises(ValueError, match="do not fit"):
+        memory.push(queue, jnp.zeros((5, 1)))

@@ -4,9 +4,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from helpers import random_split, tiny_objective_config, train_data
 from helpers import run as _run
-from helpers import tiny_objective_config
 
 from cl_ssl import config as config_lib
 from cl_ssl import losses, memory, objectives, strategies
@@ -69,7 +70,7 @@ def test_given_values_win_over_the_recipe():
 
 
 def test_cassle_cifar_recipes_match_the_reference_table():
-    """METHODS.md 2.8: lr, wd and augmentation per objective in CaSSLe's CIFAR scripts."""
+    """Lr, wd and augmentation per objective in CaSSLe's bash_files/continual/cifar scripts."""
     expected = {
         "simclr": (0.4, 1e-5, 0.8, 0.08, (0.0, 0.0)),
         "byol": (1.0, 1e-5, 0.4, 0.08, (0.0, 0.2)),
@@ -137,22 +138,16 @@ def _one_step(name, *, step=0, **overrides):
     2 epochs x 2 steps, on 8 random 32x32 images."""
     config = objectives.resolve_config(tiny_objective_config(name, **overrides))
     objective = objectives.get_objective(config)
-    tx = step_lib.make_tx(config)
-    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=True)
-    state = state_lib.create_state(
-        variables=variables,
-        tx=tx,
-        teacher={},
-        objective_state=objective.init_state(variables["params"], jax.random.PRNGKey(1)),
-        strategy_params={},
-        rng=jax.random.PRNGKey(2),
+    finetune = strategies.base.make_finetune(config, objective)
+    tx = step_lib.make_tx(config, objective, finetune)
+    state = state_lib.initial_state(
+        objective=objective, strategy=finetune, tx=tx, seed=0, train=random_split(8)
     )
-    hyper = step_lib.stage_hyper(config, objective, num_epochs=2, steps_per_epoch=2)
+    hyper = step_lib.stage_hyper(config, objective, finetune, num_epochs=2, steps_per_epoch=2)
     hyper = {k: jnp.asarray(v[step]) for k, v in hyper.items()}
-    images = jax.random.randint(jax.random.PRNGKey(3), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
-    new, metrics = jax.jit(
-        step_lib.build_step_fn(objective, strategies.base.make_finetune(config, objective), tx)
-    )(state, images, jnp.arange(8), hyper)
+    new, metrics = jax.jit(step_lib.build_step_fn(objective, finetune, tx, extend=False))(
+        state, train_data(8), jnp.arange(8), hyper
+    )
     return objective, state, new, hyper, metrics
 
 
@@ -194,6 +189,12 @@ def test_swav_prototypes_frozen_in_the_first_epochs_and_queue_filled():
     _, before, after, hyper, _ = _one_step("swav", step=0)  # epoch 0 < freeze_prototypes_epochs
     assert float(hyper["prototype_grad"]) == 0.0 and float(hyper["use_queue"]) == 0.0
     chex.assert_trees_all_equal(before.params["prototypes"], after.params["prototypes"])
+    # Skipped, not zeroed: the prototypes' LARS momentum accumulates nothing while frozen.
+    frozen = after.opt_state.inner_states["swav_prototypes"].inner_state.inner_state
+    chex.assert_trees_all_equal(
+        frozen, before.opt_state.inner_states["swav_prototypes"].inner_state.inner_state
+    )
+    assert _momentum_is_zero(frozen)
     queues = after.objective_state["queues"]
     assert all(int(q.ptr) == 8 for q in queues)
     np.testing.assert_allclose(np.linalg.norm(queues[0].items[:8], axis=1), 1.0, rtol=1e-5)
@@ -202,6 +203,17 @@ def test_swav_prototypes_frozen_in_the_first_epochs_and_queue_filled():
     assert not np.allclose(
         before.params["prototypes"]["kernel"], after.params["prototypes"]["kernel"]
     )
+
+
+def _momentum_is_zero(opt_state):
+    """Whether every momentum trace (``optax.TraceState``) in ``opt_state`` is all zeros."""
+    traces = [
+        leaf
+        for node in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.TraceState))
+        if isinstance(node, optax.TraceState)
+        for leaf in jax.tree.leaves(node.trace)
+    ]
+    return bool(traces) and all(not np.any(t) for t in traces)
 
 
 def test_swav_queue_is_emptied_at_a_task_start():
@@ -323,7 +335,11 @@ def test_schedules_restart_with_every_stage(name):
     objective = objectives.get_objective(config)
     for epochs, steps_per_epoch in ((2, 3), (4, 5)):
         hyper = step_lib.stage_hyper(
-            config, objective, num_epochs=epochs, steps_per_epoch=steps_per_epoch
+            config,
+            objective,
+            strategies.base.make_finetune(config, objective),
+            num_epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
         )
         assert len(hyper) > 1
         for key, values in hyper.items():

@@ -18,6 +18,7 @@ from jax import lax
 from cl_ssl.data.augment import ViewConfig
 from cl_ssl.models import heads, resnet
 from cl_ssl.models.ssl import Prototypes, SSLModel
+from cl_ssl.optim import ParamGroup
 
 PyTree = Any
 Outputs = dict[str, jax.Array]
@@ -69,9 +70,12 @@ class Objective:
       update_state: (state, updated student params, aux, hyper) -> state after the step.
       start_task: (state) -> state at the start of every task after the first.
       schedules: (steps in the stage, steps per epoch) -> name -> float32 [steps] values the step
-        reads from ``hyper``; they restart with every task (METHODS.md 1.6).
-      mask_updates: optional (optimizer updates, hyper) -> updates, applied before the parameters
-        change (SwAV's prototype freeze).
+        reads from ``hyper``; they restart with every task, as in CaSSLe, where each task is a
+        new run of ``main_pretrain.py`` (launched by ``main_continual.py``).
+      param_labels: optional (student params) -> a pytree of the same structure naming each leaf's
+        optimizer group (``cl_ssl.optim.label_top_level``); None: every leaf in the default group.
+      param_groups: the groups ``param_labels`` names besides the default one (SwAV's prototypes,
+        frozen during the first epochs of each task).
     """
 
     name: str
@@ -84,7 +88,8 @@ class Objective:
     update_state: Callable[[PyTree, PyTree, PyTree, Hyper], PyTree] = _keep_state
     start_task: Callable[[PyTree], PyTree] = _keep_state
     schedules: Callable[[int, int], dict[str, np.ndarray]] = _no_schedules
-    mask_updates: Callable[[PyTree, Hyper], PyTree] | None = None
+    param_labels: Callable[[PyTree], PyTree] | None = None
+    param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +101,8 @@ class Recipe:
         ``config.optimizer.kwargs.exclude_bias_and_norm`` where the optimizer has that argument.
       views: augmentation values (``ViewConfig`` fields) of the first and the second view.
       source: where the values come from.
-      linear_lr: the offline linear probe's learning rate (``config.eval.linear.learning_rate``,
-        PROTOCOLS.md 3.1), where the recipe's scripts set one per method.
+      linear_lr: the offline linear probe's learning rate (``config.eval.linear.learning_rate``),
+        where the recipe's scripts set one per method (CaSSLe ``bash_files/linear/**``).
     """
 
     optimizer: dict[str, Any]
@@ -109,14 +114,23 @@ class Recipe:
 STRONG_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)
 MILD_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 SIMCLR_VIEWS = (dict(min_scale=0.08, **STRONG_JITTER),) * 2
-"""SimCLR's and SwAV's CIFAR views: strong jitter, no blur or solarisation (METHODS.md 1.7)."""
+"""SimCLR's and SwAV's CIFAR views: strong jitter, no blur or solarisation.
+
+CaSSLe ``bash_files/continual/cifar/{simclr,swav}*.sh``.
+"""
 BYOL_VIEWS = (
     dict(min_scale=0.08, solarize_prob=0.0, **MILD_JITTER),
     dict(min_scale=0.08, solarize_prob=0.2, **MILD_JITTER),
 )
-"""BYOL's and Barlow Twins' CIFAR views: mild jitter, solarisation on the second (METHODS.md 1.7)."""
+"""BYOL's and Barlow Twins' CIFAR views: mild jitter, solarisation on the second.
+
+CaSSLe ``bash_files/continual/cifar/{byol,barlow}*.sh``.
+"""
 SIMCLR_IMAGENET_VIEWS = (dict(min_scale=0.08, blur_prob=0.5, **STRONG_JITTER),) * 2
-"""SimCLR's and SwAV's ImageNet-100 views: the CIFAR views with blur at 0.5 (METHODS.md 1.7)."""
+"""SimCLR's and SwAV's ImageNet-100 views: the CIFAR views with blur at 0.5.
+
+CaSSLe ``bash_files/continual/imagenet-100/class/{simclr,swav}*.sh``.
+"""
 BYOL_IMAGENET_VIEWS = (
     dict(min_scale=0.08, blur_prob=1.0, solarize_prob=0.0, **MILD_JITTER),
     dict(min_scale=0.08, blur_prob=0.1, solarize_prob=0.2, **MILD_JITTER),
@@ -190,7 +204,8 @@ def momentum_target(model: SSLModel, views: tuple[int, ...] = (0, 1)) -> Callabl
 
     The momentum network runs ``model.project`` on the ``views`` listed (the other entries of the
     returned pair are None) with BatchNorm on the batch statistics (train mode, as in every
-    reference code, METHODS.md 4.1); its running statistics are never read, so they are not kept.
+    reference code, which never switches its momentum networks to eval mode); its running
+    statistics are never read, so they are not kept.
     """
 
     def apply(state: PyTree, x: jax.Array) -> Outputs:
@@ -206,12 +221,19 @@ def momentum_target(model: SSLModel, views: tuple[int, ...] = (0, 1)) -> Callabl
 
 
 def ema(target: PyTree, online: PyTree, tau: jax.Array) -> PyTree:
-    """theta_m <- tau * theta_m + (1 - tau) * theta for every leaf of ``target`` (METHODS.md 0.3)."""
+    """theta_m <- tau * theta_m + (1 - tau) * theta for every leaf of ``target``.
+
+    The momentum update of MoCo (He et al., CVPR 2020, Eq. 2) and BYOL (Grill et al., NeurIPS
+    2020, Sec. 3.1).
+    """
     return optax.incremental_update(online, target, step_size=1.0 - tau)
 
 
 def cosine_momentum(base: float, end: float, num_steps: int) -> np.ndarray:
-    """tau_k = end - (end - base) (cos(pi k / K) + 1) / 2 for k = 0..K-1 (METHODS.md 1.5).
+    """tau_k = end - (end - base) (cos(pi k / K) + 1) / 2 for k = 0..K-1.
+
+    BYOL's cosine schedule (Grill et al., NeurIPS 2020), as in solo-learn
+    ``solo/utils/momentum.py`` and Kaizen ``kaizen/utils/momentum.py``.
 
     The update after step k of a task uses tau_k: ``base`` at the first step, approaching ``end``.
     """

@@ -1,19 +1,22 @@
-"""SwAV (METHODS.md 2.6): normalised prototypes, Sinkhorn codes, swapped prediction, feature queue.
+"""SwAV: normalised prototypes, Sinkhorn codes, swapped prediction, feature queue.
+
+Caron et al., NeurIPS 2020, Sec. 3.1; reference code CaSSLe ``cassle/methods/swav.py``,
+``cassle/losses/swav.py`` and ``cassle/utils/sinkhorn_knopp.py``.
 
 The queue of past normalised projections (one per view) is filled from the start of every task
 and enters the Sinkhorn step from epoch ``queue_start_epoch`` of the task on; it is emptied at
 every task start. The prototypes do not move during the first ``freeze_prototypes_epochs`` epochs
-of each task: their updates are zeroed (solo-learn sets their gradients to None, so the optimizer
-skips them; here LARS's momentum buffer still accumulates their weight decay, 1e-6 on CIFAR).
+of each task: their optimizer group is skipped for those steps, parameters and momentum alike
+(CaSSLe sets their gradients to None, ``cassle/methods/swav.py`` l.195-199, so that LARS and SGD
+skip them).
 """
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 from jax import lax
 
-from cl_ssl import losses, memory
+from cl_ssl import losses, memory, optim
 from cl_ssl.losses import l2_normalize
 from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
@@ -28,16 +31,16 @@ from cl_ssl.objectives.base import (
 )
 
 RECIPE = Recipe(
-    # The SwAV CIFAR script omits --exclude_bias_n_norm (METHODS.md 1.3).
+    # CaSSLe's SwAV CIFAR script (bash_files/continual/cifar/swav.sh) omits --exclude_bias_n_norm.
     optimizer=dict(lr=0.6, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
     views=SIMCLR_VIEWS,
-    source="CaSSLe bash_files/continual/cifar/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/cifar/swav*.sh",
 )
 
 IMAGENET_RECIPE = Recipe(
     optimizer=dict(lr=0.8, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
     views=SIMCLR_IMAGENET_VIEWS,
-    source="CaSSLe bash_files/continual/imagenet-100/swav*.sh (METHODS.md 1.3, 1.7, 2.8)",
+    source="CaSSLe bash_files/continual/imagenet-100/class/swav*.sh",
     linear_lr=0.15,
 )
 
@@ -120,9 +123,8 @@ def make(config: ml_collections.ConfigDict) -> Objective:
             "prototype_grad": (epoch >= c.freeze_prototypes_epochs).astype("float32"),
         }
 
-    def mask_updates(updates, hyper):
-        frozen = jax.tree.map(lambda u: u * hyper["prototype_grad"], updates["prototypes"])
-        return {**updates, "prototypes": frozen}
+    def param_labels(params):
+        return optim.label_top_level(params, {"prototypes": "swav_prototypes"})
 
     return Objective(
         name="swav",
@@ -133,5 +135,6 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         update_state=update_state,
         start_task=start_task,
         schedules=schedules,
-        mask_updates=mask_updates,
+        param_labels=param_labels,
+        param_groups={"swav_prototypes": optim.ParamGroup(active="prototype_grad")},
     )

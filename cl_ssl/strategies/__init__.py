@@ -1,10 +1,11 @@
 """Continual strategies selectable by name (``--config.strategy=NAME``).
 
 A strategy decides what each training stage trains on and what the state carries across a stage
-boundary (a frozen teacher, a memory, its own trainable heads), and may add a distillation term to
-the objective's loss. ``finetune`` and ``offline`` are the lower and upper bounds of every
-continual method (METHODS.md 3.1, 3.2); ``cassle`` and ``pfr`` distil the previous task's model
-(3.3, 3.4).
+boundary (a frozen teacher, a memory, its own trainable heads), and fills the hooks of
+``Strategy``: it may extend the batch, add a loss term, update its buffers after each step and
+rewrite its state at the end of a task. ``finetune`` and ``offline`` are the lower and upper
+bounds of every continual method; ``cassle`` and ``pfr`` distil the previous task's model;
+``replay`` and ``lump`` rehearse examples from an exemplar memory.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from collections.abc import Callable
 import ml_collections
 
 from cl_ssl.objectives import Objective
-from cl_ssl.strategies import cassle, pfr
-from cl_ssl.strategies.base import Strategy, make_finetune, make_offline
+from cl_ssl.strategies import cassle, lump, pfr, replay
+from cl_ssl.strategies.base import LossInputs, Strategy, TaskEnd, make_finetune, make_offline
 
-__all__ = ["STRATEGIES", "Strategy", "default_configs", "get_strategy"]
+__all__ = ["STRATEGIES", "LossInputs", "Strategy", "TaskEnd", "default_configs", "get_strategy"]
 
 _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]] = {
     "finetune": make_finetune,
     "offline": make_offline,
     "cassle": cassle.make,
     "pfr": pfr.make,
+    "replay": replay.make,
+    "lump": lump.make,
 }
 STRATEGIES = tuple(_FACTORIES)
 """The registered strategy names."""
@@ -31,7 +34,12 @@ STRATEGIES = tuple(_FACTORIES)
 
 def default_configs() -> dict[str, ml_collections.ConfigDict]:
     """name -> the strategy's own config section (``config.<name>``), for those that have one."""
-    return {"cassle": cassle.default_config(), "pfr": pfr.default_config()}
+    return {
+        "cassle": cassle.default_config(),
+        "pfr": pfr.default_config(),
+        "replay": replay.default_config(),
+        "lump": lump.default_config(),
+    }
 
 
 def get_strategy(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:

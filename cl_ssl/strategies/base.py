@@ -12,15 +12,69 @@ import ml_collections
 import numpy as np
 from jax import lax
 
+from cl_ssl.data.batch import Batch
+from cl_ssl.data.sources import ArraySplit
 from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives import Objective
+from cl_ssl.optim import ParamGroup
+from cl_ssl.state import StrategyState
 
 PyTree = Any
 Outputs = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+Hyper = dict[str, jax.Array]
 Distill = Callable[
     [tuple[Outputs, ...], tuple[jax.Array, ...], PyTree, PyTree], tuple[jax.Array, Metrics]
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+    """What a strategy's loss term sees inside the differentiated loss of one step.
+
+    Attributes:
+      outputs: the student's outputs (``SSLModel``: 'features', 'projection', ...) of each of its
+        views, rows of the joined batch.
+      views: the student's augmented views, float [B, H, W, C] each.
+      batch: the joined batch (``cl_ssl.data.batch.Batch``): labels (-1 where absent), ids, tasks,
+        validity.
+      params: the student's parameters (differentiated).
+      trainable: the strategy's trainable parameters (differentiated).
+      state: the strategy's state before the step (its frozen pytrees and buffers).
+      task: int32 [], the task being trained.
+      hyper: the step's per-step scalars.
+    """
+
+    outputs: tuple[Outputs, ...]
+    views: tuple[jax.Array, ...]
+    batch: Batch
+    params: PyTree
+    trainable: PyTree
+    state: StrategyState
+    task: jax.Array
+    hyper: Hyper
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskEnd:
+    """What a strategy sees on the host when a stage ends, to build the next stage's state.
+
+    Attributes:
+      state: the run's state after the stage's last step (``ContinualState``).
+      next_task: the index of the stage about to start.
+      key: the strategy's key (the one ``Strategy.init`` got); fold in ``next_task`` for draws.
+      indices: int32 [N_stage], the finished stage's training examples (rows of ``train``).
+      train: the training split in host memory (``ArraySplit``: images, the data set's labels).
+      features: (variables {'params', 'batch_stats'}, uint8 images [N, H, W, C]) -> float32 [N, F]
+        backbone features in inference mode, as the evaluator computes them.
+    """
+
+    state: Any
+    next_task: int
+    key: jax.Array
+    indices: np.ndarray
+    train: ArraySplit
+    features: Callable[[PyTree, np.ndarray], np.ndarray]
 
 
 def each_task(train_indices: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -32,77 +86,81 @@ def _all_tasks_jointly(train_indices: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.sort(np.concatenate(train_indices))]
 
 
-def _no_teacher(params: PyTree, batch_stats: PyTree) -> PyTree:
-    del params, batch_stats
-    return {}
+def _empty_state(variables: PyTree, key: jax.Array, train: ArraySplit) -> StrategyState:
+    del variables, key, train
+    return StrategyState()
 
 
-def _no_params(key: jax.Array) -> PyTree:
-    del key
-    return {}
-
-
-def _keep_params(params: PyTree, task: int, key: jax.Array) -> PyTree:
-    del task, key
-    return params
-
-
-def fresh_at_second_task(
-    init_params: Callable[[jax.Array], PyTree],
-) -> Callable[[PyTree, int, jax.Array], PyTree]:
-    """``Strategy.start_task`` of CaSSLe's distillation heads: random at the second task (the
-    reference's first distillation task loads a checkpoint without them), carried from the third
-    on (METHODS.md 3.3)."""
-
-    def start_task(params: PyTree, task: int, key: jax.Array) -> PyTree:
-        return init_params(key) if task == 1 else params
-
-    return start_task
+def _keep_state(end: TaskEnd) -> StrategyState:
+    return end.state.strategy
 
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
-    """A continual strategy.
+    """A continual strategy: its fixed-shape state and the hooks it fills, each optional.
+
+    The step and the loop call the hooks without knowing the strategy: the step extends the batch,
+    lets the strategy rewrite the views, adds its loss term and updates its buffers; the loop calls
+    ``end_task`` on the host between stages. Every shape in the state is fixed for the whole run,
+    so the step compiles at most twice: once for the stages before ``extends_batch_from`` and once
+    for the others.
 
     Attributes:
       name: the registry name.
       stages: per-task train indices -> the train indices of each training stage, in order. An
         evaluation row of the accuracy matrix follows every stage.
-      teacher: (student params, student batch_stats) at a stage boundary -> the teacher pytree the
-        next stage carries (fixed shape for the whole run; {} when the strategy needs none).
-      init_params: key -> the strategy's own trainable parameters (a distillation predictor), which
-        the optimizer updates with the student's; {} when it has none.
-      start_task: (strategy params, index of the task about to start, the same key as
-        ``init_params``) -> the strategy params that task starts from.
-      distill: optional (student outputs per student view, the student's augmented views, teacher,
-        strategy params) -> (weighted distillation loss added to the objective's, metrics). It
-        runs inside the differentiated loss, from the second task on: on the first, whose teacher
-        slot holds no teacher yet, the step skips it and adds 0 (one compiled step for all tasks).
+      init: (the student's initial variables {'params', 'batch_stats'}, the strategy's key, the
+        training split) -> the ``StrategyState`` at the start of the run.
+      end_task: ``TaskEnd`` -> the strategy's state for the next stage (snapshot a teacher, select
+        exemplars, train a generator); by default the state as it is.
+      extend_batch: optional (strategy state, the step's batch, ``TrainData``, key, task) -> the
+        batch with the strategy's rows joined (a replay sub-batch with its validity), inside the
+        jitted step, from stage ``extends_batch_from`` on.
+      extends_batch_from: the first stage whose step calls ``extend_batch``.
+      transform_views: optional (augmented views of the extended batch, that batch, key) -> the
+        views the student and the objective see (LUMP's mixup); with ``extend_batch`` only.
+      loss: optional ``LossInputs`` -> (weighted term added to the objective's loss, metrics),
+        with its own gating (a term that needs a previous task's teacher is 0 on the first task).
+      update_buffers: optional (strategy state after the update, the step's own batch without the
+        strategy's rows, ``TrainData``, key, task) -> the new ``buffers``.
+      param_labels: optional (trainable params) -> the same structure naming each leaf's optimizer
+        group (``cl_ssl.optim.label_top_level``); None: the run's default group.
+      param_groups: the groups ``param_labels`` names besides the default one.
     """
 
     name: str
-    stages: Callable[[Sequence[np.ndarray]], list[np.ndarray]]
-    teacher: Callable[[PyTree, PyTree], PyTree] = _no_teacher
-    init_params: Callable[[jax.Array], PyTree] = _no_params
-    start_task: Callable[[PyTree, int, jax.Array], PyTree] = _keep_params
-    distill: Distill | None = None
+    stages: Callable[[Sequence[np.ndarray]], list[np.ndarray]] = each_task
+    init: Callable[[PyTree, jax.Array, ArraySplit], StrategyState] = _empty_state
+    end_task: Callable[[TaskEnd], StrategyState] = _keep_state
+    extend_batch: Callable[..., Batch] | None = None
+    extends_batch_from: int = 0
+    transform_views: Callable[..., tuple[jax.Array, ...]] | None = None
+    loss: Callable[[LossInputs], tuple[jax.Array, Metrics]] | None = None
+    update_buffers: Callable[..., PyTree] | None = None
+    param_labels: Callable[[PyTree], PyTree] | None = None
+    param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
+
+    def extends_batch(self, stage: int) -> bool:
+        """Whether the step of ``stage`` joins the strategy's rows to the batch."""
+        return self.extend_batch is not None and stage >= self.extends_batch_from
 
 
 def make_finetune(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
-    """Trains on each task in turn with no mitigation (the lower bound, METHODS.md 3.1)."""
+    """Trains on each task in turn with no mitigation: the lower bound of every continual method."""
     del config, objective
-    return Strategy(name="finetune", stages=each_task)
+    return Strategy(name="finetune")
 
 
 def make_offline(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
-    """Trains once on the union of all tasks (the upper bound, METHODS.md 3.2); its accuracy
-    matrix has one trained row."""
+    """Trains once on the union of all tasks: the upper bound (CaSSLe, Fini et al., CVPR 2022,
+    Sec. 5); its accuracy matrix has one trained row."""
     del config, objective
     return Strategy(name="offline", stages=_all_tasks_jointly)
 
 
 # ---------------------------------------------------------------------------------------------
-# Frozen previous-task teachers (CaSSLe, PFR; METHODS.md 4.1)
+# Frozen previous-task teachers (CaSSLe, Fini et al., CVPR 2022, Sec. 4; PFR, Gomez-Villa et al.,
+# CLVision 2022)
 
 
 def output_widths(objective: Objective) -> dict[str, int]:
@@ -117,8 +175,9 @@ def output_widths(objective: Objective) -> dict[str, int]:
 
 
 def snapshot(keep: Callable[[PyTree], PyTree]) -> Callable[[PyTree, PyTree], PyTree]:
-    """``Strategy.teacher`` that freezes a copy of ``keep`` of the student's params and BatchNorm
-    statistics (a copy: the train step donates the state, which must not hold one buffer twice)."""
+    """(student params, student BatchNorm statistics) -> a frozen copy of ``keep`` of both, as
+    {'params', 'batch_stats'} (a copy: the train step donates the state, which must not hold one
+    buffer twice)."""
 
     def teacher(params: PyTree, batch_stats: PyTree) -> PyTree:
         frozen = {"params": keep(params), "batch_stats": keep(batch_stats)}
@@ -133,8 +192,10 @@ def apply_teacher(
     """The frozen teacher's ``method`` outputs on ``images``, through ``stop_gradient``.
 
     With ``train_bn`` the teacher's BatchNorm normalises with the batch's statistics (and the
-    updated running statistics are discarded), as every reference code does by never switching the
-    frozen copy to eval mode (METHODS.md 3.3, 4.1); otherwise it uses the statistics frozen with it.
+    updated running statistics are discarded), as the reference code does by never switching the
+    frozen copy to eval mode (CaSSLe ``cassle/distillers/*.py`` copy the backbone with
+    ``deepcopy`` and call it in the module's train mode); otherwise it uses the statistics frozen
+    with it.
     """
     if train_bn:
         out, _ = model.apply(teacher, images, True, method=method, mutable=["batch_stats"])
@@ -160,12 +221,13 @@ def teacher_distillation(
     loss: Callable[[list, list, PyTree], jax.Array],
     weight: float,
 ) -> Distill:
-    """``Strategy.distill`` of a frozen previous-task teacher (CaSSLe, PFR).
+    """(student outputs per view, the student's views, teacher, strategy trainable params) ->
+    (weighted term, metrics): the distillation of a frozen previous-task teacher (CaSSLe, PFR).
 
     For each of the student's views: the teacher's ``method`` outputs on that view
-    (``apply_teacher``) and the head ``strategy_params[head_key]`` on the student's ``read``
-    output; then ``weight * loss(predictions, teacher outputs, strategy params)``, with the
-    unweighted value as the metric 'distill'.
+    (``apply_teacher``) and the head ``params[head_key]`` on the student's ``read`` output; then
+    ``weight * loss(predictions, teacher outputs, params)``, with the unweighted value as the
+    metric 'distill'.
     """
 
     def distill(student, views, teacher, params):
@@ -177,3 +239,58 @@ def teacher_distillation(
         return weight * value, {"distill": value}
 
     return distill
+
+
+def frozen_teacher_strategy(
+    *,
+    name: str,
+    keep: Callable[[PyTree], PyTree],
+    init_heads: Callable[[jax.Array], PyTree],
+    distill: Distill,
+    param_labels: Callable[[PyTree], PyTree] | None = None,
+    param_groups: dict[str, ParamGroup] | None = None,
+) -> Strategy:
+    """The life cycle of a frozen previous-task teacher with trainable distillation heads.
+
+    - The state: the heads ``init_heads(key)`` (trainable) and the teacher, ``keep`` of the
+      student's params and BatchNorm statistics (frozen; at the first task a copy of the initial
+      student, never read).
+    - At the end of each task the teacher becomes a copy of the student; the heads restart from
+      their initial draw at the second task (the reference's first distillation task loads a
+      checkpoint without them) and are carried from the third on.
+    - The loss is ``distill`` from the second task on; the first task skips the teacher's forward
+      pass at run time (``lax.cond``), so every task runs the same compiled step.
+    """
+    take = snapshot(keep)
+
+    def init(variables, key, train):
+        del train
+        teacher = take(variables["params"], variables.get("batch_stats", {}))
+        return StrategyState(trainable=init_heads(key), frozen={"teacher": teacher})
+
+    def end_task(end):
+        s = end.state
+        heads = init_heads(end.key) if end.next_task == 1 else s.strategy.trainable
+        teacher = take(s.params, s.batch_stats)
+        return StrategyState(
+            trainable=heads, frozen={"teacher": teacher}, buffers=s.strategy.buffers
+        )
+
+    def loss(inputs):
+        def term():
+            teacher = inputs.state.frozen["teacher"]
+            return distill(inputs.outputs, inputs.views, teacher, inputs.trainable)
+
+        def no_teacher_yet():
+            return jax.tree.map(jnp.zeros_like, jax.eval_shape(term))
+
+        return lax.cond(inputs.task > 0, term, no_teacher_yet)
+
+    return Strategy(
+        name=name,
+        init=init,
+        end_task=end_task,
+        loss=loss,
+        param_labels=param_labels,
+        param_groups=param_groups or {},
+    )

@@ -1,4 +1,4 @@
-"""CaSSLe (Fini et al., CVPR 2022; METHODS.md 3.3): the SSL loss turned into distillation.
+"""CaSSLe (Fini et al., CVPR 2022, Sec. 4): the SSL loss turned into distillation.
 
 From the second task on, the previous task's backbone and projector (and SwAV's or DINO's
 prototypes) are a frozen teacher, and a learnable predictor h, Linear(D -> 2048)-BN-ReLU-
@@ -10,10 +10,10 @@ z-bar^v of the same view, through a loss of the objective's own kind:
 The reference details kept here: the teacher runs its BatchNorm on the batch's statistics (train
 mode, ``cassle.teacher_train_bn``); h is random at the start of the second task and carried from
 the third on (the reference's first distillation task loads a checkpoint without h); h trains with
-the student's optimizer, learning rate and weight decay. The teacher slot and h exist from the
-first task on, which has no teacher yet and skips the term, so every task runs the same compiled
-step. Not reproduced: with a weight below 1 the reference trains BYOL's h at lr / lambda; here h
-always has the student's learning rate.
+the student's optimizer, learning rate and weight decay, except BYOL's predictive distiller, whose
+h trains at lr / lambda when lambda < 1 (``cassle/distillers/predictive.py`` l.48; its own
+parameter group). The teacher slot and h exist from the first task on, which has no teacher yet
+and skips the term, so every task runs the same compiled step.
 
 Which distiller each objective uses (``DISTILLERS``): the reference's for SimCLR, MoCoV2+, BYOL,
 Barlow Twins, SwAV and VICReg; for ISD, SimSiam and DINO, the one of the same kind (project choices).
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cl_ssl import losses
+from cl_ssl import losses, optim
 from cl_ssl.losses import l2_normalize
 from cl_ssl.models import heads
 from cl_ssl.models.ssl import Prototypes
@@ -37,10 +37,8 @@ from cl_ssl.objectives import Objective
 from cl_ssl.objectives.base import target_params
 from cl_ssl.strategies.base import (
     Strategy,
-    each_task,
-    fresh_at_second_task,
+    frozen_teacher_strategy,
     output_widths,
-    snapshot,
     teacher_distillation,
 )
 
@@ -63,7 +61,7 @@ class Distiller:
 
 DISTILLERS = {
     "simclr": Distiller("contrastive"),
-    # MoCo's out["z"] is its normalised query (METHODS.md 3.3, "Which z enters h").
+    # h reads the normalised query, as CaSSLe's MoCoV2+ returns it as z (cassle/methods/mocov2plus.py).
     "mocov2plus": Distiller("contrastive", normalize_input=True),
     # h reads BYOL's projection, not the output of BYOL's own predictor.
     "byol": Distiller("predictive"),
@@ -159,13 +157,15 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     def read(out):
         return l2_normalize(out["projection"]) if spec.normalize_input else out["projection"]
 
-    return Strategy(
+    # The reference trains the predictive distiller's h at lr / lambda when lambda < 1.
+    groups = {}
+    if spec.kind == "predictive" and weight < 1:
+        groups = {"cassle_predictor": optim.ParamGroup(lr_scale=1.0 / weight)}
+    return frozen_teacher_strategy(
         name="cassle",
-        stages=each_task,
         # The online backbone and projector (and prototypes), never a momentum copy.
-        teacher=snapshot(target_params),
-        init_params=init_params,
-        start_task=fresh_at_second_task(init_params),
+        keep=target_params,
+        init_heads=init_params,
         distill=teacher_distillation(
             model=objective.model,
             method="project",
@@ -176,4 +176,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             loss=_loss(spec.kind, config, num_prototypes),
             weight=weight,
         ),
+        param_labels=(
+            (lambda heads: optim.label_top_level(heads, {"predictor": "cassle_predictor"}))
+            if groups
+            else None
+        ),
+        param_groups=groups,
     )

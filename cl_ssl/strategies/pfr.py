@@ -1,4 +1,4 @@
-"""PFR, projected functional regularisation (Gomez-Villa et al., CLVision 2022; METHODS.md 3.4).
+"""PFR, projected functional regularisation (Gomez-Villa et al., CLVision 2022, Sec. 3).
 
 CaSSLe's mechanics on the backbone features instead of the projections: from the second task on
 the previous task's backbone is a frozen teacher, and a temporal projector h,
@@ -22,10 +22,8 @@ from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives import Objective
 from cl_ssl.strategies.base import (
     Strategy,
-    each_task,
-    fresh_at_second_task,
+    frozen_teacher_strategy,
     output_widths,
-    snapshot,
     teacher_distillation,
 )
 
@@ -62,12 +60,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     def init_params(key):
         return {"projector": projector.init(key, jnp.zeros((2, width)), train=False)["params"]}
 
-    return Strategy(
+    return frozen_teacher_strategy(
         name="pfr",
-        stages=each_task,
-        teacher=snapshot(_backbone_only),
-        init_params=init_params,
-        start_task=fresh_at_second_task(init_params),
+        keep=_backbone_only,
+        init_heads=init_params,
         distill=teacher_distillation(
             model=objective.model,
             method=_backbone,

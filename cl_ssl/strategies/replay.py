@@ -1,0 +1,228 @@
+"""Experience replay: an exemplar memory whose images rejoin every batch.
+
+Each step of the second task on joins ``replay.batch_size`` rows drawn uniformly without
+replacement from the memory's exemplars of earlier tasks (cycled when fewer are stored) to the
+current batch, and the unchanged SSL objective trains on the union: replay rows enter the
+BatchNorm statistics and the contrastive negatives, as in Kaizen (Tang et al., WACV 2024;
+``kaizen/methods/base.py`` concatenates the replay batch before the forward pass). The first task,
+with nothing to replay, trains exactly as ``finetune`` (its own compiled step).
+
+The memory holds example ids into the training split (and, for data kept in host memory, the
+images themselves), their classes and tasks (``cl_ssl.memory.Memory``), and ``replay.selection``
+fills it:
+
+- ``reservoir``: reservoir sampling over every presented example, inside the step (Vitter's
+  Algorithm R in its top-M random keys form; Mammoth ``utils/buffer.py``);
+- ``class_balanced``: a reservoir within each class, inside the step (Avalanche
+  ``ClassBalancedBuffer``);
+- ``herding``: iCaRL's Algorithm 4 on the backbone's features of each class of the finished task
+  (Rebuffi et al., CVPR 2017), at the end of every task;
+- ``random``: a uniform draw per class, at the end of every task;
+- ``first_per_class``: Kaizen's first floor(``replay.fraction`` * n_c) images of every class in
+  data set order, at the end of every task (``kaizen/utils/pretrain_dataloader.py``).
+
+Budgets: a fixed total ``replay.memory_size`` shared equally by the seen classes (iCaRL), or
+``replay.per_class`` exemplars per class when it is > 0 (the capacity is then per_class times the
+data set's classes); ``first_per_class`` sizes the memory to its own selection. The class-based
+policies read the data set's classes (``TrainData.classes``), whether or not the learner sees the
+labels; ``reservoir`` is the label-free choice.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cl_ssl import memory as memory_lib
+from cl_ssl.data.batch import Batch, TrainData, join
+from cl_ssl.objectives import Objective
+from cl_ssl.state import StrategyState
+from cl_ssl.strategies.base import Strategy, TaskEnd
+
+IN_STEP = ("reservoir", "class_balanced")
+AT_TASK_END = ("herding", "random", "first_per_class")
+SELECTIONS = IN_STEP + AT_TASK_END
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.replay``: a memory of 500 exemplars filled by reservoir sampling, 32 replay rows."""
+    return ml_collections.ConfigDict(
+        dict(memory_size=500, per_class=0, selection="reservoir", batch_size=32, fraction=0.01)
+    )
+
+
+def capacity(config: ml_collections.ConfigDict, classes: np.ndarray, num_classes: int) -> int:
+    """The memory's fixed number of slots for ``config.replay`` and the split's ``classes`` [N]."""
+    r = config.replay
+    if r.selection == "first_per_class":
+        counts = np.bincount(classes, minlength=num_classes)
+        return int(sum(math.floor(r.fraction * n + 1e-9) for n in counts))
+    return r.per_class * num_classes if r.per_class > 0 else r.memory_size
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """ValueError naming the ``config.replay`` field that cannot work."""
+    r = config.replay
+    if r.selection not in SELECTIONS:
+        raise ValueError(f"replay.selection={r.selection!r}; choose one of {list(SELECTIONS)}")
+    if r.batch_size < 1:
+        raise ValueError(f"replay.batch_size={r.batch_size}; set it to at least 1")
+    if r.per_class < 0 or (r.per_class == 0 and r.memory_size < 1):
+        raise ValueError(
+            f"replay.memory_size={r.memory_size}, replay.per_class={r.per_class}; set a positive "
+            "memory_size, or per_class > 0 for a fixed number of exemplars per class"
+        )
+    if not 0.0 < r.fraction <= 1.0:
+        raise ValueError(f"replay.fraction={r.fraction}; set the share of each class in (0, 1]")
+
+
+def draw(memory: memory_lib.Memory, key: jax.Array, size: int, eligible: jax.Array):
+    """``size`` slots drawn uniformly without replacement among the ``eligible`` ones (bool [M]),
+    cycled when fewer are eligible; returns (slots int32 [size], any eligible: bool [])."""
+    slots, drawn = memory_lib.sample(memory.replace(valid=eligible), key, size)
+    count = jnp.sum(drawn)
+    return slots[jnp.arange(size) % jnp.maximum(count, 1)], count > 0
+
+
+def memory_rows(memory: memory_lib.Memory, slots: jax.Array, data: TrainData, available) -> Batch:
+    """The batch of memory ``slots``: images from the memory (data in host memory) or gathered
+    from the on-device split, the labels the learner sees, valid where ``available``."""
+    ids = memory.ids[slots]
+    images = jnp.take(data.images, ids, axis=0) if memory.images is None else memory.images[slots]
+    return Batch(
+        images=images,
+        labels=jnp.take(data.labels, ids),
+        ids=ids,
+        tasks=memory.tasks[slots],
+        valid=jnp.broadcast_to(available, ids.shape),
+    )
+
+
+def _count_distinct(labels: jax.Array) -> jax.Array:
+    """int32 []: the number of distinct labels >= 0 in ``labels`` [K]."""
+    ordered = jnp.sort(labels)
+    first = jnp.concatenate([jnp.ones(1, bool), ordered[1:] != ordered[:-1]])
+    return jnp.sum(first & (ordered >= 0))
+
+
+def in_step_update(selection: str, per_class: int):
+    """``Strategy.update_buffers`` of a memory filled inside the step from the step's own rows."""
+
+    def update_buffers(state: StrategyState, batch: Batch, data: TrainData, key, task):
+        del task
+        memory = state.buffers["memory"]
+        candidates = dict(
+            ids=batch.ids,
+            labels=jnp.take(data.classes, batch.ids),
+            tasks=batch.tasks,
+            images=None if memory.images is None else batch.images,
+        )
+        if selection == "reservoir":
+            memory = memory_lib.reservoir_update(memory, key, **candidates)
+        else:
+            stored = jnp.where(memory.valid, memory.labels, -1)
+            seen = _count_distinct(jnp.concatenate([stored, candidates["labels"]]))
+            quota = per_class if per_class > 0 else memory.capacity // seen
+            memory = memory_lib.class_balanced_update(memory, key, quota=quota, **candidates)
+        return {**state.buffers, "memory": memory}
+
+    return update_buffers
+
+
+def end_of_task_selection(config: ml_collections.ConfigDict):
+    """``Strategy.end_task`` that adds the finished task's exemplars (herding, random or
+    first_per_class) and shrinks the earlier classes to the new per-class quota."""
+    r = config.replay
+
+    def end_task(end: TaskEnd) -> StrategyState:
+        strategy_state = end.state.strategy
+        memory = strategy_state.buffers["memory"]
+        task = end.next_task - 1
+        ids = end.indices
+        classes = end.train.labels[ids]
+        seen = set(np.unique(classes)) | set(np.asarray(memory.labels)[np.asarray(memory.valid)])
+        quota = memory_lib.class_quota(len(seen), capacity=memory.capacity, per_class=r.per_class)
+        if r.selection == "first_per_class":
+            rows = memory_lib.first_per_class(classes, r.fraction)
+            priority = np.zeros(len(rows), np.float32)
+            quota = memory.capacity  # sized to fit: nothing shrinks
+        else:
+            rows, priority = _ranked_rows(end, ids, classes, quota, r.selection, task)
+        chosen = ids[rows]
+        memory = memory_lib.keep_top_per_class(
+            memory,
+            ids=chosen,
+            labels=classes[rows],
+            tasks=task,
+            priority=priority,
+            valid=True,
+            quota=quota,
+            images=None if memory.images is None else end.train.images[chosen],
+        )
+        return strategy_state.replace(buffers={**strategy_state.buffers, "memory": memory})
+
+    return end_task
+
+
+def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: int):
+    """(rows of ``ids``, priorities): each class's ``quota`` best rows, priority -rank."""
+    rows, priority = [], []
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(end.key)).ravel().tolist() + [task])
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        n = min(quota, len(members))
+        if selection == "random":
+            order = rng.choice(members, n, replace=False)
+        else:
+            variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
+            features = end.features(variables, end.train.images[ids[members]])
+            order = members[np.asarray(memory_lib.herding(features, n))]
+        rows.append(order)
+        priority.append(-np.arange(n, dtype=np.float32))
+    return np.concatenate(rows), np.concatenate(priority)
+
+
+def memory_state(config: ml_collections.ConfigDict, *, on_device: bool):
+    """``Strategy.init`` of an empty memory sized by ``config.replay`` for the split."""
+
+    def init(variables, key, train):
+        del variables, key
+        slots = capacity(config, train.labels, train.num_classes)
+        if slots < 1:
+            raise ValueError(
+                f"replay: the memory would have {slots} slots; raise replay.fraction, "
+                "replay.memory_size or replay.per_class"
+            )
+        image_shape = None if on_device else train.images.shape[1:]
+        return StrategyState(buffers={"memory": memory_lib.empty_memory(slots, image_shape)})
+
+    return init
+
+
+def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """Replay from ``config.replay``, for any objective."""
+    del objective
+    check_config(config)
+    r = config.replay
+
+    def extend_batch(state, batch, data, key, task):
+        memory = state.buffers["memory"]
+        eligible = memory.valid & (memory.tasks < task)  # earlier tasks only
+        slots, available = draw(memory, key, r.batch_size, eligible)
+        return join(batch, memory_rows(memory, slots, data, available))
+
+    return Strategy(
+        name="replay",
+        init=memory_state(config, on_device=config.dataset.on_device),
+        extend_batch=extend_batch,
+        extends_batch_from=1,
+        **(
+            {"update_buffers": in_step_update(r.selection, r.per_class)}
+            if r.selection in IN_STEP
+            else {"end_task": end_of_task_selection(config)}
+        ),
+    )
