@@ -9,7 +9,7 @@ they are.
   and a priority per slot, with their images for data sets kept in host memory. Every update is the
   union of the memory and a batch of candidates, cut back to the capacity by priority
   (``keep_top``), optionally with a per-class quota first (``keep_top_per_class``). Random
-  priorities make these reservoir samplers (``reservoir_update``, ``class_balanced_update``).
+  priorities make it a reservoir sampler, overall or within each class (``reservoir_update``).
   ``herding`` orders a class's examples as iCaRL does, while ``first_per_class`` (Kaizen) and
   ``random_per_class`` choose exemplars on the host, in NumPy. ``sample`` draws replay batches.
 """
@@ -261,77 +261,44 @@ def reservoir_update(
     tasks: jax.Array,
     valid: jax.Array | None = None,
     images: jax.Array | None = None,
+    quota: jax.Array | int | None = None,
 ) -> Memory:
     """Reservoir sampling (Vitter 1985, "Random sampling with a reservoir", ACM TOMS 11(1)) in its
-    "top-M random keys" form.
+    "top-M random keys" form, optionally within each class.
 
     Each presented candidate draws a priority u ~ U(0, 1) from ``key``, and the memory keeps the M
     highest keys among everything presented so far (``keep_top``). After n examples the memory is
     a uniform random subset of size min(M, n), so every presented example is kept with probability
     min(1, M / n), as with Vitter's Algorithm R. Use a fresh ``key`` for every call.
 
-    Args:
-      memory: the memory, of capacity M.
-      key: PRNG key for this batch's priorities.
-      ids, labels, tasks, images: the B candidates, as in ``keep_top``.
-      valid: bool [B]; None presents every candidate.
-
-    Returns:
-      The updated Memory of capacity M.
-    """
-    priority = jax.random.uniform(key, jnp.shape(ids), jnp.float32)
-    return keep_top(
-        memory,
-        ids=ids,
-        labels=labels,
-        tasks=tasks,
-        priority=priority,
-        valid=True if valid is None else valid,
-        images=images,
-    )
-
-
-def class_balanced_update(
-    memory: Memory,
-    key: jax.Array,
-    *,
-    ids: jax.Array,
-    labels: jax.Array,
-    tasks: jax.Array,
-    quota: jax.Array | int,
-    valid: jax.Array | None = None,
-    images: jax.Array | None = None,
-) -> Memory:
-    """The class-balanced reservoir: random priorities u ~ U(0, 1), as in ``reservoir_update``,
-    kept with ``keep_top_per_class``.
-
-    Each class keeps the ``quota`` highest keys among its presented examples, i.e. a uniform random
-    subset of size min(quota, n_c) of its n_c examples (Vitter's argument within each class); the
-    union is then cut to the capacity by priority. Lowering the quota (more classes seen, see
-    ``class_quota``) shrinks every class to a uniform subset of what it held. Labels must be >= 0;
-    candidates with a label < 0 are dropped.
+    With ``quota``, the class-balanced reservoir (``keep_top_per_class``): each class keeps the
+    ``quota`` highest keys among its presented examples, a uniform random subset of size
+    min(quota, n_c) of its n_c examples (Vitter's argument within each class), and the union is cut
+    to the capacity by priority. Lowering the quota (more classes seen, see ``class_quota``)
+    shrinks every class to a uniform subset of what it held. Labels must then be >= 0; candidates
+    with a label < 0 are dropped.
 
     Args:
       memory: the memory, of capacity M.
       key: PRNG key for this batch's priorities.
       ids, labels, tasks, images: the B candidates, as in ``keep_top``.
-      quota: int32 scalar (may be traced), the most exemplars per class.
       valid: bool [B]; None presents every candidate.
+      quota: None, or an int32 scalar (may be traced): the most exemplars per class.
 
     Returns:
       The updated Memory of capacity M.
     """
-    priority = jax.random.uniform(key, jnp.shape(ids), jnp.float32)
-    return keep_top_per_class(
-        memory,
+    candidates = dict(
         ids=ids,
         labels=labels,
         tasks=tasks,
-        priority=priority,
+        priority=jax.random.uniform(key, jnp.shape(ids), jnp.float32),
         valid=True if valid is None else valid,
-        quota=quota,
         images=images,
     )
+    if quota is None:
+        return keep_top(memory, **candidates)
+    return keep_top_per_class(memory, quota=quota, **candidates)
 
 
 def class_quota(num_seen_classes: int, *, capacity: int, per_class: int) -> int:

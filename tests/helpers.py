@@ -3,7 +3,9 @@ forced mesh."""
 
 import importlib.util
 import pathlib
+import shutil
 
+import chex
 import jax
 import numpy as np
 
@@ -102,3 +104,20 @@ def train_data(n, *, tasks=0, labelled=True, seed=4):
             tasks=np.broadcast_to(np.asarray(tasks, np.int32), (n,)).copy(),
         )
     )
+
+
+def assert_resumes_exactly(config, whole, workdir):
+    """Killed at step 5 (task 1 of a run with 4 steps per task and checkpoints every 3 steps),
+    resumed from the boundary checkpoint of step 4 (the step-5 checkpoint removed), killed at step
+    7 and resumed across the next boundary: the final state and accuracies equal ``whole``'s, the
+    uninterrupted run of ``config(**overrides)``."""
+    assert run(config(stop_after_steps=5), workdir)["stopped"]
+    shutil.rmtree(workdir / "checkpoints" / "5")  # the newest is now the boundary's, step 4
+    assert run(config(stop_after_steps=7), workdir)["stopped"]
+    resumed = run(config(), workdir)
+    for field in ("params", "batch_stats", "strategy", "objective_state"):
+        chex.assert_trees_all_equal(
+            getattr(whole["state"], field), getattr(resumed["state"], field)
+        )
+    for name, matrix in whole["matrices"].items():
+        np.testing.assert_array_equal(matrix, resumed["matrices"][name])

@@ -220,7 +220,7 @@ def test_class_balanced_quota_and_uniformity_within_class():
     labels_by_id = np.repeat(list(sizes), list(sizes.values())).astype(np.int32)
     ids = np.random.default_rng(1).permutation(len(labels_by_id)).astype(np.int32)  # stream order
     history = _stream(
-        memory.class_balanced_update,
+        memory.reservoir_update,
         ids,
         labels_by_id[ids],
         batch,
@@ -367,7 +367,7 @@ def test_sample_is_uniform():
 
 def test_images_follow_their_ids():
     images = np.random.default_rng(8).integers(0, 256, (40, 2, 3, 1), dtype=np.uint8)
-    balanced = jax.jit(functools.partial(memory.class_balanced_update, quota=3))
+    balanced = jax.jit(functools.partial(memory.reservoir_update, quota=3))
     mem_r = mem_b = memory.empty_memory(8, (2, 3, 1))
     for step in range(5):
         ids = np.arange(8 * step, 8 * step + 8)

@@ -2,14 +2,13 @@
 groups of the optimizer, and whole runs that carry a memory across tasks and resumes."""
 
 import json
-import shutil
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_split, tiny_objective_config, train_data
+from helpers import assert_resumes_exactly, random_split, tiny_objective_config, train_data
 from helpers import run as _run
 from test_memory import np_herding
 
@@ -307,11 +306,16 @@ class _TraceCounter:
         monkeypatch.setattr(step_lib, "build_step_fn", counting_build)
 
 
-def test_replay_runs_three_tasks_with_two_compiles_and_finetune_first(
+def test_replay_run_compiles_twice_starts_as_finetune_and_resumes_exactly(
     mock_cifar10, tmp_path, monkeypatch
 ):
-    """The first task trains exactly as finetune; the step compiles twice in all (without and
-    with the replay rows); the memory is reported in results.json."""
+    """Three tasks of replay with a reservoir memory, which changes every step:
+    - the step compiles twice in all (without and with the replay rows);
+    - the first task trains exactly as finetune;
+    - the memory is full and reported in results.json;
+    - killed at step 5 (task 1) and resumed from the boundary checkpoint of step 4, then killed at
+      step 7 and resumed: the memory, the student and the accuracies equal the uninterrupted run's.
+    """
     counter = _TraceCounter(monkeypatch)
     ended = []  # the state at the end of each task, before the strategy rewrites it
     start_task = state_lib.start_task
@@ -321,40 +325,20 @@ def test_replay_runs_three_tasks_with_two_compiles_and_finetune_first(
         return start_task(state, **kwargs)
 
     monkeypatch.setattr(state_lib, "start_task", recording_start_task)
-    config = tiny_objective_config("simclr", strategy="replay", **THREE_TASKS)
-    replayed = _run(config, tmp_path / "r")
-    assert counter.traces == [1, 1]
-    finetuned = _run(
-        tiny_objective_config("simclr", strategy="finetune", stop_after_steps=4, **THREE_TASKS),
-        tmp_path / "f",
-    )
-    chex.assert_trees_all_equal(ended[0].params, finetuned["state"].params)
-    chex.assert_trees_all_equal(ended[0].batch_stats, finetuned["state"].batch_stats)
-    mem = replayed["state"].strategy.buffers["memory"]
-    assert int(mem.valid.sum()) == 12
-    meta = json.loads((tmp_path / "r" / "results.json").read_text())["meta"]
-    assert meta["strategy_buffer_bytes"] == memory.nbytes(mem) == 12 * (4 * 4 + 1)
 
-
-def test_replay_resume_mid_task_and_across_a_boundary_is_exact(mock_cifar10, tmp_path):
-    """A reservoir memory changes every step: killed at step 5 (task 1) and resumed from the
-    boundary checkpoint of step 4, then killed at step 7 and resumed: the memory, the student and
-    the accuracies equal an uninterrupted run's."""
-
-    def config(**kw):
-        return tiny_objective_config("simclr", strategy="replay", **THREE_TASKS, **kw)
+    def config(strategy="replay", **kw):
+        return tiny_objective_config("simclr", strategy=strategy, **THREE_TASKS, **kw)
 
     whole = _run(config(), tmp_path / "whole")
-    workdir = tmp_path / "resumed"
-    assert _run(config(stop_after_steps=5), workdir)["stopped"]
-    shutil.rmtree(workdir / "checkpoints" / "5")  # the newest is now the boundary's, step 4
-    assert _run(config(stop_after_steps=7), workdir)["stopped"]
-    resumed = _run(config(), workdir)
-    for field in ("params", "batch_stats", "strategy", "objective_state"):
-        chex.assert_trees_all_equal(
-            getattr(whole["state"], field), getattr(resumed["state"], field)
-        )
-    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+    assert counter.traces == [1, 1]
+    finetuned = _run(config("finetune", stop_after_steps=4), tmp_path / "finetune")
+    chex.assert_trees_all_equal(ended[0].params, finetuned["state"].params)
+    chex.assert_trees_all_equal(ended[0].batch_stats, finetuned["state"].batch_stats)
+    mem = whole["state"].strategy.buffers["memory"]
+    assert int(mem.valid.sum()) == 12
+    meta = json.loads((tmp_path / "whole" / "results.json").read_text())["meta"]
+    assert meta["strategy_buffer_bytes"] == memory.nbytes(mem) == 12 * (4 * 4 + 1)
+    assert_resumes_exactly(config, whole, tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("strategy", ["lump", "replay"])

@@ -1,14 +1,12 @@
 """CaSSLe and PFR in the pipeline: the teacher's life cycle, the distillation predictor, the
 wiring of each objective's distiller, one compile, and exact resume across task boundaries."""
 
-import shutil
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_split, tiny_objective_config, train_data
+from helpers import assert_resumes_exactly, random_split, tiny_objective_config, train_data
 from helpers import run as _run
 
 from cl_ssl import losses, objectives, strategies, train
@@ -352,17 +350,7 @@ def test_cassle_resume_across_task_boundaries_is_exact(mock_cifar10, tmp_path):
     def config(**kw):
         return tiny_objective_config("byol", strategy="cassle", **THREE_TASKS, **kw)
 
-    whole = _run(config(), tmp_path / "whole")
-    workdir = tmp_path / "resumed"
-    assert _run(config(stop_after_steps=5), workdir)["stopped"]
-    shutil.rmtree(workdir / "checkpoints" / "5")  # the newest is now the boundary's, step 4
-    assert _run(config(stop_after_steps=7), workdir)["stopped"]
-    resumed = _run(config(), workdir)
-    for field in ("params", "batch_stats", "strategy", "objective_state"):
-        chex.assert_trees_all_equal(
-            getattr(whole["state"], field), getattr(resumed["state"], field)
-        )
-    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+    assert_resumes_exactly(config, _run(config(), tmp_path / "whole"), tmp_path / "resumed")
 
 
 def test_cassle_settings_that_cannot_apply_are_rejected():

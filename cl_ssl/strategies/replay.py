@@ -127,7 +127,7 @@ def in_step_update(selection: str, per_class: int):
             stored = jnp.where(memory.valid, memory.labels, -1)
             seen = _count_distinct(jnp.concatenate([stored, candidates["labels"]]))
             quota = per_class if per_class > 0 else memory.capacity // seen
-            memory = memory_lib.class_balanced_update(memory, key, quota=quota, **candidates)
+            memory = memory_lib.reservoir_update(memory, key, quota=quota, **candidates)
         return {**state.buffers, "memory": memory}
 
     return update_buffers
