@@ -3,8 +3,9 @@
 The step takes the whole on-device training set and one batch of example indices, gathers and
 augments the two views on the device, and updates the state. Everything that differs between tasks
 (the task index, the learning rate and the objective's schedules, which have a different length in
-each task) enters as arrays, so a run compiles the step a bounded number of times, whatever the number of tasks. The training
-loop computes each stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes
+each task) enters as arrays, so a run compiles the step a bounded number of times, whatever the
+number of tasks (twice at most: a strategy's extra rows may join the batch from a later stage on).
+The training loop computes each stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes
 one set per step.
 """
 
@@ -78,11 +79,8 @@ def make_tx(
             )
             return tx if active is None else optim.gated(tx, active)
 
-        if group.active is None:
-            return optax.inject_hyperparams(lambda learning_rate: factory(learning_rate))(
-                learning_rate=0.0
-            )
-        return optax.inject_hyperparams(factory)(learning_rate=0.0, active=1.0)
+        switch = {} if group.active is None else {"active": 1.0}
+        return optax.inject_hyperparams(factory)(learning_rate=0.0, **switch)
 
     def labels(trainable):
         if objective is None:
