@@ -11,7 +11,7 @@ configs/cifar100.py for CaSSLe's.
     apt-get install dataset-fashion-mnist        # the real IDX files, read offline
     python -m cl_ssl.main --config=configs/fashion_mnist.py --workdir=runs/demo
 
-``get_config('runlocal')`` is a smoke run of the whole pipeline that ends in about a minute on 2
+``get_config('runlocal')`` is a smoke run of the whole pipeline that ends in under two minutes on 2
 CPU cores: the tiny ResNet, one epoch per task, probes trained on 2,000 labelled images.
 
 ``get_config('strategies')`` is a cheaper variant for comparing continual strategies over many
