@@ -29,6 +29,7 @@ EXECUTION_FIELDS = frozenset(
         "dataset.on_device",
         "progress_bar",
         "eval.batch_size",
+        "eval.plots",
     }
 )
 
@@ -143,6 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
             knn=ml_collections.ConfigDict(dict(k=20, temperature=0.07)),
             forgetting="max_prev",
             bwt_norm="T-1",
+            plots=True,  # PNG plots of the accuracy matrices next to results.json
         )
     )
 

@@ -251,6 +251,7 @@ class _Results:
                     "rows_evaluated": row + 1,
                     "strategy_buffer_bytes": self.buffer_bytes,
                 },
+                plots=p.config.eval.plots,
             )
 
 

@@ -205,6 +205,7 @@ def write_results(
     matrices: Mapping[str, Any],
     summaries: Mapping[str, Mapping[str, Any]],
     meta: Mapping[str, Any],
+    plots: bool = True,
 ) -> None:
     """Writes the results of a run into ``workdir``, replacing earlier versions (call it after every task).
 
@@ -214,7 +215,7 @@ def write_results(
       "summaries": ..., "meta": ...}``; NaN and infinities become ``null``;
     - ``results.md``: per evaluator the :func:`format_matrix` table and the :func:`format_summary` table,
       then ``meta`` as a JSON block;
-    - ``plots/accuracy_matrix_<evaluator>.png`` (:func:`plot_accuracy_matrix`) and
+    - with ``plots``, ``plots/accuracy_matrix_<evaluator>.png`` (:func:`plot_accuracy_matrix`) and
       ``plots/task_accuracy_<evaluator>.png`` (:func:`plot_task_accuracy`).
 
     Args:
@@ -226,6 +227,7 @@ def write_results(
         yet may be left out.
       meta: run description (config, seeds, protocol, split file and checksum, git hash, ...). Must consist of
         dicts, lists, strings, numbers, booleans, None and NumPy values.
+      plots: whether to draw the PNG plots (about 0.3 s each with matplotlib).
 
     Raises:
       ValueError: on an invalid evaluator name or accuracy matrix.
@@ -240,8 +242,7 @@ def write_results(
     document = _to_json(
         {"accuracy_unit": "percent", "matrices": checked, "summaries": summaries, "meta": meta}
     )
-    plots = os.path.join(workdir, "plots")
-    os.makedirs(plots, exist_ok=True)
+    os.makedirs(workdir, exist_ok=True)
     write_atomic(
         os.path.join(workdir, "results.json"),
         json.dumps(document, indent=2, allow_nan=False) + "\n",
@@ -257,12 +258,16 @@ def write_results(
     sections += ["## Run", "", "```json", json.dumps(document["meta"], indent=2), "```", ""]
     write_atomic(os.path.join(workdir, "results.md"), "\n".join(sections))
 
+    if not plots:
+        return
+    folder = os.path.join(workdir, "plots")
+    os.makedirs(folder, exist_ok=True)
     for name, R in checked.items():
         plot_accuracy_matrix(
-            R, os.path.join(plots, f"accuracy_matrix_{name}.png"), title=f"{name}: accuracy (%)"
+            R, os.path.join(folder, f"accuracy_matrix_{name}.png"), title=f"{name}: accuracy (%)"
         )
         plot_task_accuracy(
-            R, os.path.join(plots, f"task_accuracy_{name}.png"), title=f"{name}: task accuracy"
+            R, os.path.join(folder, f"task_accuracy_{name}.png"), title=f"{name}: task accuracy"
         )
 
 
