@@ -8,9 +8,11 @@ import shutil
 import chex
 import jax
 import numpy as np
+import pytest
 
 from cl_ssl import config as config_lib
 from cl_ssl import parallel, train
+from cl_ssl import step as step_lib
 from cl_ssl.data.batch import TrainData
 from cl_ssl.data.sources import ArraySplit
 
@@ -40,6 +42,7 @@ def tiny_config(**overrides):
     c.eval.linear.epochs = 2
     c.eval.linear.batch_size = 16
     c.eval.knn.k = 5
+    c.eval.plots = False  # 4 s of matplotlib per run; test_end_to_end_two_tasks draws them
     c.checkpoint_every_steps = 3
     c.log_every_steps = 1
     c.progress_bar = False
@@ -82,7 +85,26 @@ def tiny_objective_config(name, **overrides):
 
 
 def run(config, workdir, num_devices=1):
-    return train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
+    """``train.run`` on a mesh of ``num_devices`` CPU devices. The result also holds ``traces``:
+    for every train step the run built (in order), how often it was traced."""
+    traces = []
+    build = step_lib.build_step_fn
+
+    def counting_build(*args, **kwargs):
+        step = build(*args, **kwargs)
+        index = len(traces)
+        traces.append(0)
+
+        def counted(*step_args):
+            traces[index] += 1
+            return step(*step_args)
+
+        return counted
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_lib, "build_step_fn", counting_build)
+        result = train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
+    return {**result, "traces": traces}
 
 
 def random_split(n, num_classes=4, seed=4):

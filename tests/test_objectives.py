@@ -1,5 +1,7 @@
 """Every objective in the pipeline: recipes, state updates, and 2 mock tasks end to end."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -16,19 +18,25 @@ from cl_ssl import step as step_lib
 from cl_ssl.objectives import base
 
 
-@pytest.mark.parametrize("name", objectives.OBJECTIVES)
-def test_two_mock_tasks_end_to_end(mock_cifar10, tmp_path, monkeypatch, name):
+def _knn_only(name, **overrides):
+    """The tiny config of objective ``name``, evaluated by kNN only."""
+    return tiny_objective_config(name, **{"eval.evaluators": ("knn",)}, **overrides)
+
+
+# The objectives with a state or schedules carried through steps and tasks. SimCLR's run is
+# test_train's; Barlow Twins and VICReg differ from it only in their loss, which the step tests of
+# test_strategies run.
+STATEFUL = ("mocov2plus", "byol", "swav", "isd", "simsiam", "dino")
+
+
+@pytest.mark.parametrize("name", STATEFUL)  # MoCoV2+'s run is the resume and device tests' too
+def test_two_mock_tasks_end_to_end(finished_run, name):
     """Trains 2 tasks (4 steps each) and evaluates; the step traces once across the tasks."""
-    chex.clear_trace_counter()
-    build = step_lib.build_step_fn
-    monkeypatch.setattr(
-        step_lib, "build_step_fn", lambda *a, **k: chex.assert_max_traces(build(*a, **k), n=1)
-    )
-    config = tiny_objective_config(name, **{"eval.evaluators": ("knn",)})
-    result = _run(config, tmp_path)
+    result, _ = finished_run(_knn_only(name))
     R = result["matrices"]["knn"]
     assert R.shape == (3, 2) and np.all(np.isfinite(R))
     assert int(result["state"].task) == 2 and int(result["state"].step) > 0
+    assert result["traces"] == [1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,8 +141,9 @@ def test_cosine_momentum_schedule():
 # One train step of each objective with state, on random images
 
 
+@functools.cache
 def _one_step(name, *, step=0, **overrides):
-    """(objective, state before, state after, hyper, metrics) of one step at ``step`` of a task of
+    """Computed once per worker: (objective, state before, state after, hyper, metrics) of one step at ``step`` of a task of
     2 epochs x 2 steps, on 8 random 32x32 images."""
     config = objectives.resolve_config(tiny_objective_config(name, **overrides))
     objective = objectives.get_objective(config)
@@ -311,11 +320,11 @@ def test_dino_averages_the_two_cross_view_pairs():
     )
 
 
-def test_resume_restores_the_objective_state(mock_cifar10, tmp_path):
+def test_resume_restores_the_objective_state(finished_run, tmp_path):
     """MoCoV2+ stopped mid-task and resumed ends with the same queues and momentum network."""
-    whole = _run(tiny_objective_config("mocov2plus"), tmp_path / "whole")
-    _run(tiny_objective_config("mocov2plus", stop_after_steps=5), tmp_path / "resumed")
-    resumed = _run(tiny_objective_config("mocov2plus"), tmp_path / "resumed")
+    whole, _ = finished_run(_knn_only("mocov2plus"))
+    _run(_knn_only("mocov2plus", stop_after_steps=5), tmp_path)
+    resumed = _run(_knn_only("mocov2plus"), tmp_path)
     chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
 
@@ -359,16 +368,10 @@ def test_swav_queue_changes_the_codes_once_in_use():
     assert abs(float(on) - float(off)) > 1e-4
 
 
-def test_stateful_objective_on_one_and_four_devices(mock_cifar10, tmp_path):
+def test_stateful_objective_on_one_and_four_devices(finished_run):
     """MoCoV2+ (queues pushed from a batch-sharded step, momentum network) agrees on 1 and 4
     devices."""
-    config = tiny_objective_config(
-        "mocov2plus",
-        epochs_per_task=1,
-        **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)},
-    )
-    one = _run(config, tmp_path / "one", num_devices=1)
-    four = _run(config, tmp_path / "four", num_devices=4)
+    (one, _), (four, _) = (finished_run(_knn_only("mocov2plus"), n) for n in (1, 4))
     chex.assert_trees_all_close(
         one["state"].objective_state, four["state"].objective_state, atol=1e-4, rtol=1e-3
     )

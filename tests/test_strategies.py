@@ -1,6 +1,8 @@
 """CaSSLe and PFR in the pipeline: the teacher's life cycle, the distillation predictor, the
 wiring of each objective's distiller, one compile, and exact resume across task boundaries."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -36,8 +38,10 @@ def _teacher(state):
     return state.strategy.frozen["teacher"]
 
 
+@functools.cache
 def _one_step(name, strategy="cassle", task=1, **overrides):
-    """(objective, strategy, state before, state after, metrics) of one step in ``task``."""
+    """(objective, strategy, state before, state after, metrics) of one step in ``task``; computed
+    once per worker."""
     config, objective, strat = _parts(name, strategy, **overrides)
     tx = step_lib.make_tx(config, objective, strat)
     state = state_lib.initial_state(
@@ -65,9 +69,18 @@ def _changed(a, b):
 # The distillation term in one step
 
 
+def _one_objective_per_distiller_kind():
+    """The first objective of each CaSSLe distiller kind (the wiring of every objective is
+    test_cassle_distiller_wiring's)."""
+    firsts = {}
+    for name in objectives.OBJECTIVES:
+        firsts.setdefault(cassle.DISTILLERS[name].kind, name)
+    return list(firsts.values())
+
+
 @pytest.mark.parametrize(
     ("name", "strategy"),
-    [(name, "cassle") for name in objectives.OBJECTIVES] + [("simclr", "pfr")],
+    [(name, "cassle") for name in _one_objective_per_distiller_kind()] + [("simclr", "pfr")],
 )
 def test_distillation_step_trains_student_and_predictor(name, strategy):
     """From the second task on, the distillation term is finite, enters the loss with its weight,
@@ -184,9 +197,11 @@ def test_cassle_distiller_wiring(name, expected_loss, weight):
     targets = [t["projection"] for t in _teacher_projections(objective, teacher, views)]
     expected = expected_loss(predictions, targets)
     value, terms = _distill(strat, student, views, teacher, params)
-    # Compiled under lax.cond: 1 - cos near 0 (SimSiam) differs from the eager value by ~1 ulp of 1.
-    np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(value, weight * expected, rtol=1e-5, atol=1e-6 * weight)
+    # Compiled under lax.cond, the term differs from the eager value by float32 rounding: 1 - cos
+    # near 0 (SimSiam) by ~1 ulp of 1, ISD's similarities divided by its teacher temperature 0.02
+    # by ~2e-5 relative.
+    np.testing.assert_allclose(terms["distill"], expected, rtol=5e-5, atol=1e-6)
+    np.testing.assert_allclose(value, weight * expected, rtol=5e-5, atol=1e-6 * weight)
     assert len(views) == (1 if name == "isd" else 2)
 
 

@@ -12,44 +12,49 @@ from helpers import run as _run
 
 from cl_ssl import losses, parallel, train
 from cl_ssl import step as step_lib
+from cl_ssl.data import sources
 
 
 @pytest.mark.parametrize("strategy", ["finetune", "offline"])
-def test_end_to_end_two_tasks(mock_cifar10, tmp_path, strategy):
-    result = _run(tiny_config(strategy=strategy), tmp_path)
+def test_end_to_end_two_tasks(finished_run, strategy):
+    """Two tasks trained and evaluated; results, table and plots written (drawn for the offline run
+    only, so that the finetune run is the one the resume tests share); one trace for all tasks."""
+    plots = strategy == "offline"
+    result, workdir = finished_run(tiny_config(strategy=strategy, **{"eval.plots": plots}))
     stages = 2 if strategy == "finetune" else 1
     for name in ("linear", "knn"):
         R = result["matrices"][name]
         assert R.shape == (stages + 1, 2)
         assert np.all((R >= 0) & (R <= 100))
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((workdir / "results.json").read_text())
     assert set(saved["matrices"]) == {"linear", "knn"}
-    assert (tmp_path / "results.md").exists()
-    assert (tmp_path / "plots" / "accuracy_matrix_linear.png").exists()
+    assert (workdir / "results.md").exists()
+    assert (workdir / "plots" / "accuracy_matrix_linear.png").exists() == plots
     assert int(result["state"].task) == stages
+    assert result["traces"] == [1]
     if strategy == "finetune":
         assert "forgetting" in " ".join(result["summaries"]["linear"])
 
 
-def test_resume_is_exact(mock_cifar10, tmp_path):
+def test_resume_is_exact(finished_run, tmp_path):
     """A run stopped mid-task (at step 5, between the periodic checkpoints 3 and 9) and resumed
     ends bit-identical to an uninterrupted run."""
-    whole = _run(tiny_config(), tmp_path / "whole")
-    stopped = _run(tiny_config(stop_after_steps=5), tmp_path / "resumed")
+    whole, _ = finished_run(tiny_config())
+    stopped = _run(tiny_config(stop_after_steps=5), tmp_path)
     assert stopped["stopped"]
-    resumed = _run(tiny_config(), tmp_path / "resumed")
+    resumed = _run(tiny_config(), tmp_path)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
     chex.assert_trees_all_equal(whole["state"].batch_stats, resumed["state"].batch_stats)
     for name in whole["matrices"]:
         np.testing.assert_array_equal(whole["matrices"][name], resumed["matrices"][name])
 
 
-def test_resume_across_task_boundary_and_corrupt_latest(mock_cifar10, tmp_path):
+def test_resume_across_task_boundary_and_corrupt_latest(finished_run, tmp_path):
     """A corrupt newest checkpoint (the periodic one at step 9, in task 2) is skipped with a
     warning; the run resumes from the task boundary (step 6), saves step 9 again and ends
     identical."""
-    whole = _run(tiny_config(), tmp_path / "whole")
-    workdir = tmp_path / "resumed"
+    whole, _ = finished_run(tiny_config())
+    workdir = tmp_path
     _run(tiny_config(stop_after_steps=9), workdir)
     ckpt_dir = workdir / "checkpoints"
     newest = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
@@ -64,37 +69,23 @@ def test_resume_across_task_boundary_and_corrupt_latest(mock_cifar10, tmp_path):
         np.testing.assert_array_equal(whole["matrices"][name], resumed["matrices"][name])
 
 
-def test_one_compile_for_all_tasks(mock_cifar10, tmp_path, monkeypatch):
-    chex.clear_trace_counter()
-    build = step_lib.build_step_fn
-    monkeypatch.setattr(
-        step_lib, "build_step_fn", lambda *a, **k: chex.assert_max_traces(build(*a, **k), n=1)
-    )
-    result = _run(tiny_config(), tmp_path)
-    assert int(result["state"].task) == 2
+# One epoch per task, no warm-up, kNN only: the runs the device tests share.
+ONE_EPOCH = {"epochs_per_task": 1, "optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
 
 
-def test_one_and_four_devices_agree(mock_cifar10, tmp_path):
-    config = tiny_config(
-        epochs_per_task=1, **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
-    )
-    one = _run(config, tmp_path / "one", num_devices=1)
-    four = _run(config, tmp_path / "four", num_devices=4)
+def test_one_and_four_devices_agree(finished_run):
+    (one, _), (four, _) = (finished_run(tiny_config(**ONE_EPOCH), n) for n in (1, 4))
     chex.assert_trees_all_close(one["state"].params, four["state"].params, atol=1e-4, rtol=1e-3)
     chex.assert_trees_all_close(
         one["state"].batch_stats, four["state"].batch_stats, atol=1e-4, rtol=1e-3
     )
 
 
-@pytest.mark.parametrize("num_devices", [1, 4])
-def test_data_in_host_memory_trains_as_on_device(mock_cifar10, tmp_path, num_devices):
-    """dataset.on_device=False sends each step's batch from host memory: the same run."""
-    config = tiny_config(
-        epochs_per_task=1, **{"optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
-    )
-    device = _run(config, tmp_path / "device", num_devices=num_devices)
-    config.dataset.on_device = False
-    host = _run(config, tmp_path / "host", num_devices=num_devices)
+def test_data_in_host_memory_trains_as_on_device(finished_run, tmp_path):
+    """dataset.on_device=False sends each step's batch from host memory, sharded over 4 devices:
+    the same run."""
+    device, _ = finished_run(tiny_config(**ONE_EPOCH), 4)
+    host = _run(tiny_config(**ONE_EPOCH, **{"dataset.on_device": False}), tmp_path, 4)
     chex.assert_trees_all_close(device["state"].params, host["state"].params, atol=1e-6)
     chex.assert_trees_all_close(device["state"].batch_stats, host["state"].batch_stats, atol=1e-6)
     np.testing.assert_allclose(device["matrices"]["knn"], host["matrices"]["knn"])
@@ -169,22 +160,33 @@ def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, 
 
 
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.py") if p.name != "__init__.py")
+SHIPPED = (
+    [(p.stem, None) for p in CONFIGS]
+    + [("cifar100", arg) for arg in ("runlocal", "cassle,data_incremental", "pfr")]
+    + [("imagenet100", "data_incremental,cassle"), ("fashion_mnist", "strategies")]
+)
+_MOCK_SPLITS = {}  # the mock splits read by this worker, by load_split's arguments
+
+
+def _read_once(load_split):
+    """``load_split`` that reads each mock split once per worker: the configs of one data set read
+    the same mock images (ImageNet-100's 14,000 take about 10 s to generate and decode)."""
+
+    def read(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in _MOCK_SPLITS:
+            _MOCK_SPLITS[key] = load_split(*args, **kwargs)
+        return _MOCK_SPLITS[key]
+
+    return read
 
 
 @pytest.mark.parametrize(
-    "path, arg",
-    [(p, None) for p in CONFIGS]
-    + [
-        (CONFIGS[0].with_name("cifar100.py"), arg)
-        for arg in ("runlocal", "cassle,data_incremental", "pfr")
-    ]
-    + [(CONFIGS[0].with_name("imagenet100.py"), "data_incremental,cassle")]
-    + [(CONFIGS[0].with_name("fashion_mnist.py"), "strategies")],
-    ids=lambda v: getattr(v, "stem", str(v)),
+    "name, arg", [pytest.param(name, arg, id=f"{name}-{arg}") for name, arg in SHIPPED]
 )
-def test_shipped_configs_pass_validation(mock_tfds, path, arg):
+def test_shipped_configs_pass_validation(mock_tfds, monkeypatch, name, arg):
     """Every config file, as shipped, passes the checks that run before compiling."""
-    config = shipped_config(path.stem, arg)
+    config = shipped_config(name, arg)
     if config.dataset.name == "fashion_mnist_idx":
         if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
             pytest.skip("Debian's dataset-fashion-mnist is not installed")
@@ -193,6 +195,7 @@ def test_shipped_configs_pass_validation(mock_tfds, path, arg):
         # Enough mock images for a batch of 256 in every task: ImageNet-100 keeps a tenth of
         # imagenet2012's; DomainNet reads each domain's.
         num_examples = {"imagenet100": 14_000, "domainnet": 300}.get(config.dataset.name, 2000)
+        monkeypatch.setattr(sources, "load_split", _read_once(sources.load_split))
         with mock_tfds(num_examples=num_examples):
             p = train.plan(config, parallel.make_mesh(1))
     assert len(p.stages) == (1 if config.strategy == "offline" else config.num_tasks)
