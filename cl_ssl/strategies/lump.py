@@ -47,8 +47,6 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         raise ValueError(f"lump.alpha={c.alpha}; the Beta(alpha, alpha) mixing needs alpha > 0")
     if c.memory_size < 1:
         raise ValueError(f"lump.memory_size={c.memory_size}; set it to at least 1")
-    buffer = config.copy_and_resolve_references()
-    buffer.replay.update(memory_size=c.memory_size, per_class=0, selection="reservoir")
 
     def extend_batch(state, batch, data, key, task):
         del task
@@ -64,7 +62,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
 
     return Strategy(
         name="lump",
-        init=replay.memory_state(buffer, on_device=config.dataset.on_device),
+        init=replay.memory_state(lambda train: c.memory_size, on_device=config.dataset.on_device),
         extend_batch=extend_batch,
         extends_batch_from=0,
         transform_views=transform_views,

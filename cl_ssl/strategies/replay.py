@@ -31,6 +31,8 @@ labels; ``reservoir`` is the label-free choice.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -172,13 +174,13 @@ def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: i
     """(rows of ``ids``, priorities): each class's ``quota`` best rows, priority -rank."""
     rows, priority = [], []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(end.key)).ravel().tolist() + [task])
+    variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
     for c in np.unique(classes):
         members = np.flatnonzero(classes == c)
         n = min(quota, len(members))
         if selection == "random":
             order = rng.choice(members, n, replace=False)
         else:
-            variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
             features = end.features(variables, end.train.images[ids[members]])
             order = members[np.asarray(memory_lib.herding(features, n))]
         rows.append(order)
@@ -186,12 +188,14 @@ def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: i
     return np.concatenate(rows), np.concatenate(priority)
 
 
-def memory_state(config: ml_collections.ConfigDict, *, on_device: bool):
-    """``Strategy.init`` of an empty memory sized by ``config.replay`` for the split."""
+def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
+    """``Strategy.init`` of an empty memory of ``slots_for(train)`` slots (``train``: the run's
+    training split), holding example ids when the data are on the device and the images
+    themselves otherwise."""
 
     def init(variables, key, train):
         del variables, key
-        slots = capacity(config, train.labels, train.num_classes)
+        slots = slots_for(train)
         if slots < 1:
             raise ValueError(
                 f"replay: the memory would have {slots} slots; raise replay.fraction, "
@@ -217,7 +221,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
 
     return Strategy(
         name="replay",
-        init=memory_state(config, on_device=config.dataset.on_device),
+        init=memory_state(
+            lambda train: capacity(config, train.labels, train.num_classes),
+            on_device=config.dataset.on_device,
+        ),
         extend_batch=extend_batch,
         extends_batch_from=1,
         **(
