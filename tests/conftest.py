@@ -31,21 +31,24 @@ from tensorflow_datasets.testing import mocking  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 
-_CACHE_ENV = {  # read by JAX at import, in the xdist workers and in subprocesses
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+# The persistent cache keeps every program, however small or quick to compile.
+_CACHE_SETTINGS = {
+    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_entry_size_bytes": -1,
 }
 
 
 def pytest_configure(config):
     """The controller (or a run without xdist) makes the cache folder before the workers start;
-    they inherit it through the environment."""
+    they, and the scripts the tests start, inherit it and the settings through the environment,
+    which JAX reads at import. This process imported JAX already, so it is also configured
+    directly."""
     if not hasattr(config, "workerinput"):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cl_ssl_jax_cache_")
-        os.environ.update(_CACHE_ENV)
+        os.environ.update({name.upper(): str(v) for name, v in _CACHE_SETTINGS.items()})
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    for name, value in _CACHE_SETTINGS.items():
+        jax.config.update(name, value)
 
 
 def pytest_unconfigure(config):
