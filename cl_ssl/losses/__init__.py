@@ -1,11 +1,13 @@
 """Pure loss functions on arrays: the public, reusable API of cl_ssl.
 
 They use no Flax, no config objects and no global state, so that other JAX projects can import
-them. The SSL objectives (``objectives.py``) and the continual strategies' distillation terms
-(``distill.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
+them. The SSL objectives (``objectives.py``), the continual strategies' distillation terms
+(``distill.py``) and the classification terms of strategies that train a classifier
+(``classification.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
 and ``sinkhorn`` (the [batch, prototypes] codes).
 """
 
+from cl_ssl.losses.classification import labelled_cross_entropy, soft_cross_entropy
 from cl_ssl.losses.distill import (
     contrastive_distillation,
     cosine_distillation,
@@ -39,6 +41,7 @@ __all__ = [
     "info_nce",
     "knowledge_distillation",
     "l2_normalize",
+    "labelled_cross_entropy",
     "mse_distillation",
     "nt_xent",
     "predictive_distillation",
@@ -46,6 +49,7 @@ __all__ = [
     "similarity_kl",
     "simsiam_loss",
     "sinkhorn",
+    "soft_cross_entropy",
     "swav_loss",
     "vicreg_loss",
 ]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cl_ssl.losses.classification import soft_cross_entropy
 from cl_ssl.losses.objectives import (
     _as_float,
     _batch_mean,
@@ -236,9 +237,7 @@ def knowledge_distillation(
     _check_positive("knowledge_distillation", temperature=temperature)
 
     def cross_entropy(s, t):
-        target = jax.nn.softmax(_as_float(t) / temperature, axis=-1)
-        log_prob = jax.nn.log_softmax(_as_float(s) / temperature, axis=-1)
-        return -_batch_mean(jnp.sum(target * log_prob, axis=-1), axis_name)
+        return soft_cross_entropy(s, t, temperature=temperature, axis_name=axis_name)
 
     return _mean_over_views("knowledge_distillation", cross_entropy, student_scores, teacher_scores)
 
