@@ -126,6 +126,9 @@ class Strategy:
       param_labels: optional (trainable params) -> the same structure naming each leaf's optimizer
         group (``cl_ssl.optim.label_top_level``); None: the run's default group.
       param_groups: the groups ``param_labels`` names besides the default one.
+      classify: optional (strategy state, backbone features float32 [N, F]) -> logits float32
+        [N, C] of the classifier the strategy trains (Kaizen's g); the evaluator then scores it
+        after every stage, as the ``classifier`` accuracy matrix.
     """
 
     name: str
@@ -139,6 +142,7 @@ class Strategy:
     update_buffers: Callable[..., PyTree] | None = None
     param_labels: Callable[[PyTree], PyTree] | None = None
     param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
+    classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
 
     def extends_batch(self, stage: int) -> bool:
         """Whether the step of ``stage`` joins the strategy's rows to the batch."""
@@ -210,35 +214,48 @@ def apply_head(head: Any, params: PyTree, x: jax.Array) -> jax.Array:
     return out
 
 
+def head_distillation(
+    *,
+    read: Callable[[Outputs], jax.Array],
+    head: Any,
+    head_key: str,
+    loss: Callable[[list, list, PyTree], jax.Array],
+) -> Callable[[tuple[Outputs, ...], list, PyTree], jax.Array]:
+    """(student outputs per view, teacher outputs per view, strategy trainable params) -> the
+    unweighted distillation ``loss(predictions, teacher outputs, params)``, where each view's
+    prediction is the head ``params[head_key]`` on the student's ``read`` output (CaSSLe's h)."""
+
+    def distill(student, targets, params):
+        predictions = [apply_head(head, params[head_key], read(out)) for out in student]
+        return loss(predictions, targets, params)
+
+    return distill
+
+
 def teacher_distillation(
     *,
     model: SSLModel,
     method: Any,
     train_bn: bool,
-    read: Callable[[Outputs], jax.Array],
-    head: Any,
-    head_key: str,
-    loss: Callable[[list, list, PyTree], jax.Array],
+    distill: Callable[[tuple[Outputs, ...], list, PyTree], jax.Array],
     weight: float,
 ) -> Distill:
     """(student outputs per view, the student's views, teacher, strategy trainable params) ->
     (weighted term, metrics): the distillation of a frozen previous-task teacher (CaSSLe, PFR).
 
-    For each of the student's views: the teacher's ``method`` outputs on that view
-    (``apply_teacher``) and the head ``params[head_key]`` on the student's ``read`` output; then
-    ``weight * loss(predictions, teacher outputs, params)``, with the unweighted value as the
-    metric 'distill'.
+    The teacher's ``method`` outputs on each of the student's views (``apply_teacher``), then
+    ``weight * distill(student outputs, teacher outputs, params)`` (``head_distillation``), with
+    the unweighted value as the metric 'distill'.
     """
 
-    def distill(student, views, teacher, params):
+    def term(student, views, teacher, params):
         targets = [
             apply_teacher(model, teacher, x, train_bn=train_bn, method=method) for x in views
         ]
-        predictions = [apply_head(head, params[head_key], read(out)) for out in student]
-        value = loss(predictions, targets, params)
+        value = distill(student, targets, params)
         return weight * value, {"distill": value}
 
-    return distill
+    return term
 
 
 def frozen_teacher_strategy(

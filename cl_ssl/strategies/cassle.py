@@ -38,6 +38,7 @@ from cl_ssl.objectives.base import target_params
 from cl_ssl.strategies.base import (
     Strategy,
     frozen_teacher_strategy,
+    head_distillation,
     output_widths,
     teacher_distillation,
 )
@@ -126,11 +127,38 @@ def _loss(
     return distillation
 
 
-def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
-    """CaSSLe for ``objective`` from ``config.cassle``; ValueError for an objective it cannot distil."""
+@dataclasses.dataclass(frozen=True)
+class FeatureDistillation:
+    """CaSSLe's distillation of one objective, for any strategy that snapshots ``target_params``
+    of the student as its teacher (CaSSLe itself, Kaizen's feature-extractor term).
+
+    Attributes:
+      weight: lambda.
+      init_heads: key -> the trainable heads {'predictor'} (and SwAV's or DINO's new
+        'prototypes').
+      distill: (student outputs per view, the teacher's ``project`` outputs per view, strategy
+        trainable params) -> the unweighted L_D.
+      teacher_train_bn: the teacher's BatchNorm normalises with the batch's statistics.
+      param_labels: optional (strategy trainable params) -> optimizer group names.
+      param_groups: the groups ``param_labels`` names besides the default one.
+    """
+
+    weight: float
+    init_heads: Callable[[jax.Array], dict]
+    distill: Callable[..., jax.Array]
+    teacher_train_bn: bool
+    param_labels: Callable[[dict], dict] | None
+    param_groups: dict[str, optim.ParamGroup]
+
+
+def feature_distillation(
+    config: ml_collections.ConfigDict, objective: Objective, weight: float | None
+) -> FeatureDistillation:
+    """CaSSLe's distiller of ``objective`` from ``config.cassle``, at ``weight`` (None: the
+    distiller's own lambda); ValueError for an objective it cannot distil."""
     if objective.name not in DISTILLERS:
         raise ValueError(
-            f"strategy 'cassle' has no distiller for objective {objective.name!r}; choose one of "
+            f"CaSSLe has no distiller for objective {objective.name!r}; choose one of "
             f"{sorted(DISTILLERS)}"
         )
     c, spec = config.cassle, DISTILLERS[objective.name]
@@ -139,13 +167,13 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             f"cassle.temperature={c.temperature} has no effect on the {spec.kind!r} distiller of "
             f"{objective.name!r}; leave it unset (it applies to {sorted(_TEMPERATURES)} only)"
         )
-    weight = spec.weight if c.weight is None else c.weight
+    weight = spec.weight if weight is None else weight
     widths = output_widths(objective)
     dim = widths["projection"]
     predictor = heads.MLPHead(hidden_dims=(c.pred_hidden_dim,), out_dim=dim, batch_norm=True)
     num_prototypes = widths.get("scores") if spec.kind == "knowledge" else None
 
-    def init_params(key):
+    def init_heads(key):
         k1, k2 = jax.random.split(key)
         z = jnp.zeros((2, dim))
         params = {"predictor": predictor.init(k1, z, train=False)["params"]}
@@ -159,27 +187,42 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
 
     # The reference trains the predictive distiller's h at lr / lambda when lambda < 1.
     groups = {}
-    if spec.kind == "predictive" and weight < 1:
+    if spec.kind == "predictive" and 0 < weight < 1:
         groups = {"cassle_predictor": optim.ParamGroup(lr_scale=1.0 / weight)}
-    return frozen_teacher_strategy(
-        name="cassle",
-        # The online backbone and projector (and prototypes), never a momentum copy.
-        keep=target_params,
-        init_heads=init_params,
-        distill=teacher_distillation(
-            model=objective.model,
-            method="project",
-            train_bn=c.teacher_train_bn,
+    return FeatureDistillation(
+        weight=weight,
+        init_heads=init_heads,
+        distill=head_distillation(
             read=read,
             head=predictor,
             head_key="predictor",
             loss=_loss(spec.kind, config, num_prototypes),
-            weight=weight,
         ),
+        teacher_train_bn=c.teacher_train_bn,
         param_labels=(
             (lambda heads: optim.label_top_level(heads, {"predictor": "cassle_predictor"}))
             if groups
             else None
         ),
         param_groups=groups,
+    )
+
+
+def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """CaSSLe for ``objective`` from ``config.cassle``; ValueError for an objective it cannot distil."""
+    parts = feature_distillation(config, objective, config.cassle.weight)
+    return frozen_teacher_strategy(
+        name="cassle",
+        # The online backbone and projector (and prototypes), never a momentum copy.
+        keep=target_params,
+        init_heads=parts.init_heads,
+        distill=teacher_distillation(
+            model=objective.model,
+            method="project",
+            train_bn=parts.teacher_train_bn,
+            distill=parts.distill,
+            weight=parts.weight,
+        ),
+        param_labels=parts.param_labels,
+        param_groups=parts.param_groups,
     )

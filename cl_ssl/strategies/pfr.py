@@ -23,6 +23,7 @@ from cl_ssl.objectives import Objective
 from cl_ssl.strategies.base import (
     Strategy,
     frozen_teacher_strategy,
+    head_distillation,
     output_widths,
     teacher_distillation,
 )
@@ -68,10 +69,9 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             model=objective.model,
             method=_backbone,
             train_bn=c.teacher_train_bn,
-            read=_features,
-            head=projector,
-            head_key="projector",
-            loss=_cosine,
+            distill=head_distillation(
+                read=_features, head=projector, head_key="projector", loss=_cosine
+            ),
             weight=c.weight,
         ),
     )

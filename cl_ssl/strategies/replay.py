@@ -57,29 +57,29 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def capacity(config: ml_collections.ConfigDict, classes: np.ndarray, num_classes: int) -> int:
-    """The memory's fixed number of slots for ``config.replay`` and the split's ``classes`` [N]."""
-    r = config.replay
+def capacity(r: ml_collections.ConfigDict, classes: np.ndarray, num_classes: int) -> int:
+    """The memory's fixed number of slots for the replay settings ``r`` (``config.replay``) and
+    the split's ``classes`` [N]."""
     if r.selection == "first_per_class":
         counts = np.bincount(classes, minlength=num_classes)
         return int(sum(math.floor(r.fraction * n + 1e-9) for n in counts))
     return r.per_class * num_classes if r.per_class > 0 else r.memory_size
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-    """ValueError naming the ``config.replay`` field that cannot work."""
-    r = config.replay
+def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
+    """ValueError naming the field of the replay settings ``r`` (``config.<section>``) that
+    cannot work."""
     if r.selection not in SELECTIONS:
-        raise ValueError(f"replay.selection={r.selection!r}; choose one of {list(SELECTIONS)}")
+        raise ValueError(f"{section}.selection={r.selection!r}; choose one of {list(SELECTIONS)}")
     if r.batch_size < 1:
-        raise ValueError(f"replay.batch_size={r.batch_size}; set it to at least 1")
+        raise ValueError(f"{section}.batch_size={r.batch_size}; set it to at least 1")
     if r.per_class < 0 or (r.per_class == 0 and r.memory_size < 1):
         raise ValueError(
-            f"replay.memory_size={r.memory_size}, replay.per_class={r.per_class}; set a positive "
-            "memory_size, or per_class > 0 for a fixed number of exemplars per class"
+            f"{section}.memory_size={r.memory_size}, {section}.per_class={r.per_class}; set a "
+            "positive memory_size, or per_class > 0 for a fixed number of exemplars per class"
         )
     if not 0.0 < r.fraction <= 1.0:
-        raise ValueError(f"replay.fraction={r.fraction}; set the share of each class in (0, 1]")
+        raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
 
 
 def draw(memory: memory_lib.Memory, key: jax.Array, size: int, eligible: jax.Array):
@@ -135,10 +135,10 @@ def in_step_update(selection: str, per_class: int):
     return update_buffers
 
 
-def end_of_task_selection(config: ml_collections.ConfigDict):
+def end_of_task_selection(r: ml_collections.ConfigDict):
     """``Strategy.end_task`` that adds the finished task's exemplars (herding, random or
-    first_per_class) and shrinks the earlier classes to the new per-class quota."""
-    r = config.replay
+    first_per_class, from the replay settings ``r``) and shrinks the earlier classes to the new
+    per-class quota."""
 
     def end_task(end: TaskEnd) -> StrategyState:
         strategy_state = end.state.strategy
@@ -207,11 +207,12 @@ def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
     return init
 
 
-def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
-    """Replay from ``config.replay``, for any objective."""
-    del objective
-    check_config(config)
-    r = config.replay
+def rehearsal(
+    r: ml_collections.ConfigDict, *, on_device: bool, section: str = "replay"
+) -> Strategy:
+    """Replay from the settings ``r`` (``config.<section>``): the memory, its selection and the
+    replay sub-batch, for any strategy that rehearses (replay itself, Kaizen)."""
+    check_config(r, section)
 
     def extend_batch(state, batch, data, key, task):
         memory = state.buffers["memory"]
@@ -222,14 +223,19 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     return Strategy(
         name="replay",
         init=memory_state(
-            lambda train: capacity(config, train.labels, train.num_classes),
-            on_device=config.dataset.on_device,
+            lambda train: capacity(r, train.labels, train.num_classes), on_device=on_device
         ),
         extend_batch=extend_batch,
         extends_batch_from=1,
         **(
             {"update_buffers": in_step_update(r.selection, r.per_class)}
             if r.selection in IN_STEP
-            else {"end_task": end_of_task_selection(config)}
+            else {"end_task": end_of_task_selection(r)}
         ),
     )
+
+
+def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """Replay from ``config.replay``, for any objective."""
+    del objective
+    return rehearsal(config.replay, on_device=config.dataset.on_device)
