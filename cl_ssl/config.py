@@ -161,7 +161,8 @@ def unread_sections(config: dict) -> set[str]:
     """The config sections a run of ``config`` (a dict) never reads: those of the other objectives
     and of the other strategies."""
     sections = set(objectives.OBJECTIVES) | set(strategies.default_configs())
-    return sections - {config.get("objective"), config.get("strategy")}
+    read = {config.get("objective")} | strategies.sections_read(config.get("strategy"))
+    return sections - read
 
 
 def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
@@ -181,7 +182,7 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return names
 
 
-STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump")
+STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump", "kaizen")
 
 
 def apply_variants(
@@ -211,6 +212,8 @@ def apply_variants(
     if config.scenario == "data_incremental":
         config.class_order = "natural"
         config.split_seed = 42
+    if config.strategy == "kaizen":
+        use_kaizen_setting(config)
     if "runlocal" in variants:
         use_runlocal_setting(config)
     return variants
@@ -239,6 +242,19 @@ def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 22
     config.swav.update(queue_start_epoch=100, freeze_prototypes_epochs=5)
     # CaSSLe's linear scripts set the offline probe's learning rate per method.
     config.eval.linear.learning_rate = placeholder(float)
+
+
+def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
+    """Kaizen's CIFAR-100 scripts (Tang et al., WACV 2024; ``dr-bell/kaizen`` ``bash_files/*.sh``):
+    every label, Kaizen's recipes on CIFAR (SimCLR at lr 1.0 with BYOL's views), SimCLR's
+    4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the rest (batch 256,
+    500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config. Kaizen ships
+    no ImageNet-100 script: there the ImageNet recipes stay."""
+    config.labels.fraction = 1.0
+    if config.recipe == "cifar":
+        config.recipe = "kaizen"
+    config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
+    config.mocov2plus.proj_output_dim = 256
 
 
 def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:

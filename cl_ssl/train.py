@@ -189,7 +189,10 @@ class _Results:
     def __init__(self, p: Plan, workdir: str, writer: report.ScalarWriter | None):
         self._plan, self._workdir, self._writer = p, workdir, writer
         rows, tasks = len(p.stages) + 1, p.scenario.num_tasks
-        self.matrices = {name: np.full((rows, tasks), np.nan) for name in p.config.eval.evaluators}
+        names = list(p.config.eval.evaluators)
+        if p.strategy.classify is not None:
+            names.append(evaluate.CLASSIFIER)
+        self.matrices = {name: np.full((rows, tasks), np.nan) for name in names}
         self.buffer_bytes = 0  # size of the strategy's buffers (an exemplar memory)
 
     def to_json(self) -> dict:
@@ -219,6 +222,12 @@ class _Results:
                     forgetting_variant=c.eval.forgetting,
                     bwt_norm=c.eval.bwt_norm,
                 )
+                if name == evaluate.CLASSIFIER:
+                    # Kaizen's name (Tang et al., WACV 2024) for the mean over tasks of the
+                    # accuracy on the tasks seen so far.
+                    out[name]["average_continual_accuracy"] = out[name][
+                        "average_incremental_accuracy"
+                    ]
             else:
                 out[name] = {
                     "final_average_accuracy": float(R[-1].mean()),
@@ -310,7 +319,14 @@ class _Run:
         self.keys = state_lib.run_keys(p.config.seed)
         self.results = _Results(p, workdir, writer)
         self.evaluator = evaluate.Evaluator(
-            p.objective.model, p.train, p.test, p.scenario, p.config, p.mesh, key=self.keys.eval
+            p.objective.model,
+            p.train,
+            p.test,
+            p.scenario,
+            p.config,
+            p.mesh,
+            key=self.keys.eval,
+            classify=p.strategy.classify,
         )
         on_device = p.config.dataset.on_device
         rep = parallel.replicated(p.mesh)
@@ -359,7 +375,7 @@ class _Run:
         if restored is None:
             state = jax.jit(self._initial_state, out_shardings=rep)()
             self._report_buffers(state)
-            self.results.record(0, self.evaluator(state.params, state.batch_stats), step=0)
+            self.results.record(0, self._evaluate(state), step=0)
             self.ckpt.save(0, state, {"matrices": self.results.to_json()})
             return state
         _, state, meta = restored
@@ -373,6 +389,9 @@ class _Run:
             )
             print(f"resumed from {self.ckpt.directory} at step {int(state.step)} ({where})")
         return state
+
+    def _evaluate(self, state: state_lib.ContinualState) -> dict[str, np.ndarray]:
+        return self.evaluator(state.params, state.batch_stats, state.strategy)
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
@@ -468,9 +487,7 @@ class _Run:
         saves the boundary checkpoint."""
         p = self.p
         step = int(state.step)
-        self.results.record(
-            stage_id + 1, self.evaluator(state.params, state.batch_stats), step=step
-        )
+        self.results.record(stage_id + 1, self._evaluate(state), step=step)
         strategy_state = p.strategy.end_task(
             TaskEnd(
                 state=state,

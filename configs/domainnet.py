@@ -3,9 +3,9 @@
     python -m cl_ssl.main --config=configs/domainnet.py --workdir=runs/domainnet
     python -m cl_ssl.main --config=configs/domainnet.py:cassle --config.objective=barlow_twins --workdir=DIR
 
-The argument after ':' is a comma-separated list of variants: cassle, pfr, finetune, offline (the
-continual strategy), runlocal (a tiny smoke-test variant: the tiny ResNet, 1 epoch per task,
-32-pixel images).
+The argument after ':' is a comma-separated list of variants: cassle, pfr, replay, lump, kaizen,
+finetune, offline (the continual strategy), runlocal (a tiny smoke-test variant: the tiny ResNet,
+1 epoch per task, 32-pixel images).
 
 One task per domain, all 345 classes in every task, in CaSSLe's order real -> quickdraw ->
 painting -> sketch -> infograph -> clipart (``cassle/methods/base.py``;

@@ -9,7 +9,8 @@ The argument after ':' is a comma-separated list of variants:
     permutation as its CIFAR-100 order).
   data_incremental: 5 random fifths of the training set, the remainder to the first task, drawn
     with numpy from ``split_seed`` 42 (CaSSLe's sizes and rule, not its images).
-  cassle, pfr, finetune, offline: the continual strategy.
+  cassle, pfr, replay, lump, kaizen, finetune, offline: the continual strategy (kaizen also
+    applies Kaizen's settings: every label, its recipes and heads, ``use_kaizen_setting``).
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task, 32-pixel images).
 
 Everything else is CaSSLe's ImageNet-100 recipe (Fini et al., CVPR 2022; its scripts

@@ -6,7 +6,8 @@ objective, strategy and seed, each in its own workdir (an interrupted sweep resu
 markdown table, mean +- std over seeds, of the final linear-probe and kNN accuracy (mean of the 5
 tasks' test accuracy), the gain over the random-initialisation row (the same backbone
 initialisation for every objective and strategy of a seed), and for continual strategies the
-forgetting and forward transfer (``max_prev`` forgetting, T-1 norm).
+forgetting and forward transfer (``max_prev`` forgetting, T-1 norm); for a strategy that trains
+its own classifier (Kaizen), the same for that classifier and its average continual accuracy.
 ``--output`` also writes the table and the command to a markdown file. Config values can be
 overridden as in cl_ssl.main (``--config.epochs_per_task=15``). A run whose workdir already holds
 complete results of the same config (results.json with every row evaluated, from this machine or
@@ -32,7 +33,7 @@ from ml_collections import config_flags
 
 from cl_ssl import config as config_lib
 from cl_ssl import train
-from cl_ssl.evaluation import metrics
+from cl_ssl.evaluation import evaluate, metrics
 from cl_ssl.objectives import resolve_config
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
@@ -67,14 +68,18 @@ def _finished_results(config, workdir: str) -> dict | None:
 
 def _figures(result) -> dict[str, float]:
     """Final accuracy, gain over random init, forgetting and forward transfer per evaluator (NaN
-    where a strategy has none: the offline run's single trained row)."""
+    where a strategy has none: the offline run's single trained row), and the average continual
+    accuracy of a strategy's own classifier (Kaizen)."""
     out = {}
     for name, R in result["matrices"].items():
         out[f"{name}_final"] = float(R[-1].mean())
         out[f"{name}_random_init"] = float(R[0].mean())
         out[f"{name}_gain"] = out[f"{name}_final"] - out[f"{name}_random_init"]
         summary = result["summaries"].get(name, {})
-        for metric in ("forgetting", "forward_transfer"):
+        metrics_of = ("forgetting", "forward_transfer")
+        if name == evaluate.CLASSIFIER:
+            metrics_of += ("average_continual_accuracy",)
+        for metric in metrics_of:
             value = summary.get(metric)
             out[f"{name}_{metric}"] = math.nan if value is None else float(value)
     return out
@@ -97,8 +102,8 @@ def main(argv):
                 objective, strategy, seed, json.dumps(per_seed[objective, strategy][-1]), flush=True
             )
     rows = {key: metrics.aggregate_seeds(values) for key, values in per_seed.items()}
-    first = next(iter(rows.values()))
-    names = [k for k in first if isinstance(first[k], dict)]
+    # Every figure of any row, in order of appearance (a strategy's classifier adds some).
+    names = list(dict.fromkeys(k for agg in rows.values() for k in agg if isinstance(agg[k], dict)))
     lines = [
         f"`python {' '.join(sys.argv)}`",
         "",
@@ -110,7 +115,9 @@ def main(argv):
     ]
     for (objective, strategy), agg in rows.items():
         cells = [
-            "-" if math.isnan(agg[n]["mean"]) else f"{agg[n]['mean']:.2f} +- {agg[n]['std']:.2f}"
+            "-"
+            if n not in agg or math.isnan(agg[n]["mean"])
+            else f"{agg[n]['mean']:.2f} +- {agg[n]['std']:.2f}"
             for n in names
         ]
         lines.append(f"| {objective} | {strategy} | " + " | ".join(cells) + " |")

@@ -13,6 +13,8 @@ from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import probes
 
 EVALUATORS = ("linear", "knn")
+CLASSIFIER = "classifier"
+"""The accuracy matrix of the classifier a strategy trains (``Strategy.classify``), scored as is."""
 
 
 class Evaluator:
@@ -24,6 +26,11 @@ class Evaluator:
     data of all tasks (``eval.train_examples`` of them, a fixed random subset, when set) and are
     tested on the whole test set; per-task accuracies come from that one all-class probe, without
     masking logits.
+
+    With ``classify`` (a strategy's ``Strategy.classify``: (strategy state, features [N, F]) ->
+    logits [N, C]), the classifier the strategy trains is also scored as it is, with no probe
+    trained afterwards, on the same test features (Kaizen's ``classifier_eval``,
+    ``kaizen/methods/full_model.py`` l.300-326): the ``classifier`` entry.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class Evaluator:
         mesh: jax.sharding.Mesh,
         *,
         key: jax.Array,
+        classify=None,
     ):
         self._config = config
         self._scenario = scenario
@@ -51,6 +59,7 @@ class Evaluator:
                 images=train.images[keep], labels=train.labels[keep], num_classes=train.num_classes
             )
         self._train, self._test = train, test
+        self._classify = None if classify is None else jax.jit(classify)
         self._batch_size = config.eval.batch_size
         view = ml_collections.ConfigDict(config.augment.view1)
         crop = view.crop_size
@@ -81,8 +90,9 @@ class Evaluator:
             out.append(np.asarray(jax.device_get(f))[: len(chunk)])
         return np.concatenate(out)
 
-    def __call__(self, params, batch_stats) -> dict[str, np.ndarray]:
-        """Per-task top-1 accuracy in percent, float [T], for every evaluator in ``eval.evaluators``."""
+    def __call__(self, params, batch_stats, strategy_state=None) -> dict[str, np.ndarray]:
+        """Per-task top-1 accuracy in percent, float [T], for every evaluator in ``eval.evaluators``
+        and, when the evaluator has ``classify``, for the classifier in ``strategy_state``."""
         variables = {"params": params, "batch_stats": batch_stats}
         train_f = self.features(variables, self._train.images)
         test_f = self.features(variables, self._test.images)
@@ -108,5 +118,12 @@ class Evaluator:
                 )
             results[name] = probes.per_task_accuracy(
                 np.asarray(predictions), self._test.labels, self._scenario.test_indices
+            )
+        if self._classify is not None:
+            logits = self._classify(strategy_state, test_f)
+            results[CLASSIFIER] = probes.per_task_accuracy(
+                np.asarray(jax.device_get(logits)).argmax(axis=-1),
+                self._test.labels,
+                self._scenario.test_indices,
             )
         return results

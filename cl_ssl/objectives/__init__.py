@@ -65,7 +65,12 @@ def _check_name(config: ml_collections.ConfigDict) -> types.ModuleType:
     return _MODULES[config.objective]
 
 
-_RECIPES = {"cifar": "RECIPE", "imagenet": "IMAGENET_RECIPE"}  # config.recipe -> module attribute
+# config.recipe -> the module attributes that may hold it, the first one present wins.
+_RECIPES = {
+    "cifar": ("RECIPE",),
+    "imagenet": ("IMAGENET_RECIPE",),
+    "kaizen": ("KAIZEN_RECIPE", "RECIPE"),
+}
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -76,12 +81,17 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     ``optimizer.kwargs.exclude_bias_and_norm`` (when the optimizer takes it) and every unset field
     of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
     value given in the config or on the command line always wins. ``config.recipe`` picks the
-    recipe: ``'cifar'`` (CaSSLe's CIFAR-100 scripts) or ``'imagenet'`` (its ImageNet-100 scripts,
-    also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one).
+    recipe: ``'cifar'`` (CaSSLe's CIFAR-100 scripts), ``'imagenet'`` (its ImageNet-100 scripts,
+    also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one) or
+    ``'kaizen'`` (Kaizen's CIFAR-100 scripts; they differ from CaSSLe's for SimCLR only, the
+    other objectives take their CIFAR recipe).
     """
     if config.recipe not in _RECIPES:
         raise ValueError(f"recipe={config.recipe!r}; choose one of {sorted(_RECIPES)}")
-    recipe: Recipe | None = getattr(_check_name(config), _RECIPES[config.recipe], None)
+    module = _check_name(config)
+    recipe: Recipe | None = next(
+        (getattr(module, a) for a in _RECIPES[config.recipe] if hasattr(module, a)), None
+    )
     if recipe is None:
         raise ValueError(
             f"objective {config.objective!r} has no {config.recipe!r} recipe (CaSSLe ships no "

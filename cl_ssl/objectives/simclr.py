@@ -10,6 +10,7 @@ import ml_collections
 
 from cl_ssl import losses
 from cl_ssl.objectives.base import (
+    BYOL_VIEWS,
     SIMCLR_IMAGENET_VIEWS,
     SIMCLR_VIEWS,
     Objective,
@@ -23,6 +24,12 @@ RECIPE = Recipe(
     optimizer=dict(lr=0.4, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=SIMCLR_VIEWS,
     source="CaSSLe bash_files/continual/cifar/simclr*.sh",
+)
+
+KAIZEN_RECIPE = Recipe(
+    optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
+    views=BYOL_VIEWS,
+    source="Kaizen bash_files/simclr_cifar_distill_classifier_l1000_soft_label_replay_0.01_b32.sh",
 )
 
 IMAGENET_RECIPE = Recipe(

@@ -5,7 +5,8 @@ boundary (a frozen teacher, a memory, its own trainable heads), and fills the ho
 ``Strategy``: it may extend the batch, add a loss term, update its buffers after each step and
 rewrite its state at the end of a task. ``finetune`` and ``offline`` are the lower and upper
 bounds of every continual method; ``cassle`` and ``pfr`` distil the previous task's model;
-``replay`` and ``lump`` rehearse examples from an exemplar memory.
+``replay`` and ``lump`` rehearse examples from an exemplar memory; ``kaizen`` trains a classifier
+through the stream next to the SSL model, with rehearsal and distillation for both.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from collections.abc import Callable
 import ml_collections
 
 from cl_ssl.objectives import Objective
-from cl_ssl.strategies import cassle, lump, pfr, replay
+from cl_ssl.strategies import cassle, kaizen, lump, pfr, replay
 from cl_ssl.strategies.base import LossInputs, Strategy, TaskEnd, make_finetune, make_offline
 
-__all__ = ["STRATEGIES", "LossInputs", "Strategy", "TaskEnd", "default_configs", "get_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "LossInputs",
+    "Strategy",
+    "TaskEnd",
+    "default_configs",
+    "get_strategy",
+    "sections_read",
+]
 
 _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]] = {
     "finetune": make_finetune,
@@ -27,6 +36,7 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]
     "pfr": pfr.make,
     "replay": replay.make,
     "lump": lump.make,
+    "kaizen": kaizen.make,
 }
 STRATEGIES = tuple(_FACTORIES)
 """The registered strategy names."""
@@ -39,7 +49,18 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
         "pfr": pfr.default_config(),
         "replay": replay.default_config(),
         "lump": lump.default_config(),
+        "kaizen": kaizen.default_config(),
     }
+
+
+# Sections of other strategies that a strategy reads besides its own.
+_ALSO_READS = {"kaizen": ("cassle",)}
+
+
+def sections_read(name: str) -> set[str]:
+    """The config sections of strategies that strategy ``name`` reads: its own and, for those
+    built on another, that one's (Kaizen's feature distiller is CaSSLe's)."""
+    return {name, *_ALSO_READS.get(name, ())}
 
 
 def get_strategy(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
