@@ -162,8 +162,9 @@ def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, 
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.py") if p.name != "__init__.py")
 SHIPPED = (
     [(p.stem, None) for p in CONFIGS]
-    + [("cifar100", arg) for arg in ("runlocal", "cassle,data_incremental", "pfr")]
-    + [("imagenet100", "data_incremental,cassle"), ("fashion_mnist", "strategies")]
+    + [("cifar100", arg) for arg in ("runlocal", "cassle,data_incremental", "pfr", "kaizen")]
+    + [("imagenet100", arg) for arg in ("data_incremental,cassle", "kaizen")]
+    + [("fashion_mnist", "strategies")]
 )
 _MOCK_SPLITS = {}  # the mock splits read by this worker, by load_split's arguments
 
