@@ -687,3 +687,99 @@ def test_non_positive_temperature_raises(call, match):
 def test_single_row_batch_raises(fn):
     with pytest.raises(ValueError, match="at least 2"):
         fn((_ONES[:1], _ONES[:1]), (_ONES[:1], _ONES[:1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# CCL's relational distillation
+
+
+def np_relational_distillation(sq, sa, tq, ta, ts, tt, valid, anchor_valid):
+    """Loops over the valid rows i and valid anchors j of CCL's builder.py l.232-255: KL of the
+    teacher's softmax over S^T_i. / tt from the student's over S^S_i. / ts, then the mean."""
+    sq, sa, tq, ta = (_np_normalize(np.asarray(x, np.float64)) for x in (sq, sa, tq, ta))
+    cols = [j for j in range(len(sa)) if anchor_valid[j]]
+    rows = []
+    for i in range(len(sq)):
+        if not valid[i]:
+            continue
+        s = np.array([sq[i] @ sa[j] for j in cols]) / ts
+        t = np.array([tq[i] @ ta[j] for j in cols]) / tt
+        log_ps, log_pt = _np_log_softmax(s), _np_log_softmax(t)
+        rows.append(np.sum(np.exp(log_pt) * (log_pt - log_ps)))
+    return np.mean(rows) if rows else 0.0
+
+
+def _relational_inputs(seed, rows=8, anchors=8):
+    return (
+        _normal(seed, (rows, 5)),
+        _normal(seed + 1, (anchors, 5)),
+        _normal(seed + 2, (rows, 5)),
+        _normal(seed + 3, (anchors, 5)),
+    )
+
+
+@pytest.mark.parametrize(
+    "valid, anchor_valid, anchors",
+    [
+        (None, None, 8),
+        ([1, 0, 1, 1, 0, 0, 1, 0], None, 8),  # the rows' mask also masks their anchors
+        ([1, 1, 0, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0], 5),
+        ([0] * 8, None, 8),
+    ],
+    ids=["all", "replayed rows", "own anchor mask", "none"],
+)
+def test_relational_distillation_matches_numpy(valid, anchor_valid, anchors):
+    sq, sa, tq, ta = _relational_inputs(80, anchors=anchors)
+    kwargs = {}
+    if valid is not None:
+        kwargs["valid"] = np.array(valid, bool)
+    if anchor_valid is not None:
+        kwargs["anchor_valid"] = np.array(anchor_valid, bool)
+    value = losses.relational_distillation(
+        sq, sa, tq, ta, student_temperature=0.07, teacher_temperature=0.04, **kwargs
+    )
+    rows_valid = np.ones(8, bool) if valid is None else np.array(valid, bool)
+    cols_valid = (
+        np.array(anchor_valid, bool)
+        if anchor_valid is not None
+        else (rows_valid if anchors == 8 else np.ones(anchors, bool))
+    )
+    expected = np_relational_distillation(sq, sa, tq, ta, 0.07, 0.04, rows_valid, cols_valid)
+    np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_relational_distillation_trains_the_students_queries_and_anchors_only():
+    sq, sa, tq, ta = _relational_inputs(90)
+    valid = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
+    grads = jax.grad(
+        lambda *x: losses.relational_distillation(*x, valid=valid), argnums=(0, 1, 2, 3)
+    )(sq, sa, tq, ta)
+    assert np.abs(grads[0][valid]).min() > 0 and np.abs(grads[1][valid]).min() > 0
+    np.testing.assert_array_equal(grads[0][~valid], 0.0)  # rows that are not replayed
+    np.testing.assert_array_equal(grads[1][~valid], 0.0)  # nor are their anchors
+    np.testing.assert_array_equal(grads[2], 0.0)
+    np.testing.assert_array_equal(grads[3], 0.0)
+    # A teacher equal to the student at equal temperatures: nothing to distil.
+    same = losses.relational_distillation(
+        sq, sa, sq, sa, student_temperature=0.1, teacher_temperature=0.1
+    )
+    np.testing.assert_allclose(same, 0.0, atol=1e-6)
+
+
+def test_relational_distillation_one_device_equals_four(mesh):
+    sq, sa, tq, ta = _relational_inputs(100)
+    valid = np.array([1, 0, 1, 1, 0, 0, 0, 0], bool)  # devices 2 and 3 hold no valid row
+
+    def fn(sq, sa, tq, ta, valid, axis_name=None):
+        return losses.relational_distillation(sq, sa, tq, ta, valid=valid, axis_name=axis_name)
+
+    loss_and_grad = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+    expected = loss_and_grad(sq, sa, tq, ta, valid)
+    sharding = NamedSharding(mesh, P("data"))
+    sharded = loss_and_grad(*(jax.device_put(x, sharding) for x in (sq, sa, tq, ta, valid)))
+    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
+    per_device = jax.shard_map(
+        functools.partial(fn, axis_name="data"), mesh=mesh, in_specs=P("data"), out_specs=P()
+    )
+    manual = jax.jit(jax.value_and_grad(per_device, argnums=(0, 1)))(sq, sa, tq, ta, valid)
+    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)

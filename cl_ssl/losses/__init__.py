@@ -15,6 +15,7 @@ from cl_ssl.losses.distill import (
     knowledge_distillation,
     mse_distillation,
     predictive_distillation,
+    relational_distillation,
     similarity_distillation,
 )
 from cl_ssl.losses.objectives import (
@@ -45,6 +46,7 @@ __all__ = [
     "mse_distillation",
     "nt_xent",
     "predictive_distillation",
+    "relational_distillation",
     "similarity_distillation",
     "similarity_kl",
     "simsiam_loss",

@@ -25,6 +25,7 @@ from cl_ssl.losses.classification import soft_cross_entropy
 from cl_ssl.losses.objectives import (
     _as_float,
     _batch_mean,
+    _batch_sum,
     _check_embeddings,
     _check_min_batch,
     _check_positive,
@@ -32,6 +33,7 @@ from cl_ssl.losses.objectives import (
     byol_loss,
     l2_normalize,
     similarity_kl,
+    similarity_kl_rows,
     simsiam_loss,
 )
 
@@ -289,3 +291,71 @@ def similarity_distillation(
         )
 
     return _mean_over_views("similarity_distillation", term, predictions, targets)
+
+
+def relational_distillation(
+    student_queries: jax.Array,
+    student_anchors: jax.Array,
+    teacher_queries: jax.Array,
+    teacher_anchors: jax.Array,
+    *,
+    student_temperature: float = 0.07,
+    teacher_temperature: float = 0.04,
+    valid: jax.Array | None = None,
+    anchor_valid: jax.Array | None = None,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """CCL's self-supervised knowledge distillation (Lin et al., ICME 2022, Sec. 3.3): the
+    teacher's distribution of similarities to a set of anchors, distilled into the student's.
+
+    With q, a the L2-normalised queries [B, D] and anchors [K, D] of each network,
+
+      S^S_ij = q^S_i . a^S_j,   S^T_ij = q^T_i . a^T_j
+      L = (1/|valid|) sum_{valid i} KL( softmax_j(S^T_ij / tau_t) || softmax_j(S^S_ij / tau_s) )
+
+    over the valid anchors j, the diagonal included (``VDIGPKU/ContinualContrastiveLearning``
+    ``moco/builder.py`` l.232-255: ``F.kl_div(..., reduction='batchmean')`` over the replayed
+    rows; tau_s 0.07, tau_t 0.04). Unlike ISD's bank, each network embeds the anchors itself, and
+    the student receives gradient through its queries and its anchors; the teacher side passes
+    through ``stop_gradient``. 0 when no row is valid.
+
+    Args:
+      student_queries, teacher_queries: [B, D] embeddings of the queries (CCL: the query view of
+        each image).
+      student_anchors, teacher_anchors: [K, D] embeddings of the anchors (CCL: the centre-crop
+        view of the same images, K = B).
+      student_temperature, teacher_temperature: tau_s, tau_t > 0.
+      valid: bool [B], the rows that count (CCL: replayed images); None: every row.
+      anchor_valid: bool [K], the anchors that count; None: ``valid`` when K = B, else every one.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``: the anchors (and their
+        mask) are then gathered from every device, and the mean runs over the global valid rows.
+
+    Returns:
+      Scalar float32 loss (>= 0).
+    """
+    fn = "relational_distillation"
+    _check_embeddings(fn, student_queries=student_queries, teacher_queries=teacher_queries)
+    _check_embeddings(fn, student_anchors=student_anchors, teacher_anchors=teacher_anchors)
+    _check_positive(
+        fn, student_temperature=student_temperature, teacher_temperature=teacher_temperature
+    )
+    rows, num_anchors = student_queries.shape[0], student_anchors.shape[0]
+    if anchor_valid is None and valid is not None and num_anchors == rows:
+        anchor_valid = valid
+    if anchor_valid is None:
+        anchor_valid = jnp.ones(num_anchors, bool)
+    if valid is None:
+        valid = jnp.ones(rows, bool)
+    student_anchors, _ = _gathered_columns(l2_normalize(_as_float(student_anchors)), axis_name)
+    teacher_anchors, _ = _gathered_columns(l2_normalize(_as_float(teacher_anchors)), axis_name)
+    anchor_valid, _ = _gathered_columns(anchor_valid, axis_name)
+    kl = similarity_kl_rows(
+        l2_normalize(_as_float(student_queries)) @ student_anchors.T,
+        lax.stop_gradient(l2_normalize(_as_float(teacher_queries)) @ teacher_anchors.T),
+        student_temperature,
+        teacher_temperature,
+        anchor_valid,
+    )
+    total = _batch_sum(jnp.where(valid, kl, 0.0), axis_name)
+    count = _batch_sum(valid.astype(jnp.float32), axis_name)
+    return total / jnp.maximum(count, 1.0)

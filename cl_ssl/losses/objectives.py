@@ -516,12 +516,37 @@ def similarity_kl(
         student_temperature=student_temperature,
         teacher_temperature=teacher_temperature,
     )
-    log_p_s = jax.nn.log_softmax(_as_float(student_logits) / student_temperature, axis=-1)
-    log_p_t = lax.stop_gradient(
-        jax.nn.log_softmax(_as_float(teacher_logits) / teacher_temperature, axis=-1)
-    )
-    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    kl = similarity_kl_rows(student_logits, teacher_logits, student_temperature, teacher_temperature)
     return _batch_mean(kl, axis_name)
+
+
+# A logit far below any other, for anchors left out of a softmax (finite, so that 0 * it stays 0).
+_MASKED_LOGIT = -1e30
+
+
+def similarity_kl_rows(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    student_temperature: float,
+    teacher_temperature: float,
+    anchor_valid: jax.Array | None = None,
+) -> jax.Array:
+    """Per row i, KL(softmax_j(t_ij / tau_t) || softmax_j(s_ij / tau_s)) over the anchors j with
+    ``anchor_valid`` (bool [K]; None: all); float32 [B]. The teacher side passes through
+    ``stop_gradient``. The core of ``similarity_kl`` and of ``relational_distillation``."""
+
+    def log_softmax(logits, temperature):
+        z = _as_float(logits) / temperature
+        if anchor_valid is not None:
+            z = jnp.where(anchor_valid[None, :], z, _MASKED_LOGIT)
+        return jax.nn.log_softmax(z, axis=-1)
+
+    log_p_s = log_softmax(student_logits, student_temperature)
+    log_p_t = lax.stop_gradient(log_softmax(teacher_logits, teacher_temperature))
+    terms = jnp.exp(log_p_t) * (log_p_t - log_p_s)
+    if anchor_valid is not None:
+        terms = jnp.where(anchor_valid[None, :], terms, 0.0)
+    return jnp.sum(terms, axis=-1)
 
 
 def dino_loss(
