@@ -10,8 +10,8 @@ they are.
   union of the memory and a batch of candidates, cut back to the capacity by priority
   (``keep_top``), optionally with a per-class quota first (``keep_top_per_class``). Random
   priorities make it a reservoir sampler, overall or within each class (``reservoir_update``).
-  ``herding`` orders a class's examples as iCaRL does, while ``first_per_class`` (Kaizen) and
-  ``random_per_class`` choose exemplars on the host, in NumPy. ``sample`` draws replay batches.
+  ``herding`` orders a class's examples as iCaRL does, while ``first_per_class`` (Kaizen),
+  ``random_per_class`` and ``min_var_per_cluster`` (CCL) choose exemplars on the host, in NumPy. ``sample`` draws replay batches.
 """
 
 from __future__ import annotations
@@ -407,6 +407,69 @@ def random_per_class(
         rows = np.flatnonzero(labels == label)
         drawn.append(rng.choice(rows, size=min(num_per_class, len(rows)), replace=False))
     return np.concatenate([np.zeros(0, np.int64), *drawn])
+
+
+def augmentation_variance(embeddings: np.ndarray) -> np.ndarray:
+    """CCL's "min_var" score of each image: how far its views' embeddings spread.
+
+    With f^(v) the L2-normalised embedding of view v and m-hat the L2-normalised mean of an
+    image's V embeddings, the score is sum_v ||f^(v) - m-hat||^2 (Lin et al., ICME 2022, Sec. 3.2;
+    ``VDIGPKU/ContinualContrastiveLearning`` ``train.py::save_replay_image`` l.450-455, whose
+    embeddings come normalised from ``forward_encoder_q``).
+
+    Args:
+      embeddings: float [N, V, D], V views of each of N images.
+
+    Returns:
+      float64 [N], lower for images whose embedding changes less under augmentation.
+    """
+    f = np.asarray(embeddings, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    mean = f.mean(axis=1, keepdims=True)
+    mean = mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+    return np.sum(np.square(f - mean), axis=(1, 2))
+
+
+def min_var_per_cluster(
+    embeddings: np.ndarray, *, num_clusters: int, per_cluster: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CCL's label-free exemplar selection (``train.py::save_replay_image``, "min_var").
+
+    The images are clustered by the embedding of their last view (the centre crop) with k-means,
+    ``num_clusters`` clusters standing in for the task's classes; within each cluster the
+    ``per_cluster`` images of lowest ``augmentation_variance`` are kept (all of a smaller
+    cluster). K-means is scikit-learn's ``KMeans`` as in the reference (k-means++ initialisation,
+    10 restarts, seeded here).
+
+    Args:
+      embeddings: float [N, V, D], V views of each image, the centre crop last.
+      num_clusters: k.
+      per_cluster: exemplars kept per cluster.
+      seed: k-means' random state.
+
+    Returns:
+      (rows int64 [M], cluster int32 [M], rank int32 [M]): the kept rows of ``embeddings``, their
+      cluster and their rank in it (0: the lowest score), cluster by cluster.
+    """
+    from sklearn.cluster import KMeans  # noqa: PLC0415 -- only the end of a CCL task needs it
+
+    embeddings = np.asarray(embeddings)
+    if not 1 <= num_clusters <= embeddings.shape[0]:
+        raise ValueError(
+            f"min_var: {num_clusters} clusters for {embeddings.shape[0]} images; need between 1 "
+            "and the number of images"
+        )
+    anchors = embeddings[:, -1].astype(np.float64)
+    clusters = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed).fit_predict(anchors)
+    scores = augmentation_variance(embeddings)
+    rows, cluster, rank = [], [], []
+    for c in range(num_clusters):
+        members = np.flatnonzero(clusters == c)
+        kept = members[np.argsort(scores[members], kind="stable")[:per_cluster]]
+        rows.append(kept)
+        cluster.append(np.full(len(kept), c, np.int32))
+        rank.append(np.arange(len(kept), dtype=np.int32))
+    return np.concatenate(rows), np.concatenate(cluster), np.concatenate(rank)
 
 
 def sample(memory: Memory, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:

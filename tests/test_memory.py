@@ -392,3 +392,62 @@ def test_queue_push_wraps_around_when_the_rows_do_not_tile_it():
     assert int(queue.ptr) == 2
     with pytest.raises(ValueError, match="do not fit"):
         memory.push(queue, jnp.zeros((5, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# CCL's min_var selection
+
+
+def np_augmentation_variance(embeddings):
+    """save_replay_image l.450-455 image by image: normalised views, normalised mean, summed
+    squared distances."""
+    scores = []
+    for views in np.asarray(embeddings, np.float64):
+        f = [v / np.linalg.norm(v) for v in views]
+        m = np.mean(f, axis=0)
+        m = m / np.linalg.norm(m)
+        scores.append(sum(float(np.sum((v - m) ** 2)) for v in f))
+    return np.array(scores)
+
+
+def test_augmentation_variance_matches_numpy_and_a_hand_made_case():
+    embeddings = np.random.default_rng(0).standard_normal((5, 7, 4))
+    np.testing.assert_allclose(
+        memory.augmentation_variance(embeddings), np_augmentation_variance(embeddings), rtol=1e-12
+    )
+    # Equal views (up to scale) do not spread; two orthogonal unit views: m-hat = (1, 1)/sqrt(2),
+    # each at squared distance 2 - sqrt(2).
+    hand = np.array([[[1.0, 0.0], [3.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    np.testing.assert_allclose(memory.augmentation_variance(hand), [0.0, 2 * (2 - np.sqrt(2))])
+
+
+def test_min_var_keeps_the_most_invariant_images_of_each_cluster():
+    """Two well-separated groups of centre crops (around +e1 and -e1); within each, the images
+    whose augmented views spread least are kept, in increasing score."""
+    rng = np.random.default_rng(1)
+    n, views = 12, 4
+    side = np.where(np.arange(n) < 6, 1.0, -1.0)
+    spread = rng.uniform(0.01, 1.0, n)
+    embeddings = np.zeros((n, views, 3))
+    embeddings[:, :, 0] = side[:, None]
+    embeddings[:, :-1, 1:] = spread[:, None, None] * rng.standard_normal((n, views - 1, 2))
+    rows, cluster, rank = memory.min_var_per_cluster(
+        embeddings, num_clusters=2, per_cluster=3, seed=0
+    )
+    scores = np_augmentation_variance(embeddings)
+    expected = {
+        tuple(sorted(np.argsort(np.where(side == s, scores, np.inf))[:3])) for s in (1.0, -1.0)
+    }
+    kept = {tuple(sorted(rows[cluster == c])) for c in (0, 1)}
+    assert kept == expected
+    for c in (0, 1):
+        in_cluster = rows[cluster == c]
+        assert list(rank[cluster == c]) == [0, 1, 2]
+        assert np.all(np.diff(scores[in_cluster]) >= 0)
+    # A cluster smaller than per_cluster gives all its images.
+    rows, cluster, _ = memory.min_var_per_cluster(
+        embeddings, num_clusters=2, per_cluster=10, seed=0
+    )
+    assert sorted(rows) == list(range(n))
+    with pytest.raises(ValueError, match="13 clusters for 12 images"):
+        memory.min_var_per_cluster(embeddings, num_clusters=13, per_cluster=1, seed=0)

@@ -516,7 +516,9 @@ def similarity_kl(
         student_temperature=student_temperature,
         teacher_temperature=teacher_temperature,
     )
-    kl = similarity_kl_rows(student_logits, teacher_logits, student_temperature, teacher_temperature)
+    kl = similarity_kl_rows(
+        student_logits, teacher_logits, student_temperature, teacher_temperature
+    )
     return _batch_mean(kl, axis_name)
 
 
