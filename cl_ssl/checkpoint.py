@@ -5,10 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
 PyTree = Any
+
+
+def non_finite_leaves(tree: PyTree) -> list[str]:
+    """The paths of the floating-point leaves of ``tree`` that hold a NaN or an infinity."""
+    leaves = [
+        (jax.tree_util.keystr(path), x)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    finite = jax.device_get(_all_finite_each([x for _, x in leaves]))
+    return [name for (name, _), ok in zip(leaves, finite, strict=True) if not ok]
+
+
+@jax.jit
+def _all_finite_each(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def _summary(names: list[str], limit: int = 3) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 class Checkpointer:
@@ -27,7 +49,19 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(directory, options=options)
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
-        """Saves ``state`` and ``meta`` as checkpoint ``step`` (the global optimizer step)."""
+        """Saves ``state`` and ``meta`` as checkpoint ``step`` (the global optimizer step).
+
+        Raises:
+          FloatingPointError: when ``state`` holds a non-finite value; nothing is saved, so every
+            checkpoint on disk holds a finite state.
+        """
+        bad = non_finite_leaves(state)
+        if bad:
+            raise FloatingPointError(
+                f"the state at step {step} holds non-finite values ({_summary(bad)}); it was not "
+                f"saved, and the last good checkpoint is step {self.latest_step()} in "
+                f"{self.directory}"
+            )
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -46,9 +80,10 @@ class Checkpointer:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the
             state.
 
-        A checkpoint that fails to restore (corrupt or partial files) is skipped with a warning and
-        the one before it is tried; once an older one restores, the unreadable newer ones are
-        deleted, so that the replayed run can save those steps again.
+        A checkpoint that fails to restore (corrupt or partial files) or restores a non-finite
+        state (damaged bytes that still parse) is skipped with a warning and the one before it is
+        tried; once an older one restores, the unusable newer ones are deleted, so that the
+        replayed run can save those steps again.
 
         Raises:
           RuntimeError: when checkpoints exist but none of them restores (for example a state
@@ -71,7 +106,17 @@ class Checkpointer:
                     type(error).__name__,
                     error,
                 )
-                errors.append((step, f"step {step}: {type(error).__name__}: {error}"))
+                errors.append((step, f"step {step}: {type(error).__name__}"))
+                continue
+            bad = non_finite_leaves(restored["state"])
+            if bad:
+                logging.warning(
+                    "checkpoint %d in %s restores non-finite values (%s); trying the one before",
+                    step,
+                    self.directory,
+                    _summary(bad),
+                )
+                errors.append((step, f"step {step}: non-finite {_summary(bad, 1)}"))
                 continue
             for unreadable, _ in errors:
                 self._manager.delete(unreadable)
@@ -79,8 +124,9 @@ class Checkpointer:
         if errors:
             raise RuntimeError(
                 f"no checkpoint in {self.directory} restores "
-                f"({'; '.join(message for _, message in errors)}); the state does not match this "
-                "version of the code or the files are damaged. Use a new --workdir to start again."
+                f"({'; '.join(message for _, message in errors)}; the details are in the log): "
+                "the state does not match this version of the code or the files are damaged. Use "
+                "a new --workdir to start again."
             )
         return None
 

@@ -7,6 +7,7 @@ Every field can be overridden on the command line the ml_collections way, for ex
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import ml_collections
@@ -287,6 +288,36 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"keep_checkpoints={config.keep_checkpoints}; keep at least 2 so that an unreadable "
         "newest checkpoint can fall back to the one before",
     )
+    for field, value in (
+        ("eval.batch_size", config.eval.batch_size),
+        ("eval.linear.epochs", config.eval.linear.epochs),
+        ("eval.linear.batch_size", config.eval.linear.batch_size),
+        ("eval.knn.k", config.eval.knn.k),
+    ):
+        _require(value >= 1, f"{field}={value}; set it to at least 1")
+    _require(
+        config.eval.train_examples == -1 or config.eval.train_examples >= 1,
+        f"eval.train_examples={config.eval.train_examples}; set -1 (the whole training set) or "
+        "the number of labelled examples that train the probes",
+    )
+    for field, value in (
+        ("optimizer.lr", config.optimizer.lr),
+        ("eval.linear.learning_rate", config.eval.linear.learning_rate),
+        ("eval.knn.temperature", config.eval.knn.temperature),
+    ):
+        _require(
+            value is None or (math.isfinite(value) and value > 0),
+            f"{field}={value}; set a finite value > 0",
+        )
+    for field, value in (
+        ("optimizer.weight_decay", config.optimizer.weight_decay),
+        ("optimizer.min_lr", config.optimizer.min_lr),
+        ("optimizer.warmup_start_lr", config.optimizer.warmup_start_lr),
+    ):
+        _require(
+            value is None or (math.isfinite(value) and value >= 0),
+            f"{field}={value}; set a finite value >= 0",
+        )
     for field in ("offline_epochs", "stop_after_steps"):
         _require(
             config[field] == -1 or config[field] >= 1,

@@ -273,9 +273,14 @@ def _check_finite(step: int, step_metrics: dict, stage_id: int, ckpt: checkpoint
     raise FloatingPointError(
         f"non-finite loss or gradient (loss {values['loss']}, gradient norm "
         f"{values['grad_norm']}) at step {step} (task {stage_id + 1}; metrics {values}); "
-        f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the "
-        f"learning rate or check the data, then rerun with the same --workdir."
+        f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. {_DIVERGED}"
     )
+
+
+_DIVERGED = (
+    "The run diverged: lower --config.optimizer.lr (or check the data) and start again in a new "
+    "--workdir; the same config on this workdir would most likely diverge at the same step."
+)
 
 
 def run(
@@ -376,7 +381,7 @@ class _Run:
             state = jax.jit(self._initial_state, out_shardings=rep)()
             self._report_buffers(state)
             self.results.record(0, self._evaluate(state), step=0)
-            self.ckpt.save(0, state, {"matrices": self.results.to_json()})
+            self._save(0, state)
             return state
         _, state, meta = restored
         self.results.load_json(meta["matrices"])
@@ -389,6 +394,13 @@ class _Run:
             )
             print(f"resumed from {self.ckpt.directory} at step {int(state.step)} ({where})")
         return state
+
+    def _save(self, step: int, state: state_lib.ContinualState) -> None:
+        """Checkpoints ``state`` with the results so far; a non-finite state is never saved."""
+        try:
+            self.ckpt.save(step, state, {"matrices": self.results.to_json()})
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
     def _evaluate(self, state: state_lib.ContinualState) -> dict[str, np.ndarray]:
         return self.evaluator(state.params, state.batch_stats, state.strategy)
@@ -460,7 +472,7 @@ class _Run:
                 global_step % config.checkpoint_every_steps == 0 or stop
             ):
                 _check_finite(*pending, stage_id, self.ckpt)
-                self.ckpt.save(global_step, state, {"matrices": self.results.to_json()})
+                self._save(global_step, state)
             if stop:
                 bar.close()
                 logging.warning("stopping after step %d as stop_after_steps asks", global_step)
@@ -506,7 +518,7 @@ class _Run:
             strategy_state=strategy_state,
         )
         state = jax.device_put(state, parallel.replicated(self.mesh))
-        self.ckpt.save(step, state, {"matrices": self.results.to_json()})
+        self._save(step, state)
         if self.writer:
             self.writer.flush()
         return state

@@ -1,0 +1,92 @@
+"""Checkpoints hold finite states only: a non-finite state is never saved, and a checkpoint that
+restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run, tiny_config
+
+from cl_ssl import checkpoint, parallel, train
+
+
+def _state(value=1.0):
+    return {"params": {"w": jnp.full((3,), value), "b": jnp.zeros(2)}, "step": jnp.int32(7)}
+
+
+def _abstract():
+    return checkpoint.abstract_like(_state(), parallel.replicated(parallel.make_mesh(1)))
+
+
+def _write_unchecked(ckpt, step, state):
+    """Writes ``state`` as checkpoint ``step`` past the finiteness check, as damaged bytes that
+    still parse would leave it."""
+    ckpt._manager.save(
+        step,
+        args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardSave(state),
+            meta=checkpoint.ocp.args.JsonSave({"matrices": {}}),
+        ),
+        force=True,
+    )
+    ckpt.wait()
+
+
+def test_non_finite_leaves_are_named():
+    tree = {"a": jnp.array([1.0, jnp.nan]), "b": {"c": jnp.ones(2)}, "d": jnp.array([jnp.inf])}
+    assert checkpoint.non_finite_leaves(tree) == ["['a']", "['d']"]
+    assert checkpoint.non_finite_leaves({"i": jnp.arange(3), "f": jnp.ones(2)}) == []
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    ckpt.save(1, _state(), {"matrices": {}})
+    ckpt.wait()
+    with pytest.raises(FloatingPointError, match=r"step 2 .*\['params'\]\['w'\].*step 1"):
+        ckpt.save(2, _state(np.nan), {"matrices": {}})
+    ckpt.wait()
+    assert ckpt._manager.all_steps() == [1]
+    ckpt.close()
+
+
+def test_a_checkpoint_with_non_finite_values_falls_back_to_the_one_before(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    ckpt.save(1, _state(2.0), {"matrices": {}})
+    _write_unchecked(ckpt, 2, _state(np.inf))
+    step, state, _ = ckpt.restore(_abstract())
+    assert step == 1
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    assert ckpt._manager.all_steps() == [1]  # the damaged one is removed, to be saved again
+    _write_unchecked(ckpt, 3, _state(np.nan))
+    ckpt._manager.delete(1)
+    with pytest.raises(RuntimeError, match=r"no checkpoint .*step 3: non-finite \['params'\]"):
+        ckpt.restore(_abstract())
+    ckpt.close()
+
+
+def test_a_run_resumes_past_a_damaged_newest_checkpoint_exactly(finished_run, tmp_path):
+    """Killed at step 5 of a 2-task run (4 steps per task); checkpoint 5 then holds NaN
+    parameters. The resumed run falls back to step 4 and ends as the uninterrupted run."""
+
+    def config(**kw):
+        return tiny_config(epochs_per_task=2, **{"eval.evaluators": ("knn",)}, **kw)
+
+    whole, _ = finished_run(config())
+    assert run(config(stop_after_steps=5), tmp_path)["stopped"]
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=3)
+    mesh = parallel.make_mesh(1)
+    p = train.plan(config(), mesh)
+    abstract = checkpoint.abstract_like(
+        jax.eval_shape(train._Run(p, str(tmp_path), ckpt, None)._initial_state),
+        parallel.replicated(mesh),
+    )
+    step, state, meta = ckpt.restore(abstract)
+    assert step == 5
+    damaged = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+    ckpt._manager.delete(5)
+    _write_unchecked(ckpt, 5, damaged)
+    ckpt.close()
+    resumed = run(config(), tmp_path)
+    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
