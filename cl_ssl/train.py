@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -160,6 +162,52 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     )
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Holds ``workdir``/LOCK for the duration of a run, so that one run owns a workdir.
+
+    The lock is an exclusive ``fcntl.flock`` on the file, which records the holder's host and
+    pid. The operating system releases it when the process ends, however it ends, so the lock of
+    a run that died is stale and the next run takes it over. On a multi-host run only process 0
+    takes it. (``flock`` is local to a machine: two machines sharing a network file system are not
+    kept apart.)
+
+    Raises:
+      RuntimeError: when another process holds the lock; the message names it.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} is a file; choose a folder")
+    path = os.path.join(workdir, "LOCK")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        f = open(path, "a+")  # noqa: SIM115 -- closed by the with block below
+    except OSError as error:
+        raise ValueError(
+            f"cannot write to --workdir={workdir} ({error.strerror}); choose a writable folder"
+        ) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not written its name yet"
+            raise RuntimeError(
+                f"--workdir={workdir} is in use by another run ({holder}); wait until it ends, or "
+                "choose another --workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # released with the file; an empty LOCK names no one
+
+
 def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Stores the config in the workdir; refuses a workdir whose checkpoints are of another config.
 
@@ -292,11 +340,13 @@ def run(
     accuracy matrix [stages + 1, T] in percent (row 0: random initialisation), 'summaries':
     evaluator -> metrics, 'state': the last ContinualState, 'stopped': True when
     ``stop_after_steps`` ended the run early}. Writes config.json, checkpoints/, results.json,
-    results.md, plots/ and TensorBoard events (tb/) to ``workdir``.
+    results.md, plots/ and TensorBoard events (tb/) to ``workdir``, which the run holds for
+    itself (``workdir_lock``).
     """
-    p = plan(config, mesh or parallel.make_mesh())
-    _check_workdir(workdir, p.config)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(workdir_lock(workdir))
+        p = plan(config, mesh or parallel.make_mesh())
+        _check_workdir(workdir, p.config)
         writer = None
         if jax.process_index() == 0:
             writer = report.ScalarWriter(os.path.join(workdir, "tb"))

@@ -1,5 +1,10 @@
 """Checkpoints hold finite states only: a non-finite state is never saved, and a checkpoint that
-restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one."""
+restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one. One
+run owns a workdir."""
+
+import os
+import subprocess
+import sys
 
 import chex
 import jax
@@ -90,3 +95,43 @@ def test_a_run_resumes_past_a_damaged_newest_checkpoint_exactly(finished_run, tm
     resumed = run(config(), tmp_path)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
     np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir
+
+_HOLD_LOCK = """
+import sys, time
+from cl_ssl import train
+with train.workdir_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_process_on_a_locked_workdir_is_refused_and_a_stale_lock_taken_over(
+    mock_cifar10, tmp_path
+):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            RuntimeError, match=rf"in use by another run \(host .* pid {holder.pid}\)"
+        ):
+            run(tiny_config(), tmp_path)
+    finally:
+        holder.kill()  # as kill -9: the lock file still names it
+        holder.wait()
+    assert f"pid {holder.pid}" in (tmp_path / "LOCK").read_text()
+    with train.workdir_lock(str(tmp_path)):
+        assert (tmp_path / "LOCK").read_text().strip().endswith(f"pid {os.getpid()}")
+    assert (tmp_path / "LOCK").read_text() == ""
+
+
+def test_a_workdir_that_cannot_hold_a_run_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file; choose a folder"):
+        with train.workdir_lock(str(tmp_path / "file")):
+            pass
