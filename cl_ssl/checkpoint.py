@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -54,6 +55,9 @@ class Checkpointer:
         Raises:
           FloatingPointError: when ``state`` holds a non-finite value; nothing is saved, so every
             checkpoint on disk holds a finite state.
+          RuntimeError: when the checkpoint cannot be written (a folder that is gone or read-only,
+            a full disk). orbax's threads may then keep the interpreter from exiting:
+            ``cl_ssl.main`` ends the process itself.
         """
         bad = non_finite_leaves(state)
         if bad:
@@ -62,13 +66,27 @@ class Checkpointer:
                 f"saved, and the last good checkpoint is step {self.latest_step()} in "
                 f"{self.directory}"
             )
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        with self._writing():
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turns a failed write (of this save, or of the asynchronous one before it) into a
+        RuntimeError that says what to do."""
+        try:
+            yield
+        except OSError as error:
+            raise RuntimeError(
+                f"a checkpoint cannot be written to {self.directory} ({error}); make the folder "
+                "writable or free space, then rerun the same command: it resumes from checkpoint "
+                f"{self.latest_step()}"
+            ) from error
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -132,10 +150,12 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are written."""
-        self._manager.wait_until_finished()
+        with self._writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        with self._writing():
+            self._manager.close()
 
 
 def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:

@@ -10,6 +10,9 @@ joins the same run through ``jax.distributed.initialize()``.
 from __future__ import annotations
 
 import importlib.resources
+import os
+import sys
+import traceback
 
 import jax
 import numpy as np
@@ -20,13 +23,20 @@ from cl_ssl import train
 from cl_ssl.evaluation import report
 
 _DEMO_CONFIG = importlib.resources.files("cl_ssl.configs") / "fashion_mnist.py"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    str(_DEMO_CONFIG),
-    "Path of the run's config file, optionally with ':ARG' for its get_config(ARG); the default "
-    "is the installed demo config (configs/fashion_mnist.py).",
-    lock_config=True,
-)
+try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        str(_DEMO_CONFIG),
+        "Path of the run's config file, optionally with ':ARG' for its get_config(ARG); the "
+        "default is the installed demo config (configs/fashion_mnist.py).",
+        lock_config=True,
+    )
+except (KeyError, AttributeError) as _error:
+    # ml_collections applies the --config.* overrides of sys.argv as the flag is defined; an
+    # unknown field fails here, with its suggestion of the closest name.
+    if __name__ != "__main__":
+        raise
+    sys.exit(f"error: bad --config override ({_error.args[0]})")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/default", "Folder of checkpoints and results; a run resumes from it."
 )
@@ -35,15 +45,61 @@ _MULTIHOST = flags.DEFINE_bool(
 )
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or ``--config`` value (a field that does not exist, a
+    value of the wrong type) reported in one line that names it, instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        sys.exit(f"error: {error}\nPass --help for the flags.")
+    except (KeyError, AttributeError, TypeError, ValueError) as error:
+        message = error.args[0] if error.args else repr(error)
+        sys.exit(f"error: bad --config ({message})")
+
+
+def _resume_hint(workdir: str) -> str:
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    if not steps:
+        return "no checkpoint was saved yet"
+    return f"rerun the same command to resume from checkpoint {max(steps)} in {folder}"
+
+
+def _exit(code: int, message: str) -> None:
+    """Prints ``message`` and ends the process now: a failed asynchronous checkpoint save can leave
+    threads that would keep the interpreter from exiting."""
+    print(message, file=sys.stderr, flush=True)
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(code)
+
+
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
+    verbose = flags.FLAGS["verbosity"].present
+    if not verbose:
         # orbax reports every checkpoint operation at INFO; keep the console to the progress bar
         # and the results unless --verbosity asks for more.
         logging.set_verbosity(logging.WARNING)
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    result = train.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        config = _CONFIG.value
+        config.to_dict()  # a config file that failed to load raises here
+    except OSError as error:
+        _exit(1, f"error: bad --config ({error})")
+    try:
+        result = train.run(config, _WORKDIR.value)
+    except KeyboardInterrupt:
+        _exit(130, f"interrupted; {_resume_hint(_WORKDIR.value)}")
+    except (ValueError, RuntimeError, FloatingPointError) as error:
+        # What to change is in the message; the traceback only with --verbosity.
+        if verbose:
+            traceback.print_exc()
+        _exit(1, f"error: {error}")
+    except BaseException:
+        traceback.print_exc()
+        _exit(1, f"error: the run failed (traceback above); {_resume_hint(_WORKDIR.value)}")
     if jax.process_index() == 0 and not result["stopped"]:
         for name, matrix in result["matrices"].items():
             print(report.format_matrix(np.asarray(matrix), title=f"{name} accuracy (%)"))
@@ -54,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
