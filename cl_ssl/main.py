@@ -92,7 +92,7 @@ def main(argv):
         result = train.run(config, _WORKDIR.value)
     except KeyboardInterrupt:
         _exit(130, f"interrupted; {_resume_hint(_WORKDIR.value)}")
-    except (ValueError, RuntimeError, FloatingPointError) as error:
+    except (ValueError, RuntimeError, FloatingPointError, FileNotFoundError) as error:
         # What to change is in the message; the traceback only with --verbosity.
         if verbose:
             traceback.print_exc()

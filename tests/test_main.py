@@ -15,11 +15,15 @@ import pytest
         ("--config.optimizer.lr=-1", "error: optimizer.lr=-1.0; set a finite value > 0"),
         ("--config.eval.knn.k=0", "error: eval.knn.k=0; set it to at least 1"),
         ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
+        (
+            "--config=configs/cifar100.py:runlocal --config.dataset.data_dir=/nonexistent",
+            "python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=/nonexistent",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, flag, message):
     result = subprocess.run(
-        [sys.executable, "-m", "cl_ssl.main", flag, f"--workdir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "cl_ssl.main", *flag.split(), f"--workdir={tmp_path / 'run'}"],
         capture_output=True,
         text=True,
         timeout=120,
