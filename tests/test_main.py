@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import CONFIGS_DIR
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,7 @@ import pytest
         ("--config.eval.knn.k=0", "error: eval.knn.k=0; set it to at least 1"),
         ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
         (
-            "--config=configs/cifar100.py:runlocal --config.dataset.data_dir=/nonexistent",
+            f"--config={CONFIGS_DIR / 'cifar100.py'}:runlocal --config.dataset.data_dir=/nonexistent",
             "python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=/nonexistent",
         ),
     ],
