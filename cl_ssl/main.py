@@ -23,6 +23,17 @@ from cl_ssl import train
 from cl_ssl.evaluation import report
 
 _DEMO_CONFIG = importlib.resources.files("cl_ssl.configs") / "fashion_mnist.py"
+
+
+def _config_error(error: Exception) -> str:
+    """One line for a --config that cannot be used: ml_collections' last line (the failing path
+    and errno, or the closest field name) without its stack of wrappers."""
+    text = str(error.args[0] if error.args else error).strip()
+    if isinstance(error, OSError):
+        return f"error: cannot load --config: {text.splitlines()[-1].strip()}"
+    return f"error: bad --config override ({' '.join(text.splitlines())})"
+
+
 try:
     _CONFIG = config_flags.DEFINE_config_file(
         "config",
@@ -31,12 +42,13 @@ try:
         "default is the installed demo config (configs/fashion_mnist.py).",
         lock_config=True,
     )
-except (KeyError, AttributeError) as _error:
-    # ml_collections applies the --config.* overrides of sys.argv as the flag is defined; an
-    # unknown field fails here, with its suggestion of the closest name.
+except (KeyError, AttributeError, OSError) as _error:
+    # ml_collections applies the --config.* overrides of sys.argv as the flag is defined: an
+    # unknown field fails here (with the closest name), and so does a config file that does not
+    # load when overrides follow it.
     if __name__ != "__main__":
         raise
-    sys.exit(f"error: bad --config override ({_error.args[0]})")
+    sys.exit(_config_error(_error))
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/default", "Folder of checkpoints and results; a run resumes from it."
 )
@@ -52,9 +64,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as error:
         sys.exit(f"error: {error}\nPass --help for the flags.")
-    except (KeyError, AttributeError, TypeError, ValueError) as error:
-        message = error.args[0] if error.args else repr(error)
-        sys.exit(f"error: bad --config ({message})")
+    except (KeyError, AttributeError, TypeError, ValueError, OSError) as error:
+        sys.exit(_config_error(error))
 
 
 def _resume_hint(workdir: str) -> str:
@@ -87,7 +98,7 @@ def main(argv):
         config = _CONFIG.value
         config.to_dict()  # a config file that failed to load raises here
     except OSError as error:
-        _exit(1, f"error: bad --config ({error})")
+        _exit(1, _config_error(error))
     try:
         result = train.run(config, _WORKDIR.value)
     except KeyboardInterrupt:

@@ -31,8 +31,15 @@ Choices of this library where the reference is silent or differs:
   NaN), so that ``labels.fraction`` may leave whole batches unlabelled;
 - the feature distillation reads ``config.cassle`` (hidden width of h, temperature), as Kaizen's
   distillers are CaSSLe's; h is drawn afresh at the second task and carried from the third on;
-- ``kaizen.feature_distill_weight=0`` (the "No Distill" and CaSSLe-less rows) builds no h, and with
-  ``kaizen.classifier_distill_weight=0`` too there is no teacher at all.
+- ``kaizen.feature_distill_weight=0`` builds no h, and with ``kaizen.classifier_distill_weight=0``
+  too (the "No Distill" row) there is no teacher at all;
+- each step draws its replay rows afresh, without replacement within the step (the reference
+  cycles a shuffled replay loader, ``multiple_trainloader_mode="max_size_cycle"``).
+
+Not reproduced: the reference scripts also run an online evaluation whose extra forward pass, in
+train mode, moves the backbone's BatchNorm running statistics with images of every seen task
+(``kaizen/methods/base.py`` l.415, ``main_pretrain.py`` l.179-194); those statistics are the ones
+the classifier is evaluated with.
 """
 
 from __future__ import annotations
