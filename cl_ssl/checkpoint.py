@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,15 +39,24 @@ class Checkpointer:
     """Saves (state, meta) pairs under ``directory`` and restores the newest one that reads back.
 
     ``meta`` is a JSON-serialisable dict (the accuracy matrices filled so far). The newest
-    ``keep`` checkpoints are kept. Saving is asynchronous; orbax writes each checkpoint to a temporary
+    ``keep`` checkpoints are kept. ``must_be_finite(state)`` is the part of a state that must hold
+    no NaN or infinity to be saved or restored (the whole state by default; a train state's
+    parameters, not the -inf priorities of an empty exemplar memory). Saving is asynchronous; orbax writes each checkpoint to a temporary
     folder and renames it when complete, so a killed save never leaves a checkpoint that looks whole.
     """
 
-    def __init__(self, directory: str, *, keep: int):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int,
+        must_be_finite: Callable[[PyTree], PyTree] = lambda state: state,
+    ):
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True
         )
         self.directory = directory
+        self._must_be_finite = must_be_finite
         self._manager = ocp.CheckpointManager(directory, options=options)
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
@@ -59,7 +69,7 @@ class Checkpointer:
             a full disk). orbax's threads may then keep the interpreter from exiting:
             ``cl_ssl.main`` ends the process itself.
         """
-        bad = non_finite_leaves(state)
+        bad = non_finite_leaves(self._must_be_finite(state))
         if bad:
             raise FloatingPointError(
                 f"the state at step {step} holds non-finite values ({_summary(bad)}); it was not "
@@ -126,7 +136,7 @@ class Checkpointer:
                 )
                 errors.append((step, f"step {step}: {type(error).__name__}"))
                 continue
-            bad = non_finite_leaves(restored["state"])
+            bad = non_finite_leaves(self._must_be_finite(restored["state"]))
             if bad:
                 logging.warning(
                     "checkpoint %d in %s restores non-finite values (%s); trying the one before",

@@ -352,10 +352,23 @@ def run(
             writer = report.ScalarWriter(os.path.join(workdir, "tb"))
             stack.callback(writer.close)
         ckpt = checkpoint.Checkpointer(
-            os.path.join(os.path.abspath(workdir), "checkpoints"), keep=config.keep_checkpoints
+            os.path.join(os.path.abspath(workdir), "checkpoints"),
+            keep=config.keep_checkpoints,
+            must_be_finite=_learned,
         )
         stack.callback(ckpt.close)
         return _Run(p, workdir, ckpt, writer).run()
+
+
+def _learned(state: state_lib.ContinualState) -> dict[str, Any]:
+    """What training changes and must stay finite: the optimizer's parameters, the BatchNorm
+    statistics and the optimizer state (buffers may hold -inf on purpose, as an empty memory's
+    priorities)."""
+    return {
+        "trainable": state_lib.trainable(state),
+        "batch_stats": state.batch_stats,
+        "opt_state": state.opt_state,
+    }
 
 
 class _Run:

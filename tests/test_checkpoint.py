@@ -135,3 +135,17 @@ def test_a_workdir_that_cannot_hold_a_run_is_named(tmp_path):
     with pytest.raises(ValueError, match="is a file; choose a folder"):
         with train.workdir_lock(str(tmp_path / "file")):
             pass
+
+
+def test_only_the_learned_part_must_be_finite(tmp_path):
+    """An empty exemplar memory's priorities are -inf on purpose."""
+    ckpt = checkpoint.Checkpointer(
+        str(tmp_path), keep=3, must_be_finite=lambda state: state["params"]
+    )
+    state = {**_state(), "priority": jnp.full(4, -jnp.inf)}
+    ckpt.save(1, state, {"matrices": {}})
+    ckpt.wait()
+    abstract = checkpoint.abstract_like(state, parallel.replicated(parallel.make_mesh(1)))
+    step, restored, _ = ckpt.restore(abstract)
+    assert step == 1 and np.isneginf(restored["priority"]).all()
+    ckpt.close()
