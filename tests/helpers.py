@@ -3,15 +3,14 @@ forced mesh."""
 
 import importlib.util
 import pathlib
-import shutil
 
 import chex
 import jax
 import numpy as np
 import pytest
 
+from cl_ssl import checkpoint, parallel, train
 from cl_ssl import config as config_lib
-from cl_ssl import parallel, train
 from cl_ssl import step as step_lib
 from cl_ssl.data.batch import TrainData
 from cl_ssl.data.sources import ArraySplit
@@ -128,13 +127,38 @@ def train_data(n, *, tasks=0, labelled=True, seed=4):
     )
 
 
+def damage_newest_checkpoint(workdir):
+    """Rewrites the newest checkpoint of ``workdir`` with NaN parameters, as damaged bytes that
+    still decode would leave it; the next run must fall back to the checkpoint before."""
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=3)
+    step = ckpt.latest_step()
+    restored = ckpt._manager.restore(
+        step,
+        args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardRestore(), meta=checkpoint.ocp.args.JsonRestore()
+        ),
+    )
+    state = jax.tree.map(np.asarray, restored["state"])
+    state["params"] = jax.tree.map(lambda x: np.full_like(x, np.nan), state["params"])
+    ckpt._manager.delete(step)
+    ckpt._manager.save(
+        step,
+        args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardSave(state),
+            meta=checkpoint.ocp.args.JsonSave(restored["meta"]),
+        ),
+        force=True,
+    )
+    ckpt.close()
+
+
 def assert_resumes_exactly(config, whole, workdir):
     """Killed at step 5 (task 1 of a run with 4 steps per task and checkpoints every 3 steps),
-    resumed from the boundary checkpoint of step 4 (the step-5 checkpoint removed), killed at step
-    7 and resumed across the next boundary: the final state and accuracies equal ``whole``'s, the
-    uninterrupted run of ``config(**overrides)``."""
+    resumed from the boundary checkpoint of step 4 (checkpoint 5 damaged: NaN parameters that
+    must be skipped), killed at step 7 and resumed across the next boundary: the final state and
+    accuracies equal ``whole``'s, the uninterrupted run of ``config(**overrides)``."""
     assert run(config(stop_after_steps=5), workdir)["stopped"]
-    shutil.rmtree(workdir / "checkpoints" / "5")  # the newest is now the boundary's, step 4
+    damage_newest_checkpoint(workdir)  # the run resumes from the boundary's, step 4
     assert run(config(stop_after_steps=7), workdir)["stopped"]
     resumed = run(config(), workdir)
     for field in ("params", "batch_stats", "strategy", "objective_state"):

@@ -14,8 +14,6 @@ from helpers import CONFIGS_DIR
         ("--config.optimzer.lr=0.1", 'Did you mean "optimizer" instead of "optimzer"?'),
         ("--config=configs/no_such_config.py", "No such file or directory"),
         ("--config.optimizer.lr=-1", "error: optimizer.lr=-1.0; set a finite value > 0"),
-        ("--config.eval.knn.k=0", "error: eval.knn.k=0; set it to at least 1"),
-        ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'"),
         (
             f"--config={CONFIGS_DIR / 'cifar100.py'}:runlocal --config.dataset.data_dir=/nonexistent",
             "python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=/nonexistent",
