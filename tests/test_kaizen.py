@@ -18,6 +18,7 @@ from helpers import (
     train_data,
 )
 
+from cl_ssl import config as config_lib
 from cl_ssl import objectives, parallel, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
@@ -321,3 +322,16 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
         0.01,
         256,
     )
+
+
+def test_resume_compares_the_cassle_section_kaizen_reads():
+    stored = json.loads(_config().to_json())
+    given = json.loads(_config().to_json())
+    given["pfr"]["weight"] = 0.5
+    assert config_lib.differing_fields(stored, given) == []
+    given["cassle"]["pred_hidden_dim"] += 1
+    given["kaizen"]["replay"]["batch_size"] += 1
+    assert config_lib.differing_fields(stored, given) == [
+        "cassle.pred_hidden_dim",
+        "kaizen.replay.batch_size",
+    ]
