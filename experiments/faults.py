@@ -4,7 +4,8 @@ Each fault is injected into ``python -m cl_ssl.main`` processes on the demo's ti
 ``runlocal`` preset with 2 tasks and a checkpoint every 10 steps), and the outcome is compared
 with an uninterrupted run of the same config (its results.json accuracy matrices, exactly):
 
-- ``kill``: SIGKILL once each of several checkpoints exists, then the same command resumes;
+- ``kill``: SIGKILL once checkpoint N exists (N in ``KILL_AFTER``), then the same command
+  resumes;
 - ``corrupt``: the newest checkpoint's largest file overwritten in its middle (1000 bytes, same
   size), truncated to half, or the checkpoint deleted, after a kill; then the run resumes;
 - ``unwritable``: the checkpoints folder replaced by a file during the run (what a read-only
@@ -158,10 +159,16 @@ def _same(workdir: str, reference) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json")) and _matrices(workdir) == reference
 
 
+# Checkpoints to kill at (every 10 steps and at the boundary, step 117 of 234): early, mid-task,
+# at and just after the task boundary, late in the second task.
+KILL_AFTER = (10, 60, 117, 120, 180, 230)
+
+
 def trial_kill(root, reference, steps):
-    """Killed once each checkpoint step exists, resumed each time: the same results."""
+    """Killed once checkpoint ``step`` exists, then resumed: the same results."""
+    del steps
     out = []
-    for step in steps[1:-1]:
+    for step in KILL_AFTER:
         workdir = os.path.join(root, f"kill_{step}")
         shutil.rmtree(workdir, ignore_errors=True)
         _kill_when(workdir, step)
@@ -182,7 +189,8 @@ def _largest_file(folder: str) -> str:
 
 def trial_corrupt(root, reference, steps):
     out = []
-    kill_at = steps[len(steps) // 2]
+    del steps
+    kill_at = 60
     for damage in ("overwrite", "truncate", "delete"):
         workdir = os.path.join(root, f"corrupt_{damage}")
         shutil.rmtree(workdir, ignore_errors=True)
@@ -201,11 +209,13 @@ def trial_corrupt(root, reference, steps):
                     f.truncate(size // 2)
         resumed = _resume(workdir)
         ok = resumed.returncode == 0 and _same(workdir, reference)
-        out.append((f"newest checkpoint {damage}d after a kill", ok))
+        done = {"overwrite": "overwritten", "truncate": "truncated", "delete": "deleted"}[damage]
+        out.append((f"newest checkpoint {done} after a kill", ok))
     return out
 
 
 def trial_unwritable(root, reference, steps):
+    del steps
     workdir = os.path.join(root, "unwritable")
     shutil.rmtree(workdir, ignore_errors=True)
     process = _start(workdir)
@@ -237,6 +247,7 @@ def trial_unwritable(root, reference, steps):
 
 
 def trial_two(root, reference, steps):
+    del steps
     workdir = os.path.join(root, "two")
     shutil.rmtree(workdir, ignore_errors=True)
     first = _start(workdir)
