@@ -152,14 +152,16 @@ def damage_newest_checkpoint(workdir):
     ckpt.close()
 
 
-def assert_resumes_exactly(config, whole, workdir):
+def assert_resumes_exactly(config, whole, workdir, *, mid_task_kill=True):
     """Killed at step 5 (task 1 of a run with 4 steps per task and checkpoints every 3 steps),
     resumed from the boundary checkpoint of step 4 (checkpoint 5 damaged: NaN parameters that
-    must be skipped), killed at step 7 and resumed across the next boundary: the final state and
-    accuracies equal ``whole``'s, the uninterrupted run of ``config(**overrides)``."""
+    must be skipped), with ``mid_task_kill`` killed again at step 7 and resumed from the mid-task
+    checkpoint 6, then run across the next boundary: the final state and accuracies equal
+    ``whole``'s, the uninterrupted run of ``config(**overrides)``."""
     assert run(config(stop_after_steps=5), workdir)["stopped"]
     damage_newest_checkpoint(workdir)  # the run resumes from the boundary's, step 4
-    assert run(config(stop_after_steps=7), workdir)["stopped"]
+    if mid_task_kill:
+        assert run(config(stop_after_steps=7), workdir)["stopped"]
     resumed = run(config(), workdir)
     for field in ("params", "batch_stats", "strategy", "objective_state"):
         chex.assert_trees_all_equal(

@@ -126,20 +126,20 @@ def test_loss_matches_a_numpy_transcription_of_kaizens_classifier_terms():
     config, objective, strat = _parts(**{"kaizen.feature_distill_weight": 0.0, **weights})
     state = _with_teacher(_initial(objective, strat, config)[0])
     views, labels = _views(), np.array([0, -1, 2, 3, -1, 1, 3, -1], np.int32)
-    value, metrics = _term(objective, strat, state, views, labels, task=1)(
+    value, metrics = jax.jit(_term(objective, strat, state, views, labels, task=1))(
         state.params, state.strategy.trainable
     )
 
     model, teacher = objective.model, state.strategy.frozen["teacher"]
+    student_variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    @jax.jit
+    def features(variables, x):  # the BatchNorm of the batch's statistics, as in training
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]["features"]
+
     ce, kd = 0.0, 0.0
     for x in views:
-        student = model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-        )[0]["features"]
-        old = model.apply(teacher, x, train=True, mutable=["batch_stats"])[0]["features"]
+        student, old = features(student_variables, x), features(teacher, x)
         logits = _np_classifier(state.strategy.trainable["classifier"], student)
         old_logits = _np_classifier(state.strategy.frozen["classifier"], old)
         log_p = _np_log_softmax(logits)
@@ -184,14 +184,20 @@ def test_the_classifier_terms_never_reach_the_backbone(task):
 
 
 @functools.cache
-def _step(labelled, task):
-    """(state before, state after, metrics) of one step, every label visible or none."""
+def _compiled_step():
+    """(state, jitted step, per-step scalars) of the tiny setting, compiled once per worker."""
     config, objective, strat = _parts()
     state, tx = _initial(objective, strat, config)
-    state = _with_teacher(state).replace(task=jnp.asarray(task, jnp.int32))
     hyper = step_lib.stage_hyper(config, objective, strat, num_epochs=2, steps_per_epoch=2)
     hyper = {k: jnp.asarray(v[1]) for k, v in hyper.items()}
     step = jax.jit(step_lib.build_step_fn(objective, strat, tx, extend=False))
+    return _with_teacher(state), step, hyper
+
+
+def _step(labelled, task):
+    """(state before, state after, metrics) of one step, every label visible or none."""
+    state, step, hyper = _compiled_step()
+    state = state.replace(task=jnp.asarray(task, jnp.int32))
     new, metrics = step(state, train_data(8, labelled=labelled), jnp.arange(8), hyper)
     return state, new, metrics
 
@@ -274,8 +280,9 @@ def test_classifier_evaluator_scores_the_strategys_logits_per_task(mock_cifar10)
 def test_run_reports_the_classifier_and_resumes_exactly(finished_run, tmp_path):
     """Three tasks: the classifier's matrix and Kaizen's metrics in results.json; the teacher and
     the previous classifier of the last boundary are the student's and the classifier as they
-    ended; the step compiles twice (without, then with replay rows); killed in the second and
-    third tasks and resumed, the run ends exactly as the uninterrupted one."""
+    ended; the step compiles twice (without, then with replay rows); killed in the second task
+    and resumed from its boundary checkpoint (past a damaged newer one), the run ends exactly as
+    the uninterrupted one."""
     whole, workdir = finished_run(_config())
     assert whole["traces"] == [1, 1]
     document = json.loads((workdir / "results.json").read_text())
@@ -288,7 +295,7 @@ def test_run_reports_the_classifier_and_resumes_exactly(finished_run, tmp_path):
     chex.assert_trees_all_equal(s.frozen["teacher"]["params"], target_params(whole["state"].params))
     memory = s.buffers["memory"]
     assert int(memory.valid.sum()) > 0 and set(np.asarray(memory.tasks)[memory.valid]) == {0, 1, 2}
-    assert_resumes_exactly(_config, whole, tmp_path)
+    assert_resumes_exactly(_config, whole, tmp_path, mid_task_kill=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +324,8 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
     assert objectives.resolve_config(config).optimizer.lr == 0.3
     k = config.kaizen
     assert (k.classifier_weight, k.classifier_distill_weight, k.replay.batch_size) == (1.0, 2.0, 32)
+    # Kaizen ships no ImageNet script: the ImageNet recipes stay.
+    assert shipped_config("imagenet100", "kaizen").recipe == "imagenet"
     assert (k.replay.selection, k.replay.fraction, config.mocov2plus.proj_output_dim) == (
         "first_per_class",
         0.01,

@@ -13,7 +13,6 @@ from helpers import CONFIGS_DIR
     [
         ("--config.optimzer.lr=0.1", 'Did you mean "optimizer" instead of "optimzer"?'),
         ("--config=configs/no_such_config.py", "No such file or directory"),
-        ("--config.optimizer.lr=-1", "error: optimizer.lr=-1.0; set a finite value > 0"),
         (
             f"--config={CONFIGS_DIR / 'cifar100.py'}:runlocal --config.dataset.data_dir=/nonexistent",
             "python -m cl_ssl.data.prepare --dataset=cifar100 --data_dir=/nonexistent",
