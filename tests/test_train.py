@@ -173,7 +173,6 @@ CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.py") if p.name != "__init__.py")
 SHIPPED = (
     [(p.stem, None) for p in CONFIGS]
     + [("cifar100", arg) for arg in ("runlocal", "cassle,data_incremental", "pfr", "kaizen")]
-    + [("imagenet100", "data_incremental,cassle")]
     + [("fashion_mnist", "strategies")]
 )
 _MOCK_SPLITS = {}  # the mock splits read by this worker, by load_split's arguments
