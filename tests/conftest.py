@@ -129,3 +129,12 @@ def finished_run(_finished_runs_dir, mock_cifar10):
         return pickle.loads(saved.read_bytes()), folder / "run"
 
     return get
+
+
+_WHOLE_RUN_FIXTURES = {"mock_cifar10", "mock_tfds", "finished_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that train whole runs first (a stable sort), so that no xdist worker is left with a
+    long one while the other has finished."""
+    items.sort(key=lambda item: not (_WHOLE_RUN_FIXTURES & set(item.fixturenames)))

@@ -319,16 +319,6 @@ def test_replay_run_compiles_twice_starts_as_finetune_and_resumes_exactly(
     assert_resumes_exactly(config, whole, tmp_path / "resumed")
 
 
-def test_replay_with_a_queue_objective_runs(mock_cifar10, tmp_path):
-    """MoCoV2+ pushes the joined batch (current plus replay rows) into its key queue. (LUMP mixes
-    within the batch, whose size stays the queue's.)"""
-    result = _run(
-        tiny_objective_config("mocov2plus", strategy="replay", **{**THREE_TASKS, "num_tasks": 2}),
-        tmp_path,
-    )
-    assert np.isfinite(result["matrices"]["knn"]).all()
-
-
 def test_replay_settings_that_cannot_work_are_rejected():
     with pytest.raises(ValueError, match="replay.selection='fifo'"):
         _parts("replay", **{"replay.selection": "fifo"})
