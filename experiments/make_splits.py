@@ -3,9 +3,11 @@
     python -m experiments.make_splits [OUT_DIR]   # from the repository root; OUT_DIR defaults to
                                                   # cl_ssl/data/splits
 
-Files (iCaRL's order, Rebuffi et al., CVPR 2017; CaSSLe's, ``main_pretrain.py``), all in the
-order-of-appearance convention:
+Files (iCaRL's order, Rebuffi et al., CVPR 2017; CaSSLe's, ``main_pretrain.py``; CCL's, Lin et
+al., ICME 2022, ``train.py``), all in the order-of-appearance convention:
 - cifar100_icarl1993_{5x20,10x10,20x5}: ``np.random.seed(1993); np.random.permutation(100)``;
+- imagenet_sub_ccl_seed1_10x10: ``order = np.arange(100); np.random.seed(1);
+  np.random.shuffle(order)``, cut into 10 tasks of 10 classes;
 - cifar100_cassle_seed5 and imagenet100_cassle_seed5 (5x20): ``torch.manual_seed(5);
   torch.randperm(100).chunk(5)``, the same call for both data sets. They need torch; without torch
   the existing files are kept. Their descriptions record the torch version used.
@@ -30,6 +32,10 @@ CIFAR100_LABELS = (
 IMAGENET100_LABELS = (
     "ImageNet-100 labels 0-99: the CMC classes in sorted WordNet-id order "
     "(cl_ssl/data/classes/imagenet100_cmc.txt; torchvision ImageFolder on an imagenet-100 folder)"
+)
+IMAGENET_SUB_LABELS = (
+    "ImageNet-Sub labels 0-99: ImageNet's first 100 classes in sorted WordNet-id order, unchanged "
+    "(tfds imagenet2012 labels 0-99; torchvision ImageFolder on the whole of ImageNet)"
 )
 
 
@@ -81,6 +87,30 @@ def icarl1993_files() -> list[dict]:
             )
         )
     return files
+
+
+def ccl_seed1_files() -> list[dict]:
+    """CCL's ImageNet-Sub order in 10 tasks (VDIGPKU/ContinualContrastiveLearning ``train.py``
+    l. 296-312, with its default ``--n-tasks`` of 10, l. 47)."""
+    order = np.arange(100)
+    np.random.RandomState(1).shuffle(order)  # the stream of np.random.seed(1); np.random.shuffle
+    return [
+        _content(
+            name="imagenet_sub_ccl_seed1_10x10",
+            dataset="imagenet_sub",
+            dataset_labels=IMAGENET_SUB_LABELS,
+            permutation=order.tolist(),
+            num_tasks=10,
+            description=(
+                "CCL class-incremental ImageNet-Sub order (Lin et al., ICME 2022; "
+                "VDIGPKU/ContinualContrastiveLearning train.py l. 296-305): order = "
+                "np.arange(100); np.random.seed(1); np.random.shuffle(order) (NumPy's legacy "
+                "RandomState stream, fixed across NumPy versions). Task t holds "
+                "order[10t:10(t+1)] (train.py l. 299 and 311: nb_cl = 100 / n_tasks, with "
+                "--n-tasks 10 by default, l. 47)."
+            ),
+        )
+    ]
 
 
 def cassle_seed5_files() -> list[dict]:
@@ -144,7 +174,7 @@ def main(argv):
     if len(argv) > 2:
         raise app.UsageError("Usage: python -m experiments.make_splits [OUT_DIR]")
     out_dir = argv[1] if len(argv) == 2 else str(scenarios.SPLITS_DIR)
-    files = icarl1993_files()
+    files = icarl1993_files() + ccl_seed1_files()
     cassle = cassle_seed5_files()
     if not cassle:
         print("torch is not importable: the *_cassle_seed5.json files are left as they are.")

@@ -389,10 +389,11 @@ def test_split_files_shipped():
         "cifar100_icarl1993_20x5",
         "cifar100_icarl1993_5x20",
         "imagenet100_cassle_seed5",
+        "imagenet_sub_ccl_seed1_10x10",
     ]
     for name in scenarios.split_file_names():
         content = scenarios.load_split_file(name)
-        assert content["name"] == name and content["dataset"] == name.split("_")[0]
+        assert content["name"] == name and name.startswith(content["dataset"] + "_")
         assert content["num_classes"] == 100 and content["convention"] == "order_of_appearance"
         assert content["description"]
 
@@ -434,13 +435,44 @@ def test_cassle_split_file_matches_torch_randperm_algorithm():
     assert "torch" in content["description"] and "unverified" in content["description"]
 
 
+def test_ccl_split_file_is_numpy_legacy_shuffle_seed1():
+    """CCL's ImageNet-Sub order, transcribed from its train.py (l. 296-311): order =
+    np.arange(100); np.random.seed(1); np.random.shuffle(order); task t holds
+    order[10t:10(t+1)]."""
+    state = np.random.get_state()
+    try:
+        order = np.arange(100)
+        np.random.seed(1)
+        np.random.shuffle(order)
+    finally:
+        np.random.set_state(state)
+    content = scenarios.load_split_file("imagenet_sub_ccl_seed1_10x10")  # validates the file
+    assert (content["dataset"], content["num_classes"], content["num_tasks"]) == (
+        "imagenet_sub",
+        100,
+        10,
+    )
+    assert content["permutation"] == order.tolist()
+    assert content["task_classes"] == [order[10 * t : 10 * (t + 1)].tolist() for t in range(10)]
+    scenario = scenarios.make_scenario(
+        "class_incremental",
+        TRAIN_LABELS,
+        TEST_LABELS,
+        num_classes=100,
+        num_tasks=10,
+        class_order="imagenet_sub_ccl_seed1",  # the _10x10 suffix follows from num_tasks
+        dataset="imagenet_sub",
+    )
+    assert [list(t) for t in scenario.task_classes] == content["task_classes"]
+
+
 def test_make_splits_regenerates_the_numpy_files():
     spec = importlib.util.spec_from_file_location(
         "make_splits", REPO / "experiments" / "make_splits.py"
     )
     make_splits = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_splits)
-    for content in make_splits.icarl1993_files():
+    for content in make_splits.icarl1993_files() + make_splits.ccl_seed1_files():
         shipped = (scenarios.SPLITS_DIR / f"{content['name']}.json").read_text(encoding="utf-8")
         assert make_splits.dumps(content) == shipped
 

@@ -1,4 +1,4 @@
-"""ImageNet-100 and DomainNet: class subset, domains, images of varying size, the
+"""ImageNet-100, ImageNet-Sub and DomainNet: class subset, domains, images of varying size, the
 domain-incremental scenario and the presets, on tfds mock data."""
 
 import numpy as np
@@ -27,6 +27,26 @@ def test_imagenet100_keeps_the_cmc_classes_relabelled_in_sorted_order(mock_tfds)
     assert test.num_classes == 100 and test.domains is None
     assert test.images.shape == (len(expected), 12, 12, 3) and test.images.dtype == np.uint8
     np.testing.assert_array_equal(test.labels, expected)  # 'test' is ImageNet's validation set
+
+
+def test_imagenet_sub_keeps_imagenet_labels_0_to_99_unchanged(mock_tfds):
+    """CCL's ImageNet-Sub: ImageNet's first 100 classes, in ImageFolder's sorted WordNet-id
+    order, which is also imagenet2012's label order."""
+    names = tfds.builder("imagenet2012").info.features["label"].names
+    assert names == sorted(names)  # so ImageFolder's class ids are imagenet2012's labels
+    classes = sources.imagenet_sub_classes()
+    assert classes == names[:100] and classes[:2] == ["n01440764", "n01443537"]  # tench, goldfish
+    with mock_tfds(num_examples=400):
+        source = tfds.data_source("imagenet2012", split="validation")
+        labels = np.array([ex["label"] for ex in source.__getitems__(list(range(400)))])
+        test = sources.load_split("imagenet_sub", "test", image_size=4)
+    kept = labels[labels < 100]
+    assert 0 < kept.size < labels.size  # the mock labels span all 1000 classes
+    assert test.num_classes == 100 and test.domains is None
+    assert test.images.shape == (kept.size, 4, 4, 3)
+    np.testing.assert_array_equal(test.labels, kept)  # labels 0-99 only, unchanged
+    with pytest.raises(ValueError, match="Split 'validation' does not exist for 'imagenet_sub'"):
+        sources.load_split("imagenet_sub", "validation", image_size=4)
 
 
 def test_square_resize_keeps_the_central_square():

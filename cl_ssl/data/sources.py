@@ -7,6 +7,8 @@ for the whole run. Sources:
   ``dataset-fashion-mnist`` package;
 - ``'imagenet100'``: the 100 CMC classes of tfds ``imagenet2012`` (classes/imagenet100_cmc.txt),
   labelled 0-99 in sorted WordNet-id order; its ``'test'`` split is ImageNet's validation set;
+- ``'imagenet_sub'``: CCL's ImageNet-Sub (Lin et al., ICME 2022), the first 100 classes of tfds
+  ``imagenet2012`` (labels 0-99, kept as they are), split like ``'imagenet100'``;
 - ``'domainnet'``: tfds ``domainnet/<domain>`` for each domain of a list (CaSSLe's order by
   default), concatenated, with each image's domain;
 - any other name: a prepared tfds data set.
@@ -14,9 +16,10 @@ for the whole run. Sources:
 tfds data sets are read without TensorFlow through their ArrayRecord data source
 (``tfds.data_source``). Images of varying size (ImageNet, DomainNet) are stored at one size,
 ``image_size``: shorter side resized to it, then the central square, each written once into one
-preallocated array. At 224 pixels ImageNet-100's training set takes 19 GB and DomainNet's six
-training domains 62 GB (27 GB more for their test images), so their presets keep them in host
-memory (``dataset.on_device=False``) rather than on every device.
+preallocated array. At 224 pixels ImageNet-100's training set takes 19 GB (ImageNet-Sub's, also
+100 ImageNet classes, about as much) and DomainNet's six training domains 62 GB (27 GB more for
+their test images), so their presets keep them in host memory (``dataset.on_device=False``)
+rather than on every device.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from PIL import Image
 FASHION_MNIST_IDX = "fashion_mnist_idx"
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGENET100 = "imagenet100"
+IMAGENET_SUB = "imagenet_sub"
 DOMAINNET = "domainnet"
 DOMAINNET_CASSLE_ORDER = ("real", "quickdraw", "painting", "sketch", "infograph", "clipart")
 """CaSSLe's DomainNet task order (Fini et al., CVPR 2022; ``cassle/methods/base.py``)."""
@@ -73,6 +77,21 @@ def imagenet100_classes() -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def imagenet_sub_classes() -> list[str]:
+    """The 100 WordNet ids of CCL's ImageNet-Sub, sorted; label k is the k-th.
+
+    ImageNet-Sub is ImageNet's first 100 classes: CCL's ``train.py`` (l. 296-305:
+    ``order = np.arange(100)``, then shuffled into tasks) and ``lincls_eval.py`` (l. 276-286 and
+    303-308, ``i in order``) keep labels 0-99 of torchvision's ImageFolder on the whole of
+    ImageNet (VDIGPKU/ContinualContrastiveLearning). ImageFolder numbers the sorted WordNet ids,
+    as tfds ``imagenet2012`` does, so these are that data set's first 100 label names and
+    ImageNet-Sub's labels are imagenet2012's labels 0-99, unchanged.
+    """
+    import tensorflow_datasets as tfds
+
+    return tfds.builder("imagenet2012").info.features["label"].names[:100]
+
+
 def num_domains(name: str, domains: Sequence[str] = ()) -> int | None:
     """How many domains `load_split` reads for ``name`` and ``domains``; None for a
     single-domain data set."""
@@ -92,11 +111,12 @@ def load_split(
     """Reads a whole split into memory.
 
     Args:
-      name: ``'fashion_mnist_idx'`` for the Debian IDX files, ``'imagenet100'``, ``'domainnet'``,
-        otherwise a tfds name such as ``'cifar100'``, ``'cifar10'``, ``'fashion_mnist'`` or
-        ``'mnist'`` (``'name:version'`` works as in tfds).
-      split: ``'train'`` or ``'test'`` for the IDX files, ImageNet-100 and DomainNet; any tfds
-        split string otherwise.
+      name: ``'fashion_mnist_idx'`` for the Debian IDX files, ``'imagenet100'``,
+        ``'imagenet_sub'``, ``'domainnet'``, otherwise a tfds name such as ``'cifar100'``,
+        ``'cifar10'``, ``'fashion_mnist'`` or ``'mnist'`` (``'name:version'`` works as in tfds).
+      split: ``'train'`` or ``'test'`` for the IDX files, ImageNet-100, ImageNet-Sub and
+        DomainNet (the ImageNet ones test on ImageNet's validation set); any tfds split string
+        otherwise.
       data_dir: directory holding the IDX files (default /usr/share/datasets/fashion-mnist), or
         the tfds data directory (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       image_size: S > 0 stores every image as S x S pixels (shorter side resized to S with
@@ -117,15 +137,12 @@ def load_split(
         if image_size:
             raise ValueError(f"{FASHION_MNIST_IDX!r} keeps its 28x28 images; set image_size=0.")
         return _load_idx_split(split, data_dir or DEFAULT_IDX_DIR)
-    if name == IMAGENET100:
+    if name in (IMAGENET100, IMAGENET_SUB):
         tfds_split = {"train": "train", "test": "validation"}.get(split)
         if tfds_split is None:
-            raise ValueError(
-                f"Split {split!r} does not exist for {IMAGENET100!r}; use 'train' or 'test'."
-            )
-        return _load_tfds_split(
-            "imagenet2012", tfds_split, data_dir, image_size, classes=imagenet100_classes()
-        )
+            raise ValueError(f"Split {split!r} does not exist for {name!r}; use 'train' or 'test'.")
+        classes = imagenet100_classes() if name == IMAGENET100 else imagenet_sub_classes()
+        return _load_tfds_split("imagenet2012", tfds_split, data_dir, image_size, classes=classes)
     if name == DOMAINNET:
         return _load_domains(split, data_dir, image_size, list(domains or DOMAINNET_CASSLE_ORDER))
     return _load_tfds_split(name, split, data_dir, image_size)
@@ -290,8 +307,8 @@ def _tfds_reader(
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(
             f"Unknown data set {name!r}: it is neither {FASHION_MNIST_IDX!r}, {IMAGENET100!r}, "
-            f"{DOMAINNET!r} nor a tfds data set (see https://www.tensorflow.org/datasets/catalog "
-            "for names such as 'cifar100')."
+            f"{IMAGENET_SUB!r}, {DOMAINNET!r} nor a tfds data set (see "
+            "https://www.tensorflow.org/datasets/catalog for names such as 'cifar100')."
         ) from e
     features = builder.info.features
     if "image" not in features or "label" not in features:
