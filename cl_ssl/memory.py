@@ -4,7 +4,7 @@ Both keep their shapes for the whole run, so the train step never compiles again
 they are.
 
 * ``Queue`` (MoCo keys, SwAV features, ISD anchors) is a ring buffer: ``push`` overwrites the
-  oldest rows.
+  oldest rows, ``push_where`` with a masked subset of a batch.
 * ``Memory`` holds exemplars of past tasks (replay and distillation) as example ids, labels, tasks
   and a priority per slot, with their images for data sets kept in host memory. Every update is the
   union of the memory and a batch of candidates, cut back to the capacity by priority
@@ -81,6 +81,22 @@ def push(queue: Queue, rows: jax.Array) -> Queue:
     else:
         items = queue.items.at[(queue.ptr + jnp.arange(size)) % queue.capacity].set(rows)
     return Queue(items=items, ptr=(queue.ptr + size) % queue.capacity)
+
+
+def push_where(queue: Queue, rows: jax.Array, keep: jax.Array) -> Queue:
+    """The queue with the ``keep`` rows of ``rows`` [B, ...] (bool [B]) written, in order, over its
+    oldest rows; a fixed-shape push of a varying number of rows (CCL's extra sample queue takes
+    the keys of a batch's replayed images only, ``moco/builder.py::_dequeue_and_enqueue``). When
+    more than ``capacity`` rows are kept, the last ``capacity`` of them are written."""
+    rows = lax.stop_gradient(rows).astype(queue.items.dtype)
+    keep = keep.astype(bool)
+    count = jnp.sum(keep, dtype=jnp.int32)
+    surplus = jnp.maximum(count - queue.capacity, 0)
+    position = jnp.cumsum(keep, dtype=jnp.int32) - 1 - surplus
+    write = keep & (position >= 0)
+    slots = jnp.where(write, (queue.ptr + position) % queue.capacity, queue.capacity)
+    items = queue.items.at[slots].set(rows, mode="drop")
+    return Queue(items=items, ptr=(queue.ptr + count - surplus) % queue.capacity)
 
 
 # ---------------------------------------------------------------------------------------------

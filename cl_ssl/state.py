@@ -123,18 +123,24 @@ def start_task(
     tx: optax.GradientTransformation,
     objective_state: PyTree,
     strategy_state: StrategyState,
+    reset_optimizer: bool = True,
 ) -> ContinualState:
-    """The state at the start of ``task``: optimizer and schedules restart; the objective's and the
-    strategy's states are replaced (the caller derives them from the old ones).
+    """The state at the start of ``task``: schedules restart; the objective's and the strategy's
+    states are replaced (the caller derives them from the old ones).
 
-    The optimizer state is re-initialised: LARS momentum and the learning-rate schedule's count
-    restart with every task, as each task is a new training process in the reference code
-    (CaSSLe's ``main_continual.py`` launches ``main_pretrain.py`` once per task).
+    With ``reset_optimizer`` the optimizer state is re-initialised: LARS momentum restarts with
+    every task, as each task is a new training process in CaSSLe (``main_continual.py`` launches
+    ``main_pretrain.py`` once per task); without it the momentum carries over, as in CCL's
+    ``train.py``, which builds one optimizer for the whole stream. The learning rate comes from
+    the stage's schedule either way.
     """
+    opt_state = state.opt_state
+    if reset_optimizer:
+        opt_state = tx.init({"student": state.params, "strategy": strategy_state.trainable})
     return state.replace(
         task=jnp.asarray(task, jnp.int32),
         task_step=jnp.zeros((), jnp.int32),
-        opt_state=tx.init({"student": state.params, "strategy": strategy_state.trainable}),
+        opt_state=opt_state,
         objective_state=objective_state,
         strategy=strategy_state,
     )

@@ -25,7 +25,7 @@ from cl_ssl.data.batch import TrainData
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
-from cl_ssl.strategies import LossInputs, Strategy
+from cl_ssl.strategies import BufferInputs, LossInputs, Strategy
 
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[ContinualState, TrainData, jax.Array, Metrics], tuple[ContinualState, Metrics]]
@@ -175,7 +175,7 @@ def build_step_fn(
     ``transform_views`` may then rewrite; the student on ``objective.student_views`` (its BatchNorm
     statistics updated by each view in turn); the objective's loss plus the strategy's ``loss``;
     the optimizer update of ``trainable(state)``; the objective's ``update_state`` and the
-    strategy's ``update_buffers`` (with the step's own rows). Every random draw comes from the run
+    strategy's ``update_buffers`` (``BufferInputs``). Every random draw comes from the run
     key folded with the global step, so a resumed run draws as an uninterrupted one.
     """
     model = objective.model
@@ -228,6 +228,7 @@ def build_step_fn(
                         state=state.strategy,
                         task=state.task,
                         hyper=hyper,
+                        target=target,
                     )
                 )
                 loss, terms = loss + extra, {**terms, **extra_terms}
@@ -245,7 +246,17 @@ def build_step_fn(
         if strategy.update_buffers is not None:
             strategy_state = strategy_state.replace(
                 buffers=strategy.update_buffers(
-                    strategy_state, current, data, jax.random.fold_in(strategy_key, 1), state.task
+                    BufferInputs(
+                        state=strategy_state,
+                        params=params,
+                        batch=current,
+                        joined=batch,
+                        target=target,
+                        data=data,
+                        key=jax.random.fold_in(strategy_key, 1),
+                        task=state.task,
+                        hyper=hyper,
+                    )
                 )
             )
         new_state = state.replace(
@@ -272,7 +283,8 @@ def stage_hyper(
     steps_per_epoch: int,
 ) -> dict[str, np.ndarray]:
     """Every per-step scalar of one stage: name -> float32 [steps]; 'lr', each group's own
-    learning rate ('lr/<group>', ``group_lr_key``) and the objective's schedules."""
+    learning rate ('lr/<group>', ``group_lr_key``), the objective's schedules and the
+    strategy's."""
     num_steps = num_epochs * steps_per_epoch
     steps = np.arange(num_steps)
     schedules = {"lr": optim.ParamGroup()}
@@ -285,7 +297,12 @@ def stage_hyper(
             config, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, group=group
         )
         hyper[key] = np.asarray(jax.jit(jax.vmap(lr_at))(steps), np.float32)
-    for name, values in objective.schedules(num_steps, steps_per_epoch).items():
+    own = objective.schedules(num_steps, steps_per_epoch)
+    extra = strategy.schedules(num_steps, steps_per_epoch)
+    clash = (set(own) | set(extra)) & set(hyper) | set(own) & set(extra)
+    if clash:
+        raise ValueError(f"per-step schedules {sorted(clash)} are named twice")
+    for name, values in {**own, **extra}.items():
         hyper[name] = np.asarray(values, np.float32)
     return hyper
 

@@ -466,7 +466,10 @@ class _Run:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
     def _evaluate(self, state: state_lib.ContinualState) -> dict[str, np.ndarray]:
-        return self.evaluator(state.params, state.batch_stats, state.strategy)
+        params, batch_stats = state.params, state.batch_stats
+        if self.p.strategy.evaluated is not None:
+            params, batch_stats = self.p.strategy.evaluated(params, batch_stats, state.strategy)
+        return self.evaluator(params, batch_stats, state.strategy)
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
@@ -571,14 +574,19 @@ class _Run:
                 indices=p.stages[stage_id].indices,
                 train=p.train,
                 features=self.evaluator.features,
+                map_images=self.evaluator.map_images,
             )
         )
+        objective_state = p.objective.start_task(state.objective_state)
+        if p.strategy.start_objective is not None:
+            objective_state = p.strategy.start_objective(objective_state, state.params)
         state = state_lib.start_task(
             state,
             task=stage_id + 1,
             tx=self.tx,
-            objective_state=p.objective.start_task(state.objective_state),
+            objective_state=objective_state,
             strategy_state=strategy_state,
+            reset_optimizer=p.config.optimizer.reset_each_task,
         )
         state = jax.device_put(state, parallel.replicated(self.mesh))
         self._save(step, state)

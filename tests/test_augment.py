@@ -1,5 +1,6 @@
 """Tests of the on-device SSL augmentations against NumPy transcriptions of torchvision."""
 
+import dataclasses
 import functools
 
 import jax
@@ -470,3 +471,20 @@ def test_views_do_not_depend_on_the_device_count():
         fn = jax.jit(augment.augment_batch, static_argnums=2)
         views.append(np.asarray(fn(jax.random.PRNGKey(0), x, cfg)))
     np.testing.assert_allclose(views[0], views[1], atol=1e-4)
+
+
+def test_center_crop_is_the_central_square_resized_and_standardised():
+    """Fraction 0.5 of a 12 x 16 image at crop size 6: the central 6 x 6 pixels themselves; at
+    crop size 12, that square resized bicubically (``crop_and_resize``)."""
+    images = np.random.default_rng(3).integers(0, 256, (2, 12, 16, 3), dtype=np.uint8)
+    cfg = augment.ViewConfig(crop_size=6, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    out = augment.center_crop_batch(jnp.asarray(images), cfg, fraction=0.5)
+    central = images[:, 3:9, 5:11].astype(np.float32) / 255.0
+    np.testing.assert_allclose(out, (central - cfg.mean) / np.asarray(cfg.std), atol=1e-5)
+    bigger = dataclasses.replace(cfg, crop_size=12)
+    out = augment.center_crop_batch(jnp.asarray(images), bigger, fraction=0.5)
+    expected = crop_and_resize(
+        jnp.asarray(images[1] / 255.0, jnp.float32), jnp.array([3, 5, 6, 6]), 12
+    )
+    expected = (np.asarray(expected) - cfg.mean) / np.asarray(cfg.std)
+    np.testing.assert_allclose(out[1], expected, atol=1e-5)

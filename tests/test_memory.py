@@ -451,3 +451,22 @@ def test_min_var_keeps_the_most_invariant_images_of_each_cluster():
     assert sorted(rows) == list(range(n))
     with pytest.raises(ValueError, match="13 clusters for 12 images"):
         memory.min_var_per_cluster(embeddings, num_clusters=13, per_cluster=1, seed=0)
+
+
+def test_push_where_writes_the_kept_rows_in_order_and_the_last_ones_on_overflow():
+    """CCL's extra sample queue: only the replayed rows' keys enter, first in first out; a batch
+    keeping more rows than the queue holds leaves its last ``capacity`` kept rows."""
+    queue = memory.zeros_queue(4, 1)
+    rows = jnp.arange(1.0, 7.0)[:, None]
+    queue = memory.push_where(queue, rows, jnp.array([0, 1, 0, 1, 1, 0], bool))
+    np.testing.assert_array_equal(queue.items[:, 0], [2.0, 4.0, 5.0, 0.0])
+    assert int(queue.ptr) == 3
+    queue = memory.push_where(queue, rows, jnp.array([1, 0, 0, 0, 0, 1], bool))
+    np.testing.assert_array_equal(queue.items[:, 0], [6.0, 4.0, 5.0, 1.0])
+    assert int(queue.ptr) == 1
+    unchanged = memory.push_where(queue, rows, jnp.zeros(6, bool))
+    np.testing.assert_array_equal(unchanged.items, queue.items)
+    assert int(unchanged.ptr) == 1
+    full = memory.push_where(queue, rows, jnp.ones(6, bool))
+    assert sorted(np.asarray(full.items[:, 0])) == [3.0, 4.0, 5.0, 6.0]
+    assert int(full.ptr) == 1

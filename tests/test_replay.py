@@ -108,6 +108,7 @@ def _task_end(strat, objective, config, features, task_ids, labels, next_task, b
         indices=np.asarray(task_ids),
         train=split,
         features=lambda variables, images: features[_row_of(images, split.images)],
+        map_images=lambda fn, variables, *rows: np.asarray(jax.jit(fn)(variables, *rows)),
     )
 
 

@@ -285,7 +285,7 @@ def test_heads_are_fresh_at_the_second_task_only(strategy):
     state = state.replace(strategy=state.strategy.replace(trainable=trained))
 
     def heads_at(task):
-        end = base.TaskEnd(state, task, key, np.arange(8), None, None)
+        end = base.TaskEnd(state, task, key, np.arange(8), None, None, None)
         return strat.end_task(end).trainable
 
     chex.assert_trees_all_equal(heads_at(1), initial)

@@ -586,6 +586,33 @@ def augment_image(key: jax.Array, image: jax.Array, cfg: ViewConfig) -> jax.Arra
     return _standardize(x, cfg.mean, cfg.std)
 
 
+CENTER_CROP_FRACTION = 224 / 256
+"""The ImageNet evaluation transform's crop, Resize(256) + CenterCrop(224), as a share of the
+shorter side."""
+
+
+def center_crop_batch(images: jax.Array, cfg: ViewConfig, *, fraction: float) -> jax.Array:
+    """The deterministic view of each image: its central square of ``fraction`` of the shorter
+    side, resized bicubically to ``cfg.crop_size`` and standardised as ``cfg`` standardises.
+
+    torchvision's ``Resize(round(s / fraction))`` then ``CenterCrop(s)`` (0.875: the ImageNet
+    evaluation transform, Resize(256) + CenterCrop(224)) as one crop-and-resize.
+
+    Args:
+      images: uint8 [B, H, W, C] with C in {1, 3}.
+      cfg: the view whose crop size and statistics apply (no random operation is used).
+      fraction: the crop's side over the image's shorter side, in (0, 1].
+
+    Returns:
+      float32 [B, cfg.crop_size, cfg.crop_size, 3].
+    """
+    height, width = images.shape[1:3]
+    side = max(1, int(round(fraction * min(height, width))))
+    box = jnp.asarray([(height - side) // 2, (width - side) // 2, side, side], jnp.int32)
+    crop = jax.vmap(lambda image: crop_and_resize(_to_unit_rgb(image), box, cfg.crop_size))
+    return _standardize(crop(images), cfg.mean, cfg.std)
+
+
 def augment_batch(key: jax.Array, images: jax.Array, cfg: ViewConfig) -> jax.Array:
     """One SSL view of each image of a batch, with independent per-example keys.
 

@@ -70,25 +70,39 @@ class Evaluator:
                 x = jax.image.resize(x, (x.shape[0], crop, crop, x.shape[3]), "bilinear")
             return model.apply(variables, x, method=model.features)
 
-        self._features = jax.jit(
-            features,
-            in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-            # Gathered on every device, so that every process can read all features.
-            out_shardings=parallel.replicated(mesh),
-        )
+        self._features = features
+        self._jitted = {}
+
+    def map_images(self, fn, variables, *rows: np.ndarray) -> np.ndarray:
+        """``fn(variables, *row chunks)`` over the rows of ``rows`` (host arrays of N rows each, such
+        as uint8 images [N, H, W, C]) in fixed-size batches sharded over the devices, its [b, ...]
+        outputs concatenated to [N, ...]. ``fn`` is jitted once (per function object)."""
+        if fn not in self._jitted:
+            self._jitted[fn] = jax.jit(
+                fn,
+                in_shardings=(parallel.replicated(self._mesh),)
+                + (parallel.batch_sharded(self._mesh),) * len(rows),
+                # Gathered on every device, so that every process can read every row.
+                out_shardings=parallel.replicated(self._mesh),
+            )
+        b = self._batch_size
+        out = []
+        for start in range(0, len(rows[0]), b):
+            chunks = [r[start : start + b] for r in rows]
+            padded = [
+                parallel.global_batch(
+                    self._mesh,
+                    np.concatenate([c, np.zeros((b - len(c),) + c.shape[1:], c.dtype)]),
+                )
+                for c in chunks
+            ]
+            y = self._jitted[fn](variables, *padded)
+            out.append(np.asarray(jax.device_get(y))[: len(chunks[0])])
+        return np.concatenate(out)
 
     def features(self, variables, images: np.ndarray) -> np.ndarray:
         """Backbone features float32 [N, F] of uint8 images [N, H, W, C], in fixed-size batches."""
-        b = self._batch_size
-        out = []
-        for start in range(0, len(images), b):
-            chunk = images[start : start + b]
-            padded = np.concatenate(
-                [chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], chunk.dtype)]
-            )
-            f = self._features(variables, parallel.global_batch(self._mesh, padded))
-            out.append(np.asarray(jax.device_get(f))[: len(chunk)])
-        return np.concatenate(out)
+        return self.map_images(self._features, variables, images)
 
     def __call__(self, params, batch_stats, strategy_state=None) -> dict[str, np.ndarray]:
         """Per-task top-1 accuracy in percent, float [T], for every evaluator in ``eval.evaluators``

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from cl_ssl.data.batch import Batch
+from cl_ssl.data.batch import Batch, TrainData
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives import Objective
@@ -42,7 +42,10 @@ class LossInputs:
       trainable: the strategy's trainable parameters (differentiated).
       state: the strategy's state before the step (its frozen pytrees and buffers).
       task: int32 [], the task being trained.
-      hyper: the step's per-step scalars.
+      hyper: the step's per-step scalars (the strategy's ``schedules`` among them).
+      target: the objective's target-network outputs of each view of the joined batch, through
+        ``stop_gradient`` (MoCo's keys: ``target[v]['projection']``), or None for an objective
+        without a target network.
     """
 
     outputs: tuple[Outputs, ...]
@@ -51,6 +54,34 @@ class LossInputs:
     params: PyTree
     trainable: PyTree
     state: StrategyState
+    task: jax.Array
+    hyper: Hyper
+    target: tuple[Outputs | None, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferInputs:
+    """What a strategy's ``update_buffers`` sees after the optimizer update of one step.
+
+    Attributes:
+      state: the strategy's state after the update (its new trainable parameters, old buffers).
+      params: the student's parameters after the update.
+      batch: the step's own rows (``Batch``), without the strategy's.
+      joined: the batch the step trained on, the strategy's rows (if any) after the step's own.
+      target: the objective's target outputs of each view of ``joined`` (see ``LossInputs``).
+      data: the training split (``TrainData``).
+      key: the strategy's key of this step.
+      task: int32 [], the task being trained.
+      hyper: the step's per-step scalars.
+    """
+
+    state: StrategyState
+    params: PyTree
+    batch: Batch
+    joined: Batch
+    target: tuple[Outputs | None, ...] | None
+    data: TrainData
+    key: jax.Array
     task: jax.Array
     hyper: Hyper
 
@@ -67,6 +98,10 @@ class TaskEnd:
       train: the training split in host memory (``ArraySplit``: images, the data set's labels).
       features: (variables {'params', 'batch_stats'}, uint8 images [N, H, W, C]) -> float32 [N, F]
         backbone features in inference mode, as the evaluator computes them.
+      map_images: (fn, variables, *host arrays of N rows) -> ``fn(variables, *chunks)`` over the
+        rows in fixed-size batches sharded over the devices, concatenated [N, ...] (``fn`` jitted
+        once): for a strategy's own computations over the task's images (CCL's embeddings of
+        several views).
     """
 
     state: Any
@@ -75,6 +110,7 @@ class TaskEnd:
     indices: np.ndarray
     train: ArraySplit
     features: Callable[[PyTree, np.ndarray], np.ndarray]
+    map_images: Callable[..., np.ndarray]
 
 
 def each_task(train_indices: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -93,6 +129,11 @@ def _empty_state(variables: PyTree, key: jax.Array, train: ArraySplit) -> Strate
 
 def _keep_state(end: TaskEnd) -> StrategyState:
     return end.state.strategy
+
+
+def _no_schedules(num_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+    del num_steps, steps_per_epoch
+    return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,14 +162,22 @@ class Strategy:
         views the student and the objective see (LUMP's mixup); with ``extend_batch`` only.
       loss: optional ``LossInputs`` -> (weighted term added to the objective's loss, metrics),
         with its own gating (a term that needs a previous task's teacher is 0 on the first task).
-      update_buffers: optional (strategy state after the update, the step's own batch without the
-        strategy's rows, ``TrainData``, key, task) -> the new ``buffers``.
+      update_buffers: optional ``BufferInputs`` -> the new ``buffers`` (a queue of the step's
+        keys, a teacher's per-epoch EMA, a memory filled from the step's own rows).
+      schedules: (steps in the stage, steps per epoch) -> name -> float32 [steps] values the step
+        passes in ``hyper`` to ``loss`` and ``update_buffers``, restarting with every stage (an
+        EMA that moves at epoch ends only); names must not clash with the objective's.
+      start_objective: optional (the objective's state at a stage boundary, the student's
+        params) -> the objective's state for the next stage (CCL restarts MoCo's key encoder from
+        the student).
       param_labels: optional (trainable params) -> the same structure naming each leaf's optimizer
         group (``cl_ssl.optim.label_top_level``); None: the run's default group.
       param_groups: the groups ``param_labels`` names besides the default one.
       classify: optional (strategy state, backbone features float32 [N, F]) -> logits float32
         [N, C] of the classifier the strategy trains (Kaizen's g); the evaluator then scores it
         after every stage, as the ``classifier`` accuracy matrix.
+      evaluated: optional (student params, BatchNorm statistics, strategy state) -> the (params,
+        statistics) the evaluator scores instead of the student's (CCL's teacher).
     """
 
     name: str
@@ -139,10 +188,13 @@ class Strategy:
     extends_batch_from: int = 0
     transform_views: Callable[..., tuple[jax.Array, ...]] | None = None
     loss: Callable[[LossInputs], tuple[jax.Array, Metrics]] | None = None
-    update_buffers: Callable[..., PyTree] | None = None
+    update_buffers: Callable[[BufferInputs], PyTree] | None = None
+    schedules: Callable[[int, int], dict[str, np.ndarray]] = _no_schedules
+    start_objective: Callable[[PyTree, PyTree], PyTree] | None = None
     param_labels: Callable[[PyTree], PyTree] | None = None
     param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
     classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
+    evaluated: Callable[[PyTree, PyTree, StrategyState], tuple[PyTree, PyTree]] | None = None
 
     def extends_batch(self, stage: int) -> bool:
         """Whether the step of ``stage`` joins the strategy's rows to the batch."""

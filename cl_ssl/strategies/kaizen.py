@@ -129,7 +129,11 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     check_config(config)
     k = config.kaizen
     rehearsal = replay.rehearsal(
-        k.replay, on_device=config.dataset.on_device, section="kaizen.replay"
+        k.replay,
+        objective,
+        on_device=config.dataset.on_device,
+        section="kaizen.replay",
+        tasks_per_class=replay.tasks_per_class(config),
     )
     feature = None
     if k.feature_distill_weight is None or k.feature_distill_weight > 0:

@@ -19,7 +19,13 @@ fills it:
   (Rebuffi et al., CVPR 2017), at the end of every task;
 - ``random``: a uniform draw per class, at the end of every task;
 - ``first_per_class``: Kaizen's first floor(``replay.fraction`` * n_c) images of every class in
-  data set order, at the end of every task (``kaizen/utils/pretrain_dataloader.py``).
+  data set order, at the end of every task (``kaizen/utils/pretrain_dataloader.py``);
+- ``min_var``: CCL's label-free selection (Lin et al., ICME 2022, Sec. 3.2): k-means over the
+  student's embeddings of the task's images, as many clusters as the task has classes, and in
+  each cluster the ``replay.per_class`` images whose embedding moves least under augmentation
+  (``cl_ssl.memory.min_var_per_cluster``), at the end of every task. With ``strategy=replay`` it
+  is the SimpleReplay baseline on CCL's exemplars (CCL's own SimpleReplay draws uniformly,
+  ``train.py::save_replay_image``).
 
 Budgets: a fixed total ``replay.memory_size`` shared equally by the seen classes (iCaRL), or
 ``replay.per_class`` exemplars per class when it is > 0 (the capacity is then per_class times the
@@ -30,6 +36,7 @@ labels; ``reservoir`` is the label-free choice.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -40,13 +47,18 @@ import ml_collections
 import numpy as np
 
 from cl_ssl import memory as memory_lib
+from cl_ssl.data import augment
 from cl_ssl.data.batch import Batch, TrainData, join
+from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
-from cl_ssl.strategies.base import Strategy, TaskEnd
+from cl_ssl.strategies.base import BufferInputs, Strategy, TaskEnd
 
 IN_STEP = ("reservoir", "class_balanced")
-AT_TASK_END = ("herding", "random", "first_per_class")
+AT_TASK_END = ("herding", "random", "first_per_class", "min_var")
+MIN_VAR_VIEWS = 7
+"""Views per image that ``min_var`` embeds: 6 augmentations and the centre crop, last
+(``moco/loader.py::MultiViewTransform``, num=6)."""
 SELECTIONS = IN_STEP + AT_TASK_END
 
 
@@ -57,13 +69,25 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
-def capacity(r: ml_collections.ConfigDict, classes: np.ndarray, num_classes: int) -> int:
+def capacity(
+    r: ml_collections.ConfigDict, classes: np.ndarray, num_classes: int, tasks_per_class: int = 1
+) -> int:
     """The memory's fixed number of slots for the replay settings ``r`` (``config.replay``) and
-    the split's ``classes`` [N]."""
+    the split's ``classes`` [N]; ``min_var`` keeps ``r.per_class`` images per cluster of every
+    task, as many clusters as the task has classes, so it needs room for ``tasks_per_class``
+    (the number of tasks each class appears in) times that."""
     if r.selection == "first_per_class":
         counts = np.bincount(classes, minlength=num_classes)
         return int(sum(math.floor(r.fraction * n + 1e-9) for n in counts))
+    if r.selection == "min_var":
+        return r.per_class * num_classes * tasks_per_class
     return r.per_class * num_classes if r.per_class > 0 else r.memory_size
+
+
+def tasks_per_class(config: ml_collections.ConfigDict) -> int:
+    """How many tasks of ``config``'s scenario show each class: 1 when class-incremental, every
+    task otherwise."""
+    return 1 if config.scenario == "class_incremental" else config.num_tasks
 
 
 def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
@@ -80,6 +104,11 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
         )
     if not 0.0 < r.fraction <= 1.0:
         raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
+    if r.selection == "min_var" and r.per_class < 1:
+        raise ValueError(
+            f"{section}.selection='min_var' keeps {section}.per_class exemplars per cluster and "
+            f"task; set {section}.per_class to at least 1 (CCL: 20)"
+        )
 
 
 def draw(memory: memory_lib.Memory, key: jax.Array, size: int, eligible: jax.Array):
@@ -114,8 +143,8 @@ def _count_distinct(labels: jax.Array) -> jax.Array:
 def in_step_update(selection: str, per_class: int):
     """``Strategy.update_buffers`` of a memory filled inside the step from the step's own rows."""
 
-    def update_buffers(state: StrategyState, batch: Batch, data: TrainData, key, task):
-        del task
+    def update_buffers(inputs: BufferInputs):
+        state, batch, data = inputs.state, inputs.batch, inputs.data
         memory = state.buffers["memory"]
         candidates = dict(
             ids=batch.ids,
@@ -124,21 +153,51 @@ def in_step_update(selection: str, per_class: int):
             images=None if memory.images is None else batch.images,
         )
         if selection == "reservoir":
-            memory = memory_lib.reservoir_update(memory, key, **candidates)
+            memory = memory_lib.reservoir_update(memory, inputs.key, **candidates)
         else:
             stored = jnp.where(memory.valid, memory.labels, -1)
             seen = _count_distinct(jnp.concatenate([stored, candidates["labels"]]))
             quota = per_class if per_class > 0 else memory.capacity // seen
-            memory = memory_lib.reservoir_update(memory, key, quota=quota, **candidates)
+            memory = memory_lib.reservoir_update(memory, inputs.key, quota=quota, **candidates)
         return {**state.buffers, "memory": memory}
 
     return update_buffers
 
 
-def end_of_task_selection(r: ml_collections.ConfigDict):
-    """``Strategy.end_task`` that adds the finished task's exemplars (herding, random or
-    first_per_class, from the replay settings ``r``) and shrinks the earlier classes to the new
-    per-class quota."""
+def view_embeddings(objective: Objective, num_views: int = MIN_VAR_VIEWS):
+    """(variables, uint8 images [b, H, W, C], uint32 key data [b, 2]) -> float32 [b, V, D]: the
+    L2-normalised projections, BatchNorm in inference mode, of ``num_views - 1`` augmentations of
+    each image (the objective's two views in turn, each image its own key) and of its centre crop
+    (``augment.center_crop_batch``, last), for ``min_var`` (CCL's ``save_replay_image`` embeds in
+    ``model.eval()``). CCL's six augmentations are all MoCo v2's one view; alternating the
+    objective's two views is this library's choice for objectives with asymmetric views."""
+    model = objective.model
+
+    def embed(variables, images, key_data):
+        keys = jax.random.wrap_key_data(key_data)
+
+        def project(x):
+            return l2_normalize(model.apply(variables, x, False)["projection"])
+
+        views = []
+        for v in range(num_views - 1):
+            view_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, v)
+            augment_view = functools.partial(augment.augment_image, cfg=objective.views[v % 2])
+            views.append(project(jax.vmap(augment_view)(view_keys, images)))
+        anchor = augment.center_crop_batch(
+            images, objective.views[0], fraction=augment.CENTER_CROP_FRACTION
+        )
+        return jnp.stack([*views, project(anchor)], axis=1)
+
+    return embed
+
+
+def end_of_task_selection(r: ml_collections.ConfigDict, objective: Objective):
+    """``Strategy.end_task`` that adds the finished task's exemplars (herding, random,
+    first_per_class or min_var, from the replay settings ``r``) and shrinks the earlier classes to
+    the new per-class quota (min_var and first_per_class size the memory so that nothing
+    shrinks)."""
+    embed = view_embeddings(objective) if r.selection == "min_var" else None
 
     def end_task(end: TaskEnd) -> StrategyState:
         strategy_state = end.state.strategy
@@ -152,6 +211,9 @@ def end_of_task_selection(r: ml_collections.ConfigDict):
             rows = memory_lib.first_per_class(classes, r.fraction)
             priority = np.zeros(len(rows), np.float32)
             quota = memory.capacity  # sized to fit: nothing shrinks
+        elif r.selection == "min_var":
+            rows, priority = _min_var_rows(end, ids, classes, r.per_class, embed, task)
+            quota = memory.capacity  # per_class per cluster, as many clusters as classes
         else:
             rows, priority = _ranked_rows(end, ids, classes, quota, r.selection, task)
         chosen = ids[rows]
@@ -168,6 +230,19 @@ def end_of_task_selection(r: ml_collections.ConfigDict):
         return strategy_state.replace(buffers={**strategy_state.buffers, "memory": memory})
 
     return end_task
+
+
+def _min_var_rows(end: TaskEnd, ids, classes, per_cluster: int, embed, task: int):
+    """(rows of ``ids``, priorities -rank in cluster): CCL's min_var choice among the task's
+    images; the labels only give the number of clusters (the task's class count)."""
+    key = jax.random.fold_in(end.key, task)
+    key_data = np.asarray(jax.random.key_data(jax.random.split(key, len(ids))))
+    variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
+    embeddings = end.map_images(embed, variables, end.train.images[ids], key_data)
+    rows, _, rank = memory_lib.min_var_per_cluster(
+        embeddings, num_clusters=len(np.unique(classes)), per_cluster=per_cluster, seed=task
+    )
+    return rows, -rank.astype(np.float32)
 
 
 def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: int):
@@ -208,10 +283,16 @@ def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
 
 
 def rehearsal(
-    r: ml_collections.ConfigDict, *, on_device: bool, section: str = "replay"
+    r: ml_collections.ConfigDict,
+    objective: Objective,
+    *,
+    on_device: bool,
+    section: str = "replay",
+    tasks_per_class: int = 1,
 ) -> Strategy:
     """Replay from the settings ``r`` (``config.<section>``): the memory, its selection and the
-    replay sub-batch, for any strategy that rehearses (replay itself, Kaizen)."""
+    replay sub-batch, for any strategy that rehearses (replay itself, Kaizen, CCL); ``min_var``
+    embeds with ``objective``'s model and views, and sizes the memory by ``tasks_per_class``."""
     check_config(r, section)
 
     def extend_batch(state, batch, data, key, task):
@@ -223,19 +304,24 @@ def rehearsal(
     return Strategy(
         name="replay",
         init=memory_state(
-            lambda train: capacity(r, train.labels, train.num_classes), on_device=on_device
+            lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class),
+            on_device=on_device,
         ),
         extend_batch=extend_batch,
         extends_batch_from=1,
         **(
             {"update_buffers": in_step_update(r.selection, r.per_class)}
             if r.selection in IN_STEP
-            else {"end_task": end_of_task_selection(r)}
+            else {"end_task": end_of_task_selection(r, objective)}
         ),
     )
 
 
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Replay from ``config.replay``, for any objective."""
-    del objective
-    return rehearsal(config.replay, on_device=config.dataset.on_device)
+    return rehearsal(
+        config.replay,
+        objective,
+        on_device=config.dataset.on_device,
+        tasks_per_class=tasks_per_class(config),
+    )
