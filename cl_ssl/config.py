@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     # image_size: the side at which images are stored (required for data sets of varying image
-    # size, e.g. imagenet100 and domainnet); 0 keeps them as they are. domains: domainnet's
+    # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains: domainnet's
     # domains in task order; () is CaSSLe's order. on_device: the training set lives on every
     # device for the whole run (True), or in host memory, each step's batch sent to the devices
     # (False: for data sets larger than a device's memory; the same numbers either way).
@@ -118,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
             warmup_start_lr=0.003,
             min_lr=placeholder(float),
             schedule_per_epoch=True,
+            # Each task starts with a fresh optimizer state (CaSSLe launches one training process
+            # per task); False carries the momentum across tasks (CCL's train.py builds one
+            # torch.optim.SGD for the whole stream).
+            reset_each_task=True,
             kwargs=ml_collections.ConfigDict(
                 dict(momentum=0.9, eta=0.02, clip_lr=True, exclude_bias_and_norm=placeholder(bool))
             ),
@@ -183,7 +187,7 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return names
 
 
-STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump", "kaizen")
+STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump", "kaizen", "ccl")
 
 
 def apply_variants(
@@ -215,6 +219,8 @@ def apply_variants(
         config.split_seed = 42
     if config.strategy == "kaizen":
         use_kaizen_setting(config)
+    if config.strategy == "ccl":
+        use_ccl_setting(config)
     if "runlocal" in variants:
         use_runlocal_setting(config)
     return variants
@@ -236,7 +242,8 @@ def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 22
     config.dataset.image_size = image_size
     config.dataset.on_device = False
     config.model.stem = "imagenet"
-    config.recipe = "imagenet"
+    if config.recipe == "cifar":  # a strategy's own recipe (CCL's) stays
+        config.recipe = "imagenet"
     for view in (config.augment.view1, config.augment.view2):
         view.update(crop_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     config.byol.pred_hidden_dim = 8192
@@ -256,6 +263,46 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
         config.recipe = "kaizen"
     config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
     config.mocov2plus.proj_output_dim = 256
+
+
+def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
+    """CCL's setting (Lin et al., ICME 2022; ``VDIGPKU/ContinualContrastiveLearning`` README
+    command and ``train.py``): MoCoV2+, the optimizer's momentum carried across tasks.
+
+    On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet classes in 10
+    tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
+    (not scaled by the batch), momentum 0.9, weight decay 1e-4, a per-epoch cosine without
+    warm-up restarting with every task, MoCo v2's augmentation, temperature 0.2, a constant key
+    encoder momentum of 0.999, a queue of 65,536 keys, and ``lincls_eval.py``'s probe (lr 30,
+    100 epochs, x0.1 at 60 and 80). The paper's CIFAR-100 setting is not in the reference code;
+    on CIFAR the preset keeps CaSSLe's MoCoV2+ recipe (the base config) and adds CCL's own
+    settings (``config.ccl``, the carried momentum); so does any other preset.
+    """
+    config.strategy = "ccl"
+    config.objective = "mocov2plus"
+    config.optimizer.reset_each_task = False
+    if config.dataset.name != "imagenet100":
+        return
+    config.dataset.name = "imagenet_sub"
+    config.class_order = "imagenet_sub_ccl_seed1"
+    config.num_tasks = 10
+    config.epochs_per_task = 200
+    config.batch_size = 256
+    config.model.backbone = "resnet50"
+    config.recipe = "ccl"
+    config.optimizer.update(
+        name="sgd", scale_lr_by_batch=False, warmup_epochs=0, schedule_per_epoch=True
+    )
+    config.optimizer.kwargs = {"momentum": 0.9, "exclude_bias_and_norm": False}
+    config.mocov2plus.update(
+        proj_hidden_dim=2048,
+        proj_output_dim=128,
+        temperature=0.2,
+        queue_size=65536,
+        base_momentum=0.999,
+        final_momentum=0.999,
+    )
+    config.eval.linear.update(epochs=100, batch_size=256, milestones=(0.6, 0.8))
 
 
 def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:

@@ -10,8 +10,10 @@ The argument after ':' is a comma-separated list of variants:
     first task (``cassle/utils/pretrain_dataloader.py::split_dataset``). The partition is drawn
     with numpy from ``split_seed`` 42: the same sizes and rule as CaSSLe's ``random_split`` with a
     torch generator seeded 42, not the same images (JAX cannot regenerate a torch permutation).
-  cassle, pfr, replay, lump, kaizen, finetune, offline: the continual strategy (kaizen also
+  cassle, pfr, replay, lump, kaizen, ccl, finetune, offline: the continual strategy (kaizen also
     applies Kaizen's settings: every label, its recipes and heads, ``use_kaizen_setting``).
+  ccl: CCL over MoCoV2+ (``use_ccl_setting``); CaSSLe's MoCoV2+ recipe, the optimizer's momentum
+    carried across tasks as in CCL's code (the paper's CIFAR-100 settings are not released).
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task).
 
 Everything else is CaSSLe's CIFAR-100 recipe (Fini et al., CVPR 2022;

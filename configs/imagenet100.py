@@ -9,8 +9,11 @@ The argument after ':' is a comma-separated list of variants:
     permutation as its CIFAR-100 order).
   data_incremental: 5 random fifths of the training set, the remainder to the first task, drawn
     with numpy from ``split_seed`` 42 (CaSSLe's sizes and rule, not its images).
-  cassle, pfr, replay, lump, kaizen, finetune, offline: the continual strategy (kaizen also
+  cassle, pfr, replay, lump, kaizen, ccl, finetune, offline: the continual strategy (kaizen also
     applies Kaizen's settings: every label, its recipes and heads, ``use_kaizen_setting``).
+  ccl: CCL's ImageNet-Sub run instead of ImageNet-100 (``use_ccl_setting``): the first 100 ImageNet
+    classes in 10 tasks of 10 (NumPy seed 1), ResNet-50, MoCoV2+ with MoCo v2's augmentation,
+    200 epochs per task, SGD lr 0.03 with its momentum carried across tasks, and CCL's probe.
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task, 32-pixel images).
 
 Everything else is CaSSLe's ImageNet-100 recipe (Fini et al., CVPR 2022; its scripts

@@ -70,6 +70,7 @@ _RECIPES = {
     "cifar": ("RECIPE",),
     "imagenet": ("IMAGENET_RECIPE",),
     "kaizen": ("KAIZEN_RECIPE", "RECIPE"),
+    "ccl": ("CCL_RECIPE",),
 }
 
 
@@ -84,7 +85,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     recipe: ``'cifar'`` (CaSSLe's CIFAR-100 scripts), ``'imagenet'`` (its ImageNet-100 scripts,
     also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one) or
     ``'kaizen'`` (Kaizen's CIFAR-100 scripts; they differ from CaSSLe's for SimCLR only, the
-    other objectives take their CIFAR recipe).
+    other objectives take their CIFAR recipe) or ``'ccl'`` (CCL's ImageNet command, MoCoV2+ only).
     """
     if config.recipe not in _RECIPES:
         raise ValueError(f"recipe={config.recipe!r}; choose one of {sorted(_RECIPES)}")

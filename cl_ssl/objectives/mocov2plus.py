@@ -12,6 +12,7 @@ D = 128 (Kaizen uses 256).
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from cl_ssl import losses, memory
@@ -36,6 +37,30 @@ RECIPE = Recipe(
 )
 
 
+CCL_RECIPE = Recipe(
+    optimizer=dict(lr=0.03, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=False),
+    # MoCo v2's augmentation (--aug-plus) for both views: jitter (0.4, 0.4, 0.4, 0.1) at 0.8,
+    # grayscale 0.2, blur 0.5, flip, crops of 20-100% of the image.
+    views=(
+        dict(
+            min_scale=0.2,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.4,
+            hue=0.1,
+            jitter_prob=0.8,
+            gray_prob=0.2,
+            blur_prob=0.5,
+            solarize_prob=0.0,
+        ),
+    )
+    * 2,
+    source="CCL (VDIGPKU/ContinualContrastiveLearning) README command and train.py l.232-242",
+    # lincls_eval.py: --lr 30 (README).
+    linear_lr=30.0,
+)
+
+
 def default_config() -> ml_collections.ConfigDict:
     """``config.mocov2plus``: temperature, head sizes, queue length and EMA schedule."""
     return ml_collections.ConfigDict(
@@ -48,6 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
             final_momentum=0.999,
         )
     )
+
+
+def restart_key_encoder(state: dict, params: dict) -> dict:
+    """The objective's ``state`` with the key encoder overwritten by a copy of the student's
+    ``params`` and the queues kept (CCL's ``reset_k`` at the start of each task,
+    ``VDIGPKU/ContinualContrastiveLearning`` ``moco/builder.py`` l.58-62)."""
+    return {**state, "momentum": jax.tree.map(jnp.copy, target_params(params))}
 
 
 def make(config: ml_collections.ConfigDict) -> Objective:

@@ -6,7 +6,8 @@ boundary (a frozen teacher, a memory, its own trainable heads), and fills the ho
 rewrite its state at the end of a task. ``finetune`` and ``offline`` are the lower and upper
 bounds of every continual method; ``cassle`` and ``pfr`` distil the previous task's model;
 ``replay`` and ``lump`` rehearse examples from an exemplar memory; ``kaizen`` trains a classifier
-through the stream next to the SSL model, with rehearsal and distillation for both.
+through the stream next to the SSL model, with rehearsal and distillation for both; ``ccl``
+rehearses label-free exemplars with a relational distillation and an extra queue of their keys.
 """
 
 from __future__ import annotations
@@ -16,11 +17,19 @@ from collections.abc import Callable
 import ml_collections
 
 from cl_ssl.objectives import Objective
-from cl_ssl.strategies import cassle, kaizen, lump, pfr, replay
-from cl_ssl.strategies.base import LossInputs, Strategy, TaskEnd, make_finetune, make_offline
+from cl_ssl.strategies import cassle, ccl, kaizen, lump, pfr, replay
+from cl_ssl.strategies.base import (
+    BufferInputs,
+    LossInputs,
+    Strategy,
+    TaskEnd,
+    make_finetune,
+    make_offline,
+)
 
 __all__ = [
     "STRATEGIES",
+    "BufferInputs",
     "LossInputs",
     "Strategy",
     "TaskEnd",
@@ -37,6 +46,7 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]
     "replay": replay.make,
     "lump": lump.make,
     "kaizen": kaizen.make,
+    "ccl": ccl.make,
 }
 STRATEGIES = tuple(_FACTORIES)
 """The registered strategy names."""
@@ -50,6 +60,7 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
         "replay": replay.default_config(),
         "lump": lump.default_config(),
         "kaizen": kaizen.default_config(),
+        "ccl": ccl.default_config(),
     }
 
 

@@ -1,0 +1,255 @@
+"""CCL (Lin, Wang and Lin, "Continual contrastive learning for image classification", ICME 2022):
+MoCo with exemplar rehearsal, self-supervised knowledge distillation on the replayed images and
+an extra sample queue of their keys.
+
+From the second task on, with q^v the student's projections of view v and k^v the key encoder's:
+
+    L = L_MoCo
+      + 0.1 * (1/2) [InfoNCE(q^1, k^2, ESQ^2) + InfoNCE(q^2, k^1, ESQ^1)]         (L_ESQ, every row)
+      + 0.1 * (1/2) sum_v KL(softmax(S_T^v / 0.04) || softmax(S_S^v / 0.07))     (L_KD, replayed rows)
+
+with S_S^v[i, j] = n(q^v_i) . n(student embedding of the centre crop of replayed image j) and S_T^v
+the same with the teacher (``cl_ssl.losses.relational_distillation``); the first task trains
+L_MoCo alone. Reference code ``VDIGPKU/ContinualContrastiveLearning``, ``moco/builder.py``
+(``MoCoCCL.forward_train``, l.173-262) and ``train.py``:
+
+- **Teacher:** a copy of the student's backbone and projector; at the start of each task after the
+  first the teacher and MoCo's key encoder are overwritten with the student's weights
+  (``reset_teacher``, ``reset_k``); during a task the teacher follows a per-epoch EMA of the
+  student, momentum 0.996, applied after the last step of every epoch (``train.py`` calls
+  ``update_teacher`` after each epoch). Its BatchNorm normalises with the batch's statistics: the
+  reference's ``model.train()`` at every epoch overrides the ``teacher.eval()`` of the reset.
+- **Extra sample queue (ESQ):** 256 keys, taken at the first incremental step from the first 256
+  rows of MoCo's queue (``begin_incremental``); afterwards only the key encoder's keys of replayed
+  images enter it, first in first out (``_dequeue_and_enqueue``).
+- **Exemplars:** ``ccl.replay``, by default the reference's ``min_var`` selection of 20 images per
+  cluster and task (``cl_ssl.strategies.replay``).
+
+Choices of this library:
+- The objective is this library's MoCoV2+, whose loss is symmetric with one key queue per view
+  (the reference trains MoCo v2 in one direction), so every CCL term is symmetrised the same way:
+  one ESQ per view, whose keys are the negatives of the other view's queries as in MoCoV2+, and the
+  distillation averaged over the two views' queries.
+- Replayed images come as a dedicated replay sub-batch of ``ccl.replay.batch_size`` rows joined to
+  every batch, and the distillation reads exactly those rows. The reference mixes the exemplars
+  into the task's data set, so a GPU's batch of 32 holds 0.5 to 4 old images on ImageNet-Sub and
+  its distillation matrices are 1x1 to 4x4, or absent.
+- The centre-crop anchors are embedded by the student in train mode on the replayed rows alone
+  (the reference embeds the whole batch's centre crops, then keeps the old rows); their BatchNorm
+  statistics are not kept, like the teacher's.
+
+Not reproduced: MoCo's shuffled BatchNorm (the library's MoCoV2+ follows CaSSLe and solo-learn,
+which do without it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+
+from cl_ssl import losses
+from cl_ssl import memory as memory_lib
+from cl_ssl.data import augment
+from cl_ssl.objectives import Objective, mocov2plus
+from cl_ssl.objectives.base import ema, target_params
+from cl_ssl.state import StrategyState
+from cl_ssl.strategies import replay
+from cl_ssl.strategies.base import (
+    BufferInputs,
+    LossInputs,
+    Strategy,
+    TaskEnd,
+    apply_teacher,
+    output_widths,
+)
+
+TEACHER_MOMENTUM = "ccl/teacher_momentum"
+"""The per-step schedule of the teacher's EMA momentum: ``ccl.teacher_momentum`` after the last
+step of every epoch, 1 (no move) after the others."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.ccl``: the reference's constants (``moco/builder.py``, ``train.py`` arguments)."""
+    return ml_collections.ConfigDict(
+        dict(
+            esq_size=256,  # --ccl-k
+            esq_weight=0.1,
+            distill_weight=0.1,
+            student_temperature=0.07,
+            teacher_temperature=0.04,
+            teacher_momentum=0.996,  # --ccl-teacher-m
+            # Evaluate the teacher's backbone instead of the student's (lincls_eval.py
+            # --use_teacher_weight).
+            evaluate_teacher=False,
+            replay=ml_collections.ConfigDict(
+                # --n_save 20 images per cluster and task; 32 replayed rows per step.
+                dict(
+                    memory_size=500, per_class=20, selection="min_var", batch_size=32, fraction=0.01
+                )
+            ),
+        )
+    )
+
+
+def teacher_momentum_schedule(momentum: float):
+    """``Strategy.schedules``: TEACHER_MOMENTUM, ``momentum`` at each epoch's last step, else 1."""
+
+    def schedules(num_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        tau = np.ones(num_steps, np.float32)
+        tau[steps_per_epoch - 1 :: steps_per_epoch] = momentum
+        return {TEACHER_MOMENTUM: tau}
+
+    return schedules
+
+
+def _copy(tree):
+    # A copy: the train step donates the state, which must not hold one buffer twice.
+    return jax.tree.map(jnp.copy, tree)
+
+
+def check_config(config: ml_collections.ConfigDict, objective: Objective) -> None:
+    """ValueError naming the setting that CCL cannot work with."""
+    c = config.ccl
+    if objective.name != "mocov2plus":
+        raise ValueError(
+            f"strategy=ccl extends MoCoV2+ (its key encoder and queues), not "
+            f"{objective.name!r}; set --config.objective=mocov2plus"
+        )
+    if not 1 <= c.esq_size <= config.mocov2plus.queue_size:
+        raise ValueError(
+            f"ccl.esq_size={c.esq_size}; the extra sample queue starts from MoCo's queue, so set "
+            f"it between 1 and mocov2plus.queue_size={config.mocov2plus.queue_size}"
+        )
+    for field in ("student_temperature", "teacher_temperature"):
+        if c[field] <= 0:
+            raise ValueError(f"ccl.{field}={c[field]}; set a temperature > 0")
+    for field in ("esq_weight", "distill_weight"):
+        if c[field] < 0:
+            raise ValueError(f"ccl.{field}={c[field]}; set a weight >= 0")
+    if not 0.0 <= c.teacher_momentum <= 1.0:
+        raise ValueError(f"ccl.teacher_momentum={c.teacher_momentum}; set it in [0, 1]")
+
+
+def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """CCL from ``config.ccl`` over MoCoV2+ (``config.mocov2plus``)."""
+    check_config(config, objective)
+    c = config.ccl
+    rehearsal = replay.rehearsal(
+        c.replay,
+        objective,
+        on_device=config.dataset.on_device,
+        section="ccl.replay",
+        tasks_per_class=replay.tasks_per_class(config),
+    )
+    model = objective.model
+    temperature = config.mocov2plus.temperature
+    replayed_rows = c.replay.batch_size
+    anchor_view = objective.views[0]
+
+    def init(variables, key, train):
+        state = rehearsal.init(variables, key, train)
+        width = output_widths(objective)["projection"]
+        buffers = {
+            **state.buffers,
+            "teacher": _copy(target_params(variables["params"])),
+            # Replaced by MoCo's first keys at the first incremental step.
+            "esq": tuple(memory_lib.zeros_queue(c.esq_size, width) for _ in range(2)),
+        }
+        return state.replace(buffers=buffers)
+
+    def end_task(end: TaskEnd) -> StrategyState:
+        state = rehearsal.end_task(end)
+        esq = state.buffers["esq"]
+        if end.next_task == 1:
+            esq = tuple(
+                memory_lib.Queue(
+                    items=jnp.copy(queue.items[: c.esq_size]), ptr=jnp.zeros((), jnp.int32)
+                )
+                for queue in end.state.objective_state["queues"]
+            )
+        teacher = _copy(target_params(end.state.params))
+        return state.replace(buffers={**state.buffers, "teacher": teacher, "esq": esq})
+
+    def update_buffers(inputs: BufferInputs):
+        buffers = inputs.state.buffers
+        if rehearsal.update_buffers is not None:
+            buffers = rehearsal.update_buffers(inputs)
+        teacher = ema(
+            buffers["teacher"], target_params(inputs.params), inputs.hyper[TEACHER_MOMENTUM]
+        )
+        buffers = {**buffers, "teacher": teacher}
+        if inputs.joined.size == inputs.batch.size:  # no replayed rows in this stage's step
+            return buffers
+        start = inputs.batch.size
+        old = inputs.joined.valid[start:] & (inputs.joined.tasks[start:] < inputs.task)
+        esq = tuple(
+            memory_lib.push_where(queue, losses.l2_normalize(out["projection"][start:]), old)
+            for queue, out in zip(buffers["esq"], inputs.target, strict=True)
+        )
+        return {**buffers, "esq": esq}
+
+    def loss(inputs: LossInputs):
+        def incremental_terms():
+            q = [out["projection"] for out in inputs.outputs]
+            k = [out["projection"] for out in inputs.target]
+            esq = inputs.state.buffers["esq"]
+            esq_loss = 0.5 * (
+                losses.info_nce(q[0], k[1], esq[1].items, temperature=temperature)
+                + losses.info_nce(q[1], k[0], esq[0].items, temperature=temperature)
+            )
+            start = inputs.batch.size - replayed_rows
+            old = inputs.batch.valid[start:] & (inputs.batch.tasks[start:] < inputs.task)
+            anchors = augment.center_crop_batch(
+                inputs.batch.images[start:], anchor_view, fraction=augment.CENTER_CROP_FRACTION
+            )
+            student_anchors, _ = model.apply(
+                {"params": inputs.params}, anchors, True, method="project", mutable=["batch_stats"]
+            )
+            teacher = {"params": inputs.state.buffers["teacher"]}
+
+            def teacher_projection(x):
+                out = apply_teacher(model, teacher, x, train_bn=True, method="project")
+                return out["projection"]
+
+            teacher_anchors = teacher_projection(anchors)
+            distill = sum(
+                losses.relational_distillation(
+                    query[start:],
+                    student_anchors["projection"],
+                    teacher_projection(view[start:]),
+                    teacher_anchors,
+                    student_temperature=c.student_temperature,
+                    teacher_temperature=c.teacher_temperature,
+                    valid=old,
+                )
+                for query, view in zip(q, inputs.views, strict=True)
+            ) / len(q)
+            total = c.esq_weight * esq_loss + c.distill_weight * distill
+            return total, {"esq": esq_loss, "distill": distill}
+
+        def first_task():
+            return jax.tree.map(jnp.zeros_like, jax.eval_shape(incremental_terms))
+
+        return lax.cond(inputs.task > 0, incremental_terms, first_task)
+
+    def evaluated(params, batch_stats, state: StrategyState):
+        del params
+        # The teacher keeps no running statistics of its own (its BatchNorm runs on batch
+        # statistics): it is evaluated with the student's.
+        return {**state.buffers["teacher"]}, batch_stats
+
+    return Strategy(
+        name="ccl",
+        init=init,
+        end_task=end_task,
+        extend_batch=rehearsal.extend_batch,
+        extends_batch_from=rehearsal.extends_batch_from,
+        loss=loss,
+        update_buffers=update_buffers,
+        schedules=teacher_momentum_schedule(c.teacher_momentum),
+        start_objective=mocov2plus.restart_key_encoder,
+        evaluated=evaluated if c.evaluate_teacher else None,
+    )

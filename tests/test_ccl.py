@@ -1,0 +1,414 @@
+"""CCL: the teacher's resets and per-epoch EMA, the extra sample queue, the loss against NumPy,
+min_var exemplars at the end of a task, and a whole run that resumes exactly mid-task."""
+
+import json
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import random_split, run, shipped_config, tiny_objective_config, train_data
+from test_distill import np_relational_distillation
+from test_losses import np_info_nce
+
+from cl_ssl import config as config_lib
+from cl_ssl import memory, objectives, strategies
+from cl_ssl import state as state_lib
+from cl_ssl import step as step_lib
+from cl_ssl.data import augment
+from cl_ssl.data.batch import current_batch, join
+from cl_ssl.objectives.base import target_params
+from cl_ssl.strategies import base, ccl, replay
+from cl_ssl.strategies.base import BufferInputs, LossInputs
+
+# Mock CIFAR-10 (48 images), 2 class-incremental tasks of 5 classes: 3 steps per epoch of 8
+# images, 6 per task; MoCo's queue of 32 keys, an ESQ of 16, 2 exemplars per cluster; the
+# optimizer's momentum carried across tasks, as in CCL.
+CCL = {
+    "strategy": "ccl",
+    "eval.evaluators": ("knn",),
+    "ccl.esq_size": 16,
+    "ccl.replay.per_class": 2,
+    "ccl.replay.batch_size": 4,
+    "optimizer.reset_each_task": False,
+}
+OWN, REPLAYED = 8, 4
+
+
+def _config(**overrides):
+    return tiny_objective_config("mocov2plus", **{**CCL, **overrides})
+
+
+def _parts(**overrides):
+    config = objectives.resolve_config(_config(**overrides))
+    objective = objectives.get_objective(config)
+    return config, objective, strategies.get_strategy(config, objective)
+
+
+def _initial(config, objective, strat, split):
+    tx = step_lib.make_tx(config, objective, strat)
+    return state_lib.initial_state(objective=objective, strategy=strat, tx=tx, seed=0, train=split)
+
+
+def _moved(tree, seed):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    moved = [x + 0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, moved)
+
+
+def _joined_batch(task=1):
+    """8 rows of the current task, then 4 replayed rows: tasks 0, 0, 1, 0 with the last one
+    invalid, so rows 8 and 9 are the old images that count."""
+    data = train_data(16, tasks=task)
+    own = current_batch(data, jnp.arange(OWN))
+    rows = current_batch(data, jnp.arange(OWN, OWN + REPLAYED))
+    rows = rows.replace(
+        tasks=jnp.array([0, 0, 1, 0], jnp.int32), valid=jnp.array([1, 1, 1, 0], bool)
+    )
+    return data, own, join(own, rows)
+
+
+OLD = np.array([1, 1, 0, 0], bool)
+
+
+def _keys(seed, rows=OWN + REPLAYED, dim=16):
+    rng = np.random.default_rng(seed)
+    return tuple(
+        {"projection": jnp.asarray(rng.standard_normal((rows, dim)), jnp.float32)} for _ in range(2)
+    )
+
+
+def _normalize(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers: teacher EMA and extra sample queue
+
+
+def test_teacher_momentum_is_set_at_the_last_step_of_each_epoch_only():
+    schedule = ccl.teacher_momentum_schedule(0.996)(6, 3)[ccl.TEACHER_MOMENTUM]
+    np.testing.assert_array_equal(schedule, np.float32([1, 1, 0.996, 1, 1, 0.996]))
+
+
+def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only():
+    config, objective, strat = _parts()
+    state = _initial(config, objective, strat, random_split(16))
+    s = state.strategy
+    params = _moved(state.params, seed=1)
+    data, own, joined = _joined_batch()
+    target = _keys(seed=2)
+
+    def update(tau):
+        return strat.update_buffers(
+            BufferInputs(
+                state=s,
+                params=params,
+                batch=own,
+                joined=joined,
+                target=target,
+                data=data,
+                key=jax.random.PRNGKey(0),
+                task=jnp.int32(1),
+                hyper={ccl.TEACHER_MOMENTUM: jnp.float32(tau)},
+            )
+        )
+
+    within_epoch, epoch_end = update(1.0), update(0.996)
+    chex.assert_trees_all_equal(within_epoch["teacher"], s.buffers["teacher"])
+    expected = jax.tree.map(
+        lambda t, p: 0.996 * np.asarray(t, np.float64) + 0.004 * np.asarray(p, np.float64),
+        s.buffers["teacher"],
+        target_params(params),
+    )
+    chex.assert_trees_all_close(epoch_end["teacher"], expected, rtol=1e-6, atol=1e-6)
+    for view in range(2):
+        queue = within_epoch["esq"][view]
+        replayed = _normalize(target[view]["projection"][OWN:])[OLD]
+        np.testing.assert_allclose(queue.items[:2], replayed, rtol=1e-6)
+        np.testing.assert_array_equal(queue.items[2:], 0.0)
+        assert int(queue.ptr) == 2
+
+
+def test_a_task_start_resets_teacher_and_key_encoder_and_takes_mocos_first_keys():
+    """At the first boundary: the teacher becomes the student, the ESQ the first 16 rows of each
+    of MoCo's queues, the key encoder the student; min_var stores 2 exemplars per cluster of the
+    task's images. At the second boundary the ESQ carries on."""
+    config, objective, strat = _parts()
+    split = random_split(16, num_classes=4)
+    state = _initial(config, objective, strat, split)
+    moved = _moved(state.params, seed=3)
+    queues = tuple(
+        memory.random_unit_queue(jax.random.PRNGKey(i), 32, 16).replace(ptr=jnp.int32(8))
+        for i in range(2)
+    )
+    state = state.replace(params=moved, objective_state={**state.objective_state, "queues": queues})
+    indices = np.arange(12)  # classes 0..3: 4 clusters
+
+    def end(at, next_task):
+        return base.TaskEnd(
+            state=at,
+            next_task=next_task,
+            key=jax.random.PRNGKey(0),
+            indices=indices,
+            train=split,
+            features=None,
+            map_images=lambda fn, variables, *rows: np.asarray(jax.jit(fn)(variables, *rows)),
+        )
+
+    first = strat.end_task(end(state, 1))
+    chex.assert_trees_all_equal(first.buffers["teacher"], target_params(moved))
+    for esq, queue in zip(first.buffers["esq"], queues, strict=True):
+        np.testing.assert_array_equal(esq.items, queue.items[:16])
+        assert int(esq.ptr) == 0
+    stored = first.buffers["memory"]
+    assert 4 <= int(stored.valid.sum()) <= 8  # 2 per cluster, 1 from a cluster of one
+    assert set(np.asarray(stored.ids)[np.asarray(stored.valid)]) <= set(indices)
+    assert set(np.asarray(stored.tasks)[np.asarray(stored.valid)]) == {0}
+
+    restarted = strat.start_objective(state.objective_state, moved)
+    chex.assert_trees_all_equal(restarted["momentum"], target_params(moved))
+    chex.assert_trees_all_equal(restarted["queues"], queues)
+
+    pushed = tuple(q.replace(items=q.items + 1.0, ptr=jnp.int32(3)) for q in first.buffers["esq"])
+    later = state.replace(strategy=first.replace(buffers={**first.buffers, "esq": pushed}))
+    second = strat.end_task(end(later, 2))
+    chex.assert_trees_all_equal(second.buffers["esq"], pushed)
+
+
+def test_min_var_embeds_six_augmentations_and_the_centre_crop_last():
+    config, objective, strat = _parts()
+    split = random_split(4)
+    state = _initial(config, objective, strat, split)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.PRNGKey(0), 4)))
+    embeddings = jax.jit(replay.view_embeddings(objective))(variables, split.images, keys)
+    assert embeddings.shape == (4, replay.MIN_VAR_VIEWS, 16)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-5)
+    crop = augment.center_crop_batch(
+        jnp.asarray(split.images), objective.views[0], fraction=224 / 256
+    )
+    anchor = objective.model.apply(variables, crop, False)["projection"]
+    np.testing.assert_allclose(embeddings[:, -1], _normalize(anchor), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(embeddings[:, 0], embeddings[:, 1])  # views differ
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows():
+    """Task 1: 0.1 * the symmetric InfoNCE against the ESQ of the other view, over every row,
+    + 0.1 * the mean over the two views of KL(teacher || student) over the old replayed rows,
+    anchored on their centre crops; task 0: nothing."""
+    config, objective, strat = _parts()
+    state = _initial(config, objective, strat, random_split(16))
+    model = objective.model
+    teacher = _moved(state.strategy.buffers["teacher"], seed=4)
+    esq = tuple(memory.random_unit_queue(jax.random.PRNGKey(5 + v), 16, 16) for v in range(2))
+    strategy_state = state.strategy.replace(
+        buffers={**state.strategy.buffers, "teacher": teacher, "esq": esq}
+    )
+    _, _, joined = _joined_batch()
+    rng = np.random.default_rng(6)
+    views = tuple(
+        jnp.asarray(rng.standard_normal((OWN + REPLAYED, 32, 32, 3)), jnp.float32) for _ in range(2)
+    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = tuple(model.apply(variables, x, True, mutable=["batch_stats"])[0] for x in views)
+    target = _keys(seed=7)
+
+    def loss(task):
+        return strat.loss(
+            LossInputs(
+                outputs=outputs,
+                views=views,
+                batch=joined,
+                params=state.params,
+                trainable=state.strategy.trainable,
+                state=strategy_state,
+                task=jnp.int32(task),
+                hyper={},
+                target=target,
+            )
+        )
+
+    value, metrics = loss(1)
+    q = [np.asarray(o["projection"]) for o in outputs]
+    k = [np.asarray(t["projection"]) for t in target]
+    t = config.mocov2plus.temperature
+    esq_expected = 0.5 * (
+        np_info_nce(q[0], k[1], esq[1].items, t) + np_info_nce(q[1], k[0], esq[0].items, t)
+    )
+
+    def project(params, x):
+        out, _ = model.apply({"params": params}, x, True, method="project", mutable=["batch_stats"])
+        return np.asarray(out["projection"])
+
+    anchors = augment.center_crop_batch(joined.images[OWN:], objective.views[0], fraction=0.875)
+    distill_expected = np.mean(
+        [
+            np_relational_distillation(
+                q[v][OWN:],
+                project(state.params, anchors),
+                project(teacher, views[v][OWN:]),
+                project(teacher, anchors),
+                0.07,
+                0.04,
+                OLD,
+                OLD,
+            )
+            for v in range(2)
+        ]
+    )
+    np.testing.assert_allclose(metrics["esq"], esq_expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["distill"], distill_expected, rtol=1e-4, atol=1e-6)
+    assert distill_expected > 0
+    np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
+
+    value, metrics = loss(0)
+    assert float(value) == 0.0 and all(float(m) == 0.0 for m in metrics.values())
+
+
+def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
+    config, objective, strat = _parts()
+    tx = step_lib.make_tx(config, objective, strat)
+    state = _initial(config, objective, strat, random_split(16))
+    momentum = jax.tree.map(lambda x: x + 1.0 if x.dtype == jnp.float32 else x, state.opt_state)
+    state = state.replace(opt_state=momentum)
+
+    def start(reset):
+        return state_lib.start_task(
+            state,
+            task=1,
+            tx=tx,
+            objective_state=state.objective_state,
+            strategy_state=state.strategy,
+            reset_optimizer=reset,
+        ).opt_state
+
+    chex.assert_trees_all_equal(start(False), momentum)
+    chex.assert_trees_all_equal(
+        start(True), tx.init({"student": state.params, "strategy": state.strategy.trainable})
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole run
+
+
+def test_run_compiles_twice_fills_memory_and_esq_and_resumes_exactly_mid_task(
+    finished_run, tmp_path
+):
+    """Two tasks: the step compiles without, then with, the replay rows; the memory holds 2
+    exemplars per cluster of each task (5 clusters; a cluster of one image gives one), the ESQ
+    holds unit keys; killed after checkpoint 9 (mid task 1, memory and ESQ non-empty) the run
+    resumes to exactly the same end."""
+    whole, workdir = finished_run(_config())
+    assert whole["traces"] == [1, 1]
+    s = whole["state"].strategy
+    stored = s.buffers["memory"]
+    tasks = np.asarray(stored.tasks)[np.asarray(stored.valid)]
+    assert np.sum(tasks == 0) == 2 * 5 and 0 < np.sum(tasks == 1) <= 2 * 5
+    for esq in s.buffers["esq"]:  # MoCo's keys, then replayed ones: unit rows
+        np.testing.assert_allclose(np.linalg.norm(esq.items, axis=-1), 1.0, rtol=1e-5)
+    # The last boundary has reset the teacher to the student, as for a next task.
+    chex.assert_trees_all_equal(s.buffers["teacher"], target_params(whole["state"].params))
+    document = json.loads((workdir / "results.json").read_text())
+    assert np.isfinite(np.array(document["matrices"]["knn"][-1], float)).all()
+
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed_dir)
+    # Task 0 has 24 mock images (steps 0-5), task 1 16 (steps 6-9): checkpoints 6 (the
+    # boundary), 9 (mid task 1) and 10 (the end), which a kill at step 10 would not have written.
+    assert sorted(int(p.name) for p in (resumed_dir / "checkpoints").iterdir()) == [6, 9, 10]
+    shutil.rmtree(resumed_dir / "checkpoints" / "10")
+    resumed = run(_config(), resumed_dir)
+    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
+    chex.assert_trees_all_equal(whole["state"].strategy, resumed["state"].strategy)
+    chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
+    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+def test_settings_that_cannot_work_are_rejected_before_compiling():
+    with pytest.raises(ValueError, match="set --config.objective=mocov2plus"):
+        strategies.get_strategy(
+            objectives.resolve_config(tiny_objective_config("simclr", strategy="ccl")),
+            objectives.get_objective(objectives.resolve_config(tiny_objective_config("simclr"))),
+        )
+    with pytest.raises(ValueError, match="ccl.esq_size=64"):
+        _parts(**{"ccl.esq_size": 64})
+    with pytest.raises(ValueError, match="ccl.replay.per_class to at least 1"):
+        _parts(**{"ccl.replay.per_class": 0})
+    with pytest.raises(ValueError, match="ccl.teacher_temperature=0"):
+        _parts(**{"ccl.teacher_temperature": 0.0})
+
+
+def test_min_var_memory_has_room_for_every_task_of_a_data_incremental_stream():
+    r = replay.default_config()
+    r.update(selection="min_var", per_class=20)
+    labels = np.arange(100) % 10
+    assert replay.capacity(r, labels, 10) == 200
+    assert replay.capacity(r, labels, 10, tasks_per_class=5) == 1000
+
+
+def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
+    """configs/imagenet100.py:ccl: CCL's README command on ImageNet-Sub (checked without reading
+    mock ImageNet); on CIFAR-100, CaSSLe's MoCoV2+ recipe with the momentum carried over."""
+    c = objectives.resolve_config(shipped_config("imagenet100", "ccl"))
+    config_lib.validate(c, num_devices=8)
+    assert (c.strategy, c.objective, c.dataset.name, c.class_order) == (
+        "ccl",
+        "mocov2plus",
+        "imagenet_sub",
+        "imagenet_sub_ccl_seed1",
+    )
+    assert (c.num_tasks, c.epochs_per_task, c.batch_size, c.model.backbone) == (
+        10,
+        200,
+        256,
+        "resnet50",
+    )
+    o = c.optimizer
+    assert (o.name, o.lr, o.weight_decay, o.kwargs.momentum, o.warmup_epochs) == (
+        "sgd",
+        0.03,
+        1e-4,
+        0.9,
+        0,
+    )
+    assert not o.scale_lr_by_batch and not o.reset_each_task
+    m = c.mocov2plus
+    assert (m.temperature, m.queue_size, m.base_momentum, m.final_momentum) == (
+        0.2,
+        65536,
+        0.999,
+        0.999,
+    )
+    for view in (c.augment.view1, c.augment.view2):
+        assert (view.crop_size, view.min_scale, view.saturation, view.blur_prob) == (
+            224,
+            0.2,
+            0.4,
+            0.5,
+        )
+    assert (c.ccl.esq_size, c.ccl.replay.per_class, c.ccl.replay.selection) == (
+        256,
+        20,
+        "min_var",
+    )
+    assert c.eval.linear.learning_rate == 30.0
+    cifar = objectives.resolve_config(shipped_config("cifar100", "ccl"))
+    assert (cifar.dataset.name, cifar.optimizer.name, cifar.optimizer.reset_each_task) == (
+        "cifar100",
+        "lars",
+        False,
+    )
