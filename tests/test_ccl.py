@@ -297,6 +297,18 @@ def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
     )
 
 
+def test_evaluate_teacher_scores_the_teachers_weights_with_the_students_statistics():
+    _, _, student_scored = _parts()
+    assert student_scored.evaluated is None
+    config, objective, strat = _parts(**{"ccl.evaluate_teacher": True})
+    state = _initial(config, objective, strat, random_split(16))
+    teacher = _moved(state.strategy.buffers["teacher"], seed=8)
+    s = state.strategy.replace(buffers={**state.strategy.buffers, "teacher": teacher})
+    params, batch_stats = strat.evaluated(state.params, state.batch_stats, s)
+    chex.assert_trees_all_equal(params, teacher)
+    chex.assert_trees_all_equal(batch_stats, state.batch_stats)
+
+
 # ---------------------------------------------------------------------------------------------
 # A whole run
 
