@@ -59,8 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     # image_size: the side at which images are stored (required for data sets of varying image
-    # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains: domainnet's
-    # domains in task order; () is CaSSLe's order. on_device: the training set lives on every
+    # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains:
+    # domainnet's domains in task order; () is CaSSLe's order. on_device: the training set lives on every
     # device for the whole run (True), or in host memory, each step's batch sent to the devices
     # (False: for data sets larger than a device's memory; the same numbers either way).
     c.dataset = ml_collections.ConfigDict(
@@ -269,8 +269,8 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     """CCL's setting (Lin et al., ICME 2022; ``VDIGPKU/ContinualContrastiveLearning`` README
     command and ``train.py``): MoCoV2+, the optimizer's momentum carried across tasks.
 
-    On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet classes in 10
-    tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
+    On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet
+    classes in 10 tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
     (not scaled by the batch), momentum 0.9, weight decay 1e-4, a per-epoch cosine without
     warm-up restarting with every task, MoCo v2's augmentation, temperature 0.2, a constant key
     encoder momentum of 0.999, a queue of 65,536 keys, and ``lincls_eval.py``'s probe (lr 30,
@@ -284,7 +284,8 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     if config.dataset.name != "imagenet100":
         return
     config.dataset.name = "imagenet_sub"
-    config.class_order = "imagenet_sub_ccl_seed1"
+    if config.scenario == "class_incremental":
+        config.class_order = "imagenet_sub_ccl_seed1"
     config.num_tasks = 10
     config.epochs_per_task = 200
     config.batch_size = 256
@@ -293,7 +294,7 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     config.optimizer.update(
         name="sgd", scale_lr_by_batch=False, warmup_epochs=0, schedule_per_epoch=True
     )
-    config.optimizer.kwargs = {"momentum": 0.9, "exclude_bias_and_norm": False}
+    config.optimizer.kwargs = {"momentum": 0.9}
     config.mocov2plus.update(
         proj_hidden_dim=2048,
         proj_output_dim=128,

@@ -468,7 +468,7 @@ class _Run:
     def _evaluate(self, state: state_lib.ContinualState) -> dict[str, np.ndarray]:
         params, batch_stats = state.params, state.batch_stats
         if self.p.strategy.evaluated is not None:
-            params, batch_stats = self.p.strategy.evaluated(params, batch_stats, state.strategy)
+            params, batch_stats = self.p.strategy.evaluated(state)
         return self.evaluator(params, batch_stats, state.strategy)
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:

@@ -8,6 +8,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import random_split, run, shipped_config, tiny_objective_config, train_data
 from test_distill import np_relational_distillation
@@ -273,6 +274,30 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
     value, metrics = loss(0)
     assert float(value) == 0.0 and all(float(m) == 0.0 for m in metrics.values())
 
+    # The student's queries are fixed here, so the distillation reaches the parameters through
+    # the student's anchors only: a gradient while old rows count, none without any.
+    @jax.jit
+    def anchor_gradient(params, batch):
+        def distill(p):
+            inputs = LossInputs(
+                outputs=outputs,
+                views=views,
+                batch=batch,
+                params=p,
+                trainable=state.strategy.trainable,
+                state=strategy_state,
+                task=jnp.int32(1),
+                hyper={},
+                target=target,
+            )
+            return strat.loss(inputs)[1]["distill"]
+
+        return optax.tree.norm(jax.grad(distill)(params))
+
+    assert float(anchor_gradient(state.params, joined)) > 0
+    nothing_old = joined.replace(valid=joined.valid.at[OWN:].set(False))
+    assert float(anchor_gradient(state.params, nothing_old)) == 0.0
+
 
 def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
     config, objective, strat = _parts()
@@ -297,14 +322,20 @@ def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
     )
 
 
-def test_evaluate_teacher_scores_the_teachers_weights_with_the_students_statistics():
+def test_evaluate_teacher_scores_the_teacher_once_one_was_reset_from_the_student():
+    """From the second task the teacher's weights, with the student's statistics; the first
+    task's row scores the student."""
     _, _, student_scored = _parts()
     assert student_scored.evaluated is None
     config, objective, strat = _parts(**{"ccl.evaluate_teacher": True})
     state = _initial(config, objective, strat, random_split(16))
     teacher = _moved(state.strategy.buffers["teacher"], seed=8)
-    s = state.strategy.replace(buffers={**state.strategy.buffers, "teacher": teacher})
-    params, batch_stats = strat.evaluated(state.params, state.batch_stats, s)
+    state = state.replace(
+        strategy=state.strategy.replace(buffers={**state.strategy.buffers, "teacher": teacher})
+    )
+    first = strat.evaluated(state)
+    chex.assert_trees_all_equal(first, (state.params, state.batch_stats))
+    params, batch_stats = strat.evaluated(state.replace(task=jnp.int32(1)))
     chex.assert_trees_all_equal(params, teacher)
     chex.assert_trees_all_equal(batch_stats, state.batch_stats)
 
@@ -418,6 +449,11 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         "min_var",
     )
     assert c.eval.linear.learning_rate == 30.0
+    data_incremental = shipped_config("imagenet100", "data_incremental,ccl")
+    assert (data_incremental.dataset.name, data_incremental.class_order) == (
+        "imagenet_sub",
+        "natural",
+    )
     cifar = objectives.resolve_config(shipped_config("cifar100", "ccl"))
     assert (cifar.dataset.name, cifar.optimizer.name, cifar.optimizer.reset_each_task) == (
         "cifar100",

@@ -55,7 +55,7 @@ CCL_RECIPE = Recipe(
         ),
     )
     * 2,
-    source="CCL (VDIGPKU/ContinualContrastiveLearning) README command and train.py l.232-242",
+    source="CCL (VDIGPKU/ContinualContrastiveLearning) README command, train.py l.232-234, 265-275",
     # lincls_eval.py: --lr 30 (README).
     linear_lr=30.0,
 )

@@ -176,8 +176,8 @@ class Strategy:
       classify: optional (strategy state, backbone features float32 [N, F]) -> logits float32
         [N, C] of the classifier the strategy trains (Kaizen's g); the evaluator then scores it
         after every stage, as the ``classifier`` accuracy matrix.
-      evaluated: optional (student params, BatchNorm statistics, strategy state) -> the (params,
-        statistics) the evaluator scores instead of the student's (CCL's teacher).
+      evaluated: optional (the run's state, ``ContinualState``, after a stage) -> the (params,
+        BatchNorm statistics) the evaluator scores instead of the student's (CCL's teacher).
     """
 
     name: str
@@ -194,7 +194,7 @@ class Strategy:
     param_labels: Callable[[PyTree], PyTree] | None = None
     param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
     classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
-    evaluated: Callable[[PyTree, PyTree, StrategyState], tuple[PyTree, PyTree]] | None = None
+    evaluated: Callable[[Any], tuple[PyTree, PyTree]] | None = None
 
     def extends_batch(self, stage: int) -> bool:
         """Whether the step of ``stage`` joins the strategy's rows to the batch."""

@@ -34,9 +34,17 @@ Choices of this library:
   every batch, and the distillation reads exactly those rows. The reference mixes the exemplars
   into the task's data set, so a GPU's batch of 32 holds 0.5 to 4 old images on ImageNet-Sub and
   its distillation matrices are 1x1 to 4x4, or absent.
-- The centre-crop anchors are embedded by the student in train mode on the replayed rows alone
-  (the reference embeds the whole batch's centre crops, then keeps the old rows); their BatchNorm
-  statistics are not kept, like the teacher's.
+- The distillation's networks see the replayed rows alone: the student embeds their centre crops
+  and the teacher their queries and centre crops, in train mode, so BatchNorm normalises with the
+  statistics of the old images (the reference embeds the whole batch, old and new images, then
+  keeps the old rows); these forward passes keep no BatchNorm statistics.
+- The anchor is the ImageNet evaluation crop (``augment.CENTER_CROP_FRACTION``, Resize(256) +
+  CenterCrop(224)) on every data set, 28 of 32 pixels on CIFAR; the reference has no code for
+  smaller images.
+- ``ccl.evaluate_teacher`` scores the teacher's weights with the student's BatchNorm statistics
+  (the teacher here keeps none; the reference's teacher keeps its own running statistics from its
+  train-mode passes), and the student for the first task's row, where no teacher has been reset
+  from the student yet (the EMA then still holds part of the initial weights).
 
 Not reproduced: MoCo's shuffled BatchNorm (the library's MoCoV2+ follows CaSSLe and solo-learn,
 which do without it).
@@ -73,6 +81,8 @@ step of every epoch, 1 (no move) after the others."""
 
 def default_config() -> ml_collections.ConfigDict:
     """``config.ccl``: the reference's constants (``moco/builder.py``, ``train.py`` arguments)."""
+    replay_config = replay.default_config()
+    replay_config.update(selection="min_var", per_class=20, batch_size=32)
     return ml_collections.ConfigDict(
         dict(
             esq_size=256,  # --ccl-k
@@ -84,12 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
             # Evaluate the teacher's backbone instead of the student's (lincls_eval.py
             # --use_teacher_weight).
             evaluate_teacher=False,
-            replay=ml_collections.ConfigDict(
-                # --n_save 20 images per cluster and task; 32 replayed rows per step.
-                dict(
-                    memory_size=500, per_class=20, selection="min_var", batch_size=32, fraction=0.01
-                )
-            ),
+            # --n_save 20 images per cluster and task; 32 replayed rows per step.
+            replay=replay_config,
         )
     )
 
@@ -165,9 +171,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         esq = state.buffers["esq"]
         if end.next_task == 1:
             esq = tuple(
-                memory_lib.Queue(
-                    items=jnp.copy(queue.items[: c.esq_size]), ptr=jnp.zeros((), jnp.int32)
-                )
+                memory_lib.Queue(items=queue.items[: c.esq_size], ptr=jnp.zeros((), jnp.int32))
                 for queue in end.state.objective_state["queues"]
             )
         teacher = _copy(target_params(end.state.params))
@@ -235,11 +239,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
 
         return lax.cond(inputs.task > 0, incremental_terms, first_task)
 
-    def evaluated(params, batch_stats, state: StrategyState):
-        del params
-        # The teacher keeps no running statistics of its own (its BatchNorm runs on batch
-        # statistics): it is evaluated with the student's.
-        return {**state.buffers["teacher"]}, batch_stats
+    def evaluated(state):
+        if int(state.task) == 0:  # no teacher reset from the student yet
+            return state.params, state.batch_stats
+        return state.strategy.buffers["teacher"], state.batch_stats
 
     return Strategy(
         name="ccl",
