@@ -15,7 +15,7 @@ from test_distill import np_relational_distillation
 from test_losses import np_info_nce
 
 from cl_ssl import config as config_lib
-from cl_ssl import memory, objectives, strategies
+from cl_ssl import memory, objectives, parallel, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data import augment
@@ -104,7 +104,7 @@ def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only()
     data, own, joined = _joined_batch()
     target = _keys(seed=2)
 
-    def update(tau):
+    def update(tau, joined=joined, target=target):
         return strat.update_buffers(
             BufferInputs(
                 state=s,
@@ -120,6 +120,10 @@ def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only()
         )
 
     within_epoch, epoch_end = update(1.0), update(0.996)
+    # The same update jitted with the batch split over 4 devices.
+    sharded = jax.device_put((joined, target), parallel.batch_sharded(parallel.make_mesh(4)))
+    on_four = jax.jit(lambda j, t: update(1.0, j, t))(*sharded)
+    chex.assert_trees_all_close(on_four, within_epoch, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_equal(within_epoch["teacher"], s.buffers["teacher"])
     expected = jax.tree.map(
         lambda t, p: 0.996 * np.asarray(t, np.float64) + 0.004 * np.asarray(p, np.float64),
@@ -223,12 +227,12 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
     outputs = tuple(model.apply(variables, x, True, mutable=["batch_stats"])[0] for x in views)
     target = _keys(seed=7)
 
-    def loss(task):
+    def loss(task, batch=joined, views=views, outputs=outputs, target=target):
         return strat.loss(
             LossInputs(
                 outputs=outputs,
                 views=views,
-                batch=joined,
+                batch=batch,
                 params=state.params,
                 trainable=state.strategy.trainable,
                 state=strategy_state,
@@ -270,6 +274,13 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
     np.testing.assert_allclose(metrics["distill"], distill_expected, rtol=1e-4, atol=1e-6)
     assert distill_expected > 0
     np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
+
+    # Jitted with every row-indexed input split over 4 devices: the same terms.
+    rows = parallel.batch_sharded(parallel.make_mesh(4))
+    on_four = jax.jit(lambda *args: loss(1, *args))(
+        *jax.device_put((joined, views, outputs, target), rows)
+    )
+    chex.assert_trees_all_close(on_four, (value, metrics), rtol=1e-5, atol=1e-6)
 
     value, metrics = loss(0)
     assert float(value) == 0.0 and all(float(m) == 0.0 for m in metrics.values())
