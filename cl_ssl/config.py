@@ -60,9 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # image_size: the side at which images are stored (required for data sets of varying image
     # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains:
-    # domainnet's domains in task order; () is CaSSLe's order. on_device: the training set lives on every
-    # device for the whole run (True), or in host memory, each step's batch sent to the devices
-    # (False: for data sets larger than a device's memory; the same numbers either way).
+    # domainnet's domains in task order; () is CaSSLe's order. on_device: the training set lives
+    # on every device for the whole run (True), or in host memory, each step's batch sent to the
+    # devices (False: for data sets larger than a device's memory; the same numbers either way).
     c.dataset = ml_collections.ConfigDict(
         dict(name="cifar100", data_dir="", image_size=0, domains=(), on_device=True)
     )

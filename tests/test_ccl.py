@@ -1,6 +1,7 @@
 """CCL: the teacher's resets and per-epoch EMA, the extra sample queue, the loss against NumPy,
 min_var exemplars at the end of a task, and a whole run that resumes exactly mid-task."""
 
+import functools
 import json
 import shutil
 
@@ -53,6 +54,17 @@ def _initial(config, objective, strat, split):
     return state_lib.initial_state(objective=objective, strategy=strat, tx=tx, seed=0, train=split)
 
 
+SPLIT = random_split(16, num_classes=4)
+
+
+@functools.cache
+def _default():
+    """(config, objective, strategy, initial state on ``SPLIT``) of the default tiny setting,
+    built once per worker."""
+    config, objective, strat = _parts()
+    return config, objective, strat, _initial(config, objective, strat, SPLIT)
+
+
 def _moved(tree, seed):
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
@@ -97,8 +109,7 @@ def test_teacher_momentum_is_set_at_the_last_step_of_each_epoch_only():
 
 
 def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only():
-    config, objective, strat = _parts()
-    state = _initial(config, objective, strat, random_split(16))
+    _, _, strat, state = _default()
     s = state.strategy
     params = _moved(state.params, seed=1)
     data, own, joined = _joined_batch()
@@ -142,10 +153,10 @@ def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only()
 def test_a_task_start_resets_teacher_and_key_encoder_and_takes_mocos_first_keys():
     """At the first boundary: the teacher becomes the student, the ESQ the first 16 rows of each
     of MoCo's queues, the key encoder the student; min_var stores 2 exemplars per cluster of the
-    task's images. At the second boundary the ESQ carries on."""
-    config, objective, strat = _parts()
-    split = random_split(16, num_classes=4)
-    state = _initial(config, objective, strat, split)
+    task's images, embedded as 6 augmentations and the centre crop, last. At the second boundary
+    the ESQ carries on."""
+    _, objective, strat, state = _default()
+    split = SPLIT
     moved = _moved(state.params, seed=3)
     queues = tuple(
         memory.random_unit_queue(jax.random.PRNGKey(i), 32, 16).replace(ptr=jnp.int32(8))
@@ -153,6 +164,12 @@ def test_a_task_start_resets_teacher_and_key_encoder_and_takes_mocos_first_keys(
     )
     state = state.replace(params=moved, objective_state={**state.objective_state, "queues": queues})
     indices = np.arange(12)  # classes 0..3: 4 clusters
+
+    embedded = []
+
+    def map_images(fn, variables, *rows):
+        embedded.append(np.asarray(jax.jit(fn)(variables, *rows)))
+        return embedded[-1]
 
     def end(at, next_task):
         return base.TaskEnd(
@@ -162,10 +179,20 @@ def test_a_task_start_resets_teacher_and_key_encoder_and_takes_mocos_first_keys(
             indices=indices,
             train=split,
             features=None,
-            map_images=lambda fn, variables, *rows: np.asarray(jax.jit(fn)(variables, *rows)),
+            map_images=map_images,
         )
 
     first = strat.end_task(end(state, 1))
+    (embeddings,) = embedded
+    assert embeddings.shape == (12, replay.MIN_VAR_VIEWS, 16)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-5)
+    variables = {"params": moved, "batch_stats": state.batch_stats}
+    crop = augment.center_crop_batch(
+        jnp.asarray(split.images[indices]), objective.views[0], fraction=224 / 256
+    )
+    anchor = objective.model.apply(variables, crop, False)["projection"]
+    np.testing.assert_allclose(embeddings[:, -1], _normalize(anchor), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(embeddings[:, 0], embeddings[:, 1])  # the views differ
     chex.assert_trees_all_equal(first.buffers["teacher"], target_params(moved))
     for esq, queue in zip(first.buffers["esq"], queues, strict=True):
         np.testing.assert_array_equal(esq.items, queue.items[:16])
@@ -185,23 +212,6 @@ def test_a_task_start_resets_teacher_and_key_encoder_and_takes_mocos_first_keys(
     chex.assert_trees_all_equal(second.buffers["esq"], pushed)
 
 
-def test_min_var_embeds_six_augmentations_and_the_centre_crop_last():
-    config, objective, strat = _parts()
-    split = random_split(4)
-    state = _initial(config, objective, strat, split)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.PRNGKey(0), 4)))
-    embeddings = jax.jit(replay.view_embeddings(objective))(variables, split.images, keys)
-    assert embeddings.shape == (4, replay.MIN_VAR_VIEWS, 16)
-    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-5)
-    crop = augment.center_crop_batch(
-        jnp.asarray(split.images), objective.views[0], fraction=224 / 256
-    )
-    anchor = objective.model.apply(variables, crop, False)["projection"]
-    np.testing.assert_allclose(embeddings[:, -1], _normalize(anchor), rtol=1e-4, atol=1e-5)
-    assert not np.allclose(embeddings[:, 0], embeddings[:, 1])  # views differ
-
-
 # ---------------------------------------------------------------------------------------------
 # The loss
 
@@ -210,8 +220,7 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
     """Task 1: 0.1 * the symmetric InfoNCE against the ESQ of the other view, over every row,
     + 0.1 * the mean over the two views of KL(teacher || student) over the old replayed rows,
     anchored on their centre crops; task 0: nothing."""
-    config, objective, strat = _parts()
-    state = _initial(config, objective, strat, random_split(16))
+    config, objective, strat, state = _default()
     model = objective.model
     teacher = _moved(state.strategy.buffers["teacher"], seed=4)
     esq = tuple(memory.random_unit_queue(jax.random.PRNGKey(5 + v), 16, 16) for v in range(2))
@@ -311,9 +320,8 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
 
 
 def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
-    config, objective, strat = _parts()
+    config, objective, strat, state = _default()
     tx = step_lib.make_tx(config, objective, strat)
-    state = _initial(config, objective, strat, random_split(16))
     momentum = jax.tree.map(lambda x: x + 1.0 if x.dtype == jnp.float32 else x, state.opt_state)
     state = state.replace(opt_state=momentum)
 

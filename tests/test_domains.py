@@ -194,11 +194,19 @@ def test_imagenet_recipe_fills_the_imagenet100_values():
 
 
 @pytest.mark.parametrize(
-    "preset, num_examples, tasks", [("domainnet", 24, 6), ("imagenet100", 1200, 5)]
+    "preset, num_examples, overrides, tasks",
+    [
+        # Two of DomainNet's domains, as two domain-incremental tasks.
+        ("domainnet", 24, {"dataset.domains": ("real", "sketch"), "num_tasks": 2}, 2),
+        ("imagenet100", 1200, {}, 5),
+    ],
 )
-def test_runlocal_presets_train_end_to_end(mock_tfds, tmp_path, preset, num_examples, tasks):
+def test_runlocal_presets_train_end_to_end(
+    mock_tfds, tmp_path, preset, num_examples, overrides, tasks
+):
     config = shipped_config(preset, "runlocal,cassle")
     config.update(batch_size=8, progress_bar=False)
+    config.update_from_flattened_dict(overrides)
     config.eval.update(train_examples=64, plots=False, evaluators=("knn",))
     with mock_tfds(num_examples=num_examples):
         result = _run(config, tmp_path)
