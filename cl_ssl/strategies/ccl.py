@@ -143,13 +143,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """CCL from ``config.ccl`` over MoCoV2+ (``config.mocov2plus``)."""
     check_config(config, objective)
     c = config.ccl
-    rehearsal = replay.rehearsal(
-        c.replay,
-        objective,
-        on_device=config.dataset.on_device,
-        section="ccl.replay",
-        tasks_per_class=replay.tasks_per_class(config),
-    )
+    rehearsal = replay.rehearsal(config, objective, section="ccl.replay")
     model = objective.model
     temperature = config.mocov2plus.temperature
     replayed_rows = c.replay.batch_size

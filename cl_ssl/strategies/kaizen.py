@@ -128,13 +128,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Kaizen from ``config.kaizen`` (and ``config.cassle`` for the feature distiller)."""
     check_config(config)
     k = config.kaizen
-    rehearsal = replay.rehearsal(
-        k.replay,
-        objective,
-        on_device=config.dataset.on_device,
-        section="kaizen.replay",
-        tasks_per_class=replay.tasks_per_class(config),
-    )
+    rehearsal = replay.rehearsal(config, objective, section="kaizen.replay")
     feature = None
     if k.feature_distill_weight is None or k.feature_distill_weight > 0:
         feature = cassle.feature_distillation(config, objective, k.feature_distill_weight)

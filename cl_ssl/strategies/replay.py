@@ -283,16 +283,13 @@ def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
 
 
 def rehearsal(
-    r: ml_collections.ConfigDict,
-    objective: Objective,
-    *,
-    on_device: bool,
-    section: str = "replay",
-    tasks_per_class: int = 1,
+    config: ml_collections.ConfigDict, objective: Objective, section: str = "replay"
 ) -> Strategy:
-    """Replay from the settings ``r`` (``config.<section>``): the memory, its selection and the
-    replay sub-batch, for any strategy that rehearses (replay itself, Kaizen, CCL); ``min_var``
-    embeds with ``objective``'s model and views, and sizes the memory by ``tasks_per_class``."""
+    """Replay from the settings ``config.<section>`` (a dotted path): the memory, its selection
+    and the replay sub-batch, for any strategy that rehearses (replay itself, Kaizen, CCL);
+    ``min_var`` embeds with ``objective``'s model and views, and sizes the memory for the run's
+    scenario (``tasks_per_class``)."""
+    r = functools.reduce(lambda c, key: c[key], section.split("."), config)
     check_config(r, section)
 
     def extend_batch(state, batch, data, key, task):
@@ -304,8 +301,8 @@ def rehearsal(
     return Strategy(
         name="replay",
         init=memory_state(
-            lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class),
-            on_device=on_device,
+            lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class(config)),
+            on_device=config.dataset.on_device,
         ),
         extend_batch=extend_batch,
         extends_batch_from=1,
@@ -319,9 +316,4 @@ def rehearsal(
 
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Replay from ``config.replay``, for any objective."""
-    return rehearsal(
-        config.replay,
-        objective,
-        on_device=config.dataset.on_device,
-        tasks_per_class=tasks_per_class(config),
-    )
+    return rehearsal(config, objective)
