@@ -6,6 +6,11 @@
 Files (iCaRL's order, Rebuffi et al., CVPR 2017; CaSSLe's, ``main_pretrain.py``; CCL's, Lin et
 al., ICME 2022, ``train.py``), all in the order-of-appearance convention:
 - cifar100_icarl1993_{5x20,10x10,20x5}: ``np.random.seed(1993); np.random.permutation(100)``;
+- cifar100_icarl1993_50+5x10: the same order in Genifer's tasks, 50 base classes then 5 of 10
+  (Thandiackal et al.; kevthan/feature-driven-image-replay ``genifer/config/examples/*.json``,
+  ``class_ids_per_task``);
+- fashion_mnist_idx_natural_4+3x2: Fashion-MNIST's natural order in Genifer's shape, 4 base classes
+  then 3 tasks of 2;
 - imagenet_sub_ccl_seed1_10x10: ``order = np.arange(100); np.random.seed(1);
   np.random.shuffle(order)``, cut into 10 tasks of 10 classes;
 - cifar100_cassle_seed5 and imagenet100_cassle_seed5 (5x20): ``torch.manual_seed(5);
@@ -33,6 +38,10 @@ IMAGENET100_LABELS = (
     "ImageNet-100 labels 0-99: the CMC classes in sorted WordNet-id order "
     "(cl_ssl/data/classes/imagenet100_cmc.txt; torchvision ImageFolder on an imagenet-100 folder)"
 )
+FASHION_MNIST_LABELS = (
+    "Fashion-MNIST labels 0-9 of the original IDX files (T-shirt/top, Trouser, Pullover, Dress, "
+    "Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot; tfds fashion_mnist 'label')"
+)
 IMAGENET_SUB_LABELS = (
     "ImageNet-Sub labels 0-99: ImageNet's first 100 classes in sorted WordNet-id order, unchanged "
     "(tfds imagenet2012 labels 0-99; torchvision ImageFolder on the whole of ImageNet)"
@@ -47,8 +56,14 @@ def _content(
     permutation: list[int],
     num_tasks: int,
     description: str,
+    task_sizes: list[int] | None = None,
 ) -> dict:
-    """Assembles a split file's fields, checksum last."""
+    """Assembles a split file's fields, checksum last; ``task_sizes`` (one per task) cut the
+    permutation into tasks of different sizes, instead of ``num_tasks`` equal ones."""
+    if task_sizes is None:
+        task_classes = scenarios.class_order_tasks(permutation, num_tasks)
+    else:
+        task_classes = scenarios.cut_class_order(permutation, task_sizes)
     content = {
         "name": name,
         "dataset": dataset,
@@ -57,7 +72,7 @@ def _content(
         "num_tasks": num_tasks,
         "convention": scenarios.ORDER_OF_APPEARANCE,
         "permutation": permutation,
-        "task_classes": scenarios.class_order_tasks(permutation, num_tasks),
+        "task_classes": task_classes,
         "description": description,
     }
     content["checksum"] = scenarios.split_file_checksum(content)
@@ -86,7 +101,42 @@ def icarl1993_files() -> list[dict]:
                 ),
             )
         )
+    files.append(
+        _content(
+            name="cifar100_icarl1993_50+5x10",
+            dataset="cifar100",
+            dataset_labels=CIFAR100_LABELS,
+            permutation=permutation,
+            num_tasks=6,
+            task_sizes=[50] + [10] * 5,
+            description=(
+                "iCaRL class order (np.random.seed(1993); np.random.permutation(100)) in "
+                "Genifer's tasks: 50 base classes, then 5 tasks of 10, in order of appearance "
+                "(Thandiackal et al.; kevthan/feature-driven-image-replay "
+                "genifer/config/examples/incremental_training.json, class_ids_per_task)."
+            ),
+        )
+    )
     return files
+
+
+def fashion_mnist_genifer_files() -> list[dict]:
+    """Fashion-MNIST in Genifer's shape at CPU scale: a base task, then smaller ones."""
+    return [
+        _content(
+            name="fashion_mnist_idx_natural_4+3x2",
+            dataset="fashion_mnist_idx",
+            dataset_labels=FASHION_MNIST_LABELS,
+            permutation=list(range(10)),
+            num_tasks=4,
+            task_sizes=[4, 2, 2, 2],
+            description=(
+                "Fashion-MNIST classes in their natural order, cut as Genifer cuts CIFAR-100 "
+                "(a base task of many classes, then equal smaller ones): 4 base classes, then 3 "
+                "tasks of 2. cl_ssl's CPU-scale counterpart of cifar100_icarl1993_50+5x10."
+            ),
+        )
+    ]
 
 
 def ccl_seed1_files() -> list[dict]:
@@ -174,7 +224,7 @@ def main(argv):
     if len(argv) > 2:
         raise app.UsageError("Usage: python -m experiments.make_splits [OUT_DIR]")
     out_dir = argv[1] if len(argv) == 2 else str(scenarios.SPLITS_DIR)
-    files = icarl1993_files() + ccl_seed1_files()
+    files = icarl1993_files() + fashion_mnist_genifer_files() + ccl_seed1_files()
     cassle = cassle_seed5_files()
     if not cassle:
         print("torch is not importable: the *_cassle_seed5.json files are left as they are.")

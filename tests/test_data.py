@@ -387,15 +387,17 @@ def test_split_files_shipped():
         "cifar100_cassle_seed5",
         "cifar100_icarl1993_10x10",
         "cifar100_icarl1993_20x5",
+        "cifar100_icarl1993_50+5x10",
         "cifar100_icarl1993_5x20",
+        "fashion_mnist_idx_natural_4+3x2",
         "imagenet100_cassle_seed5",
         "imagenet_sub_ccl_seed1_10x10",
     ]
     for name in scenarios.split_file_names():
         content = scenarios.load_split_file(name)
         assert content["name"] == name and name.startswith(content["dataset"] + "_")
-        assert content["num_classes"] == 100 and content["convention"] == "order_of_appearance"
-        assert content["description"]
+        assert content["convention"] == "order_of_appearance" and content["description"]
+        assert sorted(content["permutation"]) == list(range(content["num_classes"]))
 
 
 def test_icarl_split_files_match_protocols_tables():
@@ -504,8 +506,38 @@ def test_split_file_tasks_must_follow_the_permutation(tmp_path):
         del content["checksum"]
         content["checksum"] = scenarios.split_file_checksum(content)
 
-    with pytest.raises(ValueError, match="does not follow from 'permutation'"):
-        scenarios.load_split_file(str(_copy_split_file(tmp_path, swap_and_resign)))
+    def leave_a_task_empty(content):
+        content["task_classes"] = [[], *content["task_classes"][1:]]
+        content["num_tasks"] = 5
+        del content["checksum"]
+        content["checksum"] = scenarios.split_file_checksum(content)
+
+    for edit in (swap_and_resign, leave_a_task_empty):
+        with pytest.raises(ValueError, match="non-empty runs of consecutive classes"):
+            scenarios.load_split_file(str(_copy_split_file(tmp_path, edit)))
+
+
+def test_uneven_split_file_gives_tasks_of_its_sizes():
+    """Genifer's CIFAR-100 tasks: the iCaRL order cut into 50 base classes, then 5 tasks of 10."""
+    genifer = scenarios.load_split_file("cifar100_icarl1993_50+5x10")
+    icarl = scenarios.load_split_file("cifar100_icarl1993_10x10")["task_classes"]
+    assert genifer["task_classes"] == [sum(icarl[:5], []), *icarl[5:]]
+    assert genifer["task_classes"][1] == [37, 95, 14, 71, 96, 98, 97, 2, 64, 66]  # Genifer's
+    scenario = scenarios.make_scenario(
+        "class_incremental",
+        TRAIN_LABELS,
+        TEST_LABELS,
+        num_classes=100,
+        num_tasks=6,
+        class_order="cifar100_icarl1993_50+5x10",
+        dataset="cifar100",
+    )
+    _check_class_incremental(scenario, genifer["task_classes"])
+    assert [len(t) for t in scenario.task_classes] == [50, 10, 10, 10, 10, 10]
+    assert scenarios.cut_class_order([3, 1, 2, 0], [1, 3]) == [[3], [1, 2, 0]]
+    for sizes in ([2, 1], [4, 0], []):
+        with pytest.raises(ValueError, match="sum to the 4 classes"):
+            scenarios.cut_class_order([3, 1, 2, 0], sizes)
 
 
 def test_split_file_missing_fields(tmp_path):

@@ -12,8 +12,10 @@ computed once from the labels, for the three settings of CaSSLe (Fini et al., CV
 
 Class orders are ``'natural'`` (0..C-1), ``'random'`` (a seeded NumPy permutation) or a split
 file shipped under ``cl_ssl/data/splits`` (for orders that NumPy cannot regenerate, such as
-CaSSLe's torch permutation). Split files use the order-of-appearance convention: task k holds
-``permutation[k*C:(k+1)*C]``. ``experiments/make_splits.py`` regenerates them.
+CaSSLe's torch permutation) or for tasks of different sizes (Genifer's 50 base classes, then 5
+tasks of 10). Split files use the order-of-appearance convention: the tasks cut the permutation
+into consecutive runs, task k holding ``permutation[n_0 + ... + n_{k-1} : n_0 + ... + n_k]``.
+``experiments/make_splits.py`` regenerates them.
 
 Every random draw here uses NumPy's legacy ``RandomState``, whose streams NumPy keeps fixed across
 versions; ``np.random.RandomState(1993).permutation(100)`` is the iCaRL order.
@@ -93,7 +95,8 @@ def _divisors(n: int) -> list[int]:
 def _not_divisible(num_classes: int, num_tasks: int) -> ValueError:
     return ValueError(
         f"{num_classes} classes do not divide into {num_tasks} tasks; choose num_tasks among the "
-        f"divisors {_divisors(num_classes)}."
+        f"divisors {_divisors(num_classes)}, or a class_order split file whose tasks differ in "
+        "size."
     )
 
 
@@ -119,6 +122,27 @@ def class_order_tasks(order: Sequence[int], num_tasks: int) -> list[list[int]]:
         raise _not_divisible(len(order), num_tasks)
     size = len(order) // num_tasks
     return [order[k * size : (k + 1) * size] for k in range(num_tasks)]
+
+
+def cut_class_order(order: Sequence[int], task_sizes: Sequence[int]) -> list[list[int]]:
+    """Cuts a class order into consecutive tasks of the given sizes (order of appearance).
+
+    Args:
+      order: distinct class ids, e.g. a permutation of 0..C-1.
+      task_sizes: the number of classes of each task, each at least 1, summing to len(order)
+        (Genifer's CIFAR-100 split: 50, 10, 10, 10, 10, 10).
+
+    Returns:
+      len(task_sizes) lists of class ids.
+    """
+    sizes = [int(n) for n in task_sizes]
+    if not sizes or min(sizes) < 1 or sum(sizes) != len(order):
+        raise ValueError(
+            f"task sizes {sizes} must be at least 1 each and sum to the {len(order)} classes of "
+            "the order."
+        )
+    bounds = np.cumsum([0, *sizes])
+    return [[int(c) for c in order[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def class_incremental(
@@ -316,8 +340,16 @@ def load_split_file(name: str | os.PathLike) -> dict:
             f"Split file {path}: 'permutation' is not a permutation of "
             f"0..{content['num_classes'] - 1}."
         )
-    if content["task_classes"] != class_order_tasks(content["permutation"], content["num_tasks"]):
-        raise ValueError(f"Split file {path}: 'task_classes' does not follow from 'permutation'.")
+    tasks = content["task_classes"]
+    if (
+        len(tasks) != content["num_tasks"]
+        or not all(tasks)
+        or [c for task in tasks for c in task] != content["permutation"]
+    ):
+        raise ValueError(
+            f"Split file {path}: 'task_classes' must cut 'permutation' into {content['num_tasks']} "
+            "non-empty runs of consecutive classes, in order."
+        )
     return content
 
 
@@ -329,7 +361,9 @@ def _split_file_for(
     if class_order.endswith(".json"):
         found = class_order
     else:
-        candidates = [class_order, f"{class_order}_{num_tasks}x{num_classes // num_tasks}"]
+        candidates = [class_order]
+        if num_classes % num_tasks == 0:
+            candidates.append(f"{class_order}_{num_tasks}x{num_classes // num_tasks}")
         found = next((n for n in candidates if n in names), None)
     if found is None:
         related = [n for n in names if n.startswith(class_order)]
@@ -423,11 +457,13 @@ def make_scenario(
       train_labels: int [N_train] labels of the training split.
       test_labels: int [N_test] labels of the test split.
       num_classes: C, the data set's number of classes.
-      num_tasks: T; for class-IL it must divide C.
+      num_tasks: T; for a class-IL natural or random order it must divide C (a split file may
+        cut the classes into tasks of different sizes).
       class_order: class-IL only: ``'natural'`` (0..C-1), ``'random'``
         (``np.random.RandomState(split_seed).permutation(C)``; seed 1993 gives the iCaRL order), a
-        shipped split file name, either full (``'cifar100_icarl1993_10x10'``) or without its
-        ``_TxC`` suffix (``'cifar100_icarl1993'``, completed from num_tasks), or a ``.json`` path.
+        shipped split file name, either full (``'cifar100_icarl1993_10x10'``,
+        ``'cifar100_icarl1993_50+5x10'``) or without its ``_TxC`` suffix
+        (``'cifar100_icarl1993'``, completed from num_tasks), or a ``.json`` path.
       split_seed: seed of the ``'random'`` class order or of the data-IL partition.
       dataset: the run's data set name (tfds ``'name'`` or ``'name:version'``); required with a
         split file, which must be for that data set.
@@ -460,7 +496,7 @@ def make_scenario(
         return data_incremental(
             train_labels.size, test_labels, num_tasks=num_tasks, seed=split_seed
         )
-    if num_classes % num_tasks:
+    if class_order in ("natural", "random") and num_classes % num_tasks:
         raise _not_divisible(num_classes, num_tasks)
     if class_order == "natural":
         tasks = class_order_tasks(range(num_classes), num_tasks)
