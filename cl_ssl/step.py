@@ -229,6 +229,7 @@ def build_step_fn(
                         task=state.task,
                         hyper=hyper,
                         target=target,
+                        data=data,
                     )
                 )
                 loss, terms = loss + extra, {**terms, **extra_terms}

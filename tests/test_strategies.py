@@ -73,7 +73,7 @@ def _one_objective_per_distiller_kind():
     """The first objective of each CaSSLe distiller kind (the wiring of every objective is
     test_cassle_distiller_wiring's)."""
     firsts = {}
-    for name in objectives.OBJECTIVES:
+    for name in objectives.SSL_OBJECTIVES:
         firsts.setdefault(cassle.DISTILLERS[name].kind, name)
     return list(firsts.values())
 

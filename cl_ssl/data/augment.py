@@ -8,6 +8,8 @@ The view pipeline follows the torchvision transforms of solo-learn / CaSSLe (``C
 and ``ImagenetTransform`` in ``cassle/utils/pretrain_dataloader.py``):
 RandomResizedCrop (bicubic) -> ColorJitter (p = jitter_prob, the four ops in a random order per
 image) -> RandomGrayscale -> GaussianBlur -> Solarize -> RandomHorizontalFlip -> Normalize.
+A view with ``crop_padding`` > 0 crops as supervised CIFAR training does instead,
+``RandomCrop(crop_size, padding=crop_padding, padding_mode='edge')`` (Genifer's real-data view).
 Images between the ops are float32 in [0, 1], and every colour op clips its result to [0, 1] as
 torchvision does on float tensors.
 
@@ -62,11 +64,15 @@ class ViewConfig:
     flip_prob: float = 0.5
     mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
     std: tuple[float, ...] = (0.247, 0.243, 0.261)
+    # > 0: RandomCrop(crop_size, padding, 'edge') replaces RandomResizedCrop (min/max_scale unused)
+    crop_padding: int = 0
 
     def __post_init__(self):
         problems = []
         if self.crop_size < 1:
             problems.append(f"crop_size must be positive, got {self.crop_size}")
+        if self.crop_padding < 0:
+            problems.append(f"crop_padding must be >= 0, got {self.crop_padding}")
         if not 0.0 < self.min_scale <= self.max_scale <= 1.0:
             problems.append(
                 f"need 0 < min_scale <= max_scale <= 1, got {self.min_scale}, {self.max_scale}"
@@ -259,6 +265,25 @@ def random_resized_crop(
     height, width = image.shape[:2]
     box = random_resized_crop_params(key, height, width, scale=scale, ratio=ratio)
     return crop_and_resize(image, box, size)
+
+
+def padded_random_crop(u: jax.Array, image: jax.Array, *, size: int, padding: int) -> jax.Array:
+    """torchvision ``RandomCrop(size, padding, padding_mode='edge')`` on one image.
+
+    Args:
+      u: float32 [2] uniforms in [0, 1): the crop's top and left offsets.
+      image: float32 [H, W, C] with H, W + 2 * padding >= size.
+      size: static output side in pixels.
+      padding: pixels added on every side by repeating the edge.
+
+    Returns:
+      float32 [size, size, C]: the window at integer offsets drawn uniformly from
+      [0, H + 2 * padding - size] x [0, W + 2 * padding - size] of the padded image.
+    """
+    padded = jnp.pad(image, ((padding, padding), (padding, padding), (0, 0)), mode="edge")
+    room = jnp.asarray(padded.shape[:2]) - size + 1
+    top, left = jnp.minimum(jnp.floor(u * room).astype(jnp.int32), room - 1)
+    return jax.lax.dynamic_slice(padded, (top, left, 0), (size, size, padded.shape[2]))
 
 
 # ----------------------------------------------------------------------------- colour
@@ -555,8 +580,11 @@ def augment_image(key: jax.Array, image: jax.Array, cfg: ViewConfig) -> jax.Arra
     p_jitter, p_gray, p_blur, p_solarize, p_flip, sigma_u = u[n_crop + 8 :]
 
     x = _to_unit_rgb(image)
-    box = _crop_box(crop_u, x.shape[0], x.shape[1], (cfg.min_scale, cfg.max_scale), _RATIO)
-    x = crop_and_resize(x, box, cfg.crop_size)
+    if cfg.crop_padding > 0:
+        x = padded_random_crop(crop_u[:2], x, size=cfg.crop_size, padding=cfg.crop_padding)
+    else:
+        box = _crop_box(crop_u, x.shape[0], x.shape[1], (cfg.min_scale, cfg.max_scale), _RATIO)
+        x = crop_and_resize(x, box, cfg.crop_size)
 
     strengths = (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
     order, factors = _jitter_params(jitter_u, *strengths)

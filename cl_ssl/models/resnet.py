@@ -149,7 +149,6 @@ class ResNet(nn.Module):
         """Length of the output feature vector: width * 2**(stages - 1) * expansion."""
         return self.width * 2 ** (len(self.stage_sizes) - 1) * _EXPANSION[self.block]
 
-    @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Images [B, H, W, 3] (any float dtype; normalised by the caller) -> features.
 
@@ -161,6 +160,12 @@ class ResNet(nn.Module):
         Returns:
           float32 [B, feature_dim], the global average pool of the last stage.
         """
+        return pool(self.stages(x, train)[-1])
+
+    @nn.compact
+    def stages(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        """The output of every stage, [B, H_i, W_i, C_i] each in the compute dtype (torchvision's
+        ``layer1`` .. ``layer4``); `x` and `train` as in ``__call__``."""
         if self.block not in _EXPANSION:
             raise ValueError(f"block must be one of {sorted(_EXPANSION)}, got {self.block!r}")
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
@@ -174,6 +179,7 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+        outputs = []
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -183,7 +189,13 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            outputs.append(x)
+        return outputs
+
+
+def pool(feature_map: jax.Array) -> jax.Array:
+    """Global average pool: [B, H, W, C] -> float32 [B, C]."""
+    return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
 
 
 def _check_name(name: str) -> dict[str, Any]:

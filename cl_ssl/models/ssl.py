@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from cl_ssl.losses import l2_normalize
 from cl_ssl.models.heads import torch_linear_kernel_init
+from cl_ssl.models.resnet import pool
 
 
 class Prototypes(nn.Module):
@@ -43,12 +44,15 @@ class SSLModel(nn.Module):
       projector: maps features [B, F] to projections float32 [B, D].
       predictor: optional head on the projection (BYOL, SimSiam, ISD): [B, D] -> [B, D'].
       prototypes: optional ``Prototypes`` scoring the projection (SwAV, DINO): [B, D] -> [B, K].
+      feature_map_stage: optional i >= 1: the outputs also hold 'feature_map', the output of the
+        backbone's stage i (``ResNet.stages``; Genifer distils and matches ResNet's layer3).
     """
 
     backbone: nn.Module
     projector: nn.Module
     predictor: nn.Module | None = None
     prototypes: nn.Module | None = None
+    feature_map_stage: int | None = None
 
     def __call__(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
         """``project``'s outputs plus 'prediction' [B, D'] when the model has a predictor."""
@@ -58,12 +62,18 @@ class SSLModel(nn.Module):
         return out
 
     def project(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-        """{'features': [B, F], 'projection': [B, D]} and, with prototypes, 'scores' [B, K].
+        """{'features': [B, F], 'projection': [B, D]} and, with prototypes, 'scores' [B, K], with
+        ``feature_map_stage``, 'feature_map' [B, H_i, W_i, C_i].
 
         This is the momentum (EMA) network's forward: it needs no predictor parameters.
         """
-        features = self.backbone(images, train=train)
-        out = {"features": features, "projection": self.projector(features, train=train)}
+        out = {}
+        if self.feature_map_stage is None:
+            features = self.backbone(images, train=train)
+        else:
+            maps = self.backbone.stages(images, train=train)
+            features, out["feature_map"] = pool(maps[-1]), maps[self.feature_map_stage - 1]
+        out.update(features=features, projection=self.projector(features, train=train))
         if self.prototypes is not None:
             out["scores"] = self.prototypes(out["projection"])
         return out

@@ -1,7 +1,9 @@
 """SSL objectives selectable by name (``--config.objective=NAME``).
 
 An objective bundles the student network (backbone + heads), the two augmentation views, the
-loss and its extra state (momentum network, queues, centre). ``get_objective(config)`` builds the
+loss and its extra state (momentum network, queues, centre); ``supervised`` has no
+self-supervised term and serves the supervised strategies (Genifer and its baselines), whose
+cross-entropy trains the network. ``get_objective(config)`` builds the
 one the config names; ``resolve_config(config)`` first fills the config fields left unset (the
 learning rate, weight decay and augmentations) from that objective's ``Recipe``.
 """
@@ -22,6 +24,7 @@ from cl_ssl.objectives import (
     mocov2plus,
     simclr,
     simsiam,
+    supervised,
     swav,
     vicreg,
 )
@@ -29,6 +32,8 @@ from cl_ssl.objectives.base import Objective, Recipe
 
 __all__ = [
     "OBJECTIVES",
+    "SSL_OBJECTIVES",
+    "SUPERVISED",
     "Objective",
     "Recipe",
     "default_configs",
@@ -46,9 +51,14 @@ _MODULES: dict[str, types.ModuleType] = {
     "isd": isd,
     "simsiam": simsiam,
     "dino": dino,
+    "supervised": supervised,
 }
 OBJECTIVES = tuple(_MODULES)
 """The registered objective names."""
+SUPERVISED = "supervised"
+"""The objective of the supervised path (no self-supervised term), for the supervised strategies."""
+SSL_OBJECTIVES = tuple(name for name in OBJECTIVES if name != SUPERVISED)
+"""The self-supervised objectives."""
 
 
 def default_configs() -> dict[str, ml_collections.ConfigDict]:

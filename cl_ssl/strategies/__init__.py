@@ -8,6 +8,8 @@ bounds of every continual method; ``cassle`` and ``pfr`` distil the previous tas
 ``replay`` and ``lump`` rehearse examples from an exemplar memory; ``kaizen`` trains a classifier
 through the stream next to the SSL model, with rehearsal and distillation for both; ``ccl``
 rehearses label-free exemplars with a relational distillation and an extra queue of their keys.
+``finetune_supervised`` and ``replay_supervised`` train a classifier with cross-entropy through the
+backbone (with ``objective=supervised``): the supervised path of Genifer's baselines.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from collections.abc import Callable
 
 import ml_collections
 
-from cl_ssl.objectives import Objective
-from cl_ssl.strategies import cassle, ccl, kaizen, lump, pfr, replay
+from cl_ssl.objectives import SUPERVISED, Objective
+from cl_ssl.strategies import cassle, ccl, kaizen, lump, pfr, replay, supervised
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
@@ -47,6 +49,8 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]
     "lump": lump.make,
     "kaizen": kaizen.make,
     "ccl": ccl.make,
+    "finetune_supervised": supervised.make,
+    "replay_supervised": supervised.make,
 }
 STRATEGIES = tuple(_FACTORIES)
 """The registered strategy names."""
@@ -65,7 +69,7 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
 
 
 # Sections of other strategies that a strategy reads besides its own.
-_ALSO_READS = {"kaizen": ("cassle",)}
+_ALSO_READS = {"kaizen": ("cassle",), "replay_supervised": ("replay",)}
 
 
 def sections_read(name: str) -> set[str]:
@@ -81,5 +85,11 @@ def get_strategy(config: ml_collections.ConfigDict, objective: Objective) -> Str
         raise ValueError(
             f"unknown strategy {config.strategy!r}; set --config.strategy to one of "
             f"{list(STRATEGIES)}"
+        )
+    if objective.name == SUPERVISED and config.strategy not in supervised.STRATEGIES:
+        raise ValueError(
+            f"objective {SUPERVISED!r} has no self-supervised term, so strategy "
+            f"{config.strategy!r} would train nothing; choose one of the supervised strategies "
+            f"{list(supervised.STRATEGIES)}"
         )
     return _FACTORIES[config.strategy](config, objective)

@@ -46,6 +46,8 @@ class LossInputs:
       target: the objective's target-network outputs of each view of the joined batch, through
         ``stop_gradient`` (MoCo's keys: ``target[v]['projection']``), or None for an objective
         without a target network.
+      data: the training split (``TrainData``): the classes and tasks of every example (the
+        classes seen so far, for a growing classifier).
     """
 
     outputs: tuple[Outputs, ...]
@@ -57,6 +59,7 @@ class LossInputs:
     task: jax.Array
     hyper: Hyper
     target: tuple[Outputs | None, ...] | None = None
+    data: TrainData | None = None
 
 
 @dataclasses.dataclass(frozen=True)
