@@ -124,3 +124,98 @@ def test_bad_shapes_are_named():
         losses.labelled_cross_entropy(jnp.zeros((4, 3)), jnp.zeros((3,), jnp.int32))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         losses.soft_cross_entropy(jnp.zeros((4, 3)), jnp.zeros((4, 3)), temperature=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Genifer's replay terms
+
+OLD = np.array([True, False, True, False, False])  # classes of the earlier tasks
+SEEN = np.array([True, True, True, True, False])  # and of the current one
+ROWS = np.array([True, True, False, True, False, True, True, False])  # the generated rows
+
+
+def np_old_class_distillation(student, teacher, old, seen, rows, temperature):
+    """Per row: p = softmax over the old classes of t / T; log q = log_softmax over the seen
+    classes of s / T, read on the old ones; -sum p log q, mean over the selected rows."""
+    terms = []
+    for s, t, keep in zip(student, teacher, rows, strict=True):
+        if keep:
+            p = np.exp(_np_log_softmax(t[old] / temperature))
+            log_q = _np_log_softmax(s[seen] / temperature)[old[seen]]
+            terms.append(-np.sum(p * log_q))
+    return np.mean(terms) if terms else 0.0
+
+
+def np_feature_distance(student, teacher, rows):
+    diffs = (student - teacher).reshape(len(student), -1)
+    terms = [
+        np.sqrt(np.sum(d.astype(np.float64) ** 2)) for d, k in zip(diffs, rows, strict=True) if k
+    ]
+    return np.mean(terms) if terms else 0.0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_old_class_distillation_matches_numpy(temperature):
+    s, t = _logits(10), _logits(11)
+    got = losses.old_class_distillation(
+        s, t, old=OLD, seen=SEEN, rows=ROWS, temperature=temperature
+    )
+    expected = np_old_class_distillation(s, t, OLD, SEEN, ROWS, temperature)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_old_class_distillation_pushes_new_classes_down_and_spares_other_rows():
+    """The student's new classes (seen, not old) get a positive gradient (their logits fall),
+    unseen classes and unselected rows get none, and the teacher none at all."""
+    s, t = _logits(12), _logits(13)
+    grad_s, grad_t = jax.grad(
+        lambda a, b: losses.old_class_distillation(a, b, old=OLD, seen=SEEN, rows=ROWS),
+        argnums=(0, 1),
+    )(s, t)
+    assert np.all(np.asarray(grad_s)[ROWS][:, [1, 3]] > 0)
+    np.testing.assert_array_equal(np.asarray(grad_s)[:, 4], 0.0)
+    np.testing.assert_array_equal(np.asarray(grad_s)[~ROWS], 0.0)
+    np.testing.assert_array_equal(grad_t, 0.0)
+    none = losses.old_class_distillation(s, t, old=OLD, seen=SEEN, rows=np.zeros(8, bool))
+    assert float(none) == 0.0
+
+
+def test_feature_distance_matches_numpy_with_zero_gradient_at_zero_distance():
+    rng = np.random.default_rng(14)
+    a = rng.standard_normal((8, 3, 3, 4)).astype(np.float32)
+    b = rng.standard_normal((8, 3, 3, 4)).astype(np.float32)
+    b[0] = a[0]  # a selected row at distance 0
+    got = losses.feature_distance(a, b, rows=ROWS)
+    np.testing.assert_allclose(got, np_feature_distance(a, b, ROWS), rtol=RTOL, atol=ATOL)
+    grad = jax.grad(lambda x: losses.feature_distance(x, b, rows=ROWS))(a)
+    assert np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_array_equal(np.asarray(grad)[0], 0.0)
+    assert np.abs(np.asarray(grad)[1]).sum() > 0
+    with pytest.raises(ValueError, match="activations of one shape"):
+        losses.feature_distance(a, b[:, :2], rows=ROWS)
+
+
+@pytest.mark.parametrize("name", ["old_class_distillation", "feature_distance"])
+def test_replay_terms_one_device_equals_four(name, mesh):
+    """Device 3's rows (6, 7) hold one selected row, device 2's none."""
+    if name == "old_class_distillation":
+        fn = functools.partial(losses.old_class_distillation, old=OLD, seen=SEEN)
+        x, other = _logits(15), _logits(16)
+    else:
+        fn = losses.feature_distance
+        rng = np.random.default_rng(17)
+        x, other = (rng.standard_normal((8, 2, 2, 3)).astype(np.float32) for _ in range(2))
+    rows = np.array([True, True, False, True, False, False, True, False])
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda a, b, r: fn(a, b, rows=r)))
+    expected = loss_and_grad(x, other, rows)
+    sharding = NamedSharding(mesh, P("data"))
+    sharded = loss_and_grad(*(jax.device_put(v, sharding) for v in (x, other, rows)))
+    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
+    per_device = jax.shard_map(
+        lambda a, b, r: fn(a, b, rows=r, axis_name="data"),
+        mesh=mesh,
+        in_specs=(P("data"), P("data"), P("data")),
+        out_specs=P(),
+    )
+    manual = jax.jit(jax.value_and_grad(per_device))(x, other, rows)
+    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)

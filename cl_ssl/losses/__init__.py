@@ -7,7 +7,12 @@ them. The SSL objectives (``objectives.py``), the continual strategies' distilla
 and ``sinkhorn`` (the [batch, prototypes] codes).
 """
 
-from cl_ssl.losses.classification import labelled_cross_entropy, soft_cross_entropy
+from cl_ssl.losses.classification import (
+    feature_distance,
+    labelled_cross_entropy,
+    old_class_distillation,
+    soft_cross_entropy,
+)
 from cl_ssl.losses.distill import (
     contrastive_distillation,
     cosine_distillation,
@@ -39,12 +44,14 @@ __all__ = [
     "cosine_distillation",
     "decorrelative_distillation",
     "dino_loss",
+    "feature_distance",
     "info_nce",
     "knowledge_distillation",
     "l2_normalize",
     "labelled_cross_entropy",
     "mse_distillation",
     "nt_xent",
+    "old_class_distillation",
     "predictive_distillation",
     "relational_distillation",
     "similarity_distillation",

@@ -85,3 +85,83 @@ def labelled_cross_entropy(
     total = _batch_sum(jnp.where(has_label, -picked, 0.0), axis_name)
     count = _batch_sum(has_label.astype(jnp.float32), axis_name)
     return total / jnp.maximum(count, 1.0)
+
+
+def _rows_mean(values: jax.Array, rows: jax.Array, axis_name: str | None) -> jax.Array:
+    """Mean of ``values`` [B] over the rows where ``rows`` (bool [B]); 0 when there are none."""
+    total = _batch_sum(jnp.where(rows, values, 0.0), axis_name)
+    return total / jnp.maximum(_batch_sum(rows.astype(jnp.float32), axis_name), 1.0)
+
+
+def old_class_distillation(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    *,
+    old: jax.Array,
+    seen: jax.Array,
+    rows: jax.Array,
+    temperature: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Output distillation on the old classes (Genifer's ``KD_sep``).
+
+    The mean over the selected rows of -sum_{c in old} p_c log q_c, where p = softmax(t / T) over
+    the old classes (the previous model's output layer) and q = softmax(s / T) over every class
+    seen so far, then read on the old classes only: the term also pushes the new classes' share
+    down on the rows it sees (kevthan/feature-driven-image-replay ``genifer/trainers/
+    genifer_trainer.py::get_modified_loss``, ``out_distill_loss == "KD_sep"``). No T^2 factor;
+    the teacher passes through ``stop_gradient``.
+
+    Args:
+      student_logits: [B, C] over the data set's classes.
+      teacher_logits: [B, C], the previous model's logits (only the old classes are read).
+      old: bool [C], the classes of the earlier tasks (non-empty).
+      seen: bool [C], the classes seen so far (a superset of ``old``).
+      rows: bool [B], the rows distilled (Genifer: the generated ones); 0 when none is.
+      temperature: T > 0 of both distributions.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_logits(
+        "old_class_distillation", student_logits=student_logits, teacher_logits=teacher_logits
+    )
+    _check_positive("old_class_distillation", temperature=temperature)
+    teacher = jnp.where(old, lax.stop_gradient(_as_float(teacher_logits)), -jnp.inf)
+    student = jnp.where(seen, _as_float(student_logits), -jnp.inf)
+    target = jax.nn.softmax(teacher / temperature, axis=-1)
+    log_prob = jax.nn.log_softmax(student / temperature, axis=-1)
+    per_row = -jnp.sum(jnp.where(old, target * log_prob, 0.0), axis=-1)
+    return _rows_mean(per_row, rows, axis_name)
+
+
+def feature_distance(
+    student: jax.Array, teacher: jax.Array, *, rows: jax.Array, axis_name: str | None = None
+) -> jax.Array:
+    """The mean over the selected rows of the Euclidean distance ||s_i - t_i||_2 between two
+    models' activations, each row flattened (Genifer's ``single_L2`` feature distillation on the
+    layer-3 maps, ``genifer_trainer.py::get_modified_loss``).
+
+    The gradient at a zero distance is 0 (as PyTorch's ``torch.norm``), not NaN: the student
+    starts each task equal to its teacher.
+
+    Args:
+      student: [B, ...] activations.
+      teacher: [B, ...] activations of the same shape (through ``stop_gradient``).
+      rows: bool [B], the rows compared; 0 when none is.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    if jnp.shape(student) != jnp.shape(teacher) or jnp.ndim(student) < 2:
+        raise ValueError(
+            "feature_distance: student and teacher must be [batch, ...] activations of one "
+            f"shape, got {jnp.shape(student)} and {jnp.shape(teacher)}"
+        )
+    diff = _as_float(student) - lax.stop_gradient(_as_float(teacher))
+    squared = jnp.sum(jnp.reshape(diff, (diff.shape[0], -1)) ** 2, axis=-1)
+    positive = squared > 0
+    distance = jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+    return _rows_mean(distance, rows, axis_name)
