@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, metrics, report
 from cl_ssl.objectives import Objective, get_objective, resolve_config
 from cl_ssl.strategies import Strategy, TaskEnd, get_strategy
+from cl_ssl.strategies.base import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +384,7 @@ class _Run:
         writer: report.ScalarWriter | None,
     ):
         self.p, self.ckpt, self.writer = p, ckpt, writer
+        self.workdir = os.path.abspath(workdir)
         self.config, self.mesh = p.config, p.mesh
         self.tx = step_lib.make_tx(p.config, p.objective, p.strategy)
         self.keys = state_lib.run_keys(p.config.seed)
@@ -560,6 +563,41 @@ class _Run:
                 self.writer.scalar(f"train/{k}", float(v), step)
             self.writer.scalar("train/images_per_second", rate, step)
 
+    def _progress(self, stage_id: int) -> Progress:
+        """Checkpoints of the strategy's own loop at the end of ``stage_id``, in
+        ``task_end/stage_<id>`` of the workdir (created on the first save)."""
+        directory = os.path.join(self.workdir, "task_end", f"stage_{stage_id}")
+        rep = parallel.replicated(self.mesh)
+
+        def save(iteration: int, tree: Any) -> None:
+            with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+                ckpt.save(iteration, tree, {})
+
+        def restore(like: Any) -> Any:
+            if not os.path.isdir(directory):
+                return None
+            with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+                restored = ckpt.restore(checkpoint.abstract_like(like, rep))
+            if restored is None:
+                return None
+            if jax.process_index() == 0:
+                print(f"resumed the end of task {stage_id + 1} from {directory}")
+            return restored[1]
+
+        return Progress(save=save, restore=restore)
+
+    def _log_scalars(self, values: dict[str, float], iteration: int) -> None:
+        if self.writer:
+            for name, value in values.items():
+                self.writer.scalar(name, value, iteration)
+
+    def _log_image(self, name: str, image: np.ndarray, tag: str, *, step: int) -> None:
+        if jax.process_index() != 0:
+            return
+        report.save_image(image, os.path.join(self.workdir, "plots", f"{name}.png"))
+        if self.writer:
+            self.writer.image(tag, image, step)
+
     def end_stage(self, stage_id: int, state: state_lib.ContinualState) -> state_lib.ContinualState:
         """Evaluates the stage's row, lets the strategy and the objective start the next stage, and
         saves the boundary checkpoint."""
@@ -575,6 +613,10 @@ class _Run:
                 train=p.train,
                 features=self.evaluator.features,
                 map_images=self.evaluator.map_images,
+                mesh=self.mesh,
+                progress=self._progress(stage_id),
+                log_scalars=self._log_scalars,
+                log_image=functools.partial(self._log_image, step=step),
             )
         )
         objective_state = p.objective.start_task(state.objective_state)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib.image
 import numpy as np
 import tensorboardX
 from matplotlib import colormaps
@@ -271,6 +272,13 @@ def write_results(
         )
 
 
+def save_image(image: np.ndarray, path: str) -> None:
+    """Writes a uint8 [H, W, C] image (C in {1, 3}) as a PNG, creating its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    matplotlib.image.imsave(path, pixels, cmap="gray", vmin=0, vmax=255)
+
+
 class ScalarWriter:
     """TensorBoard scalar logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``)."""
 
@@ -280,6 +288,11 @@ class ScalarWriter:
     def scalar(self, name: str, value: float, step: int) -> None:
         """Logs ``value`` under the tag ``name`` at global step ``step``."""
         self._writer.add_scalar(name, float(value), global_step=int(step))
+
+    def image(self, name: str, image: np.ndarray, step: int) -> None:
+        """Logs a uint8 [H, W, C] image (C in {1, 3}) under the tag ``name`` at ``step``."""
+        rgb = np.broadcast_to(image, (*image.shape[:2], 3))
+        self._writer.add_image(name, rgb, global_step=int(step), dataformats="HWC")
 
     def flush(self) -> None:
         self._writer.flush()

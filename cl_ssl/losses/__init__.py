@@ -2,8 +2,8 @@
 
 They use no Flax, no config objects and no global state, so that other JAX projects can import
 them. The SSL objectives (``objectives.py``), the continual strategies' distillation terms
-(``distill.py``) and the classification terms of strategies that train a classifier
-(``classification.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
+(``distill.py``), the classification terms of strategies that train a classifier
+(``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
 and ``sinkhorn`` (the [batch, prototypes] codes).
 """
 
@@ -22,6 +22,12 @@ from cl_ssl.losses.distill import (
     predictive_distillation,
     relational_distillation,
     similarity_distillation,
+)
+from cl_ssl.losses.gan import (
+    discriminator_loss,
+    generator_distillation,
+    generator_loss,
+    r1_penalty,
 )
 from cl_ssl.losses.objectives import (
     barlow_twins_loss,
@@ -44,7 +50,10 @@ __all__ = [
     "cosine_distillation",
     "decorrelative_distillation",
     "dino_loss",
+    "discriminator_loss",
     "feature_distance",
+    "generator_distillation",
+    "generator_loss",
     "info_nce",
     "knowledge_distillation",
     "l2_normalize",
@@ -53,6 +62,7 @@ __all__ = [
     "nt_xent",
     "old_class_distillation",
     "predictive_distillation",
+    "r1_penalty",
     "relational_distillation",
     "similarity_distillation",
     "similarity_kl",

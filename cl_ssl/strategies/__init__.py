@@ -9,7 +9,8 @@ bounds of every continual method; ``cassle`` and ``pfr`` distil the previous tas
 through the stream next to the SSL model, with rehearsal and distillation for both; ``ccl``
 rehearses label-free exemplars with a relational distillation and an extra queue of their keys.
 ``finetune_supervised`` and ``replay_supervised`` train a classifier with cross-entropy through the
-backbone (with ``objective=supervised``): the supervised path of Genifer's baselines.
+backbone (with ``objective=supervised``): the supervised path of Genifer's baselines; ``genifer``
+replays old classes from a GAN whose discriminator judges the classifier's features.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import ml_collections
 
 from cl_ssl.objectives import SUPERVISED, Objective
-from cl_ssl.strategies import cassle, ccl, kaizen, lump, pfr, replay, supervised
+from cl_ssl.strategies import cassle, ccl, genifer, kaizen, lump, pfr, replay, supervised
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
@@ -51,6 +52,7 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, Objective], Strategy]
     "ccl": ccl.make,
     "finetune_supervised": supervised.make,
     "replay_supervised": supervised.make,
+    "genifer": genifer.make,
 }
 STRATEGIES = tuple(_FACTORIES)
 """The registered strategy names."""
@@ -65,6 +67,7 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
         "lump": lump.default_config(),
         "kaizen": kaizen.default_config(),
         "ccl": ccl.default_config(),
+        "genifer": genifer.default_config(),
     }
 
 

@@ -90,6 +90,21 @@ class BufferInputs:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """Checkpoints of a strategy's own training loop inside ``end_task`` (Genifer's GAN), so that
+    a run killed there resumes where it was; kept per stage boundary, apart from the run's.
+
+    Attributes:
+      save: (iterations done, pytree) -> None; writes before returning.
+      restore: (a pytree of the saved structure, e.g. the loop's initial state) -> the newest
+        saved pytree, or None when this boundary saved none.
+    """
+
+    save: Callable[[int, PyTree], None]
+    restore: Callable[[PyTree], PyTree | None]
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskEnd:
     """What a strategy sees on the host when a stage ends, to build the next stage's state.
 
@@ -105,6 +120,11 @@ class TaskEnd:
         rows in fixed-size batches sharded over the devices, concatenated [N, ...] (``fn`` jitted
         once): for a strategy's own computations over the task's images (CCL's embeddings of
         several views).
+      mesh: the run's device mesh, for a strategy's own jitted training loop.
+      progress: that loop's checkpoints at this boundary (``Progress``).
+      log_scalars: (name -> value, iteration) -> None: TensorBoard scalars of that loop.
+      log_image: (file name, uint8 [H, W, C] image, TensorBoard tag) -> None: writes
+        plots/<name>.png and the image to TensorBoard (process 0 only).
     """
 
     state: Any
@@ -114,6 +134,10 @@ class TaskEnd:
     train: ArraySplit
     features: Callable[[PyTree, np.ndarray], np.ndarray]
     map_images: Callable[..., np.ndarray]
+    mesh: jax.sharding.Mesh | None = None
+    progress: Progress | None = None
+    log_scalars: Callable[[dict[str, float], int], None] = lambda values, step: None
+    log_image: Callable[[str, np.ndarray, str], None] = lambda name, image, tag: None
 
 
 def each_task(train_indices: Sequence[np.ndarray]) -> list[np.ndarray]:

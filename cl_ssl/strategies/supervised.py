@@ -34,7 +34,9 @@ from cl_ssl.state import StrategyState
 from cl_ssl.strategies import replay
 from cl_ssl.strategies.base import BufferInputs, LossInputs, Strategy, TaskEnd, output_widths
 
-STRATEGIES = ("finetune_supervised", "replay_supervised")
+BASELINES = ("finetune_supervised", "replay_supervised")
+STRATEGIES = (*BASELINES, "genifer")
+"""The strategies of the supervised path, which need ``objective=supervised``."""
 
 
 def output_layer(num_classes: int) -> heads.MLPHead:
