@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from cl_ssl import objectives, strategies
+from cl_ssl import objectives, optim, strategies
 from cl_ssl.data.augment import ViewConfig
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -125,6 +125,15 @@ def base_config() -> ml_collections.ConfigDict:
             kwargs=ml_collections.ConfigDict(
                 dict(momentum=0.9, eta=0.02, clip_lr=True, exclude_bias_and_norm=placeholder(bool))
             ),
+            # Epoch fractions at which the learning rate is multiplied by decay_factor (PyTorch's
+            # MultiStepLR) instead of the warm-up and cosine; () keeps the cosine.
+            milestones=(),
+            decay_factor=0.1,
+            # Another optimizer for every task after the first (Genifer: SGD on the first, then
+            # RAdam at 1e-4); name '' keeps one optimizer for the whole run.
+            later_tasks=ml_collections.ConfigDict(
+                dict(name="", lr=placeholder(float), kwargs=ml_collections.ConfigDict())
+            ),
         )
     )
 
@@ -187,7 +196,17 @@ def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     return names
 
 
-STRATEGY_VARIANTS = ("finetune", "offline", "cassle", "pfr", "replay", "lump", "kaizen", "ccl")
+STRATEGY_VARIANTS = (
+    "finetune",
+    "offline",
+    "cassle",
+    "pfr",
+    "replay",
+    "lump",
+    "kaizen",
+    "ccl",
+    "genifer",
+)
 
 
 def apply_variants(
@@ -221,6 +240,8 @@ def apply_variants(
         use_kaizen_setting(config)
     if config.strategy == "ccl":
         use_ccl_setting(config)
+    if config.strategy == "genifer":
+        use_genifer_setting(config)
     if "runlocal" in variants:
         use_runlocal_setting(config)
     return variants
@@ -263,6 +284,44 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
         config.recipe = "kaizen"
     config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
     config.mocov2plus.proj_output_dim = 256
+
+
+def use_genifer_setting(config: ml_collections.ConfigDict) -> None:
+    """Genifer's supervised CIFAR-100 setting (Thandiackal et al.; kevthan/feature-driven-image-
+    replay ``genifer/config/examples/*.json`` and ``bin/train_incremental.py``).
+
+    The supervised path (``objective=supervised``, every label) with a ResNet-18 whose CIFAR stem
+    pads by 1, 50 base classes then 5 tasks of 10 in the iCaRL order, 100 epochs per task at
+    batch 32; the first task with SGD (Nesterov momentum 0.9, lr 0.1, weight decay 5e-4), the later
+    ones with RAdam at 1e-4 (same decay), a fresh optimizer per task, the learning rate x0.2 at
+    epochs 30, 60 and 80; the GAN's settings are ``config.genifer.gan``'s defaults. The classifier
+    scores itself after every task (the ``classifier`` matrix) and no probe is trained.
+    ``--config.strategy=finetune_supervised`` or ``replay_supervised`` (with
+    ``--config.replay.per_class=20 --config.replay.selection=random``) are its baselines.
+    """
+    config.strategy = "genifer"
+    config.objective = "supervised"
+    config.labels.fraction = 1.0
+    config.model.backbone = "resnet18"
+    config.model.cifar_stem_padding = 1
+    config.batch_size = 32
+    config.epochs_per_task = 100
+    config.optimizer.update(
+        name="sgd",
+        lr=0.1,
+        weight_decay=5e-4,
+        scale_lr_by_batch=False,
+        warmup_epochs=0,
+        milestones=(0.3, 0.6, 0.8),
+        decay_factor=0.2,
+        reset_each_task=True,
+    )
+    config.optimizer.kwargs = {"momentum": 0.9, "nesterov": True, "exclude_bias_and_norm": False}
+    config.optimizer.later_tasks.update(name="radam", lr=1e-4)
+    config.eval.evaluators = ()
+    if config.dataset.name == "cifar100":
+        config.num_tasks = 6
+        config.class_order = "cifar100_icarl1993_50+5x10"
 
 
 def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
@@ -356,6 +415,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _require(
             value is None or (math.isfinite(value) and value > 0),
             f"{field}={value}; set a finite value > 0",
+        )
+    o = config.optimizer
+    milestones = tuple(o.milestones)
+    _require(
+        all(0 < m <= 1 for m in milestones) and list(milestones) == sorted(set(milestones)),
+        f"optimizer.milestones={milestones}; set increasing fractions of a task's epochs in "
+        "(0, 1], or () for the warm-up and cosine",
+    )
+    _require(
+        math.isfinite(o.decay_factor) and o.decay_factor > 0,
+        f"optimizer.decay_factor={o.decay_factor}; set a finite factor > 0",
+    )
+    if o.later_tasks.name:
+        _require(
+            o.later_tasks.name in optim.OPTIMIZERS,
+            f"optimizer.later_tasks.name={o.later_tasks.name!r}; choose among "
+            f"{sorted(optim.OPTIMIZERS)}, or '' for one optimizer for the whole run",
+        )
+        lr = o.later_tasks.lr
+        _require(
+            lr is not None and math.isfinite(lr) and lr > 0,
+            f"optimizer.later_tasks.lr={lr}; set the learning rate of the tasks after the first",
         )
     for field, value in (
         ("optimizer.weight_decay", config.optimizer.weight_decay),

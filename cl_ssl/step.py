@@ -68,19 +68,31 @@ def make_tx(
         else {optim.DEFAULT_GROUP: optim.ParamGroup()}
     )
 
+    later = o.later_tasks
+
     def group_tx(group: optim.ParamGroup) -> optax.GradientTransformation:
         if group.frozen:
             return optax.set_to_zero()
         weight_decay = o.weight_decay if group.weight_decay is None else group.weight_decay
 
-        def factory(learning_rate, active=None):
+        def factory(learning_rate, active=None, later_tasks=None):
             tx = optim.make_optimizer(
                 o.name, learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
             )
+            if later_tasks is not None:
+                second = optim.make_optimizer(
+                    later.name,
+                    learning_rate=learning_rate,
+                    weight_decay=weight_decay,
+                    **later.kwargs.to_dict(),
+                )
+                tx = optim.switch(tx, second, later_tasks)
             return tx if active is None else optim.gated(tx, active)
 
-        switch = {} if group.active is None else {"active": 1.0}
-        return optax.inject_hyperparams(factory)(learning_rate=0.0, **switch)
+        switches = {} if group.active is None else {"active": 1.0}
+        if later.name:
+            switches["later_tasks"] = 0.0
+        return optax.inject_hyperparams(factory)(learning_rate=0.0, **switches)
 
     def labels(trainable):
         if objective is None:
@@ -110,6 +122,8 @@ def set_group_hyperparams(
         values = {"learning_rate": hyper[group_lr_key(name) if group.own_schedule else "lr"]}
         if group.active is not None:
             values["active"] = hyper[group.active]
+        if LATER_TASKS in hyper:
+            values[LATER_TASKS] = hyper[LATER_TASKS]
         masked = inner[name]
         injected = masked.inner_state
         inner[name] = masked._replace(
@@ -118,16 +132,22 @@ def set_group_hyperparams(
     return opt_state._replace(inner_states=inner)
 
 
+LATER_TASKS = "later_tasks"
+"""The per-step switch (0 on the first stage, 1 after) to ``optimizer.later_tasks``."""
+
+
 def group_lr_key(name: str) -> str:
     """The key of a group's own learning rate in the step's ``hyper``."""
     return f"lr/{name}"
 
 
-def scaled_base_lr(config: ml_collections.ConfigDict) -> float:
-    """``optimizer.lr`` scaled linearly by batch_size / 256 when ``scale_lr_by_batch`` (CaSSLe's
+def scaled_base_lr(config: ml_collections.ConfigDict, stage: int = 0) -> float:
+    """``optimizer.lr`` (``optimizer.later_tasks.lr`` after the first stage when that optimizer
+    is set) scaled linearly by batch_size / 256 when ``scale_lr_by_batch`` (CaSSLe's
     ``main_pretrain.py``)."""
     o = config.optimizer
-    return o.lr * config.batch_size / 256 if o.scale_lr_by_batch else o.lr
+    lr = o.later_tasks.lr if o.later_tasks.name and stage > 0 else o.lr
+    return lr * config.batch_size / 256 if o.scale_lr_by_batch else lr
 
 
 def lr_schedule(
@@ -136,12 +156,22 @@ def lr_schedule(
     num_epochs: int,
     steps_per_epoch: int,
     group: optim.ParamGroup | None = None,
+    stage: int = 0,
 ) -> optax.Schedule:
-    """The warm-up + cosine schedule of one stage for ``group``, a function of the step within the
-    stage; the group's base learning rate is its own ``lr`` or the run's times its ``lr_scale``."""
+    """The schedule of stage ``stage`` for ``group``, a function of the step within the stage:
+    warm-up and cosine, or step decay at ``optimizer.milestones``; the group's base learning rate
+    is its own ``lr`` or the run's times its ``lr_scale``."""
     o = config.optimizer
     group = group or optim.ParamGroup()
-    base = group.lr if group.lr is not None else scaled_base_lr(config) * group.lr_scale
+    base = group.lr if group.lr is not None else scaled_base_lr(config, stage) * group.lr_scale
+    if o.milestones:
+        return optim.multistep_schedule(
+            base,
+            total_epochs=num_epochs,
+            steps_per_epoch=steps_per_epoch,
+            milestones=tuple(o.milestones),
+            factor=o.decay_factor,
+        )
     return optim.warmup_cosine_schedule(
         base,
         total_epochs=num_epochs,
@@ -282,10 +312,11 @@ def stage_hyper(
     *,
     num_epochs: int,
     steps_per_epoch: int,
+    stage: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Every per-step scalar of one stage: name -> float32 [steps]; 'lr', each group's own
-    learning rate ('lr/<group>', ``group_lr_key``), the objective's schedules and the
-    strategy's."""
+    """Every per-step scalar of stage ``stage``: name -> float32 [steps]; 'lr', each group's own
+    learning rate ('lr/<group>', ``group_lr_key``), the switch to ``optimizer.later_tasks`` (when
+    set), the objective's schedules and the strategy's."""
     num_steps = num_epochs * steps_per_epoch
     steps = np.arange(num_steps)
     schedules = {"lr": optim.ParamGroup()}
@@ -295,9 +326,15 @@ def stage_hyper(
     hyper = {}
     for key, group in schedules.items():
         lr_at = lr_schedule(
-            config, num_epochs=num_epochs, steps_per_epoch=steps_per_epoch, group=group
+            config,
+            num_epochs=num_epochs,
+            steps_per_epoch=steps_per_epoch,
+            group=group,
+            stage=stage,
         )
         hyper[key] = np.asarray(jax.jit(jax.vmap(lr_at))(steps), np.float32)
+    if config.optimizer.later_tasks.name:
+        hyper[LATER_TASKS] = np.full(num_steps, float(stage > 0), np.float32)
     own = objective.schedules(num_steps, steps_per_epoch)
     extra = strategy.schedules(num_steps, steps_per_epoch)
     clash = (set(own) | set(extra)) & set(hyper) | set(own) & set(extra)

@@ -90,9 +90,16 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     try:
         step_lib.make_tx(config).init({"w": np.zeros(2)})
     except TypeError as error:
+        o = config.optimizer
+        later = (
+            f" and optimizer.later_tasks.kwargs {o.later_tasks.kwargs.to_dict()} of "
+            f"{o.later_tasks.name!r}"
+            if o.later_tasks.name
+            else ""
+        )
         raise ValueError(
-            f"optimizer.kwargs {config.optimizer.kwargs.to_dict()} do not fit optimizer "
-            f"{config.optimizer.name!r} ({error}); set --config.optimizer.kwargs to its arguments"
+            f"optimizer.kwargs {o.kwargs.to_dict()} of optimizer {o.name!r}{later} do not fit "
+            f"({error}); set the kwargs to each optimizer's arguments"
         ) from error
     objective = get_objective(config)
     strategy = get_strategy(config, objective)
@@ -502,6 +509,7 @@ class _Run:
             p.strategy,
             num_epochs=stage.num_epochs,
             steps_per_epoch=stage.steps_per_epoch,
+            stage=stage_id,
         )
         first, global_step = int(state.task_step), int(state.step)
         bar = tqdm.tqdm(

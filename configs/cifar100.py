@@ -3,6 +3,7 @@
     python -m cl_ssl.main --config=configs/cifar100.py --workdir=runs/c100
     python -m cl_ssl.main --config=configs/cifar100.py:cassle --config.objective=byol --workdir=DIR
     python -m cl_ssl.main --config=configs/cifar100.py:cassle,data_incremental --workdir=DIR
+    python -m cl_ssl.main --config=configs/cifar100.py:genifer --workdir=runs/genifer
 
 The argument after ':' is a comma-separated list of variants:
   class_incremental (the default): 5 tasks of 20 classes in CaSSLe's order (torch seed 5).
@@ -14,6 +15,10 @@ The argument after ':' is a comma-separated list of variants:
     applies Kaizen's settings: every label, its recipes and heads, ``use_kaizen_setting``).
   ccl: CCL over MoCoV2+ (``use_ccl_setting``); CaSSLe's MoCoV2+ recipe, the optimizer's momentum
     carried across tasks as in CCL's code (the paper's CIFAR-100 settings are not released).
+  genifer: Genifer's supervised setting instead (``use_genifer_setting``): 50 base classes then 5
+    tasks of 10, a ResNet-18 classifier trained with cross-entropy, SGD then RAdam, 100 epochs per
+    task at batch 32, generative feature-driven replay. ``--config.strategy=finetune_supervised``
+    and ``replay_supervised`` are its baselines.
   runlocal: a tiny smoke-test variant (the tiny ResNet, 1 epoch per task).
 
 Everything else is CaSSLe's CIFAR-100 recipe (Fini et al., CVPR 2022;

@@ -16,7 +16,8 @@ CPU cores: the tiny ResNet, one epoch per task, probes trained on 2,000 labelled
 
 ``get_config('strategies')`` is a cheaper variant for comparing continual strategies over many
 runs (experiments/quality.py): a ResNet-18 at 1/8 width, 2 epochs per task, probes trained on
-5,000 labelled images for 20 epochs.
+5,000 labelled images for 20 epochs. ``:genifer`` is Genifer's supervised setting in its shape (4
+base classes, then 3 tasks of 2; ``use_genifer_setting``).
 """
 
 from cl_ssl import config as config_lib
@@ -26,9 +27,10 @@ MEAN, STD = (0.2860,) * 3, (0.3530,) * 3
 
 
 def get_config(arg: str | None = None):
-    if arg not in (None, "strategies", "runlocal"):
+    if arg not in (None, "strategies", "runlocal", "genifer"):
         raise ValueError(
-            f"unknown fashion_mnist config variant {arg!r}; use none, 'strategies' or 'runlocal'"
+            f"unknown fashion_mnist config variant {arg!r}; use none, 'strategies', 'genifer' or "
+            "'runlocal'"
         )
     config = config_lib.base_config()
     config.dataset.name = "fashion_mnist_idx"
@@ -101,4 +103,30 @@ def get_config(arg: str | None = None):
     if arg == "runlocal":
         config_lib.use_runlocal_setting(config)
         config.batch_size = 256
+    if arg == "genifer":
+        use_genifer_setting(config)
     return config
+
+
+def use_genifer_setting(config) -> None:
+    """Genifer's supervised setting at CPU scale: 4 base classes then 3 tasks of 2, a 1/8-width
+    ResNet-18 with the CIFAR stem (its layer3 map is 32 x 7 x 7), 4 epochs per task, and a GAN
+    with fewer channels (a 7 x 7 constant upsampled twice to 28 pixels) trained for 2 epochs after
+    the first task and 4 after the others."""
+    config_lib.use_genifer_setting(config)
+    config.num_tasks = 4
+    config.class_order = "fashion_mnist_idx_natural_4+3x2"
+    config.model.update(stem="cifar", width_multiplier=0.125)
+    config.epochs_per_task = 4
+    config.checkpoint_every_steps = 500
+    config.genifer.gan.update(
+        latent_dim=64,
+        generator_channels=(64, 32, 32, 16, 16),
+        constant_channels=64,
+        base_resolution=7,
+        discriminator_channels=(32, 64),
+        discriminator_epilogue=64,
+        epochs_first=2,
+        epochs=4,
+        checkpoint_every=200,
+    )

@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config, train_data
+from helpers import shipped_config, tiny_config, train_data
 
+from cl_ssl import optim
+from cl_ssl import step as step_lib
 from cl_ssl.data.augment import ViewConfig, augment_image, padded_random_crop
 from cl_ssl.data.batch import Batch
 from cl_ssl.evaluation import evaluate
@@ -194,3 +196,29 @@ def test_supervised_view_is_a_padded_crop_and_a_flip():
     assert set(map(tuple, np.round(pixels.reshape(-1, 3), 5))) <= source
     with pytest.raises(ValueError, match="crop_padding must be >= 0"):
         ViewConfig(crop_padding=-1)
+
+
+def test_genifer_preset_trains_with_sgd_then_radam_and_step_decay():
+    """cifar100:genifer: lr 0.1 x0.2 at epochs 30, 60 and 80 on the first task; RAdam from 1e-4
+    on the later ones, whose switch is on from the second stage; both optimizers' states kept."""
+    config = resolve_config(shipped_config("cifar100", "genifer"))
+    assert (config.objective, config.strategy, config.num_tasks) == ("supervised", "genifer", 6)
+    objective = get_objective(config)
+    strategy = get_strategy(config, objective)
+
+    def hyper(stage):
+        return step_lib.stage_hyper(
+            config, objective, strategy, num_epochs=100, steps_per_epoch=2, stage=stage
+        )
+
+    first, later = hyper(0), hyper(1)
+    np.testing.assert_allclose(
+        first["lr"][[0, 59, 60, 119, 120, 159, 160, 199]],
+        [0.1, 0.1, 0.02, 0.02, 0.004, 0.004, 0.0008, 0.0008],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(later["lr"][[0, 60]], [1e-4, 2e-5], rtol=1e-6)
+    assert first[step_lib.LATER_TASKS].max() == 0 and later[step_lib.LATER_TASKS].min() == 1
+    tx = step_lib.make_tx(config, objective, strategy)
+    state = tx.init({"student": {"w": jnp.zeros(2)}, "strategy": {"c": jnp.zeros(3)}})
+    assert isinstance(state.inner_states["default"].inner_state.inner_state, optim.SwitchState)
