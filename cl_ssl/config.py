@@ -175,7 +175,7 @@ def unread_sections(config: dict) -> set[str]:
     """The config sections a run of ``config`` (a dict) never reads: those of the other objectives
     and of the other strategies."""
     sections = set(objectives.OBJECTIVES) | set(strategies.default_configs())
-    read = {config.get("objective")} | strategies.sections_read(config.get("strategy"))
+    read = {config.get("objective")} | strategies.sections_read(config)
     return sections - read
 
 

@@ -380,6 +380,30 @@ def _learned(state: state_lib.ContinualState) -> dict[str, Any]:
     }
 
 
+def task_end_progress(workdir: str, stage_id: int, mesh: jax.sharding.Mesh) -> Progress:
+    """Checkpoints of a strategy's own loop at the end of stage ``stage_id`` (Genifer's GAN), in
+    ``task_end/stage_<id>`` of ``workdir`` (created on the first save; the newest one kept)."""
+    directory = os.path.join(os.path.abspath(workdir), "task_end", f"stage_{stage_id}")
+    rep = parallel.replicated(mesh)
+
+    def save(iteration: int, tree: Any) -> None:
+        with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+            ckpt.save(iteration, tree, {})
+
+    def restore(like: Any) -> Any:
+        if not os.path.isdir(directory):
+            return None
+        with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+            restored = ckpt.restore(checkpoint.abstract_like(like, rep))
+        if restored is None:
+            return None
+        if jax.process_index() == 0:
+            print(f"resumed the end of task {stage_id + 1} from {directory}")
+        return restored[1]
+
+    return Progress(save=save, restore=restore)
+
+
 class _Run:
     """One run's training loop: start or resume, then each stage's steps and its end."""
 
@@ -571,29 +595,6 @@ class _Run:
                 self.writer.scalar(f"train/{k}", float(v), step)
             self.writer.scalar("train/images_per_second", rate, step)
 
-    def _progress(self, stage_id: int) -> Progress:
-        """Checkpoints of the strategy's own loop at the end of ``stage_id``, in
-        ``task_end/stage_<id>`` of the workdir (created on the first save)."""
-        directory = os.path.join(self.workdir, "task_end", f"stage_{stage_id}")
-        rep = parallel.replicated(self.mesh)
-
-        def save(iteration: int, tree: Any) -> None:
-            with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
-                ckpt.save(iteration, tree, {})
-
-        def restore(like: Any) -> Any:
-            if not os.path.isdir(directory):
-                return None
-            with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
-                restored = ckpt.restore(checkpoint.abstract_like(like, rep))
-            if restored is None:
-                return None
-            if jax.process_index() == 0:
-                print(f"resumed the end of task {stage_id + 1} from {directory}")
-            return restored[1]
-
-        return Progress(save=save, restore=restore)
-
     def _log_scalars(self, values: dict[str, float], iteration: int) -> None:
         if self.writer:
             for name, value in values.items():
@@ -622,7 +623,7 @@ class _Run:
                 features=self.evaluator.features,
                 map_images=self.evaluator.map_images,
                 mesh=self.mesh,
-                progress=self._progress(stage_id),
+                progress=task_end_progress(self.workdir, stage_id, self.mesh),
                 log_scalars=self._log_scalars,
                 log_image=functools.partial(self._log_image, step=step),
             )

@@ -1,33 +1,33 @@
 """Genifer: the replay batch and loss, the GAN's step (a feature-driven discriminator, lazy R1 on
 the features, generator distillation, ADA), and a whole run that resumes inside GAN training."""
 
-import importlib.util
-import json
-import pathlib
-import shutil
+import dataclasses
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import run, tiny_config, train_data
+from helpers import tiny_config, train_data
 
 from cl_ssl import losses, parallel, train
+from cl_ssl import state as state_lib
+from cl_ssl import step as step_lib
 from cl_ssl.data import ada, augment
-from cl_ssl.data.batch import current_batch
+from cl_ssl.data.batch import TrainData, current_batch
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
 from cl_ssl.models import gan
 from cl_ssl.objectives import get_objective, resolve_config
-from cl_ssl.strategies import LossInputs, genifer_gan, get_strategy
+from cl_ssl.strategies import LossInputs, TaskEnd, generative, genifer, genifer_gan, get_strategy
+from cl_ssl.strategies.base import Progress
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_GAN = {
     "genifer.gan.batch_size": 8,
     "genifer.gan.latent_dim": 8,
-    "genifer.gan.generator_channels": (8,) * 7,
+    "genifer.gan.generator_channels": (8,) * 3,  # a 16-pixel constant, upsampled once
     "genifer.gan.constant_channels": 8,
+    "genifer.gan.base_resolution": 16,
     "genifer.gan.discriminator_channels": (8, 8),
     "genifer.gan.discriminator_epilogue": 8,
     "genifer.gan.epochs_first": 2,
@@ -37,7 +37,12 @@ TINY_GAN = {
 
 
 def genifer_config(**overrides):
-    settings = {"objective": "supervised", "strategy": "genifer", "labels.fraction": 1.0}
+    settings = {
+        "objective": "supervised",
+        "strategy": "genifer",
+        "labels.fraction": 1.0,
+        "eval.evaluators": (),  # the classifier scores itself
+    }
     return tiny_config(**{**settings, **TINY_GAN, **overrides})
 
 
@@ -53,18 +58,15 @@ def _parts(**overrides):
 
 @pytest.fixture(scope="module")
 def initial():
-    """The initial strategy state and student variables on 4 classes (tasks 0: classes 0-1)."""
+    """The initial strategy state and student variables (examples of classes 0-3 of 10)."""
     config, objective, strategy = _parts()
     images = np.asarray(train_data(8).images)  # random 32x32 images
     variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
-    train = ArraySplit(images=images, labels=np.arange(8) % 4, num_classes=4)
-    return (
-        config,
-        objective,
-        strategy,
-        variables,
-        strategy.init(variables, jax.random.PRNGKey(1), train),
-    )
+    # Mock CIFAR-10's 10 classes, so that the GAN step is the whole run's (a compile shared
+    # through the persistent cache).
+    train = ArraySplit(images=images, labels=np.arange(8) % 4, num_classes=10)
+    init = jax.jit(lambda v, key: strategy.init(v, key, train))  # one compile, not op by op
+    return config, objective, strategy, variables, init(variables, jax.random.PRNGKey(1))
 
 
 def test_replay_rows_are_generated_old_class_pixels_after_the_kept_real_rows(initial):
@@ -129,7 +131,8 @@ def test_loss_is_ce_on_real_rows_then_the_weighted_replay_terms(initial):
         out["features"] @ state.trainable["classifier"]["linear0"]["kernel"]
         + state.trainable["classifier"]["linear0"]["bias"]
     )
-    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))  # tasks 0-1: every class
+    logits = logits[:, :4]  # tasks 0 and 1 hold classes 0-3
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ce = -np.mean([log_p[i, int(batch.labels[i])] for i in range(4)])
     np.testing.assert_allclose(float(terms["ce"]), ce, rtol=1e-5)
 
@@ -140,34 +143,51 @@ def test_loss_is_ce_on_real_rows_then_the_weighted_replay_terms(initial):
 
 @pytest.fixture(scope="module")
 def gan_parts(initial):
-    """(Gan, the jitted step, classifier variables, GanState, GanInputs of a second boundary)."""
+    """(the step function, the run's jitted step, classifier variables, GanState, GanInputs of a
+    second boundary)."""
     config, objective, strategy, variables, state = initial
-    model = genifer_gan.make_gan(config, 4, 3)
-    view = objective.views[0]
-
-    def features(v, images):
-        return objective.model.apply(v, images, False, method="project")["feature_map"]
-
-    step = jax.jit(genifer_gan.build_gan_step(model, features, mean=view.mean, std=view.std))
-    gan_state = model.restart(state.buffers["gan"])
+    replay = generative.GenerativeReplay(
+        config=config,
+        feature_map=lambda v, images: objective.model.apply(v, images, False, method="project")[
+            "feature_map"
+        ],
+        view=objective.views[0],
+    )
+    mesh = parallel.make_mesh(1)
+    step = replay._step(10, 3, mesh)
+    assert replay._step(10, 3, mesh) is step  # one per run
+    raw = genifer_gan.build_gan_step(
+        replay.gan(10, 3), replay._rgb_feature_map, mean=replay.view.mean, std=replay.view.std
+    )
+    gan_state = replay.gan(10, 3).restart(state.buffers[genifer.GENERATIVE][generative.GAN_STATE])
     inputs = genifer_gan.GanInputs(
         previous=gan_state.generator_ema,
         has_previous=jnp.asarray(True),
-        old=jnp.array([True, True, False, False]),
-        current=jnp.array([False, False, True, True]),
+        old=jnp.arange(10) < 2,
+        current=(jnp.arange(10) >= 2) & (jnp.arange(10) < 4),
         distill_weight=jnp.float32(10.0),
         rampup=jnp.float32(genifer_gan.ema_rampup(500, 8, 100)),
     )
-    return model, step, variables, gan_state, inputs
+    # Placed as the run places them, so that the step sees the same arguments every call.
+    rep = parallel.replicated(mesh)
+    variables, gan_state, inputs = jax.device_put((variables, gan_state, inputs), rep)
+    return raw, step, variables, gan_state, inputs
+
+
+def _copy(tree):
+    """A copy of ``tree`` for a step that donates its state."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def _real(n=8):
+    """A batch of real images and labels, sharded over one device as the run shards them."""
     images = np.random.default_rng(5).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    return jnp.asarray(images), jnp.arange(n, dtype=jnp.int32) % 4
+    rows = parallel.batch_sharded(parallel.make_mesh(1))
+    return jax.device_put((images, np.arange(n, dtype=np.int32) % 4), rows)
 
 
 def test_discriminator_judges_feature_maps_never_pixels(gan_parts, monkeypatch):
-    model, step, variables, gan_state, inputs = gan_parts
+    raw, step, variables, gan_state, inputs = gan_parts
     seen = []
     call = gan.FeatureDiscriminator.__call__
 
@@ -176,7 +196,7 @@ def test_discriminator_judges_feature_maps_never_pixels(gan_parts, monkeypatch):
         return call(self, features, labels)
 
     monkeypatch.setattr(gan.FeatureDiscriminator, "__call__", recording)
-    jax.eval_shape(step.__wrapped__, gan_state, variables, *_real(), inputs, jax.random.PRNGKey(0))
+    jax.eval_shape(raw, gan_state, variables, *_real(), inputs, jax.random.PRNGKey(0))
     feature_shape = objective_feature_shape(variables)
     assert seen and all(shape[1:] == feature_shape for shape in seen), seen
     assert all(shape[1:] != (32, 32, 3) for shape in seen)
@@ -192,13 +212,22 @@ def test_first_iteration_r1_on_features_no_distillation_and_ema_copy(gan_parts):
     """Iteration 0: R1 is (gamma/2)(16/17) mean ||grad_h D(h)||^2 > 0 on the features; the
     generator equals the previous one (G restarts from the EMA copy), so its distillation is 0;
     the EMA copy takes the new weights (beta 0). Iteration 1: no R1 (lazy)."""
-    model, step, variables, gan_state, inputs = gan_parts
-    new, metrics = step(gan_state, variables, *_real(), inputs, jax.random.PRNGKey(0))
+    raw, step, variables, gan_state, inputs = gan_parts
+    new, metrics = step(_copy(gan_state), variables, *_real(), inputs, jax.random.PRNGKey(0))
     assert float(metrics["r1"]) > 0
     assert float(metrics["g_distill"]) == pytest.approx(0.0, abs=1e-5)  # up to float rounding
     chex.assert_trees_all_equal(new.generator_ema, new.generator)
-    _, later = step(new, variables, *_real(), inputs, jax.random.PRNGKey(1))
+    _, later = step(_copy(new), variables, *_real(), inputs, jax.random.PRNGKey(1))
     assert float(later["r1"]) == 0.0 and float(later["g_distill"]) > 0
+    first_boundary = jax.device_put(
+        dataclasses.replace(
+            inputs, has_previous=jnp.asarray(False), distill_weight=jnp.float32(0.0)
+        ),
+        parallel.replicated(parallel.make_mesh(1)),
+    )
+    _, first = step(new, variables, *_real(), first_boundary, jax.random.PRNGKey(2))
+    assert float(first["g_loss"]) == pytest.approx(float(first["g_gan"]))  # no distillation
+    assert step._cache_size() == 1  # every boundary's inputs have one shape: one compile
 
 
 def test_r1_penalty_is_the_scaled_squared_gradient_norm():
@@ -254,74 +283,69 @@ def test_minibatch_std_matches_numpy():
 # A whole run
 
 
-def _split_file(tmp_path_factory):
-    """Mock CIFAR-10 in 3 uneven tasks: 4, 3 and 3 classes."""
-    spec = importlib.util.spec_from_file_location(
-        "make_splits", REPO / "experiments" / "make_splits.py"
-    )
-    make_splits = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_splits)
-    content = make_splits._content(
-        name="cifar10_natural_4+2x3",
-        dataset="cifar10",
-        dataset_labels="CIFAR-10 labels",
-        permutation=list(range(10)),
-        num_tasks=3,
-        task_sizes=[4, 3, 3],
-        description="test",
-    )
-    path = tmp_path_factory.getbasetemp() / "cifar10_uneven.json"
-    path.write_text(json.dumps(content))
-    return str(path)
-
-
-def _run_config(split):
-    return genifer_config(num_tasks=3, class_order=split, keep_checkpoints=20)
-
-
-def test_run_compiles_each_step_once_draws_samples_and_resumes_inside_gan_training(
-    finished_run, tmp_path_factory, tmp_path, monkeypatch
-):
-    """Three uneven tasks: two train steps and one GAN step compiled for the whole run (two GAN
-    trainings); a sample grid per trained GAN; the classifier's matrix; and a copy of the run cut
-    back to the middle of the first task's GAN training resumes to exactly the same end."""
-    split = _split_file(tmp_path_factory)
-    traces = []
-    build = genifer_gan.build_gan_step
-
-    def counting(*args, **kwargs):
-        step = build(*args, **kwargs)
-
-        def counted(*step_args):
-            traces.append(1)
-            return step(*step_args)
-
-        return counted
-
-    monkeypatch.setattr(genifer_gan, "build_gan_step", counting)
-    whole, workdir = finished_run(_run_config(split))
+def test_run_draws_samples_and_scores_the_classifier_on_the_seen_classes(finished_run):
+    """Two tasks: two train steps compiled; the GAN trained after the first task, its progress
+    checkpointed before its end and its samples drawn; the classifier scored over the classes
+    seen so far (the second task's are outside its layer after the first task)."""
+    whole, workdir = finished_run(genifer_config())
     assert whole["traces"] == [1, 1]
-    if traces:  # this worker ran the run (another may have): the GAN step traced once
-        assert len(traces) == 1
-    pngs = sorted(p.name for p in (workdir / "plots").glob("genifer_samples_*.png"))
-    assert pngs == ["genifer_samples_task1.png", "genifer_samples_task2.png"]
+    assert [p.name for p in (workdir / "plots").glob("generated_samples_*.png")] == [
+        "generated_samples_task1.png"
+    ]
+    assert len(list((workdir / "task_end" / "stage_0").iterdir())) == 1
     R = whole["matrices"][evaluate.CLASSIFIER]
-    assert R.shape == (4, 3) and not np.isnan(R).any()
+    assert R.shape == (3, 2) and not np.isnan(R).any() and R[1, 1] == 0.0
 
-    resumed_dir = tmp_path / "resumed"
-    shutil.copytree(workdir, resumed_dir)
-    # The GAN after task 1 saved its progress mid-way (the last save comes before its end).
-    assert len(list((resumed_dir / "task_end" / "stage_0").iterdir())) == 1
-    end_of_task1 = train.plan(_run_config(split), parallel.make_mesh(1)).stages[0].num_steps
-    for p in (resumed_dir / "checkpoints").iterdir():
-        if int(p.name) >= end_of_task1:  # killed inside the GAN training after task 1
-            shutil.rmtree(p)
-    assert any((resumed_dir / "checkpoints").iterdir())
-    shutil.rmtree(resumed_dir / "task_end" / "stage_1", ignore_errors=True)
-    resumed = run(_run_config(split), resumed_dir)
-    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
-    chex.assert_trees_all_equal(whole["state"].strategy, resumed["state"].strategy)
-    np.testing.assert_array_equal(R, resumed["matrices"][evaluate.CLASSIFIER])
+
+class _Killed(Exception):
+    pass
+
+
+def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_path):
+    """The GAN's training at a boundary, killed right after its checkpoint at iteration 2 of 4
+    (``task_end/stage_0``, as the run writes it), resumes from it to the same state as a training
+    never killed."""
+    config, objective, _, variables, state = initial
+    replay = generative.GenerativeReplay(
+        config=config,
+        feature_map=lambda v, images: objective.model.apply(v, images, False, method="project")[
+            "feature_map"
+        ],
+        view=objective.views[0],
+    )
+    mesh = parallel.make_mesh(1)
+    images = np.asarray(train_data(16, seed=7).images)
+    split = ArraySplit(images=images, labels=np.arange(16) % 2, num_classes=10)
+    buffers = dict(state.buffers[genifer.GENERATIVE])
+    buffers[generative.SEEN] = jnp.arange(10) < 2
+
+    def end(progress):
+        return TaskEnd(
+            state=None,
+            next_task=1,
+            key=jax.random.PRNGKey(3),
+            indices=np.arange(16, dtype=np.int32),
+            train=split,
+            features=None,
+            map_images=None,
+            mesh=mesh,
+            progress=progress,
+        )
+
+    progress = train.task_end_progress(str(tmp_path / "killed"), 0, mesh)
+
+    def save_then_die(iteration, tree):
+        progress.save(iteration, tree)
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        replay._train(end(Progress(save_then_die, progress.restore)), buffers, variables)
+    assert progress.restore(buffers[generative.GAN_STATE]) is not None
+    resumed = replay._train(end(progress), buffers, variables)
+    assert int(resumed.step) == 4
+    fresh = train.task_end_progress(str(tmp_path / "whole"), 0, mesh)
+    whole = replay._train(end(fresh), buffers, variables)
+    chex.assert_trees_all_equal(whole, resumed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +359,8 @@ def test_run_compiles_each_step_once_draws_samples_and_resumes_inside_gan_traini
         ({"genifer.replay_fraction": 0.0}, "keep at least one generated and one real row"),
         ({"genifer.gan.batch_size": 40}, "set a multiple of 32"),
         ({"genifer.gan.batch_size": 7}, "set an even size"),
-        ({"genifer.gan.generator_channels": (8,) * 5}, "makes 16-pixel images"),
-        ({"genifer.gan.generator_channels": (8,) * 6}, "set an odd count"),
+        ({"genifer.gan.generator_channels": (8,) * 5}, "makes 64-pixel images"),
+        ({"genifer.gan.generator_channels": (8,) * 4}, "set an odd count"),
         ({"objective": "simclr"}, "set --config.objective=supervised"),
     ],
 )
@@ -346,13 +370,125 @@ def test_settings_that_cannot_work_are_rejected_before_compiling(overrides, mess
 
 
 def test_gan_step_is_data_parallel(gan_parts):
-    """The step on a batch sharded over 4 devices equals the step on one."""
-    model, step, variables, gan_state, inputs = gan_parts
+    """The step's losses (R1 and the minibatch statistics included) on a batch sharded over 4
+    devices equal those on one device. The parameters are not compared: Adam's first step is
+    lr * sign(g), which float noise flips where a gradient is near 0."""
+    raw, step, variables, gan_state, inputs = gan_parts
     args = (gan_state, variables, *_real(), inputs, jax.random.PRNGKey(4))
-    expected = step(*args)
+    expected = step(_copy(gan_state), *args[1:])
     mesh = parallel.make_mesh(4)
     rep, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    sharded = jax.jit(
-        step.__wrapped__, in_shardings=(rep, rep, rows, rows, rep, rep), out_shardings=(rep, rep)
-    )(*args)
-    chex.assert_trees_all_close(sharded, expected, rtol=2e-4, atol=2e-5)
+    sharded = jax.jit(raw, in_shardings=(rep, rep, rows, rows, rep, rep), out_shardings=(rep, rep))(
+        *jax.device_get(args)
+    )
+    chex.assert_trees_all_close(sharded[1], expected[1], rtol=2e-4, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator replay for the self-supervised strategies
+
+
+def test_self_supervised_strategy_replays_from_a_gan_on_the_backbone_layer_maps(monkeypatch):
+    """cassle with replay.source=generator: the discriminator is sized for the backbone's last
+    stage (the tiny ResNet has 2); at the end of the first task the GAN trains (its training is
+    the genifer tests') against the student's backbone, after which its EMA generator replays
+    and a sample grid is written; CaSSLe's teacher is kept; from the second task on
+    ``replay.batch_size`` generated rows of the first task's classes join the batch."""
+    config = resolve_config(
+        tiny_config(
+            strategy="cassle", **{"replay.source": "generator", "replay.batch_size": 4}, **TINY_GAN
+        )
+    )
+    objective = get_objective(config)
+    strategy = get_strategy(config, objective)
+    split = ArraySplit(
+        images=np.asarray(train_data(32).images), labels=np.arange(32) % 4, num_classes=4
+    )
+    tx = step_lib.make_tx(config, objective, strategy)
+    state = jax.jit(
+        lambda: state_lib.initial_state(
+            objective=objective, strategy=strategy, tx=tx, seed=0, train=split
+        )
+    )()
+    own = state.strategy.buffers[genifer.GENERATIVE]
+    d_kernel = own[generative.GAN_STATE].discriminator["block0_conv0"]["kernel"]
+    stage2 = objective.model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        jnp.zeros((1, 32, 32, 3)),
+        method=generative.backbone_stage(2),
+    )
+    assert d_kernel.shape[2] == stage2.shape[-1]
+    assert "teacher" in state.strategy.frozen  # CaSSLe's own state is kept
+
+    images = []
+    first_task = np.flatnonzero(split.labels < 2).astype(np.int32)
+    end = TaskEnd(
+        state=state,
+        next_task=1,
+        key=jax.random.PRNGKey(0),
+        indices=first_task,
+        train=split,
+        features=None,
+        map_images=None,
+        mesh=parallel.make_mesh(1),
+        progress=Progress(save=lambda step, tree: None, restore=lambda like: None),
+        log_image=lambda name, image, tag: images.append((name, image.shape)),
+    )
+    trained_with = []
+
+    def train(self, end, buffers, network):
+        trained_with.append(network)
+        moved = jax.tree.map(lambda x: x + 1.0, buffers[generative.GAN_STATE].generator_ema)
+        return buffers[generative.GAN_STATE].replace(generator_ema=moved)
+
+    monkeypatch.setattr(generative.GenerativeReplay, "_train", train)
+    after = strategy.end_task(end)
+    (network,) = trained_with
+    chex.assert_trees_all_equal(network, {"params": state.params, "batch_stats": state.batch_stats})
+    trained = after.buffers[genifer.GENERATIVE]
+    chex.assert_trees_all_equal(
+        trained[generative.GENERATOR], trained[generative.GAN_STATE].generator_ema
+    )
+    assert np.asarray(trained[generative.SEEN]).tolist() == [True, True, False, False]
+    assert images == [("generated_samples_task1", (2 * 32, 8 * 32, 3))]
+    assert "teacher" in after.frozen
+
+    tasks = (split.labels >= 2).astype(np.int32)
+    data = jax.device_put(
+        TrainData(images=split.images, labels=split.labels, classes=split.labels, tasks=tasks)
+    )
+    batch = current_batch(data, jnp.arange(8))
+    joined = jax.jit(strategy.extend_batch)(after, batch, data, jax.random.PRNGKey(1), jnp.int32(1))
+    assert joined.size == 12 and joined.images.dtype == jnp.uint8
+    assert set(np.asarray(joined.labels[8:]).tolist()) <= {0, 1}
+
+
+def test_upsample_is_bilinear_with_aligned_corners():
+    """PyTorch's UpsamplingBilinear2d: output pixel i samples input position i (n - 1) / (2n - 1)."""
+    x = np.random.default_rng(10).standard_normal((1, 3, 4, 2)).astype(np.float32)
+
+    def at(v, pos):  # linear interpolation along axis 0 of v at fractional positions
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, v.shape[0] - 1)
+        t = (pos - lo).reshape(-1, *([1] * (v.ndim - 1)))
+        return v[lo] * (1 - t) + v[hi] * t
+
+    rows = at(x[0], np.arange(6) * 2 / 5)
+    expected = at(rows.transpose(1, 0, 2), np.arange(8) * 3 / 7).transpose(1, 0, 2)
+    np.testing.assert_allclose(gan.upsample(jnp.asarray(x))[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"replay.source": "gan"}, r"replay.source='gan'; choose one of"),
+        (
+            {"replay.source": "generator", "strategy": "kaizen", "labels.fraction": 1.0},
+            "joins rows of its own",
+        ),
+    ],
+)
+def test_generator_replay_settings_that_cannot_work(overrides, message):
+    config = resolve_config(tiny_config(**{**TINY_GAN, **overrides}))
+    with pytest.raises(ValueError, match=message):
+        get_strategy(config, get_objective(config))

@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import shipped_config, tiny_config, train_data
+from helpers import random_split, shipped_config, tiny_config, train_data
 
 from cl_ssl import optim
 from cl_ssl import step as step_lib
 from cl_ssl.data.augment import ViewConfig, augment_image, padded_random_crop
 from cl_ssl.data.batch import Batch
-from cl_ssl.evaluation import evaluate
 from cl_ssl.objectives import get_objective, resolve_config
 from cl_ssl.strategies import LossInputs, get_strategy, supervised
 
@@ -30,19 +29,20 @@ def supervised_config(strategy="replay_supervised", **overrides):
     )
 
 
-def test_replay_supervised_run_scores_its_classifier_on_the_seen_classes(finished_run):
-    """A whole run: two compiled steps, the classifier's matrix next to the probes', row 1 scoring
-    the first task's classes only (the second task's are outside the layer, so every test image of
-    the second task is misclassified), and the summaries of the supervised path."""
-    result, _ = finished_run(supervised_config())
-    assert result["traces"] == [1, 1]
-    R = result["matrices"][evaluate.CLASSIFIER]
-    assert R.shape == (3, 2) and not np.isnan(R).any()
-    assert R[1, 1] == 0.0
-    summary = result["summaries"][evaluate.CLASSIFIER]
-    assert summary["average_incremental_accuracy_without_first"] == pytest.approx(
-        summary["accuracy_after_each_task"][1]
+def test_replay_supervised_keeps_labelled_exemplars_and_joins_them_from_the_second_task():
+    """The memory and the seen classes in the state; the replay rows (with their labels) join
+    the batch from the second task on. (genifer's whole run covers the supervised path's.)"""
+    config, objective, strategy = _configured("replay_supervised")
+    assert strategy.extends_batch_from == 1
+    split = random_split(16, num_classes=4)
+    state = strategy.init(
+        objective.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False),
+        jax.random.PRNGKey(1),
+        split,
     )
+    assert set(state.buffers) == {"seen", "memory"} and "classifier" in state.trainable
+    memory = state.buffers["memory"]
+    assert memory.valid.shape[0] == config.replay.per_class * 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,10 +82,15 @@ def test_grow_redraws_the_unseen_columns_only():
 # The loss
 
 
-def _strategy(strategy="finetune_supervised", **overrides):
+def _configured(strategy="finetune_supervised", **overrides):
     config = resolve_config(supervised_config(strategy, **overrides))
     objective = get_objective(config)
-    return objective, get_strategy(config, objective)
+    return config, objective, get_strategy(config, objective)
+
+
+def _strategy(strategy="finetune_supervised", **overrides):
+    _, objective, built = _configured(strategy, **overrides)
+    return objective, built
 
 
 def test_cross_entropy_over_the_seen_classes_reaches_the_backbone():

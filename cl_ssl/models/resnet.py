@@ -193,6 +193,23 @@ class ResNet(nn.Module):
         return outputs
 
 
+FEATURE_MAP_STAGE = 3
+"""ResNet's layer3, the stage whose output Genifer matches and distils ("stage4" in its naming)."""
+
+
+def feature_map_stage(backbone: ResNet, stage: int | None, field: str) -> int:
+    """The 1-based stage ``stage`` of ``backbone``, or unset (None) layer3, or the last stage of a
+    shallower backbone; ValueError naming ``field`` for a stage the backbone does not have."""
+    num_stages = len(backbone.stage_sizes)
+    chosen = min(FEATURE_MAP_STAGE, num_stages) if stage is None else stage
+    if not 1 <= chosen <= num_stages:
+        raise ValueError(
+            f"{field}={stage}, but the backbone has {num_stages} stages; set it in "
+            f"[1, {num_stages}], or leave it unset for layer3"
+        )
+    return chosen
+
+
 def pool(feature_map: jax.Array) -> jax.Array:
     """Global average pool: [B, H, W, C] -> float32 [B, C]."""
     return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cl_ssl.models import resnet
 from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives.base import Objective, Recipe, make_backbone, make_views
 
@@ -33,10 +34,6 @@ RECIPE = Recipe(
     views=(SUPERVISED_VIEW, SUPERVISED_VIEW),
     source="Genifer genifer/config/examples/pretrain_classifier.json (task 0)",
 )
-
-
-GENIFER_STAGE = 3
-"""ResNet's layer3, the stage whose output Genifer matches and distils."""
 
 
 class Identity(nn.Module):
@@ -62,15 +59,9 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     """The supervised objective: the backbone of ``config.model``, one view, a zero loss; the
     model's outputs also hold 'feature_map', the output of stage ``supervised.feature_map_stage``."""
     backbone = make_backbone(config)
-    num_stages = len(backbone.stage_sizes)
-    stage = config.supervised.feature_map_stage
-    if stage is None:
-        stage = min(GENIFER_STAGE, num_stages)
-    if not 1 <= stage <= num_stages:
-        raise ValueError(
-            f"supervised.feature_map_stage={stage}, but {config.model.backbone} has "
-            f"{num_stages} stages; set it in [1, {num_stages}]"
-        )
+    stage = resnet.feature_map_stage(
+        backbone, config.supervised.feature_map_stage, "supervised.feature_map_stage"
+    )
     model = SSLModel(backbone=backbone, projector=Identity(), feature_map_stage=stage)
 
     def loss(student, target, state, params, hyper):

@@ -10,7 +10,8 @@ through the stream next to the SSL model, with rehearsal and distillation for bo
 rehearses label-free exemplars with a relational distillation and an extra queue of their keys.
 ``finetune_supervised`` and ``replay_supervised`` train a classifier with cross-entropy through the
 backbone (with ``objective=supervised``): the supervised path of Genifer's baselines; ``genifer``
-replays old classes from a GAN whose discriminator judges the classifier's features.
+replays old classes from a GAN whose discriminator judges the classifier's features; with
+``replay.source=generator`` a self-supervised strategy replays from such a GAN too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from collections.abc import Callable
 import ml_collections
 
 from cl_ssl.objectives import SUPERVISED, Objective
-from cl_ssl.strategies import cassle, ccl, genifer, kaizen, lump, pfr, replay, supervised
+from cl_ssl.strategies import (
+    cassle,
+    ccl,
+    generative,
+    genifer,
+    kaizen,
+    lump,
+    pfr,
+    replay,
+    supervised,
+)
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
@@ -71,14 +82,22 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
     }
 
 
+GENERATOR = "generator"
+"""``replay.source`` that draws the replay rows from a GAN (``generative.with_generator_replay``)."""
+
 # Sections of other strategies that a strategy reads besides its own.
 _ALSO_READS = {"kaizen": ("cassle",), "replay_supervised": ("replay",)}
 
 
-def sections_read(name: str) -> set[str]:
-    """The config sections of strategies that strategy ``name`` reads: its own and, for those
-    built on another, that one's (Kaizen's feature distiller is CaSSLe's)."""
-    return {name, *_ALSO_READS.get(name, ())}
+def sections_read(config: dict) -> set[str]:
+    """The config sections of strategies that a run of ``config`` (a dict) reads: its strategy's
+    own and, for those built on another, that one's (Kaizen's feature distiller is CaSSLe's), and
+    with ``replay.source='generator'`` the replay settings and the GAN's (``genifer``)."""
+    name = config.get("strategy")
+    read = {name, *_ALSO_READS.get(name, ())}
+    if config.get("replay", {}).get("source") == GENERATOR:
+        read |= {"replay", "genifer"}
+    return read
 
 
 def get_strategy(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
@@ -95,4 +114,11 @@ def get_strategy(config: ml_collections.ConfigDict, objective: Objective) -> Str
             f"{config.strategy!r} would train nothing; choose one of the supervised strategies "
             f"{list(supervised.STRATEGIES)}"
         )
-    return _FACTORIES[config.strategy](config, objective)
+    if config.replay.source not in replay.SOURCES:
+        raise ValueError(
+            f"replay.source={config.replay.source!r}; choose one of {list(replay.SOURCES)}"
+        )
+    strategy = _FACTORIES[config.strategy](config, objective)
+    if config.replay.source == GENERATOR:
+        strategy = generative.with_generator_replay(strategy, config, objective)
+    return strategy

@@ -34,19 +34,15 @@ Choices of this library:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import tqdm
 
-from cl_ssl import losses, parallel
-from cl_ssl.data.batch import Batch, join
+from cl_ssl import losses
+from cl_ssl.data.batch import join
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
-from cl_ssl.strategies import genifer_gan, supervised
+from cl_ssl.strategies import generative, genifer_gan, supervised
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
@@ -57,8 +53,8 @@ from cl_ssl.strategies.base import (
     snapshot,
 )
 
-SAMPLES_PER_CLASS = 8
-"""Columns of the PNG grid of generated samples."""
+GENERATIVE = "generative_replay"
+"""The key of the GAN's buffers (``generative.GenerativeReplay``) in the strategy's buffers."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -96,13 +92,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def to_pixels(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """Generated images float [B, H, W, C] in the standardised space -> uint8 [B, H, W, C],
-    clamped to [0, 1] first (the reference's clamp to the normalised range)."""
-    unit = jnp.clip(images * std + mean, 0.0, 1.0)
-    return jnp.round(unit * 255.0).astype(jnp.uint8)
-
-
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Genifer from ``config.genifer``; needs ``objective=supervised``."""
     supervised.check_objective(objective, "genifer")
@@ -116,77 +105,31 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     width = output_widths(objective)["features"]
     model = objective.model
     take = snapshot(lambda tree: tree)
-
-    @functools.cache
-    def gan_for(num_classes: int, channels: int) -> genifer_gan.Gan:
-        return genifer_gan.make_gan(config, num_classes, channels)
-
-    @functools.cache
-    def gan_step_for(num_classes: int, channels: int, mesh: jax.sharding.Mesh):
-        """The jitted GAN step, built once per run (every boundary reuses its compilation)."""
-        rep, rows = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-        fn = genifer_gan.build_gan_step(
-            gan_for(num_classes, channels), feature_map, mean=tuple(view.mean), std=tuple(view.std)
-        )
-        return jax.jit(
-            fn,
-            in_shardings=(rep, rep, rows, rows, rep, rep),
-            out_shardings=(rep, rep),
-            donate_argnums=0,
-        )
-
-    @functools.cache
-    def sampler_for(num_classes: int, channels: int):
-        return jax.jit(gan_for(num_classes, channels).generate)
-
-    def standardisation(channels: int) -> tuple[jax.Array, jax.Array]:
-        mean = jnp.asarray(view.mean, jnp.float32)[:channels]
-        std = jnp.asarray(view.std, jnp.float32)[:channels]
-        return mean, std
-
-    def feature_map(variables, images):
-        rgb = jnp.broadcast_to(images, (*images.shape[:-1], 3))
-        return model.apply(variables, rgb, False, method="project")["feature_map"]
+    replay = generative.GenerativeReplay(
+        config=config,
+        feature_map=lambda variables, images: model.apply(
+            variables, images, False, method="project"
+        )["feature_map"],
+        view=view,
+    )
 
     def teacher_of(params, batch_stats, classifier):
         return {**take(params, batch_stats), "classifier": jax.tree.map(jnp.copy, classifier)}
 
     def init(variables, key, train):
         k_classifier, k_gan = jax.random.split(key)
-        num_classes, channels = train.num_classes, train.images.shape[-1]
-        state = supervised.classifier_state(variables, k_classifier, num_classes, width)
-        crop = view.crop_size
-        shape = jax.eval_shape(
-            feature_map, variables, jax.ShapeDtypeStruct((2, crop, crop, channels), jnp.float32)
-        )
-        gan_state = gan_for(num_classes, channels).init(k_gan, shape)
+        state = supervised.classifier_state(variables, k_classifier, train.num_classes, width)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         return state.replace(
-            frozen={
-                "teacher": teacher_of(params, batch_stats, state.trainable["classifier"]),
-                "generator": jax.tree.map(jnp.copy, gan_state.generator_ema),
-            },
-            buffers={**state.buffers, "gan": gan_state},
+            frozen={"teacher": teacher_of(params, batch_stats, state.trainable["classifier"])},
+            buffers={**state.buffers, GENERATIVE: replay.init(variables, k_gan, train)},
         )
 
     def extend_batch(state, batch, data, key, task):
         kept = jax.tree.map(lambda x: x[:real], batch)
-        num_classes, channels = state.buffers["seen"].shape[0], batch.images.shape[-1]
-        gan_model = gan_for(num_classes, channels)
-        old = supervised.seen_classes(data, task - 1, num_classes)
-        k_labels, k_z, k_noise = jax.random.split(key, 3)
-        labels = genifer_gan.sample_labels(k_labels, old, generated)
-        z = jax.random.normal(k_z, (generated, gan_model.generator.latent_dim))
-        noise = gan_model.generator.sample_noise(k_noise, generated)
-        images = gan_model.generate(state.frozen["generator"], z, labels, noise)
-        replay = Batch(
-            images=to_pixels(images, *standardisation(channels)),
-            labels=labels,
-            ids=jnp.full((generated,), -1, jnp.int32),
-            tasks=jnp.full((generated,), -1, jnp.int32),
-            valid=jnp.ones((generated,), bool),
-        )
-        return join(kept, replay)
+        channels = batch.images.shape[-1]
+        rows = replay.rows(state.buffers[GENERATIVE], data, key, task, generated, channels)
+        return join(kept, rows)
 
     def loss(inputs: LossInputs):
         classifier = inputs.trainable["classifier"]
@@ -240,118 +183,14 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     def end_task(end: TaskEnd) -> StrategyState:
         s = end.state
         strategy = s.strategy
-        finished = end.next_task - 1
         classifier = strategy.trainable["classifier"]
+        network = {"params": s.params, "batch_stats": s.batch_stats}
+        own = replay.end_task(end, strategy.buffers[GENERATIVE], network)
         strategy = strategy.replace(
-            frozen={
-                **strategy.frozen,
-                "teacher": teacher_of(s.params, s.batch_stats, classifier),
-            }
+            frozen={"teacher": teacher_of(s.params, s.batch_stats, classifier)},
+            buffers={**strategy.buffers, GENERATIVE: own},
         )
-        if end.next_task < config.num_tasks:  # no task left to replay for after the last
-            gan_state = train_gan(end, strategy, finished)
-            strategy = strategy.replace(
-                frozen={
-                    **strategy.frozen,
-                    "generator": jax.tree.map(jnp.copy, gan_state.generator_ema),
-                },
-                buffers={**strategy.buffers, "gan": gan_state},
-            )
-            write_samples(end, strategy, finished)
         return supervised.grow(strategy, jax.random.fold_in(end.key, end.next_task))
-
-    def train_gan(end: TaskEnd, strategy: StrategyState, finished: int):
-        s, mesh = end.state, end.mesh
-        seen = np.asarray(strategy.buffers["seen"])
-        current = np.zeros_like(seen)
-        current[np.unique(end.train.labels[end.indices])] = True
-        old = seen & ~current
-        num_classes, channels = seen.shape[0], end.train.images.shape[-1]
-        gan_model = gan_for(num_classes, channels)
-        c = g.gan
-        total = genifer_gan.iterations(config, finished, len(end.indices))
-        inputs = genifer_gan.GanInputs(
-            previous=strategy.frozen["generator"],
-            has_previous=jnp.asarray(finished > 0),
-            old=jnp.asarray(old),
-            current=jnp.asarray(current),
-            distill_weight=jnp.asarray(
-                c.distill_weight * old.sum() / current.sum() if finished > 0 else 0.0,
-                jnp.float32,
-            ),
-            rampup=jnp.asarray(
-                genifer_gan.ema_rampup(c.ema_kimg, c.batch_size, total), jnp.float32
-            ),
-        )
-        rep = parallel.replicated(mesh)
-        gan_state = gan_model.restart(strategy.buffers["gan"])
-        restored = end.progress.restore(gan_state)
-        if restored is not None:
-            gan_state = restored
-        step = gan_step_for(num_classes, channels, mesh)
-        classifier = jax.device_put({"params": s.params, "batch_stats": s.batch_stats}, rep)
-        gan_state, inputs = jax.device_put((gan_state, inputs), rep)
-        key = jax.random.fold_in(jax.random.fold_in(end.key, finished), 0x6A4)
-        per_epoch = len(end.indices) // c.batch_size
-        first = int(gan_state.step)
-        bar = tqdm.tqdm(
-            total=total,
-            initial=first,
-            unit="it",
-            dynamic_ncols=True,
-            desc=f"GAN after task {finished + 1}",
-            disable=not (config.progress_bar and jax.process_index() == 0),
-        )
-        order, order_epoch = None, -1
-        for it in range(first, total):
-            epoch, position = divmod(it, per_epoch)
-            if epoch != order_epoch:
-                order = genifer_gan.epoch_order(config.seed, finished, epoch, end.indices)
-                order_epoch = epoch
-            ids = order[position * c.batch_size : (position + 1) * c.batch_size]
-            images = parallel.gather_batch(mesh, end.train.images, ids)
-            labels = parallel.global_batch(mesh, end.train.labels[ids].astype(np.int32))
-            gan_state, metrics = step(
-                gan_state, classifier, images, labels, inputs, jax.random.fold_in(key, it)
-            )
-            bar.update(1)
-            done = it + 1
-            if done % config.log_every_steps == 0 or done == total:
-                values = {k: float(v) for k, v in metrics.items()}
-                if not all(np.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(
-                        f"the GAN after task {finished + 1} diverged at iteration {done} "
-                        f"({values}); lower genifer.gan.lr or raise genifer.gan.r1_gamma"
-                    )
-                bar.set_postfix(
-                    d=f"{values['d_loss']:.3f}",
-                    g=f"{values['g_loss']:.3f}",
-                    p=f"{values['ada_p']:.3f}",
-                )
-                end.log_scalars(
-                    {f"gan_after_task{finished + 1}/{k}": v for k, v in values.items()}, done
-                )
-            if done % c.checkpoint_every == 0 and done < total:
-                end.progress.save(done, gan_state)
-        bar.close()
-        return gan_state
-
-    def write_samples(end: TaskEnd, strategy: StrategyState, finished: int):
-        """A grid of the EMA generator's samples: one row per seen class."""
-        seen = np.flatnonzero(np.asarray(strategy.buffers["seen"]))
-        num_classes, channels = strategy.buffers["seen"].shape[0], end.train.images.shape[-1]
-        gan_model = gan_for(num_classes, channels)
-        n = len(seen) * SAMPLES_PER_CLASS
-        key = jax.random.PRNGKey(finished)  # the same codes after every task
-        z = jax.random.normal(key, (n, gan_model.generator.latent_dim))
-        labels = jnp.repeat(jnp.asarray(seen, jnp.int32), SAMPLES_PER_CLASS)
-        noise = gan_model.generator.sample_noise(jax.random.fold_in(key, 1), n)
-        images = sampler_for(num_classes, channels)(strategy.frozen["generator"], z, labels, noise)
-        pixels = np.asarray(to_pixels(images, *standardisation(channels)))
-        h, w = pixels.shape[1:3]
-        grid = pixels.reshape(len(seen), SAMPLES_PER_CLASS, h, w, channels)
-        grid = grid.transpose(0, 2, 1, 3, 4).reshape(len(seen) * h, SAMPLES_PER_CLASS * w, channels)
-        end.log_image(f"genifer_samples_task{finished + 1}", grid, "genifer/samples")
 
     def classify(state: StrategyState, features: jax.Array) -> jax.Array:
         return supervised.restrict(

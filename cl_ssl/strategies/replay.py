@@ -62,10 +62,27 @@ MIN_VAR_VIEWS = 7
 SELECTIONS = IN_STEP + AT_TASK_END
 
 
+SOURCES = ("memory", "generator")
+"""Where ``replay`` draws its rows from: an exemplar memory, or a GAN (``strategies.generative``)."""
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """``config.replay``: a memory of 500 exemplars filled by reservoir sampling, 32 replay rows."""
+    """``config.replay``: a memory of 500 exemplars filled by reservoir sampling, 32 replay rows.
+
+    ``source='generator'`` draws the replay rows from a GAN instead (``cl_ssl.strategies.
+    generative``; its settings are ``config.genifer.gan``), judging the backbone's stage
+    ``generator_stage`` (unset: layer3)."""
+    placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
-        dict(memory_size=500, per_class=0, selection="reservoir", batch_size=32, fraction=0.01)
+        dict(
+            memory_size=500,
+            per_class=0,
+            selection="reservoir",
+            batch_size=32,
+            fraction=0.01,
+            source="memory",
+            generator_stage=placeholder(int),
+        )
     )
 
 
