@@ -11,6 +11,7 @@ import pytest
 
 from cl_ssl import checkpoint, parallel, train
 from cl_ssl import config as config_lib
+from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data.batch import TrainData
 from cl_ssl.data.sources import ArraySplit
@@ -104,6 +105,16 @@ def run(config, workdir, num_devices=1):
         patch.setattr(step_lib, "build_step_fn", counting_build)
         result = train.run(config, str(workdir), mesh=parallel.make_mesh(num_devices))
     return {**result, "traces": traces}
+
+
+def initial_state(objective, strategy, tx, train, seed=0):
+    """``state.initial_state``, compiled as one program (op by op, its many small random draws
+    each compile on their own, which costs seconds)."""
+    return jax.jit(
+        lambda: state_lib.initial_state(
+            objective=objective, strategy=strategy, tx=tx, seed=seed, train=train
+        )
+    )()
 
 
 def random_split(n, num_classes=4, seed=4):

@@ -11,7 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import random_split, run, shipped_config, tiny_objective_config, train_data
+from helpers import (
+    initial_state,
+    random_split,
+    run,
+    shipped_config,
+    tiny_objective_config,
+    train_data,
+)
 from test_distill import np_relational_distillation
 from test_losses import np_info_nce
 
@@ -54,7 +61,7 @@ def _parts(**overrides):
 
 def _initial(config, objective, strat, split):
     tx = step_lib.make_tx(config, objective, strat)
-    return state_lib.initial_state(objective=objective, strategy=strat, tx=tx, seed=0, train=split)
+    return initial_state(objective, strat, tx, split)
 
 
 SPLIT = random_split(16, num_classes=4)

@@ -8,12 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import random_split, tiny_objective_config, train_data
-from helpers import run as _run
+from helpers import initial_state, random_split, tiny_objective_config, train_data
 
 from cl_ssl import config as config_lib
 from cl_ssl import losses, memory, objectives, strategies
-from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.objectives import base
 
@@ -25,11 +23,13 @@ def _knn_only(name, **overrides):
 
 # The objectives with a state or schedules carried through steps and tasks. SimCLR's run is
 # test_train's; Barlow Twins, VICReg and SimSiam differ from it only in their loss and heads,
-# which the step tests of test_strategies run.
-STATEFUL = ("mocov2plus", "byol", "swav", "isd", "dino")
+# which the step tests of test_strategies run; BYOL's momentum target and ISD's and DINO's EMA
+# teachers follow MoCoV2+'s EMA, which the step tests check for each, as they do ISD's bank and
+# DINO's centre and temperature warm-up.
+STATEFUL = ("mocov2plus", "swav")
 
 
-@pytest.mark.parametrize("name", STATEFUL)  # MoCoV2+'s run is the resume and device tests' too
+@pytest.mark.parametrize("name", STATEFUL)  # MoCoV2+'s run is the device test's too
 def test_two_mock_tasks_end_to_end(finished_run, name):
     """Trains 2 tasks (4 steps each) and evaluates; the step traces once across the tasks."""
     result, _ = finished_run(_knn_only(name))
@@ -149,9 +149,7 @@ def _one_step(name, *, step=0, **overrides):
     objective = objectives.get_objective(config)
     finetune = strategies.base.make_finetune(config, objective)
     tx = step_lib.make_tx(config, objective, finetune)
-    state = state_lib.initial_state(
-        objective=objective, strategy=finetune, tx=tx, seed=0, train=random_split(8)
-    )
+    state = initial_state(objective, finetune, tx, random_split(8))
     hyper = step_lib.stage_hyper(config, objective, finetune, num_epochs=2, steps_per_epoch=2)
     hyper = {k: jnp.asarray(v[step]) for k, v in hyper.items()}
     new, metrics = jax.jit(step_lib.build_step_fn(objective, finetune, tx, extend=False))(
@@ -318,15 +316,6 @@ def test_dino_averages_the_two_cross_view_pairs():
     np.testing.assert_allclose(
         batch_center, np.concatenate([t1["scores"], t2["scores"]]).mean(0), rtol=1e-5
     )
-
-
-def test_resume_restores_the_objective_state(finished_run, tmp_path):
-    """MoCoV2+ stopped mid-task and resumed ends with the same queues and momentum network."""
-    whole, _ = finished_run(_knn_only("mocov2plus"))
-    _run(_knn_only("mocov2plus", stop_after_steps=5), tmp_path)
-    resumed = _run(_knn_only("mocov2plus"), tmp_path)
-    chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
-    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
 
 
 @pytest.mark.parametrize("name", ["mocov2plus", "byol", "swav", "dino"])

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_resumes_exactly, random_split, tiny_objective_config, train_data
+from helpers import initial_state, random_split, tiny_objective_config, train_data
 from helpers import run as _run
 from test_memory import np_herding
 
@@ -98,7 +98,7 @@ def _task_end(strat, objective, config, features, task_ids, labels, next_task, b
     split = random_split(len(labels), num_classes=int(labels.max()) + 1)
     split = split.__class__(images=split.images, labels=labels, num_classes=split.num_classes)
     tx = step_lib.make_tx(config, objective, strat)
-    state = state_lib.initial_state(objective=objective, strategy=strat, tx=tx, seed=0, train=split)
+    state = initial_state(objective, strat, tx, split)
     if buffers is not None:
         state = state.replace(strategy=state.strategy.replace(buffers=buffers))
     return base.TaskEnd(
@@ -286,16 +286,12 @@ def _byol_init(objective):
 # Whole runs
 
 
-def test_replay_run_compiles_twice_starts_as_finetune_and_resumes_exactly(
-    mock_cifar10, tmp_path, monkeypatch
-):
+def test_replay_run_compiles_twice_and_starts_as_finetune(mock_cifar10, tmp_path, monkeypatch):
     """Three tasks of replay with a reservoir memory, which changes every step:
     - the step compiles twice in all (without and with the replay rows);
     - the first task trains exactly as finetune;
-    - the memory is full and reported in results.json;
-    - killed at step 5 (task 1) and resumed from the boundary checkpoint of step 4: the memory,
-      the student and the accuracies equal the uninterrupted run's (CCL's run resumes mid-task
-      with a memory).
+    - the memory is full and reported in results.json.
+    (CCL's run resumes mid-task with a reservoir memory of the same rehearsal.)
     """
     ended = []  # the state at the end of each task, before the strategy rewrites it
     start_task = state_lib.start_task
@@ -318,7 +314,6 @@ def test_replay_run_compiles_twice_starts_as_finetune_and_resumes_exactly(
     assert int(mem.valid.sum()) == 12
     meta = json.loads((tmp_path / "whole" / "results.json").read_text())["meta"]
     assert meta["strategy_buffer_bytes"] == memory.nbytes(mem) == 12 * (4 * 4 + 1)
-    assert_resumes_exactly(config, whole, tmp_path / "resumed", mid_task_kill=False)
 
 
 def test_replay_settings_that_cannot_work_are_rejected():

@@ -174,8 +174,11 @@ def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, 
 CONFIGS = sorted(p for p in CONFIGS_DIR.glob("*.py") if p.name != "__init__.py")
 SHIPPED = (
     [(p.stem, None) for p in CONFIGS]
-    + [("cifar100", arg) for arg in ("runlocal", "cassle,data_incremental", "pfr", "kaizen", "ccl")]
-    + [("fashion_mnist", "strategies")]
+    + [
+        ("cifar100", arg)
+        for arg in ("runlocal", "cassle,data_incremental", "pfr", "kaizen", "ccl", "genifer")
+    ]
+    + [("fashion_mnist", arg) for arg in ("strategies", "genifer")]
 )
 _MOCK_SPLITS = {}  # the mock splits read by this worker, by load_split's arguments
 

@@ -43,6 +43,8 @@ GENERATOR = "generator"
 """Keys of the GAN's state and of the EMA generator that replays, in the strategy's buffers."""
 SEEN = "seen_classes"
 """Key of the classes seen so far (bool [C]) in the strategy's buffers."""
+BUFFERS = "generative_replay"
+"""The key of a strategy's buffers that ``GenerativeReplay`` keeps (its own dictionary)."""
 
 
 def to_pixels(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -292,19 +294,19 @@ def with_generator_replay(
     def init(variables, key, train):
         state = base.init(variables, key, train)
         own = replay.init(variables, jax.random.fold_in(key, 0x6A4), train)
-        return state.replace(buffers={**state.buffers, "generative_replay": own})
+        return state.replace(buffers={**state.buffers, BUFFERS: own})
 
     def extend_batch(state, batch, data, key, task):
-        own = state.buffers["generative_replay"]
+        own = state.buffers[BUFFERS]
         rows = replay.rows(own, data, key, task, r.batch_size, batch.images.shape[-1])
         return join(batch, rows)
 
     def end_task(end: TaskEnd) -> StrategyState:
-        own = end.state.strategy.buffers["generative_replay"]
+        own = end.state.strategy.buffers[BUFFERS]
         network = {"params": end.state.params, "batch_stats": end.state.batch_stats}
         own = replay.end_task(end, own, network)
         state = base.end_task(end)
-        return state.replace(buffers={**state.buffers, "generative_replay": own})
+        return state.replace(buffers={**state.buffers, BUFFERS: own})
 
     return dataclasses.replace(
         base,

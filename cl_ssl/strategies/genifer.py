@@ -53,9 +53,6 @@ from cl_ssl.strategies.base import (
     snapshot,
 )
 
-GENERATIVE = "generative_replay"
-"""The key of the GAN's buffers (``generative.GenerativeReplay``) in the strategy's buffers."""
-
 
 def default_config() -> ml_collections.ConfigDict:
     """``config.genifer``: the reference's CIFAR-100 settings."""
@@ -122,13 +119,13 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         return state.replace(
             frozen={"teacher": teacher_of(params, batch_stats, state.trainable["classifier"])},
-            buffers={**state.buffers, GENERATIVE: replay.init(variables, k_gan, train)},
+            buffers={**state.buffers, generative.BUFFERS: replay.init(variables, k_gan, train)},
         )
 
     def extend_batch(state, batch, data, key, task):
         kept = jax.tree.map(lambda x: x[:real], batch)
         channels = batch.images.shape[-1]
-        rows = replay.rows(state.buffers[GENERATIVE], data, key, task, generated, channels)
+        rows = replay.rows(state.buffers[generative.BUFFERS], data, key, task, generated, channels)
         return join(kept, rows)
 
     def loss(inputs: LossInputs):
@@ -185,10 +182,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         strategy = s.strategy
         classifier = strategy.trainable["classifier"]
         network = {"params": s.params, "batch_stats": s.batch_stats}
-        own = replay.end_task(end, strategy.buffers[GENERATIVE], network)
+        own = replay.end_task(end, strategy.buffers[generative.BUFFERS], network)
         strategy = strategy.replace(
             frozen={"teacher": teacher_of(s.params, s.batch_stats, classifier)},
-            buffers={**strategy.buffers, GENERATIVE: own},
+            buffers={**strategy.buffers, generative.BUFFERS: own},
         )
         return supervised.grow(strategy, jax.random.fold_in(end.key, end.next_task))
 
