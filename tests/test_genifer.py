@@ -18,7 +18,7 @@ from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
 from cl_ssl.models import gan
 from cl_ssl.objectives import get_objective, resolve_config
-from cl_ssl.strategies import LossInputs, TaskEnd, generative, genifer_gan, get_strategy
+from cl_ssl.strategies import LossInputs, TaskEnd, generative, genifer, genifer_gan, get_strategy
 from cl_ssl.strategies.base import Progress
 
 TINY_GAN = {
@@ -145,13 +145,7 @@ def gan_parts(initial):
     """(the step function, the run's jitted step, classifier variables, GanState, GanInputs of a
     second boundary)."""
     config, objective, strategy, variables, state = initial
-    replay = generative.GenerativeReplay(
-        config=config,
-        feature_map=lambda v, images: objective.model.apply(v, images, False, method="project")[
-            "feature_map"
-        ],
-        view=objective.views[0],
-    )
+    replay = genifer.classifier_feature_replay(config, objective)
     mesh = parallel.make_mesh(1)
     step = replay._step(10, 3, mesh)
     assert replay._step(10, 3, mesh) is step  # one per run
@@ -310,13 +304,7 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
     (``task_end/stage_0``, as the run writes it), resumes from it to the same state as a training
     never killed."""
     config, objective, _, variables, state = initial
-    replay = generative.GenerativeReplay(
-        config=config,
-        feature_map=lambda v, images: objective.model.apply(v, images, False, method="project")[
-            "feature_map"
-        ],
-        view=objective.views[0],
-    )
+    replay = genifer.classifier_feature_replay(config, objective)
     mesh = parallel.make_mesh(1)
     images = np.asarray(train_data(16, seed=7).images)
     split = ArraySplit(images=images, labels=np.arange(16) % 2, num_classes=10)

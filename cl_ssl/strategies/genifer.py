@@ -89,6 +89,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def classifier_feature_replay(
+    config: ml_collections.ConfigDict, objective: Objective
+) -> generative.GenerativeReplay:
+    """The GAN of Genifer: its discriminator judges the classifier's 'feature_map' (layer3)."""
+    return generative.GenerativeReplay(
+        config=config,
+        feature_map=lambda variables, images: objective.model.apply(
+            variables, images, False, method="project"
+        )["feature_map"],
+        view=objective.views[0],
+    )
+
+
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Genifer from ``config.genifer``; needs ``objective=supervised``."""
     supervised.check_objective(objective, "genifer")
@@ -102,13 +115,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     width = output_widths(objective)["features"]
     model = objective.model
     take = snapshot(lambda tree: tree)
-    replay = generative.GenerativeReplay(
-        config=config,
-        feature_map=lambda variables, images: model.apply(
-            variables, images, False, method="project"
-        )["feature_map"],
-        view=view,
-    )
+    replay = classifier_feature_replay(config, objective)
 
     def teacher_of(params, batch_stats, classifier):
         return {**take(params, batch_stats), "classifier": jax.tree.map(jnp.copy, classifier)}
