@@ -130,7 +130,7 @@ def time_jax() -> dict:
     # calls, which XLA's cost analysis does not count (it reports about 1% of the FLOPs).
     cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0))
+    flops = float((cost or {}).get("flops", 0.0))  # some JAX versions give no analysis (None)
     step = lowered.compile()
     for i in range(_WARMUP.value):
         state, metrics = step(state, *inputs(i), lr)
