@@ -25,6 +25,12 @@ def _check_logits(fn: str, **arrays: jax.Array) -> None:
         raise ValueError(f"{fn}: the logits must have one [batch, classes] shape, got {listed}")
 
 
+def _rows_mean(values: jax.Array, rows: jax.Array, axis_name: str | None) -> jax.Array:
+    """Mean of ``values`` [B] over the rows where ``rows`` (bool [B]); 0 when there are none."""
+    total = _batch_sum(jnp.where(rows, values, 0.0), axis_name)
+    return total / jnp.maximum(_batch_sum(rows.astype(jnp.float32), axis_name), 1.0)
+
+
 def soft_cross_entropy(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
@@ -82,15 +88,7 @@ def labelled_cross_entropy(
     has_label = labels >= 0
     log_prob = jax.nn.log_softmax(_as_float(logits), axis=-1)
     picked = jnp.take_along_axis(log_prob, jnp.maximum(labels, 0)[:, None], axis=-1)[:, 0]
-    total = _batch_sum(jnp.where(has_label, -picked, 0.0), axis_name)
-    count = _batch_sum(has_label.astype(jnp.float32), axis_name)
-    return total / jnp.maximum(count, 1.0)
-
-
-def _rows_mean(values: jax.Array, rows: jax.Array, axis_name: str | None) -> jax.Array:
-    """Mean of ``values`` [B] over the rows where ``rows`` (bool [B]); 0 when there are none."""
-    total = _batch_sum(jnp.where(rows, values, 0.0), axis_name)
-    return total / jnp.maximum(_batch_sum(rows.astype(jnp.float32), axis_name), 1.0)
+    return _rows_mean(-picked, has_label, axis_name)
 
 
 def old_class_distillation(
