@@ -67,18 +67,25 @@ def _finished_results(config, workdir: str) -> dict | None:
 
 
 def _figures(result) -> dict[str, float]:
-    """Final accuracy, gain over random init, forgetting and forward transfer per evaluator (NaN
-    where a strategy has none: the offline run's single trained row), and the average continual
-    accuracy of a strategy's own classifier (Kaizen)."""
+    """Final accuracy (over the test images of every task, so tasks of different sizes weigh by
+    their images), gain over random init, forgetting and forward transfer per evaluator (NaN where
+    a strategy has none: the offline run's single trained row), and for a strategy's own
+    classifier (Kaizen, the supervised strategies) the average incremental accuracy with and
+    without the first task."""
     out = {}
     for name, R in result["matrices"].items():
-        out[f"{name}_final"] = float(R[-1].mean())
-        out[f"{name}_random_init"] = float(R[0].mean())
-        out[f"{name}_gain"] = out[f"{name}_final"] - out[f"{name}_random_init"]
         summary = result["summaries"].get(name, {})
+        # The offline run's summary names its single trained row's accuracy differently.
+        final = summary.get("final_accuracy_sample_weighted", summary.get("final_overall_accuracy"))
+        out[f"{name}_final"] = float(final)
+        out[f"{name}_random_init"] = float(summary.get("random_init_accuracy", R[0].mean()))
+        out[f"{name}_gain"] = out[f"{name}_final"] - out[f"{name}_random_init"]
         metrics_of = ("forgetting", "forward_transfer")
         if name == evaluate.CLASSIFIER:
-            metrics_of += ("average_continual_accuracy",)
+            metrics_of += (
+                "average_continual_accuracy",
+                "average_incremental_accuracy_without_first",
+            )
         for metric in metrics_of:
             value = summary.get(metric)
             out[f"{name}_{metric}"] = math.nan if value is None else float(value)

@@ -4,8 +4,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 from helpers import shipped_config
 
+from cl_ssl.evaluation import metrics
 from cl_ssl.objectives import resolve_config
 
 
@@ -31,9 +33,11 @@ def test_throughput_script_runs_the_train_step():
 
 
 def _write_finished_run(workdir, config, final_row):
-    """A results.json as a finished 5-task run of ``config`` writes it (row 0: random init)."""
+    """A results.json as a finished run of ``config`` writes it: 5 tasks, the first with 4,000
+    test images and the others 1,500 (row 0: random init)."""
     rows = [[60.0] * 5] + [[70.0] * 5] * 4 + [final_row]
-    summaries = {"linear": {"forgetting": 1.5, "forward_transfer": None}}
+    task_sizes = [4000, 1500, 1500, 1500, 1500]
+    summaries = {"linear": metrics.summarize(np.array(rows), task_sizes=task_sizes)}
     document = {
         "accuracy_unit": "percent",
         "matrices": {"linear": rows},
@@ -79,8 +83,9 @@ def test_quality_script_reads_a_finished_run_instead_of_training(tmp_path):
     out = _quality(tmp_path, f"--output={tmp_path / 'table.md'}")
     assert out.returncode == 0, out.stderr
     row = next(line for line in out.stdout.splitlines() if line.startswith("| simclr | cassle"))
-    # final 76.00 (mean of the last row), random init 60.00, gain 16.00, forgetting 1.50, no FWT
-    assert row.startswith("| simclr | cassle | 76.00 +- nan | 60.00 +- nan | 16.00 +- nan | 1.50")
+    # final 75.00 = (72 * 4000 + (74 + 76 + 78 + 80) * 1500) / 10000, over the test images;
+    # random init 60.00, gain 15.00, forgetting -5.00 = mean(70 - 72, 70 - 74, 70 - 76, 70 - 78)
+    assert row.startswith("| simclr | cassle | 75.00 +- nan | 60.00 +- nan | 15.00 +- nan | -5.00")
     assert row in (tmp_path / "table.md").read_text()
 
 
