@@ -140,6 +140,28 @@ def test_loss_is_ce_on_real_rows_then_the_weighted_replay_terms(initial):
 # The GAN step
 
 
+def test_class_fidelity_is_the_share_of_generated_images_given_their_class(initial):
+    """Over the generator's seen classes, ``JUDGED_PER_CLASS`` replay-ready images each."""
+    config, objective, _, _, state = initial
+    replay = genifer.classifier_feature_replay(config, objective)
+    buffers = dict(state.buffers[generative.BUFFERS])
+    shapes = []
+
+    def always(label):
+        def logits_fn(images):
+            shapes.append(images.shape)
+            return jax.nn.one_hot(jnp.full((images.shape[0],), label), 10)
+
+        return logits_fn
+
+    buffers[generative.SEEN] = jnp.arange(10) < 2  # classes 0 and 1
+    assert replay.class_fidelity(buffers, always(0), 3) == 50.0
+    assert replay.class_fidelity(buffers, always(7), 3) == 0.0
+    buffers[generative.SEEN] = jnp.arange(10) == 1
+    assert replay.class_fidelity(buffers, always(1), 3) == 100.0
+    assert shapes[0] == (2 * generative.JUDGED_PER_CLASS, 32, 32, 3)
+
+
 @pytest.fixture(scope="module")
 def gan_parts(initial):
     """(the step function, the run's jitted step, classifier variables, GanState, GanInputs of a

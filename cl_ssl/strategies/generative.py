@@ -38,6 +38,8 @@ from cl_ssl.strategies.base import Strategy, TaskEnd
 PyTree = Any
 SAMPLES_PER_CLASS = 8
 """Columns of the grid of generated samples."""
+JUDGED_PER_CLASS = 64
+"""Generated images per class that ``GenerativeReplay.class_fidelity`` classifies."""
 GAN_STATE = "gan"
 GENERATOR = "generator"
 """Keys of the GAN's state and of the EMA generator that replays, in the strategy's buffers."""
@@ -233,6 +235,29 @@ class GenerativeReplay:
                 end.progress.save(done, gan_state)
         bar.close()
         return gan_state
+
+    def class_fidelity(
+        self, buffers: PyTree, logits_fn: Callable[[jax.Array], jax.Array], channels: int
+    ) -> float:
+        """The share, in percent, of the EMA generator's images of the seen classes
+        (``JUDGED_PER_CLASS`` each, as replay draws them: clamped uint8 pixels, then standardised,
+        not augmented) that ``logits_fn`` (images float [B, S, S, 3] -> logits [B, C]) assigns to
+        the class they were drawn for: whether the images carry their class as the classifier
+        sees it, which replay needs to transfer anything. (The reference logs a related figure,
+        the new model's agreement with the previous one on generated images: kevthan/feature-
+        driven-image-replay ``genifer_trainer.py::test``.)"""
+        seen = np.flatnonzero(np.asarray(buffers[SEEN]))
+        num_classes = buffers[SEEN].shape[0]
+        gan = self.gan(num_classes, channels)
+        labels = jnp.repeat(jnp.asarray(seen, jnp.int32), JUDGED_PER_CLASS)
+        key = jax.random.PRNGKey(1)
+        z = jax.random.normal(key, (labels.shape[0], gan.generator.latent_dim))
+        noise = gan.generator.sample_noise(jax.random.fold_in(key, 1), labels.shape[0])
+        images = self._sampler(num_classes, channels)(buffers[GENERATOR], z, labels, noise)
+        mean, std = self.standardisation(channels)
+        replayed = (to_pixels(images, mean, std).astype(jnp.float32) / 255.0 - mean) / std
+        logits = logits_fn(jnp.broadcast_to(replayed, (*replayed.shape[:-1], 3)))
+        return 100.0 * float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
     def _write_samples(self, end: TaskEnd, buffers: PyTree) -> None:
         """A grid of the EMA generator's samples, one row per seen class, the same codes after

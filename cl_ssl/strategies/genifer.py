@@ -19,7 +19,8 @@ joined batch in one forward pass, as in the reference.
 At the end of every task but the last, the GAN trains against the feature maps that the freshly
 trained classifier computes (``cl_ssl.strategies.genifer_gan``), with mid-training checkpoints
 from which a killed run resumes exactly; a PNG grid of its samples (a row per seen class) goes to
-``plots/`` and TensorBoard.
+``plots/`` and TensorBoard, and the classifier's accuracy on its images (their class fidelity,
+``GenerativeReplay.class_fidelity``) is printed and logged.
 
 Choices of this library:
 - generated images join the batch as uint8 pixels (clamped to the valid range, then rounded), so
@@ -33,6 +34,8 @@ Choices of this library:
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -184,12 +187,34 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             "seen": supervised.seen_classes(inputs.data, inputs.task, seen.shape[0]),
         }
 
+    @jax.jit
+    def seen_logits(network, classifier, seen, images):
+        out = model.apply(network, images, False, method="project")
+        return supervised.restrict(supervised.logits(classifier, out["features"]), seen)
+
+    def report_class_fidelity(end, buffers, network, classifier):
+        """Prints and logs the trained classifier's accuracy on the new generator's images
+        (``GenerativeReplay.class_fidelity``), over the classes the generator draws."""
+        fidelity = replay.class_fidelity(
+            buffers,
+            functools.partial(seen_logits, network, classifier, buffers[generative.SEEN]),
+            end.train.images.shape[-1],
+        )
+        end.log_scalars({f"gan_after_task{end.next_task}/class_fidelity": fidelity}, 0)
+        if jax.process_index() == 0:
+            print(
+                f"GAN after task {end.next_task}: the classifier assigns {fidelity:.1f}% of "
+                "its generated images to the class they were drawn for"
+            )
+
     def end_task(end: TaskEnd) -> StrategyState:
         s = end.state
         strategy = s.strategy
         classifier = strategy.trainable["classifier"]
         network = {"params": s.params, "batch_stats": s.batch_stats}
         own = replay.end_task(end, strategy.buffers[generative.BUFFERS], network)
+        if end.next_task < config.num_tasks:  # a GAN was trained: how well its images read
+            report_class_fidelity(end, own, network, classifier)
         strategy = strategy.replace(
             frozen={"teacher": teacher_of(s.params, s.batch_stats, classifier)},
             buffers={**strategy.buffers, generative.BUFFERS: own},
