@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from absl import logging
 
 from cl_ssl import parallel
 from cl_ssl.data.augment import ViewConfig
@@ -171,6 +172,15 @@ class GenerativeReplay:
         gan = self.gan(num_classes, channels)
         c = self.config.genifer.gan
         total = genifer_gan.iterations(self.config, finished, len(end.indices))
+        if c.ema_kimg * 1000 > c.batch_size * total:
+            logging.warning(
+                "genifer.gan.ema_kimg=%s: the EMA generator that replays averages over more "
+                "images than the %d the GAN trains on after task %d, so it stays close to its "
+                "first draw; lower it to a few percent of them (the reference: 500 of 16,000)",
+                c.ema_kimg,
+                c.batch_size * total,
+                finished + 1,
+            )
         rep = parallel.replicated(mesh)
         inputs = genifer_gan.GanInputs(
             previous=buffers[GENERATOR],
