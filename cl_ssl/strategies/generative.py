@@ -27,7 +27,7 @@ import tqdm
 from absl import logging
 
 from cl_ssl import parallel
-from cl_ssl.data.augment import ViewConfig
+from cl_ssl.data.augment import ViewConfig, normalize
 from cl_ssl.data.batch import Batch, join
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.models import resnet
@@ -264,9 +264,8 @@ class GenerativeReplay:
         z = jax.random.normal(key, (labels.shape[0], gan.generator.latent_dim))
         noise = gan.generator.sample_noise(jax.random.fold_in(key, 1), labels.shape[0])
         images = self._sampler(num_classes, channels)(buffers[GENERATOR], z, labels, noise)
-        mean, std = self.standardisation(channels)
-        replayed = (to_pixels(images, mean, std).astype(jnp.float32) / 255.0 - mean) / std
-        logits = logits_fn(jnp.broadcast_to(replayed, (*replayed.shape[:-1], 3)))
+        pixels = to_pixels(images, *self.standardisation(channels))
+        logits = logits_fn(normalize(pixels, mean=self.view.mean, std=self.view.std))
         return 100.0 * float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
     def _write_samples(self, end: TaskEnd, buffers: PyTree) -> None:
