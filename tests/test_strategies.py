@@ -321,12 +321,14 @@ class _Recorder:
             self.starts.append((jax.device_get(state), jax.device_get(new)))
             return new
 
+        self._monkeypatch, self._originals = monkeypatch, (jit_step, start_task)
         monkeypatch.setattr(step_lib, "jit_step", recording_jit_step)
         monkeypatch.setattr(state_lib, "start_task", recording_start_task)
-        self.stop = lambda: (
-            monkeypatch.setattr(step_lib, "jit_step", jit_step),
-            monkeypatch.setattr(state_lib, "start_task", start_task),
-        )
+
+    def stop(self):
+        jit_step, start_task = self._originals
+        self._monkeypatch.setattr(step_lib, "jit_step", jit_step)
+        self._monkeypatch.setattr(state_lib, "start_task", start_task)
 
 
 # CaSSLe's run; PFR shares its teacher life cycle (``frozen_teacher_strategy``) and differs only

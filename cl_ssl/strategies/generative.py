@@ -246,44 +246,44 @@ class GenerativeReplay:
         bar.close()
         return gan_state
 
+    def _draw(
+        self, buffers: PyTree, per_class: int, key: jax.Array, channels: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """``per_class`` images of the EMA generator for every seen class, as replay draws them
+        (uint8 pixels [N, S, S, channels], clamped), and their classes (int32 [N], in order)."""
+        seen = np.flatnonzero(np.asarray(buffers[SEEN]))
+        num_classes = buffers[SEEN].shape[0]
+        gan = self.gan(num_classes, channels)
+        labels = jnp.repeat(jnp.asarray(seen, jnp.int32), per_class)
+        z = jax.random.normal(key, (labels.shape[0], gan.generator.latent_dim))
+        noise = gan.generator.sample_noise(jax.random.fold_in(key, 1), labels.shape[0])
+        images = self._sampler(num_classes, channels)(buffers[GENERATOR], z, labels, noise)
+        return to_pixels(images, *self.standardisation(channels)), labels
+
     def class_fidelity(
         self, buffers: PyTree, logits_fn: Callable[[jax.Array], jax.Array], channels: int
     ) -> float:
         """The share, in percent, of the EMA generator's images of the seen classes
-        (``JUDGED_PER_CLASS`` each, as replay draws them: clamped uint8 pixels, then standardised,
-        not augmented) that ``logits_fn`` (images float [B, S, S, 3] -> logits [B, C]) assigns to
-        the class they were drawn for: whether the images carry their class as the classifier
-        sees it, which replay needs to transfer anything. (The reference logs a related figure,
-        the new model's agreement with the previous one on generated images: kevthan/feature-
-        driven-image-replay ``genifer_trainer.py::test``.)"""
-        seen = np.flatnonzero(np.asarray(buffers[SEEN]))
-        num_classes = buffers[SEEN].shape[0]
-        gan = self.gan(num_classes, channels)
-        labels = jnp.repeat(jnp.asarray(seen, jnp.int32), JUDGED_PER_CLASS)
-        key = jax.random.PRNGKey(1)
-        z = jax.random.normal(key, (labels.shape[0], gan.generator.latent_dim))
-        noise = gan.generator.sample_noise(jax.random.fold_in(key, 1), labels.shape[0])
-        images = self._sampler(num_classes, channels)(buffers[GENERATOR], z, labels, noise)
-        pixels = to_pixels(images, *self.standardisation(channels))
+        (``JUDGED_PER_CLASS`` each, as replay draws them, standardised, not augmented) that
+        ``logits_fn`` (images float [B, S, S, 3] -> logits [B, C]) assigns to the class they were
+        drawn for: whether the images carry their class as the classifier sees it, which replay
+        needs to transfer anything. (The reference logs a related figure, the new model's
+        agreement with the previous one on generated images: kevthan/feature-driven-image-replay
+        ``genifer_trainer.py::test``.)"""
+        pixels, labels = self._draw(buffers, JUDGED_PER_CLASS, jax.random.PRNGKey(1), channels)
         logits = logits_fn(normalize(pixels, mean=self.view.mean, std=self.view.std))
         return 100.0 * float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
     def _write_samples(self, end: TaskEnd, buffers: PyTree) -> None:
         """A grid of the EMA generator's samples, one row per seen class, the same codes after
         every task."""
-        seen = np.flatnonzero(np.asarray(buffers[SEEN]))
-        num_classes, channels = buffers[SEEN].shape[0], end.train.images.shape[-1]
-        gan = self.gan(num_classes, channels)
-        n = len(seen) * SAMPLES_PER_CLASS
-        key = jax.random.PRNGKey(0)
-        z = jax.random.normal(key, (n, gan.generator.latent_dim))
-        labels = jnp.repeat(jnp.asarray(seen, jnp.int32), SAMPLES_PER_CLASS)
-        noise = gan.generator.sample_noise(jax.random.fold_in(key, 1), n)
-        images = self._sampler(num_classes, channels)(buffers[GENERATOR], z, labels, noise)
-        pixels = np.asarray(to_pixels(images, *self.standardisation(channels)))
+        channels = end.train.images.shape[-1]
+        pixels, labels = self._draw(buffers, SAMPLES_PER_CLASS, jax.random.PRNGKey(0), channels)
+        pixels = np.asarray(pixels)
+        rows = len(labels) // SAMPLES_PER_CLASS
         h, w = pixels.shape[1:3]
-        grid = pixels.reshape(len(seen), SAMPLES_PER_CLASS, h, w, channels)
-        grid = grid.transpose(0, 2, 1, 3, 4).reshape(len(seen) * h, SAMPLES_PER_CLASS * w, channels)
+        grid = pixels.reshape(rows, SAMPLES_PER_CLASS, h, w, channels)
+        grid = grid.transpose(0, 2, 1, 3, 4).reshape(rows * h, SAMPLES_PER_CLASS * w, channels)
         end.log_image(f"generated_samples_task{end.next_task}", grid, "generated_samples")
 
 
