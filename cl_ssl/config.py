@@ -141,7 +141,16 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             evaluators=("linear", "knn"),
             batch_size=512,
-            train_examples=-1,  # labelled examples that train the probes; -1: the whole train set
+            # What trains the probes after each task (cl_ssl.evaluation.evaluate.Evaluator): the
+            # labelled data of 'all' tasks (CaSSLe), of the 'seen' ones or of the 'current' one
+            # (Kaizen's restricted probes); a class-balanced share of those labels (semi-supervised
+            # probes: 0.01, 0.1); at most train_examples of them (-1: no limit).
+            probe_data="all",
+            label_fraction=1.0,
+            train_examples=-1,
+            # Also score every probe task-incrementally (logits masked to the test image's task):
+            # '<evaluator>_task_aware' matrices; class-incremental scenarios only.
+            task_aware=False,
             # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
             # lr 1.0 for SimCLR, raw (unstandardised) features.
             linear=ml_collections.ConfigDict(
@@ -476,6 +485,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             name in evaluate.EVALUATORS,
             f"unknown evaluator {name!r} in eval.evaluators; choose among {list(evaluate.EVALUATORS)}",
         )
+    _require(
+        config.eval.probe_data in evaluate.PROBE_DATA,
+        f"eval.probe_data={config.eval.probe_data!r}; choose among {list(evaluate.PROBE_DATA)}",
+    )
+    _require(
+        0.0 < config.eval.label_fraction <= 1.0,
+        f"eval.label_fraction={config.eval.label_fraction}; set the share of each class's labels "
+        "that trains the probes in (0, 1], e.g. 0.01 or 0.1 for semi-supervised probes",
+    )
+    _require(
+        not config.eval.task_aware or config.scenario == "class_incremental",
+        f"eval.task_aware=True masks each prediction to its task's classes, which only "
+        f"class-incremental scenarios define; set --config.eval.task_aware=False for "
+        f"scenario {config.scenario!r}",
+    )
     _require(
         config.eval.forgetting in metrics.FORGETTING_VARIANTS,
         f"eval.forgetting={config.eval.forgetting!r}; choose among {list(metrics.FORGETTING_VARIANTS)}",

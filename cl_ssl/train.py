@@ -246,9 +246,7 @@ class _Results:
     def __init__(self, p: Plan, workdir: str, writer: report.ScalarWriter | None):
         self._plan, self._workdir, self._writer = p, workdir, writer
         rows, tasks = len(p.stages) + 1, p.scenario.num_tasks
-        names = list(p.config.eval.evaluators)
-        if p.strategy.classify is not None:
-            names.append(evaluate.CLASSIFIER)
+        names = evaluate.matrix_names(p.config, has_classifier=p.strategy.classify is not None)
         self.matrices = {name: np.full((rows, tasks), np.nan) for name in names}
         self.buffer_bytes = 0  # size of the strategy's buffers (an exemplar memory)
 
@@ -428,6 +426,7 @@ class _Run:
             p.config,
             p.mesh,
             key=self.keys.eval,
+            stage_indices=[stage.indices for stage in p.stages],
             classify=p.strategy.classify,
         )
         on_device = p.config.dataset.on_device
@@ -477,7 +476,7 @@ class _Run:
         if restored is None:
             state = jax.jit(self._initial_state, out_shardings=rep)()
             self._report_buffers(state)
-            self.results.record(0, self._evaluate(state), step=0)
+            self.results.record(0, self._evaluate(state, 0), step=0)
             self._save(0, state)
             return state
         _, state, meta = restored
@@ -499,11 +498,12 @@ class _Run:
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
-    def _evaluate(self, state: state_lib.ContinualState) -> dict[str, np.ndarray]:
+    def _evaluate(self, state: state_lib.ContinualState, row: int) -> dict[str, np.ndarray]:
+        """Row ``row`` of every accuracy matrix (0: the random network; s: after stage s)."""
         params, batch_stats = state.params, state.batch_stats
         if self.p.strategy.evaluated is not None:
             params, batch_stats = self.p.strategy.evaluated(state)
-        return self.evaluator(params, batch_stats, state.strategy)
+        return self.evaluator(params, batch_stats, state.strategy, stage=row)
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
@@ -612,7 +612,7 @@ class _Run:
         saves the boundary checkpoint."""
         p = self.p
         step = int(state.step)
-        self.results.record(stage_id + 1, self._evaluate(state), step=step)
+        self.results.record(stage_id + 1, self._evaluate(state, stage_id + 1), step=step)
         strategy_state = p.strategy.end_task(
             TaskEnd(
                 state=state,

@@ -1,6 +1,6 @@
 """Kaizen: its loss term against a NumPy transcription, the stop-gradient that keeps labels out of
-the representation, unlabelled rows, the frozen previous classifier, the ``classifier`` accuracy
-matrix, exact resume across task boundaries, and the settings that cannot work."""
+the representation, unlabelled rows, the frozen previous classifier, exact resume across task
+boundaries, and the settings that cannot work."""
 
 import functools
 import json
@@ -19,11 +19,9 @@ from helpers import (
 )
 
 from cl_ssl import config as config_lib
-from cl_ssl import objectives, parallel, strategies
+from cl_ssl import objectives, strategies
 from cl_ssl import step as step_lib
-from cl_ssl.data import scenarios
 from cl_ssl.data.batch import current_batch
-from cl_ssl.evaluation import evaluate
 from cl_ssl.objectives.base import target_params
 from cl_ssl.strategies import LossInputs, kaizen
 
@@ -235,39 +233,6 @@ def test_the_classifier_has_its_own_learning_rate_and_no_weight_decay():
             "classifier": {"w": kaizen.CLASSIFIER_GROUP},
             "predictor": {"w": "default"},
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# The classifier's accuracy matrix
-
-
-def test_classifier_evaluator_scores_the_strategys_logits_per_task(mock_cifar10):
-    """A hand-made case: 'logits' that are one-hot rows of chosen predictions; per task, the share
-    of the task's test images whose prediction is their label."""
-    config = objectives.resolve_config(_config(**{"scenario": "class_incremental", "num_tasks": 2}))
-    objective = objectives.get_objective(config)
-    train, test = random_split(16, num_classes=4), random_split(8, num_classes=4, seed=5)
-    scenario = scenarios.make_scenario(
-        "class_incremental", train.labels, test.labels, num_classes=4, num_tasks=2
-    )
-    # Test labels 0,1,2,3,0,1,2,3: task 1 holds classes {0, 1} (rows 0, 1, 4, 5), task 2 {2, 3}.
-    predictions = np.array([0, 0, 2, 3, 0, 1, 2, 3])
-    evaluator = evaluate.Evaluator(
-        objective.model,
-        train,
-        test,
-        scenario,
-        config,
-        parallel.make_mesh(1),
-        key=jax.random.PRNGKey(0),
-        classify=lambda logits, features: logits[: features.shape[0]],
-    )
-    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
-    accuracy = evaluator(variables["params"], variables["batch_stats"], jnp.eye(4)[predictions])[
-        evaluate.CLASSIFIER
-    ]
-    # Task 1: predictions 0, 0, 0, 1 for labels 0, 1, 0, 1; task 2: 2, 3, 2, 3, all right.
-    np.testing.assert_allclose(accuracy, [75.0, 100.0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Linear probe, weighted kNN and per-task accuracy of cl_ssl.evaluation.probes."""
+"""Linear probe, weighted kNN, per-task accuracy (task-agnostic and task-aware) and the
+class-balanced label subsets of cl_ssl.evaluation.probes."""
 
 import numpy as np
 import pytest
@@ -21,33 +22,33 @@ def _accuracy(predictions, labels):
 
 def test_linear_probe_separates_gaussian_clusters():
     features, labels = _clusters(np.random.default_rng(0), num_classes=4, dim=8, per_class=100)
-    predictions = probes.linear_probe(
+    logits = probes.linear_probe(
         features[:200], labels[:200], features[200:], num_classes=4, epochs=20, batch_size=32
     )
-    assert predictions.shape == (200,) and predictions.dtype == np.int32
-    assert _accuracy(predictions, labels[200:]) >= 99.0
+    assert logits.shape == (200, 4) and logits.dtype == np.float32
+    assert _accuracy(logits.argmax(-1), labels[200:]) >= 99.0
 
 
 def test_linear_probe_is_at_chance_on_random_labels():
     rng = np.random.default_rng(2)
     features = rng.standard_normal((800, 8)).astype(np.float32)
     labels = rng.integers(0, 4, size=800).astype(np.int32)
-    predictions = probes.linear_probe(
+    logits = probes.linear_probe(
         features[:400], labels[:400], features[400:], num_classes=4, epochs=20, batch_size=32
     )
     # chance = 25 %; binomial std over 400 test samples is about 2.2 points
-    assert 15.0 <= _accuracy(predictions, labels[400:]) <= 35.0
+    assert 15.0 <= _accuracy(logits.argmax(-1), labels[400:]) <= 35.0
 
 
-def test_linear_probe_predicts_the_argmax_of_the_fitted_classifier():
+def test_linear_probe_returns_the_logits_of_the_fitted_classifier():
     rng = np.random.default_rng(3)
     features = rng.standard_normal((90, 6)).astype(np.float32)
     labels = rng.integers(0, 3, size=90).astype(np.int32)
     kwargs = dict(num_classes=3, epochs=4, batch_size=16, seed=7)
     kernel, bias = probes.fit_linear_classifier(features, labels, **kwargs)
     assert kernel.shape == (6, 3) and bias.shape == (3,) and kernel.dtype == np.float32
-    predictions = probes.linear_probe(features, labels, features, **kwargs)
-    np.testing.assert_array_equal(predictions, np.argmax(features @ kernel + bias, axis=-1))
+    logits = probes.linear_probe(features, labels, features, **kwargs)
+    np.testing.assert_allclose(logits, features @ kernel + bias, rtol=1e-5, atol=1e-5)
 
 
 def test_fit_linear_classifier_is_deterministic_for_a_seed():
@@ -136,17 +137,16 @@ def test_linear_probe_validation():
 
 
 def _knn_reference(train_x, train_y, test_x, num_classes, k, temperature):
+    """[N_test, C] class scores: the sum of exp(s / T) over each class's neighbours among the k of
+    highest cosine similarity s."""
     train_n = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
     test_n = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
-    predictions = []
-    for query in test_n:
+    scores = np.zeros((len(test_x), num_classes))
+    for row, query in enumerate(test_n):
         similarity = train_n @ query
-        nearest = np.argsort(-similarity)[:k]
-        scores = np.zeros(num_classes)
-        for index in nearest:
-            scores[train_y[index]] += np.exp(similarity[index] / temperature)
-        predictions.append(np.argmax(scores))
-    return np.asarray(predictions)
+        for index in np.argsort(-similarity)[:k]:
+            scores[row, train_y[index]] += np.exp(similarity[index] / temperature)
+    return scores
 
 
 @pytest.mark.parametrize("k, temperature", [(20, 0.07), (5, 0.5), (1, 0.07)])
@@ -156,7 +156,7 @@ def test_knn_matches_numpy_brute_force(k, temperature):
     train_y = rng.integers(0, 5, size=300)
     test_x = rng.standard_normal((100, 16))
     expected = _knn_reference(train_x, train_y, test_x, 5, k, temperature)
-    predictions = probes.knn_predict(
+    scores = probes.knn_scores(
         train_x.astype(np.float32),
         train_y.astype(np.int32),
         test_x.astype(np.float32),
@@ -165,8 +165,15 @@ def test_knn_matches_numpy_brute_force(k, temperature):
         temperature=temperature,
         batch_size=32,
     )
-    assert predictions.dtype == np.int32 and predictions.shape == (100,)
-    np.testing.assert_array_equal(predictions, expected)
+    assert scores.dtype == np.float32 and scores.shape == (100, 5)
+    np.testing.assert_array_equal(scores.argmax(-1), expected.argmax(-1))
+    # Equal up to a positive factor per test sample (the kernel subtracts the top similarity).
+    np.testing.assert_allclose(
+        scores / scores.sum(-1, keepdims=True),
+        expected / expected.sum(-1, keepdims=True),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_knn_is_independent_of_batch_size_and_finds_near_duplicates():
@@ -174,19 +181,19 @@ def test_knn_is_independent_of_batch_size_and_finds_near_duplicates():
     train_x = rng.standard_normal((50, 8)).astype(np.float32)
     train_y = rng.integers(0, 4, size=50).astype(np.int32)
     test_x = train_x[:23] + 1e-3 * rng.standard_normal((23, 8)).astype(np.float32)
-    small = probes.knn_predict(train_x, train_y, test_x, num_classes=4, k=1, batch_size=7)
-    large = probes.knn_predict(train_x, train_y, test_x, num_classes=4, k=1)
-    np.testing.assert_array_equal(small, train_y[:23])
-    np.testing.assert_array_equal(large, small)
+    small = probes.knn_scores(train_x, train_y, test_x, num_classes=4, k=1, batch_size=7)
+    large = probes.knn_scores(train_x, train_y, test_x, num_classes=4, k=1)
+    np.testing.assert_array_equal(small.argmax(-1), train_y[:23])
+    np.testing.assert_allclose(large, small, rtol=1e-6)
 
 
 def test_knn_validation():
     x = np.ones((10, 4), np.float32)
     y = np.zeros(10, np.int32)
     with pytest.raises(ValueError, match="k must lie"):
-        probes.knn_predict(x, y, x, num_classes=2, k=11)
+        probes.knn_scores(x, y, x, num_classes=2, k=11)
     with pytest.raises(ValueError, match="temperature"):
-        probes.knn_predict(x, y, x, num_classes=2, k=3, temperature=0.0)
+        probes.knn_scores(x, y, x, num_classes=2, k=3, temperature=0.0)
 
 
 def test_per_task_accuracy_by_hand():
@@ -207,3 +214,49 @@ def test_per_task_accuracy_by_hand():
         probes.per_task_accuracy(predictions, labels, [np.array([6])])
     with pytest.raises(ValueError, match="equal shape"):
         probes.per_task_accuracy(predictions[:3], labels, [np.array([0])])
+
+
+def test_task_aware_predictions_by_hand():
+    # Task 0 holds classes {0, 2}, task 1 {1, 3}; sample 3 belongs to no task.
+    scores = np.array(
+        [
+            [0.1, 0.9, 0.3, 0.0],  # task 0: class 1 masked out, class 2 wins
+            [0.5, 0.2, 0.1, 0.4],  # task 1: class 0 masked out, class 3 wins
+            [0.0, 0.0, 0.0, 0.0],  # task 1, a tie: its smallest class
+            [0.1, 0.9, 0.3, 0.0],  # no task: unmasked
+        ]
+    )
+    predictions = probes.task_aware_predictions(scores, [0, 1, 1, -1], [(0, 2), (1, 3)])
+    np.testing.assert_array_equal(predictions, [2, 3, 1, 1])
+    assert predictions.dtype == np.int32
+    with pytest.raises(ValueError, match="name task 2"):
+        probes.task_aware_predictions(scores, [0, 1, 2, -1], [(0, 2), (1, 3)])
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        probes.task_aware_predictions(scores, [0, 1], [(0, 2), (1, 3)])
+
+
+def test_task_aware_accuracy_is_never_below_the_task_agnostic_one():
+    rng = np.random.default_rng(8)
+    scores = rng.standard_normal((200, 6))
+    labels = rng.integers(0, 6, 200)
+    tasks = [(0, 1, 2), (3, 4, 5)]
+    task_ids = (labels >= 3).astype(np.int32)
+    indices = [np.flatnonzero(task_ids == t) for t in range(2)]
+    agnostic = probes.per_task_accuracy(scores.argmax(-1), labels, indices)
+    aware = probes.per_task_accuracy(
+        probes.task_aware_predictions(scores, task_ids, tasks), labels, indices
+    )
+    assert np.all(aware >= agnostic) and np.all(aware > 25.0)  # chance: 1/6 and 1/3
+
+
+def test_class_balanced_subset_keeps_every_class_in_proportion_and_follows_the_seed():
+    labels = np.repeat([3, 0, 7], [100, 40, 3])
+    kept = probes.class_balanced_subset(labels, 0.1, seed=0)
+    assert np.all(np.diff(kept) > 0)
+    counts = {c: int(np.sum(labels[kept] == c)) for c in (0, 3, 7)}
+    assert counts == {3: 10, 0: 4, 7: 1}  # round(0.3) = 0 -> at least one
+    np.testing.assert_array_equal(kept, probes.class_balanced_subset(labels, 0.1, seed=0))
+    assert not np.array_equal(kept, probes.class_balanced_subset(labels, 0.1, seed=1))
+    np.testing.assert_array_equal(probes.class_balanced_subset(labels, 1.0, 0), np.arange(143))
+    with pytest.raises(ValueError, match="fraction"):
+        probes.class_balanced_subset(labels, 0.0, 0)

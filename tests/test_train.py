@@ -18,18 +18,26 @@ from cl_ssl.data import sources
 @pytest.mark.parametrize("strategy", ["finetune", "offline"])
 def test_end_to_end_two_tasks(finished_run, strategy):
     """Two tasks trained and evaluated; results, table and plots written (drawn for the offline run
-    only, so that the finetune run is the one the resume tests share); one trace for all tasks."""
+    only, so that the finetune run is the one the resume tests share, and with task-aware matrices
+    there); one trace for all tasks."""
     plots = strategy == "offline"
-    result, workdir = finished_run(tiny_config(strategy=strategy, **{"eval.plots": plots}))
+    result, workdir = finished_run(
+        tiny_config(strategy=strategy, **{"eval.plots": plots, "eval.task_aware": plots})
+    )
     stages = 2 if strategy == "finetune" else 1
-    for name in ("linear", "knn"):
+    names = ["linear", "knn"] + (["linear_task_aware", "knn_task_aware"] if plots else [])
+    for name in names:
         R = result["matrices"][name]
         assert R.shape == (stages + 1, 2)
         assert np.all((R >= 0) & (R <= 100))
+    if plots:  # masking a prediction to its task's classes can only keep it right
+        for name in ("linear", "knn"):
+            assert np.all(result["matrices"][f"{name}_task_aware"] >= result["matrices"][name])
     saved = json.loads((workdir / "results.json").read_text())
-    assert set(saved["matrices"]) == {"linear", "knn"}
+    assert set(saved["matrices"]) == set(names)
     assert (workdir / "results.md").exists()
-    assert (workdir / "plots" / "accuracy_matrix_linear.png").exists() == plots
+    for name in names:
+        assert (workdir / "plots" / f"accuracy_matrix_{name}.png").exists() == plots
     assert int(result["state"].task) == stages
     assert result["traces"] == [1]
     if strategy == "finetune":
@@ -137,6 +145,12 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
         ({"eval.train_examples": 0}, r"eval.train_examples=0; set -1"),
         ({"eval.linear.epochs": 0}, r"eval.linear.epochs=0; set it to at least 1"),
         ({"eval.knn.k": 0}, r"eval.knn.k=0; set it to at least 1"),
+        ({"eval.probe_data": "past"}, r"eval.probe_data='past'; choose among"),
+        ({"eval.label_fraction": 0.0}, r"eval.label_fraction=0.0; set the share"),
+        (
+            {"eval.task_aware": True, "scenario": "data_incremental"},
+            "only class-incremental scenarios define",
+        ),
     ],
 )
 def test_bad_config_fails_before_compiling(mock_cifar10, tmp_path, monkeypatch, overrides, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import ml_collections
 import numpy as np
@@ -15,6 +17,18 @@ from cl_ssl.evaluation import probes
 EVALUATORS = ("linear", "knn")
 CLASSIFIER = "classifier"
 """The accuracy matrix of the classifier a strategy trains (``Strategy.classify``), scored as is."""
+TASK_AWARE = "_task_aware"
+"""Suffix of the task-aware matrix of every evaluator (``eval.task_aware``)."""
+PROBE_DATA = ("all", "seen", "current")
+"""``eval.probe_data``: which training examples train the probes after a stage."""
+
+
+def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> list[str]:
+    """The accuracy matrices a run of ``config`` fills: its evaluators, the strategy's classifier
+    when it trains one, and each of those again with the suffix ``_task_aware`` under
+    ``eval.task_aware``."""
+    names = list(config.eval.evaluators) + ([CLASSIFIER] if has_classifier else [])
+    return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else [])
 
 
 class Evaluator:
@@ -22,10 +36,20 @@ class Evaluator:
     offline protocol, ``main_linear.py``).
 
     Features are extracted once per evaluation with BatchNorm in inference mode, from the un-augmented
-    images normalised as the first view normalises them. The probes train on the labelled training
-    data of all tasks (``eval.train_examples`` of them, a fixed random subset, when set) and are
-    tested on the whole test set; per-task accuracies come from that one all-class probe, without
-    masking logits.
+    images normalised as the first view normalises them. The probes are tested on the whole test set;
+    per-task accuracies come from that one all-class probe, without masking logits. What trains the
+    probes after stage s (row s of the matrix; row 0, the random network, counts as stage 1):
+
+    - ``eval.probe_data``: the labelled training data of all tasks (``'all'``, CaSSLe's offline
+      probe), of the stages seen so far (``'seen'``) or of stage s only (``'current'``): Kaizen's
+      ``--linear_classifier_training_data_source`` ``all_tasks``, ``seen_tasks``, ``current_task``;
+    - ``eval.label_fraction``: a seeded class-balanced share of those labels (semi-supervised
+      probes, ``probes.class_balanced_subset``);
+    - ``eval.train_examples``: at most that many of them, a fixed random subset, when set.
+
+    With ``eval.task_aware`` every probe is also scored task-incrementally, each test image's
+    prediction restricted to its task's classes (``probes.task_aware_predictions``): the
+    ``<name>_task_aware`` matrices of class-incremental runs.
 
     With ``classify`` (a strategy's ``Strategy.classify``: (strategy state, features [N, F]) ->
     logits [N, C]), the classifier the strategy trains is also scored as it is, with no probe
@@ -43,22 +67,21 @@ class Evaluator:
         mesh: jax.sharding.Mesh,
         *,
         key: jax.Array,
+        stage_indices: Sequence[np.ndarray] | None = None,
         classify=None,
     ):
+        """``stage_indices``: per training stage, its int [N_s] indices into ``train`` (default: the
+        scenario's tasks); they define the seen and current data of ``eval.probe_data``."""
         self._config = config
         self._scenario = scenario
         self._mesh = mesh
         self._num_classes = train.num_classes
         self._seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-        n = config.eval.train_examples
-        if 0 < n < len(train.labels):
-            keep = np.sort(
-                np.random.default_rng(self._seed).choice(len(train.labels), n, replace=False)
-            )
-            train = ArraySplit(
-                images=train.images[keep], labels=train.labels[keep], num_classes=train.num_classes
-            )
         self._train, self._test = train, test
+        self._stage_indices = tuple(
+            scenario.train_indices if stage_indices is None else stage_indices
+        )
+        self.names = matrix_names(config, has_classifier=classify is not None)
         self._classify = None if classify is None else jax.jit(classify)
         self._batch_size = config.eval.batch_size
         view = ml_collections.ConfigDict(config.augment.view1)
@@ -72,6 +95,28 @@ class Evaluator:
 
         self._features = features
         self._jitted = {}
+
+    def probe_examples(self, stage: int) -> np.ndarray:
+        """int [K] sorted indices into the training split: the examples that train the probes of
+        row ``stage`` (0: the random network, 1..S: after stage S)."""
+        e = self._config.eval
+        s = max(stage, 1) - 1
+        if e.probe_data == "all":
+            rows = np.arange(len(self._train.labels))
+        elif e.probe_data == "seen":
+            rows = np.unique(np.concatenate(self._stage_indices[: s + 1]))
+        else:
+            rows = np.sort(self._stage_indices[s])
+        if e.label_fraction < 1.0:
+            rows = rows[
+                probes.class_balanced_subset(self._train.labels[rows], e.label_fraction, self._seed)
+            ]
+        if 0 < e.train_examples < len(rows):
+            draw = np.random.default_rng(self._seed).choice(
+                len(rows), e.train_examples, replace=False
+            )
+            rows = np.sort(rows[draw])
+        return rows
 
     def map_images(self, fn, variables, *rows: np.ndarray) -> np.ndarray:
         """``fn(variables, *row chunks)`` over the rows of ``rows`` (host arrays of N rows each, such
@@ -104,40 +149,51 @@ class Evaluator:
         """Backbone features float32 [N, F] of uint8 images [N, H, W, C], in fixed-size batches."""
         return self.map_images(self._features, variables, images)
 
-    def __call__(self, params, batch_stats, strategy_state=None) -> dict[str, np.ndarray]:
-        """Per-task top-1 accuracy in percent, float [T], for every evaluator in ``eval.evaluators``
-        and, when the evaluator has ``classify``, for the classifier in ``strategy_state``."""
+    def __call__(
+        self, params, batch_stats, strategy_state=None, *, stage: int
+    ) -> dict[str, np.ndarray]:
+        """Per-task top-1 accuracy in percent, float [T], of each matrix in ``self.names``, for row
+        ``stage`` of the matrices (0: the random network; s: after stage s)."""
         variables = {"params": params, "batch_stats": batch_stats}
-        train_f = self.features(variables, self._train.images)
+        rows = self.probe_examples(stage)
+        every = len(rows) == len(self._train.labels)  # no copy of a whole (large) training split
+        train_f = self.features(
+            variables, self._train.images if every else self._train.images[rows]
+        )
+        train_labels = self._train.labels[rows]
         test_f = self.features(variables, self._test.images)
         e = self._config.eval
-        results = {}
+        scores = {}
         for name in e.evaluators:
             if name == "linear":
-                predictions = probes.linear_probe(
+                scores[name] = probes.linear_probe(
                     train_f,
-                    self._train.labels,
+                    train_labels,
                     test_f,
                     num_classes=self._num_classes,
                     seed=self._seed,
                     **e.linear.to_dict(),
                 )
             else:
-                predictions = probes.knn_predict(
-                    train_f,
-                    self._train.labels,
-                    test_f,
-                    num_classes=self._num_classes,
-                    **e.knn.to_dict(),
+                knn = e.knn.to_dict()
+                # As solo-learn's WeightedKNNClassifier: k at most the number of labelled examples
+                # (a small label_fraction or current task may hold fewer).
+                knn["k"] = min(knn["k"], len(rows))
+                scores[name] = probes.knn_scores(
+                    train_f, train_labels, test_f, num_classes=self._num_classes, **knn
                 )
-            results[name] = probes.per_task_accuracy(
-                np.asarray(predictions), self._test.labels, self._scenario.test_indices
-            )
         if self._classify is not None:
-            logits = self._classify(strategy_state, test_f)
-            results[CLASSIFIER] = probes.per_task_accuracy(
-                np.asarray(jax.device_get(logits)).argmax(axis=-1),
-                self._test.labels,
-                self._scenario.test_indices,
+            scores[CLASSIFIER] = np.asarray(jax.device_get(self._classify(strategy_state, test_f)))
+        results = {}
+        scenario, labels = self._scenario, self._test.labels
+        for name, s in scores.items():
+            results[name] = probes.per_task_accuracy(
+                s.argmax(axis=-1), labels, scenario.test_indices
             )
+            if e.task_aware:
+                results[name + TASK_AWARE] = probes.per_task_accuracy(
+                    probes.task_aware_predictions(s, scenario.test_task_ids, scenario.task_classes),
+                    labels,
+                    scenario.test_indices,
+                )
         return results

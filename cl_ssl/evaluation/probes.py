@@ -1,6 +1,8 @@
-"""Probes on precomputed features: linear classifier, weighted kNN, per-task accuracy.
+"""Probes on precomputed features: linear classifier, weighted kNN, per-task accuracy (task-agnostic
+and task-aware), and the class-balanced label subsets of semi-supervised probes.
 
 Features are float ``[N, D]`` arrays, labels int ``[N]`` arrays with values in ``[0, num_classes)``. The
+probes return class scores ``[N, C]`` (logits, or kNN vote weights) whose argmax is the prediction. The
 functions take host (NumPy) or device (JAX) arrays and return NumPy arrays. Accuracies are in percent.
 """
 
@@ -192,8 +194,8 @@ def fit_linear_classifier(
 def linear_probe(
     train_features: Any, train_labels: Any, test_features: Any, *, num_classes: int, **schedule: Any
 ) -> np.ndarray:
-    """Predicted classes of a linear probe: :func:`fit_linear_classifier` on the training features, then
-    ``argmax(test_features @ kernel + bias)``.
+    """Test logits of a linear probe: :func:`fit_linear_classifier` on the training features, then
+    ``test_features @ kernel + bias``.
 
     Args:
       train_features: float ``[N_train, D]``.
@@ -204,7 +206,7 @@ def linear_probe(
         learning_rate, momentum, weight_decay, milestones, standardize, seed), with its defaults.
 
     Returns:
-      int32 ``[N_test]`` predicted classes.
+      float32 ``[N_test, C]`` logits; their argmax is the predicted class.
     """
     train_shape = _check_train(train_features, train_labels, num_classes)
     _check_test(test_features, train_shape[1])
@@ -212,11 +214,11 @@ def linear_probe(
         train_features, train_labels, num_classes=num_classes, **schedule
     )
     logits = jnp.dot(jnp.asarray(test_features, jnp.float32), kernel, precision=_HIGHEST) + bias
-    return np.asarray(jnp.argmax(logits, axis=-1), dtype=np.int32)
+    return np.asarray(logits)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "batch_size"))
-def _knn_predict(
+def _knn_scores(
     train_features: jax.Array,
     train_labels: jax.Array,
     test_features: jax.Array,
@@ -233,18 +235,17 @@ def _knn_predict(
     queries = jnp.pad(test_features, ((0, num_batches * batch_size - num_test), (0, 0)))
     queries = queries.reshape(num_batches, batch_size, -1)
 
-    def predict_batch(query: jax.Array) -> jax.Array:
+    def score_batch(query: jax.Array) -> jax.Array:
         similarity = jnp.dot(query, train_features.T, precision=_HIGHEST)
         top_similarity, top_index = jax.lax.top_k(similarity, k)
         weights = jnp.exp((top_similarity - top_similarity[:, :1]) / temperature)
         votes = jax.nn.one_hot(train_labels[top_index], num_classes, dtype=weights.dtype)
-        scores = jnp.einsum("bk,bkc->bc", weights, votes)
-        return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        return jnp.einsum("bk,bkc->bc", weights, votes)
 
-    return jax.lax.map(predict_batch, queries).reshape(-1)[:num_test]
+    return jax.lax.map(score_batch, queries).reshape(num_batches * batch_size, -1)[:num_test]
 
 
-def knn_predict(
+def knn_scores(
     train_features: Any,
     train_labels: Any,
     test_features: Any,
@@ -254,14 +255,18 @@ def knn_predict(
     temperature: float = 0.07,
     batch_size: int = 1024,
 ) -> np.ndarray:
-    """Weighted kNN classification (InstDisc form: Wu et al., CVPR 2018).
+    """Class scores of weighted kNN classification (InstDisc form: Wu et al., CVPR 2018).
 
     Features are L2-normalised; for each test sample the ``k`` training samples of highest cosine similarity
-    ``s`` vote for their class with weight ``exp(s / temperature)``; the predicted class has the largest sum
-    of weights (ties go to the smallest class index). The weights are computed as
-    ``exp((s - s_max) / temperature)``, a common positive factor per test sample that leaves the vote unchanged
-    and avoids overflow at small temperatures. Test samples are processed ``batch_size`` at a time, so memory
-    is ``O(batch_size * N_train)``.
+    ``s`` vote for their class with weight ``exp(s / temperature)``; a class's score is the sum of its
+    neighbours' weights, and the predicted class has the largest score (``argmax``: ties go to the smallest
+    class index). This is the cosine branch of solo-learn's ``WeightedKNNClassifier``
+    (``solo/utils/knn.py``, ``compute``: ``F.normalize``, ``mm``, ``topk``, ``div_(T).exp_()``, a one-hot
+    sum; CaSSLe's ``cassle/utils/knn.py`` is an older copy of that class), with its defaults k = 20 and
+    T = 0.07; InstDisc itself used k = 200. The weights are computed as ``exp((s - s_max) / temperature)``:
+    a positive factor per test sample, which leaves its prediction unchanged and avoids overflow at small
+    temperatures. Test samples are processed ``batch_size`` at a time, so memory is
+    ``O(batch_size * N_train)``.
 
     Args:
       train_features: float ``[N_train, D]``.
@@ -273,7 +278,7 @@ def knn_predict(
       batch_size: test samples per batch.
 
     Returns:
-      int32 ``[N_test]`` predicted classes.
+      float32 ``[N_test, C]`` scores, each row scaled by ``exp(-s_max / temperature)``.
     """
     train_shape = _check_train(train_features, train_labels, num_classes)
     test_shape = _check_test(test_features, train_shape[1])
@@ -283,7 +288,7 @@ def knn_predict(
         raise ValueError(
             f"need temperature > 0 and batch_size >= 1, got {temperature} and {batch_size}"
         )
-    predictions = _knn_predict(
+    scores = _knn_scores(
         jnp.asarray(train_features, jnp.float32),
         jnp.asarray(train_labels, jnp.int32),
         jnp.asarray(test_features, jnp.float32),
@@ -292,7 +297,7 @@ def knn_predict(
         k=k,
         batch_size=min(batch_size, test_shape[0]),
     )
-    return np.asarray(predictions)
+    return np.asarray(scores)
 
 
 def per_task_accuracy(
@@ -330,3 +335,61 @@ def per_task_accuracy(
             raise ValueError(f"test indices of task {task} must lie in [0, {labels.size})")
         accuracies.append(100.0 * np.mean(correct[indices]))
     return np.asarray(accuracies, dtype=np.float64)
+
+
+def task_aware_predictions(
+    scores: Any, test_task_ids: Any, task_classes: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Predictions of a task-incremental evaluation: each test sample's argmax over the classes of
+    its own task only (Mammoth ``utils/evaluate.py::mask_classes``, which sets the other tasks'
+    logits to -inf).
+
+    Args:
+      scores: float ``[N_test, C]`` class scores of a probe (logits or kNN votes).
+      test_task_ids: int ``[N_test]``, the task of each test sample; -1 for a sample of no task,
+        which keeps its unmasked argmax.
+      task_classes: ``T`` sequences of the class ids (in ``[0, C)``) each task holds.
+
+    Returns:
+      int32 ``[N_test]`` predicted classes; ties go to the smallest class index of the task.
+    """
+    scores = np.asarray(scores)
+    task_ids = np.asarray(test_task_ids)
+    if scores.ndim != 2 or task_ids.shape != scores.shape[:1]:
+        raise ValueError(
+            f"scores must be [N, C] and test_task_ids [N]; got {scores.shape} and {task_ids.shape}"
+        )
+    if task_ids.max(initial=-1) >= len(task_classes):
+        raise ValueError(
+            f"test_task_ids name task {task_ids.max()} but task_classes holds {len(task_classes)}"
+        )
+    allowed = np.zeros((len(task_classes) + 1, scores.shape[1]), bool)
+    for task, classes in enumerate(task_classes):
+        allowed[task, list(classes)] = True
+    allowed[-1] = True  # row -1: a sample of no task
+    masked = np.where(allowed[task_ids], scores, -np.inf)
+    return masked.argmax(axis=-1).astype(np.int32)
+
+
+def class_balanced_subset(labels: Any, fraction: float, seed: int) -> np.ndarray:
+    """The labelled rows of a semi-supervised probe: max(1, round(fraction * n_c)) rows of every
+    class c drawn without replacement, a function of ``seed`` (as the 1% and 10% ImageNet subsets
+    of SimCLR, Chen et al. ICML 2020 section 7, keep every class).
+
+    Args:
+      labels: int ``[N]``, the class of each row.
+      fraction: in (0, 1], the share of each class to keep.
+      seed: seed of the draw.
+
+    Returns:
+      int ``[K]`` kept row indices, sorted.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        kept.append(rng.choice(rows, max(1, round(fraction * len(rows))), replace=False))
+    return np.sort(np.concatenate(kept))

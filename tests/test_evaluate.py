@@ -1,0 +1,84 @@
+"""The evaluator: which examples train the probes (all, seen or current tasks, a label fraction,
+a cap), and the classifier and task-aware accuracy matrices against hand-made cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import random_split, tiny_config
+
+from cl_ssl import objectives, parallel
+from cl_ssl.data import scenarios
+from cl_ssl.evaluation import evaluate
+
+# 40 training images, labels cycling over 4 classes; task 1 holds classes {0, 1}, task 2 {2, 3}.
+TRAIN, TEST = random_split(40), random_split(8, seed=5)
+SCENARIO = scenarios.make_scenario(
+    "class_incremental", TRAIN.labels, TEST.labels, num_classes=4, num_tasks=2
+)
+
+
+def _evaluator(classify=None, **eval_fields):
+    config = objectives.resolve_config(
+        tiny_config(
+            **{"eval.evaluators": ("knn",)}, **{f"eval.{k}": v for k, v in eval_fields.items()}
+        )
+    )
+    objective = objectives.get_objective(config)
+    evaluator = evaluate.Evaluator(
+        objective.model,
+        TRAIN,
+        TEST,
+        SCENARIO,
+        config,
+        parallel.make_mesh(1),
+        key=jax.random.PRNGKey(0),
+        classify=classify,
+    )
+    return evaluator, objective
+
+
+@pytest.mark.parametrize(
+    "probe_data, rows_by_stage",
+    [
+        ("all", {0: range(40), 1: range(40), 2: range(40)}),
+        ("seen", {0: "task1", 1: "task1", 2: range(40)}),
+        ("current", {0: "task1", 1: "task1", 2: "task2"}),
+    ],
+)
+def test_probe_data_sources(probe_data, rows_by_stage):
+    evaluator, _ = _evaluator(probe_data=probe_data)
+    tasks = {"task1": SCENARIO.train_indices[0], "task2": SCENARIO.train_indices[1]}
+    for stage, rows in rows_by_stage.items():
+        expected = tasks[rows] if isinstance(rows, str) else np.arange(40)
+        np.testing.assert_array_equal(evaluator.probe_examples(stage), expected)
+
+
+def test_label_fraction_is_class_balanced_within_the_probe_data_then_capped():
+    evaluator, _ = _evaluator(probe_data="current", label_fraction=0.2)
+    rows = evaluator.probe_examples(2)
+    # Task 2: classes 2 and 3, 10 images each; 20% of each.
+    assert sorted(TRAIN.labels[rows].tolist()) == [2, 2, 3, 3]
+    capped, _ = _evaluator(probe_data="current", label_fraction=0.2, train_examples=3)
+    kept = capped.probe_examples(2)
+    assert len(kept) == 3 and set(kept) <= set(rows)
+
+
+def test_classifier_and_task_aware_matrices_by_hand():
+    """'Logits' with a top and a second choice per test image (labels 0, 1, 2, 3, 0, 1, 2, 3; task 1
+    holds rows 0, 1, 4, 5, task 2 rows 2, 3, 6, 7). Rows 1 and 3 put another task's class first and
+    their own label second, row 6 a wrong class of its own task first."""
+    top = np.array([0, 2, 2, 1, 0, 1, 3, 3])
+    second = np.array([1, 1, 3, 3, 1, 0, 0, 2])
+    assert SCENARIO.task_classes == ((0, 1), (2, 3))
+    logits = jnp.eye(4)[top] + 0.5 * jnp.eye(4)[second]
+    evaluator, objective = _evaluator(
+        classify=lambda logits, features: logits[: features.shape[0]], task_aware=True
+    )
+    assert evaluator.names == ["knn", "classifier", "knn_task_aware", "classifier_task_aware"]
+    variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
+    accuracy = evaluator(variables["params"], variables["batch_stats"], logits, stage=1)
+    assert set(accuracy) == set(evaluator.names)
+    np.testing.assert_allclose(accuracy["classifier"], [75.0, 50.0])  # rows 1 | 3, 6 wrong
+    np.testing.assert_allclose(accuracy["classifier_task_aware"], [100.0, 75.0])  # row 6 wrong
+    assert np.all(accuracy["knn_task_aware"] >= accuracy["knn"])
