@@ -1,4 +1,4 @@
-"""Backbones and heads: shapes, parameter counts, BatchNorm state, mixed precision."""
+"""Backbones and heads: shapes, parameter counts, BatchNorm state, mixed precision, prototypes."""
 
 import flax
 import jax
@@ -8,6 +8,7 @@ import pytest
 
 from cl_ssl.models.heads import MLPHead
 from cl_ssl.models.resnet import feature_dim, make_backbone
+from cl_ssl.models.ssl import Prototypes
 
 
 def _key(seed):
@@ -205,3 +206,32 @@ def test_mlp_head_pytorch_linear_init():
     for leaf in (params["kernel"], params["bias"]):
         assert np.abs(leaf).max() <= bound
         assert np.abs(leaf).max() > 0.9 * bound  # uniform over the whole interval
+
+
+def _np_normalize(x, axis=-1):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+@pytest.mark.parametrize("learnable_norm", [False, True])
+def test_prototypes_against_numpy_weight_normalised_scores(learnable_norm):
+    """PyTorch's weight_norm(Linear(D, K, bias=False)) on n(z): g_k (v_k . n(z)) / |v_k|, with g
+    starting at |v_k| (about 1/sqrt(3) under Linear's init) when learnable, 1 otherwise."""
+    z = np.random.default_rng(0).standard_normal((6, 64)).astype(np.float32)
+    module = Prototypes(num_prototypes=500, learnable_norm=learnable_norm)
+    params = module.init(_key(0), z)["params"]
+    kernel = np.asarray(params["kernel"], np.float64)
+    assert set(params) == ({"kernel", "norm"} if learnable_norm else {"kernel"})
+    g = np.ones((1, 500))
+    if learnable_norm:
+        assert params["norm"].shape == (1, 500)
+        np.testing.assert_allclose(
+            params["norm"], np.linalg.norm(kernel, axis=0, keepdims=True), rtol=1e-6
+        )
+        assert abs(float(np.mean(params["norm"])) - 1 / np.sqrt(3)) < 0.02
+        g = np.random.default_rng(1).uniform(0.2, 2.0, (1, 500))  # a trained norm
+        params = {**params, "norm": jnp.asarray(g, jnp.float32)}
+    expected = g * (_np_normalize(z.astype(np.float64)) @ _np_normalize(kernel, axis=0))
+    np.testing.assert_allclose(module.apply({"params": params}, z), expected, rtol=1e-5, atol=1e-6)
+    if learnable_norm:  # g is learned
+        grad = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, z) ** 2))(params)
+        assert np.all(np.abs(grad["norm"]) > 0)

@@ -348,7 +348,12 @@ def test_schedules_restart_with_every_stage(name):
 def test_swav_queue_changes_the_codes_once_in_use():
     s1, s2 = (_outputs(jax.random.PRNGKey(i), prototypes=10) for i in range(2))
     objective = _objective("swav", **{"swav.proj_output_dim": 5})
-    params = {"prototypes": {"kernel": jax.random.normal(jax.random.PRNGKey(5), (5, 10))}}
+    params = {
+        "prototypes": {
+            "kernel": jax.random.normal(jax.random.PRNGKey(5), (5, 10)),
+            "norm": jnp.full((1, 10), 0.6),
+        }
+    }
     queues = tuple(memory.random_unit_queue(jax.random.PRNGKey(6 + v), 16, 5) for v in range(2))
     state = {"queues": queues}
     off, _, _ = objective.loss((s1, s2), None, state, params, {"use_queue": jnp.float32(0)})

@@ -207,13 +207,28 @@ def test_cassle_distiller_wiring(name, expected_loss, weight):
 @pytest.mark.parametrize("name", ["swav", "dino"])
 def test_cassle_knowledge_distiller_scores_with_old_and_new_prototypes(name):
     """SwAV, DINO: the teacher's distribution comes from the previous task's prototypes on its own
-    projection; the student's from the new prototypes W_d on h(z)."""
+    projection, with their learnt norms g (SwAV, as CaSSLe's frozen_prototypes copy weight_g); the
+    student's from the new prototypes W_d (with norms of their own for SwAV) on h(z)."""
     config, objective, strat, teacher, views, student = _distill_inputs(name)
+    learnable = name == "swav"
+    if learnable:  # a teacher whose norms have moved away from their initial values
+        old_norm = teacher["params"]["prototypes"]["norm"]
+        teacher = {**teacher, "params": {**teacher["params"]}}
+        teacher["params"]["prototypes"] = {
+            **teacher["params"]["prototypes"],
+            "norm": old_norm * jnp.linspace(0.5, 3.0, old_norm.shape[-1]),
+        }
     params = _heads(strat, objective)
+    assert ("norm" in params["prototypes"]) == learnable
     predictions = [_predict(config, params["predictor"], s["projection"]) for s in student]
-    new = cassle.Prototypes(config[name].num_prototypes)
+    new = cassle.Prototypes(config[name].num_prototypes, learnable_norm=learnable)
     scores = [new.apply({"params": params["prototypes"]}, p) for p in predictions]
-    old = [t["scores"] for t in _teacher_projections(objective, teacher, views)]
+    kernel = teacher["params"]["prototypes"]["kernel"]
+    g = teacher["params"]["prototypes"].get("norm", 1.0)
+    old = [
+        g * (losses.l2_normalize(t["projection"]) @ losses.l2_normalize(kernel, axis=0))
+        for t in _teacher_projections(objective, teacher, views)
+    ]
     expected = losses.knowledge_distillation(scores, old, temperature=0.1)
     _, terms = _distill(strat, student, views, teacher, params)
     np.testing.assert_allclose(terms["distill"], expected, rtol=1e-5)

@@ -12,26 +12,38 @@ from cl_ssl.models.resnet import pool
 
 
 class Prototypes(nn.Module):
-    """Scores against learnable unit-norm prototypes: n(z) . n(c_k) (SwAV, DINO's last layer).
+    """Scores against learnable prototypes: g_k n(z) . n(c_k) (SwAV, DINO's last layer).
 
-    Equals PyTorch's ``weight_norm(nn.Linear(D, K, bias=False))`` with ``weight_g`` filled with 1
-    and frozen, as solo-learn's SwAV and DINO build them (not checked against CaSSLe's pinned
-    commit): gradients flow through the normalisation of both the embedding and the prototypes.
+    PyTorch's ``weight_norm(nn.Linear(D, K, bias=False))``: each prototype is a direction n(c_k)
+    and a norm g_k. CaSSLe's SwAV learns g (``cassle/methods/swav.py`` l.59), which PyTorch starts
+    at the norm of the initial c_k, about 1/sqrt(3) under ``nn.Linear``'s init: the scores, hence
+    the effective softmax temperature and Sinkhorn epsilon, start scaled by about 0.58. With
+    ``learnable_norm=False`` g is fixed at 1, as solo-learn's SwAV and DINO later fill and freeze
+    ``weight_g``. Gradients flow through the normalisation of both the embedding and the
+    prototypes.
 
     Attributes:
       num_prototypes: K.
+      learnable_norm: learn g (param 'norm', float32 [1, K]: the shape of PyTorch's ``weight_g``
+        transposed, two-dimensional as there, so that rules that exempt one-dimensional biases
+        and norms from weight decay or LARS treat it as the reference does).
     """
 
     num_prototypes: int
+    learnable_norm: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        """Embeddings [B, D] -> float32 cosine scores [B, K]."""
+        """Embeddings [B, D] -> float32 scores [B, K] (cosine similarities, times g_k)."""
         kernel = self.param(
             "kernel", torch_linear_kernel_init, (z.shape[-1], self.num_prototypes), jnp.float32
         )
         z = l2_normalize(jnp.asarray(z, jnp.float32))
-        return z @ l2_normalize(kernel, axis=0)
+        scores = z @ l2_normalize(kernel, axis=0)
+        if not self.learnable_norm:
+            return scores
+        norm = self.param("norm", lambda key: jnp.linalg.norm(kernel, axis=0, keepdims=True))
+        return scores * norm
 
 
 class SSLModel(nn.Module):

@@ -179,14 +179,14 @@ def make_model(
     projector: nn.Module,
     *,
     predictor: nn.Module | None = None,
-    num_prototypes: int | None = None,
+    prototypes: Prototypes | None = None,
 ) -> SSLModel:
     """Backbone from ``config.model`` with the given heads."""
     return SSLModel(
         backbone=make_backbone(config),
         projector=projector,
         predictor=predictor,
-        prototypes=None if num_prototypes is None else Prototypes(num_prototypes),
+        prototypes=prototypes,
     )
 
 

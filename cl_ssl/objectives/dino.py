@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from cl_ssl import losses
+from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
     BYOL_VIEWS,
     Objective,
@@ -60,7 +61,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     model = make_model(
         config,
         mlp(config, (c.proj_hidden_dim,) * 2, c.proj_output_dim, batch_norm=False),
-        num_prototypes=c.num_prototypes,
+        prototypes=Prototypes(c.num_prototypes),
     )
 
     def init_state(params, key):

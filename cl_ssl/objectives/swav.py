@@ -58,6 +58,9 @@ def default_config() -> ml_collections.ConfigDict:
             queue_size=3840,
             queue_start_epoch=50,
             freeze_prototypes_epochs=2,
+            # CaSSLe's weight-normalised prototypes learn their norms (models.ssl.Prototypes);
+            # False fixes them at 1, as solo-learn's later SwAV.
+            learnable_norm=True,
         )
     )
 
@@ -67,12 +70,12 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     c = config.swav
     if c.queue_size:
         memory.check_fits("swav.queue_size", c.queue_size, config.batch_size)
+    prototypes = Prototypes(c.num_prototypes, learnable_norm=c.learnable_norm)
     model = make_model(
         config,
         mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=True),
-        num_prototypes=c.num_prototypes,
+        prototypes=prototypes,
     )
-    prototypes = Prototypes(c.num_prototypes)
     sinkhorn = dict(temperature=c.temperature, epsilon=c.epsilon, num_iters=c.sinkhorn_iters)
 
     def empty_queues():

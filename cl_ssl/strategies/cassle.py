@@ -90,13 +90,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _loss(
-    kind: str, config: ml_collections.ConfigDict, num_prototypes: int | None
+    kind: str, config: ml_collections.ConfigDict, prototypes: Prototypes | None
 ) -> Callable[..., jax.Array]:
-    """(predictions per view, teacher outputs per view, strategy params) -> L_D."""
+    """(predictions per view, teacher outputs per view, strategy params) -> L_D; ``prototypes``:
+    the module of the knowledge distiller's new prototypes."""
     c, b, i = config.cassle, config.barlow_twins, config.isd
     temperature = c.temperature if c.temperature is not None else _TEMPERATURES.get(kind)
     if kind == "knowledge":
-        prototypes = Prototypes(num_prototypes)
 
         def knowledge(predictions, teacher, params):
             scores = [prototypes.apply({"params": params["prototypes"]}, p) for p in predictions]
@@ -168,18 +168,18 @@ def feature_distillation(
             f"{objective.name!r}; leave it unset (it applies to {sorted(_TEMPERATURES)} only)"
         )
     weight = spec.weight if weight is None else weight
-    widths = output_widths(objective)
-    dim = widths["projection"]
+    dim = output_widths(objective)["projection"]
     predictor = heads.MLPHead(hidden_dims=(c.pred_hidden_dim,), out_dim=dim, batch_norm=True)
-    num_prototypes = widths.get("scores") if spec.kind == "knowledge" else None
+    # New prototypes W_d, built as the objective's (a learnable norm too, as CaSSLe's
+    # distill_prototypes), score the predictions (CaSSLe's SwAV distiller).
+    prototypes = objective.model.prototypes.clone(parent=None) if spec.kind == "knowledge" else None
 
     def init_heads(key):
         k1, k2 = jax.random.split(key)
         z = jnp.zeros((2, dim))
         params = {"predictor": predictor.init(k1, z, train=False)["params"]}
-        if num_prototypes is not None:
-            # New prototypes W_d score the predictions (CaSSLe's SwAV distiller).
-            params["prototypes"] = Prototypes(num_prototypes).init(k2, z)["params"]
+        if prototypes is not None:
+            params["prototypes"] = prototypes.init(k2, z)["params"]
         return params
 
     def read(out):
@@ -196,7 +196,7 @@ def feature_distillation(
             read=read,
             head=predictor,
             head_key="predictor",
-            loss=_loss(spec.kind, config, num_prototypes),
+            loss=_loss(spec.kind, config, prototypes),
         ),
         teacher_train_bn=c.teacher_train_bn,
         param_labels=(
