@@ -287,6 +287,7 @@ class _Results:
                 out[name] = {
                     "final_average_accuracy": float(R[-1].mean()),
                     "final_overall_accuracy": float(np.average(R[-1], weights=sizes)),
+                    "random_init_accuracy": float(np.average(R[0], weights=sizes)),
                 }
         return out
 

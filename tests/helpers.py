@@ -1,7 +1,8 @@
-"""Shared helpers of the end-to-end tests: tiny run configs, the shipped configs, and a run on a
-forced mesh."""
+"""Shared helpers of the end-to-end tests: tiny run configs, the shipped configs, a run on a forced
+mesh, and the result files of a finished run."""
 
 import importlib.util
+import json
 import pathlib
 
 import chex
@@ -15,6 +16,8 @@ from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data.batch import TrainData
 from cl_ssl.data.sources import ArraySplit
+from cl_ssl.evaluation import metrics, report
+from cl_ssl.objectives import resolve_config
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -180,3 +183,20 @@ def assert_resumes_exactly(config, whole, workdir, *, mid_task_kill=True):
         )
     for name, matrix in whole["matrices"].items():
         np.testing.assert_array_equal(matrix, resumed["matrices"][name])
+
+
+def write_finished_run(workdir, config, final_row, *, rows_evaluated=6):
+    """The result files of a finished run of ``config`` (report.write_results, no plots), with one
+    'linear' matrix: 5 tasks, the first with 4,000 test images and the others 1,500; row 0 (random
+    init) all 60, rows 1-4 all 70, row 5 ``final_row``. Rows from ``rows_evaluated`` on are NaN,
+    as in a run not yet finished."""
+    rows = np.array([[60.0] * 5] + [[70.0] * 5] * 4 + [final_row])
+    summaries = {"linear": metrics.summarize(rows, task_sizes=[4000, 1500, 1500, 1500, 1500])}
+    rows[rows_evaluated:] = np.nan
+    report.write_results(
+        str(workdir),
+        matrices={"linear": rows},
+        summaries=summaries if rows_evaluated == 6 else {},
+        meta={"config": json.loads(resolve_config(config).to_json()), "rows_evaluated": 6},
+        plots=False,
+    )

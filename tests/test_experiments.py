@@ -1,14 +1,9 @@
 """The benchmark scripts still run against the library (tiny settings, no timing claims)."""
 
-import json
 import subprocess
 import sys
 
-import numpy as np
-from helpers import shipped_config
-
-from cl_ssl.evaluation import metrics
-from cl_ssl.objectives import resolve_config
+from helpers import shipped_config, write_finished_run
 
 
 def test_throughput_script_runs_the_train_step():
@@ -30,22 +25,6 @@ def test_throughput_script_runs_the_train_step():
         timeout=300,
     )
     assert "jax" in out.stdout and "images/s" in out.stdout
-
-
-def _write_finished_run(workdir, config, final_row):
-    """A results.json as a finished run of ``config`` writes it: 5 tasks, the first with 4,000
-    test images and the others 1,500 (row 0: random init)."""
-    rows = [[60.0] * 5] + [[70.0] * 5] * 4 + [final_row]
-    task_sizes = [4000, 1500, 1500, 1500, 1500]
-    summaries = {"linear": metrics.summarize(np.array(rows), task_sizes=task_sizes)}
-    document = {
-        "accuracy_unit": "percent",
-        "matrices": {"linear": rows},
-        "summaries": summaries,
-        "meta": {"config": json.loads(resolve_config(config).to_json()), "rows_evaluated": 6},
-    }
-    workdir.mkdir(parents=True)
-    (workdir / "results.json").write_text(json.dumps(document))
 
 
 def _quality(tmp_path, *extra):
@@ -77,20 +56,22 @@ def _quality_config(**overrides):
 
 
 def test_quality_script_reads_a_finished_run_instead_of_training(tmp_path):
-    _write_finished_run(
+    write_finished_run(
         tmp_path / "runs" / "simclr_cassle_seed0", _quality_config(), [72.0, 74.0, 76.0, 78.0, 80.0]
     )
     out = _quality(tmp_path, f"--output={tmp_path / 'table.md'}")
     assert out.returncode == 0, out.stderr
     row = next(line for line in out.stdout.splitlines() if line.startswith("| simclr | cassle"))
     # final 75.00 = (72 * 4000 + (74 + 76 + 78 + 80) * 1500) / 10000, over the test images;
-    # random init 60.00, gain 15.00, forgetting -5.00 = mean(70 - 72, 70 - 74, 70 - 76, 70 - 78)
-    assert row.startswith("| simclr | cassle | 75.00 +- nan | 60.00 +- nan | 15.00 +- nan | -5.00")
+    # random init 60.00, gain 15.00; AIA (4 * 70 + 75) / 5 = 71.00, without the first task 71.25
+    assert row.startswith(
+        "| simclr | cassle | linear | 0 | 75.00 ± n/a | 15.00 ± n/a | 71.00 ± n/a | 71.25 ± n/a |"
+    )
     assert row in (tmp_path / "table.md").read_text()
 
 
 def test_quality_script_reruns_a_workdir_of_another_config(tmp_path):
-    _write_finished_run(
+    write_finished_run(
         tmp_path / "runs" / "simclr_cassle_seed0",
         _quality_config(epochs_per_task=7),
         [72.0, 74.0, 76.0, 78.0, 80.0],
