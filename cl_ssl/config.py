@@ -31,6 +31,7 @@ EXECUTION_FIELDS = frozenset(
         "progress_bar",
         "eval.batch_size",
         "eval.plots",
+        "wandb",
     }
 )
 
@@ -175,6 +176,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_every_steps = 50
     c.progress_bar = True
+    # Optional Weights & Biases logging besides TensorBoard (pip install -e '.[wandb]'): off while
+    # project is empty; mode 'offline' writes locally for a later `wandb sync`.
+    c.wandb = ml_collections.ConfigDict(dict(project="", entity="", mode="online"))
     # Stop (as if killed) once this many global steps are done; -1 never. For testing resume.
     c.stop_after_steps = -1
     return c
@@ -485,6 +489,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             name in evaluate.EVALUATORS,
             f"unknown evaluator {name!r} in eval.evaluators; choose among {list(evaluate.EVALUATORS)}",
         )
+    _require(
+        config.wandb.mode in ("online", "offline", "disabled"),
+        f"wandb.mode={config.wandb.mode!r}; choose 'online', 'offline' or 'disabled'",
+    )
     _require(
         config.eval.probe_data in evaluate.PROBE_DATA,
         f"eval.probe_data={config.eval.probe_data!r}; choose among {list(evaluate.PROBE_DATA)}",

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -240,8 +241,18 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         report.write_atomic(path, json.dumps(given, indent=2, sort_keys=True))
 
 
+def run_name(p: Plan) -> str:
+    """What a run is, for titles and logs: data set, scenario, objective, strategy and seed."""
+    c = p.config
+    return (
+        f"{c.dataset.name}, {p.scenario.kind.replace('_', '-')} ({p.scenario.num_tasks} tasks), "
+        f"{p.objective.name}, {p.strategy.name}, seed {c.seed}"
+    )
+
+
 class _Results:
-    """The accuracy matrices of a run, their metrics, and the files that report them."""
+    """The accuracy matrices of a run, their metrics, the wall time spent training and
+    evaluating, and the files and logs that report them."""
 
     def __init__(self, p: Plan, workdir: str, writer: report.ScalarWriter | None):
         self._plan, self._workdir, self._writer = p, workdir, writer
@@ -249,18 +260,28 @@ class _Results:
         names = evaluate.matrix_names(p.config, has_classifier=p.strategy.classify is not None)
         self.matrices = {name: np.full((rows, tasks), np.nan) for name in names}
         self.buffer_bytes = 0  # size of the strategy's buffers (an exemplar memory)
+        # Seconds over every process that worked on the run (kept in the checkpoints).
+        self.wall_seconds = {"training": 0.0, "evaluation": 0.0}
+        self.name = run_name(p)
+        self._environment = report.environment()
 
-    def to_json(self) -> dict:
+    def checkpoint_meta(self) -> dict:
+        """What a checkpoint keeps of the results: the matrices (JSON null: not yet evaluated) and
+        the wall times."""
         return {
-            k: [[None if np.isnan(v) else float(v) for v in row] for row in R]
-            for k, R in self.matrices.items()
+            "matrices": {
+                k: [[None if np.isnan(v) else float(v) for v in row] for row in R]
+                for k, R in self.matrices.items()
+            },
+            "wall_seconds": dict(self.wall_seconds),
         }
 
-    def load_json(self, rows_by_name: dict) -> None:
+    def load_checkpoint_meta(self, meta: dict) -> None:
         self.matrices = {
             k: np.array([[np.nan if v is None else v for v in row] for row in rows])
-            for k, rows in rows_by_name.items()
+            for k, rows in meta["matrices"].items()
         }
+        self.wall_seconds.update(meta.get("wall_seconds", {}))  # older checkpoints have none
 
     def summaries(self) -> dict[str, dict]:
         """Metrics of every complete matrix: every continual metric for continual runs, final accuracy
@@ -292,32 +313,102 @@ class _Results:
         return out
 
     def record(self, row: int, accuracies: dict[str, np.ndarray], step: int) -> None:
-        """Fills ``row`` (0: random initialisation; i: after stage i) and rewrites the files.
+        """Fills ``row`` (0: random initialisation; i: after stage i), prints it and rewrites the
+        files.
 
         TensorBoard gets the accuracies at the global optimizer ``step``, the x-axis of the
-        training scalars too."""
+        training scalars too, and, once every matrix is complete, the summary metrics and the
+        config as hparams."""
         for name, acc in accuracies.items():
             self.matrices[name][row] = acc
             if self._writer:
                 for j, a in enumerate(acc):
                     self._writer.scalar(f"eval/{name}/task{j + 1}", a, step)
-        if jax.process_index() == 0:
-            p = self._plan
-            report.write_results(
-                self._workdir,
-                matrices=self.matrices,
-                summaries=self.summaries(),
-                meta={
-                    "config": json.loads(p.config.to_json()),
-                    "strategy": p.strategy.name,
-                    "objective": p.objective.name,
-                    "scenario": p.scenario.kind,
-                    "num_devices": p.mesh.size,
-                    "rows_evaluated": row + 1,
-                    "strategy_buffer_bytes": self.buffer_bytes,
-                },
-                plots=p.config.eval.plots,
-            )
+        if jax.process_index() != 0:
+            return
+        p = self._plan
+        print(self._format_row(row, accuracies), flush=True)
+        summaries = self.summaries()
+        report.write_results(
+            self._workdir,
+            matrices=self.matrices,
+            summaries=summaries,
+            meta={
+                "config": json.loads(p.config.to_json()),
+                "strategy": p.strategy.name,
+                "objective": p.objective.name,
+                "scenario": p.scenario.kind,
+                "num_devices": p.mesh.size,
+                "rows_evaluated": row + 1,
+                "strategy_buffer_bytes": self.buffer_bytes,
+                "wall_seconds": self.wall_seconds,
+                "environment": self._environment,
+            },
+            plots=p.config.eval.plots,
+            run_name=self.name,
+        )
+        if self._writer and row == len(p.stages):
+            self._write_summaries(summaries, step)
+
+    def _format_row(self, row: int, accuracies: dict[str, np.ndarray]) -> str:
+        """The console lines of one row: each matrix's task accuracies and their mean over the
+        tasks trained so far (all of them for the random network)."""
+        stages, tasks = len(self._plan.stages), self._plan.scenario.num_tasks
+        label = "random network" if row == 0 else f"after stage {row}/{stages}"
+        lines = [f"{label} ({self.name}), accuracy (%) per task:"]
+        # Tasks trained so far; an offline run's one stage trains them all.
+        seen = row if row and stages == tasks else tasks
+        what = "all tasks" if seen == tasks else "task 1" if seen == 1 else f"tasks 1-{seen}"
+        for name, acc in accuracies.items():
+            cells = " ".join(f"{a:5.1f}" for a in acc)
+            lines.append(f"  {name:>22}: {cells} | mean of {what} {np.mean(acc[:seen]):.2f}")
+        return "\n".join(lines)
+
+    def _write_summaries(self, summaries: dict[str, dict], step: int) -> None:
+        """TensorBoard: each matrix's headline metrics as scalars and, with the flattened config,
+        as hparams."""
+        metrics_of = ("final_accuracy", "average_incremental_accuracy", "forgetting")
+        values = {
+            f"summary/{name}/{metric}": summary[metric]
+            for name, summary in summaries.items()
+            for metric in metrics_of
+            if isinstance(summary.get(metric), float) and np.isfinite(summary[metric])
+        }
+        for tag, value in values.items():
+            self._writer.scalar(tag, value, step)
+        self._writer.hparams(_flat_config(self._plan.config.to_dict()), values)
+
+
+def wandb_init(p: Plan, workdir: str) -> dict[str, Any] | None:
+    """The ``wandb.init`` arguments of a run, None when ``wandb.project`` is empty: the run's name
+    and flattened config, files under ``workdir``, and an id drawn from the workdir's path, so
+    that a resumed run goes on logging into the same W&B run."""
+    w = p.config.wandb
+    if not w.project:
+        return None
+    path = os.path.abspath(workdir)
+    return {
+        "project": w.project,
+        "entity": w.entity or None,
+        "mode": w.mode,
+        "name": run_name(p),
+        "config": _flat_config(p.config.to_dict()),
+        "dir": path,
+        "id": hashlib.sha256(path.encode()).hexdigest()[:16],
+        "resume": "allow",
+    }
+
+
+def _flat_config(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A config dict as dotted names -> scalars (sequences and None as their text), for hparams."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            ok = isinstance(value, (bool, int, float, str))
+            flat[f"{prefix}{key}"] = value if ok else str(value)
+    return flat
 
 
 def _check_finite(step: int, step_metrics: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
@@ -357,7 +448,9 @@ def run(
         _check_workdir(workdir, p.config)
         writer = None
         if jax.process_index() == 0:
-            writer = report.ScalarWriter(os.path.join(workdir, "tb"))
+            writer = report.ScalarWriter(
+                os.path.join(workdir, "tb"), wandb_init=wandb_init(p, workdir)
+            )
             stack.callback(writer.close)
         ckpt = checkpoint.Checkpointer(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -429,6 +522,7 @@ class _Run:
             key=self.keys.eval,
             stage_indices=[stage.indices for stage in p.stages],
             classify=p.strategy.classify,
+            progress=p.config.progress_bar and jax.process_index() == 0,
         )
         on_device = p.config.dataset.on_device
         rep = parallel.replicated(p.mesh)
@@ -440,6 +534,7 @@ class _Run:
             on_device=on_device,
         )
         self._steps = {}  # extend_batch (bool) -> jitted step, built when a stage first needs it
+        self._clock = time.perf_counter()  # since the last charge of training time
 
     def run(self) -> dict[str, Any]:
         state = self.start_or_resume()
@@ -481,7 +576,7 @@ class _Run:
             self._save(0, state)
             return state
         _, state, meta = restored
-        self.results.load_json(meta["matrices"])
+        self.results.load_checkpoint_meta(meta)
         self._report_buffers(state)
         if jax.process_index() == 0:
             where = (
@@ -495,16 +590,28 @@ class _Run:
     def _save(self, step: int, state: state_lib.ContinualState) -> None:
         """Checkpoints ``state`` with the results so far; a non-finite state is never saved."""
         try:
-            self.ckpt.save(step, state, {"matrices": self.results.to_json()})
+            self.ckpt.save(step, state, self.results.checkpoint_meta())
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
     def _evaluate(self, state: state_lib.ContinualState, row: int) -> dict[str, np.ndarray]:
         """Row ``row`` of every accuracy matrix (0: the random network; s: after stage s)."""
+        tic = time.perf_counter()
+        if jax.process_index() == 0:
+            what = "the random network" if row == 0 else f"stage {row}"
+            print(f"evaluating {what}: {', '.join(self.results.matrices)}", flush=True)
         params, batch_stats = state.params, state.batch_stats
         if self.p.strategy.evaluated is not None:
             params, batch_stats = self.p.strategy.evaluated(state)
-        return self.evaluator(params, batch_stats, state.strategy, stage=row)
+        rows = self.evaluator(params, batch_stats, state.strategy, stage=row)
+        self.results.wall_seconds["evaluation"] += time.perf_counter() - tic
+        return rows
+
+    def _charge_training(self) -> None:
+        """Adds the time since the last charge to the run's training time."""
+        now = time.perf_counter()
+        self.results.wall_seconds["training"] += now - self._clock
+        self._clock = now
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
@@ -537,6 +644,7 @@ class _Run:
             stage=stage_id,
         )
         first, global_step = int(state.task_step), int(state.step)
+        self._clock = time.perf_counter()
         bar = tqdm.tqdm(
             total=stage.num_steps,
             initial=first,
@@ -574,6 +682,7 @@ class _Run:
                 global_step % config.checkpoint_every_steps == 0 or stop
             ):
                 _check_finite(*pending, stage_id, self.ckpt)
+                self._charge_training()
                 self._save(global_step, state)
             if stop:
                 bar.close()
@@ -582,6 +691,7 @@ class _Run:
         bar.close()
         if pending is not None:
             _check_finite(*pending, stage_id, self.ckpt)
+        self._charge_training()
         return state, False
 
     def _log(self, bar: tqdm.tqdm, pending: tuple, epoch: int, stage: Stage, rate: float) -> None:
@@ -614,6 +724,7 @@ class _Run:
         p = self.p
         step = int(state.step)
         self.results.record(stage_id + 1, self._evaluate(state, stage_id + 1), step=step)
+        self._clock = time.perf_counter()  # the strategy's own training at the boundary
         strategy_state = p.strategy.end_task(
             TaskEnd(
                 state=state,
@@ -629,6 +740,7 @@ class _Run:
                 log_image=functools.partial(self._log_image, step=step),
             )
         )
+        self._charge_training()
         objective_state = p.objective.start_task(state.objective_state)
         if p.strategy.start_objective is not None:
             objective_state = p.strategy.start_objective(objective_state, state.params)

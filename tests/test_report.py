@@ -4,7 +4,10 @@ import glob
 import json
 import os
 import struct
+import sys
+import types
 
+import jax
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
@@ -36,7 +39,9 @@ def _write(workdir, matrices=None):
         "learning_rate": np.float32(0.5),
         "missing": float("nan"),
     }
-    report.write_results(str(workdir), matrices=matrices, summaries=summaries, meta=meta)
+    report.write_results(
+        str(workdir), matrices=matrices, summaries=summaries, meta=meta, run_name="a run, seed 3"
+    )
     return summaries
 
 
@@ -85,6 +90,7 @@ def test_results_json_round_trips(tmp_path):
 def test_results_markdown_contains_tables_and_metrics(tmp_path):
     _write(tmp_path)
     text = (tmp_path / "results.md").read_text()
+    assert text.startswith("# Results: a run, seed 3\n")
     assert "## linear" in text and "## knn" in text
     assert "| evaluated after | task 1 | task 2 | task 3 | mean |" in text
     assert "| random init | 10.00 | 12.00 | 14.00 | 12.00 |" in text
@@ -194,3 +200,68 @@ def test_scalar_writer_writes_event_file(tmp_path):
         for value in event.summary.value
     ]
     assert scalars == [(10, "train/loss", 1.5), (20, "train/loss", 0.75)]
+
+
+def test_scalar_writer_logs_hparams_with_the_metrics(tmp_path):
+    with report.ScalarWriter(str(tmp_path)) as writer:
+        writer.hparams(
+            {"optimizer.lr": 0.1, "strategy": "cassle"}, {"summary/linear/forgetting": 3.0}
+        )
+    (event_file,) = glob.glob(os.path.join(tmp_path, "hparams", "events.out.tfevents.*"))
+    tags = {value.tag for event in _read_events(event_file) for value in event.summary.value}
+    assert "summary/linear/forgetting" in tags and "_hparams_/session_start_info" in tags
+
+
+def test_environment_names_the_packages_the_devices_and_the_commit():
+    env = report.environment()
+    assert env["versions"]["jax"] == jax.__version__
+    assert set(env["versions"]) >= {"cl_ssl", "flax", "optax", "orbax-checkpoint"}
+    assert (env["device_kind"], env["device_count"]) == (
+        jax.devices()[0].device_kind,
+        jax.device_count(),
+    )
+    commit = env["git_commit"]
+    assert commit is None or len(commit) == 40 and isinstance(env["git_uncommitted_changes"], bool)
+
+
+class _FakeWandbRun:
+    """Records what a ScalarWriter sends to a W&B run."""
+
+    def __init__(self, **init):
+        self.init, self.logged, self.metrics, self.summary, self.finished = init, [], [], {}, False
+
+    def define_metric(self, name, step_metric=None):
+        self.metrics.append((name, step_metric))
+
+    def log(self, values):
+        self.logged.append(values)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_scalar_writer_also_logs_to_weights_and_biases(tmp_path, monkeypatch):
+    runs = []
+    fake = types.SimpleNamespace(
+        init=lambda **kwargs: runs.append(_FakeWandbRun(**kwargs)) or runs[-1],
+        Image=lambda array: ("image", array.shape),
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with report.ScalarWriter(str(tmp_path), wandb_init={"project": "p", "id": "x"}) as writer:
+        writer.scalar("train/loss", np.float32(1.5), 10)
+        writer.image("samples", np.zeros((4, 4, 1), np.uint8), 11)
+        writer.hparams({"optimizer.lr": 0.1}, {"summary/linear/final_accuracy": 50.0})
+    (run,) = runs
+    assert run.init == {"project": "p", "id": "x"}
+    assert run.metrics == [("global_step", None), ("*", "global_step")]
+    assert run.logged == [
+        {"train/loss": 1.5, "global_step": 10},
+        {"samples": ("image", (4, 4, 3)), "global_step": 11},
+    ]
+    assert run.summary == {"summary/linear/final_accuracy": 50.0} and run.finished
+
+
+def test_weights_and_biases_not_installed_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    with pytest.raises(ValueError, match=r"pip install -e '.\[wandb\]'"):
+        report.ScalarWriter(str(tmp_path), wandb_init={"project": "p"})

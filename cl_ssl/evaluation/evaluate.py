@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 
 from cl_ssl import parallel
 from cl_ssl.data import augment
@@ -69,9 +70,11 @@ class Evaluator:
         key: jax.Array,
         stage_indices: Sequence[np.ndarray] | None = None,
         classify=None,
+        progress: bool = False,
     ):
         """``stage_indices``: per training stage, its int [N_s] indices into ``train`` (default: the
-        scenario's tasks); they define the seen and current data of ``eval.probe_data``."""
+        scenario's tasks); they define the seen and current data of ``eval.probe_data``.
+        ``progress``: a progress bar over the batches of every feature extraction."""
         self._config = config
         self._scenario = scenario
         self._mesh = mesh
@@ -84,6 +87,7 @@ class Evaluator:
         self.names = matrix_names(config, has_classifier=classify is not None)
         self._classify = None if classify is None else jax.jit(classify)
         self._batch_size = config.eval.batch_size
+        self._progress = progress
         view = ml_collections.ConfigDict(config.augment.view1)
         crop = view.crop_size
 
@@ -132,7 +136,10 @@ class Evaluator:
             )
         b = self._batch_size
         out = []
-        for start in range(0, len(rows[0]), b):
+        starts = range(0, len(rows[0]), b)
+        for start in tqdm.tqdm(
+            starts, "features", unit="batch", leave=False, disable=not self._progress
+        ):
             chunks = [r[start : start + b] for r in rows]
             padded = [
                 parallel.global_batch(

@@ -1,4 +1,5 @@
-"""Result files of a continual run: JSON, markdown tables, heat maps and TensorBoard scalars.
+"""Result files of a continual run: JSON, markdown tables, heat maps, TensorBoard scalars, and where the
+run ran.
 
 Accuracy matrices are ``[T + 1, T]`` in percent, row 0 = random-init baseline, row ``i`` = after task ``i``
 (see :mod:`cl_ssl.evaluation.metrics`). Other row counts ``[S + 1, T]`` are accepted too: their rows are
@@ -8,13 +9,16 @@ evaluated hold NaN; NaN renders as an empty table or heat-map cell and is writte
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
 import re
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import matplotlib.image
 import numpy as np
 import tensorboardX
@@ -95,6 +99,41 @@ def format_summary(summary: Mapping[str, Any], title: str | None = None, *, digi
     return "\n".join(lines) + "\n"
 
 
+_PACKAGES = ("cl_ssl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def _git(*args: str) -> str | None:
+    """The output of ``git args`` in cl_ssl's source folder; None outside a checkout."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    try:
+        return subprocess.run(
+            ["git", "-C", folder, *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Where this process runs: the versions of cl_ssl and its numerical packages (None: not
+    installed), the git commit of cl_ssl's source and whether it has uncommitted changes (None
+    outside a checkout), the devices' kind and count, and the number of processes."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    commit = _git("rev-parse", "HEAD")
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "git_uncommitted_changes": None if commit is None else bool(_git("status", "--porcelain")),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
+
+
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
@@ -104,17 +143,22 @@ def _new_figure(width: float, height: float) -> Figure:
 def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None:
     """Saves a PNG heat map of an accuracy matrix with the values written in the cells.
 
-    Rows are ``random init`` and ``after task 1..T`` (time runs downwards), columns the evaluated tasks. The
-    colour scale is fixed to 0-100 % so that plots are comparable; NaN cells are left blank.
+    Rows are ``random init`` and ``after task 1..T`` (time runs downwards), columns the evaluated tasks and
+    the row's mean over them. The colour scale is fixed to 0-100 % so that plots are comparable; NaN cells
+    are left blank.
     """
     R = _check(R)
     num_rows, num_tasks = R.shape
-    figure = _new_figure(max(4.5, 0.65 * num_tasks + 2.5), max(3.0, 0.45 * num_rows + 1.5))
+    # The row's mean over the tasks as a last column (empty until the row is complete).
+    shown = np.concatenate([R, R.mean(axis=1, keepdims=True)], axis=1)
+    figure = _new_figure(max(4.5, 0.65 * num_tasks + 3.2), max(3.0, 0.45 * num_rows + 1.5))
     axes = figure.add_subplot()
     colormap = colormaps["viridis"].with_extremes(bad="white")
-    image = axes.imshow(np.ma.masked_invalid(R), cmap=colormap, vmin=0.0, vmax=100.0, aspect="auto")
-    for i, j in zip(*np.nonzero(np.isfinite(R)), strict=True):
-        value = R[i, j]
+    image = axes.imshow(
+        np.ma.masked_invalid(shown), cmap=colormap, vmin=0.0, vmax=100.0, aspect="auto"
+    )
+    for i, j in zip(*np.nonzero(np.isfinite(shown)), strict=True):
+        value = shown[i, j]
         axes.text(
             j,
             i,
@@ -125,10 +169,11 @@ def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None
             color="white" if value < 60.0 else "black",
         )
     axes.axhline(0.5, color="black", linewidth=1.5)
-    axes.set_xticks(range(num_tasks), [str(j) for j in range(1, num_tasks + 1)])
+    axes.axvline(num_tasks - 0.5, color="black", linewidth=1.5)
+    axes.set_xticks(range(num_tasks + 1), [str(j) for j in range(1, num_tasks + 1)] + ["mean"])
     axes.set_yticks(range(num_rows), _row_labels(num_rows, num_tasks))
     axes.set_xlabel("evaluated on task")
-    axes.set_title(title or "accuracy (%)")
+    axes.set_title(title or "accuracy (%)", fontsize=9)
     figure.colorbar(image, ax=axes, label="accuracy (%)")
     figure.savefig(path, dpi=120)
 
@@ -136,8 +181,8 @@ def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None
 def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
     """Saves a PNG line plot of each task's accuracy over time (x = the rows: random init, after task 1..T).
 
-    With one row per task, the point where task ``j`` itself is trained has a larger marker. NaN points are
-    skipped.
+    With one row per task, the point where task ``j`` itself is trained has a larger marker. A dashed black
+    line is the mean over the tasks seen so far (all tasks for other row counts). NaN points are skipped.
     """
     R = _check(R)
     num_rows, num_tasks = R.shape
@@ -160,6 +205,21 @@ def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
         )
         if one_row_per_task and finite[j + 1]:
             axes.plot(j + 1, column[j + 1], marker="o", markersize=8, color=color)
+    # The random network (row 0) has seen no task: its mean is over all of them.
+    seen = [R[i, :i] if one_row_per_task and i else R[i] for i in range(num_rows)]
+    mean = np.array([np.mean(row) for row in seen])
+    finite = np.isfinite(mean)
+    axes.plot(
+        steps[finite],
+        mean[finite],
+        color="black",
+        linestyle="--",
+        label="mean, tasks seen" if one_row_per_task else "mean",
+    )
+    if one_row_per_task:  # a legend entry for the large markers
+        axes.plot(
+            [], [], marker="o", markersize=8, linestyle="", color="grey", label="just trained"
+        )
     labels = _row_labels(num_rows, num_tasks)
     axes.set_xticks(
         steps,
@@ -168,7 +228,7 @@ def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
     axes.set_xlabel("after training task" if one_row_per_task else "evaluated after")
     axes.set_ylabel("accuracy (%)")
     axes.grid(alpha=0.3)
-    axes.set_title(title or "task accuracy over time")
+    axes.set_title(title or "task accuracy over time", fontsize=9)
     axes.legend(
         loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncol=1 if num_tasks <= 20 else 2
     )
@@ -207,6 +267,7 @@ def write_results(
     summaries: Mapping[str, Mapping[str, Any]],
     meta: Mapping[str, Any],
     plots: bool = True,
+    run_name: str = "",
 ) -> None:
     """Writes the results of a run into ``workdir``, replacing earlier versions (call it after every task).
 
@@ -228,6 +289,8 @@ def write_results(
         yet may be left out.
       meta: run description (config, seeds, protocol, split file and checksum, git hash, ...). Must consist of
         dicts, lists, strings, numbers, booleans, None and NumPy values.
+      run_name: what the run is (data set, scenario, objective, strategy, seed), above the tables and in the
+        plot titles.
       plots: whether to draw the PNG plots (about 0.3 s each with matplotlib).
 
     Raises:
@@ -249,7 +312,8 @@ def write_results(
         json.dumps(document, indent=2, allow_nan=False) + "\n",
     )
 
-    sections = ["# Results", "", "Accuracies in percent; metrics in percent or percent points.", ""]
+    heading = f"# Results: {run_name}" if run_name else "# Results"
+    sections = [heading, "", "Accuracies in percent; metrics in percent or percent points.", ""]
     for name in list(checked) + [name for name in summaries if name not in checked]:
         sections += [f"## {name}", ""]
         if name in checked:
@@ -263,12 +327,17 @@ def write_results(
         return
     folder = os.path.join(workdir, "plots")
     os.makedirs(folder, exist_ok=True)
+    above = f"{run_name}\n" if run_name else ""
     for name, R in checked.items():
         plot_accuracy_matrix(
-            R, os.path.join(folder, f"accuracy_matrix_{name}.png"), title=f"{name}: accuracy (%)"
+            R,
+            os.path.join(folder, f"accuracy_matrix_{name}.png"),
+            title=f"{above}{name}: accuracy (%)",
         )
         plot_task_accuracy(
-            R, os.path.join(folder, f"task_accuracy_{name}.png"), title=f"{name}: task accuracy"
+            R,
+            os.path.join(folder, f"task_accuracy_{name}.png"),
+            title=f"{above}{name}: task accuracy",
         )
 
 
@@ -280,25 +349,56 @@ def save_image(image: np.ndarray, path: str) -> None:
 
 
 class ScalarWriter:
-    """TensorBoard scalar logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``)."""
+    """TensorBoard logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``) and,
+    given ``wandb_init``, Weights & Biases too: ``wandb.init(**wandb_init)``, with every value
+    plotted against the ``global_step`` it is logged at."""
 
-    def __init__(self, logdir: str) -> None:
+    def __init__(self, logdir: str, *, wandb_init: Mapping[str, Any] | None = None) -> None:
         self._writer = tensorboardX.SummaryWriter(logdir)
+        self._wandb = None
+        if wandb_init is not None:
+            try:
+                import wandb  # noqa: PLC0415 -- an optional extra, imported only when asked for
+            except ImportError as error:
+                raise ValueError(
+                    "wandb.project is set but Weights & Biases is not installed: "
+                    "pip install -e '.[wandb]', or leave --config.wandb.project empty"
+                ) from error
+            self._wandb_module = wandb
+            self._wandb = wandb.init(**wandb_init)
+            self._wandb.define_metric("global_step")
+            self._wandb.define_metric("*", step_metric="global_step")
 
     def scalar(self, name: str, value: float, step: int) -> None:
         """Logs ``value`` under the tag ``name`` at global step ``step``."""
         self._writer.add_scalar(name, float(value), global_step=int(step))
+        if self._wandb:
+            self._wandb.log({name: float(value), "global_step": int(step)})
 
     def image(self, name: str, image: np.ndarray, step: int) -> None:
         """Logs a uint8 [H, W, C] image (C in {1, 3}) under the tag ``name`` at ``step``."""
         rgb = np.broadcast_to(image, (*image.shape[:2], 3))
         self._writer.add_image(name, rgb, global_step=int(step), dataformats="HWC")
+        if self._wandb:
+            image = self._wandb_module.Image(np.ascontiguousarray(rgb))
+            self._wandb.log({name: image, "global_step": int(step)})
+
+    def hparams(
+        self, hparams: Mapping[str, bool | int | float | str], metrics: Mapping[str, float]
+    ) -> None:
+        """Logs a run's settings and its summary metrics to TensorBoard's HParams view (in the
+        ``hparams`` subfolder of ``logdir``)."""
+        self._writer.add_hparams(dict(hparams), dict(metrics), name="hparams")
+        if self._wandb:  # the config went to wandb.init
+            self._wandb.summary.update(dict(metrics))
 
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
+        if self._wandb:
+            self._wandb.finish()
 
     def __enter__(self) -> ScalarWriter:
         return self
