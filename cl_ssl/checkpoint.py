@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -39,7 +39,8 @@ class Checkpointer:
     """Saves (state, meta) pairs under ``directory`` and restores the newest one that reads back.
 
     ``meta`` is a JSON-serialisable dict (the accuracy matrices filled so far). The newest
-    ``keep`` checkpoints are kept. ``must_be_finite(state)`` is the part of a state that must hold
+    ``keep`` checkpoints are kept, and those of the steps in ``keep_steps`` (a run's task
+    boundaries) whatever their age. ``must_be_finite(state)`` is the part of a state that must hold
     no NaN or infinity to be saved or restored (the whole state by default; a train state's
     parameters, not the -inf priorities of an empty exemplar memory). Saving is asynchronous; orbax writes each checkpoint to a temporary
     folder and renames it when complete, so a killed save never leaves a checkpoint that looks whole.
@@ -50,10 +51,15 @@ class Checkpointer:
         directory: str,
         *,
         keep: int,
+        keep_steps: Sequence[int] = (),
         must_be_finite: Callable[[PyTree], PyTree] = lambda state: state,
     ):
+        policies = ocp.checkpoint_managers
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True
+            preservation_policy=policies.AnyPreservationPolicy(
+                [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))]
+            ),
+            create=True,
         )
         self.directory = directory
         self._must_be_finite = must_be_finite
@@ -120,12 +126,7 @@ class Checkpointer:
         errors = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                state, meta = self.restore_step(step, abstract_state)
             except Exception as error:  # noqa: BLE001 -- any unreadable checkpoint falls back
                 logging.warning(
                     "checkpoint %d in %s cannot be restored (%s: %s); trying the one before",
@@ -136,7 +137,7 @@ class Checkpointer:
                 )
                 errors.append((step, f"step {step}: {type(error).__name__}"))
                 continue
-            bad = non_finite_leaves(self._must_be_finite(restored["state"]))
+            bad = non_finite_leaves(self._must_be_finite(state))
             if bad:
                 logging.warning(
                     "checkpoint %d in %s restores non-finite values (%s); trying the one before",
@@ -148,7 +149,7 @@ class Checkpointer:
                 continue
             for unreadable, _ in errors:
                 self._manager.delete(unreadable)
-            return step, restored["state"], restored["meta"]
+            return step, state, meta
         if errors:
             raise RuntimeError(
                 f"no checkpoint in {self.directory} restores "
@@ -157,6 +158,21 @@ class Checkpointer:
                 "a new --workdir to start again."
             )
         return None
+
+    def all_steps(self) -> list[int]:
+        """The steps of the checkpoints on disk, in increasing order."""
+        return sorted(self._manager.all_steps())
+
+    def restore_step(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
+        """(state, meta) of the checkpoint of ``step``, shaped as ``abstract_state``; orbax's
+        error when it cannot be read."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], restored["meta"]
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are written."""

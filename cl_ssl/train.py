@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -452,13 +453,80 @@ def run(
                 os.path.join(workdir, "tb"), wandb_init=wandb_init(p, workdir)
             )
             stack.callback(writer.close)
-        ckpt = checkpoint.Checkpointer(
-            os.path.join(os.path.abspath(workdir), "checkpoints"),
-            keep=config.keep_checkpoints,
-            must_be_finite=_learned,
-        )
-        stack.callback(ckpt.close)
+        ckpt = stack.enter_context(contextlib.closing(_checkpointer(p, workdir)))
         return _Run(p, workdir, ckpt, writer).run()
+
+
+def boundary_steps(p: Plan) -> list[int]:
+    """The global steps of the checkpoints that start each stage and end the last one: row i of
+    the accuracy matrices scores the state of boundary i (step 0: the random network)."""
+    return [0, *np.cumsum([stage.num_steps for stage in p.stages]).tolist()]
+
+
+def _checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
+    """The run's checkpoints: the newest ``keep_checkpoints`` and every task boundary's."""
+    return checkpoint.Checkpointer(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        keep=p.config.keep_checkpoints,
+        keep_steps=boundary_steps(p),
+        must_be_finite=_learned,
+    )
+
+
+def reevaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, np.ndarray]:
+    """Scores the task-boundary checkpoints of the run in ``workdir`` again, with ``config``'s
+    evaluation settings (``eval.*``; every other field must be the run's), without training.
+
+    Writes results.json, results.md and plots/ to ``workdir/eval_<name>``, and returns its
+    accuracy matrices (rows whose boundary checkpoint is missing, as in an unfinished run, stay
+    NaN, and say so). The boundary checkpoint is the state after the strategy's end of task, the
+    one the next task starts from: it scores as the run scored its row, except a CCL teacher
+    (``ccl.evaluate_teacher``), which restarts from the student at every boundary, hence
+    refused."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    given = json.loads(resolve_config(config).to_json())  # config.json holds the resolved one
+    changed = [f for f in config_lib.differing_fields(stored, given) if not f.startswith("eval.")]
+    if changed:
+        raise ValueError(
+            f"re-evaluation changes the evaluation only, but {', '.join(changed)} differ from the "
+            f"run in {workdir}; override --config.eval.* fields only"
+        )
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"--name={name!r}; use letters, digits, '_', '.' or '-'")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(workdir_lock(workdir))
+        p = plan(config, mesh or parallel.make_mesh())
+        if p.strategy.evaluated is not None:
+            raise ValueError(
+                f"strategy {p.strategy.name!r} scores a network its checkpoints do not keep "
+                "(ccl.evaluate_teacher: the teacher restarts at every task boundary); "
+                "re-evaluation cannot reproduce it"
+            )
+        ckpt = stack.enter_context(contextlib.closing(_checkpointer(p, workdir)))
+        scorer = _Run(p, os.path.join(workdir, f"eval_{name}"), ckpt, writer=None)
+        abstract = checkpoint.abstract_like(
+            jax.eval_shape(scorer._initial_state), parallel.replicated(p.mesh)
+        )
+        on_disk = set(ckpt.all_steps())
+        for row, step in enumerate(boundary_steps(p)):
+            if step not in on_disk:
+                logging.warning(
+                    "row %d: no checkpoint of step %d in %s (not yet trained, or from a version "
+                    "that did not keep task boundaries); the row stays empty",
+                    row,
+                    step,
+                    ckpt.directory,
+                )
+                continue
+            state, _ = ckpt.restore_step(step, abstract)
+            scorer.results.record(row, scorer._evaluate(state, row), step=step)
+        return scorer.results.matrices
 
 
 def _learned(state: state_lib.ContinualState) -> dict[str, Any]:

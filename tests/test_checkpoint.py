@@ -1,6 +1,6 @@
 """Checkpoints hold finite states only: a non-finite state is never saved, and a checkpoint that
-restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one. One
-run owns a workdir."""
+restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one.
+Task-boundary checkpoints outlive the newest ones. One run owns a workdir."""
 
 import os
 import subprocess
@@ -65,6 +65,18 @@ def test_a_checkpoint_with_non_finite_values_falls_back_to_the_one_before(tmp_pa
     ckpt._manager.delete(1)
     with pytest.raises(RuntimeError, match=r"no checkpoint .*step 3: non-finite \['params'\]"):
         ckpt.restore(_abstract())
+    ckpt.close()
+
+
+def test_the_steps_to_keep_outlive_the_newest_and_restore_by_step(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, keep_steps=[0, 2])
+    for step in range(6):
+        ckpt.save(step, _state(float(step)), {"step": step})
+        ckpt.wait()
+    assert ckpt.all_steps() == [0, 2, 4, 5]
+    state, meta = ckpt.restore_step(2, _abstract())
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    assert meta == {"step": 2}
     ckpt.close()
 
 
