@@ -152,6 +152,13 @@ def base_config() -> ml_collections.ConfigDict:
             # Also score every probe task-incrementally (logits masked to the test image's task):
             # '<evaluator>_task_aware' matrices; class-incremental scenarios only.
             task_aware=False,
+            # CaSSLe's online linear probe (cl_ssl.evaluation.online): trained in the train step
+            # on one extra batch per step of the probe data, lr online_lr not scaled by the batch
+            # size, no weight decay; its forward pass moves the backbone's BatchNorm statistics
+            # unless online_updates_bn=False. Scored after every task as the 'online' matrix.
+            online=False,
+            online_lr=0.1,
+            online_updates_bn=True,
             # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
             # lr 1.0 for SimCLR, raw (unstandardised) features.
             linear=ml_collections.ConfigDict(
@@ -496,6 +503,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         config.eval.probe_data in evaluate.PROBE_DATA,
         f"eval.probe_data={config.eval.probe_data!r}; choose among {list(evaluate.PROBE_DATA)}",
+    )
+    _require(
+        config.eval.online_lr > 0,
+        f"eval.online_lr={config.eval.online_lr}; set the online probe's learning rate > 0",
     )
     _require(
         0.0 < config.eval.label_fraction <= 1.0,

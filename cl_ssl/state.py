@@ -48,6 +48,8 @@ class ContinualState:
         ``Objective.init_state``), carried across tasks; an empty dict for objectives without one.
       strategy: the strategy's state (``StrategyState``).
       rng: the run's base key; every random draw folds in the step.
+      online_probe: the online linear probe's parameters (``cl_ssl.evaluation.online``), carried
+        across tasks; ``{}`` without one.
     """
 
     step: jax.Array
@@ -59,31 +61,45 @@ class ContinualState:
     objective_state: PyTree
     strategy: StrategyState
     rng: jax.Array
+    online_probe: PyTree = flax.struct.field(default_factory=dict)
 
 
 def trainable(state: ContinualState) -> dict[str, PyTree]:
-    """What the optimizer updates: {'student': params, 'strategy': the strategy's trainable}."""
-    return {"student": state.params, "strategy": state.strategy.trainable}
+    """What the optimizer updates: {'student': params, 'strategy': the strategy's trainable,
+    'online_probe': the online probe's parameters (empty without one)}."""
+    return {
+        "student": state.params,
+        "strategy": state.strategy.trainable,
+        "online_probe": state.online_probe,
+    }
 
 
 class RunKeys(NamedTuple):
     """The run's keys, all derived from ``config.seed``: model init, evaluator, train steps,
-    the objective's initial state (queues, banks) and the strategy's (heads, memories)."""
+    the objective's initial state (queues, banks), the strategy's (heads, memories) and the
+    online probe's."""
 
     init: jax.Array
     eval: jax.Array
     step: jax.Array
     objective: jax.Array
     strategy: jax.Array
+    online: jax.Array
 
 
 def run_keys(seed: int) -> RunKeys:
     init, eval_, step = jax.random.split(jax.random.PRNGKey(seed), 3)
-    return RunKeys(init, eval_, step, jax.random.fold_in(init, 1), jax.random.fold_in(init, 2))
+    return RunKeys(init, eval_, step, *(jax.random.fold_in(init, i) for i in (1, 2, 3)))
 
 
 def initial_state(
-    *, objective: Any, strategy: Any, tx: optax.GradientTransformation, seed: int, train: Any
+    *,
+    objective: Any,
+    strategy: Any,
+    tx: optax.GradientTransformation,
+    seed: int,
+    train: Any,
+    online: Any = None,
 ) -> ContinualState:
     """The state at the start of a run: step 0, task 0, a fresh student, objective and strategy
     state, fresh optimizer state.
@@ -95,24 +111,31 @@ def initial_state(
       seed: ``config.seed``; every key comes from it (``run_keys``).
       train: the training split (``cl_ssl.data.sources.ArraySplit``), whose shapes and labels size
         the strategy's buffers.
+      online: the run's ``cl_ssl.evaluation.online.OnlineProbe``, or None.
     """
     keys = run_keys(seed)
     crop = objective.views[0].crop_size
-    variables = objective.model.init(
-        keys.init, np.zeros((1, crop, crop, 3), np.float32), train=True
-    )
+    images = np.zeros((1, crop, crop, 3), np.float32)
+    variables = objective.model.init(keys.init, images, train=True)
     strategy_state = strategy.init(variables, keys.strategy, train)
     params = variables["params"]
+    probe = {}
+    if online is not None:
+        features = objective.model.apply(variables, images, method=objective.model.features)
+        probe = online.init(keys.online, features.shape[-1])
     return ContinualState(
         step=jnp.zeros((), jnp.int32),
         task=jnp.zeros((), jnp.int32),
         task_step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init({"student": params, "strategy": strategy_state.trainable}),
+        opt_state=tx.init(
+            {"student": params, "strategy": strategy_state.trainable, "online_probe": probe}
+        ),
         objective_state=objective.init_state(params, keys.objective),
         strategy=strategy_state,
         rng=keys.step,
+        online_probe=probe,
     )
 
 
@@ -136,7 +159,7 @@ def start_task(
     """
     opt_state = state.opt_state
     if reset_optimizer:
-        opt_state = tx.init({"student": state.params, "strategy": strategy_state.trainable})
+        opt_state = tx.init(trainable(state.replace(strategy=strategy_state)))
     return state.replace(
         task=jnp.asarray(task, jnp.int32),
         task_step=jnp.zeros((), jnp.int32),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -22,6 +23,8 @@ from cl_ssl import optim
 from cl_ssl.data import augment
 from cl_ssl.data import batch as batch_lib
 from cl_ssl.data.batch import TrainData
+from cl_ssl.evaluation import online as online_lib
+from cl_ssl.evaluation.online import OnlineProbe
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
@@ -31,8 +34,11 @@ Metrics = dict[str, jax.Array]
 StepFn = Callable[[ContinualState, TrainData, jax.Array, Metrics], tuple[ContinualState, Metrics]]
 
 
-def param_groups(objective: Objective, strategy: Strategy) -> dict[str, optim.ParamGroup]:
-    """Every optimizer group of a run: the default one, the objective's and the strategy's."""
+def param_groups(
+    objective: Objective, strategy: Strategy, online: OnlineProbe | None = None
+) -> dict[str, optim.ParamGroup]:
+    """Every optimizer group of a run: the default one, the objective's, the strategy's and the
+    online probe's."""
     clash = set(objective.param_groups) & set(strategy.param_groups)
     if clash:
         raise ValueError(
@@ -42,6 +48,7 @@ def param_groups(objective: Objective, strategy: Strategy) -> dict[str, optim.Pa
         optim.DEFAULT_GROUP: optim.ParamGroup(),
         **objective.param_groups,
         **strategy.param_groups,
+        **(online.param_groups if online else {}),
     }
 
 
@@ -49,12 +56,13 @@ def make_tx(
     config: ml_collections.ConfigDict,
     objective: Objective | None = None,
     strategy: Strategy | None = None,
+    online: OnlineProbe | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer of ``config.optimizer`` over ``trainable(state)``, one group at a time.
 
     An ``optax.multi_transform`` of the groups (``param_groups``): the student's parameters are
     labelled by ``objective.param_labels``, the strategy's by ``strategy.param_labels``, both
-    defaulting to the run's group. Each group's learning rate (and its ``active`` switch) is a
+    defaulting to the run's group, and the online probe's all belong to its own group. Each group's learning rate (and its ``active`` switch) is a
     hyperparameter of its optimizer state (``optax.inject_hyperparams``) that the step overwrites
     from the stage's schedule, because the schedule's length differs between tasks while the
     compiled step must not. Without an objective and a strategy: the default group alone, over any
@@ -63,7 +71,7 @@ def make_tx(
     o = config.optimizer
     kwargs = o.kwargs.to_dict()
     groups = (
-        param_groups(objective, strategy)
+        param_groups(objective, strategy, online)
         if objective
         else {optim.DEFAULT_GROUP: optim.ParamGroup()}
     )
@@ -97,10 +105,15 @@ def make_tx(
     def labels(trainable):
         if objective is None:
             return jax.tree.map(lambda _: optim.DEFAULT_GROUP, trainable)
-        return {
+        out = {
             "student": _labels(objective.param_labels, trainable["student"]),
             "strategy": _labels(strategy.param_labels, trainable["strategy"]),
         }
+        if "online_probe" in trainable:  # every run's state has one, empty without a probe
+            out["online_probe"] = jax.tree.map(
+                lambda _: online_lib.GROUP, trainable["online_probe"]
+            )
+        return out
 
     return optax.multi_transform({name: group_tx(g) for name, g in groups.items()}, labels)
 
@@ -184,7 +197,12 @@ def lr_schedule(
 
 
 def build_step_fn(
-    objective: Objective, strategy: Strategy, tx: optax.GradientTransformation, *, extend: bool
+    objective: Objective,
+    strategy: Strategy,
+    tx: optax.GradientTransformation,
+    *,
+    extend: bool,
+    online: OnlineProbe | None = None,
 ) -> StepFn:
     """The (un-jitted) train step for ``objective`` under ``strategy``.
 
@@ -205,11 +223,14 @@ def build_step_fn(
     ``transform_views`` may then rewrite; the student on ``objective.student_views`` (its BatchNorm
     statistics updated by each view in turn); the objective's loss plus the strategy's ``loss``;
     the optimizer update of ``trainable(state)``; the objective's ``update_state`` and the
-    strategy's ``update_buffers`` (``BufferInputs``). Every random draw comes from the run
-    key folded with the global step, so a resumed run draws as an uninterrupted one.
+    strategy's ``update_buffers`` (``BufferInputs``). With ``online``, the online probe's batch
+    (``data.probe_ids``), augmented as the last view, trains the probe on the backbone's features
+    after the student's views (``OnlineProbe.loss``; its 'online_ce' and 'online_acc' join the
+    metrics). Every random draw comes from the run key folded with the global step, so a resumed
+    run draws as an uninterrupted one.
     """
     model = objective.model
-    groups = param_groups(objective, strategy)
+    groups = param_groups(objective, strategy, online)
 
     def train_step(
         state: ContinualState, data: TrainData, ids: jax.Array, hyper: Metrics
@@ -231,6 +252,13 @@ def build_step_fn(
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)
         student_views = tuple(views[v] for v in objective.student_views)
+        if online is not None:
+            probe_view = augment.augment_batch(
+                jax.random.fold_in(step_key, 3),
+                batch_lib.probe_images(data),
+                objective.views[-1],
+            )
+            probe_labels = jnp.take(data.classes, data.probe_ids)
 
         def loss_fn(variables):
             params = variables["student"]
@@ -263,6 +291,15 @@ def build_step_fn(
                     )
                 )
                 loss, terms = loss + extra, {**terms, **extra_terms}
+            if online is not None:
+                ce, accuracy, batch_stats = online.loss(
+                    model,
+                    {"params": params, "batch_stats": batch_stats},
+                    variables["online_probe"],
+                    probe_view,
+                    probe_labels,
+                )
+                loss, terms = loss + ce, {**terms, "online_ce": ce, "online_acc": accuracy}
             return loss, (batch_stats, terms, aux)
 
         variables = trainable(state)
@@ -274,6 +311,7 @@ def build_step_fn(
         variables = optax.apply_updates(variables, updates)
         params = variables["student"]
         strategy_state = state.strategy.replace(trainable=variables["strategy"])
+        online_probe = variables["online_probe"]
         if strategy.update_buffers is not None:
             strategy_state = strategy_state.replace(
                 buffers=strategy.update_buffers(
@@ -298,6 +336,7 @@ def build_step_fn(
             opt_state=opt_state,
             objective_state=objective.update_state(state.objective_state, params, aux, hyper),
             strategy=strategy_state,
+            online_probe=online_probe,
         )
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": hyper["lr"], **terms}
         return new_state, metrics
@@ -313,6 +352,7 @@ def stage_hyper(
     num_epochs: int,
     steps_per_epoch: int,
     stage: int = 0,
+    online: OnlineProbe | None = None,
 ) -> dict[str, np.ndarray]:
     """Every per-step scalar of stage ``stage``: name -> float32 [steps]; 'lr', each group's own
     learning rate ('lr/<group>', ``group_lr_key``), the switch to ``optimizer.later_tasks`` (when
@@ -320,7 +360,7 @@ def stage_hyper(
     num_steps = num_epochs * steps_per_epoch
     steps = np.arange(num_steps)
     schedules = {"lr": optim.ParamGroup()}
-    for name, group in param_groups(objective, strategy).items():
+    for name, group in param_groups(objective, strategy, online).items():
         if group.own_schedule and not group.frozen:
             schedules[group_lr_key(name)] = group
     hyper = {}
@@ -345,13 +385,22 @@ def stage_hyper(
     return hyper
 
 
-def jit_step(step_fn: StepFn, mesh: jax.sharding.Mesh, *, on_device: bool = True) -> StepFn:
+def jit_step(
+    step_fn: StepFn, mesh: jax.sharding.Mesh, *, on_device: bool = True, online: bool = False
+) -> StepFn:
     """Jits ``step_fn`` over ``mesh``, state donated: state replicated, example ids sharded, and the
     data's label arrays replicated with its images replicated (the whole on-device data set) or,
-    without ``on_device``, batch-sharded (each step's batch from host memory)."""
+    without ``on_device``, batch-sharded (each step's batch from host memory); with ``online``, the
+    online probe's ids (and, from host memory, its images) batch-sharded."""
     rep, batch = replicated(mesh), batch_sharded(mesh)
     data = TrainData(
-        images=rep if on_device else batch, labels=rep, classes=rep, tasks=rep, on_device=on_device
+        images=rep if on_device else batch,
+        labels=rep,
+        classes=rep,
+        tasks=rep,
+        probe_ids=batch if online else None,
+        probe_images=batch if online and not on_device else None,
+        on_device=on_device,
     )
     return jax.jit(
         step_fn, in_shardings=(rep, data, batch, rep), out_shardings=(rep, rep), donate_argnums=0

@@ -27,6 +27,7 @@ from cl_ssl import step as step_lib
 from cl_ssl.data import scenarios, sources
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, metrics, report
+from cl_ssl.evaluation import online as online_lib
 from cl_ssl.objectives import Objective, get_objective, resolve_config
 from cl_ssl.strategies import Strategy, TaskEnd, get_strategy
 from cl_ssl.strategies.base import Progress
@@ -59,6 +60,7 @@ class Plan:
     stages: tuple[Stage, ...]
     labels: np.ndarray  # int32 [N_train], the labels the learner may use, -1 where it has none
     example_tasks: np.ndarray  # int32 [N_train], the task of every training example
+    online: online_lib.OnlineProbe | None  # the online linear probe (eval.online)
 
 
 def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.ndarray:
@@ -170,6 +172,7 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             seed=config.seed,
         ),
         example_tasks=example_tasks,
+        online=online_lib.from_config(config, train.num_classes),
     )
 
 
@@ -577,7 +580,7 @@ class _Run:
         self.p, self.ckpt, self.writer = p, ckpt, writer
         self.workdir = os.path.abspath(workdir)
         self.config, self.mesh = p.config, p.mesh
-        self.tx = step_lib.make_tx(p.config, p.objective, p.strategy)
+        self.tx = step_lib.make_tx(p.config, p.objective, p.strategy, p.online)
         self.keys = state_lib.run_keys(p.config.seed)
         self.results = _Results(p, workdir, writer)
         self.evaluator = evaluate.Evaluator(
@@ -590,6 +593,7 @@ class _Run:
             key=self.keys.eval,
             stage_indices=[stage.indices for stage in p.stages],
             classify=p.strategy.classify,
+            online=p.online,
             progress=p.config.progress_bar and jax.process_index() == 0,
         )
         on_device = p.config.dataset.on_device
@@ -629,6 +633,7 @@ class _Run:
             tx=self.tx,
             seed=p.config.seed,
             train=p.train,
+            online=p.online,
         )
 
     def start_or_resume(self) -> state_lib.ContinualState:
@@ -671,7 +676,7 @@ class _Run:
         params, batch_stats = state.params, state.batch_stats
         if self.p.strategy.evaluated is not None:
             params, batch_stats = self.p.strategy.evaluated(state)
-        rows = self.evaluator(params, batch_stats, state.strategy, stage=row)
+        rows = self.evaluator(params, batch_stats, state.strategy, state.online_probe, stage=row)
         self.results.wall_seconds["evaluation"] += time.perf_counter() - tic
         return rows
 
@@ -691,8 +696,13 @@ class _Run:
     def _step(self, stage_id: int):
         extend = self.p.strategy.extends_batch(stage_id)
         if extend not in self._steps:
-            fn = step_lib.build_step_fn(self.p.objective, self.p.strategy, self.tx, extend=extend)
-            self._steps[extend] = step_lib.jit_step(fn, self.mesh, on_device=self.data.on_device)
+            p = self.p
+            fn = step_lib.build_step_fn(
+                p.objective, p.strategy, self.tx, extend=extend, online=p.online
+            )
+            self._steps[extend] = step_lib.jit_step(
+                fn, self.mesh, on_device=self.data.on_device, online=p.online is not None
+            )
         return self._steps[extend]
 
     def train_stage(
@@ -710,7 +720,10 @@ class _Run:
             num_epochs=stage.num_epochs,
             steps_per_epoch=stage.steps_per_epoch,
             stage=stage_id,
+            online=p.online,
         )
+        # The online probe's labelled examples during this stage: the row it is scored in.
+        probe_pool = self.evaluator.probe_pool(stage_id + 1) if p.online else None
         first, global_step = int(state.task_step), int(state.step)
         self._clock = time.perf_counter()
         bar = tqdm.tqdm(
@@ -722,17 +735,29 @@ class _Run:
             disable=not (config.progress_bar and jax.process_index() == 0),
         )
         pending = None  # (global step, metrics) of the previous step, checked while the next runs
-        order, order_epoch = None, -1
+        order, probe_order, order_epoch = None, None, -1
         tic, tic_step = time.perf_counter(), first
+        b = config.batch_size
         for task_step in range(first, stage.num_steps):
             epoch, position = divmod(task_step, stage.steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
-            batch = order[position * config.batch_size : (position + 1) * config.batch_size]
+                if p.online:
+                    probe_order = online_lib.epoch_ids(
+                        config.seed, stage_id, epoch, probe_pool, stage.steps_per_epoch * b
+                    )
+            batch = order[position * b : (position + 1) * b]
             hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
             data = self.data
             if not data.on_device:  # read while the device runs the previous step
                 data = data.replace(images=parallel.gather_batch(mesh, p.train.images, batch))
+            if p.online:
+                probe = probe_order[position * b : (position + 1) * b]
+                data = data.replace(probe_ids=parallel.global_batch(mesh, probe))
+                if not data.on_device:
+                    data = data.replace(
+                        probe_images=parallel.gather_batch(mesh, p.train.images, probe)
+                    )
             state, step_metrics = train_step(
                 state, data, parallel.global_batch(mesh, batch), hyper_now
             )

@@ -346,9 +346,7 @@ def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
         ).opt_state
 
     chex.assert_trees_all_equal(start(False), momentum)
-    chex.assert_trees_all_equal(
-        start(True), tx.init({"student": state.params, "strategy": state.strategy.trainable})
-    )
+    chex.assert_trees_all_equal(start(True), tx.init(state_lib.trainable(state)))
 
 
 def test_evaluate_teacher_scores_the_teacher_once_one_was_reset_from_the_student():
@@ -394,9 +392,9 @@ def test_run_compiles_twice_fills_memory_and_esq_and_resumes_exactly_mid_task(
 
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(workdir, resumed_dir)
-    # Task 0 has 24 mock images (steps 0-5), task 1 16 (steps 6-9): checkpoints 6 (the
-    # boundary), 9 (mid task 1) and 10 (the end), which a kill at step 10 would not have written.
-    assert sorted(int(p.name) for p in (resumed_dir / "checkpoints").iterdir()) == [6, 9, 10]
+    # Task 0 has 24 mock images (steps 0-5), task 1 16 (steps 6-9): checkpoints 0 and 6 (the
+    # boundaries), 9 (mid task 1) and 10 (the end), which a kill at step 10 would not have written.
+    assert sorted(int(p.name) for p in (resumed_dir / "checkpoints").iterdir()) == [0, 6, 9, 10]
     shutil.rmtree(resumed_dir / "checkpoints" / "10")
     resumed = run(_config(**RESERVOIR), resumed_dir)
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)

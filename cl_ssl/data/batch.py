@@ -18,6 +18,10 @@ class TrainData:
       classes: int32 [N], the data set's class of every example, whether or not the learner sees
         it; read only by class-balanced exemplar selection, which is defined by classes.
       tasks: int32 [N], the task each example belongs to.
+      probe_ids: int32 [B], this step's examples of the online probe (``eval.online``), sharded
+        over the devices; None without one.
+      probe_images: uint8 [B, H, W, C], their images, for a data set kept in host memory; None
+        otherwise.
       on_device: whether ``images`` is the whole split (True) or this step's batch (static).
     """
 
@@ -25,6 +29,8 @@ class TrainData:
     labels: jax.Array
     classes: jax.Array
     tasks: jax.Array
+    probe_ids: jax.Array | None = None
+    probe_images: jax.Array | None = None
     on_device: bool = flax.struct.field(pytree_node=False, default=True)
 
 
@@ -63,6 +69,11 @@ def current_batch(data: TrainData, ids: jax.Array) -> Batch:
         tasks=jnp.take(data.tasks, ids),
         valid=jnp.ones(ids.shape, bool),
     )
+
+
+def probe_images(data: TrainData) -> jax.Array:
+    """uint8 [B, H, W, C]: the online probe's images of this step (``data.probe_ids``)."""
+    return jnp.take(data.images, data.probe_ids, axis=0) if data.on_device else data.probe_images
 
 
 def join(a: Batch, b: Batch) -> Batch:

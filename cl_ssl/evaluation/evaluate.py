@@ -13,6 +13,7 @@ from cl_ssl import parallel
 from cl_ssl.data import augment
 from cl_ssl.data.scenarios import Scenario
 from cl_ssl.data.sources import ArraySplit
+from cl_ssl.evaluation import online as online_lib
 from cl_ssl.evaluation import probes
 
 EVALUATORS = ("linear", "knn")
@@ -25,10 +26,11 @@ PROBE_DATA = ("all", "seen", "current")
 
 
 def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> list[str]:
-    """The accuracy matrices a run of ``config`` fills: its evaluators, the strategy's classifier
-    when it trains one, and each of those again with the suffix ``_task_aware`` under
-    ``eval.task_aware``."""
-    names = list(config.eval.evaluators) + ([CLASSIFIER] if has_classifier else [])
+    """The accuracy matrices a run of ``config`` fills: its evaluators, the online probe
+    (``eval.online``), the strategy's classifier when it trains one, and each of those again with
+    the suffix ``_task_aware`` under ``eval.task_aware``."""
+    names = list(config.eval.evaluators) + ([online_lib.ONLINE] if config.eval.online else [])
+    names += [CLASSIFIER] if has_classifier else []
     return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else [])
 
 
@@ -55,7 +57,8 @@ class Evaluator:
     With ``classify`` (a strategy's ``Strategy.classify``: (strategy state, features [N, F]) ->
     logits [N, C]), the classifier the strategy trains is also scored as it is, with no probe
     trained afterwards, on the same test features (Kaizen's ``classifier_eval``,
-    ``kaizen/methods/full_model.py`` l.300-326): the ``classifier`` entry.
+    ``kaizen/methods/full_model.py`` l.300-326): the ``classifier`` entry. With ``online``, so is
+    the online probe the train step trains (``cl_ssl.evaluation.online``): the ``online`` entry.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Evaluator:
         key: jax.Array,
         stage_indices: Sequence[np.ndarray] | None = None,
         classify=None,
+        online: online_lib.OnlineProbe | None = None,
         progress: bool = False,
     ):
         """``stage_indices``: per training stage, its int [N_s] indices into ``train`` (default: the
@@ -86,6 +90,7 @@ class Evaluator:
         )
         self.names = matrix_names(config, has_classifier=classify is not None)
         self._classify = None if classify is None else jax.jit(classify)
+        self._online_logits = None if online is None else jax.jit(online.logits)
         self._batch_size = config.eval.batch_size
         self._progress = progress
         view = ml_collections.ConfigDict(config.augment.view1)
@@ -100,9 +105,11 @@ class Evaluator:
         self._features = features
         self._jitted = {}
 
-    def probe_examples(self, stage: int) -> np.ndarray:
-        """int [K] sorted indices into the training split: the examples that train the probes of
-        row ``stage`` (0: the random network, 1..S: after stage S)."""
+    def probe_pool(self, stage: int) -> np.ndarray:
+        """int [K] sorted indices into the training split: the labelled examples the protocol
+        allows the probes of row ``stage`` (0: the random network, 1..S: after stage S), by
+        ``eval.probe_data`` and ``eval.label_fraction``; the online probe trains on row s's pool
+        during stage s."""
         e = self._config.eval
         s = max(stage, 1) - 1
         if e.probe_data == "all":
@@ -115,6 +122,12 @@ class Evaluator:
             rows = rows[
                 probes.class_balanced_subset(self._train.labels[rows], e.label_fraction, self._seed)
             ]
+        return rows
+
+    def probe_examples(self, stage: int) -> np.ndarray:
+        """``probe_pool(stage)``, at most ``eval.train_examples`` of it (a fixed random subset):
+        the examples that train the offline probes of row ``stage``."""
+        e, rows = self._config.eval, self.probe_pool(stage)
         if 0 < e.train_examples < len(rows):
             draw = np.random.default_rng(self._seed).choice(
                 len(rows), e.train_examples, replace=False
@@ -157,10 +170,11 @@ class Evaluator:
         return self.map_images(self._features, variables, images)
 
     def __call__(
-        self, params, batch_stats, strategy_state=None, *, stage: int
+        self, params, batch_stats, strategy_state=None, online_probe=None, *, stage: int
     ) -> dict[str, np.ndarray]:
         """Per-task top-1 accuracy in percent, float [T], of each matrix in ``self.names``, for row
-        ``stage`` of the matrices (0: the random network; s: after stage s)."""
+        ``stage`` of the matrices (0: the random network; s: after stage s); ``online_probe``: the
+        online probe's parameters."""
         variables = {"params": params, "batch_stats": batch_stats}
         rows = self.probe_examples(stage)
         every = len(rows) == len(self._train.labels)  # no copy of a whole (large) training split
@@ -189,6 +203,8 @@ class Evaluator:
                 scores[name] = probes.knn_scores(
                     train_f, train_labels, test_f, num_classes=self._num_classes, **knn
                 )
+        if self._online_logits is not None:
+            scores[online_lib.ONLINE] = np.asarray(self._online_logits(online_probe, test_f))
         if self._classify is not None:
             scores[CLASSIFIER] = np.asarray(jax.device_get(self._classify(strategy_state, test_f)))
         results = {}
