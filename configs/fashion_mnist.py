@@ -87,8 +87,10 @@ def get_config(arg: str | None = None):
         schedule_per_epoch=False,
     )
     config.optimizer.kwargs = {}
-    # Kaizen's classifier at AdamW's scale (its reference 0.1 is an SGD-with-LARS rate).
+    # Kaizen's classifier and the online probe (eval.online) at AdamW's scale (their reference
+    # 0.1 is an SGD-with-LARS rate).
     config.kaizen.classifier_lr = 2e-3
+    config.eval.online_lr = 2e-3
     config.eval.train_examples = 10_000
     config.eval.linear.epochs = 30
     config.eval.linear.learning_rate = 0.1
