@@ -81,6 +81,15 @@ TINY_HEADS = {
 }
 
 
+# One epoch per task, no warm-up, kNN and the online probe: the runs the device tests share.
+ONE_EPOCH = {
+    "epochs_per_task": 1,
+    "optimizer.warmup_epochs": 0,
+    "eval.evaluators": ("knn",),
+    "eval.online": True,
+}
+
+
 def tiny_objective_config(name, **overrides):
     """``tiny_config`` for objective ``name`` with its tiny heads."""
     heads = {f"{name}.{k}": v for k, v in TINY_HEADS[name].items()}

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import ONE_EPOCH, tiny_config
 
 from cl_ssl import objectives
 from cl_ssl import state as state_lib
@@ -68,11 +68,12 @@ def test_each_epoch_draws_from_the_pool_only_a_shuffle_of_it_at_a_time():
     assert not np.array_equal(ids, online.epoch_ids(0, 1, 3, pool, 12))
 
 
-def test_a_run_trains_the_probe_carries_it_across_tasks_and_scores_it(finished_run):
-    config = tiny_config(**{"eval.online": True, "eval.probe_data": "seen"})
-    result, workdir = finished_run(config)
+def test_a_run_trains_the_probe_and_scores_it_after_every_task(finished_run):
+    """The one-epoch run the device tests share (test_train: one and four devices, host memory)."""
+    result, workdir = finished_run(tiny_config(**ONE_EPOCH))
     R = result["matrices"]["online"]
     assert R.shape == (3, 2) and np.all((R >= 0) & (R <= 100))
+    assert set(result["matrices"]) == {"knn", "online"}
     assert result["traces"] == [1]
     initial = online.OnlineProbe(num_classes=10, lr=0.1, updates_bn=True).init(
         state_lib.run_keys(0).online, 16

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import CONFIGS_DIR, shipped_config, tiny_config
+from helpers import CONFIGS_DIR, ONE_EPOCH, shipped_config, tiny_config
 from helpers import run as _run
 
 from cl_ssl import losses, parallel, train
@@ -84,24 +84,25 @@ def test_resume_across_task_boundary_and_corrupt_latest(finished_run, tmp_path):
         np.testing.assert_array_equal(whole["matrices"][name], resumed["matrices"][name])
 
 
-# One epoch per task, no warm-up, kNN only: the runs the device tests share.
-ONE_EPOCH = {"epochs_per_task": 1, "optimizer.warmup_epochs": 0, "eval.evaluators": ("knn",)}
-
-
 def test_one_and_four_devices_agree(finished_run):
+    """With the online probe, whose batch is sharded too."""
     (one, _), (four, _) = (finished_run(tiny_config(**ONE_EPOCH), n) for n in (1, 4))
     chex.assert_trees_all_close(one["state"].params, four["state"].params, atol=1e-4, rtol=1e-3)
+    chex.assert_trees_all_close(
+        one["state"].online_probe, four["state"].online_probe, atol=1e-4, rtol=1e-3
+    )
     chex.assert_trees_all_close(
         one["state"].batch_stats, four["state"].batch_stats, atol=1e-4, rtol=1e-3
     )
 
 
 def test_data_in_host_memory_trains_as_on_device(finished_run, tmp_path):
-    """dataset.on_device=False sends each step's batch from host memory, sharded over 4 devices:
-    the same run."""
+    """dataset.on_device=False sends each step's batch (and the online probe's) from host memory,
+    sharded over 4 devices: the same run."""
     device, _ = finished_run(tiny_config(**ONE_EPOCH), 4)
     host = _run(tiny_config(**ONE_EPOCH, **{"dataset.on_device": False}), tmp_path, 4)
     chex.assert_trees_all_close(device["state"].params, host["state"].params, atol=1e-6)
+    chex.assert_trees_all_close(device["state"].online_probe, host["state"].online_probe, atol=1e-6)
     chex.assert_trees_all_close(device["state"].batch_stats, host["state"].batch_stats, atol=1e-6)
     np.testing.assert_allclose(device["matrices"]["knn"], host["matrices"]["knn"])
     assert int(host["state"].step) == int(device["state"].step) > 0
