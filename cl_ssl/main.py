@@ -4,7 +4,9 @@ Without ``--config`` the run is the built-in demo, ``configs/fashion_mnist.py`` 
 the package (``cl_ssl.configs``), so the command works from any directory. Any config value can be
 overridden on the command line, e.g. ``--config.strategy=offline``.
 On a multi-host system (Cloud TPU pods, GPU clusters) pass ``--multihost`` so that every process
-joins the same run through ``jax.distributed.initialize()``.
+joins the same run through ``jax.distributed.initialize()``; ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` set what it cannot detect (several processes on one
+machine, clusters without SLURM).
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ _WORKDIR = flags.DEFINE_string(
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() before touching devices."
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --multihost: host:port of process 0's coordinator (default: detected on TPU pods and "
+    "SLURM).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --multihost: the number of processes of the run."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --multihost: this process's index, 0 to num_processes - 1."
+)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -85,6 +99,9 @@ def _exit(code: int, message: str) -> None:
     os._exit(code)
 
 
+_PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
 def main(argv):
     del argv
     verbose = flags.FLAGS["verbosity"].present
@@ -93,7 +110,16 @@ def main(argv):
         # and the results unless --verbosity asks for more.
         logging.set_verbosity(logging.WARNING)
     if _MULTIHOST.value:
-        jax.distributed.initialize()
+        # Collectives between the CPU devices of several processes (a run on CPU machines, or
+        # several processes on one); accelerators use their own.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif any(f.present for f in (flags.FLAGS[n] for n in _PROCESS_FLAGS)):
+        _exit(1, f"error: --{', --'.join(_PROCESS_FLAGS)} need --multihost")
     try:
         config = _CONFIG.value
         config.to_dict()  # a config file that failed to load raises here
