@@ -1,0 +1,57 @@
+"""What a run reports: each evaluated row on the console, with the run's name and the mean of the
+tasks seen; the Weights & Biases settings of a run."""
+
+import types
+
+import numpy as np
+from helpers import tiny_config
+
+from cl_ssl import results
+
+
+def _plan_of_three_tasks(**overrides):
+    """What _Results and the logging read of a Plan: 3 class-incremental SimCLR + CaSSLe tasks of
+    10 test images each on mock CIFAR-10."""
+    return types.SimpleNamespace(
+        config=tiny_config(**{"eval.plots": False, **overrides}),
+        stages=(None, None, None),
+        scenario=types.SimpleNamespace(
+            kind="class_incremental", num_tasks=3, test_indices=(np.arange(10),) * 3
+        ),
+        objective=types.SimpleNamespace(name="simclr"),
+        strategy=types.SimpleNamespace(name="cassle", classify=None),
+        mesh=types.SimpleNamespace(size=1),
+    )
+
+
+def test_each_evaluated_row_is_printed_with_the_run_and_the_mean_of_the_tasks_seen(
+    tmp_path, capsys
+):
+    run = results.RunResults(_plan_of_three_tasks(), str(tmp_path), None)
+    rows = {"linear": np.array([80.0, 60.0, 10.0]), "knn": np.array([70.0, 50.0, 30.0])}
+    run.record(2, rows, step=7)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "after stage 2/3 (cifar10, class-incremental (3 tasks), simclr, cassle, seed 0), "
+        "accuracy (%) per task:"
+    )
+    assert out[1].split() == "linear: 80.0 60.0 10.0 | mean of tasks 1-2 70.00".split()
+    assert out[2].split() == "knn: 70.0 50.0 30.0 | mean of tasks 1-2 60.00".split()
+    run.record(0, rows, step=0)
+    assert "mean of all tasks 50.00" in capsys.readouterr().out
+
+
+def test_weights_and_biases_is_off_by_default_and_resumes_into_the_same_run(tmp_path):
+    assert results.wandb_init(_plan_of_three_tasks(), str(tmp_path)) is None
+    plan = _plan_of_three_tasks(**{"wandb.project": "cl", "wandb.mode": "offline"})
+    init = results.wandb_init(plan, str(tmp_path / "run"))
+    assert init == results.wandb_init(plan, str(tmp_path / "run"))  # the same id on resume
+    assert init["id"] != results.wandb_init(plan, str(tmp_path / "other"))["id"]
+    assert (init["project"], init["mode"], init["entity"], init["resume"]) == (
+        "cl",
+        "offline",
+        None,
+        "allow",
+    )
+    assert init["name"] == "cifar10, class-incremental (3 tasks), simclr, cassle, seed 0"
+    assert init["config"]["batch_size"] == plan.config.batch_size
