@@ -139,19 +139,15 @@ def test_reevaluation_refuses_changes_beyond_the_evaluation(saved_run):
 
 def test_reevaluation_command_line(saved_run):
     _, workdir = saved_run
-
-    def command(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "cl_ssl.evaluate", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    out = command(f"--workdir={workdir}", "--config.num_tasks=5")
+    out = subprocess.run(
+        [sys.executable, "-m", "cl_ssl.evaluate", f"--workdir={workdir}", "--config.num_tasks=5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "num_tasks differ" in out.stderr
-    out = command(f"--workdir={workdir / 'nothing'}")
-    assert out.returncode != 0 and "config.json not found" in out.stderr
+    with pytest.raises(ValueError, match="config.json not found"):
+        evaluate_cli.stored_config(str(workdir / "nothing"))
     assert evaluate_cli.default_name(
         ["--config.eval.probe_data=seen", "--config.eval.knn.k=5"]
     ) == ("probe_data-seen_knn.k-5")

@@ -81,10 +81,5 @@ def test_command_line_reads_globs_and_writes_markdown_and_csv(runs, tmp_path):
     assert f"skipped {runs / 'cassle_1'}" in out.stdout
     assert (tmp_path / "summary.md").read_text() in out.stdout
     assert "final_mean" in (tmp_path / "summary.csv").read_text()
-    empty = subprocess.run(
-        [sys.executable, "-m", "cl_ssl.report", str(tmp_path / "nothing_here")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert empty.returncode != 0 and "holds a finished run" in empty.stderr
+    with pytest.raises(ValueError, match="holds a finished run"):
+        report.summarize_runs([str(tmp_path / "nothing_here")])
