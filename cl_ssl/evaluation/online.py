@@ -2,7 +2,7 @@
 backbone features of one extra labelled batch per step, and scored after every task.
 
 CaSSLe's (and solo-learn's) reported CIFAR numbers (``cassle/methods/base.py``:
-``_online_eval_shared_step`` l.360-387, ``training_step`` l.389-438; ``main_pretrain.py`` l.49
+``_online_eval_shared_step`` l.360-387, ``training_step`` l.389-438; ``main_pretrain.py`` l.46-49
 and l.92-126): ``nn.Linear(features_dim, num_classes)`` on ``feats.detach()`` of a batch of the
 same size as the task's from a second loader over the whole labelled training set, augmented with
 the last view's pipeline and iterated in lockstep with the task loader (Lightning's ``min_size``
