@@ -86,7 +86,7 @@ class OnlineProbe:
             mutable=["batch_stats"],
             method=lambda m, x, train: m.backbone(x, train=train),
         )
-        logits = self.logits(probe_params, jax.lax.stop_gradient(features))
+        logits = self.logits(probe_params, features)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
         stats = mutated["batch_stats"] if self.updates_bn else variables["batch_stats"]
