@@ -115,28 +115,23 @@ def initial_state(
     """
     keys = run_keys(seed)
     crop = objective.views[0].crop_size
-    images = np.zeros((1, crop, crop, 3), np.float32)
-    variables = objective.model.init(keys.init, images, train=True)
-    strategy_state = strategy.init(variables, keys.strategy, train)
+    variables = objective.model.init(
+        keys.init, np.zeros((1, crop, crop, 3), np.float32), train=True
+    )
     params = variables["params"]
-    probe = {}
-    if online is not None:
-        features = objective.model.apply(variables, images, method=objective.model.features)
-        probe = online.init(keys.online, features.shape[-1])
-    return ContinualState(
+    state = ContinualState(
         step=jnp.zeros((), jnp.int32),
         task=jnp.zeros((), jnp.int32),
         task_step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(
-            {"student": params, "strategy": strategy_state.trainable, "online_probe": probe}
-        ),
+        opt_state=None,  # set below, from what the optimizer updates
         objective_state=objective.init_state(params, keys.objective),
-        strategy=strategy_state,
+        strategy=strategy.init(variables, keys.strategy, train),
         rng=keys.step,
-        online_probe=probe,
+        online_probe={} if online is None else online.init(keys.online),
     )
+    return state.replace(opt_state=tx.init(trainable(state)))
 
 
 def start_task(

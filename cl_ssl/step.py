@@ -105,15 +105,11 @@ def make_tx(
     def labels(trainable):
         if objective is None:
             return jax.tree.map(lambda _: optim.DEFAULT_GROUP, trainable)
-        out = {
+        return {
             "student": _labels(objective.param_labels, trainable["student"]),
             "strategy": _labels(strategy.param_labels, trainable["strategy"]),
+            "online_probe": jax.tree.map(lambda _: online_lib.GROUP, trainable["online_probe"]),
         }
-        if "online_probe" in trainable:  # every run's state has one, empty without a probe
-            out["online_probe"] = jax.tree.map(
-                lambda _: online_lib.GROUP, trainable["online_probe"]
-            )
-        return out
 
     return optax.multi_transform({name: group_tx(g) for name, g in groups.items()}, labels)
 

@@ -30,7 +30,7 @@ from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
 from cl_ssl.objectives import Objective, get_objective, resolve_config
 from cl_ssl.strategies import Strategy, TaskEnd, get_strategy
-from cl_ssl.strategies.base import Progress
+from cl_ssl.strategies.base import Progress, output_widths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,9 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             seed=config.seed,
         ),
         example_tasks=example_tasks,
-        online=online_lib.from_config(config, train.num_classes),
+        online=online_lib.from_config(
+            config, train.num_classes, output_widths(objective)["features"]
+        ),
     )
 
 

@@ -13,7 +13,7 @@ from cl_ssl import objectives
 from cl_ssl import state as state_lib
 from cl_ssl.evaluation import online
 
-PROBE = online.OnlineProbe(num_classes=4, lr=0.1, updates_bn=True)
+PROBE = online.OnlineProbe(num_classes=4, feature_dim=16, lr=0.1, updates_bn=True)
 
 
 def _model_and_variables():
@@ -26,7 +26,7 @@ def test_the_probe_trains_on_stop_gradient_features_and_moves_batch_norm_as_conf
     model, variables = _model_and_variables()
     images = jax.random.uniform(jax.random.PRNGKey(1), (8, 32, 32, 3))
     labels = jnp.arange(8) % 4
-    probe = PROBE.init(jax.random.PRNGKey(2), 16)
+    probe = PROBE.init(jax.random.PRNGKey(2))
     assert probe["linear0"]["kernel"].shape == (16, 4)
 
     def ce(variables, probe):
@@ -52,7 +52,7 @@ def test_the_probe_trains_on_stop_gradient_features_and_moves_batch_norm_as_conf
     assert accuracy == pytest.approx(np.mean(logits.argmax(-1) == np.asarray(labels)))
     with pytest.raises(AssertionError):
         chex.assert_trees_all_close(moved, variables["batch_stats"])
-    still = online.OnlineProbe(num_classes=4, lr=0.1, updates_bn=False)
+    still = online.OnlineProbe(num_classes=4, feature_dim=16, lr=0.1, updates_bn=False)
     _, _, kept = still.loss(model, variables, probe, images, labels)
     chex.assert_trees_all_equal(kept, variables["batch_stats"])
 
@@ -75,9 +75,8 @@ def test_a_run_trains_the_probe_and_scores_it_after_every_task(finished_run):
     assert R.shape == (3, 2) and np.all((R >= 0) & (R <= 100))
     assert set(result["matrices"]) == {"knn", "online"}
     assert result["traces"] == [1]
-    initial = online.OnlineProbe(num_classes=10, lr=0.1, updates_bn=True).init(
-        state_lib.run_keys(0).online, 16
-    )
+    probe = online.OnlineProbe(num_classes=10, feature_dim=16, lr=0.1, updates_bn=True)
+    initial = probe.init(state_lib.run_keys(0).online)
     trained = result["state"].online_probe
     assert not np.allclose(trained["linear0"]["kernel"], initial["linear0"]["kernel"])
     assert "online" in (workdir / "results.md").read_text()

@@ -233,6 +233,7 @@ def test_parameter_groups_own_learning_rate_frozen_and_skipped():
     tx = step_lib.make_tx(config, objective, strat)
     trainable = {
         "student": {"w": jnp.ones(3)},
+        "online_probe": {},
         "strategy": {k: jnp.ones(3) for k in ("fast", "frozen", "paused")},
     }
     grads = jax.tree.map(lambda x: jnp.full_like(x, 2.0), trainable)

@@ -225,5 +225,7 @@ def test_genifer_preset_trains_with_sgd_then_radam_and_step_decay():
     np.testing.assert_allclose(later["lr"][[0, 60]], [1e-4, 2e-5], rtol=1e-6)
     assert first[step_lib.LATER_TASKS].max() == 0 and later[step_lib.LATER_TASKS].min() == 1
     tx = step_lib.make_tx(config, objective, strategy)
-    state = tx.init({"student": {"w": jnp.zeros(2)}, "strategy": {"c": jnp.zeros(3)}})
+    state = tx.init(
+        {"student": {"w": jnp.zeros(2)}, "strategy": {"c": jnp.zeros(3)}, "online_probe": {}}
+    )
     assert isinstance(state.inner_states["default"].inner_state.inner_state, optim.SwitchState)

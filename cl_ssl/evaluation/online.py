@@ -40,11 +40,13 @@ class OnlineProbe:
 
     Attributes:
       num_classes: C, the probe's outputs.
+      feature_dim: F, the backbone's feature width.
       lr: its base learning rate, not scaled by the batch size.
       updates_bn: its batch's forward pass moves the backbone's BatchNorm running statistics.
     """
 
     num_classes: int
+    feature_dim: int
     lr: float
     updates_bn: bool
 
@@ -57,9 +59,9 @@ class OnlineProbe:
     def param_groups(self) -> dict[str, optim.ParamGroup]:
         return {GROUP: optim.ParamGroup(lr=self.lr, weight_decay=0.0)}
 
-    def init(self, key: jax.Array, feature_dim: int) -> dict:
-        """The probe's initial parameters for features of ``feature_dim``."""
-        return self.head.init(key, jnp.zeros((1, feature_dim)), train=False)["params"]
+    def init(self, key: jax.Array) -> dict:
+        """The probe's initial parameters."""
+        return self.head.init(key, jnp.zeros((1, self.feature_dim)), train=False)["params"]
 
     def logits(self, params: dict, features: jax.Array) -> jax.Array:
         """Features float32 [N, F] -> logits float32 [N, C]."""
@@ -93,12 +95,19 @@ class OnlineProbe:
         return ce, accuracy, stats
 
 
-def from_config(config: ml_collections.ConfigDict, num_classes: int) -> OnlineProbe | None:
+def from_config(
+    config: ml_collections.ConfigDict, num_classes: int, feature_dim: int
+) -> OnlineProbe | None:
     """The run's online probe (``eval.online``), or None."""
     e = config.eval
     if not e.online:
         return None
-    return OnlineProbe(num_classes=num_classes, lr=e.online_lr, updates_bn=e.online_updates_bn)
+    return OnlineProbe(
+        num_classes=num_classes,
+        feature_dim=feature_dim,
+        lr=e.online_lr,
+        updates_bn=e.online_updates_bn,
+    )
 
 
 def epoch_ids(seed: int, stage: int, epoch: int, pool: np.ndarray, size: int) -> np.ndarray:
