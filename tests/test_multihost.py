@@ -1,0 +1,209 @@
+"""Two processes of two CPU devices each form one run of four devices, started as the README shows
+(``--multihost --coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I``, gloo
+collectives), killed mid-task and started again; the run ends where a one-process run on four
+devices ends."""
+
+import gzip
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+from helpers import run, shipped_config
+
+from cl_ssl import checkpoint, parallel
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 8, 4
+
+# The README's runlocal demo, shrunk to 5 steps of 8 images per task, checkpoints every 2 steps.
+OVERRIDES = {
+    "num_tasks": 2,
+    "batch_size": 8,
+    "checkpoint_every_steps": 2,
+    "eval.train_examples": 40,
+    "eval.evaluators": ("knn",),
+    "eval.knn.k": 5,
+    "progress_bar": False,
+}
+
+
+def _write_idx(path: pathlib.Path, values: np.ndarray) -> None:
+    """A gzip-compressed IDX file of uint8 ``values`` (the Fashion-MNIST file format)."""
+    header = bytes([0, 0, 0x08, values.ndim]) + np.asarray(values.shape, ">u4").tobytes()
+    path.write_bytes(gzip.compress(header + values.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_mnist(tmp_path_factory) -> pathlib.Path:
+    """A folder of Fashion-MNIST IDX files with random 28x28 images, 10 classes."""
+    folder = tmp_path_factory.mktemp("fashion_mnist_idx")
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", TRAIN_PER_CLASS), ("t10k", TEST_PER_CLASS)):
+        labels = np.tile(np.arange(NUM_CLASSES), per_class)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        _write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (labels.size, 28, 28))
+        )
+    return folder
+
+
+# Started through PYTHONPATH in each process: records every path the process opens for writing,
+# renames or creates as a folder, one per line, in $CL_SSL_WRITES_LOG.
+_RECORD_WRITES = """
+import os, sys
+
+_log = open(os.environ["CL_SSL_WRITES_LOG"], "a", buffering=1)
+_WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+
+def _record(event, args):
+    if event == "open" and (any(c in (args[1] or "") for c in "wax+") or (args[2] or 0) & _WRITE):
+        path = args[0]
+    elif event in ("os.mkdir", "os.rename"):  # os.replace raises os.rename
+        path = args[0 if event == "os.mkdir" else 1]
+    else:
+        return
+    if isinstance(path, (str, bytes, os.PathLike)):
+        _log.write(os.path.abspath(os.fsdecode(path)) + "\\n")
+
+
+sys.addaudithook(_record)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_processes(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[subprocess.Popen]:
+    """The README's two commands, each process with two CPU devices, recording the paths it
+    writes in ``workdir``/../writes_of_process_<i>.log."""
+    hook = workdir.parent / "record_writes"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_RECORD_WRITES)
+    overrides = {**OVERRIDES, "dataset.data_dir": str(data_dir)}
+    command = [
+        sys.executable,
+        "-m",
+        "cl_ssl.main",
+        f"--config={ROOT / 'configs' / 'fashion_mnist.py'}:runlocal",
+        f"--workdir={workdir}",
+        "--multihost",
+        f"--coordinator_address=127.0.0.1:{_free_port()}",
+        "--num_processes=2",
+        *(
+            f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+            for k, v in overrides.items()
+        ),
+    ]
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    return [
+        subprocess.Popen(
+            [*command, f"--process_id={i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "JAX_NUM_CPU_DEVICES": "2",
+                "PYTHONPATH": path,
+                "CL_SSL_WRITES_LOG": str(workdir.parent / f"writes_of_process_{i}.log"),
+            },
+        )
+        for i in (0, 1)
+    ]
+
+
+def _written(workdir: pathlib.Path, process: int) -> set[str]:
+    """The paths in ``workdir`` that ``process`` wrote, relative to it."""
+    log = (workdir.parent / f"writes_of_process_{process}.log").read_text().split()
+    return {os.path.relpath(p, workdir) for p in log if p.startswith(f"{workdir}{os.sep}")}
+
+
+def _wait(processes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each process's stdout, once all have ended successfully."""
+    outputs = []
+    for p in processes:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+        outputs.append(out)
+    return outputs
+
+
+def _kill_after_checkpoint(processes, checkpoints: pathlib.Path, step: int, timeout: float):
+    """SIGKILL to every process once checkpoint ``step`` is complete (orbax renames a checkpoint's
+    folder to its step number when every process has written its part)."""
+    deadline = time.monotonic() + timeout
+    while not (checkpoints / str(step)).is_dir():
+        assert all(p.poll() is None for p in processes), processes[0].stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint {step} after {timeout} s"
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, tiny_fashion_mnist):
+    """The same config in this process, on four devices."""
+    config = shipped_config("fashion_mnist", "runlocal")
+    config.update_from_flattened_dict({**OVERRIDES, "dataset.data_dir": str(tiny_fashion_mnist)})
+    workdir = tmp_path_factory.mktemp("one_process")
+    return run(config, workdir, num_devices=4), workdir
+
+
+def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
+    tmp_path, tiny_fashion_mnist, one_process_run
+):
+    whole, whole_dir = one_process_run
+    workdir = tmp_path / "two_processes"
+    steps_per_task = NUM_CLASSES // 2 * TRAIN_PER_CLASS // OVERRIDES["batch_size"]
+
+    # Killed after the mid-task checkpoint of task 1 (step 4 of 5), then the same two commands.
+    first = _start_processes(workdir, tiny_fashion_mnist)
+    _kill_after_checkpoint(first, workdir / "checkpoints", 4, timeout=240)
+    assert json.loads((workdir / "results.json").read_text())["meta"]["rows_evaluated"] < 3
+    second = _start_processes(workdir, tiny_fashion_mnist)
+    outputs = _wait(second, timeout=240)
+
+    assert json.loads((workdir / "config.json").read_text()) == json.loads(
+        (whole_dir / "config.json").read_text()
+    )
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["meta"]["environment"]["process_count"] == 2
+    # kNN accuracy of 20 test images per task: equal, or one image apart where float32
+    # reductions in another order move a vote.
+    np.testing.assert_allclose(results["matrices"]["knn"], whole["matrices"]["knn"], atol=5.01)
+
+    # The final checkpoint holds the one-process parameters, up to the order of float32 sums.
+    ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=2)
+    last = 2 * steps_per_task
+    assert ckpt.latest_step() == last
+    sharding = jax.sharding.NamedSharding(parallel.make_mesh(4), jax.sharding.PartitionSpec())
+    state, _ = ckpt.restore_step(last, checkpoint.abstract_like(whole["state"], sharding))
+    ckpt.close()
+    chex.assert_trees_all_close(state.params, whole["state"].params, rtol=1e-4, atol=1e-5)
+
+    # Process 0 alone reports: the console's matrices (gloo prints its connections to stdout),
+    # results, plots and TensorBoard; process 1 writes its part of the checkpoints only.
+    printed = [
+        [line for line in out.splitlines() if not line.startswith("[Gloo]")] for out in outputs
+    ]
+    assert any("knn accuracy" in line for line in printed[0]) and printed[1] == []
+    by_process_0 = _written(workdir, 0)
+    assert {"results.json", "results.md", "config.json"} <= by_process_0
+    assert any(p.startswith("plots/") for p in by_process_0)
+    assert any(p.startswith("tb/events.out.tfevents") for p in by_process_0)
+    by_process_1 = _written(workdir, 1)
+    assert by_process_1 and all(p.startswith("checkpoints/") for p in by_process_1), by_process_1
