@@ -86,6 +86,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_TWO_DEVICES = "--xla_force_host_platform_device_count=2"  # the README's setting
+
+
 def _start_processes(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[subprocess.Popen]:
     """The README's two commands, each process with two CPU devices, recording the paths it
     writes in ``workdir``/../writes_of_process_<i>.log."""
@@ -116,7 +119,7 @@ def _start_processes(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[subp
             text=True,
             env={
                 **os.environ,
-                "JAX_NUM_CPU_DEVICES": "2",
+                "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {_TWO_DEVICES}",
                 "PYTHONPATH": path,
                 "CL_SSL_WRITES_LOG": str(workdir.parent / f"writes_of_process_{i}.log"),
             },
@@ -181,7 +184,8 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
         (whole_dir / "config.json").read_text()
     )
     results = json.loads((workdir / "results.json").read_text())
-    assert results["meta"]["environment"]["process_count"] == 2
+    environment = results["meta"]["environment"]
+    assert (environment["process_count"], environment["device_count"]) == (2, 4)
     # kNN accuracy of 20 test images per task: equal, or one image apart where float32
     # reductions in another order move a vote.
     np.testing.assert_allclose(results["matrices"]["knn"], whole["matrices"]["knn"], atol=5.01)
