@@ -11,6 +11,8 @@ al., ICME 2022, ``train.py``), all in the order-of-appearance convention:
   ``class_ids_per_task``);
 - fashion_mnist_idx_natural_4+3x2: Fashion-MNIST's natural order in Genifer's shape, 4 base classes
   then 3 tasks of 2;
+- caltech_birds2011_natural_100+10x10: CUB-200's natural order as Avalanche's ``SplitCUB200`` cuts
+  it by default, a first task of 100 classes then 10 of 10;
 - imagenet_sub_ccl_seed1_10x10: ``order = np.arange(100); np.random.seed(1);
   np.random.shuffle(order)``, cut into 10 tasks of 10 classes;
 - cifar100_cassle_seed5 and imagenet100_cassle_seed5 (5x20): ``torch.manual_seed(5);
@@ -41,6 +43,10 @@ IMAGENET100_LABELS = (
 FASHION_MNIST_LABELS = (
     "Fashion-MNIST labels 0-9 of the original IDX files (T-shirt/top, Trouser, Pullover, Dress, "
     "Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot; tfds fashion_mnist 'label')"
+)
+CUB200_LABELS = (
+    "CUB-200-2011 labels 0-199: the class ids of the archive's classes.txt minus 1 (tfds "
+    "caltech_birds2011 'label'; Avalanche's CUB200 targets)"
 )
 IMAGENET_SUB_LABELS = (
     "ImageNet-Sub labels 0-99: ImageNet's first 100 classes in sorted WordNet-id order, unchanged "
@@ -139,6 +145,28 @@ def fashion_mnist_genifer_files() -> list[dict]:
     ]
 
 
+def cub200_files() -> list[dict]:
+    """Avalanche's default class-incremental CUB-200 (``avalanche/benchmarks/classic/ccub200.py``,
+    ``SplitCUB200(n_experiences=11, classes_first_batch=100, shuffle=False)``): the classes in
+    their natural order, a first task of 100 then 10 tasks of 10."""
+    return [
+        _content(
+            name="caltech_birds2011_natural_100+10x10",
+            dataset="caltech_birds2011",
+            dataset_labels=CUB200_LABELS,
+            permutation=list(range(200)),
+            num_tasks=11,
+            task_sizes=[100] + [10] * 10,
+            description=(
+                "CUB-200-2011 classes in their natural order, as Avalanche's SplitCUB200 keeps "
+                "them by default (shuffle=False), cut into its default 11 experiences: a first "
+                "task of 100 classes (classes_first_batch=100), then 10 tasks of 10 "
+                "(avalanche/benchmarks/classic/ccub200.py)."
+            ),
+        )
+    ]
+
+
 def ccl_seed1_files() -> list[dict]:
     """CCL's ImageNet-Sub order in 10 tasks (VDIGPKU/ContinualContrastiveLearning ``train.py``
     l. 296-312, with its default ``--n-tasks`` of 10, l. 47)."""
@@ -224,7 +252,7 @@ def main(argv):
     if len(argv) > 2:
         raise app.UsageError("Usage: python -m experiments.make_splits [OUT_DIR]")
     out_dir = argv[1] if len(argv) == 2 else str(scenarios.SPLITS_DIR)
-    files = icarl1993_files() + fashion_mnist_genifer_files() + ccl_seed1_files()
+    files = icarl1993_files() + fashion_mnist_genifer_files() + cub200_files() + ccl_seed1_files()
     cassle = cassle_seed5_files()
     if not cassle:
         print("torch is not importable: the *_cassle_seed5.json files are left as they are.")

@@ -384,6 +384,7 @@ def test_make_scenario_data_incremental_uses_split_seed():
 
 def test_split_files_shipped():
     assert scenarios.split_file_names() == [
+        "caltech_birds2011_natural_100+10x10",
         "cifar100_cassle_seed5",
         "cifar100_icarl1993_10x10",
         "cifar100_icarl1993_20x5",
