@@ -138,7 +138,8 @@ def finished_run(_finished_runs_dir, mock_cifar10):
     return get
 
 
-_WHOLE_RUN_FIXTURES = {"mock_cifar10", "mock_tfds", "finished_run"}
+# test_multihost's one_process_run: its test starts two more runs in processes of their own.
+_WHOLE_RUN_FIXTURES = {"mock_cifar10", "mock_tfds", "finished_run", "one_process_run"}
 
 
 def pytest_collection_modifyitems(items):
