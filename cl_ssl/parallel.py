@@ -59,11 +59,12 @@ def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
 
 
 def gather_batch(mesh: jax.sharding.Mesh, images: np.ndarray, indices: np.ndarray) -> jax.Array:
-    """``images[indices]`` as a batch-sharded global array, read from host memory.
+    """``images[indices]`` as a batch-sharded global array, read from host memory or streamed.
 
     Args:
       mesh: the data mesh.
-      images: [N, ...] host array, whole on every process (a data set kept in host memory).
+      images: [N, ...] host array, whole on every process (a data set kept in host memory), or
+        ``streaming.StreamedImages``, which decodes the rows asked for only.
       indices: int [B], identical on every process.
 
     Returns:

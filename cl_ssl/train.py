@@ -124,7 +124,13 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         dataset=d.name,
         num_domains=sources.num_domains(d.name, tuple(d.domains)),
     )
-    read = dict(data_dir=d.data_dir or None, image_size=d.image_size, domains=tuple(d.domains))
+    read = dict(
+        data_dir=d.data_dir or None,
+        image_size=d.image_size,
+        domains=tuple(d.domains),
+        streaming=d.streaming,
+        read_threads=d.read_threads,
+    )
     train = sources.load_split(d.name, "train", **read)
     test = sources.load_split(d.name, "test", **read)
     scenario = scenarios.make_scenario(

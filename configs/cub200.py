@@ -20,7 +20,7 @@ task). With about 300 training images in each later task, an epoch there is a si
 
 Images are stored once at 224 x 224 (shorter side resized to 224, then the central square), as in
 the ImageNet-100 preset. The stored training set takes 0.9 GB, so it stays on the devices
-(``dataset.on_device=True``), unlike ImageNet-100's. CUB-200 must be prepared once with tfds
+(``dataset.on_device=True``), unlike ImageNet-100's, which streams from its records. CUB-200 must be prepared once with tfds
 (needs TensorFlow, ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare
 --dataset=caltech_birds2011 --data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``.
 """
@@ -35,9 +35,9 @@ def get_config(arg: str | None = None):
     config.class_order = "caltech_birds2011_natural_100+10x10"
     config.epochs_per_task = 400
     config_lib.use_imagenet_setting(config)
-    config.dataset.on_device = True
+    config.dataset.update(on_device=True, streaming=False)
     variants = config_lib.apply_variants(config, "cub200", arg, ("class_incremental",))
     if "runlocal" in variants:
         config_lib.use_imagenet_setting(config, image_size=32)
-        config.dataset.on_device = True
+        config.dataset.update(on_device=True, streaming=False)
     return config

@@ -15,10 +15,12 @@ Each task tests on its own domain's test images. CaSSLe's recipe otherwise (Fini
 settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the offline linear
 probe trained on all domains ("domain-agnostic", ``bash_files/linear/domainnet/domain/*.sh``).
 
-As for ImageNet-100, images are stored once at 224 x 224 (shorter side resized, central square)
-and kept in host memory, each step's batch sent to the devices: 62 GB for the six training
-domains and 27 GB for their test images, so the host needs about 90 GB free. DomainNet must be prepared once with tfds (``domainnet/<domain>`` for each domain, needs
-TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
+As for ImageNet-100, images are taken at 224 x 224 (shorter side resized, central square) and
+streamed from their records (``dataset.streaming=True``): each step's batch is read and decoded on
+the host when the step needs it, then sent to the devices. Stored whole they would take 62 GB for
+the six training domains and 27 GB for their test images (``--config.dataset.streaming=false``
+holds them in host memory). DomainNet must be prepared once with tfds (``domainnet/<domain>``
+for each domain, needs TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
 """
 
 from cl_ssl import config as config_lib

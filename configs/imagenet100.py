@@ -26,9 +26,11 @@ Barlow Twins, SwAV and VICReg have one). CaSSLe's offline linear probe (``main_l
 Two differences from CaSSLe's pipeline: every image is stored once at 224 x 224 (shorter side
 resized to 224, then the central square), so the random resized crops are taken from that square,
 not from the full image, and the probes see that square, not the usual 256-pixel resize with a
-central 224 crop. The stored training set (19 GB) stays in host memory, and each
-step's batch goes to the devices, where it is augmented (``dataset.on_device=False``; on an
-accelerator with room for it, ``--config.dataset.on_device=true`` keeps it there instead).
+central 224 crop. The images are streamed from their records (``dataset.streaming=True``): each
+step's batch is read and decoded on the host when the step needs it, and goes to the devices,
+where it is augmented. Stored whole, the training set would take 19 GB
+(``--config.dataset.streaming=false`` holds it in host memory; with
+``--config.dataset.on_device=true`` too, an accelerator with room for it keeps it instead).
 
 ImageNet must be prepared once with tfds (``imagenet2012``; needs TensorFlow,
 ``pip install '.[prepare]'``): put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in

@@ -1,6 +1,7 @@
 """ImageNet-100, ImageNet-Sub and DomainNet: class subset, domains, images of varying size, the
 domain-incremental scenario and the presets, on tfds mock data."""
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -59,29 +60,42 @@ def test_square_resize_keeps_the_central_square():
     np.testing.assert_array_equal(gray, np.full((4, 4, 3), 9))
 
 
-def test_domainnet_concatenates_domains_in_the_order_given(monkeypatch):
+class _ListSource(list):
+    """A list as a tfds data source: random access, and ``__getitems__`` for batched reads."""
+
+    def __getitems__(self, keys):
+        return [self[k] for k in keys]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_domainnet_concatenates_domains_in_the_order_given(monkeypatch, streaming):
     """Each domain's images land in its own rows, in the order asked for (a stand-in reader
-    gives domain k of DOMAINNET_CASSLE_ORDER k + 1 images of value k and label k)."""
+    gives domain k of DOMAINNET_CASSLE_ORDER k + 1 images of value k and label k), whether read
+    into memory or streamed."""
     read = []
 
-    def reader(name, split, data_dir, image_size):
+    def reader(name, split, data_dir, image_size, classes, undecoded):
         k = sources.DOMAINNET_CASSLE_ORDER.index(name.split("/")[1])
-        read.append((name, split, image_size))
-
-        def fill(images, labels):
-            images[:], labels[:] = k, k
-
-        return sources._TfdsReader(k + 1, (image_size, image_size, 3), 345, fill)
+        read.append((name, split, image_size, undecoded))
+        shape = (image_size, image_size, 3)
+        source = _ListSource([{"image": np.full(shape, k, np.uint8), "label": k}] * (k + 1))
+        return sources._TfdsReader(source, np.arange(k + 1), np.arange(345), shape, 0, 345)
 
     monkeypatch.setattr(sources, "_tfds_reader", reader)
-    split = sources.load_split("domainnet", "test", image_size=4, domains=("sketch", "real"))
-    assert read == [("domainnet/sketch", "test", 4), ("domainnet/real", "test", 4)]
+    split = sources.load_split(
+        "domainnet", "test", image_size=4, domains=("sketch", "real"), streaming=streaming
+    )
+    assert read == [
+        ("domainnet/sketch", "test", 4, streaming),
+        ("domainnet/real", "test", 4, streaming),
+    ]
     np.testing.assert_array_equal(split.labels, [3, 3, 3, 3, 0])  # sketch is domain 3, real 0
     np.testing.assert_array_equal(split.images[:, 0, 0, 0], [3, 3, 3, 3, 0])
     np.testing.assert_array_equal(split.domains, [0, 0, 0, 0, 1])
-    default = sources.load_split("domainnet", "train", image_size=2)
+    default = sources.load_split("domainnet", "train", image_size=2, streaming=streaming)
     np.testing.assert_array_equal(np.bincount(default.domains), [1, 2, 3, 4, 5, 6])
     np.testing.assert_array_equal(default.labels, np.repeat(np.arange(6), np.arange(1, 7)))
+    np.testing.assert_array_equal(default.images[[20, 0, 3]][:, 0, 0, 0], [5, 0, 2])
 
 
 def test_domainnet_reads_every_domain_of_the_tfds_data(mock_tfds):
@@ -193,18 +207,29 @@ def test_imagenet_recipe_fills_the_imagenet100_values():
         resolve_config(c)
 
 
-def test_domainnet_runlocal_preset_trains_end_to_end(mock_tfds, tmp_path):
-    """Two of DomainNet's domains as two domain-incremental tasks, the images in host memory and
-    the ImageNet setting of the ImageNet-100 preset too (whose plan test_train checks)."""
+def test_domainnet_runlocal_preset_streams_the_numbers_of_the_in_memory_run(mock_tfds, tmp_path):
+    """Two of DomainNet's domains as two domain-incremental tasks, streamed from the records (the
+    ImageNet setting of the ImageNet-100 preset too, whose plan test_train checks), killed
+    mid-task and resumed: the accuracies and the final state equal those of the run with the
+    images in host memory."""
     config = shipped_config("domainnet", "runlocal,cassle")
-    config.update(batch_size=8, progress_bar=False, num_tasks=2)
+    config.update(batch_size=8, progress_bar=False, num_tasks=2, checkpoint_every_steps=2)
     config.dataset.domains = ("real", "sketch")
     config.eval.update(train_examples=64, plots=False, evaluators=("knn",))
+    assert config.dataset.streaming and not config.dataset.on_device
+    in_memory = config.copy_and_resolve_references()
+    in_memory.dataset.streaming = False
     with mock_tfds(num_examples=24):
-        result = _run(config, tmp_path)
+        whole = _run(in_memory, tmp_path / "in_memory")
+        stopped = config.copy_and_resolve_references()
+        stopped.stop_after_steps = 2  # mid task 1 (3 steps of 8 of its 24 images)
+        assert _run(stopped, tmp_path / "streamed")["stopped"]
+        result = _run(config, tmp_path / "streamed")
     R = result["matrices"]["knn"]
     assert R.shape == (3, 2) and np.all((R >= 0) & (R <= 100))
     assert int(result["state"].task) == 2
+    np.testing.assert_array_equal(R, whole["matrices"]["knn"])
+    chex.assert_trees_all_equal(result["state"].params, whole["state"].params)
 
 
 @pytest.mark.parametrize(

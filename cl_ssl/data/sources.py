@@ -1,7 +1,8 @@
-"""Whole image-classification data sets as NumPy arrays.
+"""Image-classification data sets as NumPy arrays, or streamed from their records.
 
-Data sets are read once into host memory; the training code then puts the arrays on the device
-for the whole run. Sources:
+A split is read once into host memory, and the training code then keeps it on the devices or in
+host memory, or, for tfds data sets with ``streaming``, its labels only are read and its images
+stay in their records until a batch needs them (``streaming.StreamedImages``). Sources:
 
 - ``'fashion_mnist_idx'``: the original Fashion-MNIST IDX files, as installed offline by Debian's
   ``dataset-fashion-mnist`` package;
@@ -14,12 +15,13 @@ for the whole run. Sources:
 - any other name: a prepared tfds data set.
 
 tfds data sets are read without TensorFlow through their ArrayRecord data source
-(``tfds.data_source``). Images of varying size (ImageNet, DomainNet) are stored at one size,
-``image_size``: shorter side resized to it, then the central square, each written once into one
-preallocated array. At 224 pixels ImageNet-100's training set takes 19 GB (ImageNet-Sub's, also
-100 ImageNet classes, about as much) and DomainNet's six training domains 62 GB (27 GB more for
-their test images), so their presets keep them in host memory (``dataset.on_device=False``)
-rather than on every device.
+(``tfds.data_source``). Images of varying size (ImageNet, DomainNet) are stored, or streamed, at
+one size, ``image_size``: shorter side resized to it, then the central square. Read into memory,
+each is written once into one preallocated array. At 224 pixels ImageNet-100's training set takes
+19 GB (ImageNet-Sub's, also 100 ImageNet classes, about as much) and DomainNet's six training
+domains 62 GB (27 GB more for their test images), so their presets stream them
+(``dataset.streaming=True``). The ImageNet ones choose their 100 classes in a first pass over the
+records' labels, which decodes no image.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ import gzip
 import io
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from cl_ssl.data import streaming as streaming_lib
 
 FASHION_MNIST_IDX = "fashion_mnist_idx"
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
@@ -107,8 +112,10 @@ def load_split(
     data_dir: str | None = None,
     image_size: int = 0,
     domains: Sequence[str] = (),
+    streaming: bool = False,
+    read_threads: int = 16,
 ) -> ArraySplit:
-    """Reads a whole split into memory.
+    """Reads a whole split into memory, or, with ``streaming``, its labels and where its images are.
 
     Args:
       name: ``'fashion_mnist_idx'`` for the Debian IDX files, ``'imagenet100'``,
@@ -123,9 +130,14 @@ def load_split(
         bicubic interpolation, then the central S x S crop); needed for data sets whose images
         vary in size. 0 keeps the images as they are.
       domains: DomainNet only: the domains to read, in task order; empty for CaSSLe's order.
+      streaming: tfds data sets only: the images stay in their records, read and decoded when
+        indexed (``streaming.StreamedImages``, ``read_threads`` threads), so that host memory
+        holds the labels and the images of the batch being read, not the split.
+      read_threads: threads that decode the images of a streamed read.
 
     Returns:
-      The split: images uint8 [N, H, W, C], labels int32 [N], and for DomainNet domains int32 [N].
+      The split: images uint8 [N, H, W, C] (an array, or ``StreamedImages``), labels int32 [N], and
+      for DomainNet domains int32 [N].
 
     Raises:
       FileNotFoundError: the data are not on disk; the message says how to get them.
@@ -134,6 +146,11 @@ def load_split(
     if domains and name != DOMAINNET:
         raise ValueError(f"domains={list(domains)} apply to {DOMAINNET!r} only, not to {name!r}.")
     if name == FASHION_MNIST_IDX:
+        if streaming:
+            raise ValueError(
+                f"{FASHION_MNIST_IDX!r} is read whole from its IDX files and cannot stream; set "
+                "streaming=False (--config.dataset.streaming=false)."
+            )
         if image_size:
             raise ValueError(f"{FASHION_MNIST_IDX!r} keeps its 28x28 images; set image_size=0.")
         return _load_idx_split(split, data_dir or DEFAULT_IDX_DIR)
@@ -142,30 +159,58 @@ def load_split(
         if tfds_split is None:
             raise ValueError(f"Split {split!r} does not exist for {name!r}; use 'train' or 'test'.")
         classes = imagenet100_classes() if name == IMAGENET100 else imagenet_sub_classes()
-        return _load_tfds_split("imagenet2012", tfds_split, data_dir, image_size, classes=classes)
-    if name == DOMAINNET:
-        return _load_domains(split, data_dir, image_size, list(domains or DOMAINNET_CASSLE_ORDER))
-    return _load_tfds_split(name, split, data_dir, image_size)
+        readers = [
+            _tfds_reader("imagenet2012", tfds_split, data_dir, image_size, classes, streaming)
+        ]
+    elif name == DOMAINNET:
+        readers = _domain_readers(
+            split, data_dir, image_size, list(domains or DOMAINNET_CASSLE_ORDER), streaming
+        )
+    else:
+        readers = [_tfds_reader(name, split, data_dir, image_size, None, streaming)]
+    return _read(readers, streaming, read_threads, domains=name == DOMAINNET)
 
 
-def _load_domains(split: str, data_dir: str | None, image_size: int, domains: list[str]):
-    """Reads tfds ``domainnet/<domain>`` for each domain, in that order, into one array."""
+def _domain_readers(
+    split: str, data_dir: str | None, image_size: int, domains: list[str], streaming: bool
+) -> list[_TfdsReader]:
+    """A reader of tfds ``domainnet/<domain>`` for each domain, in that order."""
     unknown = sorted(set(domains) - set(DOMAINNET_CASSLE_ORDER))
     if unknown or len(set(domains)) != len(domains):
         raise ValueError(
             f"domains={domains} must be distinct DomainNet domains, of {list(DOMAINNET_CASSLE_ORDER)}."
         )
-    readers = [_tfds_reader(f"{DOMAINNET}/{d}", split, data_dir, image_size) for d in domains]
+    return [
+        _tfds_reader(f"{DOMAINNET}/{d}", split, data_dir, image_size, None, streaming)
+        for d in domains
+    ]
+
+
+def _read(
+    readers: list[_TfdsReader], streaming: bool, read_threads: int, *, domains: bool
+) -> ArraySplit:
+    """The readers' examples, one after the other, as one split (with each example's reader as
+    its domain when ``domains``): read into one preallocated array, each image written once
+    straight into its row, or streamed."""
     sizes = [r.size for r in readers]
-    images, labels = _allocate(sum(sizes), readers[0].image_shape)
-    starts = np.cumsum([0, *sizes[:-1]])
-    for reader, start, stop in zip(readers, starts, np.cumsum(sizes), strict=True):
-        reader.fill(images[start:stop], labels[start:stop])  # views: filled in place
+    if streaming:
+        images = streaming_lib.StreamedImages(
+            [(r.source, r.records) for r in readers],
+            readers[0].image_shape,
+            readers[0].decode,
+            num_threads=read_threads,
+        )
+        labels = np.concatenate([r.labels() for r in readers])
+    else:
+        images, labels = _allocate(sum(sizes), readers[0].image_shape)
+        starts = np.cumsum([0, *sizes[:-1]])
+        for reader, start, stop in zip(readers, starts, np.cumsum(sizes), strict=True):
+            reader.fill(images[start:stop], labels[start:stop])  # views: filled in place
     return ArraySplit(
         images=images,
         labels=labels,
         num_classes=readers[0].num_classes,
-        domains=np.repeat(np.arange(len(readers), dtype=np.int32), sizes),
+        domains=np.repeat(np.arange(len(readers), dtype=np.int32), sizes) if domains else None,
     )
 
 
@@ -254,41 +299,65 @@ def _load_idx_split(split: str, data_dir: str) -> ArraySplit:
     return ArraySplit(images=images[..., None], labels=labels, num_classes=_FASHION_MNIST_CLASSES)
 
 
-def _load_tfds_split(
-    name: str,
-    split: str,
-    data_dir: str | None,
-    image_size: int = 0,
-    classes: Sequence[str] | None = None,
-) -> ArraySplit:
-    """Reads a prepared tfds image-classification split through its random-access data source.
-
-    ``classes``: keep only the examples of these class names, relabelled by their position in
-    the list.
-    """
-    reader = _tfds_reader(name, split, data_dir, image_size, classes)
-    images, labels = _allocate(reader.size, reader.image_shape)
-    reader.fill(images, labels)
-    return ArraySplit(images=images, labels=labels, num_classes=reader.num_classes)
-
-
 @dataclasses.dataclass(frozen=True)
 class _TfdsReader:
     """The examples of one tfds split that a run keeps, and how to read them.
 
     Attributes:
-      size: number of examples kept.
+      source: the split's random-access data source (``tfds.data_source``).
+      records: int [size], the records kept, in record order.
+      relabel: int [C_tfds], the label a kept record's tfds label becomes.
       image_shape: (H, W, C) of the images as stored.
+      image_size: S > 0 stores images as S x S central squares; 0 as they are.
       num_classes: size of the label space after relabelling.
-      fill: fill(images, labels) writes the kept examples, in record order, into uint8
-        [size, H, W, C] and int32 [size] arrays: each image is written once, straight into its
-        row, so a split never exists twice in memory.
+      kept_labels: int32 [size], the kept records' labels when a first pass has read them.
     """
 
-    size: int
+    source: Any
+    records: np.ndarray
+    relabel: np.ndarray
     image_shape: tuple[int, ...]
+    image_size: int
     num_classes: int
-    fill: Callable[[np.ndarray, np.ndarray], None]
+    kept_labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+    def decode(self, image) -> np.ndarray:
+        """uint8 [*image_shape] from an image feature: encoded bytes (read undecoded) or an array."""
+        if self.image_size > 0:
+            return _square(image, self.image_size)
+        if isinstance(image, bytes):
+            image = np.asarray(Image.open(io.BytesIO(image)))
+        return image.reshape(self.image_shape)
+
+    def labels(self) -> np.ndarray:
+        """int32 [size], the kept records' labels (a pass over the records unless one was made)."""
+        if self.kept_labels is not None:
+            return self.kept_labels
+        return _read_labels(self.source, self.records, self.relabel)
+
+    def fill(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Writes the kept examples, in record order, into uint8 [size, H, W, C] and int32 [size]
+        arrays: each image once, straight into its row, so a split never exists twice in
+        memory."""
+        # PIL decodes and resizes outside the GIL: threads share the work.
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            start = 0
+            for batch in _batches(self.source, self.records):
+                stop = start + len(batch)
+                labels[start:stop] = self.relabel[[ex["label"] for ex in batch]]
+                for row, image in enumerate(pool.map(lambda ex: self.decode(ex["image"]), batch)):
+                    images[start + row] = image
+                start = stop
+
+
+def _read_labels(source, records: np.ndarray, relabel: np.ndarray) -> np.ndarray:
+    """int32 [len(records)]: ``relabel`` of the tfds labels of ``records``."""
+    labels = [ex["label"] for batch in _batches(source, records) for ex in batch]
+    return relabel[np.asarray(labels, np.int64)].astype(np.int32)
 
 
 def _tfds_reader(
@@ -297,9 +366,11 @@ def _tfds_reader(
     data_dir: str | None,
     image_size: int,
     classes: Sequence[str] | None = None,
+    undecoded: bool = False,
 ) -> _TfdsReader:
     """Opens a tfds split; with ``classes``, a first pass reads the labels to find the examples
-    to keep (images of varying size are read undecoded and decoded only when kept)."""
+    to keep. Images of varying size, and every image when ``undecoded`` (streaming), are read
+    as their encoded bytes and decoded by the reader, only when kept."""
     import tensorflow_datasets as tfds
 
     try:
@@ -325,7 +396,8 @@ def _tfds_reader(
             f"tfds data set {name!r} has images of varying size {image_shape}; set "
             "--config.dataset.image_size to the side at which to store them (e.g. 224)."
         )
-    decoders = {"image": tfds.decode.SkipDecoding()} if None in image_shape else None
+    skip = undecoded or None in image_shape
+    decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
     try:
         source = builder.as_data_source(split=split, decoders=decoders)
     except NotImplementedError as e:
@@ -342,6 +414,7 @@ def _tfds_reader(
     records = np.arange(len(source))
     num_classes = int(features["label"].num_classes)
     relabel = np.arange(num_classes)
+    kept_labels = None
     if classes is not None:
         names = features["label"].names
         missing = sorted(set(classes) - set(names))
@@ -349,10 +422,9 @@ def _tfds_reader(
             raise ValueError(f"tfds data set {name!r} has no classes {missing[:5]}.")
         position = {c: i for i, c in enumerate(classes)}
         relabel = np.array([position.get(n, -1) for n in names])  # old label -> new, or -1
-        labels = np.concatenate(
-            [[ex["label"] for ex in batch] for batch in _batches(source, records)]
-        )
-        records = records[relabel[labels] >= 0]
+        kept_labels = _read_labels(source, records, relabel)
+        records = records[kept_labels >= 0]
+        kept_labels = kept_labels[kept_labels >= 0]
         num_classes = len(classes)
         if records.size == 0:
             raise ValueError(
@@ -360,23 +432,7 @@ def _tfds_reader(
             )
     if image_size > 0:
         image_shape = (image_size, image_size, 3)
-
-    def fill(images: np.ndarray, labels: np.ndarray) -> None:
-        # PIL decodes and resizes outside the GIL: threads share the work.
-        with concurrent.futures.ThreadPoolExecutor() as pool:
-            start = 0
-            for batch in _batches(source, records):
-                stop = start + len(batch)
-                labels[start:stop] = relabel[[ex["label"] for ex in batch]]
-                if image_size > 0:
-                    rows = pool.map(lambda ex: _square(ex["image"], image_size), batch)
-                else:
-                    rows = (ex["image"] for ex in batch)
-                for row, image in enumerate(rows, start):
-                    images[row] = image
-                start = stop
-
-    return _TfdsReader(records.size, image_shape, num_classes, fill)
+    return _TfdsReader(source, records, relabel, image_shape, image_size, num_classes, kept_labels)
 
 
 def _batches(source, records: np.ndarray):
