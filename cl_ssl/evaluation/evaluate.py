@@ -137,8 +137,9 @@ class Evaluator:
 
     def map_images(self, fn, variables, *rows: np.ndarray) -> np.ndarray:
         """``fn(variables, *row chunks)`` over the rows of ``rows`` (host arrays of N rows each, such
-        as uint8 images [N, H, W, C]) in fixed-size batches sharded over the devices, its [b, ...]
-        outputs concatenated to [N, ...]. ``fn`` is jitted once (per function object)."""
+        as uint8 images [N, H, W, C], or streamed images) in fixed-size batches sharded over the
+        devices, its [b, ...] outputs concatenated to [N, ...]. ``fn`` is jitted once (per function
+        object)."""
         if fn not in self._jitted:
             self._jitted[fn] = jax.jit(
                 fn,
@@ -147,22 +148,18 @@ class Evaluator:
                 # Gathered on every device, so that every process can read every row.
                 out_shardings=parallel.replicated(self._mesh),
             )
-        b = self._batch_size
+        b, n = self._batch_size, len(rows[0])
         out = []
-        starts = range(0, len(rows[0]), b)
         for start in tqdm.tqdm(
-            starts, "features", unit="batch", leave=False, disable=not self._progress
+            range(0, n, b), "features", unit="batch", leave=False, disable=not self._progress
         ):
-            chunks = [r[start : start + b] for r in rows]
-            padded = [
-                parallel.global_batch(
-                    self._mesh,
-                    np.concatenate([c, np.zeros((b - len(c),) + c.shape[1:], c.dtype)]),
-                )
-                for c in chunks
-            ]
-            y = self._jitted[fn](variables, *padded)
-            out.append(np.asarray(jax.device_get(y))[: len(chunks[0])])
+            # The last batch is padded with copies of the last row, whose outputs are dropped;
+            # each process reads only the rows its devices take (a streamed split decodes those).
+            ids = np.minimum(np.arange(start, start + b), n - 1)
+            y = self._jitted[fn](
+                variables, *(parallel.gather_batch(self._mesh, r, ids) for r in rows)
+            )
+            out.append(np.asarray(jax.device_get(y))[: min(b, n - start)])
         return np.concatenate(out)
 
     def features(self, variables, images: np.ndarray) -> np.ndarray:
