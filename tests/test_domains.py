@@ -53,10 +53,10 @@ def test_imagenet_sub_keeps_imagenet_labels_0_to_99_unchanged(mock_tfds):
 def test_square_resize_keeps_the_central_square():
     image = np.zeros((40, 20, 3), np.uint8)
     image[4:36] = 255  # white around the central 20 x 20 square of a tall image, black ends
-    out = sources._square(image, 10)  # resized to 10 x 20, then rows 5-14 kept
+    out = sources.central_square(image, 10)  # resized to 10 x 20, then rows 5-14 kept
     assert out.shape == (10, 10, 3)
     assert out.min() >= 250  # only the white band: the black ends were cropped away
-    gray = sources._square(np.full((7, 9, 1), 9, np.uint8), 4)
+    gray = sources.central_square(np.full((7, 9, 1), 9, np.uint8), 4)
     np.testing.assert_array_equal(gray, np.full((4, 4, 3), 9))
 
 

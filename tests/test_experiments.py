@@ -27,6 +27,27 @@ def test_throughput_script_runs_the_train_step():
     assert "jax" in out.stdout and "images/s" in out.stdout
 
 
+def test_input_throughput_script_times_streamed_reads_and_the_steps_need():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "experiments/input_throughput.py",
+            "--threads=1,2",
+            "--images=8",
+            "--records=4",
+            "--batch_size=4",
+            "--image_size=32",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert len(rows) == 2 and all(float(r[1]) > 0 for r in rows)
+    assert "GFLOP per image at 32 px" in out.stdout and "cores decode" in out.stdout
+
+
 def _quality(tmp_path, *extra):
     return subprocess.run(
         [

@@ -219,7 +219,7 @@ def _allocate(size: int, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.n
     return np.empty((size, *image_shape), np.uint8), np.empty(size, np.int32)
 
 
-def _square(image, size: int) -> np.ndarray:
+def central_square(image, size: int) -> np.ndarray:
     """uint8 [size, size, 3] from an encoded image (bytes) or a uint8 [H, W, C] array: shorter
     side resized to ``size`` (bicubic), then the central square."""
     if isinstance(image, bytes):
@@ -328,7 +328,7 @@ class _TfdsReader:
     def decode(self, image) -> np.ndarray:
         """uint8 [*image_shape] from an image feature: encoded bytes (read undecoded) or an array."""
         if self.image_size > 0:
-            return _square(image, self.image_size)
+            return central_square(image, self.image_size)
         if isinstance(image, bytes):
             image = np.asarray(Image.open(io.BytesIO(image)))
         return image.reshape(self.image_shape)
