@@ -40,9 +40,10 @@ def test_bad_indices_are_refused_as_for_an_array():
         images[np.array([0.5])]
 
 
-def test_each_device_reads_its_own_rows_of_a_batch_once():
-    """``parallel.gather_batch`` on four devices: the global batch equals the in-memory one's, and
-    every image of it is decoded once, by the device that holds its row."""
+def test_a_process_reads_the_rows_of_its_devices_once():
+    """``parallel.gather_batch`` on four devices: the global batch equals the in-memory one's, its
+    rows are decoded once each (in one read of the process's rows), and each device holds its own
+    rows."""
     stored = np.random.default_rng(1).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
     decoded = collections.Counter()
 
