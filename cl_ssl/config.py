@@ -288,9 +288,9 @@ def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 22
     """CaSSLe's ImageNet-100 and DomainNet setting (its ``bash_files/continual/imagenet-100``
     and ``domainnet`` scripts, and ``main_linear.py``).
 
-    Images stored and cropped at ``image_size`` and streamed from their records (their data sets
-    outgrow host memory: 20 GB for ImageNet-100, 89 GB for DomainNet at 224 pixels), the ResNet's ImageNet
-    stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
+    Images taken and cropped at ``image_size`` and streamed from their records (held whole, they
+    would take 20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), the ResNet's
+    ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
     offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
     prototypes frozen for 5 epochs.
     """

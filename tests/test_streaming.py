@@ -61,3 +61,8 @@ def test_a_process_reads_the_rows_of_its_devices_once():
     for shard in got.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), stored[batch[shard.index[0]]])
     assert len({s.device for s in got.addressable_shards}) == 4 == jax.device_count()
+
+
+def test_the_idx_files_cannot_stream():
+    with pytest.raises(ValueError, match="cannot stream; set streaming=False"):
+        sources.load_split("fashion_mnist_idx", "train", streaming=True)

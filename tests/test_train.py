@@ -137,6 +137,14 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
         ({"eval.forgetting": "max"}, "eval.forgetting='max'; choose among"),
         ({"eval.batch_size": 30}, "eval.batch_size=30 is not divisible"),
         ({"keep_checkpoints": 1}, "keep at least 2"),
+        (
+            {"dataset.streaming": True},
+            "streaming=True reads each batch.*set dataset.on_device=False",
+        ),
+        (
+            {"dataset.streaming": True, "dataset.on_device": False, "dataset.read_threads": 0},
+            "dataset.read_threads=0; set it to at least 1",
+        ),
         ({"checkpoint_every_steps": 0}, "checkpoint_every_steps=0"),
         ({"epochs_per_task": 2, "optimizer.warmup_epochs": 2}, "warmup_epochs=2 must lie in"),
         ({"optimizer.name": "sgd"}, "of optimizer 'sgd' do not fit"),
