@@ -284,19 +284,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def use_imagenet_setting(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
+def use_imagenet_setting(
+    config: ml_collections.ConfigDict, image_size: int = 224, *, on_device: bool = False
+) -> None:
     """CaSSLe's ImageNet-100 and DomainNet setting (its ``bash_files/continual/imagenet-100``
     and ``domainnet`` scripts, and ``main_linear.py``).
 
     Images taken and cropped at ``image_size`` and streamed from their records (held whole, they
-    would take 20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), the ResNet's
+    would take 20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), or, ``on_device``,
+    read once and kept on the devices (data sets that fit, such as CUB-200), the ResNet's
     ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
     offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
     prototypes frozen for 5 epochs.
     """
     config.dataset.image_size = image_size
-    config.dataset.on_device = False
-    config.dataset.streaming = True
+    config.dataset.update(on_device=on_device, streaming=not on_device)
     config.model.stem = "imagenet"
     if config.recipe == "cifar":  # a strategy's own recipe (CCL's) stays
         config.recipe = "imagenet"

@@ -1,8 +1,8 @@
 """Device mesh and shardings: data parallelism by sharding the batch, not by hand.
 
 One 1-D mesh over every device of every host, axis ``data``. The train state and the on-device data
-sets are replicated; each step's batch of example indices (or, for a data set kept in host memory,
-of images) is sharded along ``data``. Under ``jax.jit`` the losses then see the global batch, and
+sets are replicated; each step's batch of example indices (or, for a data set kept in host memory
+or streamed, of images) is sharded along ``data``. Under ``jax.jit`` the losses then see the global batch, and
 BatchNorm statistics and contrastive negatives cover all devices without hand-written collectives.
 """
 
@@ -83,9 +83,11 @@ def gather_batch(mesh: jax.sharding.Mesh, images: np.ndarray, indices: np.ndarra
             ]
         )
     )
-    rows = images[indices[local]]
+    # One read of the distinct examples (a replayed or padding row may repeat).
+    examples, row_of = np.unique(indices[local], return_inverse=True)
+    read = images[examples]
     return jax.make_array_from_callback(
-        shape, sharding, lambda index: rows[np.searchsorted(local, positions[index[0]])]
+        shape, sharding, lambda index: read[row_of[np.searchsorted(local, positions[index[0]])]]
     )
 
 

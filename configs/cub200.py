@@ -34,10 +34,8 @@ def get_config(arg: str | None = None):
     config.num_tasks = 11
     config.class_order = "caltech_birds2011_natural_100+10x10"
     config.epochs_per_task = 400
-    config_lib.use_imagenet_setting(config)
-    config.dataset.update(on_device=True, streaming=False)
+    config_lib.use_imagenet_setting(config, on_device=True)
     variants = config_lib.apply_variants(config, "cub200", arg, ("class_incremental",))
     if "runlocal" in variants:
-        config_lib.use_imagenet_setting(config, image_size=32)
-        config.dataset.update(on_device=True, streaming=False)
+        config_lib.use_imagenet_setting(config, image_size=32, on_device=True)
     return config

@@ -36,7 +36,8 @@ ImageNet must be prepared once with tfds (``imagenet2012``; needs TensorFlow,
 ``pip install '.[prepare]'``): put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 DIR/downloads/manual (tfds does not download ImageNet), run ``python -m cl_ssl.data.prepare
 --dataset=imagenet2012 --data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``. A run reads
-the whole of imagenet2012's records and decodes the 100 classes' images only.
+the labels of all of imagenet2012's records at its start (a pass that decodes no image) to find
+the 100 classes' images, then decodes each batch's images when the step needs them.
 """
 
 from cl_ssl import config as config_lib

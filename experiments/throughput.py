@@ -13,8 +13,9 @@ utilisation of the JAX step when the device's peak is known.
 With ``--strategy=cassle`` (or ``pfr``) the step runs in the second task, so it includes the frozen
 teacher's forward pass and the distillation predictor; compare its images/s with finetune's.
 ``--on_device=false`` keeps the images in host memory and sends each step's batch to the devices
-(``dataset.on_device=False``, the ImageNet-100 and DomainNet presets' path); the timed loop then
-includes reading and transferring the batch.
+(``dataset.on_device=False``); the timed loop then includes reading and transferring the batch.
+The ImageNet-100 and DomainNet presets also decode each batch from its records
+(``dataset.streaming``), whose cost experiments/input_throughput.py measures.
 
 The PyTorch peer needs the `bench` extra (`pip install -e '.[bench]'`); it is skipped if absent.
 """

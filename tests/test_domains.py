@@ -74,7 +74,7 @@ def test_domainnet_concatenates_domains_in_the_order_given(monkeypatch, streamin
     into memory or streamed."""
     read = []
 
-    def reader(name, split, data_dir, image_size, classes, undecoded):
+    def reader(name, split, data_dir, image_size, classes=None, undecoded=False):
         k = sources.DOMAINNET_CASSLE_ORDER.index(name.split("/")[1])
         read.append((name, split, image_size, undecoded))
         shape = (image_size, image_size, 3)

@@ -1,7 +1,5 @@
 """Streamed images: the pixels of the in-memory split, read where and when a batch needs them."""
 
-import collections
-
 import jax
 import numpy as np
 import pytest
@@ -32,35 +30,71 @@ def test_streamed_split_holds_the_in_memory_splits_images_and_labels(mock_tfds, 
     assert streamed.images[np.arange(0)].shape == (0, *whole.images.shape[1:])
 
 
-def test_bad_indices_are_refused_as_for_an_array():
-    images = streaming.StreamedImages([([], np.arange(0))], (2, 2, 1), decode=np.asarray)
-    with pytest.raises(IndexError, match="out of range for 0 images"):
-        images[[0]]
-    with pytest.raises(TypeError, match="ints or a slice"):
+def _numbered(n, num_threads=2):
+    """StreamedImages of ``n`` 1 x 1 images whose pixel is the record number, and the log of the
+    records each read decodes."""
+    reads = []
+
+    class Logged(streaming.StreamedImages):
+        def __getitem__(self, key):
+            reads.append(key)
+            return super().__getitem__(key)
+
+    source = [{"image": r} for r in range(n)]
+    images = Logged(
+        [(source, np.arange(n))],
+        (1, 1, 1),
+        lambda r: np.full((1, 1, 1), r, np.uint8),
+        num_threads=num_threads,
+    )
+    return images, reads
+
+
+def test_indices_masks_and_subsets_select_as_for_an_array():
+    images, _ = _numbered(6)
+    stored = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1)
+    for key in (
+        [4, -1, 0],
+        np.array([True, False, True, False, False, True]),
+        [],
+        slice(1, None, 2),
+    ):
+        np.testing.assert_array_equal(images[key], stored[key])
+    part = images.subset([5, 2, 3])
+    assert isinstance(part, streaming.StreamedImages) and part.shape == (3, 1, 1, 1)
+    np.testing.assert_array_equal(part[[0, 2]], stored[[5, 3]])
+    np.testing.assert_array_equal(streaming.subset(stored, [5, 2]), stored[[5, 2]])
+
+
+def test_bad_indices_and_whole_reads_are_refused():
+    images, _ = _numbered(3)
+    with pytest.raises(IndexError, match="out of range for 3 images"):
+        images[[3]]
+    with pytest.raises(TypeError, match="ints, a slice or a mask"):
         images[np.array([0.5])]
+    with pytest.raises(IndexError, match="one-dimensional"):
+        images[np.zeros((2, 2), int)]
+    with pytest.raises(IndexError, match="needs shape \\(3,\\)"):
+        images[np.array([True, False])]
+    with pytest.raises(TypeError, match="would read them all"):
+        np.asarray(images)
+    with pytest.raises(TypeError, match="would read them all"):
+        list(images)
 
 
 def test_a_process_reads_the_rows_of_its_devices_once():
-    """``parallel.gather_batch`` on four devices: the global batch equals the in-memory one's, its
-    rows are decoded once each (in one read of the process's rows), and each device holds its own
-    rows."""
-    stored = np.random.default_rng(1).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
-    decoded = collections.Counter()
-
-    def decode(record):
-        decoded[int(record)] += 1
-        return stored[record]
-
-    source = [{"image": r} for r in range(20)]
-    images = streaming.StreamedImages([(source, np.arange(20))], (4, 4, 3), decode, num_threads=2)
-    mesh = parallel.make_mesh(4)
+    """``parallel.gather_batch`` on four devices: the global batch is the in-memory one, read in
+    one read of the process's rows with each distinct example decoded once, and each device
+    holds its own rows."""
+    images, reads = _numbered(20)
+    stored = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
     batch = np.array([7, 3, 19, 0, 12, 5, 5, 8], np.int32)  # a replayed example may repeat
-    got = parallel.gather_batch(mesh, images, batch)
+    got = parallel.gather_batch(parallel.make_mesh(4), images, batch)
     np.testing.assert_array_equal(np.asarray(got), stored[batch])
-    assert decoded == collections.Counter(batch.tolist())
+    assert len(reads) == 1 and sorted(reads[0]) == sorted(set(batch.tolist()))
+    assert len({s.device for s in got.addressable_shards}) == 4 == jax.device_count()
     for shard in got.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), stored[batch[shard.index[0]]])
-    assert len({s.device for s in got.addressable_shards}) == 4 == jax.device_count()
 
 
 def test_the_idx_files_cannot_stream():

@@ -20,8 +20,9 @@ one size, ``image_size``: shorter side resized to it, then the central square. R
 each is written once into one preallocated array. At 224 pixels ImageNet-100's training set takes
 19 GB (ImageNet-Sub's, also 100 ImageNet classes, about as much) and DomainNet's six training
 domains 62 GB (27 GB more for their test images), so their presets stream them
-(``dataset.streaming=True``). The ImageNet ones choose their 100 classes in a first pass over the
-records' labels, which decodes no image.
+(``dataset.streaming=True``). A streamed split still reads its labels at every start, in a pass
+over all its records that decodes no image (the ImageNet ones make that pass anyway, to find
+their 100 classes).
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ class ArraySplit:
     """One split of an image-classification data set.
 
     Attributes:
-      images: uint8 [N, H, W, C], C in {1, 3}.
+      images: uint8 [N, H, W, C], C in {1, 3}: an array, or ``streaming.StreamedImages`` (read when
+        indexed).
       labels: int32 [N], values in [0, num_classes).
       num_classes: size of the label space (classes absent from this split still count).
       domains: int32 [N], the position of each image's domain in the list that was read, for
         multi-domain data sets (DomainNet); None otherwise.
     """
 
-    images: np.ndarray
+    images: np.ndarray | streaming_lib.StreamedImages
     labels: np.ndarray
     num_classes: int
     domains: np.ndarray | None = None
@@ -160,14 +162,16 @@ def load_split(
             raise ValueError(f"Split {split!r} does not exist for {name!r}; use 'train' or 'test'.")
         classes = imagenet100_classes() if name == IMAGENET100 else imagenet_sub_classes()
         readers = [
-            _tfds_reader("imagenet2012", tfds_split, data_dir, image_size, classes, streaming)
+            _tfds_reader(
+                "imagenet2012", tfds_split, data_dir, image_size, classes, undecoded=streaming
+            )
         ]
     elif name == DOMAINNET:
         readers = _domain_readers(
             split, data_dir, image_size, list(domains or DOMAINNET_CASSLE_ORDER), streaming
         )
     else:
-        readers = [_tfds_reader(name, split, data_dir, image_size, None, streaming)]
+        readers = [_tfds_reader(name, split, data_dir, image_size, undecoded=streaming)]
     return _read(readers, streaming, read_threads, domains=name == DOMAINNET)
 
 
@@ -181,7 +185,7 @@ def _domain_readers(
             f"domains={domains} must be distinct DomainNet domains, of {list(DOMAINNET_CASSLE_ORDER)}."
         )
     return [
-        _tfds_reader(f"{DOMAINNET}/{d}", split, data_dir, image_size, None, streaming)
+        _tfds_reader(f"{DOMAINNET}/{d}", split, data_dir, image_size, undecoded=streaming)
         for d in domains
     ]
 

@@ -20,8 +20,8 @@ from typing import Any
 import grain
 import numpy as np
 
-# Examples decoded ahead of the one being returned, per read; a read is one device's rows of a
-# batch, or a chunk of the evaluation, so this bounds nothing the read does not hold anyway.
+# Examples decoded ahead of the one being returned, per read (at least one per thread); a read is
+# one process's rows of a batch, or a chunk of the evaluation, which it holds anyway.
 _PREFETCH = 64
 
 
@@ -35,6 +35,9 @@ class StreamedImages:
       image_shape: (H, W, C) of every decoded image.
       decode: image feature (encoded bytes or an array) -> uint8 [*image_shape].
       num_threads: threads decoding in parallel.
+
+    Converting it to an array (``np.asarray``, ``jax.device_put``) or iterating over it would read
+    the whole split, so both raise TypeError; ``subset`` selects examples without reading them.
     """
 
     dtype = np.dtype(np.uint8)
@@ -48,10 +51,9 @@ class StreamedImages:
     ):
         self._sources = [source for source, _ in parts]
         self._records = np.concatenate([np.asarray(r, np.int64) for _, r in parts])
-        # Example i belongs to the first part that ends after it.
-        self._ends = np.cumsum([len(r) for _, r in parts])
+        self._parts = np.repeat(np.arange(len(parts), dtype=np.int16), [len(r) for _, r in parts])
         self._decode = decode
-        self._options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=_PREFETCH)
+        self._num_threads = num_threads
         self.shape = (len(self._records), *image_shape)
 
     @property
@@ -61,32 +63,70 @@ class StreamedImages:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            f"converting {len(self)} streamed images to an array would read them all; index the "
+            "rows a step needs (parallel.gather_batch), or take a subset"
+        )
+
+    def __iter__(self):
+        raise TypeError("iterating over streamed images would read them all; index them instead")
+
+    def _indices(self, key) -> np.ndarray:
+        """int64 indices (0-d for one example) of an int, a slice, int indices or a boolean mask."""
+        if isinstance(key, slice):
+            return np.arange(*key.indices(len(self)))
+        indices = np.asarray(key)
+        if indices.dtype == bool:
+            if indices.shape != (len(self),):
+                raise IndexError(f"a boolean mask of {len(self)} images needs shape ({len(self)},)")
+            return np.flatnonzero(indices)
+        if indices.size == 0:
+            indices = indices.astype(np.int64)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"index images with ints, a slice or a mask, not {indices.dtype}")
+        if indices.ndim > 1:
+            raise IndexError(f"index images with one-dimensional indices, not {indices.shape}")
+        if np.any((indices < -len(self)) | (indices >= len(self))):
+            raise IndexError(f"index out of range for {len(self)} images")
+        return indices % len(self)
+
+    def subset(self, key) -> StreamedImages:
+        """The examples of ``key`` (as for ``__getitem__``), still unread."""
+        indices = np.atleast_1d(self._indices(key))
+        out = object.__new__(StreamedImages)
+        out.__dict__.update(self.__dict__)
+        out._records, out._parts = self._records[indices], self._parts[indices]
+        out.shape = (len(indices), *self.shape[1:])
+        return out
+
     def _read(self, index: int) -> np.ndarray:
-        part = int(np.searchsorted(self._ends, index, side="right"))
-        example = self._sources[part][int(self._records[index])]
+        example = self._sources[self._parts[index]][int(self._records[index])]
         return self._decode(example["image"])
 
     def __getitem__(self, key) -> np.ndarray:
-        """The decoded images of ``key`` (an int, a slice or int indices, as for an array; a
-        tuple indexes the decoded images further)."""
+        """The decoded images of ``key`` (an int, a slice, int indices or a boolean mask, as for
+        an array; a tuple indexes the decoded images further)."""
         if isinstance(key, tuple):
             first, rest = key[0], key[1:]
             one = not isinstance(first, slice) and np.ndim(first) == 0
             return self[first][rest if one else (slice(None), *rest)]
-        if isinstance(key, slice):
-            indices = np.arange(*key.indices(len(self)))
-        else:
-            indices = np.asarray(key)
-            if indices.dtype.kind not in "iu":
-                raise TypeError(f"index images with ints or a slice, not {indices.dtype}")
-            if np.any((indices < -len(self)) | (indices >= len(self))):
-                raise IndexError(f"index out of range for {len(self)} images")
-            indices = indices % len(self)
+        indices = self._indices(key)
         if indices.ndim == 0:
             return self._read(int(indices))
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         if len(indices):
+            options = grain.ReadOptions(
+                num_threads=self._num_threads,
+                prefetch_buffer_size=max(_PREFETCH, self._num_threads),
+            )
             images = grain.MapDataset.source(indices.tolist()).map(self._read)
-            for row, image in enumerate(images.to_iter_dataset(self._options)):
+            for row, image in enumerate(images.to_iter_dataset(options)):
                 out[row] = image
         return out
+
+
+def subset(images, key):
+    """``images[key]`` without reading streamed images: for a ``StreamedImages``, its unread
+    ``subset``; for an array, the rows (a copy)."""
+    return images.subset(key) if isinstance(images, StreamedImages) else images[key]

@@ -10,7 +10,7 @@ import numpy as np
 import tqdm
 
 from cl_ssl import parallel
-from cl_ssl.data import augment
+from cl_ssl.data import augment, streaming
 from cl_ssl.data.scenarios import Scenario
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import online as online_lib
@@ -162,8 +162,9 @@ class Evaluator:
             out.append(np.asarray(jax.device_get(y))[: min(b, n - start)])
         return np.concatenate(out)
 
-    def features(self, variables, images: np.ndarray) -> np.ndarray:
-        """Backbone features float32 [N, F] of uint8 images [N, H, W, C], in fixed-size batches."""
+    def features(self, variables, images) -> np.ndarray:
+        """Backbone features float32 [N, F] of uint8 images [N, H, W, C] (an array, or streamed
+        images read a batch at a time), in fixed-size batches."""
         return self.map_images(self._features, variables, images)
 
     def __call__(
@@ -174,9 +175,10 @@ class Evaluator:
         online probe's parameters."""
         variables = {"params": params, "batch_stats": batch_stats}
         rows = self.probe_examples(stage)
-        every = len(rows) == len(self._train.labels)  # no copy of a whole (large) training split
+        # No copy of a whole (large) training split; a streamed one is read a batch at a time.
+        every = len(rows) == len(self._train.labels)
         train_f = self.features(
-            variables, self._train.images if every else self._train.images[rows]
+            variables, self._train.images if every else streaming.subset(self._train.images, rows)
         )
         train_labels = self._train.labels[rows]
         test_f = self.features(variables, self._test.images)

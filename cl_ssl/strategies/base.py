@@ -113,7 +113,8 @@ class TaskEnd:
       next_task: the index of the stage about to start.
       key: the strategy's key (the one ``Strategy.init`` got); fold in ``next_task`` for draws.
       indices: int32 [N_stage], the finished stage's training examples (rows of ``train``).
-      train: the training split in host memory (``ArraySplit``: images, the data set's labels).
+      train: the training split (``ArraySplit``: images in host memory or streamed, the data set's
+        labels).
       features: (variables {'params', 'batch_stats'}, uint8 images [N, H, W, C]) -> float32 [N, F]
         backbone features in inference mode, as the evaluator computes them.
       map_images: (fn, variables, *host arrays of N rows) -> ``fn(variables, *chunks)`` over the

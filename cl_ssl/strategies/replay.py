@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from cl_ssl import memory as memory_lib
-from cl_ssl.data import augment
+from cl_ssl.data import augment, streaming
 from cl_ssl.data.batch import Batch, TrainData, join
 from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives import Objective
@@ -255,7 +255,8 @@ def _min_var_rows(end: TaskEnd, ids, classes, per_cluster: int, embed, task: int
     key = jax.random.fold_in(end.key, task)
     key_data = np.asarray(jax.random.key_data(jax.random.split(key, len(ids))))
     variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
-    embeddings = end.map_images(embed, variables, end.train.images[ids], key_data)
+    images = streaming.subset(end.train.images, ids)  # streamed: read a batch at a time
+    embeddings = end.map_images(embed, variables, images, key_data)
     rows, _, rank = memory_lib.min_var_per_cluster(
         embeddings, num_clusters=len(np.unique(classes)), per_cluster=per_cluster, seed=task
     )
@@ -273,7 +274,7 @@ def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: i
         if selection == "random":
             order = rng.choice(members, n, replace=False)
         else:
-            features = end.features(variables, end.train.images[ids[members]])
+            features = end.features(variables, streaming.subset(end.train.images, ids[members]))
             order = members[np.asarray(memory_lib.herding(features, n))]
         rows.append(order)
         priority.append(-np.arange(n, dtype=np.float32))
