@@ -24,8 +24,10 @@ from cl_ssl import checkpoint, parallel
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 8, 4
 
-# The README's runlocal demo, shrunk to 5 steps of 8 images per task, checkpoints every 2 steps.
+# The README's runlocal demo, shrunk to 5 steps of 8 images per task, checkpoints every 2 steps,
+# with the images in host memory: each process then sends its own rows of every batch.
 OVERRIDES = {
+    "dataset.on_device": False,
     "num_tasks": 2,
     "batch_size": 8,
     "checkpoint_every_steps": 2,
@@ -57,7 +59,8 @@ def tiny_fashion_mnist(tmp_path_factory) -> pathlib.Path:
 
 
 # Started through PYTHONPATH in each process: records every path the process opens for writing,
-# renames or creates as a folder, one per line, in $CL_SSL_WRITES_LOG.
+# renames, creates as a folder or deletes, one per line, in $CL_SSL_WRITES_LOG (writes from C
+# libraries, such as tensorstore's of the checkpoints' arrays, are not seen).
 _RECORD_WRITES = """
 import os, sys
 
@@ -68,8 +71,10 @@ _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 def _record(event, args):
     if event == "open" and (any(c in (args[1] or "") for c in "wax+") or (args[2] or 0) & _WRITE):
         path = args[0]
-    elif event in ("os.mkdir", "os.rename"):  # os.replace raises os.rename
-        path = args[0 if event == "os.mkdir" else 1]
+    elif event in ("os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
+        path = args[0]
+    elif event == "os.rename":  # os.replace raises it too
+        path = args[1]
     else:
         return
     if isinstance(path, (str, bytes, os.PathLike)):
@@ -89,9 +94,12 @@ def _free_port() -> int:
 _TWO_DEVICES = "--xla_force_host_platform_device_count=2"  # the README's setting
 
 
-def _start_processes(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[subprocess.Popen]:
+def _start_processes(
+    workdir: pathlib.Path, data_dir: pathlib.Path, attempt: str
+) -> list[subprocess.Popen]:
     """The README's two commands, each process with two CPU devices, recording the paths it
-    writes in ``workdir``/../writes_of_process_<i>.log."""
+    writes in ``workdir``/../writes_of_process_<i>.log and its output in
+    ``workdir``/../<attempt>_<i>.out and .err."""
     hook = workdir.parent / "record_writes"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(_RECORD_WRITES)
@@ -111,50 +119,72 @@ def _start_processes(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[subp
         ),
     ]
     path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
-    return [
-        subprocess.Popen(
-            [*command, f"--process_id={i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **os.environ,
-                "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {_TWO_DEVICES}",
-                "PYTHONPATH": path,
-                "CL_SSL_WRITES_LOG": str(workdir.parent / f"writes_of_process_{i}.log"),
-            },
-        )
-        for i in (0, 1)
-    ]
+    processes = []
+    for i in (0, 1):
+        with (
+            open(workdir.parent / f"{attempt}_{i}.out", "w") as out,
+            open(workdir.parent / f"{attempt}_{i}.err", "w") as err,
+        ):
+            processes.append(
+                subprocess.Popen(
+                    [*command, f"--process_id={i}"],
+                    stdout=out,
+                    stderr=err,
+                    env={
+                        **os.environ,
+                        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {_TWO_DEVICES}",
+                        "PYTHONPATH": path,
+                        "CL_SSL_WRITES_LOG": str(workdir.parent / f"writes_of_process_{i}.log"),
+                    },
+                )
+            )
+    return processes
+
+
+def _fail_if_one_failed(processes, workdir: pathlib.Path, attempt: str) -> None:
+    """When a process has ended with an error: kills the others and fails with its stderr."""
+    for i, p in enumerate(processes):
+        if p.poll() not in (None, 0):
+            for other in processes:
+                other.kill()
+                other.wait()
+            err = (workdir.parent / f"{attempt}_{i}.err").read_text()
+            pytest.fail(
+                f"process {i} of the {attempt} attempt exited with {p.returncode}:\n{err[-3000:]}"
+            )
+
+
+def _wait(processes, workdir: pathlib.Path, attempt: str, timeout: float) -> list[str]:
+    """Each process's stdout, once all have ended successfully."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes):
+        _fail_if_one_failed(processes, workdir, attempt)
+        assert time.monotonic() < deadline, f"the processes still run after {timeout} s"
+        time.sleep(0.1)
+    _fail_if_one_failed(processes, workdir, attempt)
+    return [(workdir.parent / f"{attempt}_{i}.out").read_text() for i in (0, 1)]
+
+
+def _kill_after_checkpoint(
+    processes, workdir: pathlib.Path, attempt: str, step: int, timeout: float
+) -> None:
+    """SIGKILL to every process once checkpoint ``step`` is complete (orbax renames a checkpoint's
+    folder to its step number when every process has written its part)."""
+    deadline = time.monotonic() + timeout
+    while not (workdir / "checkpoints" / str(step)).is_dir():
+        _fail_if_one_failed(processes, workdir, attempt)
+        assert all(p.poll() is None for p in processes), f"the run ended before checkpoint {step}"
+        assert time.monotonic() < deadline, f"no checkpoint {step} after {timeout} s"
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
 
 
 def _written(workdir: pathlib.Path, process: int) -> set[str]:
     """The paths in ``workdir`` that ``process`` wrote, relative to it."""
     log = (workdir.parent / f"writes_of_process_{process}.log").read_text().split()
     return {os.path.relpath(p, workdir) for p in log if p.startswith(f"{workdir}{os.sep}")}
-
-
-def _wait(processes: list[subprocess.Popen], timeout: float) -> list[str]:
-    """Each process's stdout, once all have ended successfully."""
-    outputs = []
-    for p in processes:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
-        outputs.append(out)
-    return outputs
-
-
-def _kill_after_checkpoint(processes, checkpoints: pathlib.Path, step: int, timeout: float):
-    """SIGKILL to every process once checkpoint ``step`` is complete (orbax renames a checkpoint's
-    folder to its step number when every process has written its part)."""
-    deadline = time.monotonic() + timeout
-    while not (checkpoints / str(step)).is_dir():
-        assert all(p.poll() is None for p in processes), processes[0].stderr.read()[-3000:]
-        assert time.monotonic() < deadline, f"no checkpoint {step} after {timeout} s"
-        time.sleep(0.05)
-    for p in processes:
-        p.send_signal(signal.SIGKILL)
-        p.communicate()
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +204,11 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
     steps_per_task = NUM_CLASSES // 2 * TRAIN_PER_CLASS // OVERRIDES["batch_size"]
 
     # Killed after the mid-task checkpoint of task 1 (step 4 of 5), then the same two commands.
-    first = _start_processes(workdir, tiny_fashion_mnist)
-    _kill_after_checkpoint(first, workdir / "checkpoints", 4, timeout=240)
+    first = _start_processes(workdir, tiny_fashion_mnist, "first")
+    _kill_after_checkpoint(first, workdir, "first", 4, timeout=240)
     assert json.loads((workdir / "results.json").read_text())["meta"]["rows_evaluated"] < 3
-    second = _start_processes(workdir, tiny_fashion_mnist)
-    outputs = _wait(second, timeout=240)
+    outputs = _wait(_start_processes(workdir, tiny_fashion_mnist, "second"), workdir, "second", 240)
+    assert "at step 4 (task 1, step 4 of the task)" in outputs[0]  # resumed, not started over
 
     assert json.loads((workdir / "config.json").read_text()) == json.loads(
         (whole_dir / "config.json").read_text()
@@ -190,7 +220,8 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
     # reductions in another order move a vote.
     np.testing.assert_allclose(results["matrices"]["knn"], whole["matrices"]["knn"], atol=5.01)
 
-    # The final checkpoint holds the one-process parameters, up to the order of float32 sums.
+    # The final checkpoint holds the one-process parameters, up to the order of float32 sums: each
+    # process sent the rows of every batch that its devices take.
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), keep=2)
     last = 2 * steps_per_task
     assert ckpt.latest_step() == last

@@ -267,6 +267,9 @@ def test_cub200_preset_is_avalanches_split_cub200(mock_tfds, monkeypatch):
     tasks = [sorted(set(real.labels[stage.indices].tolist())) for stage in p.stages]
     assert tasks == [list(range(100))] + [list(range(c, c + 10)) for c in range(100, 200, 10)]
     assert [stage.steps_per_epoch for stage in p.stages] == [11] + [1] * 10
+    for variant in ("runlocal,cassle", "kaizen", "offline"):
+        variant_plan = train.plan(shipped_config("cub200", variant), parallel.make_mesh(1))
+        assert variant_plan.strategy.name == variant.split(",")[-1]
     assert (config.dataset.on_device, config.model.stem, config.epochs_per_task) == (
         True,
         "imagenet",
