@@ -18,10 +18,11 @@ ImageNet-100 recipe (ResNet-18 with the ImageNet stem on 224-pixel crops, 400 ep
 batch 256, each objective's ImageNet-100 optimizer and views, the offline linear probe after every
 task). With about 300 training images in each later task, an epoch there is a single step of 256.
 
-Images are stored once at 224 x 224 (shorter side resized to 224, then the central square), as in
-the ImageNet-100 preset. The stored training set takes 0.9 GB, so it stays on the devices
-(``dataset.on_device=True``), unlike ImageNet-100's, which streams from its records. CUB-200 must be prepared once with tfds
-(needs TensorFlow, ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare
+Images are taken at 224 x 224 (shorter side resized to 224, then the central square), as in the
+ImageNet-100 preset. Stored once, the training set takes 0.9 GB, so it stays on the devices
+(``dataset.on_device=True``) instead of streaming from its records as ImageNet-100's does
+(``--config.dataset.on_device=false --config.dataset.streaming=true`` streams it). CUB-200 must be
+prepared once with tfds (needs TensorFlow and OpenCV, ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare
 --dataset=caltech_birds2011 --data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``.
 """
 
