@@ -293,8 +293,8 @@ def use_imagenet_setting(
     Images taken and cropped at ``image_size`` and streamed from their records (held whole, they
     would take 20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), or, ``on_device``,
     read once and kept on the devices (data sets that fit, such as CUB-200), the ResNet's
-    ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views and the
-    offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
+    ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views
+    and the offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
     prototypes frozen for 5 epochs.
     """
     config.dataset.image_size = image_size
@@ -436,7 +436,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         not (d.streaming and d.on_device),
         "dataset.streaming=True reads each batch from the records on the host; set "
-        "dataset.on_device=False, or dataset.streaming=False to keep the training set on the devices",
+        "dataset.on_device=False, or dataset.streaming=False to keep the training set on the "
+        "devices",
     )
     _require(d.read_threads >= 1, f"dataset.read_threads={d.read_threads}; set it to at least 1")
     for field, value in (

@@ -2,8 +2,9 @@
 
 One 1-D mesh over every device of every host, axis ``data``. The train state and the on-device data
 sets are replicated; each step's batch of example indices (or, for a data set kept in host memory
-or streamed, of images) is sharded along ``data``. Under ``jax.jit`` the losses then see the global batch, and
-BatchNorm statistics and contrastive negatives cover all devices without hand-written collectives.
+or streamed, of images) is sharded along ``data``. Under ``jax.jit`` the losses then see the
+global batch, and BatchNorm statistics and contrastive negatives cover all devices without
+hand-written collectives.
 """
 
 from __future__ import annotations

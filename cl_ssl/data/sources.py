@@ -330,7 +330,8 @@ class _TfdsReader:
         return len(self.records)
 
     def decode(self, image) -> np.ndarray:
-        """uint8 [*image_shape] from an image feature: encoded bytes (read undecoded) or an array."""
+        """uint8 [*image_shape] from an image feature: encoded bytes (read undecoded), or an
+        array."""
         if self.image_size > 0:
             return central_square(image, self.image_size)
         if isinstance(image, bytes):

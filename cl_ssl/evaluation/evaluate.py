@@ -136,10 +136,10 @@ class Evaluator:
         return rows
 
     def map_images(self, fn, variables, *rows: np.ndarray) -> np.ndarray:
-        """``fn(variables, *row chunks)`` over the rows of ``rows`` (host arrays of N rows each, such
-        as uint8 images [N, H, W, C], or streamed images) in fixed-size batches sharded over the
-        devices, its [b, ...] outputs concatenated to [N, ...]. ``fn`` is jitted once (per function
-        object)."""
+        """``fn(variables, *row chunks)`` over the rows of ``rows`` (host arrays of N rows each,
+        such as uint8 images [N, H, W, C], or streamed images) in fixed-size batches sharded over
+        the devices, its [b, ...] outputs concatenated to [N, ...]. ``fn`` is jitted once (per
+        function object)."""
         if fn not in self._jitted:
             self._jitted[fn] = jax.jit(
                 fn,
