@@ -14,7 +14,9 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from cl_ssl import objectives, optim, strategies
+from cl_ssl.data import host_crop
 from cl_ssl.data.augment import ViewConfig
+from cl_ssl.objectives.base import make_views
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -69,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
     # streaming (with on_device=False, tfds data sets): the images stay in their records, each
     # batch read and decoded by read_threads threads when the step needs it, so host memory holds
     # no split (for data sets larger than the host's memory; the same numbers either way).
+    # host_crop (with streaming): each view's random resized crop is taken on the host from the
+    # decoded image at its own size, as CaSSLe's DALI pipeline does, instead of on the device from
+    # the stored image_size square (which stays the image of the evaluation and the memories).
     c.dataset = ml_collections.ConfigDict(
         dict(
             name="cifar100",
@@ -78,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
             on_device=True,
             streaming=False,
             read_threads=16,
+            host_crop=False,
         )
     )
     c.scenario = "class_incremental"
@@ -290,15 +296,17 @@ def use_imagenet_setting(
     """CaSSLe's ImageNet-100 and DomainNet setting (its ``bash_files/continual/imagenet-100``
     and ``domainnet`` scripts, and ``main_linear.py``).
 
-    Images taken and cropped at ``image_size`` and streamed from their records (held whole, they
-    would take 20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), or, ``on_device``,
-    read once and kept on the devices (data sets that fit, such as CUB-200), the ResNet's
+    Images stored at ``image_size`` and streamed from their records (held whole, they would take
+    20 GB for ImageNet-100 and 89 GB for DomainNet at 224 pixels), each view cropped on the host
+    from the decoded image at its own size and resized to ``image_size`` (``dataset.host_crop``),
+    or, ``on_device``, read once, kept on the devices and cropped there from the stored square
+    (data sets that fit, such as CUB-200), the ResNet's
     ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views
     and the offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
     prototypes frozen for 5 epochs.
     """
     config.dataset.image_size = image_size
-    config.dataset.update(on_device=on_device, streaming=not on_device)
+    config.dataset.update(on_device=on_device, streaming=not on_device, host_crop=not on_device)
     config.model.stem = "imagenet"
     if config.recipe == "cifar":  # a strategy's own recipe (CCL's) stays
         config.recipe = "imagenet"
@@ -440,6 +448,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         "devices",
     )
     _require(d.read_threads >= 1, f"dataset.read_threads={d.read_threads}; set it to at least 1")
+    _require(
+        d.streaming or not d.host_crop,
+        "dataset.host_crop=True crops the views from the records' images as a streamed batch is "
+        "read; set dataset.streaming=True (with dataset.on_device=False), or dataset.host_crop=False",
+    )
+    if d.host_crop:
+        host_crop.check_views(make_views(config))
     for field, value in (
         ("eval.batch_size", config.eval.batch_size),
         ("eval.linear.epochs", config.eval.linear.epochs),

@@ -9,10 +9,16 @@ hand-written collectives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+if TYPE_CHECKING:
+    from cl_ssl.data import augment, streaming
 
 DATA_AXIS = "data"
 
@@ -59,6 +65,38 @@ def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
     )
 
 
+def _local_rows(sharding: jax.sharding.Sharding, shape: tuple[int, ...]) -> np.ndarray:
+    """int [n], sorted: the rows of a batch-sharded global array [B, ...] that this process's
+    devices hold."""
+    positions = np.arange(shape[0])
+    return np.unique(
+        np.concatenate(
+            [
+                positions[index[0]]
+                for index in sharding.addressable_devices_indices_map(shape).values()
+            ]
+        )
+    )
+
+
+def _assemble(
+    sharding: jax.sharding.Sharding,
+    shape: tuple[int, ...],
+    local: np.ndarray,
+    rows: np.ndarray,
+    row_of: np.ndarray | None = None,
+) -> jax.Array:
+    """The global array [B, ...] whose rows ``local`` (int [n], sorted) are ``rows`` [n, ...], or
+    with ``row_of`` (int [n]) ``rows[row_of]``."""
+    positions = np.arange(shape[0])
+
+    def shard(index):
+        wanted = np.searchsorted(local, positions[index[0]])
+        return rows[wanted if row_of is None else row_of[wanted]]
+
+    return jax.make_array_from_callback(shape, sharding, shard)
+
+
 def gather_batch(mesh: jax.sharding.Mesh, images: np.ndarray, indices: np.ndarray) -> jax.Array:
     """``images[indices]`` as a batch-sharded global array, read from host memory or streamed.
 
@@ -74,21 +112,40 @@ def gather_batch(mesh: jax.sharding.Mesh, images: np.ndarray, indices: np.ndarra
     """
     shape = (len(indices), *images.shape[1:])
     sharding = batch_sharded(mesh)
-    positions = np.arange(len(indices))
-    # This process's rows of the batch, read at once (one decoding pass for streamed images).
-    local = np.unique(
-        np.concatenate(
-            [
-                positions[index[0]]
-                for index in sharding.addressable_devices_indices_map(shape).values()
-            ]
-        )
-    )
+    local = _local_rows(sharding, shape)
     # One read of the distinct examples (a replayed or padding row may repeat).
     examples, row_of = np.unique(indices[local], return_inverse=True)
-    read = images[examples]
-    return jax.make_array_from_callback(
-        shape, sharding, lambda index: read[row_of[np.searchsorted(local, positions[index[0]])]]
+    return _assemble(sharding, shape, local, images[examples], row_of)
+
+
+def gather_with_crops(
+    mesh: jax.sharding.Mesh,
+    images: streaming.StreamedImages,
+    indices: np.ndarray,
+    uniforms: np.ndarray,
+    views: Sequence[augment.ViewConfig],
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """``gather_batch`` of streamed images with every view's random resized crop of each row,
+    taken from the full-resolution image on the host (``StreamedImages.read_with_crops``).
+
+    Args:
+      mesh: the data mesh.
+      images: the streamed split.
+      indices: int [B], identical on every process.
+      uniforms: float32 [B, len(views), augment.CROP_UNIFORMS], identical on every process
+        (``host_crop.crop_uniforms``).
+      views: the views, with their crop sizes and scale ranges.
+
+    Returns:
+      (uint8 [B, *image_shape], one uint8 [B, s_v, s_v, C] per view), sharded along ``data``;
+      each process reads (in one read) only the rows that its own devices hold.
+    """
+    sharding = batch_sharded(mesh)
+    shape = (len(indices), *images.shape[1:])
+    local = _local_rows(sharding, shape)
+    read, crops = images.read_with_crops(indices[local], uniforms[local], views)
+    return _assemble(sharding, shape, local, read), tuple(
+        _assemble(sharding, (len(indices), *c.shape[1:]), local, c) for c in crops
     )
 
 

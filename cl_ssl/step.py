@@ -215,15 +215,17 @@ def build_step_fn(
         not finite.
 
     One step: the batch of ``ids`` (``current_batch``); with ``extend``, the strategy's
-    ``extend_batch`` joins its rows; two augmented views of every row, which the strategy's
+    ``extend_batch`` joins its rows; two augmented views of every row (the step's own rows from
+    their host crops, ``data.crops``, when there are), which the strategy's
     ``transform_views`` may then rewrite; the student on ``objective.student_views`` (its BatchNorm
     statistics updated by each view in turn); the objective's loss plus the strategy's ``loss``;
     the optimizer update of ``trainable(state)``; the objective's ``update_state`` and the
     strategy's ``update_buffers`` (``BufferInputs``). With ``online``, the online probe's batch
     (``data.probe_ids``), augmented as the last view, trains the probe on the backbone's features
     after the student's views (``OnlineProbe.loss``; its 'online_ce' and 'online_acc' join the
-    metrics). Every random draw comes from the run key folded with the global step, so a resumed
-    run draws as an uninterrupted one.
+    metrics). Every random draw comes from the run key folded with the global step (the host crops'
+    boxes from the seed, task and step, ``host_crop.crop_uniforms``), so a resumed run draws as an
+    uninterrupted one.
     """
     model = objective.model
     groups = param_groups(objective, strategy, online)
@@ -238,9 +240,10 @@ def build_step_fn(
         batch = current
         if extend:
             batch = strategy.extend_batch(state.strategy, batch, data, strategy_key, state.task)
+        crops = (None,) * len(objective.views) if data.crops is None else data.crops
         views = tuple(
-            augment.augment_batch(key, batch.images, view)
-            for key, view in zip(view_keys, objective.views, strict=True)
+            augment.augment_batch(key, batch.images, view, crop)
+            for key, view, crop in zip(view_keys, objective.views, crops, strict=True)
         )
         if extend and strategy.transform_views is not None:
             views = strategy.transform_views(views, batch, strategy_key)
@@ -382,12 +385,18 @@ def stage_hyper(
 
 
 def jit_step(
-    step_fn: StepFn, mesh: jax.sharding.Mesh, *, on_device: bool = True, online: bool = False
+    step_fn: StepFn,
+    mesh: jax.sharding.Mesh,
+    *,
+    on_device: bool = True,
+    online: bool = False,
+    host_crop: bool = False,
 ) -> StepFn:
     """Jits ``step_fn`` over ``mesh``, state donated: state replicated, example ids sharded, and the
     data's label arrays replicated with its images replicated (the whole on-device data set) or,
     without ``on_device``, batch-sharded (each step's batch from host memory); with ``online``, the
-    online probe's ids (and, from host memory, its images) batch-sharded."""
+    online probe's ids (and, from host memory, its images) batch-sharded; with ``host_crop``, the
+    views' crops of the batch batch-sharded."""
     rep, batch = replicated(mesh), batch_sharded(mesh)
     data = TrainData(
         images=rep if on_device else batch,
@@ -396,6 +405,7 @@ def jit_step(
         tasks=rep,
         probe_ids=batch if online else None,
         probe_images=batch if online and not on_device else None,
+        crops=batch if host_crop else None,  # one sharding for every view's crops
         on_device=on_device,
     )
     return jax.jit(

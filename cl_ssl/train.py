@@ -24,7 +24,7 @@ from cl_ssl import config as config_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
-from cl_ssl.data import scenarios, sources
+from cl_ssl.data import host_crop, scenarios, sources
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
@@ -539,7 +539,11 @@ class _Run:
                 p.objective, p.strategy, self.tx, extend=extend, online=p.online
             )
             self._steps[extend] = step_lib.jit_step(
-                fn, self.mesh, on_device=self.data.on_device, online=p.online is not None
+                fn,
+                self.mesh,
+                on_device=self.data.on_device,
+                online=p.online is not None,
+                host_crop=p.config.dataset.host_crop,
             )
         return self._steps[extend]
 
@@ -575,7 +579,7 @@ class _Run:
         pending = None  # (global step, metrics) of the previous step, checked while the next runs
         order, probe_order, order_epoch = None, None, -1
         tic, tic_step = time.perf_counter(), first
-        b = config.batch_size
+        b, views = config.batch_size, p.objective.views
         for task_step in range(first, stage.num_steps):
             epoch, position = divmod(task_step, stage.steps_per_epoch)
             if epoch != order_epoch:
@@ -587,7 +591,16 @@ class _Run:
             batch = order[position * b : (position + 1) * b]
             hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
             data = self.data
-            if not data.on_device:  # read while the device runs the previous step
+            if config.dataset.host_crop:  # read while the device runs the previous step
+                images, crops = parallel.gather_with_crops(
+                    mesh,
+                    p.train.images,
+                    batch,
+                    host_crop.crop_uniforms(config.seed, stage_id, task_step, b, len(views)),
+                    views,
+                )
+                data = data.replace(images=images, crops=crops)
+            elif not data.on_device:
                 data = data.replace(images=parallel.gather_batch(mesh, p.train.images, batch))
             if p.online:
                 probe = probe_order[position * b : (position + 1) * b]

@@ -18,11 +18,15 @@ ImageNet-100 recipe (ResNet-18 with the ImageNet stem on 224-pixel crops, 400 ep
 batch 256, each objective's ImageNet-100 optimizer and views, the offline linear probe after every
 task). With about 300 training images in each later task, an epoch there is a single step of 256.
 
-Images are taken at 224 x 224 (shorter side resized to 224, then the central square), as in the
-ImageNet-100 preset. Stored once, the training set takes 0.9 GB, so it stays on the devices
-(``dataset.on_device=True``) instead of streaming from its records as ImageNet-100's does
-(``--config.dataset.on_device=false --config.dataset.streaming=true`` streams it). CUB-200 must be
-prepared once with tfds (needs TensorFlow and OpenCV, ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare
+Images are streamed from their records, as in the ImageNet-100 preset: each view is cropped on
+the host from the photograph at its own size (about 500 x 375 pixels) and resized to 224
+(``dataset.host_crop``, as CaSSLe's DALI pipeline crops ImageNet), while the evaluation and the
+memories use the stored 224 x 224 image (shorter side resized to 224, then the central square).
+Stored whole, the training set's squares take 0.9 GB and fit on a device:
+``--config.dataset.on_device=true --config.dataset.streaming=false
+--config.dataset.host_crop=false`` keeps them there and crops the views from them, without
+reading records during training. CUB-200 must be prepared once with tfds (needs TensorFlow and
+OpenCV, ``pip install '.[prepare]'``): ``python -m cl_ssl.data.prepare
 --dataset=caltech_birds2011 --data_dir=DIR``, then add ``--config.dataset.data_dir=DIR``.
 """
 
@@ -35,8 +39,8 @@ def get_config(arg: str | None = None):
     config.num_tasks = 11
     config.class_order = "caltech_birds2011_natural_100+10x10"
     config.epochs_per_task = 400
-    config_lib.use_imagenet_setting(config, on_device=True)
+    config_lib.use_imagenet_setting(config)
     variants = config_lib.apply_variants(config, "cub200", arg, ("class_incremental",))
     if "runlocal" in variants:
-        config_lib.use_imagenet_setting(config, image_size=32, on_device=True)
+        config_lib.use_imagenet_setting(config, image_size=32)
     return config

@@ -15,11 +15,13 @@ Each task tests on its own domain's test images. CaSSLe's recipe otherwise (Fini
 settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the offline linear
 probe trained on all domains ("domain-agnostic", ``bash_files/linear/domainnet/domain/*.sh``).
 
-As for ImageNet-100, images are taken at 224 x 224 (shorter side resized, central square) and
-streamed from their records (``dataset.streaming=True``): each step's batch is read and decoded on
-the host when the step needs it, then sent to the devices. Stored whole they would take 62 GB for
-the six training domains and 27 GB for their test images (``--config.dataset.streaming=false``
-holds them in host memory). DomainNet must be prepared once with tfds (``domainnet/<domain>``
+As for ImageNet-100, images are streamed from their records (``dataset.streaming=True``): each
+step's batch is read and decoded on the host when the step needs it, each view cropped there from
+the image at its own size (``dataset.host_crop=True``), and the batch is sent to the devices; the
+probes see every image as its 224 x 224 central square (shorter side resized). Stored whole the
+squares would take 62 GB for the six training domains and 27 GB for their test images
+(``--config.dataset.streaming=false --config.dataset.host_crop=false`` holds them in host
+memory). DomainNet must be prepared once with tfds (``domainnet/<domain>``
 for each domain, needs TensorFlow): ``python -m cl_ssl.data.prepare --dataset=domainnet/real --data_dir=DIR`` and so on.
 """
 

@@ -23,13 +23,15 @@ each objective's ImageNet-100 learning rate, weight decay and augmentations (onl
 Barlow Twins, SwAV and VICReg have one). CaSSLe's offline linear probe (``main_linear.py`` with
 ``bash_files/linear/imagenet-100/class/*.sh``) evaluates every task.
 
-Two differences from CaSSLe's pipeline: every image is stored once at 224 x 224 (shorter side
-resized to 224, then the central square), so the random resized crops are taken from that square,
-not from the full image, and the probes see that square, not the usual 256-pixel resize with a
-central 224 crop. The images are streamed from their records (``dataset.streaming=True``): each
-step's batch is read and decoded on the host when the step needs it, and goes to the devices,
-where it is augmented. Stored whole, the training set would take 19 GB
-(``--config.dataset.streaming=false`` holds it in host memory; with
+The images are streamed from their records (``dataset.streaming=True``): each step's batch is
+read and decoded on the host when the step needs it, and each view is cropped there from the
+image at its own size and resized to 224 (``dataset.host_crop=True``), as CaSSLe's DALI pipeline
+crops the decoded image; the devices run the rest of the augmentation. One difference from
+CaSSLe's pipeline: the probes, and the memories of the strategies that keep images, see each image
+stored once at 224 x 224 (shorter side resized to 224, then the central square), not the usual
+256-pixel resize with a central 224 crop. Stored whole, the training set would take 19 GB
+(``--config.dataset.streaming=false --config.dataset.host_crop=false`` holds it in host memory
+and crops the views from the stored squares on the devices; with
 ``--config.dataset.on_device=true`` too, an accelerator with room for it keeps it instead).
 
 ImageNet must be prepared once with tfds (``imagenet2012``; needs TensorFlow,

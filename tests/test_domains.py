@@ -216,7 +216,8 @@ def test_domainnet_runlocal_preset_streams_the_numbers_of_the_in_memory_run(mock
     config.update(batch_size=8, progress_bar=False, num_tasks=2, checkpoint_every_steps=2)
     config.dataset.domains = ("real", "sketch")
     config.eval.update(train_examples=64, plots=False, evaluators=("knn",))
-    assert config.dataset.streaming and not config.dataset.on_device
+    assert config.dataset.streaming and config.dataset.host_crop and not config.dataset.on_device
+    config.dataset.host_crop = False  # crops from the stored squares, as the in-memory run's
     in_memory = config.copy_and_resolve_references()
     in_memory.dataset.streaming = False
     with mock_tfds(num_examples=24):
@@ -250,3 +251,28 @@ def test_settings_fail_before_the_data_are_read(monkeypatch, preset, overrides, 
     config.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError, match=message):
         train.plan(config, parallel.make_mesh(1))
+
+
+def test_a_run_cropped_on_the_host_resumes_mid_task_to_the_same_numbers(mock_tfds, tmp_path):
+    """DomainNet's preset crops its views on the host from the records' images (of varying size,
+    not the stored 32-pixel squares): killed mid-task and resumed on four devices, the run ends
+    with the accuracies and state of the uninterrupted run; its first steps differ from those of
+    a run that crops the stored squares."""
+    config = shipped_config("domainnet", "runlocal,cassle")
+    config.update(batch_size=8, progress_bar=False, num_tasks=2, checkpoint_every_steps=2)
+    config.dataset.domains = ("real", "sketch")
+    config.eval.update(train_examples=64, plots=False, evaluators=("knn",))
+    stopped = config.copy_and_resolve_references()
+    stopped.stop_after_steps = 2  # mid task 1 (3 steps of 8 of its 24 images)
+    squares = stopped.copy_and_resolve_references()
+    squares.dataset.host_crop = False
+    with mock_tfds(num_examples=24):
+        whole = _run(config, tmp_path / "whole", num_devices=4)
+        early = _run(stopped, tmp_path / "resumed", num_devices=4)
+        result = _run(config, tmp_path / "resumed", num_devices=4)
+        from_squares = _run(squares, tmp_path / "squares", num_devices=4)
+    np.testing.assert_array_equal(result["matrices"]["knn"], whole["matrices"]["knn"])
+    chex.assert_trees_all_equal(result["state"].params, whole["state"].params)
+    assert early["stopped"] and from_squares["stopped"]
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_close(early["state"].params, from_squares["state"].params)

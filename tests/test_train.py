@@ -145,6 +145,16 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
             {"dataset.streaming": True, "dataset.on_device": False, "dataset.read_threads": 0},
             "dataset.read_threads=0; set it to at least 1",
         ),
+        ({"dataset.host_crop": True}, "host_crop=True crops.*set dataset.streaming=True"),
+        (
+            {
+                "dataset.streaming": True,
+                "dataset.on_device": False,
+                "dataset.host_crop": True,
+                "augment.view1.crop_padding": 4,
+            },
+            "view1 crops with padding.*set dataset.host_crop=False, or crop_padding=0",
+        ),
         ({"checkpoint_every_steps": 0}, "checkpoint_every_steps=0"),
         ({"epochs_per_task": 2, "optimizer.warmup_epochs": 2}, "warmup_epochs=2 must lie in"),
         ({"optimizer.name": "sgd"}, "of optimizer 'sgd' do not fit"),
@@ -270,11 +280,9 @@ def test_cub200_preset_is_avalanches_split_cub200(mock_tfds, monkeypatch):
     for variant in ("runlocal,cassle", "kaizen", "offline"):
         variant_plan = train.plan(shipped_config("cub200", variant), parallel.make_mesh(1))
         assert variant_plan.strategy.name == variant.split(",")[-1]
-    assert (config.dataset.on_device, config.model.stem, config.epochs_per_task) == (
-        True,
-        "imagenet",
-        400,
-    )
+    d = config.dataset
+    assert (d.on_device, d.streaming, d.host_crop) == (False, True, True)
+    assert (config.model.stem, config.epochs_per_task) == ("imagenet", 400)
 
 
 def test_cifar100_presets_reproduce_cassle():

@@ -41,6 +41,8 @@ BLUR_SIGMA_RANGE = (0.1, 2.0)
 # torchvision RandomResizedCrop defaults: aspect ratios (3/4, 4/3), 10 candidate boxes.
 _RATIO = (3 / 4, 4 / 3)
 _CROP_ATTEMPTS = 10
+CROP_UNIFORMS = 2 * _CROP_ATTEMPTS + 2
+"""Uniforms that decide one random resized crop (`crop_box`)."""
 # Keys' cubic convolution parameter of PIL's (and so torchvision's) bicubic filter.
 _BICUBIC_A = -0.5
 
@@ -124,23 +126,30 @@ def normalize(images: jax.Array, *, mean: Sequence[float], std: Sequence[float])
 # ----------------------------------------------------------------------------- random resized crop
 
 
-def _crop_box(
-    u: jax.Array,
+def crop_box(
+    u,
     height: int,
     width: int,
     scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> jax.Array:
-    """The crop box of `random_resized_crop_params` from float32 [2 * attempts + 2] uniforms."""
+    ratio: tuple[float, float] = _RATIO,
+    *,
+    xp=jnp,
+):
+    """The crop box of `random_resized_crop_params` from float32 [2 * attempts + 2] uniforms.
+
+    ``xp`` is the array module: ``jax.numpy`` inside the step, ``numpy`` where the host crops
+    full-resolution images (``cl_ssl.data.host_crop``); both give the same box for the same
+    uniforms.
+    """
     attempts = (u.shape[0] - 2) // 2
     area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:attempts])
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[attempts : 2 * attempts])
-    # jnp.round and Python's round both round halves to even.
-    cand_w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
-    cand_h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    aspect = xp.exp(log_lo + (log_hi - log_lo) * u[attempts : 2 * attempts])
+    # round (numpy's and jax.numpy's) and Python's round all round halves to even.
+    cand_w = xp.round(xp.sqrt(area * aspect)).astype(xp.int32)
+    cand_h = xp.round(xp.sqrt(area / aspect)).astype(xp.int32)
     fits = (cand_w > 0) & (cand_w <= width) & (cand_h > 0) & (cand_h <= height)
-    first = jnp.argmax(fits)
+    first = xp.argmax(fits)
 
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -150,15 +159,15 @@ def _crop_box(
     else:
         fallback_w, fallback_h = width, height
 
-    found = jnp.any(fits)
-    crop_h = jnp.where(found, cand_h[first], fallback_h)
-    crop_w = jnp.where(found, cand_w[first], fallback_w)
+    found = xp.any(fits)
+    crop_h = xp.where(found, cand_h[first], fallback_h)
+    crop_w = xp.where(found, cand_w[first], fallback_w)
     # Uniform integers in [0, side - crop], as torch.randint(0, side - crop + 1).
-    top = jnp.minimum((u[-2] * (height - crop_h + 1)).astype(jnp.int32), height - crop_h)
-    left = jnp.minimum((u[-1] * (width - crop_w + 1)).astype(jnp.int32), width - crop_w)
-    top = jnp.where(found, top, (height - fallback_h) // 2)
-    left = jnp.where(found, left, (width - fallback_w) // 2)
-    return jnp.stack([top, left, crop_h, crop_w]).astype(jnp.int32)
+    top = xp.minimum((u[-2] * (height - crop_h + 1)).astype(xp.int32), height - crop_h)
+    left = xp.minimum((u[-1] * (width - crop_w + 1)).astype(xp.int32), width - crop_w)
+    top = xp.where(found, top, (height - fallback_h) // 2)
+    left = xp.where(found, left, (width - fallback_w) // 2)
+    return xp.stack([top, left, crop_h, crop_w]).astype(xp.int32)
 
 
 def random_resized_crop_params(
@@ -188,7 +197,7 @@ def random_resized_crop_params(
       int32 [4]: (top, left, crop_height, crop_width), a box inside the image.
     """
     u = jax.random.uniform(key, (2 * attempts + 2,))
-    return _crop_box(u, height, width, scale, ratio)
+    return crop_box(u, height, width, scale, ratio)
 
 
 def _bicubic(x: jax.Array) -> jax.Array:
@@ -559,7 +568,9 @@ def _random_apply(
     return jnp.where(u < prob, fn(image), image)
 
 
-def augment_image(key: jax.Array, image: jax.Array, cfg: ViewConfig) -> jax.Array:
+def augment_image(
+    key: jax.Array, image: jax.Array, cfg: ViewConfig, *, cropped: bool = False
+) -> jax.Array:
     """One SSL view of one image (the torchvision pipeline of the module docstring).
 
     All random numbers of a view come from one `jax.random.uniform` call, which keeps the
@@ -569,21 +580,29 @@ def augment_image(key: jax.Array, image: jax.Array, cfg: ViewConfig) -> jax.Arra
       key: PRNG key; the same key gives the same view.
       image: uint8 [H, W, C] with C in {1, 3}; one channel is broadcast to three first.
       cfg: the view parameters.
+      cropped: ``image`` is the view's crop already, [cfg.crop_size, cfg.crop_size, C] (a random
+        resized crop taken on the host from the full-resolution image, ``cl_ssl.data.host_crop``):
+        the pipeline starts after the crop, with the same draws for the other operations.
 
     Returns:
       float32 [cfg.crop_size, cfg.crop_size, 3], standardised with cfg.mean and cfg.std (before
       standardisation the values lie in [0, 1]).
     """
-    n_crop = 2 * _CROP_ATTEMPTS + 2
+    n_crop = CROP_UNIFORMS
     u = jax.random.uniform(key, (n_crop + 8 + 6,))
     crop_u, jitter_u = u[:n_crop], u[n_crop : n_crop + 8]
     p_jitter, p_gray, p_blur, p_solarize, p_flip, sigma_u = u[n_crop + 8 :]
 
     x = _to_unit_rgb(image)
-    if cfg.crop_padding > 0:
+    if cropped:
+        if image.shape[:2] != (cfg.crop_size, cfg.crop_size):
+            raise ValueError(
+                f"a cropped view must be {cfg.crop_size} x {cfg.crop_size}, got {image.shape}"
+            )
+    elif cfg.crop_padding > 0:
         x = padded_random_crop(crop_u[:2], x, size=cfg.crop_size, padding=cfg.crop_padding)
     else:
-        box = _crop_box(crop_u, x.shape[0], x.shape[1], (cfg.min_scale, cfg.max_scale), _RATIO)
+        box = crop_box(crop_u, x.shape[0], x.shape[1], (cfg.min_scale, cfg.max_scale))
         x = crop_and_resize(x, box, cfg.crop_size)
 
     strengths = (cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
@@ -641,16 +660,28 @@ def center_crop_batch(images: jax.Array, cfg: ViewConfig, *, fraction: float) ->
     return _standardize(crop(images), cfg.mean, cfg.std)
 
 
-def augment_batch(key: jax.Array, images: jax.Array, cfg: ViewConfig) -> jax.Array:
+def augment_batch(
+    key: jax.Array, images: jax.Array, cfg: ViewConfig, crops: jax.Array | None = None
+) -> jax.Array:
     """One SSL view of each image of a batch, with independent per-example keys.
 
     Args:
       key: PRNG key, split into one key per example.
       images: uint8 [B, H, W, C] with C in {1, 3}.
       cfg: the view parameters.
+      crops: uint8 [B0, cfg.crop_size, cfg.crop_size, C], B0 <= B: the view's crops of the first
+        B0 images, taken on the host (``augment_image(..., cropped=True)``); those rows of
+        ``images`` are not read. None crops every image here.
 
     Returns:
       float32 [B, cfg.crop_size, cfg.crop_size, 3], standardised with cfg.mean and cfg.std.
     """
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(functools.partial(augment_image, cfg=cfg))(keys, images)
+    view = jax.vmap(functools.partial(augment_image, cfg=cfg))
+    if crops is None:
+        return view(keys, images)
+    cropped = jax.vmap(functools.partial(augment_image, cfg=cfg, cropped=True))
+    head = cropped(keys[: crops.shape[0]], crops)
+    if crops.shape[0] == images.shape[0]:
+        return head
+    return jnp.concatenate([head, view(keys[crops.shape[0] :], images[crops.shape[0] :])])

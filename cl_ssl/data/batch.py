@@ -22,6 +22,9 @@ class TrainData:
         over the devices; None without one.
       probe_images: uint8 [B, H, W, C], their images, for a data set kept in host memory; None
         otherwise.
+      crops: for a streamed data set cropped on the host (``dataset.host_crop``), one uint8
+        [B, s_v, s_v, C] per view: the random resized crop of each image of this step's batch,
+        taken from the full-resolution image, sharded over the devices; None otherwise.
       on_device: whether ``images`` is the whole split (True) or this step's batch (static).
     """
 
@@ -31,6 +34,7 @@ class TrainData:
     tasks: jax.Array
     probe_ids: jax.Array | None = None
     probe_images: jax.Array | None = None
+    crops: tuple[jax.Array, ...] | None = None
     on_device: bool = flax.struct.field(pytree_node=False, default=True)
 
 

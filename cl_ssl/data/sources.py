@@ -22,7 +22,8 @@ each is written once into one preallocated array. At 224 pixels ImageNet-100's t
 domains 62 GB (27 GB more for their test images), so their presets stream them
 (``dataset.streaming=True``). A streamed split still reads its labels at every start, in a pass
 over all its records that decodes no image (the ImageNet ones make that pass anyway, to find
-their 100 classes).
+their 100 classes), and its images can also be read at their own size, for views cropped on the
+host (``StreamedImages.read_with_crops``, ``dataset.host_crop``).
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def _read(
             readers[0].image_shape,
             readers[0].decode,
             num_threads=read_threads,
+            open_image=readers[0].open,
         )
         labels = np.concatenate([r.labels() for r in readers])
     else:
@@ -223,15 +225,21 @@ def _allocate(size: int, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.n
     return np.empty((size, *image_shape), np.uint8), np.empty(size, np.int32)
 
 
-def central_square(image, size: int) -> np.ndarray:
-    """uint8 [size, size, 3] from an encoded image (bytes) or a uint8 [H, W, C] array: shorter
-    side resized to ``size`` (bicubic), then the central square."""
+def open_image(image, mode: str = "RGB") -> Image.Image:
+    """The PIL image, in ``mode``, of an encoded image (bytes), a uint8 [H, W, C] array or a PIL
+    image."""
     if isinstance(image, bytes):
-        pil = Image.open(io.BytesIO(image))
-    else:
+        image = Image.open(io.BytesIO(image))
+    elif not isinstance(image, Image.Image):
         image = np.asarray(image)
-        pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    pil = pil.convert("RGB")
+        image = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    return image.convert(mode)
+
+
+def central_square(image, size: int) -> np.ndarray:
+    """uint8 [size, size, 3] from an encoded image (bytes), a uint8 [H, W, C] array or a PIL
+    image: shorter side resized to ``size`` (bicubic), then the central square."""
+    pil = open_image(image)
     scale = size / min(pil.size)
     width, height = (max(size, round(d * scale)) for d in pil.size)
     pil = pil.resize((width, height), Image.BICUBIC)
@@ -330,13 +338,18 @@ class _TfdsReader:
         return len(self.records)
 
     def decode(self, image) -> np.ndarray:
-        """uint8 [*image_shape] from an image feature: encoded bytes (read undecoded), or an
-        array."""
+        """uint8 [*image_shape] from an image feature (encoded bytes, read undecoded, or an array)
+        or from the image as ``open`` returns it."""
         if self.image_size > 0:
             return central_square(image, self.image_size)
         if isinstance(image, bytes):
-            image = np.asarray(Image.open(io.BytesIO(image)))
-        return image.reshape(self.image_shape)
+            image = Image.open(io.BytesIO(image))
+        return np.asarray(image).reshape(self.image_shape)
+
+    def open(self, image) -> Image.Image:
+        """The image of an image feature at its own size, in mode "RGB" for images stored with
+        three channels, "L" for one."""
+        return open_image(image, "RGB" if self.image_shape[-1] == 3 else "L")
 
     def labels(self) -> np.ndarray:
         """int32 [size], the kept records' labels (a pass over the records unless one was made)."""

@@ -10,6 +10,10 @@ global batch that this process's devices take, as ``parallel.gather_batch`` asks
 the examples the offline probes train on. The order of the examples, and so a resumed run's
 position, is the run's (``train.epoch_order``), independent of how the images are stored: a
 streamed run computes the same numbers as one with the images in memory.
+
+``read_with_crops`` reads a batch as a run with ``dataset.host_crop`` needs it: each image
+decoded once, at its own size, into its stored form and a random resized crop for every view
+(``host_crop.resized_crop``), so that views are cropped from the full-resolution image.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from typing import Any
 
 import grain
 import numpy as np
+from PIL import Image
+
+from cl_ssl.data import augment, host_crop
 
 # Examples decoded ahead of the one being returned, per read (at least one per thread); a read is
 # one process's rows of a batch, or a chunk of the evaluation, which it holds anyway.
@@ -33,8 +40,12 @@ class StreamedImages:
         the ``decode`` function turns into uint8 [*image_shape]; ``records`` (int [N_k]) are the
         records of the part's examples. Example i of the whole is record i of the concatenation.
       image_shape: (H, W, C) of every decoded image.
-      decode: image feature (encoded bytes or an array) -> uint8 [*image_shape].
+      decode: image feature (encoded bytes or an array), or the image as ``open_image`` returns
+        it, -> uint8 [*image_shape].
       num_threads: threads decoding in parallel.
+      open_image: image feature -> the decoded image at its own size (PIL, mode "RGB" for three
+        channels, "L" for one), for ``read_with_crops``; None if the images are not cropped on
+        the host.
 
     Converting it to an array (``np.asarray``, ``jax.device_put``) or iterating over it would read
     the whole split, so both raise TypeError; ``subset`` selects examples without reading them.
@@ -48,12 +59,14 @@ class StreamedImages:
         image_shape: tuple[int, ...],
         decode: Callable[[Any], np.ndarray],
         num_threads: int = 16,
+        open_image: Callable[[Any], Image.Image] | None = None,
     ):
         self._sources = [source for source, _ in parts]
         self._records = np.concatenate([np.asarray(r, np.int64) for _, r in parts])
         self._parts = np.repeat(np.arange(len(parts), dtype=np.int16), [len(r) for _, r in parts])
         self._decode = decode
         self._num_threads = num_threads
+        self._open_image = open_image
         self.shape = (len(self._records), *image_shape)
 
     @property
@@ -100,9 +113,19 @@ class StreamedImages:
         out.shape = (len(indices), *self.shape[1:])
         return out
 
+    def _feature(self, index: int) -> Any:
+        return self._sources[self._parts[index]][int(self._records[index])]["image"]
+
     def _read(self, index: int) -> np.ndarray:
-        example = self._sources[self._parts[index]][int(self._records[index])]
-        return self._decode(example["image"])
+        return self._decode(self._feature(index))
+
+    def _map(self, items: list, fn: Callable) -> Any:
+        """``fn`` of each item, in order, computed by the reading threads."""
+        options = grain.ReadOptions(
+            num_threads=self._num_threads,
+            prefetch_buffer_size=max(_PREFETCH, self._num_threads),
+        )
+        return grain.MapDataset.source(items).map(fn).to_iter_dataset(options)
 
     def __getitem__(self, key) -> np.ndarray:
         """The decoded images of ``key`` (an int, a slice, int indices or a boolean mask, as for
@@ -116,14 +139,48 @@ class StreamedImages:
             return self._read(int(indices))
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
         if len(indices):
-            options = grain.ReadOptions(
-                num_threads=self._num_threads,
-                prefetch_buffer_size=max(_PREFETCH, self._num_threads),
-            )
-            images = grain.MapDataset.source(indices.tolist()).map(self._read)
-            for row, image in enumerate(images.to_iter_dataset(options)):
+            for row, image in enumerate(self._map(indices.tolist(), self._read)):
                 out[row] = image
         return out
+
+    def read_with_crops(
+        self, indices, uniforms: np.ndarray, views: Sequence[augment.ViewConfig]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """The images of ``indices`` and, for every view, a random resized crop of each, taken
+        from the decoded image at its own size (``host_crop.resized_crop``).
+
+        Args:
+          indices: int [n], examples (a repeated one is read, and cropped, once per row).
+          uniforms: float32 [n, len(views), augment.CROP_UNIFORMS], the draws of the boxes
+            (``host_crop.crop_uniforms``).
+          views: the views, with their crop sizes and scale ranges.
+
+        Returns:
+          (uint8 [n, *image_shape] as ``self[indices]``, one uint8 [n, s_v, s_v, C] per view).
+        """
+        if self._open_image is None:
+            raise ValueError("these images were opened without open_image; they cannot be cropped")
+        indices = np.atleast_1d(self._indices(indices))
+        channels = self.shape[-1]
+        images = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        crops = tuple(
+            np.empty((len(indices), v.crop_size, v.crop_size, channels), self.dtype) for v in views
+        )
+
+        def read(item):
+            index, u = item
+            original = self._open_image(self._feature(index))
+            view_crops = [
+                host_crop.resized_crop(original, u[v], view) for v, view in enumerate(views)
+            ]
+            return self._decode(original), view_crops
+
+        items = list(zip(indices.tolist(), uniforms, strict=True))
+        for row, (image, view_crops) in enumerate(self._map(items, read) if items else ()):
+            images[row] = image
+            for out, crop in zip(crops, view_crops, strict=True):
+                out[row] = crop
+        return images, crops
 
 
 def subset(images, key):
