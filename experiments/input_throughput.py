@@ -1,12 +1,20 @@
 """Images/s that the streaming input delivers on this host, against what the train step consumes.
 
 Reads batches of random examples through ``streaming.StreamedImages``, as a streamed run does
-(``dataset.streaming=True``, the ImageNet-100 and DomainNet presets): each JPEG record decoded
-and resized to the stored square (``sources.central_square``: shorter side to ``--image_size``,
-bicubic, central crop) by ``--threads`` grain threads. The records are synthetic JPEGs of
-ImageNet's typical size (500 x 375 pixels, quality 90: smooth colour fields with noise, about
-as costly to decode as photographs of that size), held in memory, so the figure is the decoding
-cost without the disk.
+(``dataset.streaming=True``, the ImageNet-100, DomainNet and CUB-200 presets), with ``--threads``
+grain threads, in two ways:
+
+- stored squares: each JPEG record decoded and resized to the stored square
+  (``sources.central_square``: shorter side to ``--image_size``, bicubic, central crop), as a
+  streamed run without host crops reads its batches;
+- with host crops: each record decoded once into its stored square and, for each of the two
+  views, a random resized crop of the decoded image at its own size, resized to ``--image_size``
+  (``StreamedImages.read_with_crops``, the presets' ``dataset.host_crop=True``), with the boxes
+  a run draws (``host_crop.crop_uniforms``, scale 0.08 to 1).
+
+The records are synthetic JPEGs of ImageNet's typical size (500 x 375 pixels, quality 90: smooth
+colour fields with noise, about as costly to decode as photographs of that size), held in memory,
+so the figure is the decoding cost without the disk.
 
     python experiments/input_throughput.py                     # threads 1, 2, ... up to the cores
     python experiments/input_throughput.py --threads=1,16 --images=2048
@@ -14,7 +22,7 @@ cost without the disk.
 It also prints the train step's need: the images/s of one step on a GPU at ``--image_size``, from
 the step's FLOPs (XLA's count of the lowered SimCLR + ResNet-18 ImageNet-stem step, on this
 machine) at the MFU measured for the 32-pixel step on an H100 (``--mfu``, ``--peak_tflops``),
-and the cores that feed it at the measured images/s per thread.
+and the cores that feed it at the measured images/s per thread with host crops.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from cl_ssl.data import sources, streaming
+from cl_ssl.data import augment, host_crop, sources, streaming
 
 _THREADS = flags.DEFINE_list("threads", [], "Thread counts to time (default 1, 2, 4, ... cores).")
 _IMAGES = flags.DEFINE_integer("images", 1024, "Images decoded per thread count.")
@@ -55,8 +63,9 @@ def synthetic_jpegs(count: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def time_reads(records: list[bytes], threads: int) -> float:
-    """Images/s of batched random reads through StreamedImages with ``threads`` threads."""
+def time_reads(records: list[bytes], threads: int, crops: bool) -> float:
+    """Images/s of batched random reads through StreamedImages with ``threads`` threads: stored
+    squares only, or with ``crops`` also the two views' host crops of every image."""
     source = [{"image": r} for r in records]
     size = _SIZE.value
     images = streaming.StreamedImages(
@@ -64,14 +73,24 @@ def time_reads(records: list[bytes], threads: int) -> float:
         (size, size, 3),
         lambda image: sources.central_square(image, size),
         num_threads=threads,
+        open_image=sources.open_image,
     )
+    views = (augment.ViewConfig(crop_size=size),) * 2
+
+    def read(step: int, batch: np.ndarray) -> None:
+        if crops:
+            uniforms = host_crop.crop_uniforms(0, 0, step, len(batch), len(views))
+            images.read_with_crops(batch, uniforms, views)
+        else:
+            images[batch]
+
     rng = np.random.default_rng(1)
-    images[rng.integers(0, len(records), 8)]  # thread start-up, outside the timing
-    done, start = 0, time.perf_counter()
+    read(0, rng.integers(0, len(records), 8))  # thread start-up, outside the timing
+    done, step, start = 0, 1, time.perf_counter()
     while done < _IMAGES.value:
         batch = rng.integers(0, len(records), _BATCH.value)
-        images[batch]
-        done += len(batch)
+        read(step, batch)
+        done, step = done + len(batch), step + 1
     return done / (time.perf_counter() - start)
 
 
@@ -132,11 +151,16 @@ def main(argv):
         f"{len(records)} synthetic JPEGs of 500 x 375, {mean_kb:.0f} KB on average; "
         f"{cores} cores; decoded to {_SIZE.value} x {_SIZE.value}"
     )
-    print(f"{'threads':>8} {'images/s':>10} {'per thread':>11}")
+    print(f"{'':>8} {'stored squares':>22} {'squares + 2 host crops':>24}")
+    print(f"{'threads':>8} {'images/s':>10} {'per thread':>11} {'images/s':>12} {'per thread':>11}")
     rates = {}
     for threads in counts:
-        rates[threads] = time_reads(records, threads)
-        print(f"{threads:>8} {rates[threads]:>10.0f} {rates[threads] / threads:>11.0f}")
+        squares = time_reads(records, threads, crops=False)
+        rates[threads] = time_reads(records, threads, crops=True)
+        print(
+            f"{threads:>8} {squares:>10.0f} {squares / threads:>11.0f} "
+            f"{rates[threads]:>12.0f} {rates[threads] / threads:>11.0f}"
+        )
     if _STEP.value:
         flops = step_flops_per_image()
         need = _MFU.value * _PEAK.value * 1e12 / flops
@@ -144,7 +168,7 @@ def main(argv):
         print(
             f"train step: {flops / 1e9:.1f} GFLOP per image at {_SIZE.value} px; at {_MFU.value:.1%} "
             f"MFU of {_PEAK.value} TFLOP/s it takes {need:,.0f} images/s, which {need / per_core:.0f} "
-            f"cores decode at {per_core:.0f} images/s each"
+            f"cores decode and crop at {per_core:.0f} images/s each"
         )
 
 

@@ -27,7 +27,7 @@ def test_throughput_script_runs_the_train_step():
     assert "jax" in out.stdout and "images/s" in out.stdout
 
 
-def test_input_throughput_script_times_streamed_reads_and_the_steps_need():
+def test_input_throughput_script_times_streamed_reads_and_crops_and_the_steps_need():
     out = subprocess.run(
         [
             sys.executable,
@@ -44,8 +44,8 @@ def test_input_throughput_script_times_streamed_reads_and_the_steps_need():
         timeout=300,
     )
     rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
-    assert len(rows) == 2 and all(float(r[1]) > 0 for r in rows)
-    assert "GFLOP per image at 32 px" in out.stdout and "cores decode" in out.stdout
+    assert len(rows) == 2 and all(len(r) == 5 and float(r[1]) > 0 < float(r[3]) for r in rows)
+    assert "GFLOP per image at 32 px" in out.stdout and "cores decode and crop" in out.stdout
 
 
 def _quality(tmp_path, *extra):
