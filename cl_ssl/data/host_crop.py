@@ -7,7 +7,9 @@ solo-learn's torchvision ``RandomResizedCrop`` does on the PIL image. A stored s
 (``sources.central_square``) has lost the image's borders and every pixel beyond its side, so a
 streamed run with ``dataset.host_crop`` takes each view's crop here, from the decoded image, and
 the step runs the rest of the view's pipeline (colour jitter, grayscale, blur, solarisation,
-flip) on the device (``augment.augment_image(..., cropped=True)``).
+flip) on the device (``augment.augment_image(..., cropped=True)``). Rows that a strategy joins to
+the batch (a replay memory's) and the online probe's batch are cropped on the device from their
+stored squares, which are what a memory keeps.
 
 The box is torchvision's (``augment.crop_box``, the step's own box drawing, run with NumPy), the
 resampling PIL's bicubic resize of the cropped region, as torchvision's ``F.resized_crop`` does
