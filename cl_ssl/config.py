@@ -70,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
     # devices (False: for data sets larger than a device's memory; the same numbers either way).
     # streaming (with on_device=False, tfds data sets): the images stay in their records, each
     # batch read and decoded by read_threads threads when the step needs it, so host memory holds
-    # no split (for data sets larger than the host's memory; the same numbers either way).
+    # no split (for data sets larger than the host's memory; without host_crop, the same numbers
+    # as with the images in memory).
     # host_crop (with streaming): each view's random resized crop is taken on the host from the
     # decoded image at its own size, as CaSSLe's DALI pipeline does, instead of on the device from
     # the stored image_size square (which stays the image of the evaluation and the memories).

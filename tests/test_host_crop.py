@@ -15,14 +15,16 @@ from cl_ssl.data import augment, host_crop, sources, streaming
 
 def test_host_boxes_are_the_steps_boxes():
     """``crop_box`` with NumPy draws, from the same uniforms, the box the step draws with
-    jax.numpy, for images of every shape (the fallback included: 10 x 200 fits no candidate)."""
+    jax.numpy, for images of every shape (the fallback included: 10 x 200 fits no candidate),
+    except for rare one-pixel moves where the two float32 ``exp`` round differently."""
     rng = np.random.default_rng(0)
-    device_box = jax.jit(augment.crop_box, static_argnums=(1, 2, 3))
     for height, width, scale in [(375, 500, (0.08, 1.0)), (31, 17, (0.2, 1.0)), (10, 200, (1, 1))]:
-        for u in rng.random((50, augment.CROP_UNIFORMS), dtype=np.float32):
-            host = augment.crop_box(u, height, width, scale, xp=np)
-            np.testing.assert_array_equal(host, device_box(jnp.asarray(u), height, width, scale))
-    assert augment.crop_box(u, 10, 200, (1.0, 1.0), xp=np).tolist() == [0, 93, 10, 13]
+        u = rng.random((3000, augment.CROP_UNIFORMS), dtype=np.float32)
+        device = jax.jit(jax.vmap(lambda x: augment.crop_box(x, height, width, scale)))(u)
+        host = np.stack([augment.crop_box(x, height, width, scale, xp=np) for x in u])
+        moved = np.any(host != np.asarray(device), axis=1)
+        assert moved.mean() <= 1e-3 and np.abs(host - device).max() <= 1
+    np.testing.assert_array_equal(host, np.broadcast_to([0, 93, 10, 13], host.shape))
 
 
 def test_host_crop_is_the_steps_crop_of_the_full_image():
@@ -106,26 +108,30 @@ def test_streamed_reads_crop_each_row_from_its_record(mock_tfds):
 
 
 def test_a_process_crops_the_rows_of_its_devices():
-    """``parallel.gather_with_crops`` on four devices: every row's stored image and crops land on
-    the device that holds the row (images of record r have the value r everywhere, and so have
-    their crops, whatever the box)."""
+    """``parallel.gather_with_crops`` on four devices: every row's stored image and its crop of
+    each view, with that row's uniforms, land on the device that holds the row (a repeated
+    example is cropped once per row)."""
     n = 20
-    source = [{"image": r} for r in range(n)]
+    originals = [
+        np.random.default_rng(r).integers(0, 256, (9 + r, 14 + r), np.uint8) for r in range(n)
+    ]
     images = streaming.StreamedImages(
-        [(source, np.arange(n))],
+        [([{"image": r} for r in range(n)], np.arange(n))],
         (4, 4, 1),
-        lambda image: np.full((4, 4, 1), np.asarray(image).flat[0], np.uint8),
+        lambda image: np.asarray(image)[:4, :4, None],
         num_threads=2,
-        open_image=lambda r: Image.fromarray(np.full((5 + r, 9 + r), r, np.uint8)),
+        open_image=lambda r: Image.fromarray(originals[r]),
     )
-    views = (augment.ViewConfig(crop_size=3), augment.ViewConfig(crop_size=5))
+    views = (augment.ViewConfig(crop_size=3), augment.ViewConfig(crop_size=5, min_scale=0.5))
     batch = np.array([7, 3, 19, 0, 12, 5, 5, 8], np.int32)
     u = host_crop.crop_uniforms(0, 0, 0, len(batch), 2)
     stored, crops = parallel.gather_with_crops(parallel.make_mesh(4), images, batch, u, views)
-    expected = batch[:, None, None, None]
-    np.testing.assert_array_equal(np.asarray(stored), np.broadcast_to(expected, (8, 4, 4, 1)))
-    for crop, side in zip(crops, (3, 5), strict=True):
-        np.testing.assert_array_equal(
-            np.asarray(crop), np.broadcast_to(expected, (8, side, side, 1))
-        )
+    np.testing.assert_array_equal(np.asarray(stored), [originals[r][:4, :4, None] for r in batch])
+    for v, (crop, view) in enumerate(zip(crops, views, strict=True)):
+        expected = [
+            host_crop.resized_crop(Image.fromarray(originals[r]), u[row, v], view)
+            for row, r in enumerate(batch)
+        ]
+        np.testing.assert_array_equal(np.asarray(crop), expected)
         assert len({s.device for s in crop.addressable_shards}) == 4
+    assert not np.array_equal(np.asarray(crops[0])[5], np.asarray(crops[0])[6])

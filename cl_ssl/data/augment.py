@@ -1,5 +1,8 @@
 """SSL view augmentations that run on the device, with torchvision semantics.
 
+A view's random resized crop can also be taken on the host, from the full-resolution image
+(``cl_ssl.data.host_crop``); `augment_image` with ``cropped=True`` then runs the rest of the view.
+
 Every function is pure and traces under `jax.jit` and `jax.vmap`; random decisions are array
 selects, so one compiled step serves every draw. `augment_image` works on one uint8 image;
 `augment_batch` vmaps it over per-example keys.
@@ -138,8 +141,9 @@ def crop_box(
     """The crop box of `random_resized_crop_params` from float32 [2 * attempts + 2] uniforms.
 
     ``xp`` is the array module: ``jax.numpy`` inside the step, ``numpy`` where the host crops
-    full-resolution images (``cl_ssl.data.host_crop``); both give the same box for the same
-    uniforms.
+    full-resolution images (``cl_ssl.data.host_crop``). Both give the same box for the same
+    uniforms, except where their float32 ``exp`` differ by an ulp and a side's rounding flips:
+    about 3 draws in 100,000 move a side or corner by one pixel.
     """
     attempts = (u.shape[0] - 2) // 2
     area = height * width * (scale[0] + (scale[1] - scale[0]) * u[:attempts])

@@ -9,7 +9,8 @@ split, nothing of its images: what a run holds at once is the batch being read (
 global batch that this process's devices take, as ``parallel.gather_batch`` asks for them) and
 the examples the offline probes train on. The order of the examples, and so a resumed run's
 position, is the run's (``train.epoch_order``), independent of how the images are stored: a
-streamed run computes the same numbers as one with the images in memory.
+streamed run that crops its views from the stored images (without ``dataset.host_crop``) computes
+the same numbers as one with the images in memory.
 
 ``read_with_crops`` reads a batch as a run with ``dataset.host_crop`` needs it: each image
 decoded once, at its own size, into its stored form and a random resized crop for every view

@@ -109,6 +109,12 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Genifer from ``config.genifer``; needs ``objective=supervised``."""
     supervised.check_objective(objective, "genifer")
     check_config(config)
+    if config.dataset.host_crop:
+        raise ValueError(
+            "genifer replaces part of each batch by generated images inside the step, so the "
+            "host's crops of the batch (dataset.host_crop=True) would not line up with its rows; "
+            "set dataset.host_crop=False"
+        )
     g = config.genifer
     view = objective.views[0]
     genifer_gan.check_config(config, view.crop_size)
