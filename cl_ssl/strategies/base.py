@@ -183,8 +183,9 @@ class Strategy:
       end_task: ``TaskEnd`` -> the strategy's state for the next stage (snapshot a teacher, select
         exemplars, train a generator); by default the state as it is.
       extend_batch: optional (strategy state, the step's batch, ``TrainData``, key, task) -> the
-        batch with the strategy's rows joined (a replay sub-batch with its validity), inside the
-        jitted step, from stage ``extends_batch_from`` on.
+        batch with the strategy's rows joined after the step's own (a replay sub-batch with its
+        validity), inside the jitted step, from stage ``extends_batch_from`` on. The step's rows
+        come first and whole: views cropped on the host (``TrainData.crops``) are theirs.
       extends_batch_from: the first stage whose step calls ``extend_batch``.
       transform_views: optional (augmented views of the extended batch, that batch, key) -> the
         views the student and the objective see (LUMP's mixup); with ``extend_batch`` only.
