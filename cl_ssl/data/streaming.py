@@ -122,6 +122,8 @@ class StreamedImages:
 
     def _map(self, items: list, fn: Callable) -> Any:
         """``fn`` of each item, in order, computed by the reading threads."""
+        if not items:
+            return ()
         options = grain.ReadOptions(
             num_threads=self._num_threads,
             prefetch_buffer_size=max(_PREFETCH, self._num_threads),
@@ -139,9 +141,8 @@ class StreamedImages:
         if indices.ndim == 0:
             return self._read(int(indices))
         out = np.empty((len(indices), *self.shape[1:]), self.dtype)
-        if len(indices):
-            for row, image in enumerate(self._map(indices.tolist(), self._read)):
-                out[row] = image
+        for row, image in enumerate(self._map(indices.tolist(), self._read)):
+            out[row] = image
         return out
 
     def read_with_crops(
@@ -177,7 +178,7 @@ class StreamedImages:
             return self._decode(original), view_crops
 
         items = list(zip(indices.tolist(), uniforms, strict=True))
-        for row, (image, view_crops) in enumerate(self._map(items, read) if items else ()):
+        for row, (image, view_crops) in enumerate(self._map(items, read)):
             images[row] = image
             for out, crop in zip(crops, view_crops, strict=True):
                 out[row] = crop
