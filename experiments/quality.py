@@ -3,11 +3,11 @@ random initialisation.
 
 Runs a config (by default configs/fashion_mnist.py, the demo: 5 class-incremental tasks) for each
 objective, strategy and seed, each in its own workdir (an interrupted sweep resumes), and prints
-``python -m cl_ssl.report``'s markdown table of those runs: per objective, strategy and accuracy
-matrix (linear probe, kNN, a strategy's own classifier), mean +- std over seeds of the final
-accuracy (over the test images of every task), its gain over the random-initialisation row (the
-same backbone initialisation for every objective and strategy of a seed), the average incremental
-accuracy, forgetting (``max_prev``), backward and forward transfer (T-1 norm).
+``python -m cl_ssl.summarize``'s markdown table of those runs: per objective, strategy and
+accuracy matrix (linear probe, kNN, a strategy's own classifier), mean +- std over seeds of the
+final accuracy (over the test images of every task), its gain over the random-initialisation row
+(the same backbone initialisation for every objective and strategy of a seed), the average
+incremental accuracy, forgetting (``max_prev``), backward and forward transfer (T-1 norm).
 ``--output`` also writes the table and the command to a markdown file. Config values can be
 overridden as in cl_ssl.main (``--config.epochs_per_task=15``). A run whose workdir already holds
 complete results of the same config (results.json with every row evaluated, from this machine or
@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cl_ssl import config as config_lib
-from cl_ssl import report, train
+from cl_ssl import summarize, train
 from cl_ssl.objectives import resolve_config
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
@@ -45,7 +45,7 @@ _OUTPUT = flags.DEFINE_string("output", "", "Optional markdown file for the comm
 
 def _finished(config, workdir: str) -> bool:
     """Whether ``workdir`` holds complete results (every row evaluated) of ``config``."""
-    run = report.load_run(workdir)
+    run = summarize.load_run(workdir)
     resolved = json.loads(resolve_config(config).to_json())  # results.json holds the resolved one
     return run is not None and not config_lib.differing_fields(run.config, resolved)
 
@@ -64,14 +64,15 @@ def main(argv):
                 workdir = os.path.join(_WORKDIR.value, f"{objective}_{strategy}_seed{seed}")
                 if not _finished(config, workdir):
                     train.run(config, workdir)
-                run = report.load_run(workdir)
+                run = summarize.load_run(workdir)
                 print(objective, strategy, seed, json.dumps(run.figures), flush=True)
                 workdirs.append(workdir)
-    markdown, _, _ = report.summarize_runs(workdirs)
+    markdown, _, _ = summarize.summarize_runs(workdirs)
     text = (
         f"`python {' '.join(sys.argv)}`\n\n"
         f"{len(_SEEDS.value)} seeds ({', '.join(_SEEDS.value)}); accuracies in percent over the "
-        "test images of every task, mean ± std over seeds (python -m cl_ssl.report)\n\n" + markdown
+        "test images of every task, mean ± std over seeds (python -m cl_ssl.summarize)\n\n"
+        + markdown
     )
     print("\n" + text, end="")
     if _OUTPUT.value:

@@ -1,5 +1,5 @@
-"""python -m cl_ssl.report: runs grouped by config minus the seed, mean and std over seeds against
-hand-computed values, incomplete runs skipped, markdown and CSV from the command line."""
+"""python -m cl_ssl.summarize: runs grouped by config minus the seed, mean and std over seeds
+against hand-computed values, incomplete runs skipped, markdown and CSV from the command line."""
 
 import csv
 import io
@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import tiny_config, write_finished_run
 
-from cl_ssl import report
+from cl_ssl import summarize
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def runs(tmp_path_factory):
 
 
 def test_groups_seeds_and_aggregates_by_hand(runs):
-    markdown, csv_text, skipped = report.summarize_runs(
+    markdown, csv_text, skipped = summarize.summarize_runs(
         [str(runs / name) for name in ("finetune_0", "cassle_0", "finetune_1", "cassle_1")]
     )
     assert skipped == [str(runs / "cassle_1")]
@@ -55,9 +55,12 @@ def test_groups_seeds_and_aggregates_by_hand(runs):
 
 def test_a_config_difference_besides_the_seed_names_the_rows(runs, tmp_path):
     write_finished_run(tmp_path / "long", tiny_config(seed=0, epochs_per_task=3), [80.0] * 5)
-    fields, rows = report.table(
-        report.group_by_config(
-            [report.load_run(str(runs / "finetune_0")), report.load_run(str(tmp_path / "long"))]
+    fields, rows = summarize.table(
+        summarize.group_by_config(
+            [
+                summarize.load_run(str(runs / "finetune_0")),
+                summarize.load_run(str(tmp_path / "long")),
+            ]
         )
     )
     assert fields == ["objective", "strategy", "epochs_per_task"]
@@ -69,7 +72,7 @@ def test_command_line_reads_globs_and_writes_markdown_and_csv(runs, tmp_path):
         [
             sys.executable,
             "-m",
-            "cl_ssl.report",
+            "cl_ssl.summarize",
             str(runs / "*"),
             f"--output={tmp_path / 'summary'}",
         ],
@@ -82,4 +85,4 @@ def test_command_line_reads_globs_and_writes_markdown_and_csv(runs, tmp_path):
     assert (tmp_path / "summary.md").read_text() in out.stdout
     assert "final_mean" in (tmp_path / "summary.csv").read_text()
     with pytest.raises(ValueError, match="holds a finished run"):
-        report.summarize_runs([str(tmp_path / "nothing_here")])
+        summarize.summarize_runs([str(tmp_path / "nothing_here")])

@@ -1,6 +1,6 @@
 """Aggregates finished runs: mean +- std over seeds of every config's metrics, as markdown and CSV.
 
-    python -m cl_ssl.report runs/strategies/* --output=runs/strategies/summary
+    python -m cl_ssl.summarize runs/strategies/* --output=runs/strategies/summary
 
 reads each workdir's results.json, groups the runs whose configs differ only in their seed (fields
 that change how a run executes, and the sections of strategies and objectives a run does not read,
@@ -211,7 +211,7 @@ def main(argv: Sequence[str]) -> None:
     patterns = argv[1:]
     if not patterns:
         raise app.UsageError(
-            "pass the workdirs of the runs (or globs): python -m cl_ssl.report runs/*"
+            "pass the workdirs of the runs (or globs): python -m cl_ssl.summarize runs/*"
         )
     workdirs = [w for p in patterns for w in sorted(glob.glob(p)) or [p]]
     markdown, csv_text, skipped = summarize_runs(workdirs)

@@ -1,7 +1,7 @@
 """Re-scores a finished (or interrupted) run with other evaluation settings, without training.
 
-    python -m cl_ssl.evaluate --workdir=runs/demo --config.eval.probe_data=seen
-    python -m cl_ssl.evaluate --workdir=runs/demo --config.eval.label_fraction=0.01 --name=1pc
+    python -m cl_ssl.rescore --workdir=runs/demo --config.eval.probe_data=seen
+    python -m cl_ssl.rescore --workdir=runs/demo --config.eval.label_fraction=0.01 --name=1pc
 
 evaluates the checkpoint of every task boundary of the run in --workdir (its config.json is the
 base config; only ``--config.eval.*`` fields may change) and writes results.json, results.md and
