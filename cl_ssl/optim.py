@@ -5,7 +5,8 @@
 * `sgd`: PyTorch SGD with coupled weight decay (d = g + wd * w) and momentum, optionally Nesterov.
 * `adamw`: optax's AdamW with the same bias/norm exclusion option.
 * `radam`: RAdam (Liu et al., ICLR 2020) with decoupled weight decay, as its reference
-  implementation (LiyuanLucasLiu/RAdam ``radam.py``), which Genifer trains its later tasks with.
+  implementation (LiyuanLucasLiu/RAdam ``radam.py``), which Genifer trains its later tasks with;
+  ``degenerated_to_sgd=False`` (the reference class's default, Genifer's) skips the first steps.
 * `switch`: one optimizer or another, chosen per step (Genifer: SGD on the first task, RAdam after).
 * `multistep_schedule`: PyTorch's `MultiStepLR`, stepped once per epoch.
 * `warmup_cosine_schedule`: pl_bolts' `LinearWarmupCosineAnnealingLR` (linear warm-up, then
@@ -193,6 +194,14 @@ def sgd(
     )
 
 
+class RAdamState(NamedTuple):
+    """RAdam's step count (int32 scalar) and moments (pytrees like the parameters)."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
 def radam(
     learning_rate: ScalarOrSchedule,
     *,
@@ -200,22 +209,86 @@ def radam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    degenerated_to_sgd: bool = True,
     exclude_bias_and_norm: bool = False,
 ) -> optax.GradientTransformation:
-    """RAdam with decoupled weight decay: w <- w - lr * (radam_step + wd * w).
+    """RAdam (Liu et al., "On the variance of the adaptive learning rate and beyond", ICLR 2020)
+    as its reference class ``RAdam`` (LiyuanLucasLiu/RAdam ``radam/radam.py`` l.5-94), with its
+    decoupled weight decay.
 
-    ``optax.scale_by_radam`` (Liu et al., ICLR 2020, Algorithm 2, un-rectified momentum while the
-    variance's length rho_t is below 5) and the decay of the reference ``RAdam`` class
-    (LiyuanLucasLiu/RAdam ``radam.py``: ``p -= wd * lr * p`` before the step). optax adds ``eps``
-    to sqrt(v / (1 - beta2^t)), the reference to sqrt(v): the two differ by eps-sized terms only.
+    Per step t (from 1), with m and v the moments (m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2)
+    g^2, updated at every step), rho_inf = 2 / (1 - b2) - 1 and
+    rho_t = rho_inf - 2 t b2^t / (1 - b2^t):
+
+    * rho_t >= 5: w <- w - lr * (wd * w + s_t * m / (sqrt(v) + eps)) with
+      s_t = sqrt((1 - b2^t) (rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) rho_t (rho_inf - 2)))
+      / (1 - b1^t) (the reference adds eps to sqrt(v), not to the bias-corrected sqrt(v / (1 -
+      b2^t)) as ``optax.scale_by_radam`` does);
+    * rho_t < 5 (the first 5 steps at b2 = 0.999) and ``degenerated_to_sgd``:
+      w <- w - lr * (wd * w + m / (1 - b1^t)), momentum SGD, as ``optax.scale_by_radam``;
+    * rho_t < 5 without ``degenerated_to_sgd``: no change to w, no weight decay either (the
+      reference class's default, ``degenerated_to_sgd=False``, l.7 and l.77-78, which Genifer's
+      ``genifer/learner.py`` l.83-86 builds: the ``:genifer`` presets set it).
+
+    ``degenerated_to_sgd`` defaults to True here (optax's behaviour, which cl_ssl had before the
+    option existed). 1 - b2^t is computed as -expm1(t log b2), which keeps float32 close to the
+    reference's float64 arithmetic on the scalars. With ``exclude_bias_and_norm``, 1-D tensors get
+    no weight decay.
     """
-    return optax.chain(
-        optax.scale_by_radam(b1=b1, b2=b2, eps=eps),
-        optax.add_decayed_weights(
-            weight_decay, mask=_not_excluded_mask if exclude_bias_and_norm else None
-        ),
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    log_b1, log_b2 = math.log(b1) if b1 > 0 else -math.inf, math.log(b2)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return learning_rate(count) if callable(learning_rate) else learning_rate
+
+    def init_fn(params: Any) -> RAdamState:
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        return RAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+    def update_fn(updates: Any, state: RAdamState, params: Any = None):
+        if weight_decay and params is None:
+            raise ValueError("RAdam's weight decay needs the parameters: update(grads, state, p)")
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g.astype(jnp.float32), state.mu, updates)
+        nu = jax.tree.map(
+            lambda v, g: b2 * v + (1 - b2) * jnp.square(g.astype(jnp.float32)), state.nu, updates
+        )
+        count = optax.safe_increment(state.count)
+        t = count.astype(jnp.float32)
+        one_minus_b2t = -jnp.expm1(t * log_b2)
+        one_minus_b1t = -jnp.expm1(t * log_b1)
+        rho = rho_inf - 2.0 * t * (1.0 - one_minus_b2t) / one_minus_b2t
+        rectified = rho >= 5.0
+        ratio = (
+            one_minus_b2t
+            * (rho - 4.0)
+            / (rho_inf - 4.0)
+            * (rho - 2.0)
+            / rho
+            * rho_inf
+            / (rho_inf - 2.0)
+        )
+        adaptive_size = jnp.sqrt(jnp.where(rectified, ratio, 1.0)) / one_minus_b1t
+        moves = rectified | degenerated_to_sgd
+        lr = jnp.asarray(schedule(state.count), jnp.float32)
+        if exclude_bias_and_norm and params is not None:
+            decayed = _not_excluded_mask(params)
+        else:
+            decayed = jax.tree.map(lambda _: True, mu)
+
+        def direction(m, v, w, decay):
+            step = jnp.where(rectified, adaptive_size * m / (jnp.sqrt(v) + eps), m / one_minus_b1t)
+            if weight_decay and decay:
+                step = step + weight_decay * w.astype(jnp.float32)
+            return jnp.where(moves, -lr * step, 0.0)
+
+        ws = params if params is not None else mu
+        new_updates = jax.tree.map(
+            lambda m, v, w, d, g: direction(m, v, w, d).astype(g.dtype), mu, nu, ws, decayed,
+            updates,
+        )
+        return new_updates, RAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 class SwitchState(NamedTuple):

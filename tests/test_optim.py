@@ -198,36 +198,57 @@ def test_sgd_nesterov_matches_pytorch():
     _assert_trees_close(got, w)
 
 
-def test_radam_matches_the_reference_implementation():
-    """LiyuanLucasLiu/RAdam radam.py (class RAdam, degenerated_to_sgd): momentum-only steps while
-    N_sma < 5, rectified Adam steps after, decoupled decay p -= wd lr p; 8 steps cross over.
-    With eps 0: the reference adds eps to sqrt(v), optax to sqrt(v / (1 - beta2^t))."""
-    rng = np.random.default_rng(5)
-    params = _params(rng)
-    grads_seq = [_grads(rng, params) for _ in range(8)]
-    lr, wd, b1, b2, eps = 1e-2, 5e-4, 0.9, 0.999, 0.0
-    got = _run_optax(radam(lr, weight_decay=wd, eps=eps), params, grads_seq)
+def _numpy_radam(params, grads_seq, *, lr, wd, b1, b2, eps, degenerated_to_sgd):
+    """Transcription of LiyuanLucasLiu/RAdam ``radam/radam.py`` (class RAdam, ``step``), in
+    float64: the moments move at every step; with N_sma >= 5 a rectified step, else a momentum
+    step when degenerated_to_sgd, else nothing (no weight decay either); decay p -= wd lr p."""
     w = jax.tree.map(lambda p: np.asarray(p, np.float64), params)
     m = jax.tree.map(np.zeros_like, w)
     v = jax.tree.map(np.zeros_like, w)
     n_max = 2 / (1 - b2) - 1
     for t, g in enumerate(grads_seq, start=1):
+        g = jax.tree.map(lambda x: np.asarray(x, np.float64), g)
+        v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
         m = jax.tree.map(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
-        v = jax.tree.map(lambda v_, g_: b2 * v_ + (1 - b2) * g_**2, v, g)
         b2t = b2**t
         n_sma = n_max - 2 * t * b2t / (1 - b2t)
-        w = jax.tree.map(lambda w_: w_ - wd * lr * w_, w)
         if n_sma >= 5:
-            r = math.sqrt(
+            size = math.sqrt(
                 (1 - b2t) * (n_sma - 4) / (n_max - 4) * (n_sma - 2) / n_sma * n_max / (n_max - 2)
-            )
-            size = r / (1 - b1**t)
-            w = jax.tree.map(lambda w_, m_, v_: w_ - lr * size * m_ / (np.sqrt(v_) + eps), w, m, v)
+            ) / (1 - b1**t)
+        elif degenerated_to_sgd:
+            size = 1.0 / (1 - b1**t)
         else:
-            w = jax.tree.map(lambda w_, m_: w_ - lr * m_ / (1 - b1**t), w, m)
-    # In float32, 1 - beta2^t loses digits: just past the threshold rho_t - 4 is off by ~1%, so
-    # the first rectified steps (lr * r ~ 3e-4) differ by a few 1e-6.
-    _assert_trees_close(got, w, atol=2e-5)
+            size = -1
+        if n_sma >= 5:
+            w = jax.tree.map(lambda w_: w_ - wd * lr * w_, w)
+            w = jax.tree.map(lambda w_, m_, v_: w_ - size * lr * m_ / (np.sqrt(v_) + eps), w, m, v)
+        elif size > 0:
+            w = jax.tree.map(lambda w_: w_ - wd * lr * w_, w)
+            w = jax.tree.map(lambda w_, m_: w_ - size * lr * m_, w, m)
+    return w
+
+
+@pytest.mark.parametrize("degenerated_to_sgd", [True, False])
+def test_radam_matches_the_reference_implementation(degenerated_to_sgd):
+    """LiyuanLucasLiu/RAdam radam.py: 8 steps cross rho_t = 5 (between steps 5 and 6 at b2 =
+    0.999); before it momentum steps (degenerated_to_sgd) or none at all (the class's default,
+    Genifer's), rectified Adam steps with eps added to sqrt(v) after."""
+    rng = np.random.default_rng(5)
+    params = _params(rng)
+    grads_seq = [_grads(rng, params) for _ in range(8)]
+    lr, wd, b1, b2, eps = 1e-2, 5e-4, 0.9, 0.999, 1e-3  # a large eps tests where it is added
+    tx = radam(lr, weight_decay=wd, eps=eps, degenerated_to_sgd=degenerated_to_sgd)
+    want = _numpy_radam(
+        params, grads_seq, lr=lr, wd=wd, b1=b1, b2=b2, eps=eps,
+        degenerated_to_sgd=degenerated_to_sgd,
+    )
+    _assert_trees_close(_run_optax(tx, params, grads_seq), want, rtol=1e-5, atol=1e-6)
+    if not degenerated_to_sgd:  # the first 5 steps leave the parameters as they were
+        five = _run_optax(tx, params, grads_seq[:5])
+        jax.tree.map(np.testing.assert_array_equal, five, params)
+        assert not np.allclose(_run_optax(tx, params, grads_seq[:6])["conv"]["kernel"],
+                               params["conv"]["kernel"])
 
 
 def test_switch_runs_one_optimizer_and_keeps_the_other_state():
