@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import initial_state, tiny_config, train_data
+from helpers import initial_state, shipped_config, tiny_config, train_data
 
 from cl_ssl import losses, parallel, train
 from cl_ssl import step as step_lib
@@ -376,6 +376,7 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
         ({"genifer.gan.generator_channels": (8,) * 5}, "makes 64-pixel images"),
         ({"genifer.gan.generator_channels": (8,) * 4}, "set an odd count"),
         ({"objective": "simclr"}, "set --config.objective=supervised"),
+        ({"genifer.gan.ema_rampup": "half"}, "ema_rampup='half'; choose among"),
     ],
 )
 def test_settings_that_cannot_work_are_rejected_before_compiling(overrides, message):
@@ -498,3 +499,23 @@ def test_generator_replay_settings_that_cannot_work(overrides, message):
     config = resolve_config(tiny_config(**{**TINY_GAN, **overrides}))
     with pytest.raises(ValueError, match=message):
         get_strategy(config, get_objective(config))
+
+
+def test_ema_ramp_spans_a_quarter_of_the_classifiers_batches_as_the_reference():
+    """genifer_trainer.py l.122-127, 370-374: ramp = 500k / (64 * n_iter / 4 * len(train_loader))
+    with the classifier's loader (batch 32, drop_last): on a 5,000-image task the horizon is full
+    after 1026 * 156 / 4 = 40,014 generator steps, half of the 80,028 GAN iterations; the
+    'quarter' option: a quarter of them."""
+    config = resolve_config(shipped_config("cifar100", "genifer"))
+    c = config.genifer.gan
+    assert (config.batch_size, c.batch_size, c.epochs, c.ema_rampup) == (32, 64, 1026, "reference")
+    official = 500 * 1000 / (64 * 1026 / 4 * (5000 // 32))
+    steps = genifer_gan.ema_rampup_steps(config, 1, 5000)
+    rampup = genifer_gan.ema_rampup(c.ema_kimg, c.batch_size, steps)
+    assert rampup == pytest.approx(official, rel=1e-12)
+    assert 64 * 40013 * rampup < 500_000 <= 64 * 40014 * rampup * (1 + 1e-12)
+    beta = genifer_gan.ema_beta(jnp.int32(60000), batch=64, ema_kimg=500, rampup=rampup)
+    assert float(beta) == pytest.approx(0.5 ** (64 / 500_000))
+    assert genifer_gan.iterations(config, 1, 5000) == 80028
+    config.genifer.gan.ema_rampup = "quarter"
+    assert genifer_gan.ema_rampup_steps(config, 1, 5000) == 80028  # full after 20,007 steps

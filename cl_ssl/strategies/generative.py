@@ -192,7 +192,12 @@ class GenerativeReplay:
                 jnp.float32,
             ),
             rampup=jnp.asarray(
-                genifer_gan.ema_rampup(c.ema_kimg, c.batch_size, total), jnp.float32
+                genifer_gan.ema_rampup(
+                    c.ema_kimg,
+                    c.batch_size,
+                    genifer_gan.ema_rampup_steps(self.config, finished, len(end.indices)),
+                ),
+                jnp.float32,
             ),
         )
         gan_state = gan.restart(buffers[GAN_STATE])

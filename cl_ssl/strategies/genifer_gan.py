@@ -18,8 +18,12 @@ batch of real images of the finished task (standardised, not augmented):
    lambda_GD = 10 * n_old / n_new from the second task on (``gen_coefficient`` 10,
    ``gen_dist_ada``).
 3. The EMA generator: beta = 0.5^(B / n_ema), n_ema = min(500k, B * k * ramp) images after k
-   generator steps, ramped up over the first quarter of the task's iterations; the EMA copy is the
-   one that replays.
+   generator steps, ramped up over epochs * L / 4 steps, L the batches per epoch of the
+   *classifier's* loader (batch 32, ``drop_last``), which the reference divides by
+   (``genifer_trainer.py`` l.122-127 and l.370-374: ``len(train_loader)``, the loader the trainer
+   is given, not the GAN's batch-64 one): about half the boundary's GAN iterations. The EMA copy
+   is the one that replays. ``genifer.gan.ema_rampup='quarter'`` is this library's alternative:
+   the ramp over a quarter of the GAN's own iterations, as ``ema_rampup_div = 4`` reads.
 
 Adam for both networks: generator lr 0.0025, betas (0, 0.99); discriminator lr 0.0025 * 16/17,
 betas (0, 0.99^(16/17)) (lazy R1's correction).
@@ -50,7 +54,10 @@ R1_INTERVAL = 16
 """Iterations between two lazy R1 penalties (``r1_interval``)."""
 LAZY = R1_INTERVAL / (R1_INTERVAL + 1)
 EMA_RAMPUP_DIVISOR = 4
-"""The EMA horizon reaches its full length after 1/4 of a task's iterations (``ema_rampup_div``)."""
+"""The EMA horizon reaches its full length after epochs * L / 4 generator steps
+(``ema_rampup_div``; L: see ``ema_rampup_steps``)."""
+EMA_RAMPUPS = ("reference", "quarter")
+"""Values of ``genifer.gan.ema_rampup`` (``ema_rampup_steps``)."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,6 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
             lr=0.0025,
             r1_gamma=0.5,
             ema_kimg=500,
+            # 'reference': the EMA ramp spans epochs x (the classifier's batches per epoch) / 4
+            # GAN steps, about half of them; 'quarter': a quarter of the GAN's iterations.
+            ema_rampup="reference",
             ada_target=0.5,
             ada_max_p=0.5,
             distill_weight=10.0,
@@ -198,9 +208,21 @@ def ema_beta(generator_steps: jax.Array, *, batch: int, ema_kimg: float, rampup:
 
 
 def ema_rampup(ema_kimg: float, batch: int, iterations: int) -> float:
-    """The ramp-up factor that brings the EMA horizon to ``ema_kimg`` thousand images after a
-    quarter of the boundary's ``iterations``."""
+    """The ramp-up factor that brings the EMA horizon to ``ema_kimg`` thousand images after
+    ``iterations / 4`` generator steps of ``batch`` images (``genifer_trainer.py`` l.123-127)."""
     return ema_kimg * 1000.0 / (batch * iterations / EMA_RAMPUP_DIVISOR)
+
+
+def ema_rampup_steps(config: ml_collections.ConfigDict, boundary: int, num_images: int) -> int:
+    """The ``iterations`` of ``ema_rampup`` at ``boundary`` on ``num_images`` images: with
+    ``genifer.gan.ema_rampup='reference'`` the GAN's epochs times the classifier's full batches
+    per epoch (``config.batch_size``; the reference's ``n_iter * len(train_loader)``,
+    ``genifer_trainer.py`` l.126 and l.373), with 'quarter' the GAN's own iterations."""
+    c = config.genifer.gan
+    if c.ema_rampup == "quarter":
+        return iterations(config, boundary, num_images)
+    epochs = c.epochs_first if boundary == 0 else c.epochs
+    return epochs * (num_images // config.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,6 +405,8 @@ def check_config(config: ml_collections.ConfigDict, image_size: int) -> None:
             f"{image_size}-pixel crops; set genifer.gan.base_resolution and generator_channels "
             "to match"
         )
+    if c.ema_rampup not in EMA_RAMPUPS:
+        raise ValueError(f"genifer.gan.ema_rampup={c.ema_rampup!r}; choose among {EMA_RAMPUPS}")
     for name in ("epochs_first", "epochs", "checkpoint_every"):
         if c[name] < 1:
             raise ValueError(f"genifer.gan.{name}={c[name]}; set it to at least 1")
