@@ -377,6 +377,8 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
         ({"genifer.gan.generator_channels": (8,) * 4}, "set an odd count"),
         ({"objective": "simclr"}, "set --config.objective=supervised"),
         ({"genifer.gan.ema_rampup": "half"}, "ema_rampup='half'; choose among"),
+        ({"genifer.gan.ada_space": "pixels"}, "ada_space='pixels': choose operations"),
+        ({"genifer.gan.ada_ops": ("xflip", "cutout")}, "choose operations among"),
     ],
 )
 def test_settings_that_cannot_work_are_rejected_before_compiling(overrides, message):

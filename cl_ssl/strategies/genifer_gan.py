@@ -9,10 +9,11 @@ batch of real images of the finished task (standardised, not augmented):
    images of old classes from the previous generator (the 0.5 is hard-coded in the reference). The
    codes of the fake side follow the same split: old-class labels for the first half (current-
    task labels at the first task), current-task labels for the rest, uniformly; z ~ N(0, I). Both
-   sides pass through ADA and the frozen classifier (BatchNorm in inference mode) to its feature
-   map h; L_D = mean softplus(D(h_fake)) + mean softplus(-D(h_real)), plus every 16 iterations
-   R1 = (gamma / 2) * (16 / 17) * mean ||grad_h D(h_real)||^2 on the features. ADA's p moves
-   towards r_t = 0.5 every 4 iterations.
+   sides pass through ADA (``cl_ssl.data.ada``: StyleGAN2-ADA's twelve operations on the
+   standardised images, l.1246-1253) and the frozen classifier (BatchNorm in inference mode) to
+   its feature map h; L_D = mean softplus(D(h_fake)) + mean softplus(-D(h_real)), plus every 16
+   iterations R1 = (gamma / 2) * (16 / 17) * mean ||grad_h D(h_real)||^2 on the features. ADA's p
+   moves towards r_t = 0.5 every 4 iterations.
 2. Generator, on the same codes with explicit noise maps: L_G = mean softplus(-D(h(aug(G(z, c)))))
    + lambda_GD * mean |G(z_old, c_old; n) - G_prev(z_old, c_old; n)| on the old-class half, with
    lambda_GD = 10 * n_old / n_new from the second task on (``gen_coefficient`` 10,
@@ -80,6 +81,11 @@ def default_config() -> ml_collections.ConfigDict:
             ema_rampup="reference",
             ada_target=0.5,
             ada_max_p=0.5,
+            # ADA's operations (cl_ssl.data.ada.OPS: the reference's twelve) and the space they
+            # act in: 'standardised' (the reference: the classifier's input as it is) or 'signed'
+            # ([-1, 1] pixels, this library's alternative).
+            ada_ops=ada.OPS,
+            ada_space="standardised",
             distill_weight=10.0,
             # Epochs over the task's images: 642 at the first task, 1026 later (about 16M and
             # 5M images on CIFAR-100's 25k and 5k).
@@ -271,7 +277,9 @@ def build_gan_step(
         return jnp.broadcast_to(images, (*images.shape[:-1], 3))
 
     def augment(key, images, p):
-        return ada.ada_augment(key, rgb(images), p, mean=mean, std=std)
+        return ada.ada_augment(
+            key, rgb(images), p, mean=mean, std=std, space=c.ada_space, ops=tuple(c.ada_ops)
+        )
 
     def step(state: GanState, classifier, real, real_labels, inputs: GanInputs, key):
         batch = real.shape[0]
@@ -404,6 +412,12 @@ def check_config(config: ml_collections.ConfigDict, image_size: int) -> None:
             f"upsampled {(len(channels) - 1) // 2} times) but the classifier reads "
             f"{image_size}-pixel crops; set genifer.gan.base_resolution and generator_channels "
             "to match"
+        )
+    unknown = set(c.ada_ops) - set(ada.OPS)
+    if unknown or c.ada_space not in ada.SPACES:
+        raise ValueError(
+            f"genifer.gan.ada_ops={tuple(c.ada_ops)}, ada_space={c.ada_space!r}: choose operations "
+            f"among {ada.OPS} and a space among {ada.SPACES}"
         )
     if c.ema_rampup not in EMA_RAMPUPS:
         raise ValueError(f"genifer.gan.ema_rampup={c.ema_rampup!r}; choose among {EMA_RAMPUPS}")
