@@ -7,15 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from cl_ssl.evaluation import evaluate, metrics, report
-
-if TYPE_CHECKING:
-    from cl_ssl.train import Plan
+from cl_ssl.planning import Plan
 
 
 def run_name(p: Plan) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import json
@@ -24,164 +23,14 @@ from cl_ssl import config as config_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
-from cl_ssl.data import host_crop, scenarios, sources
+from cl_ssl.data import host_crop
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
-from cl_ssl.objectives import Objective, get_objective, resolve_config
-from cl_ssl.strategies import Strategy, TaskEnd, get_strategy
-from cl_ssl.strategies.base import Progress, output_widths
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One training stage: a task of the scenario, or the union of all tasks for ``offline``."""
-
-    indices: np.ndarray  # int32 [N_stage], examples of the train split
-    num_epochs: int
-    steps_per_epoch: int
-
-    @property
-    def num_steps(self) -> int:
-        return self.num_epochs * self.steps_per_epoch
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """Everything a run derives from its config, checked before anything compiles."""
-
-    config: ml_collections.ConfigDict
-    mesh: jax.sharding.Mesh
-    strategy: Strategy
-    objective: Objective
-    train: sources.ArraySplit
-    test: sources.ArraySplit
-    scenario: scenarios.Scenario
-    stages: tuple[Stage, ...]
-    labels: np.ndarray  # int32 [N_train], the labels the learner may use, -1 where it has none
-    example_tasks: np.ndarray  # int32 [N_train], the task of every training example
-    online: online_lib.OnlineProbe | None  # the online linear probe (eval.online)
-
-
-def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.ndarray:
-    """The stage's example indices in the order of one epoch, a function of (seed, stage, epoch)."""
-    return np.random.default_rng((seed, stage, epoch)).permutation(indices)
-
-
-def visible_labels(
-    labels: np.ndarray, task_indices: list[np.ndarray], *, fraction: float, seed: int
-) -> np.ndarray:
-    """int32 [N]: ``labels`` where the learner may use them, -1 elsewhere.
-
-    Within each task, round(fraction * n_task) of its examples keep their label, drawn without
-    replacement from (seed, task); examples of no task get -1.
-    """
-    visible = np.full(len(labels), -1, np.int32)
-    for task, indices in enumerate(task_indices):
-        rng = np.random.default_rng((seed, task))
-        keep = rng.choice(indices, round(fraction * len(indices)), replace=False)
-        visible[keep] = labels[keep]
-    return visible
-
-
-def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
-    """Validates ``config``, loads the data and cuts the stages; ValueError says what to change.
-
-    ``Plan.config`` is the resolved config: fields left unset hold the objective's recipe.
-    """
-    config = resolve_config(config)
-    config_lib.validate(config, mesh.size)
-    try:
-        step_lib.make_tx(config).init({"w": np.zeros(2)})
-    except TypeError as error:
-        o = config.optimizer
-        later = (
-            f" and optimizer.later_tasks.kwargs {o.later_tasks.kwargs.to_dict()} of "
-            f"{o.later_tasks.name!r}"
-            if o.later_tasks.name
-            else ""
-        )
-        raise ValueError(
-            f"optimizer.kwargs {o.kwargs.to_dict()} of optimizer {o.name!r}{later} do not fit "
-            f"({error}); set the kwargs to each optimizer's arguments"
-        ) from error
-    objective = get_objective(config)
-    strategy = get_strategy(config, objective)
-    epochs = config.epochs_per_task
-    if strategy.name == "offline" and config.offline_epochs > 0:
-        epochs = config.offline_epochs
-    if not 0 <= config.optimizer.warmup_epochs < epochs:
-        raise ValueError(
-            f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} must lie in "
-            f"[0, {epochs}) for {epochs} epochs per stage; lower it or raise the epochs"
-        )
-    d = config.dataset
-    # Before reading data sets that take long to read.
-    scenarios.check_settings(
-        config.scenario,
-        num_tasks=config.num_tasks,
-        class_order=config.class_order,
-        dataset=d.name,
-        num_domains=sources.num_domains(d.name, tuple(d.domains)),
-    )
-    read = dict(
-        data_dir=d.data_dir or None,
-        image_size=d.image_size,
-        domains=tuple(d.domains),
-        streaming=d.streaming,
-        read_threads=d.read_threads,
-    )
-    train = sources.load_split(d.name, "train", **read)
-    test = sources.load_split(d.name, "test", **read)
-    scenario = scenarios.make_scenario(
-        config.scenario,
-        train.labels,
-        test.labels,
-        num_classes=train.num_classes,
-        num_tasks=config.num_tasks,
-        class_order=config.class_order,
-        split_seed=config.split_seed,
-        dataset=config.dataset.name,
-        train_domains=train.domains,
-        test_domains=test.domains,
-    )
-    stages = []
-    for i, indices in enumerate(strategy.stages(scenario.train_indices)):
-        if len(indices) < config.batch_size:
-            raise ValueError(
-                f"stage {i} has {len(indices)} training examples, fewer than batch_size="
-                f"{config.batch_size}; lower --config.batch_size or --config.num_tasks"
-            )
-        stages.append(
-            Stage(
-                indices=np.asarray(indices, np.int32),
-                num_epochs=epochs,
-                steps_per_epoch=len(indices) // config.batch_size,
-            )
-        )
-    example_tasks = np.full(len(train.labels), -1, np.int32)
-    for task, indices in enumerate(scenario.train_indices):
-        example_tasks[indices] = task
-    return Plan(
-        config=config,
-        mesh=mesh,
-        strategy=strategy,
-        objective=objective,
-        train=train,
-        test=test,
-        scenario=scenario,
-        stages=tuple(stages),
-        labels=visible_labels(
-            train.labels,
-            scenario.train_indices,
-            fraction=config.labels.fraction,
-            seed=config.seed,
-        ),
-        example_tasks=example_tasks,
-        online=online_lib.from_config(
-            config, train.num_classes, output_widths(objective)["features"]
-        ),
-    )
+from cl_ssl.objectives import resolve_config
+from cl_ssl.planning import Plan, Stage, boundary_steps, epoch_order, plan
+from cl_ssl.strategies import TaskEnd
+from cl_ssl.strategies.base import Progress
 
 
 @contextlib.contextmanager
@@ -296,12 +145,6 @@ def run(
             stack.callback(writer.close)
         ckpt = stack.enter_context(contextlib.closing(_checkpointer(p, workdir)))
         return _Run(p, workdir, ckpt, writer).run()
-
-
-def boundary_steps(p: Plan) -> list[int]:
-    """The global steps of the checkpoints that start each stage and end the last one: row i of
-    the accuracy matrices scores the state of boundary i (step 0: the random network)."""
-    return [0, *np.cumsum([stage.num_steps for stage in p.stages]).tolist()]
 
 
 def _checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from helpers import run as _run
 from helpers import shipped_config
 
-from cl_ssl import parallel, train
+from cl_ssl import parallel, planning
 from cl_ssl.data import augment, scenarios, sources
 
 
@@ -250,7 +250,7 @@ def test_settings_fail_before_the_data_are_read(monkeypatch, preset, overrides, 
     config = shipped_config(preset)
     config.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError, match=message):
-        train.plan(config, parallel.make_mesh(1))
+        planning.plan(config, parallel.make_mesh(1))
 
 
 def test_a_run_cropped_on_the_host_resumes_mid_task_to_the_same_numbers(

@@ -17,7 +17,7 @@ from helpers import (
 )
 from helpers import run as _run
 
-from cl_ssl import losses, objectives, strategies, train
+from cl_ssl import losses, objectives, parallel, planning, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.losses import l2_normalize
@@ -396,6 +396,6 @@ def test_cassle_settings_that_cannot_apply_are_rejected():
 
 
 def test_plan_builds_the_strategy_for_the_objective(mock_cifar10):
-    p = train.plan(tiny_objective_config("vicreg", strategy="cassle"), train.parallel.make_mesh(1))
+    p = planning.plan(tiny_objective_config("vicreg", strategy="cassle"), parallel.make_mesh(1))
     assert p.strategy.name == "cassle" and p.strategy.loss is not None
     assert len(p.stages) == 2

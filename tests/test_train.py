@@ -11,7 +11,7 @@ import pytest
 from helpers import CONFIGS_DIR, ONE_EPOCH, shipped_config, tiny_config
 from helpers import run as _run
 
-from cl_ssl import losses, parallel, train
+from cl_ssl import losses, parallel, planning
 from cl_ssl import step as step_lib
 from cl_ssl.data import sources
 
@@ -260,14 +260,14 @@ def test_shipped_configs_pass_validation(mock_tfds, monkeypatch, name, arg):
     if config.dataset.name == "fashion_mnist_idx":
         if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
             pytest.skip("Debian's dataset-fashion-mnist is not installed")
-        p = train.plan(config, parallel.make_mesh(1))
+        p = planning.plan(config, parallel.make_mesh(1))
     else:
         # Enough mock images for a batch of 256 in every task: ImageNet-100 keeps a tenth of
         # imagenet2012's; DomainNet reads each domain's.
         num_examples = {"imagenet100": 14_000, "domainnet": 300}.get(config.dataset.name, 2000)
         monkeypatch.setattr(sources, "load_split", _read_once(sources.load_split))
         with mock_tfds(num_examples=num_examples):
-            p = train.plan(config, parallel.make_mesh(1))
+            p = planning.plan(config, parallel.make_mesh(1))
     assert len(p.stages) == (1 if config.strategy == "offline" else config.num_tasks)
     assert p.strategy.name == config.strategy
 
@@ -286,12 +286,12 @@ def test_cub200_preset_is_avalanches_split_cub200(mock_tfds, monkeypatch):
         num_classes=200,
     )
     monkeypatch.setattr(sources, "load_split", lambda *args, **kwargs: real)
-    p = train.plan(config, parallel.make_mesh(1))
+    p = planning.plan(config, parallel.make_mesh(1))
     tasks = [sorted(set(real.labels[stage.indices].tolist())) for stage in p.stages]
     assert tasks == [list(range(100))] + [list(range(c, c + 10)) for c in range(100, 200, 10)]
     assert [stage.steps_per_epoch for stage in p.stages] == [11] + [1] * 10
     for variant in ("runlocal,cassle", "kaizen", "offline"):
-        variant_plan = train.plan(shipped_config("cub200", variant), parallel.make_mesh(1))
+        variant_plan = planning.plan(shipped_config("cub200", variant), parallel.make_mesh(1))
         assert variant_plan.strategy.name == variant.split(",")[-1]
     d = config.dataset
     assert (d.on_device, d.streaming, d.host_crop) == (False, True, True)

@@ -8,7 +8,7 @@ threads: PIL decodes and resizes outside the GIL). The host keeps the record num
 split, nothing of its images: what a run holds at once is the batch being read (the rows of the
 global batch that this process's devices take, as ``parallel.gather_batch`` asks for them) and
 the examples the offline probes train on. The order of the examples, and so a resumed run's
-position, is the run's (``train.epoch_order``), independent of how the images are stored: a
+position, is the run's (``planning.epoch_order``), independent of how the images are stored: a
 streamed run that crops its views from the stored images (without ``dataset.host_crop``) computes
 the same numbers as one with the images in memory.
 

@@ -114,7 +114,7 @@ def epoch_ids(seed: int, stage: int, epoch: int, pool: np.ndarray, size: int) ->
     """int [size]: the probe's examples for one epoch of a stage, in order: successive shuffles of
     ``pool`` (enough of them when the pool is smaller than an epoch's batches), a function of
     (seed, stage, epoch); the fourth seed entry keeps it apart from the task data's order
-    (``train.epoch_order``, seeded by the first three)."""
+    (``planning.epoch_order``, seeded by the first three)."""
     rng = np.random.default_rng((seed, stage, epoch, 1))
     shuffles = [rng.permutation(pool) for _ in range(-(-size // len(pool)))]
     return np.concatenate(shuffles)[:size]
