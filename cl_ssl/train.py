@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
 import re
-import socket
 import time
 from typing import Any
 
@@ -23,6 +21,7 @@ from cl_ssl import config as config_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
+from cl_ssl import workdir as workdir_lib
 from cl_ssl.data import host_crop
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
@@ -31,75 +30,6 @@ from cl_ssl.objectives import resolve_config
 from cl_ssl.planning import Plan, Stage, boundary_steps, epoch_order, plan
 from cl_ssl.strategies import TaskEnd
 from cl_ssl.strategies.base import Progress
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-    """Holds ``workdir``/LOCK for the duration of a run, so that one run owns a workdir.
-
-    The lock is an exclusive ``fcntl.flock`` on the file, which records the holder's host and
-    pid. The operating system releases it when the process ends, however it ends, so the lock of
-    a run that died is stale and the next run takes it over. On a multi-host run only process 0
-    takes it. (``flock`` is local to a machine: two machines sharing a network file system are not
-    kept apart.)
-
-    Raises:
-      RuntimeError: when another process holds the lock; the message names it.
-    """
-    if jax.process_index() != 0:
-        yield
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir={workdir} is a file; choose a folder")
-    path = os.path.join(workdir, "LOCK")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        f = open(path, "a+")  # noqa: SIM115 -- closed by the with block below
-    except OSError as error:
-        raise ValueError(
-            f"cannot write to --workdir={workdir} ({error.strerror}); choose a writable folder"
-        ) from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "a process that has not written its name yet"
-            raise RuntimeError(
-                f"--workdir={workdir} is in use by another run ({holder}); wait until it ends, or "
-                "choose another --workdir"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.truncate(0)  # released with the file; an empty LOCK names no one
-
-
-def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Stores the config in the workdir; refuses a workdir whose checkpoints are of another config.
-
-    A stored config without checkpoints (a first attempt that failed before saving anything) is
-    replaced.
-    """
-    given = json.loads(config.to_json())
-    path = os.path.join(workdir, "config.json")
-    checkpoints = os.path.join(workdir, "checkpoints")
-    has_run = os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints))
-    if has_run and os.path.exists(path):
-        with open(path) as f:
-            differ = config_lib.differing_fields(json.load(f), given)
-        if differ:
-            raise ValueError(
-                f"--workdir={workdir} holds a run of a different config (fields that differ: "
-                f"{', '.join(differ)}); use a new --workdir, or the stored config {path}"
-            )
-    elif jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        report.write_atomic(path, json.dumps(given, indent=2, sort_keys=True))
 
 
 def _check_finite(step: int, step_metrics: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
@@ -131,12 +61,12 @@ def run(
     evaluator -> metrics, 'state': the last ContinualState, 'stopped': True when
     ``stop_after_steps`` ended the run early}. Writes config.json, checkpoints/, results.json,
     results.md, plots/ and TensorBoard events (tb/) to ``workdir``, which the run holds for
-    itself (``workdir_lock``).
+    itself (``workdir.workdir_lock``).
     """
     with contextlib.ExitStack() as stack:
-        stack.enter_context(workdir_lock(workdir))
+        stack.enter_context(workdir_lib.workdir_lock(workdir))
         p = plan(config, mesh or parallel.make_mesh())
-        _check_workdir(workdir, p.config)
+        workdir_lib.check_config(workdir, p.config)
         writer = None
         if jax.process_index() == 0:
             writer = report.ScalarWriter(
@@ -184,7 +114,7 @@ def reevaluate(
     if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"--name={name!r}; use letters, digits, '_', '.' or '-'")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(workdir_lock(workdir))
+        stack.enter_context(workdir_lib.workdir_lock(workdir))
         p = plan(config, mesh or parallel.make_mesh())
         if p.strategy.evaluated is not None:
             raise ValueError(

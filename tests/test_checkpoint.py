@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from helpers import run, tiny_config
 
-from cl_ssl import checkpoint, parallel, train
+from cl_ssl import checkpoint, parallel
+from cl_ssl import workdir as workdir_lib
 
 
 def _state(value=1.0):
@@ -85,8 +86,8 @@ def test_the_steps_to_keep_outlive_the_newest_and_restore_by_step(tmp_path):
 
 _HOLD_LOCK = """
 import sys, time
-from cl_ssl import train
-with train.workdir_lock(sys.argv[1]):
+from cl_ssl.workdir import workdir_lock
+with workdir_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -108,7 +109,7 @@ def test_a_second_process_on_a_locked_workdir_is_refused_and_a_stale_lock_taken_
         holder.kill()  # as kill -9: the lock file still names it
         holder.wait()
     assert f"pid {holder.pid}" in (tmp_path / "LOCK").read_text()
-    with train.workdir_lock(str(tmp_path)):
+    with workdir_lib.workdir_lock(str(tmp_path)):
         assert (tmp_path / "LOCK").read_text().strip().endswith(f"pid {os.getpid()}")
     assert (tmp_path / "LOCK").read_text() == ""
 
@@ -116,7 +117,7 @@ def test_a_second_process_on_a_locked_workdir_is_refused_and_a_stale_lock_taken_
 def test_a_workdir_that_cannot_hold_a_run_is_named(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file; choose a folder"):
-        with train.workdir_lock(str(tmp_path / "file")):
+        with workdir_lib.workdir_lock(str(tmp_path / "file")):
             pass
 
 
