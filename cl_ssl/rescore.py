@@ -6,26 +6,91 @@
 evaluates the checkpoint of every task boundary of the run in --workdir (its config.json is the
 base config; only ``--config.eval.*`` fields may change) and writes results.json, results.md and
 plots/ to ``<workdir>/eval_<name>``. ``--name`` defaults to the overridden fields and values.
+``reevaluate`` does the same from Python.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 
+import jax
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cl_ssl import train
+from cl_ssl import checkpoint, parallel, train
+from cl_ssl import config as config_lib
+from cl_ssl import workdir as workdir_lib
+from cl_ssl.objectives import resolve_config
+from cl_ssl.planning import boundary_steps, plan
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the run to re-evaluate.")
 _NAME = flags.DEFINE_string(
     "name", "", "Name of the evaluation: results go to <workdir>/eval_<name>."
 )
+
+
+def reevaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, np.ndarray]:
+    """Scores the task-boundary checkpoints of the run in ``workdir`` again, with ``config``'s
+    evaluation settings (``eval.*``; every other field must be the run's), without training.
+
+    Writes results.json, results.md and plots/ to ``workdir/eval_<name>``, and returns its
+    accuracy matrices (rows whose boundary checkpoint is missing, as in an unfinished run, stay
+    NaN, and say so). The boundary checkpoint is the state after the strategy's end of task, the
+    one the next task starts from: it scores as the run scored its row, except a CCL teacher
+    (``ccl.evaluate_teacher``), which restarts from the student at every boundary, hence
+    refused."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        stored = json.load(f)
+    given = json.loads(resolve_config(config).to_json())  # config.json holds the resolved one
+    changed = [f for f in config_lib.differing_fields(stored, given) if not f.startswith("eval.")]
+    if changed:
+        raise ValueError(
+            f"re-evaluation changes the evaluation only, but {', '.join(changed)} differ from the "
+            f"run in {workdir}; override --config.eval.* fields only"
+        )
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"--name={name!r}; use letters, digits, '_', '.' or '-'")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(workdir_lib.workdir_lock(workdir))
+        p = plan(config, mesh or parallel.make_mesh())
+        if p.strategy.evaluated is not None:
+            raise ValueError(
+                f"strategy {p.strategy.name!r} scores a network its checkpoints do not keep "
+                "(ccl.evaluate_teacher: the teacher restarts at every task boundary); "
+                "re-evaluation cannot reproduce it"
+            )
+        ckpt = stack.enter_context(contextlib.closing(train.checkpointer(p, workdir)))
+        scorer = train.Run(p, os.path.join(workdir, f"eval_{name}"), ckpt, writer=None)
+        abstract = checkpoint.abstract_like(
+            jax.eval_shape(scorer.initial_state), parallel.replicated(p.mesh)
+        )
+        on_disk = set(ckpt.all_steps())
+        for row, step in enumerate(boundary_steps(p)):
+            if step not in on_disk:
+                logging.warning(
+                    "row %d: no checkpoint of step %d in %s (not yet trained, or from a version "
+                    "that did not keep task boundaries); the row stays empty",
+                    row,
+                    step,
+                    ckpt.directory,
+                )
+                continue
+            state, _ = ckpt.restore_step(step, abstract)
+            scorer.results.record(row, scorer.evaluate(state, row), step=step)
+        return scorer.results.matrices
+
 
 
 def stored_config(workdir: str) -> ml_collections.ConfigDict:
@@ -59,7 +124,7 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax reports every restore at INFO
     name = _NAME.value or default_name(sys.argv[1:])
     try:
-        train.reevaluate(flags.FLAGS.config, _WORKDIR.value, name)
+        reevaluate(flags.FLAGS.config, _WORKDIR.value, name)
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print(f"results: {os.path.join(_WORKDIR.value, f'eval_{name}', 'results.md')}")

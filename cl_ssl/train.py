@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import re
 import time
 from typing import Any
 
@@ -17,7 +15,6 @@ import tqdm
 from absl import logging
 
 from cl_ssl import checkpoint, parallel
-from cl_ssl import config as config_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
@@ -26,7 +23,6 @@ from cl_ssl.data import host_crop
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
-from cl_ssl.objectives import resolve_config
 from cl_ssl.planning import Plan, Stage, boundary_steps, epoch_order, plan
 from cl_ssl.strategies import TaskEnd
 from cl_ssl.strategies.base import Progress
@@ -73,11 +69,11 @@ def run(
                 os.path.join(workdir, "tb"), wandb_init=results_lib.wandb_init(p, workdir)
             )
             stack.callback(writer.close)
-        ckpt = stack.enter_context(contextlib.closing(_checkpointer(p, workdir)))
-        return _Run(p, workdir, ckpt, writer).run()
+        ckpt = stack.enter_context(contextlib.closing(checkpointer(p, workdir)))
+        return Run(p, workdir, ckpt, writer).run()
 
 
-def _checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
+def checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
     """The run's checkpoints: the newest ``keep_checkpoints`` and every task boundary's."""
     return checkpoint.Checkpointer(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -85,62 +81,6 @@ def _checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
         keep_steps=boundary_steps(p),
         must_be_finite=_learned,
     )
-
-
-def reevaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    name: str,
-    mesh: jax.sharding.Mesh | None = None,
-) -> dict[str, np.ndarray]:
-    """Scores the task-boundary checkpoints of the run in ``workdir`` again, with ``config``'s
-    evaluation settings (``eval.*``; every other field must be the run's), without training.
-
-    Writes results.json, results.md and plots/ to ``workdir/eval_<name>``, and returns its
-    accuracy matrices (rows whose boundary checkpoint is missing, as in an unfinished run, stay
-    NaN, and say so). The boundary checkpoint is the state after the strategy's end of task, the
-    one the next task starts from: it scores as the run scored its row, except a CCL teacher
-    (``ccl.evaluate_teacher``), which restarts from the student at every boundary, hence
-    refused."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        stored = json.load(f)
-    given = json.loads(resolve_config(config).to_json())  # config.json holds the resolved one
-    changed = [f for f in config_lib.differing_fields(stored, given) if not f.startswith("eval.")]
-    if changed:
-        raise ValueError(
-            f"re-evaluation changes the evaluation only, but {', '.join(changed)} differ from the "
-            f"run in {workdir}; override --config.eval.* fields only"
-        )
-    if not name or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ValueError(f"--name={name!r}; use letters, digits, '_', '.' or '-'")
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(workdir_lib.workdir_lock(workdir))
-        p = plan(config, mesh or parallel.make_mesh())
-        if p.strategy.evaluated is not None:
-            raise ValueError(
-                f"strategy {p.strategy.name!r} scores a network its checkpoints do not keep "
-                "(ccl.evaluate_teacher: the teacher restarts at every task boundary); "
-                "re-evaluation cannot reproduce it"
-            )
-        ckpt = stack.enter_context(contextlib.closing(_checkpointer(p, workdir)))
-        scorer = _Run(p, os.path.join(workdir, f"eval_{name}"), ckpt, writer=None)
-        abstract = checkpoint.abstract_like(
-            jax.eval_shape(scorer._initial_state), parallel.replicated(p.mesh)
-        )
-        on_disk = set(ckpt.all_steps())
-        for row, step in enumerate(boundary_steps(p)):
-            if step not in on_disk:
-                logging.warning(
-                    "row %d: no checkpoint of step %d in %s (not yet trained, or from a version "
-                    "that did not keep task boundaries); the row stays empty",
-                    row,
-                    step,
-                    ckpt.directory,
-                )
-                continue
-            state, _ = ckpt.restore_step(step, abstract)
-            scorer.results.record(row, scorer._evaluate(state, row), step=step)
-        return scorer.results.matrices
 
 
 def _learned(state: state_lib.ContinualState) -> dict[str, Any]:
@@ -178,8 +118,11 @@ def task_end_progress(workdir: str, stage_id: int, mesh: jax.sharding.Mesh) -> P
     return Progress(save=save, restore=restore)
 
 
-class _Run:
-    """One run's training loop: start or resume, then each stage's steps and its end."""
+class Run:
+    """One run's training loop: start or resume, then each stage's steps and its end.
+
+    ``rescore.reevaluate`` builds one to score saved checkpoints without training.
+    """
 
     def __init__(
         self,
@@ -236,7 +179,7 @@ class _Run:
             "stopped": stopped,
         }
 
-    def _initial_state(self) -> state_lib.ContinualState:
+    def initial_state(self) -> state_lib.ContinualState:
         p = self.p
         return state_lib.initial_state(
             objective=p.objective,
@@ -251,12 +194,12 @@ class _Run:
         """The newest checkpoint's state, or a fresh one evaluated as row 0 and saved as step 0."""
         rep = parallel.replicated(self.mesh)
         # Shapes only: a resumed run never computes the initial state it is about to overwrite.
-        abstract = checkpoint.abstract_like(jax.eval_shape(self._initial_state), rep)
+        abstract = checkpoint.abstract_like(jax.eval_shape(self.initial_state), rep)
         restored = self.ckpt.restore(abstract)
         if restored is None:
-            state = jax.jit(self._initial_state, out_shardings=rep)()
+            state = jax.jit(self.initial_state, out_shardings=rep)()
             self._report_buffers(state)
-            self.results.record(0, self._evaluate(state, 0), step=0)
+            self.results.record(0, self.evaluate(state, 0), step=0)
             self._save(0, state)
             return state
         _, state, meta = restored
@@ -278,7 +221,7 @@ class _Run:
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
-    def _evaluate(self, state: state_lib.ContinualState, row: int) -> dict[str, np.ndarray]:
+    def evaluate(self, state: state_lib.ContinualState, row: int) -> dict[str, np.ndarray]:
         """Row ``row`` of every accuracy matrix (0: the random network; s: after stage s)."""
         tic = time.perf_counter()
         if jax.process_index() == 0:
@@ -440,7 +383,7 @@ class _Run:
         saves the boundary checkpoint."""
         p = self.p
         step = int(state.step)
-        self.results.record(stage_id + 1, self._evaluate(state, stage_id + 1), step=step)
+        self.results.record(stage_id + 1, self.evaluate(state, stage_id + 1), step=step)
         self._clock = time.perf_counter()  # the strategy's own training at the boundary
         strategy_state = p.strategy.end_task(
             TaskEnd(

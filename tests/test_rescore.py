@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from cl_ssl import parallel, rescore, train
+from cl_ssl import parallel, rescore
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def saved_run(finished_run, tmp_path):
 def test_reevaluation_reproduces_the_runs_own_matrices_then_scores_another_protocol(saved_run):
     result, workdir = saved_run
     config = rescore.stored_config(str(workdir))
-    same = train.reevaluate(config, str(workdir), "same", mesh=parallel.make_mesh(1))
+    same = rescore.reevaluate(config, str(workdir), "same", mesh=parallel.make_mesh(1))
     assert set(same) == set(result["matrices"])
     for name, R in result["matrices"].items():
         np.testing.assert_array_equal(same[name], R)
@@ -34,7 +34,7 @@ def test_reevaluation_reproduces_the_runs_own_matrices_then_scores_another_proto
     np.testing.assert_array_equal(saved["matrices"]["knn"], result["matrices"]["knn"])
 
     config.eval.update(probe_data="current", task_aware=True, evaluators=("knn",))
-    other = train.reevaluate(config, str(workdir), "current", mesh=parallel.make_mesh(1))
+    other = rescore.reevaluate(config, str(workdir), "current", mesh=parallel.make_mesh(1))
     assert set(other) == {"knn", "knn_task_aware"}
     assert not np.array_equal(other["knn"], result["matrices"]["knn"])  # other probe data
     assert (
@@ -50,7 +50,7 @@ def test_reevaluation_refuses_changes_beyond_the_evaluation(saved_run):
     config = rescore.stored_config(str(workdir))
     config.epochs_per_task = 3
     with pytest.raises(ValueError, match=r"epochs_per_task differ .* --config.eval.\* fields only"):
-        train.reevaluate(config, str(workdir), "x")
+        rescore.reevaluate(config, str(workdir), "x")
     assert not (workdir / "eval_x").exists()
 
 
