@@ -94,10 +94,12 @@ ADJUST_KIMG = 4
 
 NUM_UNIFORMS = 3
 NUM_NORMALS = 2
-_ROWS = {name: i for i, name in enumerate(("xflip", "rotate90", "xint", "scale", "rotate_pre",
-                                           "aniso", "rotate_post", "xfrac") + COLOR_OPS)}
+DRAW_ROWS = (
+    "xflip", "rotate90", "xint", "scale", "rotate_pre", "aniso", "rotate_post", "xfrac", *COLOR_OPS
+)  # fmt: skip
 """Rows of the raw draws: one per operation, the rotation drawn twice (pre and post)."""
-NUM_ROWS = len(_ROWS)
+_ROWS = {name: i for i, name in enumerate(DRAW_ROWS)}
+NUM_ROWS = len(DRAW_ROWS)
 
 
 def draw(key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
