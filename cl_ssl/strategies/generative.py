@@ -124,11 +124,13 @@ class GenerativeReplay:
             SEEN: jnp.zeros((num_classes,), bool),
         }
 
-    def rows(
+    def generated(
         self, buffers: PyTree, data, key: jax.Array, task: jax.Array, n: int, channels: int
-    ) -> Batch:
-        """``n`` generated rows of the classes of tasks before ``task`` (uint8 pixels, their
-        classes as labels, ids and tasks -1), inside the jitted step."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """``n`` images of the EMA generator of the classes of tasks before ``task``, float32
+        [n, S, S, channels] in the standardised space, clamped to the range of [0, 1] pixels (the
+        reference's clamp to the normalised range, ``genifer_trainer.py`` l.790-799), and their
+        classes int32 [n]; inside the jitted step."""
         num_classes = buffers[SEEN].shape[0]
         gan = self.gan(num_classes, channels)
         k_labels, k_z, k_noise = jax.random.split(key, 3)
@@ -136,6 +138,20 @@ class GenerativeReplay:
         labels = genifer_gan.sample_labels(k_labels, old, n)
         z = jax.random.normal(k_z, (n, gan.generator.latent_dim))
         images = gan.generate(buffers[GENERATOR], z, labels, gan.generator.sample_noise(k_noise, n))
+        mean, std = self.standardisation(channels)
+        return jnp.clip(images, -mean / std, (1.0 - mean) / std), labels
+
+    def rows(
+        self, buffers: PyTree, data, key: jax.Array, task: jax.Array, n: int, channels: int
+    ) -> Batch:
+        """``n`` generated rows of the classes of tasks before ``task`` (``generated``'s images as
+        uint8 pixels, ``as_rows``), inside the jitted step."""
+        return self.as_rows(*self.generated(buffers, data, key, task, n, channels))
+
+    def as_rows(self, images: jax.Array, labels: jax.Array) -> Batch:
+        """Batch rows of ``generated``'s images (as uint8 pixels) and classes (as labels), ids
+        and tasks -1."""
+        n, channels = images.shape[0], images.shape[-1]
         return Batch(
             images=to_pixels(images, *self.standardisation(channels)),
             labels=labels,
