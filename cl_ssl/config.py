@@ -211,6 +211,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_strategy(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Sets ``config.strategy = name`` and adds the strategy's config section with its defaults
+    when ``config`` lacks it; returns ``config``. ``name`` is a built-in strategy or the import path
+    of a module that defines ``STRATEGY = cl_ssl.strategies.StrategySpec(...)``: a config file of a
+    user's own strategy calls this, and then ``--config.<section>.<field>`` overrides its
+    settings."""
+    spec = strategies.load_spec(name)
+    config.strategy = name
+    if spec.section and spec.section not in config:
+        config[spec.section] = spec.default_config()
+    return config
+
+
 def unread_sections(config: dict) -> set[str]:
     """The config sections a run of ``config`` (a dict) never reads: those of the other objectives
     and of the other strategies."""

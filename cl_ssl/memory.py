@@ -6,7 +6,8 @@ they are.
 * ``Queue`` (MoCo keys, SwAV features, ISD anchors) is a ring buffer: ``push`` overwrites the
   oldest rows, ``push_where`` with a masked subset of a batch.
 * ``Memory`` holds exemplars of past tasks (replay and distillation) as example ids, labels, tasks
-  and a priority per slot, with their images for data sets kept in host memory. Every update is the
+  and a priority per slot, with their images for data sets kept in host memory and an optional
+  payload pytree per slot (the features or logits a strategy stored with them). Every update is the
   union of the memory and a batch of candidates, cut back to the capacity by priority
   (``keep_top``), optionally with a per-class quota first (``keep_top_per_class``). Random
   priorities make it a reservoir sampler, overall or within each class (``reservoir_update``).
@@ -17,6 +18,7 @@ they are.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax
 import jax
@@ -115,6 +117,9 @@ class Memory:
       valid: bool [M], which slots hold an exemplar.
       images: uint8 [M, H, W, C], the exemplars' images, only for data sets kept in host memory
         (whatever is left over in empty slots); None otherwise.
+      payload: a pytree of [M, ...] arrays a strategy stores with each exemplar (DER's features
+        or logits, a task id), or None. Every update moves it with its slot: row i of each leaf
+        always belongs to the exemplar in slot i (whatever is left over in empty slots).
     """
 
     ids: jax.Array
@@ -123,15 +128,23 @@ class Memory:
     priority: jax.Array
     valid: jax.Array
     images: jax.Array | None = None
+    payload: Any = None
 
     @property
     def capacity(self) -> int:
         return self.ids.shape[0]
 
 
-def empty_memory(capacity: int, image_shape: tuple[int, ...] | None = None) -> Memory:
-    """A memory of ``capacity`` empty slots, with uint8 images of ``image_shape`` (H, W, C) if given."""
+def empty_memory(
+    capacity: int, image_shape: tuple[int, ...] | None = None, payload: Any = None
+) -> Memory:
+    """A memory of ``capacity`` empty slots, with uint8 images of ``image_shape`` (H, W, C) if
+    given, and with ``payload``, a pytree of one slot's shape and dtype (arrays or
+    ``jax.ShapeDtypeStruct``, e.g. ``{'features': jax.ShapeDtypeStruct((512,), jnp.float32)}``),
+    as zeros [capacity, ...] per leaf, if given."""
     images = None if image_shape is None else jnp.zeros((capacity, *image_shape), jnp.uint8)
+    if payload is not None:
+        payload = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), payload)
     return Memory(
         ids=jnp.full((capacity,), -1, jnp.int32),
         labels=jnp.full((capacity,), -1, jnp.int32),
@@ -139,13 +152,46 @@ def empty_memory(capacity: int, image_shape: tuple[int, ...] | None = None) -> M
         priority=jnp.full((capacity,), -jnp.inf, jnp.float32),
         valid=jnp.zeros((capacity,), jnp.bool_),
         images=images,
+        payload=payload,
     )
 
 
-def _pool(memory: Memory, ids, labels, tasks, priority, valid, images) -> Memory:
+def _check_payload(memory: Memory, payload: Any, size: int) -> Any:
+    """The candidates' ``payload`` cast to the memory's dtypes; ValueError unless it has the
+    memory's structure and one row of each leaf's slot shape for each of the ``size``
+    candidates."""
+    if (payload is None) != (memory.payload is None):
+        raise ValueError(
+            "pass a candidate payload exactly when the memory stores one (empty_memory's "
+            f"payload): the memory has payload={memory.payload is not None}, the call "
+            f"payload={payload is not None}"
+        )
+    if payload is None:
+        return None
+    expected = jax.tree.structure(memory.payload)
+    if jax.tree.structure(payload) != expected:
+        raise ValueError(
+            f"the candidates' payload has the structure {jax.tree.structure(payload)}; the "
+            f"memory's is {expected}"
+        )
+
+    def cast(stored, given):
+        if jnp.shape(given) != (size, *stored.shape[1:]):
+            raise ValueError(
+                f"a candidate payload leaf of shape {jnp.shape(given)} does not match the "
+                f"memory's {stored.shape}: it must be [{size}, "
+                f"{', '.join(map(str, stored.shape[1:]))}], one row per candidate"
+            )
+        return jnp.asarray(given).astype(stored.dtype)
+
+    return jax.tree.map(cast, memory.payload, payload)
+
+
+def _pool(memory: Memory, ids, labels, tasks, priority, valid, images, payload=None) -> Memory:
     """The memory's M slots followed by the B candidates, as one Memory of M + B entries.
 
-    ``labels``, ``tasks``, ``priority`` and ``valid`` broadcast to the shape [B] of ``ids``.
+    ``labels``, ``tasks``, ``priority`` and ``valid`` broadcast to the shape [B] of ``ids``;
+    ``payload`` is [B, ...] per leaf, exactly when the memory stores one.
     """
     if (images is None) != (memory.images is None):
         raise ValueError(
@@ -166,6 +212,7 @@ def _pool(memory: Memory, ids, labels, tasks, priority, valid, images) -> Memory
         priority=jnp.broadcast_to(priority, shape).astype(jnp.float32),
         valid=jnp.broadcast_to(valid, shape).astype(jnp.bool_),
         images=None if images is None else jnp.asarray(images).astype(memory.images.dtype),
+        payload=_check_payload(memory, payload, shape[0]),
     )
     return jax.tree.map(lambda old, new: jnp.concatenate([old, new]), memory, candidates)
 
@@ -202,6 +249,7 @@ def keep_top(
     priority: jax.Array,
     valid: jax.Array,
     images: jax.Array | None = None,
+    payload: Any = None,
 ) -> Memory:
     """The ``capacity`` entries of highest priority among the memory's valid slots and the valid
     candidates.
@@ -218,11 +266,13 @@ def keep_top(
       priority: float [B], their priorities (higher is kept first).
       valid: bool [B] (or a scalar); invalid candidates are ignored.
       images: uint8 [B, H, W, C], their images, exactly when the memory stores images.
+      payload: their payload, [B, ...] per leaf, exactly when the memory stores one; each kept
+        candidate's row lands in its slot.
 
     Returns:
       The updated Memory of capacity M.
     """
-    pool = _pool(memory, ids, labels, tasks, priority, valid, images)
+    pool = _pool(memory, ids, labels, tasks, priority, valid, images, payload)
     return _select(pool, pool.valid, memory.capacity)
 
 
@@ -236,6 +286,7 @@ def keep_top_per_class(
     valid: jax.Array,
     quota: jax.Array | int,
     images: jax.Array | None = None,
+    payload: Any = None,
 ) -> Memory:
     """``keep_top`` with at most ``quota`` entries per class: among the memory's valid slots and the
     valid candidates, each class keeps its ``quota`` entries of highest priority, then the union is
@@ -247,13 +298,14 @@ def keep_top_per_class(
 
     Args:
       memory: the memory, of capacity M.
-      ids, labels, tasks, priority, valid, images: the B candidates, as in ``keep_top``.
+      ids, labels, tasks, priority, valid, images, payload: the B candidates, as in
+        ``keep_top``.
       quota: int32 scalar (may be traced), the most entries any class keeps.
 
     Returns:
       The updated Memory of capacity M.
     """
-    pool = _pool(memory, ids, labels, tasks, priority, valid, images)
+    pool = _pool(memory, ids, labels, tasks, priority, valid, images, payload)
     eligible = pool.valid & (pool.labels >= 0)
     index = jnp.arange(eligible.shape[0])
     # Eligible entries first, grouped by label, each group in the order ``_select`` ranks them.
@@ -278,6 +330,7 @@ def reservoir_update(
     valid: jax.Array | None = None,
     images: jax.Array | None = None,
     quota: jax.Array | int | None = None,
+    payload: Any = None,
 ) -> Memory:
     """Reservoir sampling (Vitter 1985, "Random sampling with a reservoir", ACM TOMS 11(1)) in its
     "top-M random keys" form, optionally within each class.
@@ -297,7 +350,7 @@ def reservoir_update(
     Args:
       memory: the memory, of capacity M.
       key: PRNG key for this batch's priorities.
-      ids, labels, tasks, images: the B candidates, as in ``keep_top``.
+      ids, labels, tasks, images, payload: the B candidates, as in ``keep_top``.
       valid: bool [B]; None presents every candidate.
       quota: None, or an int32 scalar (may be traced): the most exemplars per class.
 
@@ -311,6 +364,7 @@ def reservoir_update(
         priority=jax.random.uniform(key, jnp.shape(ids), jnp.float32),
         valid=True if valid is None else valid,
         images=images,
+        payload=payload,
     )
     if quota is None:
         return keep_top(memory, **candidates)

@@ -218,7 +218,10 @@ def build_step_fn(
     ``extend_batch`` joins its rows; two augmented views of every row (the step's own rows from
     their host crops, ``data.crops``, when there are), which the strategy's
     ``transform_views`` may then rewrite; the student on ``objective.student_views`` (its BatchNorm
-    statistics updated by each view in turn); the objective's loss plus the strategy's ``loss``;
+    statistics updated by each view in turn); with ``extend``, the strategy's ``side_batch`` rows,
+    augmented with the same views and run through the student apart (their own BatchNorm
+    statistics, none kept), for the strategy's term alone; the objective's loss plus the
+    strategy's ``loss``;
     the optimizer update of ``trainable(state)``; the objective's ``update_state`` and the
     strategy's ``update_buffers`` (``BufferInputs``). With ``online``, the online probe's batch
     (``data.probe_ids``), augmented as the last view, trains the probe on the backbone's features
@@ -238,7 +241,7 @@ def build_step_fn(
         strategy_key = jax.random.fold_in(step_key, 2)
         current = batch_lib.current_batch(data, ids)
         batch = current
-        if extend:
+        if extend and strategy.extend_batch is not None:
             batch = strategy.extend_batch(state.strategy, batch, data, strategy_key, state.task)
         crops = (None,) * len(objective.views) if data.crops is None else data.crops
         views = tuple(
@@ -251,6 +254,16 @@ def build_step_fn(
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)
         student_views = tuple(views[v] for v in objective.student_views)
+        side, side_views = None, None
+        if extend and strategy.side_batch is not None:
+            side = strategy.side_batch(
+                state.strategy, current, data, jax.random.fold_in(strategy_key, 5), state.task
+            )
+            side_keys = jax.random.split(jax.random.fold_in(step_key, 4), len(objective.views))
+            side_views = tuple(
+                augment.augment_batch(side_keys[v], side.images, objective.views[v])
+                for v in objective.student_views
+            )
         if online is not None:
             probe_view = augment.augment_batch(
                 jax.random.fold_in(step_key, 3),
@@ -274,6 +287,19 @@ def build_step_fn(
             loss, terms, aux = objective.loss(
                 tuple(outputs), target, state.objective_state, params, hyper
             )
+            side_outputs = None
+            if side is not None:
+                # Normalised with the side rows' own statistics; the running ones they would
+                # move are dropped, so the student's statistics are the step's rows' alone.
+                side_outputs = tuple(
+                    model.apply(
+                        {"params": params, "batch_stats": batch_stats},
+                        view,
+                        train=True,
+                        mutable=["batch_stats"],
+                    )[0]
+                    for view in side_views
+                )
             if strategy.loss is not None:
                 extra, extra_terms = strategy.loss(
                     LossInputs(
@@ -287,6 +313,12 @@ def build_step_fn(
                         hyper=hyper,
                         target=target,
                         data=data,
+                        key=jax.random.fold_in(strategy_key, 4),
+                        own_rows=current.size,
+                        extended=extend,
+                        side=side,
+                        side_outputs=side_outputs,
+                        side_views=side_views,
                     )
                 )
                 loss, terms = loss + extra, {**terms, **extra_terms}
@@ -299,10 +331,11 @@ def build_step_fn(
                     probe_labels,
                 )
                 loss, terms = loss + ce, {**terms, "online_ce": ce, "online_acc": accuracy}
-            return loss, (batch_stats, terms, aux)
+            seen = jax.lax.stop_gradient((tuple(outputs), side_outputs))
+            return loss, (batch_stats, terms, aux, seen)
 
         variables = trainable(state)
-        (loss, (batch_stats, terms, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (batch_stats, terms, aux, seen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             variables
         )
         opt_state = set_group_hyperparams(state.opt_state, groups, hyper)
@@ -324,6 +357,9 @@ def build_step_fn(
                         key=jax.random.fold_in(strategy_key, 1),
                         task=state.task,
                         hyper=hyper,
+                        outputs=seen[0],
+                        side=side,
+                        side_outputs=seen[1],
                     )
                 )
             )

@@ -1,6 +1,7 @@
 """Shared helpers of the end-to-end tests: tiny run configs, the shipped configs, a run on a forced
 mesh, and the result files of a finished run."""
 
+import gzip
 import importlib.util
 import json
 import pathlib
@@ -209,3 +210,23 @@ def write_finished_run(workdir, config, final_row, *, rows_evaluated=6):
         meta={"config": json.loads(resolve_config(config).to_json()), "rows_evaluated": 6},
         plots=False,
     )
+
+
+def _write_idx(path: pathlib.Path, values: np.ndarray) -> None:
+    """A gzip-compressed IDX file of uint8 ``values`` (the Fashion-MNIST file format)."""
+    header = bytes([0, 0, 0x08, values.ndim]) + np.asarray(values.shape, ">u4").tobytes()
+    path.write_bytes(gzip.compress(header + values.astype(np.uint8).tobytes()))
+
+
+def write_tiny_fashion_mnist(folder, *, num_classes=10, train_per_class=8, test_per_class=4):
+    """Fashion-MNIST IDX files of random 28x28 images in ``folder`` (a ``pathlib.Path``), for runs
+    of the Fashion-MNIST configs (``--config.dataset.data_dir=folder``) in processes of their own,
+    which the tfds mock does not reach; returns ``folder``."""
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.tile(np.arange(num_classes), per_class)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        _write_idx(
+            folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (labels.size, 28, 28))
+        )
+    return folder

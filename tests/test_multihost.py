@@ -3,7 +3,6 @@
 collectives), killed mid-task and started again; the run ends where a one-process run on four
 devices ends."""
 
-import gzip
 import json
 import os
 import pathlib
@@ -17,7 +16,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import run, shipped_config
+from helpers import run, shipped_config, write_tiny_fashion_mnist
 
 from cl_ssl import checkpoint, parallel
 
@@ -38,24 +37,15 @@ OVERRIDES = {
 }
 
 
-def _write_idx(path: pathlib.Path, values: np.ndarray) -> None:
-    """A gzip-compressed IDX file of uint8 ``values`` (the Fashion-MNIST file format)."""
-    header = bytes([0, 0, 0x08, values.ndim]) + np.asarray(values.shape, ">u4").tobytes()
-    path.write_bytes(gzip.compress(header + values.astype(np.uint8).tobytes()))
-
-
 @pytest.fixture(scope="module")
 def tiny_fashion_mnist(tmp_path_factory) -> pathlib.Path:
     """A folder of Fashion-MNIST IDX files with random 28x28 images, 10 classes."""
-    folder = tmp_path_factory.mktemp("fashion_mnist_idx")
-    rng = np.random.default_rng(0)
-    for prefix, per_class in (("train", TRAIN_PER_CLASS), ("t10k", TEST_PER_CLASS)):
-        labels = np.tile(np.arange(NUM_CLASSES), per_class)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-        _write_idx(
-            folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (labels.size, 28, 28))
-        )
-    return folder
+    return write_tiny_fashion_mnist(
+        tmp_path_factory.mktemp("fashion_mnist_idx"),
+        num_classes=NUM_CLASSES,
+        train_per_class=TRAIN_PER_CLASS,
+        test_per_class=TEST_PER_CLASS,
+    )
 
 
 # Started through PYTHONPATH in each process: records every path the process opens for writing,

@@ -13,10 +13,11 @@ from helpers import run as _run
 from test_memory import np_herding
 
 from cl_ssl import config as config_lib
-from cl_ssl import memory, objectives, optim, strategies, train
+from cl_ssl import memory, objectives, optim, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data.batch import current_batch
+from cl_ssl.planning import visible_labels
 from cl_ssl.strategies import base, lump, replay
 
 # 3 data-incremental tasks of 16 mock images: 2 steps per epoch, 4 steps per task.
@@ -66,7 +67,13 @@ def test_replay_rows_come_from_earlier_tasks_and_valid_slots_only():
     for seed in range(5):
         joined = strat.extend_batch(state, batch, data, jax.random.PRNGKey(seed), jnp.int32(2))
         assert joined.size == 8 + 64
-        chex.assert_trees_all_equal(jax.tree.map(lambda x: x[:8], joined), batch)
+        chex.assert_trees_all_equal(
+            jax.tree.map(lambda x: x[:8], joined.replace(slots=None)), batch
+        )
+        assert bool(jnp.all(joined.slots[:8] == -1))  # the step's own rows: from no memory slot
+        np.testing.assert_array_equal(
+            np.asarray(mem.ids)[np.asarray(joined.slots[8:])], joined.ids[8:]
+        )
         rows = np.asarray(joined.ids[8:])
         assert set(rows) == {3, 4, 7, 8}  # tasks 0 and 1, valid; every one drawn (cycled)
         np.testing.assert_array_equal(joined.images[8:], np.asarray(data.images)[rows])
@@ -197,16 +204,14 @@ def test_lump_mixes_both_views_with_one_beta_lambda():
 def test_visible_labels_per_task_fraction_seeded():
     labels = np.arange(100, dtype=np.int32) % 7
     tasks = [np.arange(0, 40), np.arange(40, 100)]
-    visible = train.visible_labels(labels, tasks, fraction=0.25, seed=3)
+    visible = visible_labels(labels, tasks, fraction=0.25, seed=3)
     assert (visible[:40] >= 0).sum() == 10 and (visible[40:] >= 0).sum() == 15
     shown = visible >= 0
     np.testing.assert_array_equal(visible[shown], labels[shown])
-    np.testing.assert_array_equal(
-        visible, train.visible_labels(labels, tasks, fraction=0.25, seed=3)
-    )
-    assert not np.array_equal(visible, train.visible_labels(labels, tasks, fraction=0.25, seed=4))
-    assert (train.visible_labels(labels, tasks, fraction=0.0, seed=3) == -1).all()
-    np.testing.assert_array_equal(train.visible_labels(labels, tasks, fraction=1.0, seed=3), labels)
+    np.testing.assert_array_equal(visible, visible_labels(labels, tasks, fraction=0.25, seed=3))
+    assert not np.array_equal(visible, visible_labels(labels, tasks, fraction=0.25, seed=4))
+    assert (visible_labels(labels, tasks, fraction=0.0, seed=3) == -1).all()
+    np.testing.assert_array_equal(visible_labels(labels, tasks, fraction=1.0, seed=3), labels)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ class Batch:
       tasks: int32 [B], the task each example comes from.
       valid: bool [B], False for padding rows that must not count (a replay draw from a memory
         that holds nothing to draw yet).
+      slots: int32 [B], the memory slot each row was drawn from (``cl_ssl.memory.Memory``), -1
+        for rows that come from no memory (the step's own); None: no row does.
     """
 
     images: jax.Array
@@ -56,6 +58,7 @@ class Batch:
     ids: jax.Array
     tasks: jax.Array
     valid: jax.Array
+    slots: jax.Array | None = None
 
     @property
     def size(self) -> int:
@@ -80,6 +83,16 @@ def probe_images(data: TrainData) -> jax.Array:
     return jnp.take(data.images, data.probe_ids, axis=0) if data.on_device else data.probe_images
 
 
+def with_slots(batch: Batch) -> Batch:
+    """``batch`` with ``slots`` -1 (no memory slot) for every row when it has none."""
+    if batch.slots is not None:
+        return batch
+    return batch.replace(slots=jnp.full(batch.ids.shape, -1, jnp.int32))
+
+
 def join(a: Batch, b: Batch) -> Batch:
-    """The rows of ``a`` followed by those of ``b``."""
+    """The rows of ``a`` followed by those of ``b``; when either has ``slots``, rows without
+    one get -1."""
+    if (a.slots is None) != (b.slots is None):
+        a, b = with_slots(a), with_slots(b)
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)

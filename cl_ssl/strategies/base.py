@@ -32,12 +32,18 @@ Distill = Callable[
 class LossInputs:
     """What a strategy's loss term sees inside the differentiated loss of one step.
 
+    The batch is the step's own rows (the first ``own_rows``) followed by the rows the strategy's
+    ``extend_batch`` joined (when ``extended``); the objective's loss and the student's BatchNorm
+    statistics see all of them. The rows of ``side_batch`` (the ``side`` fields) are seen by the
+    strategy's term alone.
+
     Attributes:
       outputs: the student's outputs (``SSLModel``: 'features', 'projection', ...) of each of its
         views, rows of the joined batch.
       views: the student's augmented views, float [B, H, W, C] each.
       batch: the joined batch (``cl_ssl.data.batch.Batch``): labels (-1 where absent), ids, tasks,
-        validity.
+        validity, and the memory slot each joined row was drawn from (``slots``, -1 for the
+        step's own rows; None when no row comes from a memory).
       params: the student's parameters (differentiated).
       trainable: the strategy's trainable parameters (differentiated).
       state: the strategy's state before the step (its frozen pytrees and buffers).
@@ -48,6 +54,16 @@ class LossInputs:
         without a target network.
       data: the training split (``TrainData``): the classes and tasks of every example (the
         classes seen so far, for a growing classifier).
+      key: the strategy's key for random draws inside its term, new every step.
+      own_rows: the number of the step's own rows, first in ``batch`` (static).
+      extended: whether this stage's step joined the strategy's rows (static): ``batch`` then has
+        ``batch.size - own_rows`` of them after the step's own, and ``side`` is set when the
+        strategy has a ``side_batch``.
+      side: the rows of ``side_batch`` (``Batch``, with their ``slots``), or None.
+      side_outputs: the student's outputs of each of its views of ``side`` (differentiated), its
+        BatchNorm normalising with the side rows' own statistics and its running statistics left
+        as the step's own rows set them; None without side rows.
+      side_views: the student's augmented views of ``side``, float [S, H, W, C] each; or None.
     """
 
     outputs: tuple[Outputs, ...]
@@ -60,6 +76,12 @@ class LossInputs:
     hyper: Hyper
     target: tuple[Outputs | None, ...] | None = None
     data: TrainData | None = None
+    key: jax.Array | None = None
+    own_rows: int = 0
+    extended: bool = False
+    side: Batch | None = None
+    side_outputs: tuple[Outputs, ...] | None = None
+    side_views: tuple[jax.Array, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +98,12 @@ class BufferInputs:
       key: the strategy's key of this step.
       task: int32 [], the task being trained.
       hyper: the step's per-step scalars.
+      outputs: the student's outputs of each of its views of ``joined``, from this step's forward
+        pass (before the update), through ``stop_gradient``: what the network gave the rows it
+        trained on (the first ``batch.size`` rows are the step's own), to store without a second
+        forward pass.
+      side: the rows of ``side_batch`` this step, or None (see ``LossInputs``).
+      side_outputs: the student's outputs of each view of ``side``, as ``outputs``; or None.
     """
 
     state: StrategyState
@@ -87,6 +115,9 @@ class BufferInputs:
     key: jax.Array
     task: jax.Array
     hyper: Hyper
+    outputs: tuple[Outputs, ...] = ()
+    side: Batch | None = None
+    side_outputs: tuple[Outputs, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +216,17 @@ class Strategy:
       extend_batch: optional (strategy state, the step's batch, ``TrainData``, key, task) -> the
         batch with the strategy's rows joined after the step's own (a replay sub-batch with its
         validity), inside the jitted step, from stage ``extends_batch_from`` on. The step's rows
-        come first and whole: views cropped on the host (``TrainData.crops``) are theirs.
-      extends_batch_from: the first stage whose step calls ``extend_batch``.
+        come first and whole: views cropped on the host (``TrainData.crops``) are theirs. Joined
+        rows are ordinary rows to the objective: they enter its loss and the student's BatchNorm
+        statistics whatever their ``valid`` flag, which only the strategy's own term reads (a
+        strategy whose memory may have nothing to draw yet joins from a later stage, or draws
+        ``side_batch`` rows instead).
+      side_batch: optional, the same arguments -> a ``Batch`` of rows that only the strategy's
+        term sees (DER's replayed images): the step augments them with the objective's views and
+        runs the student on them apart from the joined batch, so they reach neither the
+        objective's loss nor the student's BatchNorm statistics (``LossInputs.side_outputs``),
+        from stage ``extends_batch_from`` on; their ``valid`` flag is the strategy's to apply.
+      extends_batch_from: the first stage whose step calls ``extend_batch`` and ``side_batch``.
       transform_views: optional (augmented views of the extended batch, that batch, key) -> the
         views the student and the objective see (LUMP's mixup); with ``extend_batch`` only.
       loss: optional ``LossInputs`` -> (weighted term added to the objective's loss, metrics),
@@ -214,6 +254,7 @@ class Strategy:
     init: Callable[[PyTree, jax.Array, ArraySplit], StrategyState] = _empty_state
     end_task: Callable[[TaskEnd], StrategyState] = _keep_state
     extend_batch: Callable[..., Batch] | None = None
+    side_batch: Callable[..., Batch] | None = None
     extends_batch_from: int = 0
     transform_views: Callable[..., tuple[jax.Array, ...]] | None = None
     loss: Callable[[LossInputs], tuple[jax.Array, Metrics]] | None = None
@@ -226,8 +267,42 @@ class Strategy:
     evaluated: Callable[[Any], tuple[PyTree, PyTree]] | None = None
 
     def extends_batch(self, stage: int) -> bool:
-        """Whether the step of ``stage`` joins the strategy's rows to the batch."""
-        return self.extend_batch is not None and stage >= self.extends_batch_from
+        """Whether the step of ``stage`` joins the strategy's rows to the batch or draws its side
+        rows."""
+        has_rows = self.extend_batch is not None or self.side_batch is not None
+        return has_rows and stage >= self.extends_batch_from
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """What a strategy module declares, as its module-level ``STRATEGY``, for a run to select it
+    by name: ``--config.strategy=cassle`` (a built-in) or ``--config.strategy=package.module``
+    (any importable module: a user's own, registered exactly as the built-ins are).
+
+    Attributes:
+      make: (the run's config, ``Objective``) -> ``Strategy``. It runs before anything compiles:
+        check the strategy's settings here and raise ValueError naming the field to change.
+      section: the name of the strategy's own config section (``config.<section>``, overridden
+        as ``--config.<section>.<field>=...``), or None without one.
+      default_config: () -> that section's defaults (``ml_collections.ConfigDict``).
+      reads: other strategies' sections ``make`` reads too (Kaizen's feature distiller reads
+        ``cassle``), so that a resumed run compares them.
+      supervised: whether it trains with ``objective='supervised'`` (the supervised path); the
+        others need a self-supervised objective.
+    """
+
+    make: Callable[[ml_collections.ConfigDict, Objective], Strategy]
+    section: str | None = None
+    default_config: Callable[[], ml_collections.ConfigDict] | None = None
+    reads: tuple[str, ...] = ()
+    supervised: bool = False
+
+    def __post_init__(self):
+        if (self.section is None) != (self.default_config is None):
+            raise ValueError(
+                "StrategySpec: give section and default_config together (a strategy with "
+                "settings), or neither"
+            )
 
 
 def make_finetune(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
@@ -241,6 +316,10 @@ def make_offline(config: ml_collections.ConfigDict, objective: Objective) -> Str
     Sec. 5); its accuracy matrix has one trained row."""
     del config, objective
     return Strategy(name="offline", stages=_all_tasks_jointly)
+
+
+FINETUNE = StrategySpec(make=make_finetune)
+OFFLINE = StrategySpec(make=make_offline)
 
 
 # ---------------------------------------------------------------------------------------------

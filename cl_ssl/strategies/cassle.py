@@ -37,6 +37,7 @@ from cl_ssl.objectives import Objective
 from cl_ssl.objectives.base import target_params
 from cl_ssl.strategies.base import (
     Strategy,
+    StrategySpec,
     frozen_teacher_strategy,
     head_distillation,
     output_widths,
@@ -226,3 +227,6 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         param_labels=parts.param_labels,
         param_groups=parts.param_groups,
     )
+
+
+STRATEGY = StrategySpec(make=make, section="cassle", default_config=default_config)

@@ -69,6 +69,7 @@ from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
     Strategy,
+    StrategySpec,
     TaskEnd,
     apply_teacher,
     output_widths,
@@ -250,3 +251,6 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         start_objective=mocov2plus.restart_key_encoder,
         evaluated=evaluated if c.evaluate_teacher else None,
     )
+
+
+STRATEGY = StrategySpec(make=make, section="ccl", default_config=default_config)

@@ -50,6 +50,7 @@ from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
     Strategy,
+    StrategySpec,
     TaskEnd,
     apply_teacher,
     output_widths,
@@ -242,3 +243,8 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         update_buffers=update_buffers,
         classify=classify,
     )
+
+
+STRATEGY = StrategySpec(
+    make=make, section="genifer", default_config=default_config, supervised=True
+)

@@ -55,7 +55,14 @@ from cl_ssl.objectives import Objective
 from cl_ssl.objectives.base import target_params
 from cl_ssl.state import StrategyState
 from cl_ssl.strategies import cassle, replay
-from cl_ssl.strategies.base import LossInputs, Strategy, apply_teacher, output_widths, snapshot
+from cl_ssl.strategies.base import (
+    LossInputs,
+    Strategy,
+    StrategySpec,
+    apply_teacher,
+    output_widths,
+    snapshot,
+)
 
 CLASSIFIER_GROUP = "kaizen_classifier"
 # The shipped scripts' classifier learning rates (bash_files/*.sh: --classifier_lr).
@@ -232,3 +239,8 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         param_groups=groups,
         classify=classify,
     )
+
+
+STRATEGY = StrategySpec(
+    make=make, section="kaizen", default_config=default_config, reads=("cassle",)
+)

@@ -31,7 +31,7 @@ import ml_collections
 from cl_ssl.data.batch import join
 from cl_ssl.objectives import Objective
 from cl_ssl.strategies import replay
-from cl_ssl.strategies.base import Strategy
+from cl_ssl.strategies.base import Strategy, StrategySpec
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -68,3 +68,6 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         transform_views=transform_views,
         update_buffers=replay.in_step_update("reservoir", per_class=0),
     )
+
+
+STRATEGY = StrategySpec(make=make, section="lump", default_config=default_config)

@@ -22,6 +22,7 @@ from cl_ssl.models.ssl import SSLModel
 from cl_ssl.objectives import Objective
 from cl_ssl.strategies.base import (
     Strategy,
+    StrategySpec,
     frozen_teacher_strategy,
     head_distillation,
     output_widths,
@@ -75,3 +76,6 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             weight=c.weight,
         ),
     )
+
+
+STRATEGY = StrategySpec(make=make, section="pfr", default_config=default_config)

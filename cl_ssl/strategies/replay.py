@@ -52,7 +52,7 @@ from cl_ssl.data.batch import Batch, TrainData, join
 from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
-from cl_ssl.strategies.base import BufferInputs, Strategy, TaskEnd
+from cl_ssl.strategies.base import BufferInputs, Strategy, StrategySpec, TaskEnd
 
 IN_STEP = ("reservoir", "class_balanced")
 AT_TASK_END = ("herding", "random", "first_per_class", "min_var")
@@ -138,7 +138,8 @@ def draw(memory: memory_lib.Memory, key: jax.Array, size: int, eligible: jax.Arr
 
 def memory_rows(memory: memory_lib.Memory, slots: jax.Array, data: TrainData, available) -> Batch:
     """The batch of memory ``slots``: images from the memory (data in host memory) or gathered
-    from the on-device split, the labels the learner sees, valid where ``available``."""
+    from the on-device split, the labels the learner sees, valid where ``available``, and the
+    slots themselves (``Batch.slots``, to look up the memory's payload)."""
     ids = memory.ids[slots]
     images = jnp.take(data.images, ids, axis=0) if memory.images is None else memory.images[slots]
     return Batch(
@@ -147,6 +148,7 @@ def memory_rows(memory: memory_lib.Memory, slots: jax.Array, data: TrainData, av
         ids=ids,
         tasks=memory.tasks[slots],
         valid=jnp.broadcast_to(available, ids.shape),
+        slots=slots,
     )
 
 
@@ -157,8 +159,12 @@ def _count_distinct(labels: jax.Array) -> jax.Array:
     return jnp.sum(first & (ordered >= 0))
 
 
-def in_step_update(selection: str, per_class: int):
-    """``Strategy.update_buffers`` of a memory filled inside the step from the step's own rows."""
+def in_step_update(
+    selection: str, per_class: int, payload: Callable[[BufferInputs], Any] | None = None
+):
+    """``Strategy.update_buffers`` of a memory filled inside the step from the step's own rows;
+    with ``payload``, (the step's ``BufferInputs``) -> the payload of its own rows, [B, ...] per
+    leaf (what the network gave them: ``inputs.outputs``), kept with each stored row."""
 
     def update_buffers(inputs: BufferInputs):
         state, batch, data = inputs.state, inputs.batch, inputs.data
@@ -168,6 +174,7 @@ def in_step_update(selection: str, per_class: int):
             labels=jnp.take(data.classes, batch.ids),
             tasks=batch.tasks,
             images=None if memory.images is None else batch.images,
+            payload=None if payload is None else payload(inputs),
         )
         if selection == "reservoir":
             memory = memory_lib.reservoir_update(memory, inputs.key, **candidates)
@@ -209,11 +216,16 @@ def view_embeddings(objective: Objective, num_views: int = MIN_VAR_VIEWS):
     return embed
 
 
-def end_of_task_selection(r: ml_collections.ConfigDict, objective: Objective):
+def end_of_task_selection(
+    r: ml_collections.ConfigDict,
+    objective: Objective,
+    payload: Callable[[TaskEnd, np.ndarray], Any] | None = None,
+):
     """``Strategy.end_task`` that adds the finished task's exemplars (herding, random,
     first_per_class or min_var, from the replay settings ``r``) and shrinks the earlier classes to
     the new per-class quota (min_var and first_per_class size the memory so that nothing
-    shrinks)."""
+    shrinks); with ``payload``, (the ``TaskEnd``, the chosen example ids int [K]) -> their
+    payload, [K, ...] per leaf, kept with each stored exemplar."""
     embed = view_embeddings(objective) if r.selection == "min_var" else None
 
     def end_task(end: TaskEnd) -> StrategyState:
@@ -243,6 +255,7 @@ def end_of_task_selection(r: ml_collections.ConfigDict, objective: Objective):
             valid=True,
             quota=quota,
             images=None if memory.images is None else end.train.images[chosen],
+            payload=None if payload is None else payload(end, chosen),
         )
         return strategy_state.replace(buffers={**strategy_state.buffers, "memory": memory})
 
@@ -281,10 +294,11 @@ def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: i
     return np.concatenate(rows), np.concatenate(priority)
 
 
-def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
+def memory_state(slots_for: Callable[[Any], int], *, on_device: bool, payload: Any = None):
     """``Strategy.init`` of an empty memory of ``slots_for(train)`` slots (``train``: the run's
     training split), holding example ids when the data are on the device and the images
-    themselves otherwise."""
+    themselves otherwise, and a ``payload`` per slot when given (one slot's shapes and dtypes,
+    as ``cl_ssl.memory.empty_memory`` takes them)."""
 
     def init(variables, key, train):
         del variables, key
@@ -295,7 +309,8 @@ def memory_state(slots_for: Callable[[Any], int], *, on_device: bool):
                 "replay.memory_size or replay.per_class"
             )
         image_shape = None if on_device else train.images.shape[1:]
-        return StrategyState(buffers={"memory": memory_lib.empty_memory(slots, image_shape)})
+        memory = memory_lib.empty_memory(slots, image_shape, payload)
+        return StrategyState(buffers={"memory": memory})
 
     return init
 
@@ -335,3 +350,6 @@ def rehearsal(
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Replay from ``config.replay``, for any objective."""
     return rehearsal(config, objective)
+
+
+STRATEGY = StrategySpec(make=make, section="replay", default_config=default_config)

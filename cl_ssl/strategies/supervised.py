@@ -32,11 +32,14 @@ from cl_ssl.models import heads
 from cl_ssl.objectives import SUPERVISED, Objective
 from cl_ssl.state import StrategyState
 from cl_ssl.strategies import replay
-from cl_ssl.strategies.base import BufferInputs, LossInputs, Strategy, TaskEnd, output_widths
-
-BASELINES = ("finetune_supervised", "replay_supervised")
-STRATEGIES = (*BASELINES, "genifer")
-"""The strategies of the supervised path, which need ``objective=supervised``."""
+from cl_ssl.strategies.base import (
+    BufferInputs,
+    LossInputs,
+    Strategy,
+    StrategySpec,
+    TaskEnd,
+    output_widths,
+)
 
 
 def output_layer(num_classes: int) -> heads.MLPHead:
@@ -103,13 +106,20 @@ def logits(classifier, features: jax.Array) -> jax.Array:
     return output_layer(classes).apply({"params": classifier}, features, train=False)
 
 
-def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
-    """``finetune_supervised`` or ``replay_supervised`` (``config.strategy``)."""
-    check_objective(objective, config.strategy)
+def make_finetune_supervised(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """``finetune_supervised``: the classifier trained on each task in turn."""
+    return _make(config, objective, name="finetune_supervised", rehearse=False)
+
+
+def make_replay_supervised(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
+    """``replay_supervised``: the classifier with the labelled replay rows of ``config.replay``."""
+    return _make(config, objective, name="replay_supervised", rehearse=True)
+
+
+def _make(config, objective: Objective, *, name: str, rehearse: bool) -> Strategy:
+    check_objective(objective, name)
     check_labels(config)
-    rehearsal = (
-        replay.rehearsal(config, objective) if config.strategy == "replay_supervised" else None
-    )
+    rehearsal = replay.rehearsal(config, objective) if rehearse else None
     width = output_widths(objective)["features"]
 
     def init(variables, key, train):
@@ -147,7 +157,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         return restrict(logits(state.trainable["classifier"], features), state.buffers["seen"])
 
     return Strategy(
-        name=config.strategy,
+        name=name,
         init=init,
         end_task=end_task,
         extend_batch=None if rehearsal is None else rehearsal.extend_batch,
@@ -156,3 +166,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         update_buffers=update_buffers,
         classify=classify,
     )
+
+
+FINETUNE_SUPERVISED = StrategySpec(make=make_finetune_supervised, supervised=True)
+REPLAY_SUPERVISED = StrategySpec(make=make_replay_supervised, reads=("replay",), supervised=True)
