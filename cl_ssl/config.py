@@ -173,10 +173,13 @@ def base_config() -> ml_collections.ConfigDict:
             # '<evaluator>_task_aware' matrices; class-incremental scenarios only.
             task_aware=False,
             # CaSSLe's online linear probe (cl_ssl.evaluation.online): trained in the train step
-            # on one extra batch per step of the probe data, lr online_lr not scaled by the batch
-            # size, no weight decay; its forward pass moves the backbone's BatchNorm statistics
-            # unless online_updates_bn=False. Scored after every task as the 'online' matrix.
+            # on one extra batch per step of the labelled data of online_data's tasks ('all' for
+            # CaSSLe's CIFAR protocol, 'seen' for Kaizen's, or 'current'), lr online_lr not scaled
+            # by the batch size, no weight decay; its forward pass moves the backbone's BatchNorm
+            # statistics unless online_updates_bn=False. Scored after every task as the 'online'
+            # matrix.
             online=False,
+            online_data="all",
             online_lr=0.1,
             online_updates_bn=True,
             # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
@@ -335,10 +338,15 @@ def use_imagenet_setting(
 def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     """Kaizen's CIFAR-100 scripts (Tang et al., WACV 2024; ``dr-bell/kaizen`` ``bash_files/*.sh``):
     every label, Kaizen's recipes on CIFAR (SimCLR at lr 1.0 with BYOL's views), SimCLR's
-    4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the rest (batch 256,
-    500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config. Kaizen ships
-    no ImageNet-100 script: there the ImageNet recipes stay."""
+    4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the online probe on
+    the seen tasks' labelled data (``--online_evaluation_training_data_source seen_tasks``, lr
+    0.1), whose pass moves the backbone's BatchNorm statistics (``main_pretrain.py`` l.179-195);
+    16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; the rest
+    (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
+    Kaizen ships no ImageNet-100 script: there the ImageNet recipes stay."""
     config.labels.fraction = 1.0
+    config.eval.update(online=True, online_data="seen", online_lr=0.1, online_updates_bn=True)
+    config.model.dtype = "bfloat16"
     if config.recipe == "cifar":
         config.recipe = "kaizen"
     config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
@@ -565,6 +573,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         0.0 < config.eval.label_fraction <= 1.0,
         f"eval.label_fraction={config.eval.label_fraction}; set the share of each class's labels "
+    _require(
+        config.eval.online_data in evaluate.PROBE_DATA,
+        f"eval.online_data={config.eval.online_data!r}; choose among {list(evaluate.PROBE_DATA)}",
+    )
         "that trains the probes in (0, 1], e.g. 0.01 or 0.1 for semi-supervised probes",
     )
     _require(

@@ -433,24 +433,31 @@ def herding(features: jax.Array, num_exemplars: int) -> jax.Array:
     return order
 
 
-def first_per_class(labels: np.ndarray, fraction: float) -> np.ndarray:
+def first_per_class(
+    labels: np.ndarray, fraction: float, order: np.ndarray | None = None
+) -> np.ndarray:
     """Kaizen's exemplars (Tang et al., "Kaizen: Practical self-supervised continual learning with
     continual fine-tuning", WACV 2024): for each class, its first floor(fraction * n_c) rows in data
-    set order. Host-side NumPy.
+    set order (``kaizen/utils/pretrain_dataloader.py`` l.60-66: ``nonzero()`` of the class over
+    torchvision's CIFAR, in the archive's order). Host-side NumPy.
 
     Args:
       labels: int [N], the class of each row.
       fraction: in [0, 1], the share of each class to keep.
+      order: int [N], each row's position in the data set's order (``ArraySplit.archive_rank``);
+        None: the rows' own order.
 
     Returns:
-      int [K], the kept row indices, sorted in data set order.
+      int [K], the kept row indices, sorted.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"first_per_class: fraction must be in [0, 1], got {fraction}")
     labels = np.asarray(labels)
+    order = np.arange(len(labels)) if order is None else np.asarray(order)
     kept = []
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
+        rows = rows[np.argsort(order[rows], kind="stable")]
         # The tolerance keeps e.g. 0.29 * 100 = 28.999999999999996 at 29 rows.
         kept.append(rows[: math.floor(fraction * len(rows) + 1e-9)])
     return np.sort(np.concatenate([np.zeros(0, np.int64), *kept]))

@@ -281,7 +281,9 @@ class Run:
             online=p.online,
         )
         # The online probe's labelled examples during this stage: the row it is scored in.
-        probe_pool = self.evaluator.probe_pool(stage_id + 1) if p.online else None
+        probe_pool = (
+            self.evaluator.probe_pool(stage_id + 1, config.eval.online_data) if p.online else None
+        )
         first, global_step = int(state.task_step), int(state.step)
         self._clock = time.perf_counter()
         bar = tqdm.tqdm(

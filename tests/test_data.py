@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import write_tiny_fashion_mnist
 
 from cl_ssl.data import scenarios, sources
 
@@ -173,6 +174,30 @@ def test_tfds_mock_data(mock_tfds, monkeypatch, name, shape, num_classes):
     assert split.labels.shape == (10,) and split.labels.dtype == np.int32
     assert split.num_classes == num_classes
     assert split.labels.min() >= 0 and split.labels.max() < num_classes
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_tfds_archive_rank_is_the_order_of_the_id_feature(mock_tfds, monkeypatch, streaming):
+    """CIFAR-100's ``id`` (``train_00000``, ...) numbers the archive's order, which tfds shuffles
+    into its records: each row's ``archive_rank`` is its id's place in sorted order, in memory and
+    streamed alike."""
+    monkeypatch.setattr(sources, "_READ_BATCH", 4)
+    with mock_tfds(num_examples=10):
+        split = sources.load_split("cifar100", "train", streaming=streaming)
+        source = tfds.builder("cifar100").as_data_source(split="train")
+        ids = [source[i]["id"] for i in range(10)]
+    ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+    expected = [sorted(ids).index(i) for i in ids]
+    assert len(set(ids)) == 10
+    np.testing.assert_array_equal(split.archive_rank, expected)
+
+
+def test_a_data_set_without_ids_has_no_archive_rank(tmp_path):
+    write_tiny_fashion_mnist(tmp_path)
+    assert (
+        sources.load_split("fashion_mnist_idx", "train", data_dir=str(tmp_path)).archive_rank
+        is None
+    )
 
 
 class ClSslTestImages(tfds.core.GeneratorBasedBuilder):

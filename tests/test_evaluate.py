@@ -54,6 +54,17 @@ def test_probe_data_sources(probe_data, rows_by_stage):
         np.testing.assert_array_equal(evaluator.probe_examples(stage), expected)
 
 
+def test_online_data_chooses_the_online_probes_pool_apart_from_the_probes():
+    """``eval.online_data='seen'`` (Kaizen's) during stage 1 draws from task 1 only, then from
+    both tasks, while the offline probes keep ``eval.probe_data='all'``; the train loop asks for
+    row s + 1's pool during stage s."""
+    evaluator, _ = _evaluator(probe_data="all", online_data="seen")
+    task1 = SCENARIO.train_indices[0]
+    np.testing.assert_array_equal(evaluator.probe_pool(1, "seen"), task1)
+    np.testing.assert_array_equal(evaluator.probe_pool(2, "seen"), np.arange(40))
+    np.testing.assert_array_equal(evaluator.probe_pool(1), np.arange(40))
+
+
 def test_label_fraction_is_class_balanced_within_the_probe_data_then_capped():
     evaluator, _ = _evaluator(probe_data="current", label_fraction=0.2)
     rows = evaluator.probe_examples(2)

@@ -278,6 +278,11 @@ def test_settings_that_cannot_work_are_rejected_before_compiling():
 def test_cifar100_kaizen_preset_is_kaizens_scripts():
     config = shipped_config("cifar100", "kaizen")
     assert (config.strategy, config.labels.fraction, config.recipe) == ("kaizen", 1.0, "kaizen")
+    # The online probe on the seen tasks (main_pretrain.py l.179-195), its lr 0.1, the offline
+    # probes on every task; 16-bit mixed precision.
+    e = config.eval
+    assert (e.online, e.online_data, e.online_lr, e.probe_data) == (True, "seen", 0.1, "all")
+    assert config.model.dtype == "bfloat16"
     resolved = objectives.resolve_config(config)
     assert (resolved.optimizer.lr, resolved.simclr.proj_hidden_dim) == (1.0, 4096)
     assert resolved.augment.view2.solarize_prob == 0.2

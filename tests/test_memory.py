@@ -295,6 +295,12 @@ def test_first_per_class_hand_made_case():
     assert len(memory.first_per_class(np.zeros(100, int), 0.29)) == 29  # 0.29 * 100 < 29 in floats
     with pytest.raises(ValueError, match="fraction"):
         memory.first_per_class(labels, 1.5)
+    # In another order (the archive's): the rows come first by it, here the last rows first.
+    reverse = np.arange(13)[::-1]
+    # class 0: 9 7 5 2 -> 9, 7; class 1: 11 8 4 1 0 -> 11, 8; class 2: 12 10 6 3 -> 12, 10.
+    np.testing.assert_array_equal(
+        memory.first_per_class(labels, 0.5, order=reverse), [7, 8, 9, 10, 11, 12]
+    )
 
 
 def test_random_per_class_counts_membership_and_determinism():

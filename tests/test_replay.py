@@ -1,6 +1,7 @@
 """The strategy interface's rehearsal users: replay and LUMP, labels in the batch, parameter
 groups of the optimizer, and whole runs that carry a memory across tasks and resumes."""
 
+import dataclasses
 import json
 
 import chex
@@ -164,6 +165,10 @@ def test_first_per_class_selection_is_kaizens():
     mem = strat.end_task(end).buffers["memory"]
     assert mem.capacity == 1 + 1  # floor(0.2 * 7) + floor(0.2 * 8)
     assert sorted(np.asarray(mem.ids)[np.asarray(mem.valid)]) == [0, 1]  # first of each class
+    # A split whose records are not in the archive's order: the first of each class by it.
+    shuffled = dataclasses.replace(end.train, archive_rank=np.arange(15)[::-1])
+    mem = strat.end_task(dataclasses.replace(end, train=shuffled)).buffers["memory"]
+    assert sorted(np.asarray(mem.ids)[np.asarray(mem.valid)]) == [13, 14]  # last in record order
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,12 +71,17 @@ class ArraySplit:
       num_classes: size of the label space (classes absent from this split still count).
       domains: int32 [N], the position of each image's domain in the list that was read, for
         multi-domain data sets (DomainNet); None otherwise.
+      archive_rank: int64 [N], each example's position in the data set's original order, for a
+        tfds data set with an ``id`` feature (CIFAR's ``train_00000``, ...: its archive order,
+        which tfds shuffles into its records); None where the rows are in that order already or
+        no such order is known.
     """
 
     images: np.ndarray | streaming_lib.StreamedImages
     labels: np.ndarray
     num_classes: int
     domains: np.ndarray | None = None
+    archive_rank: np.ndarray | None = None
 
 
 def imagenet100_classes() -> list[str]:
@@ -198,6 +203,7 @@ def _read(
     its domain when ``domains``): read into one preallocated array, each image written once
     straight into its row, or streamed."""
     sizes = [r.size for r in readers]
+    ids = None
     if streaming:
         images = streaming_lib.StreamedImages(
             [(r.source, r.records) for r in readers],
@@ -207,17 +213,30 @@ def _read(
             open_image=readers[0].open,
         )
         labels = np.concatenate([r.labels() for r in readers])
+        if len(readers) == 1 and readers[0].has_ids:
+            ids = readers[0].ids()
     else:
         images, labels = _allocate(sum(sizes), readers[0].image_shape)
+        if len(readers) == 1 and readers[0].has_ids:
+            ids = np.empty(sizes[0], object)
         starts = np.cumsum([0, *sizes[:-1]])
         for reader, start, stop in zip(readers, starts, np.cumsum(sizes), strict=True):
-            reader.fill(images[start:stop], labels[start:stop])  # views: filled in place
+            reader.fill(images[start:stop], labels[start:stop], ids)  # views: filled in place
     return ArraySplit(
         images=images,
         labels=labels,
         num_classes=readers[0].num_classes,
         domains=np.repeat(np.arange(len(readers), dtype=np.int32), sizes) if domains else None,
+        archive_rank=None if ids is None else archive_rank(ids),
     )
+
+
+def archive_rank(ids: np.ndarray) -> np.ndarray:
+    """int64 [N]: the rank of each of the examples' ``id`` strings [N] in sorted order (tfds
+    numbers a data set's examples in its archive order with zero-padded ids, ``train_00000``)."""
+    rank = np.empty(len(ids), np.int64)
+    rank[np.argsort(np.asarray(ids, str), kind="stable")] = np.arange(len(ids))
+    return rank
 
 
 def _allocate(size: int, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +342,7 @@ class _TfdsReader:
       image_size: S > 0 stores images as S x S central squares; 0 as they are.
       num_classes: size of the label space after relabelling.
       kept_labels: int32 [size], the kept records' labels when a first pass has read them.
+      has_ids: whether the examples have an ``id`` feature (their archive order).
     """
 
     source: Any
@@ -332,6 +352,7 @@ class _TfdsReader:
     image_size: int
     num_classes: int
     kept_labels: np.ndarray | None = None
+    has_ids: bool = False
 
     @property
     def size(self) -> int:
@@ -357,19 +378,33 @@ class _TfdsReader:
             return self.kept_labels
         return _read_labels(self.source, self.records, self.relabel)
 
-    def fill(self, images: np.ndarray, labels: np.ndarray) -> None:
+    def ids(self) -> np.ndarray:
+        """object [size], the kept records' ``id`` strings (a pass over the records)."""
+        return np.array(
+            [_text(ex["id"]) for batch in _batches(self.source, self.records) for ex in batch],
+            object,
+        )
+
+    def fill(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Writes the kept examples, in record order, into uint8 [size, H, W, C] and int32 [size]
-        arrays: each image once, straight into its row, so a split never exists twice in
-        memory."""
+        arrays (and their ``id`` strings into object [size] ``ids`` when given): each image once,
+        straight into its row, so a split never exists twice in memory."""
         # PIL decodes and resizes outside the GIL: threads share the work.
         with concurrent.futures.ThreadPoolExecutor() as pool:
             start = 0
             for batch in _batches(self.source, self.records):
                 stop = start + len(batch)
                 labels[start:stop] = self.relabel[[ex["label"] for ex in batch]]
+                if ids is not None:
+                    ids[start:stop] = [_text(ex["id"]) for ex in batch]
                 for row, image in enumerate(pool.map(lambda ex: self.decode(ex["image"]), batch)):
                     images[start + row] = image
                 start = stop
+
+
+def _text(value) -> str:
+    """A tfds Text feature's value (bytes as read from the records) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _read_labels(source, records: np.ndarray, relabel: np.ndarray) -> np.ndarray:
@@ -450,7 +485,16 @@ def _tfds_reader(
             )
     if image_size > 0:
         image_shape = (image_size, image_size, 3)
-    return _TfdsReader(source, records, relabel, image_shape, image_size, num_classes, kept_labels)
+    return _TfdsReader(
+        source,
+        records,
+        relabel,
+        image_shape,
+        image_size,
+        num_classes,
+        kept_labels,
+        has_ids="id" in features,
+    )
 
 
 def _batches(source, records: np.ndarray):

@@ -105,16 +105,17 @@ class Evaluator:
         self._features = features
         self._jitted = {}
 
-    def probe_pool(self, stage: int) -> np.ndarray:
+    def probe_pool(self, stage: int, data: str | None = None) -> np.ndarray:
         """int [K] sorted indices into the training split: the labelled examples the protocol
         allows the probes of row ``stage`` (0: the random network, 1..S: after stage S), by
-        ``eval.probe_data`` and ``eval.label_fraction``; the online probe trains on row s's pool
-        during stage s."""
+        ``data`` (one of ``PROBE_DATA``; None: ``eval.probe_data``) and ``eval.label_fraction``;
+        the online probe trains on row s's pool by ``eval.online_data`` during stage s."""
         e = self._config.eval
+        data = data or e.probe_data
         s = max(stage, 1) - 1
-        if e.probe_data == "all":
+        if data == "all":
             rows = np.arange(len(self._train.labels))
-        elif e.probe_data == "seen":
+        elif data == "seen":
             rows = np.unique(np.concatenate(self._stage_indices[: s + 1]))
         else:
             rows = np.sort(self._stage_indices[s])

@@ -12,7 +12,10 @@ weight decay 0, the run's optimizer and schedule). The backbone runs in train mo
 ``torch.no_grad()``, so BatchNorm normalises with the batch's statistics and its running
 statistics move with this batch as with the task's views: about a third of them then come from
 all-class data. ``eval.online_updates_bn=false`` keeps the running statistics as the task's views
-left them. The probe is part of the checkpoint and carried across tasks.
+left them. The probe is part of the checkpoint and carried across tasks. ``eval.online_data``
+says which tasks' labelled data its batches come from: 'all' (CaSSLe's CIFAR protocol), 'seen'
+(Kaizen's ``--online_evaluation_training_data_source seen_tasks``, ``main_pretrain.py`` l.179-195)
+or 'current'.
 """
 
 from __future__ import annotations

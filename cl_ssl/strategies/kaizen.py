@@ -20,9 +20,10 @@ Every term sees the joined batch of current and replayed rows (``base.py`` l.474
 teacher's BatchNorm uses the batch's statistics (``cassle.teacher_train_bn``), as the frozen copy
 is never switched to eval mode in the reference.
 
-Replay (``kaizen.replay``): the first 1% of each past class's training images in data set order,
-with their labels, 32 rows per step (``kaizen/utils/pretrain_dataloader.py::split_dataset_subset``);
-any selection of the ``replay`` strategy can replace it. The classifier has its own optimizer
+Replay (``kaizen.replay``): the first 1% of each past class's training images in the archive's
+order (CIFAR's ``train_00000``, ...; ``kaizen/utils/pretrain_dataloader.py`` l.60-66 over
+torchvision's CIFAR, tfds's ``id`` here), with their labels, 32 rows per step; any selection of
+the ``replay`` strategy can replace it. The classifier has its own optimizer
 group: learning rate 0.1 (0.05 for VICReg) not scaled by the batch size (only ``--lr`` is,
 ``kaizen/args/utils.py`` l.174), no weight decay, on the run's warm-up and cosine schedule.
 
@@ -35,11 +36,12 @@ Choices of this library where the reference is silent or differs:
   too (the "No Distill" row) there is no teacher at all;
 - each step draws its replay rows afresh, without replacement within the step (the reference
   cycles a shuffled replay loader, ``multiple_trainloader_mode="max_size_cycle"``).
-
-Not reproduced: the reference scripts also run an online evaluation whose extra forward pass, in
-train mode, moves the backbone's BatchNorm running statistics with images of every seen task
-(``kaizen/methods/base.py`` l.415, ``main_pretrain.py`` l.179-194); those statistics are the ones
-the classifier is evaluated with.
+- the online evaluation of the reference scripts (``main_pretrain.py`` l.179-195, the
+  ``:kaizen`` presets' ``eval.online_data='seen'``) trains on as many rows per step as the task
+  (the reference: ceil(seen images / steps per epoch), one pass over the seen tasks per epoch,
+  growing with every task), so that one compiled step serves every task. Its forward pass moves
+  the backbone's BatchNorm statistics with images of every seen task, as the reference's does;
+  those statistics are the ones the classifier and the probes are scored with.
 """
 
 from __future__ import annotations

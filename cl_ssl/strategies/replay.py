@@ -19,7 +19,8 @@ fills it:
   (Rebuffi et al., CVPR 2017), at the end of every task;
 - ``random``: a uniform draw per class, at the end of every task;
 - ``first_per_class``: Kaizen's first floor(``replay.fraction`` * n_c) images of every class in
-  data set order, at the end of every task (``kaizen/utils/pretrain_dataloader.py``);
+  the data set's archive order (CIFAR's ``train_00000``, ...: tfds's ``id``, not its shuffled
+  records), at the end of every task (``kaizen/utils/pretrain_dataloader.py`` l.60-66);
 - ``min_var``: CCL's label-free selection (Lin et al., ICME 2022, Sec. 3.2): k-means over the
   student's embeddings of the task's images, as many clusters as the task has classes, and in
   each cluster the ``replay.per_class`` images whose embedding moves least under augmentation
@@ -237,7 +238,10 @@ def end_of_task_selection(
         seen = set(np.unique(classes)) | set(np.asarray(memory.labels)[np.asarray(memory.valid)])
         quota = memory_lib.class_quota(len(seen), capacity=memory.capacity, per_class=r.per_class)
         if r.selection == "first_per_class":
-            rows = memory_lib.first_per_class(classes, r.fraction)
+            rank = end.train.archive_rank
+            rows = memory_lib.first_per_class(
+                classes, r.fraction, order=None if rank is None else rank[ids]
+            )
             priority = np.zeros(len(rows), np.float32)
             quota = memory.capacity  # sized to fit: nothing shrinks
         elif r.selection == "min_var":
