@@ -360,9 +360,13 @@ def use_genifer_setting(config: ml_collections.ConfigDict) -> None:
     The supervised path (``objective=supervised``, every label) with a ResNet-18 whose CIFAR stem
     pads by 1, 50 base classes then 5 tasks of 10 in the iCaRL order, 100 epochs per task at
     batch 32; the first task with SGD (Nesterov momentum 0.9, lr 0.1, weight decay 5e-4), the later
-    ones with RAdam at 1e-4 (same decay), a fresh optimizer per task, the learning rate x0.2 at
-    epochs 30, 60 and 80; the GAN's settings are ``config.genifer.gan``'s defaults. The classifier
-    scores itself after every task (the ``classifier`` matrix) and no probe is trained.
+    ones with RAdam at 1e-4 (same decay; no step while RAdam's rho_t < 5, the reference class's
+    ``degenerated_to_sgd=False``: LiyuanLucasLiu/RAdam ``radam/radam.py`` l.7, built by
+    ``genifer/learner.py`` l.83-86), a fresh optimizer per task, the learning rate x0.2 at epochs
+    30, 60 and 80; the GAN's settings are ``config.genifer.gan``'s defaults. On CIFAR-100 the
+    images are standardised with the reference's CIFAR-100 statistics (``genifer/dataloader/
+    constants.py`` l.12-14), not the CIFAR-10 ones of the other presets. The classifier scores
+    itself after every task (the ``classifier`` matrix) and no probe is trained.
     ``--config.strategy=finetune_supervised`` or ``replay_supervised`` (with
     ``--config.replay.per_class=20 --config.replay.selection=random``) are its baselines.
     """
@@ -385,10 +389,13 @@ def use_genifer_setting(config: ml_collections.ConfigDict) -> None:
     )
     config.optimizer.kwargs = {"momentum": 0.9, "nesterov": True, "exclude_bias_and_norm": False}
     config.optimizer.later_tasks.update(name="radam", lr=1e-4)
+    config.optimizer.later_tasks.kwargs = {"degenerated_to_sgd": False}
     config.eval.evaluators = ()
     if config.dataset.name == "cifar100":
         config.num_tasks = 6
         config.class_order = "cifar100_icarl1993_50+5x10"
+        for view in (config.augment.view1, config.augment.view2):
+            view.update(mean=(0.507, 0.487, 0.441), std=(0.267, 0.256, 0.276))
 
 
 def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
@@ -567,16 +574,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"eval.probe_data={config.eval.probe_data!r}; choose among {list(evaluate.PROBE_DATA)}",
     )
     _require(
+        config.eval.online_data in evaluate.PROBE_DATA,
+        f"eval.online_data={config.eval.online_data!r}; choose among {list(evaluate.PROBE_DATA)}",
+    )
+    _require(
         config.eval.online_lr > 0,
         f"eval.online_lr={config.eval.online_lr}; set the online probe's learning rate > 0",
     )
     _require(
         0.0 < config.eval.label_fraction <= 1.0,
         f"eval.label_fraction={config.eval.label_fraction}; set the share of each class's labels "
-    _require(
-        config.eval.online_data in evaluate.PROBE_DATA,
-        f"eval.online_data={config.eval.online_data!r}; choose among {list(evaluate.PROBE_DATA)}",
-    )
         "that trains the probes in (0, 1], e.g. 0.01 or 0.1 for semi-supervised probes",
     )
     _require(

@@ -503,6 +503,27 @@ def test_generator_replay_settings_that_cannot_work(overrides, message):
         get_strategy(config, get_objective(config))
 
 
+def test_preset_standardises_with_cifar100_statistics_and_skips_radams_first_steps():
+    """configs/cifar100.py:genifer: the reference's CIFAR-100 mean and std
+    (genifer/dataloader/constants.py l.12-14) in both views, and RAdam's later-task steps without
+    the momentum-SGD warm-up (radam.py ``degenerated_to_sgd=False``)."""
+    config = resolve_config(shipped_config("cifar100", "genifer"))
+    for view in (config.augment.view1, config.augment.view2):
+        assert tuple(view.mean) == (0.507, 0.487, 0.441)
+        assert tuple(view.std) == (0.267, 0.256, 0.276)
+    assert config.optimizer.later_tasks.kwargs.to_dict() == {"degenerated_to_sgd": False}
+    tx = step_lib.make_tx(config)
+    params = {"w": jnp.ones((3,))}
+    state = tx.init(params)
+    hyper = state.inner_states["default"].inner_state.hyperparams
+    hyper["later_tasks"], hyper["learning_rate"] = jnp.float32(1.0), jnp.float32(1e-4)
+    for _ in range(5):  # rho_t < 5: the parameters stay as they are
+        updates, state = tx.update({"w": jnp.ones((3,))}, state, params)
+        np.testing.assert_array_equal(updates["w"], 0.0)
+    updates, state = tx.update({"w": jnp.ones((3,))}, state, params)
+    assert np.all(np.asarray(updates["w"]) < 0)
+
+
 def test_ema_ramp_spans_a_quarter_of_the_classifiers_batches_as_the_reference():
     """genifer_trainer.py l.122-127, 370-374: ramp = 500k / (64 * n_iter / 4 * len(train_loader))
     with the classifier's loader (batch 32, drop_last): on a 5,000-image task the horizon is full
