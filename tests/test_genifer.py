@@ -378,6 +378,7 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
         ({"objective": "simclr"}, "set --config.objective=supervised"),
         ({"genifer.gan.ema_rampup": "half"}, "ema_rampup='half'; choose among"),
         ({"genifer.gan.ada_space": "pixels"}, "ada_space='pixels': choose operations"),
+        ({"genifer.replay_images": "int8"}, "replay_images='int8'; choose among"),
         ({"genifer.gan.ada_ops": ("xflip", "cutout")}, "choose operations among"),
     ],
 )
@@ -542,3 +543,41 @@ def test_ema_ramp_spans_a_quarter_of_the_classifiers_batches_as_the_reference():
     assert genifer_gan.iterations(config, 1, 5000) == 80028
     config.genifer.gan.ema_rampup = "quarter"
     assert genifer_gan.ema_rampup_steps(config, 1, 5000) == 80028  # full after 20,007 steps
+
+
+def test_generated_rows_share_one_crop_and_flip_and_stay_in_float(initial):
+    """replay_images='float' (genifer_trainer.py l.145-150, 790-800): the views of the generated
+    rows are the float images, clamped to valid pixels, all cropped at one offset and flipped or
+    not together; the real rows' views are the step's; 'uint8' leaves the step's views alone."""
+    _, objective, strategy, _, state = initial
+    view = objective.views[0]
+    images = jnp.asarray(np.random.default_rng(3).standard_normal((5, 32, 32, 3)), jnp.float32)
+    out = np.asarray(genifer.crop_and_flip_together(jax.random.PRNGKey(4), images, view))
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="edge")
+    windows = [
+        (top, left, flip)
+        for top in range(9)
+        for left in range(9)
+        for flip in (False, True)
+        if all(
+            np.allclose(out[r], (lambda w: w[:, ::-1] if flip else w)(
+                padded[r, top : top + 32, left : left + 32]))
+            for r in range(5)
+        )
+    ]
+    assert len(windows) >= 1  # one window and flip fits every row
+
+    data = train_data(8, tasks=np.array([0, 0, 1, 1, 0, 0, 1, 1]))
+    batch = current_batch(data, jnp.arange(8))
+    key = jax.random.PRNGKey(2)
+    joined = strategy.extend_batch(state, batch, data, key, jnp.int32(1))
+    views = (augment.augment_batch(jax.random.PRNGKey(5), joined.images, view),) * 2
+    new = strategy.transform_views(views, joined, key)
+    np.testing.assert_array_equal(new[0][:4], views[0][:4])
+    generated = np.asarray(new[0][4:]) * np.asarray(view.std) + np.asarray(view.mean)
+    assert generated.min() >= -1e-5 and generated.max() <= 1 + 1e-5
+    assert not np.allclose(generated * 255, np.round(generated * 255), atol=1e-3)  # not pixels
+    with pytest.raises(RuntimeError, match="the batch its extend_batch returned"):
+        strategy.transform_views(views, joined, key)  # used once
+    _, _, as_pixels = _parts(**{"genifer.replay_images": "uint8"})
+    assert as_pixels.transform_views is None

@@ -22,10 +22,16 @@ from which a killed run resumes exactly; a PNG grid of its samples (a row per se
 ``plots/`` and TensorBoard, and the classifier's accuracy on its images (their class fidelity,
 ``GenerativeReplay.class_fidelity``) is printed and logged.
 
+The generated images stay in float, clamped to the range of valid pixels, and all of a step's
+generated rows share one crop offset and one flip: the reference applies ``RandomCrop(32,
+padding=4, padding_mode='edge')`` and ``RandomHorizontalFlip()`` to the batch tensor of generated
+images at once (``genifer_trainer.py`` l.145-150, l.790-800 and ``_augment``, l.1167-1177; on a
+batched tensor torchvision draws one offset and one flip), while every real row has its own
+(the data set's transform). ``genifer.replay_images='uint8'`` is this library's alternative: the
+generated images join the batch as uint8 pixels (clamped, then rounded) and each row takes the
+step's own augmentation, its own crop and flip.
+
 Choices of this library:
-- generated images join the batch as uint8 pixels (clamped to the valid range, then rounded), so
-  that they take the step's own augmentation (RandomCrop with padding 4 and a flip, as the
-  reference's ``_augment``); the reference keeps them in float;
 - the batch keeps its size: from the second task on, the step's first ``(1 - replay_fraction) * B``
   real rows are kept and the rest replaced (the reference loads 32 real images and uses the first
   16, ``samples[:n_curr]``);
@@ -42,6 +48,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from cl_ssl import losses
+from cl_ssl.data import augment as augment_lib
+from cl_ssl.data.augment import ViewConfig
 from cl_ssl.data.batch import join
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
@@ -58,6 +66,36 @@ from cl_ssl.strategies.base import (
 )
 
 
+REPLAY_IMAGES = ("float", "uint8")
+"""Values of ``genifer.replay_images``."""
+
+
+def crop_and_flip_together(key: jax.Array, images: jax.Array, view: ViewConfig) -> jax.Array:
+    """``view``'s padded random crop (edge padding) and horizontal flip with one offset and one
+    flip for every row, as torchvision's ``RandomCrop`` and ``RandomHorizontalFlip`` transform a
+    batched tensor (the reference's ``_augment`` of the generated images).
+
+    Args:
+      key: PRNG key.
+      images: float32 [N, S, S, C] standardised with ``view``'s statistics, C in {1, 3}.
+      view: a view with ``crop_padding`` > 0 (Genifer's supervised view).
+
+    Returns:
+      float32 [N, view.crop_size, view.crop_size, 3].
+    """
+    u = jax.random.uniform(key, (3,))
+    crop = jax.vmap(
+        functools.partial(
+            augment_lib.padded_random_crop,
+            u[:2],
+            size=view.crop_size,
+            padding=view.crop_padding,
+        )
+    )(images)
+    crop = jnp.where(u[2] < view.flip_prob, crop[:, :, ::-1], crop)
+    return jnp.broadcast_to(crop, (*crop.shape[:-1], 3))
+
+
 def default_config() -> ml_collections.ConfigDict:
     """``config.genifer``: the reference's CIFAR-100 settings."""
     return ml_collections.ConfigDict(
@@ -67,6 +105,9 @@ def default_config() -> ml_collections.ConfigDict:
             feature_weight=1.0,  # feat_coefficient
             temperature=1.0,
             replay_fraction=0.5,  # of each batch from the second task on (hard-coded 0.5)
+            # 'float': generated rows kept in float, one crop and flip for all of them (the
+            # reference); 'uint8': rounded to pixels, each row cropped and flipped on its own.
+            replay_images="float",
             gan=genifer_gan.default_config(),
         )
     )
@@ -85,6 +126,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"genifer.replay_fraction={g.replay_fraction} of batch_size={config.batch_size} "
             f"gives {generated} generated rows; keep at least one generated and one real row"
+        )
+    if g.replay_images not in REPLAY_IMAGES:
+        raise ValueError(
+            f"genifer.replay_images={g.replay_images!r}; choose among {REPLAY_IMAGES}"
         )
     if config.labels.fraction != 1:
         raise ValueError(
@@ -139,11 +184,37 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             buffers={**state.buffers, generative.BUFFERS: replay.init(variables, k_gan, train)},
         )
 
+    # With replay_images='float', ``extend_batch`` joins the generated rows as uint8 pixels (the
+    # batch holds uint8 images) and leaves their float images here; ``transform_views``, which the
+    # step calls next, in the same trace and with the batch ``extend_batch`` returned, puts them
+    # in place of those rows' views. The check on the batch's identity keeps a traced array from
+    # reaching another trace.
+    pending: dict = {}
+
     def extend_batch(state, batch, data, key, task):
         kept = jax.tree.map(lambda x: x[:real], batch)
         channels = batch.images.shape[-1]
-        rows = replay.rows(state.buffers[generative.BUFFERS], data, key, task, generated, channels)
-        return join(kept, rows)
+        own = state.buffers[generative.BUFFERS]
+        images, labels = replay.generated(own, data, key, task, generated, channels)
+        joined = join(kept, replay.as_rows(images, labels))
+        pending.clear()
+        pending.update(batch=joined, images=images)
+        return joined
+
+    def transform_views(views, batch, key):
+        if pending.get("batch") is not batch:
+            raise RuntimeError(
+                "genifer's transform_views needs the batch its extend_batch returned, in the "
+                "same trace"
+            )
+        images = pending.pop("images")
+        pending.clear()
+        return tuple(
+            view_images.at[real:].set(
+                crop_and_flip_together(jax.random.fold_in(key, 0x47E + i), images, cfg)
+            )
+            for i, (view_images, cfg) in enumerate(zip(views, objective.views, strict=True))
+        )
 
     def loss(inputs: LossInputs):
         classifier = inputs.trainable["classifier"]
@@ -239,6 +310,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         end_task=end_task,
         extend_batch=extend_batch,
         extends_batch_from=1,
+        transform_views=transform_views if g.replay_images == "float" else None,
         loss=loss,
         update_buffers=update_buffers,
         classify=classify,
