@@ -400,7 +400,9 @@ def use_genifer_setting(config: ml_collections.ConfigDict) -> None:
 
 def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     """CCL's setting (Lin et al., ICME 2022; ``VDIGPKU/ContinualContrastiveLearning`` README
-    command and ``train.py``): MoCoV2+, the optimizer's momentum carried across tasks.
+    command and ``train.py``): MoCoV2+ trained in one direction as the reference's MoCo
+    (``mocov2plus.symmetric=False``: InfoNCE(q1, k2) against one queue of view-2 keys,
+    ``moco/builder.py`` l.186-213), the optimizer's momentum carried across tasks.
 
     On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet
     classes in 10 tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
@@ -413,6 +415,7 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     """
     config.strategy = "ccl"
     config.objective = "mocov2plus"
+    config.mocov2plus.symmetric = False
     config.optimizer.reset_each_task = False
     if config.dataset.name != "imagenet100":
         return

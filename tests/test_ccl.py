@@ -329,6 +329,162 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
     assert float(anchor_gradient(state.params, nothing_old)) == 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# One-direction MoCo (mocov2plus.symmetric=False, the reference's)
+
+ONE_WAY = {"mocov2plus.symmetric": False}
+
+
+def np_moco_logits_loss(q, k, queue, temperature):
+    """The reference's one-direction MoCo term, transcribed (moco/builder.py l.186-216 with the
+    CrossEntropyLoss of train.py l.230, l.495): q and k L2-normalised rows, the queue one key per
+    row; l_pos = q . k, l_neg = q queue^T, the cross-entropy of [l_pos, l_neg] / T at index 0."""
+    q, k, queue = (_normalize(x) for x in (q, k, queue))
+    l_pos = np.einsum("nc,nc->n", q, k)[:, None]
+    l_neg = q @ queue.T
+    logits = np.concatenate([l_pos, l_neg], axis=1) / temperature
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return np.mean(log_z - logits[:, 0])
+
+
+def test_one_direction_moco_is_the_references_loss_with_one_queue_of_view2_keys():
+    """symmetric=False: InfoNCE(q1, k2, Q) with Q the one queue, which takes the normalised view-2
+    keys; symmetric=True (the default) keeps both directions, a queue per view."""
+    rng = np.random.default_rng(11)
+    s, t = (
+        tuple({"projection": jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)} for _ in "12")
+        for _ in "st"
+    )
+    one_way = objectives.get_objective(objectives.resolve_config(_config(**ONE_WAY)))
+    both = objectives.get_objective(objectives.resolve_config(_config()))
+    state = one_way.init_state(_default()[3].params, jax.random.PRNGKey(0))
+    (queue,) = state["queues"]
+    assert queue.items.shape == (32, 16)
+    value, metrics, keys = one_way.loss(s, t, state, None, {})
+    q1, k2 = (np.asarray(x[i]["projection"]) for x, i in ((s, 0), (t, 1)))
+    expected = np_moco_logits_loss(q1, k2, queue.items, 0.2)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["info_nce"], expected, rtol=1e-5)
+    after = one_way.update_state(state, _default()[3].params, keys, {"momentum": 0.99})
+    (pushed,) = after["queues"]
+    np.testing.assert_allclose(pushed.items[:8], _normalize(k2), rtol=1e-6)
+    np.testing.assert_array_equal(pushed.items[8:], queue.items[8:])
+    assert int(pushed.ptr) == 8
+    # The same shapes after the step: the state keeps one queue for the whole run.
+    chex.assert_trees_all_equal_shapes_and_dtypes(after, state)
+
+    sym_state = both.init_state(_default()[3].params, jax.random.PRNGKey(0))
+    queue1, queue2 = sym_state["queues"]
+    # The one-direction queue is drawn as the symmetric loss's view-2 queue.
+    np.testing.assert_array_equal(queue.items, queue2.items)
+    value, _, keys = both.loss(s, t, sym_state, None, {})
+    q2, k1 = (np.asarray(x[i]["projection"]) for x, i in ((s, 1), (t, 0)))
+    np.testing.assert_allclose(
+        value,
+        0.5
+        * (
+            np_moco_logits_loss(q1, k2, queue2.items, 0.2)
+            + np_moco_logits_loss(q2, k1, queue1.items, 0.2)
+        ),
+        rtol=1e-5,
+    )
+    assert len(keys) == 2
+
+
+def test_one_direction_ccl_esq_and_distillation_read_view1_queries_and_view2_keys():
+    """With the one-direction MoCo: one ESQ, fed by the replayed rows' view-2 keys and started
+    from MoCo's one queue; the loss 0.1 * InfoNCE(q1, k2, ESQ) over every row (builder.py
+    l.225-230) + 0.1 * the distillation of view 1's queries alone (l.232-255)."""
+    config, objective, strat = _parts(**ONE_WAY)
+    state = _initial(config, objective, strat, SPLIT)
+    (esq0,) = state.strategy.buffers["esq"]
+    assert esq0.items.shape == (16, 16)
+    model = objective.model
+    teacher = _moved(state.strategy.buffers["teacher"], seed=4)
+    esq = (memory.random_unit_queue(jax.random.PRNGKey(5), 16, 16),)
+    strategy_state = state.strategy.replace(
+        buffers={**state.strategy.buffers, "teacher": teacher, "esq": esq}
+    )
+    data, own, joined = _joined_batch()
+    rng = np.random.default_rng(6)
+    views = tuple(
+        jnp.asarray(rng.standard_normal((OWN + REPLAYED, 32, 32, 3)), jnp.float32) for _ in range(2)
+    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = tuple(model.apply(variables, x, True, mutable=["batch_stats"])[0] for x in views)
+    target = _keys(seed=7)
+    value, metrics = strat.loss(
+        LossInputs(
+            outputs=outputs,
+            views=views,
+            batch=joined,
+            params=state.params,
+            trainable=state.strategy.trainable,
+            state=strategy_state,
+            task=jnp.int32(1),
+            hyper={},
+            target=target,
+        )
+    )
+    q1 = np.asarray(outputs[0]["projection"])
+    k2 = np.asarray(target[1]["projection"])
+    esq_expected = np_moco_logits_loss(q1, k2, esq[0].items, config.mocov2plus.temperature)
+
+    def project(params, x):
+        out, _ = model.apply({"params": params}, x, True, method="project", mutable=["batch_stats"])
+        return np.asarray(out["projection"])
+
+    anchors = augment.center_crop_batch(joined.images[OWN:], objective.views[0], fraction=0.875)
+    distill_expected = np_relational_distillation(
+        q1[OWN:],
+        project(state.params, anchors),
+        project(teacher, views[0][OWN:]),
+        project(teacher, anchors),
+        0.07,
+        0.04,
+        OLD,
+        OLD,
+    )
+    np.testing.assert_allclose(metrics["esq"], esq_expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["distill"], distill_expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
+
+    # The ESQ takes the old replayed rows' view-2 keys.
+    buffers = strat.update_buffers(
+        BufferInputs(
+            state=state.strategy,
+            params=state.params,
+            batch=own,
+            joined=joined,
+            target=target,
+            data=data,
+            key=jax.random.PRNGKey(0),
+            task=jnp.int32(1),
+            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(1.0)},
+        )
+    )
+    (queue,) = buffers["esq"]
+    np.testing.assert_allclose(queue.items[:2], _normalize(k2[OWN:])[OLD], rtol=1e-6)
+    np.testing.assert_array_equal(queue.items[2:], 0.0)
+
+    # At the first boundary the ESQ becomes the first 16 keys of MoCo's one queue.
+    (moco_queue,) = state.objective_state["queues"]
+    first = strat.end_task(
+        base.TaskEnd(
+            state=state,
+            next_task=1,
+            key=jax.random.PRNGKey(0),
+            indices=np.arange(12),
+            train=SPLIT,
+            features=None,
+            map_images=lambda fn, variables, *rows: np.asarray(jax.jit(fn)(variables, *rows)),
+        )
+    )
+    (started,) = first.buffers["esq"]
+    np.testing.assert_array_equal(started.items, moco_queue.items[:16])
+
+
 def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
     config, objective, strat, state = _default()
     tx = step_lib.make_tx(config, objective, strat)
@@ -456,11 +612,12 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
     )
     assert not o.scale_lr_by_batch and not o.reset_each_task
     m = c.mocov2plus
-    assert (m.temperature, m.queue_size, m.base_momentum, m.final_momentum) == (
+    assert (m.temperature, m.queue_size, m.base_momentum, m.final_momentum, m.symmetric) == (
         0.2,
         65536,
         0.999,
         0.999,
+        False,
     )
     for view in (c.augment.view1, c.augment.view2):
         assert (view.crop_size, view.min_scale, view.saturation, view.blur_prob) == (
@@ -486,3 +643,5 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         "lars",
         False,
     )
+    assert not cifar.mocov2plus.symmetric
+    assert objectives.resolve_config(shipped_config("cifar100")).mocov2plus.symmetric

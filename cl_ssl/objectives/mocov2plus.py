@@ -4,6 +4,11 @@ MoCo (He et al., CVPR 2020) with the MLP head and temperature of MoCo v2 (Chen e
 arXiv:2003.04297); reference code CaSSLe ``cassle/methods/mocov2plus.py`` and
 ``cassle/losses/moco.py``.
 
+``mocov2plus.symmetric=False`` trains MoCo in one direction, as MoCo v2's own code and CCL's
+(``VDIGPKU/ContinualContrastiveLearning`` ``moco/builder.py`` l.186-213, l.84): the loss is
+InfoNCE(q^1, k^2, Q) alone, against one queue Q that takes the key encoder's view-2 keys; the
+state then holds that one queue (``key_views``).
+
 CaSSLe ships no CIFAR MoCoV2+ script; the recipe is Kaizen's CIFAR script (LARS, lr 1.0, wd 1e-5,
 mild jitter, solarisation on the second view) and the projector output is CaSSLe's code default
 D = 128 (Kaizen uses 256).
@@ -71,8 +76,19 @@ def default_config() -> ml_collections.ConfigDict:
             queue_size=65536,
             base_momentum=0.99,
             final_momentum=0.999,
+            # True: (InfoNCE(q1, k2, Q2) + InfoNCE(q2, k1, Q1)) / 2 with a queue per view
+            # (CaSSLe's MoCoV2+); False: InfoNCE(q1, k2, Q) with one queue of view-2 keys (MoCo
+            # v2's and CCL's moco/builder.py l.186-213).
+            symmetric=True,
         )
     )
+
+
+def key_views(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """The views whose keys the objective's queues hold, ``state["queues"][j]`` those of view
+    ``key_views(config)[j]``, the negatives of the other view's queries: (0, 1) for the symmetric
+    loss, (1,) for the one-direction one (the view-2 keys of MoCo's ``im_k``)."""
+    return (0, 1) if config.mocov2plus.symmetric else (1,)
 
 
 def restart_key_encoder(state: dict, params: dict) -> dict:
@@ -90,15 +106,18 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         config, mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=False)
     )
 
+    views_of_keys = key_views(config)
+
     def init_state(params, key):
         key1, key2 = jax.random.split(key)
+        # queues[j] holds past keys of view views_of_keys[j] (symmetric: one per view, as in
+        # cassle/methods/mocov2plus.py), random unit rows at first; the one-direction queue is
+        # drawn from key2, as the symmetric loss's view-2 queue.
+        queue_keys = (key1, key2) if c.symmetric else (key2,)
         return {
             "momentum": target_params(params),
-            # queues[v] holds past keys of view v (as in cassle/methods/mocov2plus.py), random
-            # unit rows at first.
-            "queues": (
-                memory.random_unit_queue(key1, c.queue_size, c.proj_output_dim),
-                memory.random_unit_queue(key2, c.queue_size, c.proj_output_dim),
+            "queues": tuple(
+                memory.random_unit_queue(k, c.queue_size, c.proj_output_dim) for k in queue_keys
             ),
         }
 
@@ -107,6 +126,10 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         (s1, s2), (t1, t2) = student, target
         q1, q2 = s1["projection"], s2["projection"]
         k1, k2 = t1["projection"], t2["projection"]
+        if not c.symmetric:
+            (queue,) = state["queues"]
+            value = losses.info_nce(q1, k2, queue.items, temperature=c.temperature)
+            return value, {"info_nce": value}, (k2,)
         queue1, queue2 = state["queues"]
         value = 0.5 * (
             losses.info_nce(q1, k2, queue2.items, temperature=c.temperature)
@@ -115,11 +138,13 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         return value, {"info_nce": value}, (k1, k2)
 
     def update_state(state, params, keys, hyper):
-        queue1, queue2 = state["queues"]
-        k1, k2 = map(l2_normalize, keys)
+        # keys: the keys of views_of_keys, each into its own queue.
         return {
             "momentum": ema(state["momentum"], target_params(params), hyper["momentum"]),
-            "queues": (memory.push(queue1, k1), memory.push(queue2, k2)),
+            "queues": tuple(
+                memory.push(queue, l2_normalize(k))
+                for queue, k in zip(state["queues"], keys, strict=True)
+            ),
         }
 
     return Objective(

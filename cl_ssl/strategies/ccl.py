@@ -2,16 +2,26 @@
 MoCo with exemplar rehearsal, self-supervised knowledge distillation on the replayed images and
 an extra sample queue of their keys.
 
-From the second task on, with q^v the student's projections of view v and k^v the key encoder's:
+From the second task on, with q^v the student's projections of view v and k^v the key encoder's,
+the reference (paper section 3, ``moco/builder.py`` l.186-255) trains MoCo in one direction:
+
+    L = InfoNCE(q^1, k^2, Q)                                                      (L_MoCo)
+      + 0.1 * InfoNCE(q^1, k^2, ESQ)                                              (L_ESQ, every row)
+      + 0.1 * KL(softmax(S_T^1 / 0.04) || softmax(S_S^1 / 0.07))                  (L_KD, replayed rows)
+
+with Q MoCo's queue of view-2 keys, ESQ the extra sample queue of the replayed images' view-2
+keys, S_S^v[i, j] = n(q^v_i) . n(student embedding of the centre crop of replayed image j) and
+S_T^v the same with the teacher's embedding of view v (``cl_ssl.losses.relational_distillation``);
+the first task trains L_MoCo alone. This is CCL over ``mocov2plus.symmetric=False``, as the
+``:ccl`` presets set it. Over the symmetric MoCoV2+ (``mocov2plus.symmetric=True``, CaSSLe's,
+with a queue per view) every term is symmetrised the same way:
 
     L = L_MoCo
-      + 0.1 * (1/2) [InfoNCE(q^1, k^2, ESQ^2) + InfoNCE(q^2, k^1, ESQ^1)]         (L_ESQ, every row)
-      + 0.1 * (1/2) sum_v KL(softmax(S_T^v / 0.04) || softmax(S_S^v / 0.07))     (L_KD, replayed rows)
+      + 0.1 * (1/2) [InfoNCE(q^1, k^2, ESQ^2) + InfoNCE(q^2, k^1, ESQ^1)]
+      + 0.1 * (1/2) sum_v KL(softmax(S_T^v / 0.04) || softmax(S_S^v / 0.07))
 
-with S_S^v[i, j] = n(q^v_i) . n(student embedding of the centre crop of replayed image j) and S_T^v
-the same with the teacher (``cl_ssl.losses.relational_distillation``); the first task trains
-L_MoCo alone. Reference code ``VDIGPKU/ContinualContrastiveLearning``, ``moco/builder.py``
-(``MoCoCCL.forward_train``, l.173-262) and ``train.py``:
+with ESQ^v the replayed images' view-v keys. Reference code ``VDIGPKU/ContinualContrastiveLearning``,
+``moco/builder.py`` (``MoCoCCL.forward_train``, l.173-262) and ``train.py``:
 
 - **Teacher:** a copy of the student's backbone and projector; at the start of each task after the
   first the teacher and MoCo's key encoder are overwritten with the student's weights
@@ -20,16 +30,18 @@ L_MoCo alone. Reference code ``VDIGPKU/ContinualContrastiveLearning``, ``moco/bu
   ``update_teacher`` after each epoch). Its BatchNorm normalises with the batch's statistics: the
   reference's ``model.train()`` at every epoch overrides the ``teacher.eval()`` of the reset.
 - **Extra sample queue (ESQ):** 256 keys, taken at the first incremental step from the first 256
-  rows of MoCo's queue (``begin_incremental``); afterwards only the key encoder's keys of replayed
-  images enter it, first in first out (``_dequeue_and_enqueue``).
+  rows of MoCo's queue (``begin_incremental``, l.62-63); afterwards only the key encoder's keys of
+  replayed images enter it, first in first out (``_dequeue_and_enqueue``, l.89-111), the view-2
+  keys ``k`` that also enter MoCo's queue (l.84, l.258; ``train.py`` l.493 passes the second
+  view as ``im_k``).
 - **Exemplars:** ``ccl.replay``, by default the reference's ``min_var`` selection of 20 images per
   cluster and task (``cl_ssl.strategies.replay``).
 
 Choices of this library:
-- The objective is this library's MoCoV2+, whose loss is symmetric with one key queue per view
-  (the reference trains MoCo v2 in one direction), so every CCL term is symmetrised the same way:
-  one ESQ per view, whose keys are the negatives of the other view's queries as in MoCoV2+, and the
-  distillation averaged over the two views' queries.
+- The objective is this library's MoCoV2+; with ``mocov2plus.symmetric=True`` (its default,
+  CaSSLe's) CCL's terms are symmetrised as above: one ESQ per view, whose keys are the negatives
+  of the other view's queries as in MoCoV2+, and the distillation averaged over the two views'
+  queries. The ``:ccl`` presets set ``mocov2plus.symmetric=False``, the reference's one direction.
 - Replayed images come as a dedicated replay sub-batch of ``ccl.replay.batch_size`` rows joined to
   every batch, and the distillation reads exactly those rows. The reference mixes the exemplars
   into the task's data set, so a GPU's batch of 32 holds 0.5 to 4 old images on ImageNet-Sub and
@@ -149,6 +161,11 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     temperature = config.mocov2plus.temperature
     replayed_rows = c.replay.batch_size
     anchor_view = objective.views[0]
+    # The views whose keys MoCo's queues and the ESQs hold, and the views whose queries meet
+    # them: both views with the symmetric MoCoV2+, view 2's keys and view 1's queries with the
+    # one-direction one (the reference's).
+    key_views = mocov2plus.key_views(config)
+    query_views = tuple(sorted(1 - v for v in key_views))
 
     def init(variables, key, train):
         state = rehearsal.init(variables, key, train)
@@ -156,8 +173,9 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         buffers = {
             **state.buffers,
             "teacher": _copy(target_params(variables["params"])),
-            # Replaced by MoCo's first keys at the first incremental step.
-            "esq": tuple(memory_lib.zeros_queue(c.esq_size, width) for _ in range(2)),
+            # esq[j] holds keys of view key_views[j], as MoCo's queues[j]; replaced by MoCo's
+            # first keys at the first incremental step.
+            "esq": tuple(memory_lib.zeros_queue(c.esq_size, width) for _ in key_views),
         }
         return state.replace(buffers=buffers)
 
@@ -185,8 +203,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         start = inputs.batch.size
         old = inputs.joined.valid[start:] & (inputs.joined.tasks[start:] < inputs.task)
         esq = tuple(
-            memory_lib.push_where(queue, losses.l2_normalize(out["projection"][start:]), old)
-            for queue, out in zip(buffers["esq"], inputs.target, strict=True)
+            memory_lib.push_where(
+                queue, losses.l2_normalize(inputs.target[v]["projection"][start:]), old
+            )
+            for queue, v in zip(buffers["esq"], key_views, strict=True)
         )
         return {**buffers, "esq": esq}
 
@@ -195,10 +215,13 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             q = [out["projection"] for out in inputs.outputs]
             k = [out["projection"] for out in inputs.target]
             esq = inputs.state.buffers["esq"]
-            esq_loss = 0.5 * (
-                losses.info_nce(q[0], k[1], esq[1].items, temperature=temperature)
-                + losses.info_nce(q[1], k[0], esq[0].items, temperature=temperature)
-            )
+            if len(key_views) == 2:
+                esq_loss = 0.5 * (
+                    losses.info_nce(q[0], k[1], esq[1].items, temperature=temperature)
+                    + losses.info_nce(q[1], k[0], esq[0].items, temperature=temperature)
+                )
+            else:  # the view-2 keys' ESQ against view 1's queries (builder.py l.225-230)
+                esq_loss = losses.info_nce(q[0], k[1], esq[0].items, temperature=temperature)
             start = inputs.batch.size - replayed_rows
             old = inputs.batch.valid[start:] & (inputs.batch.tasks[start:] < inputs.task)
             anchors = augment.center_crop_batch(
@@ -216,16 +239,16 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             teacher_anchors = teacher_projection(anchors)
             distill = sum(
                 losses.relational_distillation(
-                    query[start:],
+                    q[v][start:],
                     student_anchors["projection"],
-                    teacher_projection(view[start:]),
+                    teacher_projection(inputs.views[v][start:]),
                     teacher_anchors,
                     student_temperature=c.student_temperature,
                     teacher_temperature=c.teacher_temperature,
                     valid=old,
                 )
-                for query, view in zip(q, inputs.views, strict=True)
-            ) / len(q)
+                for v in query_views
+            ) / len(query_views)
             total = c.esq_weight * esq_loss + c.distill_weight * distill
             return total, {"esq": esq_loss, "distill": distill}
 
