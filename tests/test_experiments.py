@@ -27,6 +27,26 @@ def test_throughput_script_runs_the_train_step():
     assert "jax" in out.stdout and "images/s" in out.stdout
 
 
+def test_step_program_script_fingerprints_each_strategys_step():
+    """Two strategies give two hashes, and one strategy the same hash twice."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "experiments/step_program.py",
+            "--strategies=finetune,replay,finetune",
+            "--backbone=resnet_tiny",
+            "--batch_size=8",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    hashes = dict(line.split() for line in out.stdout.splitlines()[-3:])
+    assert set(hashes) == {"finetune", "replay"} and len(set(hashes.values())) == 2
+    assert out.stdout.splitlines()[-3] == out.stdout.splitlines()[-1]
+
+
 def test_input_throughput_script_times_streamed_reads_and_crops_and_the_steps_need():
     out = subprocess.run(
         [
