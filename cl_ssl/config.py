@@ -177,10 +177,10 @@ def base_config() -> ml_collections.ConfigDict:
             # CaSSLe's CIFAR protocol, 'seen' for Kaizen's, or 'current'), lr online_lr not scaled
             # by the batch size, no weight decay; its forward pass moves the backbone's BatchNorm
             # statistics unless online_updates_bn=False. Scored after every task as the 'online'
-            # matrix.
+            # matrix. online_lr unset: the objective's recipe (0.1; CaSSLe's VICReg: 0.3).
             online=False,
             online_data="all",
-            online_lr=0.1,
+            online_lr=placeholder(float),
             online_updates_bn=True,
             # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
             # lr 1.0 for SimCLR, raw (unstandardised) features.
@@ -319,8 +319,8 @@ def use_imagenet_setting(
     or, ``on_device``, read once, kept on the devices and cropped there from the stored square
     (data sets that fit, such as CUB-200), the ResNet's
     ImageNet stem, ImageNet statistics, the objectives' ImageNet-100 recipes (optimizer, views
-    and the offline probe's learning rate), BYOL's 8192-wide predictor, SwAV's queue from epoch 100 and
-    prototypes frozen for 5 epochs.
+    and the offline probe's learning rate), SimCLR's 128-d projection, BYOL's 8192-wide predictor,
+    SwAV's queue from epoch 100 and prototypes frozen for 5 epochs.
     """
     config.dataset.image_size = image_size
     config.dataset.update(on_device=on_device, streaming=not on_device, host_crop=not on_device)
@@ -340,6 +340,9 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     every label, Kaizen's recipes on CIFAR (SimCLR at lr 1.0 with BYOL's views), SimCLR's
     4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the online probe on
     the seen tasks' labelled data (``--online_evaluation_training_data_source seen_tasks``, lr
+    # The ImageNet-100 and DomainNet SimCLR scripts set no --output_dim: cassle/methods/simclr.py's
+    # default, 128 (the CIFAR scripts pass 256).
+    config.simclr.proj_output_dim = 128
     0.1), whose pass moves the backbone's BatchNorm statistics (``main_pretrain.py`` l.179-195);
     16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; the rest
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.

@@ -176,6 +176,8 @@ def test_presets_reproduce_cassle_settings():
         "imagenet",
     )
     assert c.strategy == "cassle" and c.byol.pred_hidden_dim == 8192
+    # The SimCLR scripts leave --output_dim at cassle/methods/simclr.py's 128.
+    assert c.simclr.proj_output_dim == 128
     assert (c.swav.queue_start_epoch, c.swav.freeze_prototypes_epochs) == (100, 5)
     same = scenarios.load_split_file("imagenet100_cassle_seed5")["permutation"]
     assert same == scenarios.load_split_file("cifar100_cassle_seed5")["permutation"]
@@ -202,6 +204,8 @@ def test_imagenet_recipe_fills_the_imagenet100_values():
     assert r.eval.linear.learning_rate == 3.0
     assert (r.augment.view1.blur_prob, r.augment.view2.blur_prob) == (1.0, 0.1)
     assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == (0.0, 0.2)
+    c.objective = "swav"  # imagenet-100/class/swav.sh l.20 excludes biases and norms from LARS
+    assert resolve_config(c).optimizer.kwargs.exclude_bias_and_norm is True
     c.objective = "isd"
     with pytest.raises(ValueError, match="no 'imagenet' recipe"):
         resolve_config(c)

@@ -78,19 +78,21 @@ def test_given_values_win_over_the_recipe():
 
 
 def test_cassle_cifar_recipes_match_the_reference_table():
-    """Lr, wd and augmentation per objective in CaSSLe's bash_files/continual/cifar scripts."""
+    """Lr, wd, augmentation and the online probe's lr (--classifier_lr; VICReg's scripts pass none:
+    cassle/methods/base.py's default 0.3) per objective in CaSSLe's bash_files/continual/cifar
+    scripts."""
     expected = {
-        "simclr": (0.4, 1e-5, 0.8, 0.08, (0.0, 0.0)),
-        "byol": (1.0, 1e-5, 0.4, 0.08, (0.0, 0.2)),
-        "barlow_twins": (0.3, 1e-4, 0.4, 0.08, (0.0, 0.2)),
-        "vicreg": (0.3, 1e-4, 0.4, 0.2, (0.1, 0.1)),
-        "swav": (0.6, 1e-6, 0.8, 0.08, (0.0, 0.0)),
+        "simclr": (0.4, 1e-5, 0.1, 0.8, 0.08, (0.0, 0.0)),
+        "byol": (1.0, 1e-5, 0.1, 0.4, 0.08, (0.0, 0.2)),
+        "barlow_twins": (0.3, 1e-4, 0.1, 0.4, 0.08, (0.0, 0.2)),
+        "vicreg": (0.3, 1e-4, 0.3, 0.4, 0.2, (0.1, 0.1)),
+        "swav": (0.6, 1e-6, 0.1, 0.8, 0.08, (0.0, 0.0)),
     }
-    for name, (lr, wd, brightness, min_scale, solarize) in expected.items():
+    for name, (lr, wd, online_lr, brightness, min_scale, solarize) in expected.items():
         config = config_lib.base_config()
         config.objective = name
         r = objectives.resolve_config(config)
-        assert (r.optimizer.lr, r.optimizer.weight_decay) == (lr, wd), name
+        assert (r.optimizer.lr, r.optimizer.weight_decay, r.eval.online_lr) == (lr, wd, online_lr)
         assert r.augment.view1.brightness == brightness and r.augment.view1.min_scale == min_scale
         assert (r.augment.view1.solarize_prob, r.augment.view2.solarize_prob) == solarize, name
     swav = objectives.resolve_config(config)

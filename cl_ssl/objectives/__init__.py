@@ -88,7 +88,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     """A copy of ``config`` whose unset (None) recipe fields hold the objective's values.
 
     Filled: ``optimizer.lr``, ``optimizer.weight_decay``, ``optimizer.min_lr``,
-    ``eval.linear.learning_rate`` (where the recipe has one),
+    ``eval.online_lr``, ``eval.linear.learning_rate`` (where the recipe has one),
     ``optimizer.kwargs.exclude_bias_and_norm`` (when the optimizer takes it) and every unset field
     of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
     value given in the config or on the command line always wins. ``config.recipe`` picks the
@@ -115,6 +115,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         fields = o.kwargs if key == "exclude_bias_and_norm" else o
         if key in fields and fields[key] is None:
             fields[key] = value
+    if resolved.eval.online_lr is None:
+        resolved.eval.online_lr = recipe.online_lr
     if resolved.eval.linear.learning_rate is None:
         if recipe.linear_lr is None:
             raise ValueError(

@@ -103,12 +103,16 @@ class Recipe:
       source: where the values come from.
       linear_lr: the offline linear probe's learning rate (``config.eval.linear.learning_rate``),
         where the recipe's scripts set one per method (CaSSLe ``bash_files/linear/**``).
+      online_lr: the online probe's learning rate (``config.eval.online_lr``): CaSSLe's scripts
+        pass ``--classifier_lr 0.1``, except VICReg's, which leave its default 0.3
+        (``cassle/methods/base.py`` l.202).
     """
 
     optimizer: dict[str, Any]
     views: tuple[dict[str, Any], dict[str, Any]]
     source: str
     linear_lr: float | None = None
+    online_lr: float = 0.1
 
 
 STRONG_JITTER = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)

@@ -38,7 +38,9 @@ RECIPE = Recipe(
 )
 
 IMAGENET_RECIPE = Recipe(
-    optimizer=dict(lr=0.8, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=False),
+    # Unlike the CIFAR scripts, the ImageNet-100 and DomainNet ones pass --exclude_bias_n_norm
+    # (imagenet-100/class/swav.sh l.20).
+    optimizer=dict(lr=0.8, weight_decay=1e-6, min_lr=6e-4, exclude_bias_and_norm=True),
     views=SIMCLR_IMAGENET_VIEWS,
     source="CaSSLe bash_files/continual/imagenet-100/class/swav*.sh",
     linear_lr=0.15,

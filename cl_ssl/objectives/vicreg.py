@@ -15,6 +15,7 @@ RECIPE = Recipe(
     optimizer=dict(lr=0.3, weight_decay=1e-4, min_lr=0.0, exclude_bias_and_norm=True),
     views=(dict(min_scale=0.2, solarize_prob=0.1, **MILD_JITTER),) * 2,
     source="CaSSLe bash_files/continual/cifar/vicreg*.sh",
+    online_lr=0.3,  # the scripts pass no --classifier_lr: cassle/methods/base.py l.202's default
 )
 
 IMAGENET_RECIPE = Recipe(
