@@ -106,11 +106,9 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         config, mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=False)
     )
 
-    views_of_keys = key_views(config)
-
     def init_state(params, key):
         key1, key2 = jax.random.split(key)
-        # queues[j] holds past keys of view views_of_keys[j] (symmetric: one per view, as in
+        # queues[j] holds past keys of view key_views(config)[j] (symmetric: one per view, as in
         # cassle/methods/mocov2plus.py), random unit rows at first; the one-direction queue is
         # drawn from key2, as the symmetric loss's view-2 queue.
         queue_keys = (key1, key2) if c.symmetric else (key2,)
@@ -138,7 +136,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         return value, {"info_nce": value}, (k1, k2)
 
     def update_state(state, params, keys, hyper):
-        # keys: the keys of views_of_keys, each into its own queue.
+        # keys: those of the views of key_views(config), each into its own queue.
         return {
             "momentum": ema(state["momentum"], target_params(params), hyper["momentum"]),
             "queues": tuple(
