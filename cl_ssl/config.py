@@ -183,7 +183,13 @@ def base_config() -> ml_collections.ConfigDict:
             online_lr=placeholder(float),
             online_updates_bn=True,
             # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
-            # lr 1.0 for SimCLR, raw (unstandardised) features.
+            # lr 1.0 for SimCLR, raw (unstandardised) features, zero initial weights, trained on
+            # the fixed features of the whole images, the last epoch's classifier scored.
+            # MoCo's and CCL's lincls_eval.py (the ImageNet :ccl preset): augment, a random
+            # resized crop and flip of every training image at every epoch through the frozen
+            # backbone in inference mode; center_crop, the share of the shorter side of the fixed
+            # views (0.875: Resize(256) + CenterCrop(224)); init_std, weights from N(0, std^2);
+            # report_best, also the 'linear_best' matrix of the epoch best on the test set.
             linear=ml_collections.ConfigDict(
                 dict(
                     epochs=100,
@@ -193,6 +199,10 @@ def base_config() -> ml_collections.ConfigDict:
                     weight_decay=0.0,
                     milestones=(0.6, 0.8),
                     standardize=False,
+                    init_std=0.0,
+                    augment=False,
+                    center_crop=1.0,
+                    report_best=False,
                 )
             ),
             knn=ml_collections.ConfigDict(dict(k=20, temperature=0.07)),
@@ -411,8 +421,13 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     classes in 10 tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
     (not scaled by the batch), momentum 0.9, weight decay 1e-4, a per-epoch cosine without
     warm-up restarting with every task, MoCo v2's augmentation, temperature 0.2, a constant key
-    encoder momentum of 0.999, a queue of 65,536 keys, and ``lincls_eval.py``'s probe (lr 30,
-    100 epochs, x0.1 at 60 and 80). The paper's CIFAR-100 setting is not in the reference code;
+    encoder momentum of 0.999, a queue of 65,536 keys, and ``lincls_eval.py``'s probe: SGD lr 30,
+    momentum 0.9, no weight decay, batch 256, 100 epochs, x0.1 at 60 and 80 (l.47-64), weights
+    from N(0, 0.01^2) and a zero bias (l.161-163), trained on a RandomResizedCrop(224) and flip of
+    every image at every epoch through the frozen backbone in inference mode (l.267-274, l.366),
+    tested on Resize(256) + CenterCrop(224) (l.297-302), and the best epoch's test accuracy
+    reported as ``linear_best`` besides the last epoch's ``linear`` (l.327-345). The paper's
+    CIFAR-100 setting is not in the reference code;
     on CIFAR the preset keeps CaSSLe's MoCoV2+ recipe (the base config) and adds CCL's own
     settings (``config.ccl``, the carried momentum); so does any other preset.
     """
@@ -442,7 +457,17 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
         base_momentum=0.999,
         final_momentum=0.999,
     )
-    config.eval.linear.update(epochs=100, batch_size=256, milestones=(0.6, 0.8))
+    config.eval.linear.update(
+        epochs=100,
+        batch_size=256,
+        momentum=0.9,
+        weight_decay=0.0,
+        milestones=(0.6, 0.8),
+        init_std=0.01,
+        augment=True,
+        center_crop=224 / 256,
+        report_best=True,
+    )
 
 
 def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:
@@ -501,6 +526,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         config.eval.train_examples == -1 or config.eval.train_examples >= 1,
         f"eval.train_examples={config.eval.train_examples}; set -1 (the whole training set) or "
         "the number of labelled examples that train the probes",
+    )
+    # .get: the config.json of a run stored before these fields (rescore) lacks them.
+    lin = config.eval.linear
+    init_std, center_crop = lin.get("init_std", 0.0), lin.get("center_crop", 1.0)
+    _require(
+        init_std >= 0 and 0 < center_crop <= 1,
+        f"eval.linear.init_std={init_std}, eval.linear.center_crop={center_crop}; set "
+        "init_std >= 0 (0: zero initial weights) and center_crop in (0, 1] (1: the whole image)",
+    )
+    _require(
+        not (lin.get("augment", False) and lin.standardize),
+        "eval.linear.augment=True trains on new crops at every epoch, which no fixed "
+        "standardisation fits; set eval.linear.standardize=False",
     )
     for field, value in (
         ("optimizer.lr", config.optimizer.lr),

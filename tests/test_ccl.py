@@ -631,7 +631,21 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         20,
         "min_var",
     )
-    assert c.eval.linear.learning_rate == 30.0
+    lin = c.eval.linear
+    assert (lin.learning_rate, lin.momentum, lin.weight_decay, lin.epochs, lin.batch_size) == (
+        30.0,
+        0.9,
+        0.0,
+        100,
+        256,
+    )
+    assert tuple(lin.milestones) == (0.6, 0.8)
+    assert (lin.init_std, lin.augment, lin.center_crop, lin.report_best) == (
+        0.01,
+        True,
+        0.875,
+        True,
+    )
     data_incremental = shipped_config("imagenet100", "data_incremental,ccl")
     assert (data_incremental.dataset.name, data_incremental.class_order) == (
         "imagenet_sub",
@@ -644,4 +658,7 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         False,
     )
     assert not cifar.mocov2plus.symmetric
+    # CaSSLe's probe on CIFAR: the reference has no CIFAR code.
+    lin = cifar.eval.linear
+    assert (lin.init_std, lin.augment, lin.center_crop, lin.report_best) == (0.0, False, 1.0, False)
     assert objectives.resolve_config(shipped_config("cifar100")).mocov2plus.symmetric

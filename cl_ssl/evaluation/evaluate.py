@@ -19,6 +19,20 @@ from cl_ssl.evaluation import probes
 EVALUATORS = ("linear", "knn")
 CLASSIFIER = "classifier"
 """The accuracy matrix of the classifier a strategy trains (``Strategy.classify``), scored as is."""
+LINEAR_BEST = "linear_best"
+"""The accuracy matrix of the linear probe's best epoch, chosen on the test set
+(``eval.linear.report_best``, ``lincls_eval.py``'s ``best_acc1``)."""
+LINEAR_SCHEDULE = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "standardize",
+    "init_std",
+)
+"""The ``eval.linear`` fields that are keywords of ``probes.linear_probe``."""
 TASK_AWARE = "_task_aware"
 """Suffix of the task-aware matrix of every evaluator (``eval.task_aware``)."""
 PROBE_DATA = ("all", "seen", "current")
@@ -29,7 +43,12 @@ def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> 
     """The accuracy matrices a run of ``config`` fills: its evaluators, the online probe
     (``eval.online``), the strategy's classifier when it trains one, and each of those again with
     the suffix ``_task_aware`` under ``eval.task_aware``."""
-    names = list(config.eval.evaluators) + ([online_lib.ONLINE] if config.eval.online else [])
+    names = []
+    for name in config.eval.evaluators:
+        names.append(name)
+        if name == "linear" and config.eval.linear.get("report_best", False):
+            names.append(LINEAR_BEST)
+    names += [online_lib.ONLINE] if config.eval.online else []
     names += [CLASSIFIER] if has_classifier else []
     return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else [])
 
@@ -49,6 +68,18 @@ class Evaluator:
     - ``eval.label_fraction``: a seeded class-balanced share of those labels (semi-supervised
       probes, ``probes.class_balanced_subset``);
     - ``eval.train_examples``: at most that many of them, a fixed random subset, when set.
+
+    The linear probe trains on those examples' fixed features by default (CaSSLe's
+    ``main_linear.py``). MoCo's and CCL's ``lincls_eval.py`` protocol instead (``eval.linear``):
+    ``augment``, a fresh RandomResizedCrop (scale 0.08-1, ratios 3/4-4/3) with a horizontal flip
+    of every training image at every epoch (l.267-274), embedded by the frozen backbone with
+    BatchNorm in inference mode (``model.eval()``, l.366), cropped on the host from the decoded
+    image under ``dataset.host_crop``, else on the device from the stored image; ``center_crop``,
+    the central square of that share of the shorter side as the fixed view (0.875: Resize(256) +
+    CenterCrop(224), l.297-302); ``init_std``, the weights drawn from N(0, init_std^2) (l.161-163);
+    ``report_best``, the ``linear_best`` matrix besides ``linear``: the accuracies of the epoch
+    whose classifier scores best on the whole test set (l.327-345, its ``best_acc1``; the epoch is
+    chosen on the test set, as the reference does).
 
     With ``eval.task_aware`` every probe is also scored task-incrementally, each test image's
     prediction restricted to its task's classes (``probes.task_aware_predictions``): the
@@ -103,6 +134,25 @@ class Evaluator:
             return model.apply(variables, x, method=model.features)
 
         self._features = features
+        lin = config.eval.linear
+        self._linear_crop = float(lin.get("center_crop", 1.0))
+        self._linear_augment = bool(lin.get("augment", False))
+        self._report_best = bool(lin.get("report_best", False))
+
+        def center_features(variables, images):
+            # The central square of center_crop of the shorter side, resized to the crop side.
+            cfg = augment.ViewConfig(crop_size=crop, mean=tuple(view.mean), std=tuple(view.std))
+            x = augment.center_crop_batch(images, cfg, fraction=self._linear_crop)
+            return model.apply(variables, x, method=model.features)
+
+        self._center_features = center_features
+        self._augmented_probe = probes.AugmentedLinearProbe(
+            model,
+            mesh,
+            probes.probe_view(crop, mean=view.mean, std=view.std),
+            host_crop=bool(config.dataset.host_crop),
+            progress=progress,
+        )
         self._jitted = {}
 
     def probe_pool(self, stage: int, data: str | None = None) -> np.ndarray:
@@ -168,6 +218,35 @@ class Evaluator:
         images read a batch at a time), in fixed-size batches."""
         return self.map_images(self._features, variables, images)
 
+    def _linear(self, variables, rows, train_images, train_f, test_f) -> dict[str, np.ndarray]:
+        """The linear probe's test logits: ``linear``, and ``linear_best`` under
+        ``eval.linear.report_best``."""
+        lin = self._config.eval.linear
+        schedule = {k: lin[k] for k in LINEAR_SCHEDULE if k in lin}
+        common = dict(num_classes=self._num_classes, seed=self._seed, **schedule)
+        if self._linear_crop < 1.0:
+            test_f = self.map_images(self._center_features, variables, self._test.images)
+            if not self._linear_augment:
+                train_f = self.map_images(self._center_features, variables, train_images)
+        train_labels = self._train.labels[rows]
+        if self._linear_augment:
+            final, best, _ = self._augmented_probe(
+                variables,
+                self._train.images,
+                self._train.labels,
+                rows,
+                test_f,
+                self._test.labels,
+                **common,
+            )
+        elif self._report_best:
+            final, best, _ = probes.linear_probe_best(
+                train_f, train_labels, test_f, self._test.labels, **common
+            )
+        else:
+            return {"linear": probes.linear_probe(train_f, train_labels, test_f, **common)}
+        return {"linear": final, **({LINEAR_BEST: best} if self._report_best else {})}
+
     def __call__(
         self, params, batch_stats, strategy_state=None, online_probe=None, *, stage: int
     ) -> dict[str, np.ndarray]:
@@ -178,23 +257,20 @@ class Evaluator:
         rows = self.probe_examples(stage)
         # No copy of a whole (large) training split; a streamed one is read a batch at a time.
         every = len(rows) == len(self._train.labels)
-        train_f = self.features(
-            variables, self._train.images if every else streaming.subset(self._train.images, rows)
-        )
+        train_images = self._train.images if every else streaming.subset(self._train.images, rows)
+        e = self._config.eval
+        # The augmented or centre-cropped linear probe embeds its own views of the images.
+        own_views = self._linear_augment or self._linear_crop < 1.0
+        if any(name != "linear" or not own_views for name in e.evaluators):
+            train_f = self.features(variables, train_images)
+        else:
+            train_f = None
         train_labels = self._train.labels[rows]
         test_f = self.features(variables, self._test.images)
-        e = self._config.eval
         scores = {}
         for name in e.evaluators:
             if name == "linear":
-                scores[name] = probes.linear_probe(
-                    train_f,
-                    train_labels,
-                    test_f,
-                    num_classes=self._num_classes,
-                    seed=self._seed,
-                    **e.linear.to_dict(),
-                )
+                scores.update(self._linear(variables, rows, train_images, train_f, test_f))
             else:
                 knn = e.knn.to_dict()
                 # As solo-learn's WeightedKNNClassifier: k at most the number of labelled examples

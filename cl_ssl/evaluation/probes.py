@@ -1,5 +1,7 @@
 """Probes on precomputed features: linear classifier, weighted kNN, per-task accuracy (task-agnostic
-and task-aware), and the class-balanced label subsets of semi-supervised probes.
+and task-aware), and the class-balanced label subsets of semi-supervised probes; and the linear
+probe of ``lincls_eval.py`` (MoCo's and CCL's), trained on augmented images through a frozen
+backbone (:class:`AugmentedLinearProbe`).
 
 Features are float ``[N, D]`` arrays, labels int ``[N]`` arrays with values in ``[0, num_classes)``. The
 probes return class scores ``[N, C]`` (logits, or kNN vote weights) whose argmax is the prediction. The
@@ -16,7 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
+from cl_ssl import parallel
+from cl_ssl.data import augment
 from cl_ssl.losses import l2_normalize
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -50,9 +55,73 @@ def _check_test(test_features: Any, dim: int) -> tuple[int, ...]:
     return shape
 
 
+# fold_in datum of the classifier's initial weights, apart from the epochs' shuffling keys.
+_INIT_STREAM = 0x696E6974  # "init"
+
+
+def linear_optimizer(
+    learning_rate: Any, momentum: Any, weight_decay: Any, boundaries: jax.Array
+) -> optax.GradientTransformation:
+    """The probe's SGD: weight decay added to the gradient of every parameter, (heavy-ball,
+    PyTorch-style) momentum, the learning rate x0.1 at each of the step ``boundaries``."""
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return learning_rate * 0.1 ** jnp.sum(count >= boundaries)
+
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.sgd(learning_rate=schedule, momentum=momentum),
+    )
+
+
+def init_linear(key: jax.Array, dim: int, num_classes: int, init_std: float) -> dict:
+    """The probe's initial ``{"kernel": [D, C], "bias": [C]}``: zero bias, a zero kernel for
+    ``init_std`` 0 (CaSSLe), else one drawn from N(0, init_std^2) with ``key`` folded with a
+    stream of its own (MoCo's and CCL's ``lincls_eval.py`` l.161-163: N(0, 0.01^2))."""
+    kernel = jnp.zeros((dim, num_classes), jnp.float32)
+    if init_std > 0:
+        kernel = init_std * jax.random.normal(
+            jax.random.fold_in(key, _INIT_STREAM), (dim, num_classes), jnp.float32
+        )
+    return {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def linear_loss(params: dict, features: jax.Array, labels: jax.Array, weights: jax.Array):
+    """The probe's cross-entropy, averaged over the rows of nonzero ``weights``."""
+    logits = jnp.dot(features, params["kernel"], precision=_HIGHEST) + params["bias"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(losses * weights) / jnp.sum(weights)
+
+
+def linear_logits(params: dict, features: jax.Array) -> jax.Array:
+    """The logits [N, C] of the probe ``params`` on ``features`` [N, D]."""
+    return jnp.dot(features, params["kernel"], precision=_HIGHEST) + params["bias"]
+
+
+def accuracy_of(params: dict, features: jax.Array, labels: jax.Array) -> jax.Array:
+    """Top-1 accuracy in percent of the probe ``params`` on ``features`` [N, D]."""
+    return 100.0 * jnp.mean(jnp.argmax(linear_logits(params, features), axis=-1) == labels)
+
+
+def keep_best(best: tuple, params: dict, accuracy: jax.Array, epoch: jax.Array) -> tuple:
+    """``(params, accuracy, epoch)`` when ``accuracy`` beats the best so far strictly, else
+    ``best``: the earliest of equally good epochs stays (``lincls_eval.py`` l.331-332)."""
+    better = accuracy > best[1]
+    return jax.tree.map(
+        lambda new, old: jnp.where(better, new, old), (params, accuracy, epoch), best
+    )
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("num_classes", "epochs", "batch_size", "milestone_epochs", "standardize"),
+    static_argnames=(
+        "num_classes",
+        "epochs",
+        "batch_size",
+        "milestone_epochs",
+        "standardize",
+        "init_std",
+    ),
 )
 def _fit_linear(
     features: jax.Array,
@@ -61,45 +130,36 @@ def _fit_linear(
     learning_rate: jax.Array,
     momentum: jax.Array,
     weight_decay: jax.Array,
+    test_features: jax.Array | None = None,
+    test_labels: jax.Array | None = None,
     *,
     num_classes: int,
     epochs: int,
     batch_size: int,
     milestone_epochs: tuple[int, ...],
     standardize: bool,
-) -> tuple[jax.Array, jax.Array]:
+    init_std: float = 0.0,
+):
     num_train, dim = features.shape
+    track_best = test_features is not None
     if standardize:
         mean = jnp.mean(features, axis=0)
         scale = jax.lax.rsqrt(jnp.var(features, axis=0) + _STANDARDIZE_EPS)
         features = (features - mean) * scale
+        if track_best:
+            test_features = (test_features - mean) * scale
 
     steps_per_epoch = -(-num_train // batch_size)
     padded = steps_per_epoch * batch_size
     boundaries = jnp.asarray(
         [epoch * steps_per_epoch for epoch in milestone_epochs], dtype=jnp.int32
     )
-
-    def schedule(count: jax.Array) -> jax.Array:
-        return learning_rate * 0.1 ** jnp.sum(count >= boundaries)
-
-    optimizer = optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.sgd(learning_rate=schedule, momentum=momentum),
-    )
-    params = {
-        "kernel": jnp.zeros((dim, num_classes), jnp.float32),
-        "bias": jnp.zeros((num_classes,), jnp.float32),
-    }
+    optimizer = linear_optimizer(learning_rate, momentum, weight_decay, boundaries)
+    params = init_linear(key, dim, num_classes, init_std)
     opt_state = optimizer.init(params)
     valid = (
         (jnp.arange(padded) < num_train).reshape(steps_per_epoch, batch_size).astype(jnp.float32)
     )
-
-    def loss_fn(params, batch_features, batch_labels, weights):
-        logits = jnp.dot(batch_features, params["kernel"], precision=_HIGHEST) + params["bias"]
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels)
-        return jnp.sum(losses * weights) / jnp.sum(weights)
 
     def epoch_body(epoch, carry):
         order = jax.random.permutation(jax.random.fold_in(key, epoch), num_train)
@@ -108,18 +168,32 @@ def _fit_linear(
         def step_body(step, carry):
             params, opt_state = carry
             index = order[step]
-            grads = jax.grad(loss_fn)(params, features[index], labels[index], valid[step])
+            grads = jax.grad(linear_loss)(params, features[index], labels[index], valid[step])
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        return jax.lax.fori_loop(0, steps_per_epoch, step_body, carry)
+        if not track_best:
+            return jax.lax.fori_loop(0, steps_per_epoch, step_body, carry)
+        params, opt_state, best = carry
+        params, opt_state = jax.lax.fori_loop(0, steps_per_epoch, step_body, (params, opt_state))
+        accuracy = accuracy_of(params, test_features, test_labels)
+        return params, opt_state, keep_best(best, params, accuracy, epoch)
 
-    params, _ = jax.lax.fori_loop(0, epochs, epoch_body, (params, opt_state))
-    kernel, bias = params["kernel"], params["bias"]
-    if standardize:
-        kernel = scale[:, None] * kernel
-        bias = bias - jnp.dot(mean * scale, params["kernel"], precision=_HIGHEST)
-    return kernel, bias
+    def unstandardized(params):
+        kernel, bias = params["kernel"], params["bias"]
+        if standardize:
+            kernel = scale[:, None] * kernel
+            bias = bias - jnp.dot(mean * scale, params["kernel"], precision=_HIGHEST)
+        return kernel, bias
+
+    if not track_best:
+        params, _ = jax.lax.fori_loop(0, epochs, epoch_body, (params, opt_state))
+        return unstandardized(params)
+    nothing = (params, jnp.float32(-1.0), jnp.int32(-1))
+    params, _, (best, best_accuracy, best_epoch) = jax.lax.fori_loop(
+        0, epochs, epoch_body, (params, opt_state, nothing)
+    )
+    return unstandardized(params), unstandardized(best), best_epoch
 
 
 def fit_linear_classifier(
@@ -135,6 +209,7 @@ def fit_linear_classifier(
     milestones: Sequence[float] = (0.6, 0.8),
     standardize: bool = False,
     seed: int = 0,
+    init_std: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Trains a softmax linear classifier on frozen features (CaSSLe's offline probe).
 
@@ -144,7 +219,8 @@ def fit_linear_classifier(
     parameter, the learning rate multiplied by 0.1 at each milestone (fractions of ``epochs``, rounded to whole
     epochs: 0.6 and 0.8 of 100 epochs are epochs 60 and 80). Each epoch visits a fresh random permutation of
     the training set drawn from ``seed``; the last, smaller batch is kept and its loss averaged over its real
-    samples only. Weights and bias start at zero. The whole training is one jitted program; the result is
+    samples only. Weights and bias start at zero, or with ``init_std`` > 0 the weights from
+    N(0, init_std^2) (:func:`init_linear`). The whole training is one jitted program; the result is
     deterministic for a given ``seed``.
 
     The protocol does not standardise features, hence ``standardize=False`` by default. With
@@ -158,12 +234,40 @@ def fit_linear_classifier(
       num_classes: number of output classes ``C``.
       epochs, batch_size, learning_rate, momentum, weight_decay, milestones: SGD schedule (see above).
       standardize: standardise features with training statistics during training.
-      seed: seed of the per-epoch shuffling.
+      seed: seed of the per-epoch shuffling (and of the initial weights).
+      init_std: standard deviation of the initial weights; 0 starts them at zero.
 
     Returns:
       ``(kernel, bias)``: float32 ``[D, C]`` and ``[C]``; the logits of features ``x`` are ``x @ kernel + bias``.
     """
     shape = _check_train(train_features, train_labels, num_classes)
+    _check_schedule(epochs, batch_size, learning_rate, momentum, weight_decay, milestones, init_std)
+    kernel, bias = _fit_linear(
+        jnp.asarray(train_features, jnp.float32),
+        jnp.asarray(train_labels, jnp.int32),
+        jax.random.key(seed),
+        jnp.float32(learning_rate),
+        jnp.float32(momentum),
+        jnp.float32(weight_decay),
+        num_classes=num_classes,
+        epochs=epochs,
+        batch_size=min(batch_size, shape[0]),
+        milestone_epochs=milestone_epochs(milestones, epochs),
+        standardize=standardize,
+        init_std=float(init_std),
+    )
+    return np.asarray(kernel), np.asarray(bias)
+
+
+def milestone_epochs(milestones: Sequence[float], epochs: int) -> tuple[int, ...]:
+    """The epochs at which the learning rate drops: ``milestones`` (fractions of ``epochs``)
+    rounded to whole epochs (0.6 and 0.8 of 100: epochs 60 and 80)."""
+    return tuple(int(round(m * epochs)) for m in milestones)
+
+
+def _check_schedule(
+    epochs, batch_size, learning_rate, momentum, weight_decay, milestones, init_std
+):
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     if learning_rate <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
@@ -175,20 +279,8 @@ def fit_linear_classifier(
         raise ValueError(
             f"milestones must be increasing fractions in (0, 1], got {list(milestones)}"
         )
-    kernel, bias = _fit_linear(
-        jnp.asarray(train_features, jnp.float32),
-        jnp.asarray(train_labels, jnp.int32),
-        jax.random.key(seed),
-        jnp.float32(learning_rate),
-        jnp.float32(momentum),
-        jnp.float32(weight_decay),
-        num_classes=num_classes,
-        epochs=epochs,
-        batch_size=min(batch_size, shape[0]),
-        milestone_epochs=tuple(int(round(m * epochs)) for m in milestones),
-        standardize=standardize,
-    )
-    return np.asarray(kernel), np.asarray(bias)
+    if not init_std >= 0:
+        raise ValueError(f"init_std must be >= 0, got {init_std}")
 
 
 def linear_probe(
@@ -215,6 +307,228 @@ def linear_probe(
     )
     logits = jnp.dot(jnp.asarray(test_features, jnp.float32), kernel, precision=_HIGHEST) + bias
     return np.asarray(logits)
+
+
+def linear_probe_best(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    batch_size: int = 256,
+    learning_rate: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    milestones: Sequence[float] = (0.6, 0.8),
+    standardize: bool = False,
+    seed: int = 0,
+    init_std: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`linear_probe`'s training, scored on the test set after every epoch as MoCo's and
+    CCL's ``lincls_eval.py`` (l.319-345) do: the test logits of the last epoch's classifier (those
+    of :func:`linear_probe` with the same arguments) and of the best epoch's, the epoch whose
+    classifier has the highest top-1 accuracy on ``test_labels``, the earliest of ties. The best
+    epoch is chosen on the test set, as the reference reports ``best_acc1``.
+
+    Returns:
+      (final logits float32 [N_test, C], best epoch's logits float32 [N_test, C], best epoch,
+      counted from 0).
+    """
+    shape = _check_train(train_features, train_labels, num_classes)
+    _check_test(test_features, shape[1])
+    test_labels = np.asarray(test_labels)
+    if test_labels.shape != (np.shape(test_features)[0],):
+        raise ValueError(
+            f"test_labels must have shape [{np.shape(test_features)[0]}], got {test_labels.shape}"
+        )
+    _check_schedule(epochs, batch_size, learning_rate, momentum, weight_decay, milestones, init_std)
+    test = jnp.asarray(test_features, jnp.float32)
+    final, best, best_epoch = _fit_linear(
+        jnp.asarray(train_features, jnp.float32),
+        jnp.asarray(train_labels, jnp.int32),
+        jax.random.key(seed),
+        jnp.float32(learning_rate),
+        jnp.float32(momentum),
+        jnp.float32(weight_decay),
+        test,
+        jnp.asarray(test_labels, jnp.int32),
+        num_classes=num_classes,
+        epochs=epochs,
+        batch_size=min(batch_size, shape[0]),
+        milestone_epochs=milestone_epochs(milestones, epochs),
+        standardize=standardize,
+        init_std=float(init_std),
+    )
+    logits = [
+        np.asarray(jnp.dot(test, kernel, precision=_HIGHEST) + bias)
+        for kernel, bias in (final, best)
+    ]
+    return logits[0], logits[1], int(best_epoch)
+
+
+def probe_view(crop_size: int, *, mean: Sequence[float], std: Sequence[float]):
+    """The training view of ``lincls_eval.py``'s probe (l.269-274): torchvision's
+    RandomResizedCrop(crop_size) (scale 0.08-1, ratios 3/4-4/3, bicubic here) and
+    RandomHorizontalFlip, standardised with ``mean`` and ``std``; no other operation."""
+    return augment.ViewConfig(
+        crop_size=crop_size,
+        min_scale=0.08,
+        max_scale=1.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.0,
+        jitter_prob=0.0,
+        gray_prob=0.0,
+        blur_prob=0.0,
+        solarize_prob=0.0,
+        flip_prob=0.5,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+class AugmentedLinearProbe:
+    """The linear probe of MoCo's and CCL's ``lincls_eval.py``: at every epoch a fresh random view
+    (``view``, :func:`probe_view`) of every training image, embedded by the frozen backbone with
+    BatchNorm in inference mode (``model.eval()`` in ``train``, l.366), trains the classifier;
+    the test features are fixed and the classifier is scored on them after every epoch (l.319-328).
+
+    SGD as :func:`linear_optimizer` (the learning rate x0.1 from each milestone epoch on), batches
+    of a fresh permutation of the rows per epoch, the last, smaller one padded and its loss
+    averaged over its real rows, as :func:`fit_linear_classifier` does. With ``host_crop`` (a
+    streamed split, ``dataset.host_crop``) each crop is taken on the host from the decoded image at
+    its own size (``parallel.gather_with_crops``), as torchvision crops the decoded image; else on
+    the device from the stored image. Each epoch's order and crops come from the seed, the epoch
+    and the step. One jitted step per (momentum, weight decay), kept by the instance.
+    """
+
+    def __init__(
+        self,
+        model,
+        mesh: jax.sharding.Mesh,
+        view: augment.ViewConfig,
+        *,
+        host_crop: bool = False,
+        progress: bool = False,
+    ):
+        self._model, self._mesh, self._view = model, mesh, view
+        self._host_crop, self._progress = host_crop, progress
+        self._steps = {}
+
+    def _step(self, momentum: float, weight_decay: float):
+        """(jitted step, its optimizer): weight decay and momentum; the step applies the
+        learning rate it is given after them, as PyTorch's (and optax.sgd's) momentum does."""
+        cache_key = (float(momentum), float(weight_decay))
+        if cache_key in self._steps:
+            return self._steps[cache_key]
+        model, view, cropped = self._model, self._view, self._host_crop
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
+
+        def step(variables, params, opt_state, images, labels, weights, key, lr):
+            keys = jax.random.split(key, images.shape[0])
+            x = jax.vmap(lambda k, im: augment.augment_image(k, im, view, cropped=cropped))(
+                keys, images
+            )
+            features = jax.lax.stop_gradient(model.apply(variables, x, method=model.features))
+            grads = jax.grad(linear_loss)(params, features, labels, weights)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            updates = jax.tree.map(lambda u: -lr * u, updates)
+            return optax.apply_updates(params, updates), opt_state
+
+        rep = parallel.replicated(self._mesh)
+        rows = parallel.batch_sharded(self._mesh)
+        jitted = jax.jit(
+            step,
+            in_shardings=(rep, rep, rep, rows, rows, rows, rep, rep),
+            out_shardings=(rep, rep),
+        )
+        self._steps[cache_key] = (jitted, tx)
+        return self._steps[cache_key]
+
+    def __call__(
+        self,
+        variables,
+        images,
+        labels: np.ndarray,
+        rows: np.ndarray,
+        test_features: Any,
+        test_labels: Any,
+        *,
+        num_classes: int,
+        epochs: int = 100,
+        batch_size: int = 256,
+        learning_rate: float = 30.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        milestones: Sequence[float] = (0.6, 0.8),
+        standardize: bool = False,
+        init_std: float = 0.0,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Trains the probe on ``images[rows]`` (uint8 [N, H, W, C], an array or streamed
+        images) with ``labels[rows]``.
+
+        Returns:
+          (test logits float32 [N_test, C] of the last epoch's classifier, those of the best
+          epoch's, the one of highest top-1 accuracy on ``test_labels``, the earliest of ties,
+          and that epoch, from 0).
+        """
+        if standardize:
+            raise ValueError("the augmented probe trains on new crops every epoch; no standardize")
+        _check_schedule(
+            epochs, batch_size, learning_rate, momentum, weight_decay, milestones, init_std
+        )
+        rows = np.asarray(rows)
+        n, devices = len(rows), self._mesh.size
+        b = -(-min(batch_size, n) // devices) * devices  # whole rows per device
+        steps = -(-n // b)
+        drops = milestone_epochs(milestones, epochs)
+        key = jax.random.key(seed)
+        step, tx = self._step(momentum, weight_decay)
+        rep = parallel.replicated(self._mesh)
+        test = jax.device_put(jnp.asarray(test_features, jnp.float32), rep)
+        test_labels = jax.device_put(jnp.asarray(test_labels, jnp.int32), rep)
+        params = jax.device_put(init_linear(key, test.shape[1], num_classes, init_std), rep)
+        opt_state = jax.device_put(tx.init(params), rep)
+        best = (params, jnp.float32(-1.0), jnp.int32(-1))
+        bar = tqdm.tqdm(
+            range(epochs), "linear probe", unit="epoch", leave=False, disable=not self._progress
+        )
+        for epoch in bar:
+            lr = jnp.float32(learning_rate * 0.1 ** sum(epoch >= m for m in drops))
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            for s in range(steps):
+                chosen = order[s * b : (s + 1) * b]
+                weights = np.zeros(b, np.float32)
+                weights[: len(chosen)] = 1.0
+                ids = rows[np.pad(chosen, (0, b - len(chosen)), mode="edge")]
+                if self._host_crop:
+                    uniforms = np.random.default_rng([seed, epoch, s]).random(
+                        (b, 1, augment.CROP_UNIFORMS), dtype=np.float32
+                    )
+                    _, (batch,) = parallel.gather_with_crops(
+                        self._mesh, images, ids, uniforms, (self._view,)
+                    )
+                else:
+                    batch = parallel.gather_batch(self._mesh, images, ids)
+                params, opt_state = step(
+                    variables,
+                    params,
+                    opt_state,
+                    batch,
+                    parallel.global_batch(self._mesh, np.asarray(labels[ids], np.int32)),
+                    parallel.global_batch(self._mesh, weights),
+                    jax.random.fold_in(jax.random.fold_in(key, epoch), s),
+                    lr,
+                )
+            best = keep_best(best, params, accuracy_of(params, test, test_labels), epoch)
+        final, best_params = (
+            np.asarray(jax.device_get(linear_logits(p, test))) for p in (params, best[0])
+        )
+        return final, best_params, int(best[2])
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "batch_size"))

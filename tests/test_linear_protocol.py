@@ -1,0 +1,231 @@
+"""The linear probe's lincls_eval.py protocol (MoCo's and CCL's), the ``eval.linear`` fields
+beyond CaSSLe's probe: initial weights from N(0, init_std^2), the best epoch's test accuracy
+(``linear_best``), centre-cropped fixed views, and training on a random resized, flipped crop
+of every image at every epoch through the frozen backbone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import random_split, tiny_config
+from PIL import Image
+
+from cl_ssl import config as config_lib
+from cl_ssl import objectives, parallel
+from cl_ssl.data import augment, host_crop, scenarios, sources, streaming
+from cl_ssl.evaluation import evaluate, probes
+
+TRAIN, TEST = random_split(40), random_split(12, seed=5)
+SCENARIO = scenarios.make_scenario(
+    "class_incremental", TRAIN.labels, TEST.labels, num_classes=4, num_tasks=2
+)
+
+
+def _data(seed, n=60, dim=6, classes=3):
+    rng = np.random.default_rng(seed)
+    means = 2.0 * rng.standard_normal((classes, dim))
+    labels = rng.integers(0, classes, n)
+    features = means[labels] + rng.standard_normal((n, dim))
+    return features.astype(np.float32), labels.astype(np.int32)
+
+
+def test_init_std_draws_the_weights_and_zero_keeps_cassles_zero_start():
+    zero = probes.init_linear(jax.random.key(0), 512, 100, 0.0)
+    assert not np.any(zero["kernel"]) and not np.any(zero["bias"])
+    drawn = probes.init_linear(jax.random.key(0), 512, 100, 0.01)
+    assert not np.any(drawn["bias"])
+    np.testing.assert_allclose(np.std(drawn["kernel"]), 0.01, rtol=0.02)
+    assert abs(float(np.mean(drawn["kernel"]))) < 1e-3
+    x, y = _data(0)
+    kwargs = dict(num_classes=3, epochs=2, batch_size=16, learning_rate=0.5, seed=3)
+    default = probes.fit_linear_classifier(x, y, **kwargs)
+    explicit = probes.fit_linear_classifier(x, y, init_std=0.0, **kwargs)
+    np.testing.assert_array_equal(default[0], explicit[0])
+    assert not np.allclose(
+        default[0], probes.fit_linear_classifier(x, y, init_std=0.5, **kwargs)[0]
+    )
+
+
+def test_best_epoch_is_the_epoch_of_highest_test_accuracy_and_the_last_epoch_is_unchanged():
+    """Without a learning-rate drop inside the run, the classifier after e epochs is that of a run
+    of e epochs (the shuffling keys are per epoch): the best epoch is the first argmax of those
+    runs' test accuracies, and its logits are that run's."""
+    x, y = _data(1, n=80)
+    tx_, ty = x[40:], y[40:]
+    kwargs = dict(num_classes=3, batch_size=8, learning_rate=2.0, milestones=(1.0,), seed=4)
+    kwargs.update(init_std=0.3)
+    epochs = 6
+    final, best, best_epoch = probes.linear_probe_best(
+        x[:40], y[:40], tx_, ty, epochs=epochs, **kwargs
+    )
+    np.testing.assert_array_equal(
+        final, probes.linear_probe(x[:40], y[:40], tx_, epochs=epochs, **kwargs)
+    )
+    runs = [probes.linear_probe(x[:40], y[:40], tx_, epochs=e, **kwargs) for e in range(1, 7)]
+    accuracies = [np.mean(r.argmax(-1) == ty) for r in runs]
+    assert best_epoch == int(np.argmax(accuracies))
+    np.testing.assert_allclose(best, runs[best_epoch], rtol=1e-5, atol=1e-5)
+    assert np.mean(best.argmax(-1) == ty) >= np.mean(final.argmax(-1) == ty)
+
+
+def _evaluator(**linear):
+    config = objectives.resolve_config(
+        tiny_config(
+            **{"eval.evaluators": ("linear",)},
+            **{f"eval.linear.{k}": v for k, v in linear.items()},
+        )
+    )
+    config_lib.validate(config, num_devices=1)
+    objective = objectives.get_objective(config)
+    evaluator = evaluate.Evaluator(
+        objective.model,
+        TRAIN,
+        TEST,
+        SCENARIO,
+        config,
+        parallel.make_mesh(1),
+        key=jax.random.PRNGKey(0),
+    )
+    variables = objective.model.init(jax.random.PRNGKey(1), jnp.zeros((2, 32, 32, 3)), train=False)
+    variables = jax.tree.map(lambda v: v + 0.05 * jnp.ones_like(v), variables)
+    return evaluator, objective, config, variables
+
+
+def test_default_probe_fills_linear_only():
+    evaluator, _, _, variables = _evaluator()
+    assert evaluator.names == ["linear"]
+    assert set(evaluator(variables["params"], variables["batch_stats"], stage=1)) == {"linear"}
+
+
+FIELDS = dict(
+    augment=True,
+    report_best=True,
+    init_std=0.01,
+    center_crop=0.875,
+    epochs=1,
+    batch_size=64,
+    learning_rate=30.0,
+    weight_decay=0.0,
+)
+
+
+def _probe_view(view):
+    return augment.ViewConfig(
+        crop_size=32,
+        min_scale=0.08,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.0,
+        jitter_prob=0.0,
+        gray_prob=0.0,
+        mean=tuple(view.mean),
+        std=tuple(view.std),
+    )
+
+
+def _one_step_logits(evaluator, objective, config, variables, images, labels, *, cropped=False):
+    """The test logits of the classifier after one full-batch SGD step (lr 30, momentum's first
+    step) from N(0, 0.01^2) weights on the crops and flips of ``images`` (uint8, in the epoch's
+    order), computed in float64 from the backbone's features; the test images centre-cropped."""
+    model, view = objective.model, config.augment.view1
+    key = jax.random.key(evaluator._seed)
+    keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 0), 0), len(images))
+    x = jax.vmap(lambda k, im: augment.augment_image(k, im, _probe_view(view), cropped=cropped))(
+        keys, jnp.asarray(images)
+    )
+    features = np.asarray(model.apply(variables, x, method=model.features), np.float64)
+    kernel = 0.01 * np.asarray(
+        jax.random.normal(jax.random.fold_in(key, 0x696E6974), (features.shape[1], 4)), np.float64
+    )
+    logits = features @ kernel
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0
+    kernel = kernel - 30.0 * features.T @ p / len(labels)
+    bias = -30.0 * p.mean(0)
+    test_crops = augment.center_crop_batch(
+        jnp.asarray(TEST.images), augment.ViewConfig(mean=view.mean, std=view.std), fraction=0.875
+    )
+    test_f = np.asarray(model.apply(variables, test_crops, method=model.features), np.float64)
+    return test_f @ kernel + bias
+
+
+def test_augmented_probe_trains_on_fresh_crops_of_the_frozen_backbone():
+    """One epoch of one batch: the classifier after one SGD step on the features of the random
+    resized, flipped crops of the 40 images (frozen BatchNorm statistics), scored on the
+    centre-cropped test images; linear_best is that epoch's."""
+    evaluator, objective, config, variables = _evaluator(**FIELDS)
+    assert evaluator.names == ["linear", "linear_best"]
+    accuracy = evaluator(variables["params"], variables["batch_stats"], stage=1)
+    order = np.random.default_rng([evaluator._seed, 0]).permutation(40)
+    expected = _one_step_logits(
+        evaluator, objective, config, variables, TRAIN.images[order], TRAIN.labels[order]
+    )
+    scores = evaluator._linear(variables, np.arange(40), TRAIN.images, None, None)
+    np.testing.assert_allclose(scores["linear"], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores["linear_best"], expected, rtol=1e-4, atol=1e-4)
+    predictions = expected.argmax(-1)
+    rows = [100.0 * np.mean(predictions[i] == TEST.labels[i]) for i in SCENARIO.test_indices]
+    np.testing.assert_allclose(accuracy["linear"], rows)
+    np.testing.assert_allclose(accuracy["linear_best"], rows)
+
+
+def test_augmented_probe_crops_streamed_images_on_the_host_from_the_full_image():
+    """Under dataset.host_crop the crops are taken from the decoded images at their own sizes
+    (host_crop.resized_crop), not from the stored squares."""
+    n = 16
+    originals = [
+        np.random.default_rng(r).integers(0, 256, (40 + r, 48 + 2 * r, 3), np.uint8)
+        for r in range(n)
+    ]
+    images = streaming.StreamedImages(
+        [([{"image": r} for r in range(n)], np.arange(n))],
+        (32, 32, 3),
+        lambda image: np.asarray(image)[:32, :32],
+        num_threads=2,
+        open_image=lambda r: Image.fromarray(originals[r]),
+    )
+    train = sources.ArraySplit(images=images, labels=TRAIN.labels[:n], num_classes=4)
+    config = objectives.resolve_config(
+        tiny_config(
+            **{"eval.evaluators": ("linear",), "dataset.host_crop": True},
+            **{f"eval.linear.{k}": v for k, v in FIELDS.items()},
+        )
+    )
+    objective = objectives.get_objective(config)
+    evaluator = evaluate.Evaluator(
+        objective.model,
+        train,
+        TEST,
+        SCENARIO,
+        config,
+        parallel.make_mesh(1),
+        key=jax.random.PRNGKey(0),
+    )
+    _, _, _, variables = _evaluator()
+    seed = evaluator._seed
+    order = np.random.default_rng([seed, 0]).permutation(n)
+    u = np.random.default_rng([seed, 0, 0]).random((n, 1, augment.CROP_UNIFORMS), np.float32)
+    view = _probe_view(config.augment.view1)
+    crops = np.stack(
+        [
+            host_crop.resized_crop(Image.fromarray(originals[r]), u[row, 0], view)
+            for row, r in enumerate(order)
+        ]
+    )
+    expected = _one_step_logits(
+        evaluator, objective, config, variables, crops, train.labels[order], cropped=True
+    )
+    scores = evaluator._linear(variables, np.arange(n), images, None, None)
+    np.testing.assert_allclose(scores["linear"], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_settings_the_probe_cannot_take_are_rejected():
+    for fields, message in (
+        ({"augment": True, "standardize": True}, "set eval.linear.standardize=False"),
+        ({"center_crop": 0.0}, "center_crop in"),
+        ({"init_std": -0.1}, "init_std >= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _evaluator(**fields)
