@@ -7,6 +7,8 @@ Every field can be overridden on the command line the ml_collections way, for ex
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
 from collections.abc import Sequence
 
@@ -245,16 +247,38 @@ def unread_sections(config: dict) -> set[str]:
     return sections - read
 
 
+@functools.cache
+def _defaults() -> dict:
+    return json.loads(base_config().to_json())
+
+
+def _default(name: str):
+    """The base config's value of the dotted field ``name``; ``_MISSING`` where it has none."""
+    value = _defaults()
+    for key in name.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+_MISSING = object()
+
+
 def differing_fields(stored: dict, given: dict, prefix: str = "") -> list[str]:
     """Dotted names of the run-defining fields whose values differ between two config dicts; the
-    sections the given run does not read (``unread_sections``) are not compared."""
+    sections the given run does not read (``unread_sections``) are not compared, nor is a field
+    that one config lacks while the other holds its default value (a field the library gained
+    after the older run was made, at the value that keeps what that run did)."""
     skip = unread_sections(given) if not prefix else set()
     names = []
     for key in sorted(set(stored) | set(given)):
         name = f"{prefix}{key}"
         if name in EXECUTION_FIELDS or key in skip:
             continue
-        a, b = stored.get(key), given.get(key)
+        a, b = stored.get(key, _MISSING), given.get(key, _MISSING)
+        if _MISSING in (a, b) and (b if a is _MISSING else a) == _default(name):
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             names += differing_fields(a, b, prefix=f"{name}.")
         elif a != b:
@@ -340,6 +364,9 @@ def use_imagenet_setting(
     for view in (config.augment.view1, config.augment.view2):
         view.update(crop_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     config.byol.pred_hidden_dim = 8192
+    # The ImageNet-100 and DomainNet SimCLR scripts set no --output_dim: cassle/methods/simclr.py's
+    # default, 128 (the CIFAR scripts pass 256).
+    config.simclr.proj_output_dim = 128
     config.swav.update(queue_start_epoch=100, freeze_prototypes_epochs=5)
     # CaSSLe's linear scripts set the offline probe's learning rate per method.
     config.eval.linear.learning_rate = placeholder(float)
@@ -350,9 +377,6 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     every label, Kaizen's recipes on CIFAR (SimCLR at lr 1.0 with BYOL's views), SimCLR's
     4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the online probe on
     the seen tasks' labelled data (``--online_evaluation_training_data_source seen_tasks``, lr
-    # The ImageNet-100 and DomainNet SimCLR scripts set no --output_dim: cassle/methods/simclr.py's
-    # default, 128 (the CIFAR scripts pass 256).
-    config.simclr.proj_output_dim = 128
     0.1), whose pass moves the backbone's BatchNorm statistics (``main_pretrain.py`` l.179-195);
     16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; the rest
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.

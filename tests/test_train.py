@@ -11,6 +11,7 @@ import pytest
 from helpers import CONFIGS_DIR, ONE_EPOCH, shipped_config, tiny_config
 from helpers import run as _run
 
+from cl_ssl import config as config_lib
 from cl_ssl import losses, parallel, planning
 from cl_ssl import step as step_lib
 from cl_ssl.data import sources
@@ -207,6 +208,18 @@ def test_workdir_of_another_config_is_refused(mock_cifar10, tmp_path):
     _run(tiny_config(epochs_per_task=2, stop_after_steps=1), tmp_path)
     with pytest.raises(ValueError, match="different config .*epochs_per_task"):
         _run(tiny_config(epochs_per_task=3), tmp_path)
+
+
+def test_a_field_added_after_a_run_was_stored_differs_only_off_its_default():
+    """A stored config lacks a field the library gained later: at its default the run is the
+    same one (it resumes, its seeds group together), at another value it is not."""
+    given = json.loads(tiny_config().to_json())
+    stored = json.loads(tiny_config().to_json())
+    del stored["eval"]["online_data"], stored["mocov2plus"]["symmetric"]
+    assert config_lib.differing_fields(stored, given) == []
+    assert config_lib.differing_fields(given, stored) == []
+    given["eval"]["online_data"] = "seen"
+    assert config_lib.differing_fields(stored, given) == ["eval.online_data"]
 
 
 def test_failed_first_attempt_does_not_lock_the_workdir(mock_cifar10, tmp_path, monkeypatch):
