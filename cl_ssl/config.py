@@ -378,12 +378,14 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     4096-wide projector at temperature 0.1 and MoCoV2+'s 256-d projection; the online probe on
     the seen tasks' labelled data (``--online_evaluation_training_data_source seen_tasks``, lr
     0.1), whose pass moves the backbone's BatchNorm statistics (``main_pretrain.py`` l.179-195);
-    16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; the rest
+    16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; replay rows
+    from a shuffled loader over the memory, cycled next to the task's (``replay.sampling``); the rest
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
     Kaizen ships no ImageNet-100 script: there the ImageNet recipes stay."""
     config.labels.fraction = 1.0
     config.eval.update(online=True, online_data="seen", online_lr=0.1, online_updates_bn=True)
     config.model.dtype = "bfloat16"
+    config.kaizen.replay.sampling = "loader"
     if config.recipe == "cifar":
         config.recipe = "kaizen"
     config.simclr.update(proj_hidden_dim=4096, temperature=0.1)

@@ -28,7 +28,7 @@ from cl_ssl.evaluation.online import OnlineProbe
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
-from cl_ssl.strategies import BufferInputs, LossInputs, Strategy
+from cl_ssl.strategies import BufferInputs, LossInputs, RowInputs, Strategy
 
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[ContinualState, TrainData, jax.Array, Metrics], tuple[ContinualState, Metrics]]
@@ -241,8 +241,12 @@ def build_step_fn(
         strategy_key = jax.random.fold_in(step_key, 2)
         current = batch_lib.current_batch(data, ids)
         batch = current
+
+        def rows(key):
+            return RowInputs(state.strategy, current, data, key, state.task, hyper)
+
         if extend and strategy.extend_batch is not None:
-            batch = strategy.extend_batch(state.strategy, batch, data, strategy_key, state.task)
+            batch = strategy.extend_batch(rows(strategy_key))
         crops = (None,) * len(objective.views) if data.crops is None else data.crops
         views = tuple(
             augment.augment_batch(key, batch.images, view, crop)
@@ -256,9 +260,7 @@ def build_step_fn(
         student_views = tuple(views[v] for v in objective.student_views)
         side, side_views = None, None
         if extend and strategy.side_batch is not None:
-            side = strategy.side_batch(
-                state.strategy, current, data, jax.random.fold_in(strategy_key, 5), state.task
-            )
+            side = strategy.side_batch(rows(jax.random.fold_in(strategy_key, 5)))
             side_keys = jax.random.split(jax.random.fold_in(step_key, 4), len(objective.views))
             side_views = tuple(
                 augment.augment_batch(side_keys[v], side.images, objective.views[v])

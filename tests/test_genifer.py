@@ -18,7 +18,15 @@ from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
 from cl_ssl.models import gan
 from cl_ssl.objectives import get_objective, resolve_config
-from cl_ssl.strategies import LossInputs, TaskEnd, generative, genifer, genifer_gan, get_strategy
+from cl_ssl.strategies import (
+    LossInputs,
+    RowInputs,
+    TaskEnd,
+    generative,
+    genifer,
+    genifer_gan,
+    get_strategy,
+)
 from cl_ssl.strategies.base import Progress
 
 TINY_GAN = {
@@ -72,7 +80,9 @@ def test_replay_rows_are_generated_old_class_pixels_after_the_kept_real_rows(ini
     config, _, strategy, _, state = initial
     data = train_data(8, tasks=np.array([0, 0, 1, 1, 0, 0, 1, 1]))  # task 0: classes 0, 1
     batch = current_batch(data, jnp.arange(8))
-    joined = strategy.extend_batch(state, batch, data, jax.random.PRNGKey(2), jnp.int32(1))
+    joined = strategy.extend_batch(
+        RowInputs(state, batch, data, jax.random.PRNGKey(2), jnp.int32(1), {})
+    )
     assert joined.size == config.batch_size == 8
     chex.assert_trees_all_equal(
         jax.tree.map(lambda x: x[:4], joined), jax.tree.map(lambda x: x[:4], batch)
@@ -468,7 +478,9 @@ def test_self_supervised_strategy_replays_from_a_gan_on_the_backbone_layer_maps(
         TrainData(images=split.images, labels=split.labels, classes=split.labels, tasks=tasks)
     )
     batch = current_batch(data, jnp.arange(8))
-    joined = jax.jit(strategy.extend_batch)(after, batch, data, jax.random.PRNGKey(1), jnp.int32(1))
+    joined = jax.jit(lambda *inputs: strategy.extend_batch(RowInputs(*inputs)))(
+        after, batch, data, jax.random.PRNGKey(1), jnp.int32(1), {}
+    )
     assert joined.size == 12 and joined.images.dtype == jnp.uint8
     assert set(np.asarray(joined.labels[8:]).tolist()) <= {0, 1}
 
@@ -560,8 +572,10 @@ def test_generated_rows_share_one_crop_and_flip_and_stay_in_float(initial):
         for left in range(9)
         for flip in (False, True)
         if all(
-            np.allclose(out[r], (lambda w: w[:, ::-1] if flip else w)(
-                padded[r, top : top + 32, left : left + 32]))
+            np.allclose(
+                out[r],
+                (lambda w: w[:, ::-1] if flip else w)(padded[r, top : top + 32, left : left + 32]),
+            )
             for r in range(5)
         )
     ]
@@ -570,7 +584,7 @@ def test_generated_rows_share_one_crop_and_flip_and_stay_in_float(initial):
     data = train_data(8, tasks=np.array([0, 0, 1, 1, 0, 0, 1, 1]))
     batch = current_batch(data, jnp.arange(8))
     key = jax.random.PRNGKey(2)
-    joined = strategy.extend_batch(state, batch, data, key, jnp.int32(1))
+    joined = strategy.extend_batch(RowInputs(state, batch, data, key, jnp.int32(1), {}))
     views = (augment.augment_batch(jax.random.PRNGKey(5), joined.images, view),) * 2
     new = strategy.transform_views(views, joined, key)
     np.testing.assert_array_equal(new[0][:4], views[0][:4])

@@ -244,8 +244,9 @@ def test_run_reports_the_classifier(finished_run):
     the previous classifier of the last boundary are the student's and the classifier as they
     ended; the step compiles twice (without, then with replay rows). (CaSSLe's run resumes across
     boundaries with a teacher, CCL's mid-task with a memory; the state is one checkpointed
-    pytree whatever the strategy.)"""
-    whole, workdir = finished_run(_config())
+    pytree whatever the strategy.) Replay rows come from the presets' shuffled loader, whose
+    position the stage's schedules give the step."""
+    whole, workdir = finished_run(_config(**{"kaizen.replay.sampling": "loader"}))
     assert whole["traces"] == [1, 1]
     document = json.loads((workdir / "results.json").read_text())
     matrix = np.array(document["matrices"]["classifier"], float)
@@ -283,6 +284,7 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
     e = config.eval
     assert (e.online, e.online_data, e.online_lr, e.probe_data) == (True, "seen", 0.1, "all")
     assert config.model.dtype == "bfloat16"
+    assert config.kaizen.replay.sampling == "loader"  # a shuffled, tail-dropping, cycled loader
     resolved = objectives.resolve_config(config)
     assert (resolved.optimizer.lr, resolved.simclr.proj_hidden_dim) == (1.0, 4096)
     assert resolved.augment.view2.solarize_prob == 0.2

@@ -66,7 +66,9 @@ def test_replay_rows_come_from_earlier_tasks_and_valid_slots_only():
     state = state_lib.StrategyState(buffers={"memory": mem})
     batch = current_batch(data, jnp.arange(8))
     for seed in range(5):
-        joined = strat.extend_batch(state, batch, data, jax.random.PRNGKey(seed), jnp.int32(2))
+        joined = strat.extend_batch(
+            base.RowInputs(state, batch, data, jax.random.PRNGKey(seed), jnp.int32(2), {})
+        )
         assert joined.size == 8 + 64
         chex.assert_trees_all_equal(
             jax.tree.map(lambda x: x[:8], joined.replace(slots=None)), batch
@@ -82,7 +84,9 @@ def test_replay_rows_come_from_earlier_tasks_and_valid_slots_only():
         assert set(np.asarray(joined.tasks[8:])) <= {0, 1} and bool(joined.valid.all())
     # Without replacement while enough are eligible: a replay batch of 4 has 4 distinct rows.
     _, _, small = _parts("replay", **{"replay.batch_size": 4})
-    joined = small.extend_batch(state, batch, data, jax.random.PRNGKey(0), jnp.int32(2))
+    joined = small.extend_batch(
+        base.RowInputs(state, batch, data, jax.random.PRNGKey(0), jnp.int32(2), {})
+    )
     assert len(set(np.asarray(joined.ids[8:]))) == 4
 
 
@@ -94,12 +98,51 @@ def test_replay_rows_from_a_memory_of_images():
     mem = _memory(ids=[0, 1, 2, 3], tasks=[0, 0, 0, 0], valid=[True] * 4).replace(images=images)
     state = state_lib.StrategyState(buffers={"memory": mem})
     batch = current_batch(data, jnp.arange(4))
-    joined = strat.extend_batch(state, batch, data, jax.random.PRNGKey(0), jnp.int32(1))
+    joined = strat.extend_batch(
+        base.RowInputs(state, batch, data, jax.random.PRNGKey(0), jnp.int32(1), {})
+    )
     np.testing.assert_array_equal(joined.images[4:], np.asarray(images)[np.asarray(joined.ids[4:])])
 
 
 # ---------------------------------------------------------------------------------------------
 # Selection at the end of a task
+
+
+@pytest.mark.parametrize("eligible_count, size", [(10, 3), (6, 3), (2, 3)])
+def test_loader_draw_walks_shuffled_passes_dropping_the_tail(eligible_count, size):
+    """replay.sampling='loader' against the rule of DataLoader(shuffle=True, drop_last=True)
+    cycled beside the task loader and restarted each epoch: a pass is floor(n / size) batches of
+    distinct eligible slots in a fresh order, the n mod size left over unseen in that pass; with
+    fewer than ``size`` eligible slots, the batch cycles them."""
+    memory = _memory(ids=list(range(12)), tasks=[0] * 12, valid=[True] * 12)
+    eligible = jnp.arange(12) >= 12 - eligible_count  # the last n slots
+    key = jax.random.PRNGKey(3)
+
+    def batch_at(epoch, step):
+        slots, available = replay.loader_draw(
+            memory, key, size, eligible, epoch=jnp.int32(epoch), step_in_epoch=jnp.int32(step)
+        )
+        assert bool(available)
+        return np.asarray(slots).tolist()
+
+    per_pass = max(eligible_count // size, 1)
+    allowed = set(range(12 - eligible_count, 12))
+    passes = []
+    for start in (0, per_pass, 2 * per_pass):  # three passes of epoch 0
+        rows = [s for step in range(start, start + per_pass) for s in batch_at(0, step)]
+        assert set(rows) <= allowed
+        if eligible_count >= size:
+            assert len(rows) == len(set(rows)) == per_pass * size  # each slot once, tail dropped
+        else:
+            assert rows == [rows[i % eligible_count] for i in range(size)]  # cycled
+        passes.append(rows)
+    if eligible_count > size:
+        assert passes[0] != passes[1]  # each pass a fresh order
+    assert batch_at(0, 1) == batch_at(0, 1)  # a function of (key, epoch, step): resumable
+    if eligible_count > size:
+        assert [batch_at(1, s) for s in range(per_pass)] != [
+            batch_at(0, s) for s in range(per_pass)
+        ]
 
 
 def _task_end(strat, objective, config, features, task_ids, labels, next_task, buffers=None):

@@ -266,7 +266,9 @@ def test_joined_rows_carry_their_memory_slots():
         valid=jnp.ones(3, bool),
     )
     joined = rehearsal.extend_batch(
-        StrategyState(buffers={"memory": memory}), own, train_data(8), jax.random.key(0), 1
+        base.RowInputs(
+            StrategyState(buffers={"memory": memory}), own, train_data(8), jax.random.key(0), 1, {}
+        )
     )
     slots = np.asarray(joined.slots)
     assert slots[:3].tolist() == [-1, -1, -1]

@@ -31,6 +31,7 @@ from cl_ssl.objectives import SUPERVISED, Objective
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
+    RowInputs,
     Strategy,
     StrategySpec,
     TaskEnd,
@@ -41,6 +42,7 @@ __all__ = [
     "STRATEGIES",
     "BufferInputs",
     "LossInputs",
+    "RowInputs",
     "Strategy",
     "StrategySpec",
     "TaskEnd",

@@ -29,6 +29,29 @@ Distill = Callable[
 
 
 @dataclasses.dataclass(frozen=True)
+class RowInputs:
+    """What a strategy's ``extend_batch`` and ``side_batch`` see inside the step, before the
+    views are drawn.
+
+    Attributes:
+      state: the strategy's state before the step (its buffers: a memory to draw from).
+      batch: the step's own rows (``Batch``).
+      data: the training split (``TrainData``): images on the device, labels, classes, tasks.
+      key: the strategy's key for this hook's draws, new every step.
+      task: int32 [], the task being trained.
+      hyper: the step's per-step scalars (the strategy's ``schedules`` among them: a replay
+        loader's position in its epoch).
+    """
+
+    state: StrategyState
+    batch: Batch
+    data: TrainData
+    key: jax.Array
+    task: jax.Array
+    hyper: Hyper
+
+
+@dataclasses.dataclass(frozen=True)
 class LossInputs:
     """What a strategy's loss term sees inside the differentiated loss of one step.
 
@@ -172,6 +195,17 @@ class TaskEnd:
     log_image: Callable[[str, np.ndarray, str], None] = lambda name, image, tag: None
 
 
+def combine_schedules(
+    *parts: Callable[[int, int], dict[str, np.ndarray]],
+) -> Callable[[int, int], dict[str, np.ndarray]]:
+    """``Strategy.schedules`` of a strategy built from others: the union of their schedules."""
+
+    def schedules(num_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        return {k: v for part in parts for k, v in part(num_steps, steps_per_epoch).items()}
+
+    return schedules
+
+
 def each_task(train_indices: Sequence[np.ndarray]) -> list[np.ndarray]:
     """``Strategy.stages`` of every continual strategy: one stage per task, in order."""
     return list(train_indices)
@@ -213,15 +247,15 @@ class Strategy:
         training split) -> the ``StrategyState`` at the start of the run.
       end_task: ``TaskEnd`` -> the strategy's state for the next stage (snapshot a teacher, select
         exemplars, train a generator); by default the state as it is.
-      extend_batch: optional (strategy state, the step's batch, ``TrainData``, key, task) -> the
-        batch with the strategy's rows joined after the step's own (a replay sub-batch with its
-        validity), inside the jitted step, from stage ``extends_batch_from`` on. The step's rows
+      extend_batch: optional ``RowInputs`` -> the batch with the strategy's rows joined after
+        the step's own (a replay sub-batch with its validity), inside the jitted step, from stage
+        ``extends_batch_from`` on. The step's rows
         come first and whole: views cropped on the host (``TrainData.crops``) are theirs. Joined
         rows are ordinary rows to the objective: they enter its loss and the student's BatchNorm
         statistics whatever their ``valid`` flag, which only the strategy's own term reads (a
         strategy whose memory may have nothing to draw yet joins from a later stage, or draws
         ``side_batch`` rows instead).
-      side_batch: optional, the same arguments -> a ``Batch`` of rows that only the strategy's
+      side_batch: optional ``RowInputs`` -> a ``Batch`` of rows that only the strategy's
         term sees (DER's replayed images): the step augments them with the objective's views and
         runs the student on them apart from the joined batch, so they reach neither the
         objective's loss nor the student's BatchNorm statistics (``LossInputs.side_outputs``),
@@ -234,8 +268,9 @@ class Strategy:
       update_buffers: optional ``BufferInputs`` -> the new ``buffers`` (a queue of the step's
         keys, a teacher's per-epoch EMA, a memory filled from the step's own rows).
       schedules: (steps in the stage, steps per epoch) -> name -> float32 [steps] values the step
-        passes in ``hyper`` to ``loss`` and ``update_buffers``, restarting with every stage (an
-        EMA that moves at epoch ends only); names must not clash with the objective's.
+        passes in ``hyper`` to every hook, restarting with every stage (an EMA that moves at
+        epoch ends only); names must not clash with the objective's (``combine_schedules`` joins
+        those of the strategies one is built from).
       start_objective: optional (the objective's state at a stage boundary, the student's
         params) -> the objective's state for the next stage (CCL restarts MoCo's key encoder from
         the student).

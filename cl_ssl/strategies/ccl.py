@@ -84,6 +84,7 @@ from cl_ssl.strategies.base import (
     StrategySpec,
     TaskEnd,
     apply_teacher,
+    combine_schedules,
     output_widths,
 )
 
@@ -270,7 +271,9 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         extends_batch_from=rehearsal.extends_batch_from,
         loss=loss,
         update_buffers=update_buffers,
-        schedules=teacher_momentum_schedule(c.teacher_momentum),
+        schedules=combine_schedules(
+            teacher_momentum_schedule(c.teacher_momentum), rehearsal.schedules
+        ),
         start_objective=mocov2plus.restart_key_encoder,
         evaluated=evaluated if c.evaluate_teacher else None,
     )

@@ -34,7 +34,7 @@ from cl_ssl.models import resnet
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
 from cl_ssl.strategies import genifer_gan, supervised
-from cl_ssl.strategies.base import Strategy, TaskEnd
+from cl_ssl.strategies.base import RowInputs, Strategy, TaskEnd
 
 PyTree = Any
 SAMPLES_PER_CLASS = 8
@@ -351,9 +351,10 @@ def with_generator_replay(
         own = replay.init(variables, jax.random.fold_in(key, 0x6A4), train)
         return state.replace(buffers={**state.buffers, BUFFERS: own})
 
-    def extend_batch(state, batch, data, key, task):
-        own = state.buffers[BUFFERS]
-        rows = replay.rows(own, data, key, task, r.batch_size, batch.images.shape[-1])
+    def extend_batch(inputs: RowInputs):
+        own, batch = inputs.state.buffers[BUFFERS], inputs.batch
+        channels = batch.images.shape[-1]
+        rows = replay.rows(own, inputs.data, inputs.key, inputs.task, r.batch_size, channels)
         return join(batch, rows)
 
     def end_task(end: TaskEnd) -> StrategyState:

@@ -57,6 +57,7 @@ from cl_ssl.strategies import generative, genifer_gan, supervised
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
+    RowInputs,
     Strategy,
     StrategySpec,
     TaskEnd,
@@ -64,7 +65,6 @@ from cl_ssl.strategies.base import (
     output_widths,
     snapshot,
 )
-
 
 REPLAY_IMAGES = ("float", "uint8")
 """Values of ``genifer.replay_images``."""
@@ -128,9 +128,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"gives {generated} generated rows; keep at least one generated and one real row"
         )
     if g.replay_images not in REPLAY_IMAGES:
-        raise ValueError(
-            f"genifer.replay_images={g.replay_images!r}; choose among {REPLAY_IMAGES}"
-        )
+        raise ValueError(f"genifer.replay_images={g.replay_images!r}; choose among {REPLAY_IMAGES}")
     if config.labels.fraction != 1:
         raise ValueError(
             f"strategy 'genifer' conditions its generator on every image's class, but "
@@ -191,11 +189,13 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     # reaching another trace.
     pending: dict = {}
 
-    def extend_batch(state, batch, data, key, task):
-        kept = jax.tree.map(lambda x: x[:real], batch)
-        channels = batch.images.shape[-1]
-        own = state.buffers[generative.BUFFERS]
-        images, labels = replay.generated(own, data, key, task, generated, channels)
+    def extend_batch(inputs: RowInputs):
+        kept = jax.tree.map(lambda x: x[:real], inputs.batch)
+        channels = inputs.batch.images.shape[-1]
+        own = inputs.state.buffers[generative.BUFFERS]
+        images, labels = replay.generated(
+            own, inputs.data, inputs.key, inputs.task, generated, channels
+        )
         joined = join(kept, replay.as_rows(images, labels))
         pending.clear()
         pending.update(batch=joined, images=images)

@@ -34,8 +34,9 @@ Choices of this library where the reference is silent or differs:
   distillers are CaSSLe's; h is drawn afresh at the second task and carried from the third on;
 - ``kaizen.feature_distill_weight=0`` builds no h, and with ``kaizen.classifier_distill_weight=0``
   too (the "No Distill" row) there is no teacher at all;
-- each step draws its replay rows afresh, without replacement within the step (the reference
-  cycles a shuffled replay loader, ``multiple_trainloader_mode="max_size_cycle"``).
+- ``kaizen.replay.sampling='uniform'`` draws each step's replay rows afresh, without replacement
+  within the step; the ``:kaizen`` presets walk a shuffled replay loader as the reference does
+  (``'loader'``: ``main_pretrain.py`` l.132-164, Lightning's ``max_size_cycle``).
 - the online evaluation of the reference scripts (``main_pretrain.py`` l.179-195, the
   ``:kaizen`` presets' ``eval.online_data='seen'``) trains on as many rows per step as the task
   (the reference: ceil(seen images / steps per epoch), one pass over the seen tasks per epoch,
@@ -93,6 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
                     selection="first_per_class",
                     batch_size=32,
                     fraction=0.01,
+                    sampling="uniform",
                 )
             ),
         )
@@ -236,6 +238,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         extend_batch=rehearsal.extend_batch,
         extends_batch_from=rehearsal.extends_batch_from,
         update_buffers=rehearsal.update_buffers,
+        schedules=rehearsal.schedules,
         loss=loss,
         param_labels=lambda trainable: optim.label_top_level(trainable, names),
         param_groups=groups,

@@ -31,7 +31,7 @@ import ml_collections
 from cl_ssl.data.batch import join
 from cl_ssl.objectives import Objective
 from cl_ssl.strategies import replay
-from cl_ssl.strategies.base import Strategy, StrategySpec
+from cl_ssl.strategies.base import RowInputs, Strategy, StrategySpec
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,11 +48,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     if c.memory_size < 1:
         raise ValueError(f"lump.memory_size={c.memory_size}; set it to at least 1")
 
-    def extend_batch(state, batch, data, key, task):
-        del task
-        memory = state.buffers["memory"]
-        slots, available = replay.draw(memory, key, batch.size, memory.valid)
-        return join(batch, replay.memory_rows(memory, slots, data, available))
+    def extend_batch(inputs: RowInputs):
+        memory, batch = inputs.state.buffers["memory"], inputs.batch
+        slots, available = replay.draw(memory, inputs.key, batch.size, memory.valid)
+        return join(batch, replay.memory_rows(memory, slots, inputs.data, available))
 
     def transform_views(views, batch, key):
         half = batch.size // 2

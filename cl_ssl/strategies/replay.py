@@ -53,7 +53,7 @@ from cl_ssl.data.batch import Batch, TrainData, join
 from cl_ssl.losses import l2_normalize
 from cl_ssl.objectives import Objective
 from cl_ssl.state import StrategyState
-from cl_ssl.strategies.base import BufferInputs, Strategy, StrategySpec, TaskEnd
+from cl_ssl.strategies.base import BufferInputs, RowInputs, Strategy, StrategySpec, TaskEnd
 
 IN_STEP = ("reservoir", "class_balanced")
 AT_TASK_END = ("herding", "random", "first_per_class", "min_var")
@@ -63,12 +63,25 @@ MIN_VAR_VIEWS = 7
 SELECTIONS = IN_STEP + AT_TASK_END
 
 
+ORDER_KEY = "replay_order_key"
+"""The buffer of ``replay.sampling='loader'``: the key data its orders derive from."""
+
 SOURCES = ("memory", "generator")
 """Where ``replay`` draws its rows from: an exemplar memory, or a GAN (``strategies.generative``)."""
 
 
+SAMPLINGS = ("uniform", "loader")
+"""How a step draws its replay rows (``replay.sampling``): ``uniform``, afresh every step
+(without replacement within the step); ``loader``, as a PyTorch ``DataLoader(shuffle=True,
+drop_last=True)`` over the memory cycled next to the task's loader (Kaizen, ``main_pretrain.py``
+l.132-164 with Lightning's ``max_size_cycle``): each epoch walks passes over a fresh random order
+of the eligible exemplars, ``batch_size`` of them a step, the last incomplete batch of a pass
+dropped."""
+
+
 def default_config() -> ml_collections.ConfigDict:
-    """``config.replay``: a memory of 500 exemplars filled by reservoir sampling, 32 replay rows.
+    """``config.replay``: a memory of 500 exemplars filled by reservoir sampling, 32 replay rows
+    drawn afresh every step (``sampling``, one of ``SAMPLINGS``).
 
     ``source='generator'`` draws the replay rows from a GAN instead (``cl_ssl.strategies.
     generative``; its settings are ``config.genifer.gan``), judging the backbone's stage
@@ -83,6 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
             fraction=0.01,
             source="memory",
             generator_stage=placeholder(int),
+            sampling="uniform",
         )
     )
 
@@ -122,11 +136,37 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
         )
     if not 0.0 < r.fraction <= 1.0:
         raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
+    if r.sampling not in SAMPLINGS:
+        raise ValueError(f"{section}.sampling={r.sampling!r}; choose one of {list(SAMPLINGS)}")
     if r.selection == "min_var" and r.per_class < 1:
         raise ValueError(
             f"{section}.selection='min_var' keeps {section}.per_class exemplars per cluster and "
             f"task; set {section}.per_class to at least 1 (CCL: 20)"
         )
+
+
+def loader_draw(
+    memory: memory_lib.Memory,
+    key: jax.Array,
+    size: int,
+    eligible: jax.Array,
+    *,
+    epoch: jax.Array,
+    step_in_epoch: jax.Array,
+):
+    """The ``size`` slots a shuffled, tail-dropping loader over the ``eligible`` slots (bool [M])
+    gives at step ``step_in_epoch`` of epoch ``epoch`` (int32 []), restarted every epoch: with n
+    eligible slots, a pass is floor(n / size) batches of a random order drawn from ``key``
+    (constant within the stage) folded with the epoch and the pass; fewer than ``size`` eligible
+    slots are cycled (the reference's loader then takes batches of n). Returns (slots int32
+    [size], any eligible: bool [])."""
+    n = jnp.sum(eligible, dtype=jnp.int32)
+    per_pass = jnp.maximum(n // size, 1)
+    pass_key = jax.random.fold_in(jax.random.fold_in(key, epoch), step_in_epoch // per_pass)
+    scores = jnp.where(eligible, jax.random.uniform(pass_key, eligible.shape), -jnp.inf)
+    order = jnp.argsort(-scores)  # the eligible slots first, in a uniformly random order
+    positions = (step_in_epoch % per_pass) * size + jnp.arange(size)
+    return order[positions % jnp.maximum(n, 1)].astype(jnp.int32), n > 0
 
 
 def draw(memory: memory_lib.Memory, key: jax.Array, size: int, eligible: jax.Array):
@@ -328,21 +368,49 @@ def rehearsal(
     scenario (``tasks_per_class``)."""
     r = functools.reduce(lambda c, key: c[key], section.split("."), config)
     check_config(r, section)
+    epoch, step_in_epoch = f"{section}/epoch", f"{section}/step_in_epoch"
+    fill = memory_state(
+        lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class(config)),
+        on_device=config.dataset.on_device,
+    )
 
-    def extend_batch(state, batch, data, key, task):
-        memory = state.buffers["memory"]
-        eligible = memory.valid & (memory.tasks < task)  # earlier tasks only
-        slots, available = draw(memory, key, r.batch_size, eligible)
-        return join(batch, memory_rows(memory, slots, data, available))
+    def init(variables, key, train):
+        state = fill(variables, key, train)
+        if r.sampling == "uniform":
+            return state
+        # The loader's orders derive from this key, the task, the epoch and the pass.
+        order_key = jax.random.key_data(jax.random.fold_in(key, 0x10AD))
+        return state.replace(buffers={**state.buffers, ORDER_KEY: order_key})
+
+    def extend_batch(inputs: RowInputs):
+        memory = inputs.state.buffers["memory"]
+        eligible = memory.valid & (memory.tasks < inputs.task)  # earlier tasks only
+        if r.sampling == "uniform":
+            slots, available = draw(memory, inputs.key, r.batch_size, eligible)
+        else:
+            order_key = jax.random.wrap_key_data(inputs.state.buffers[ORDER_KEY])
+            slots, available = loader_draw(
+                memory,
+                jax.random.fold_in(order_key, inputs.task),
+                r.batch_size,
+                eligible,
+                epoch=inputs.hyper[epoch].astype(jnp.int32),
+                step_in_epoch=inputs.hyper[step_in_epoch].astype(jnp.int32),
+            )
+        return join(inputs.batch, memory_rows(memory, slots, inputs.data, available))
+
+    def schedules(num_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        if r.sampling == "uniform":
+            return {}
+        steps = np.arange(num_steps)
+        return {epoch: steps // steps_per_epoch, step_in_epoch: steps % steps_per_epoch}
 
     return Strategy(
         name="replay",
-        init=memory_state(
-            lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class(config)),
-            on_device=config.dataset.on_device,
-        ),
+        init=init,
         extend_batch=extend_batch,
         extends_batch_from=1,
+        schedules=schedules,
         **(
             {"update_buffers": in_step_update(r.selection, r.per_class)}
             if r.selection in IN_STEP

@@ -162,6 +162,7 @@ def _make(config, objective: Objective, *, name: str, rehearse: bool) -> Strateg
         end_task=end_task,
         extend_batch=None if rehearsal is None else rehearsal.extend_batch,
         extends_batch_from=1 if rehearsal is None else rehearsal.extends_batch_from,
+        **({} if rehearsal is None else {"schedules": rehearsal.schedules}),
         loss=loss,
         update_buffers=update_buffers,
         classify=classify,

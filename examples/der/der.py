@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cl_ssl import memory as memory_lib
-from cl_ssl.strategies import LossInputs, Strategy, StrategySpec
+from cl_ssl.strategies import LossInputs, RowInputs, Strategy, StrategySpec
 from cl_ssl.strategies.base import output_widths
 from cl_ssl.strategies.replay import in_step_update, memory_rows, memory_state
 
@@ -74,11 +74,10 @@ def make(config: ml_collections.ConfigDict, objective) -> Strategy:
         raise ValueError(f"der.output={c.output!r}; choose one of the model's {sorted(widths)}")
     slot = {STORED: jax.ShapeDtypeStruct((widths[c.output],), jnp.float32)}
 
-    def side_batch(state, batch, data, key, task):
-        del batch, task
-        memory = state.buffers["memory"]
-        slots, drawn = memory_lib.sample(memory, key, c.batch_size)
-        return memory_rows(memory, slots, data, drawn)
+    def side_batch(inputs: RowInputs):
+        memory = inputs.state.buffers["memory"]
+        slots, drawn = memory_lib.sample(memory, inputs.key, c.batch_size)
+        return memory_rows(memory, slots, inputs.data, drawn)
 
     def loss(inputs: LossInputs):
         side = inputs.side
