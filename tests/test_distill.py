@@ -1,7 +1,7 @@
 """Tests of the distillation terms of cl_ssl.losses.distill (CaSSLe, Fini et al., CVPR 2022;
 PFR, Gomez-Villa et al., CVPRW 2022): NumPy transcriptions of the formulas, closed forms,
-stop-gradient on the teacher, finite differences, batch-permutation invariance, input checks,
-and 1 device against 4 (sharded jit and shard_map)."""
+stop-gradient on the teacher, finite differences, batch-permutation invariance and input checks.
+The single-device, sharded-jit and shard_map paths are compared in tests/test_losses_sharded.py."""
 
 import functools
 
@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from test_losses import np_barlow_twins
 
@@ -553,28 +552,7 @@ def test_lists_are_accepted_as_views():
 
 
 # ---------------------------------------------------------------------------------------------
-# 1 device against 4: sharded jit and shard_map with axis_name
-
-
-@pytest.mark.parametrize("name", sorted(_TERMS))
-def test_one_device_equals_four(name, mesh):
-    fn = _TERMS[name]
-    ps, zs = _inputs(70)  # batch 8 per view: 2 rows per device
-    loss_and_grad = jax.jit(jax.value_and_grad(fn))
-    expected = loss_and_grad(ps, zs)
-
-    sharding = NamedSharding(mesh, P("data"))
-    sharded = loss_and_grad(jax.device_put(ps, sharding), jax.device_put(zs, sharding))
-    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
-
-    per_device = jax.shard_map(
-        functools.partial(fn, axis_name="data"),
-        mesh=mesh,
-        in_specs=(P("data"), P("data")),
-        out_specs=P(),
-    )
-    manual = jax.jit(jax.value_and_grad(per_device))(ps, zs)
-    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)
+# shard_map (the sharded paths against one device: tests/test_losses_sharded.py)
 
 
 def test_similarity_distillation_batch_check_counts_global_rows_under_shard_map(mesh):
@@ -764,22 +742,3 @@ def test_relational_distillation_trains_the_students_queries_and_anchors_only():
         sq, sa, sq, sa, student_temperature=0.1, teacher_temperature=0.1
     )
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
-
-
-def test_relational_distillation_one_device_equals_four(mesh):
-    sq, sa, tq, ta = _relational_inputs(100)
-    valid = np.array([1, 0, 1, 1, 0, 0, 0, 0], bool)  # devices 2 and 3 hold no valid row
-
-    def fn(sq, sa, tq, ta, valid, axis_name=None):
-        return losses.relational_distillation(sq, sa, tq, ta, valid=valid, axis_name=axis_name)
-
-    loss_and_grad = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
-    expected = loss_and_grad(sq, sa, tq, ta, valid)
-    sharding = NamedSharding(mesh, P("data"))
-    sharded = loss_and_grad(*(jax.device_put(x, sharding) for x in (sq, sa, tq, ta, valid)))
-    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
-    per_device = jax.shard_map(
-        functools.partial(fn, axis_name="data"), mesh=mesh, in_specs=P("data"), out_specs=P()
-    )
-    manual = jax.jit(jax.value_and_grad(per_device, argnums=(0, 1)))(sq, sa, tq, ta, valid)
-    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)

@@ -1,5 +1,5 @@
-"""Tests of cl_ssl.losses against independent NumPy transcriptions, closed forms and invariances,
-and of the single-device, sharded-jit and shard_map paths against each other (4 CPU devices)."""
+"""Tests of cl_ssl.losses against independent NumPy transcriptions, closed forms and invariances.
+The single-device, sharded-jit and shard_map paths are compared in tests/test_losses_sharded.py."""
 
 import functools
 
@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cl_ssl import losses
@@ -222,27 +221,6 @@ def test_nt_xent_rejects_bad_shapes(args, match):
 def test_nt_xent_rejects_non_positive_temperature(temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):
         losses.nt_xent(np.ones((4, 3)), np.ones((4, 3)), temperature=temperature)
-
-
-def test_nt_xent_one_device_equals_four(mesh):
-    z1, z2 = _normal(9, (8, 5)), _normal(10, (8, 5))
-    loss_and_grad = jax.jit(
-        jax.value_and_grad(functools.partial(losses.nt_xent, temperature=0.2), argnums=(0, 1))
-    )
-    expected = loss_and_grad(z1, z2)
-
-    sharding = NamedSharding(mesh, P("data"))
-    sharded = loss_and_grad(jax.device_put(z1, sharding), jax.device_put(z2, sharding))
-    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
-
-    per_device = jax.shard_map(
-        functools.partial(losses.nt_xent, temperature=0.2, axis_name="data"),
-        mesh=mesh,
-        in_specs=P("data"),
-        out_specs=P(),
-    )
-    manual = jax.jit(jax.value_and_grad(per_device, argnums=(0, 1)))(z1, z2)
-    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)
 
 
 def test_nt_xent_batch_check_counts_global_rows_under_shard_map(mesh):
@@ -523,85 +501,6 @@ def test_bf16_inputs_compute_in_float32():
         assert value.dtype == jnp.float32, name
         np.testing.assert_allclose(value, fn(a32, b32), rtol=RTOL, atol=ATOL, err_msg=name)
     assert losses.sinkhorn(a16).dtype == jnp.float32
-
-
-# ---------------------------------------------------------------------------------------------
-# 1 device against 4: sharded jit and shard_map with axis_name
-
-
-_AXIS_LOSSES = {
-    # name: (loss of (x, y, *extra, axis_name) -> scalar, extra replicated inputs)
-    "info_nce": (
-        lambda x, y, queue, axis_name=None: losses.info_nce(x, y, queue, axis_name=axis_name),
-        (_normal(70, (6, 4)),),
-    ),
-    "byol_loss": (losses.byol_loss, ()),
-    "simsiam_loss": (losses.simsiam_loss, ()),
-    "barlow_twins_loss": (losses.barlow_twins_loss, ()),
-    "vicreg_loss": (
-        lambda x, y, axis_name=None: losses.vicreg_loss(x, y, axis_name=axis_name)[0],
-        (),
-    ),
-    "swav_loss": (lambda x, y, axis_name=None: losses.swav_loss(x, y, axis_name=axis_name), ()),
-    "swav_loss with queue": (
-        lambda x, y, axis_name=None: losses.swav_loss(
-            x, y, queue_scores1=2 * y, queue_scores2=x[::-1], axis_name=axis_name
-        ),
-        (),
-    ),
-    "similarity_kl": (losses.similarity_kl, ()),
-    "dino_loss": (
-        lambda x, y, center, axis_name=None: losses.dino_loss(x, y, center, axis_name=axis_name),
-        (_normal(71, (4,), scale=0.1),),
-    ),
-}
-
-
-@pytest.mark.parametrize("name", sorted(_AXIS_LOSSES))
-def test_losses_one_device_equals_four(name, mesh):
-    fn, extra = _AXIS_LOSSES[name]
-    x, y = _normal(72, (8, 4), scale=0.5), _normal(73, (8, 4), scale=0.5)
-    loss_and_grad = jax.jit(jax.value_and_grad(fn))
-    expected = loss_and_grad(x, y, *extra)
-
-    sharding = NamedSharding(mesh, P("data"))
-    sharded = loss_and_grad(jax.device_put(x, sharding), jax.device_put(y, sharding), *extra)
-    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
-
-    per_device = jax.shard_map(
-        functools.partial(fn, axis_name="data"),
-        mesh=mesh,
-        in_specs=(P("data"), P("data")) + (P(),) * len(extra),
-        out_specs=P(),
-    )
-    manual = jax.jit(jax.value_and_grad(per_device))(x, y, *extra)
-    chex.assert_trees_all_close(manual, expected, rtol=RTOL, atol=ATOL)
-
-
-def test_sinkhorn_one_device_equals_four(mesh):
-    scores = _cosine_scores(74, 8)
-    expected = losses.sinkhorn(scores)
-    sharded = jax.jit(losses.sinkhorn)(jax.device_put(scores, NamedSharding(mesh, P("data"))))
-    chex.assert_trees_all_close(sharded, expected, rtol=RTOL, atol=ATOL)
-    per_device = jax.shard_map(
-        functools.partial(losses.sinkhorn, axis_name="data"),
-        mesh=mesh,
-        in_specs=P("data"),
-        out_specs=P("data"),
-    )
-    chex.assert_trees_all_close(jax.jit(per_device)(scores), expected, rtol=RTOL, atol=ATOL)
-
-
-def test_vicreg_terms_one_device_equal_four(mesh):
-    x, y = _normal(75, (8, 4)), _normal(76, (8, 4))
-    expected = losses.vicreg_loss(x, y)
-    per_device = jax.shard_map(
-        functools.partial(losses.vicreg_loss, axis_name="data"),
-        mesh=mesh,
-        in_specs=P("data"),
-        out_specs=P(),
-    )
-    chex.assert_trees_all_close(jax.jit(per_device)(x, y), expected, rtol=RTOL, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from cl_ssl.losses.objectives import (
     _check_embeddings,
     _check_min_batch,
     _check_positive,
+    _gathered_rows,
     barlow_twins_loss,
     byol_loss,
     l2_normalize,
@@ -60,13 +61,6 @@ def _mean_over_views(fn: str, term, predictions: Views, targets: Views) -> jax.A
     _check_views(fn, predictions, targets)
     values = [term(p, lax.stop_gradient(t)) for p, t in zip(predictions, targets, strict=True)]
     return sum(values) / len(values)
-
-
-def _gathered_columns(u: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-    """The rows of every device as columns, and this device's offset among them."""
-    if axis_name is None:
-        return u, jnp.zeros((), jnp.int32)
-    return lax.all_gather(u, axis_name, tiled=True), lax.axis_index(axis_name) * u.shape[0]
 
 
 def contrastive_distillation(
@@ -102,7 +96,7 @@ def contrastive_distillation(
     z = lax.stop_gradient(l2_normalize(_as_float(jnp.concatenate(targets, axis=0))))
 
     def cross_entropy(rows, columns):
-        gathered, offset = _gathered_columns(columns, axis_name)
+        gathered, offset = _gathered_rows(columns, axis_name)
         log_prob = jax.nn.log_softmax(rows @ gathered.T / temperature, axis=-1)
         own = offset + jnp.arange(rows.shape[0])
         return -_batch_mean(jnp.take_along_axis(log_prob, own[:, None], axis=-1)[:, 0], axis_name)
@@ -277,7 +271,7 @@ def similarity_distillation(
     def term(p, t):
         _check_min_batch("similarity_distillation", p.shape[0], 2, axis_name)
         s, t = l2_normalize(_as_float(p)), l2_normalize(_as_float(t))
-        anchors, offset = _gathered_columns(t, axis_name)
+        anchors, offset = _gathered_rows(t, axis_name)
         rows = jnp.arange(s.shape[0])
         # Column k of row i is anchor k, skipping the row's own image.
         others = jnp.arange(anchors.shape[0] - 1)[None, :]
@@ -346,9 +340,9 @@ def relational_distillation(
         anchor_valid = jnp.ones(num_anchors, bool)
     if valid is None:
         valid = jnp.ones(rows, bool)
-    student_anchors, _ = _gathered_columns(l2_normalize(_as_float(student_anchors)), axis_name)
-    teacher_anchors, _ = _gathered_columns(l2_normalize(_as_float(teacher_anchors)), axis_name)
-    anchor_valid, _ = _gathered_columns(anchor_valid, axis_name)
+    student_anchors, _ = _gathered_rows(l2_normalize(_as_float(student_anchors)), axis_name)
+    teacher_anchors, _ = _gathered_rows(l2_normalize(_as_float(teacher_anchors)), axis_name)
+    anchor_valid, _ = _gathered_rows(anchor_valid, axis_name)
     kl = similarity_kl_rows(
         l2_normalize(_as_float(student_queries)) @ student_anchors.T,
         lax.stop_gradient(l2_normalize(_as_float(teacher_queries)) @ teacher_anchors.T),

@@ -4,8 +4,13 @@ Every function takes embeddings or scores shaped ``[batch, dim]`` and hyper-para
 arguments, computes in float32 (float64 inputs stay float64) and returns a scalar, except where the
 docstring says otherwise. Batch means and batch statistics cover the *global* batch:
 
-* under ``jax.jit`` on arrays sharded along the batch over a mesh with ``AxisType.Auto``, the
-  functions see the global batch directly and need no ``axis_name``;
+* under ``jax.jit`` on arrays sharded along the batch, the functions see the global batch directly
+  and need no ``axis_name``, on a mesh of ``AxisType.Explicit`` axes (``jax.make_mesh``'s default)
+  as on one of ``AxisType.Auto`` axes. On an Explicit mesh, where a product's sharding is part of
+  its type and JAX refuses one that is ambiguous, the operands that play the role of
+  ``all_gather``'s columns are replicated with ``jax.sharding.reshard`` and the products summed
+  over the batch are asked for replicated (``out_sharding``), the global-view counterparts of the
+  ``all_gather`` and ``psum`` of the ``shard_map`` path;
 * inside ``jax.shard_map``, pass the mesh axis that splits the batch as ``axis_name``: negatives are
   gathered with ``lax.all_gather`` and statistics reduced with ``lax.psum``/``lax.pmean``, so the
   result equals the global call (each device must hold the same number of rows). Called inside
@@ -24,6 +29,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, used by the reference implementations.
 
@@ -38,6 +45,40 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     """n(x) = x / max(||x||_2, 1e-12) along ``axis``, as PyTorch's ``F.normalize``."""
     sq_norm = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
+
+
+def _explicit_mesh(*arrays: jax.Array):
+    """The mesh of the first array whose type is sharded over mesh axes (``jit`` on an Explicit
+    mesh), or None: outside any mesh, on Auto axes (their shardings are not part of the type) and
+    inside ``shard_map`` (Manual axes) no operand needs resharding."""
+    for x in arrays:
+        sharding = jax.typeof(x).sharding
+        if any(axis is not None for axis in sharding.spec):
+            return sharding.mesh
+    return None
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    """``x`` replicated on every device when its type is sharded (an Explicit mesh): every row,
+    as ``lax.all_gather(..., tiled=True)`` inside ``shard_map``; ``x`` itself otherwise."""
+    mesh = _explicit_mesh(x)
+    return x if mesh is None else jax.sharding.reshard(x, NamedSharding(mesh, P()))
+
+
+def _gathered_rows(u: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array | int]:
+    """The rows of the global batch (every device's, in device order) and the index among them
+    of this call's first row: 0 outside ``shard_map``, where ``u`` is the global batch."""
+    if axis_name is None:
+        return _replicated(u), 0
+    return lax.all_gather(u, axis_name, tiled=True), lax.axis_index(axis_name) * u.shape[0]
+
+
+def _batch_product(a: jax.Array, b: jax.Array, axis_name: str | None) -> jax.Array:
+    """a^T b summed over the global batch (the leading axis of both): [Da, Db], replicated."""
+    mesh = _explicit_mesh(a, b)
+    sharding = None if mesh is None else NamedSharding(mesh, P())
+    product = jnp.matmul(a.T, b, out_sharding=sharding)
+    return product if axis_name is None else lax.psum(product, axis_name)
 
 
 def _axis_size(axis_name: str | None) -> int:
@@ -122,12 +163,8 @@ def nt_xent(
     b = z1.shape[0]
     _check_min_batch("nt_xent", b, 2, axis_name)
     u = l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D], local rows
-    if axis_name is None:
-        columns, offset = u, 0
-    else:
-        # Device d's block of columns is [its view-1 rows; its view-2 rows].
-        columns = lax.all_gather(u, axis_name, tiled=True)  # [2B, D]
-        offset = lax.axis_index(axis_name) * 2 * b
+    # [2B, D]; under shard_map device d's block of columns is [its view-1 rows; its view-2 rows].
+    columns, offset = _gathered_rows(u, axis_name)
     logits = u @ columns.T / temperature  # [2b, 2B]
     rows = jnp.arange(2 * b)
     self_column = offset + rows
@@ -294,8 +331,7 @@ def barlow_twins_loss(
 
     z1, z2 = standardise(z1), standardise(z2)
     n = z1.shape[0] * _axis_size(axis_name)
-    c = z1.T @ z2
-    c = (c if axis_name is None else lax.psum(c, axis_name)) / n
+    c = _batch_product(z1, z2, axis_name) / n
     on_diagonal = jnp.sum((1.0 - jnp.diagonal(c)) ** 2)
     return scale * (on_diagonal + lambd * _off_diagonal_square_sum(c))
 
@@ -341,10 +377,7 @@ def vicreg_loss(
     def variance_and_covariance(z):
         centred = z - _batch_mean(z, axis_name)
         variance = _batch_sum(centred * centred, axis_name) / (n - 1)
-        covariance = centred.T @ centred
-        covariance = (covariance if axis_name is None else lax.psum(covariance, axis_name)) / (
-            n - 1
-        )
+        covariance = _batch_product(centred, centred, axis_name) / (n - 1)
         return (
             jnp.mean(jax.nn.relu(1.0 - jnp.sqrt(variance + 1e-4))),
             _off_diagonal_square_sum(covariance) / d,
