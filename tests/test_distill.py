@@ -4,6 +4,7 @@ stop-gradient on the teacher, finite differences, batch-permutation invariance a
 The single-device, sharded-jit and shard_map paths are compared in tests/test_losses_sharded.py."""
 
 import functools
+import inspect
 
 import chex
 import jax
@@ -601,6 +602,26 @@ def test_mismatched_number_of_views_raises(fn, predictions, targets):
         fn(predictions, targets)
     assert fn.__name__ in str(info.value)
     assert f"{len(predictions)} predictions and {len(targets)} teacher outputs" in str(info.value)
+
+
+@pytest.mark.parametrize("fn", _ALL_FNS, ids=_FN_IDS)
+@pytest.mark.parametrize(
+    "predictions, targets, bad",
+    [
+        (_ONES, _ONES, 0),
+        ((_ONES,), _ONES, 1),
+        (np.stack([_ONES, _ONES]), (_ONES, _ONES), 0),  # views stacked in one array
+    ],
+    ids=["both arrays", "targets array", "stacked views"],
+)
+def test_an_array_in_place_of_a_tuple_of_views_raises(fn, predictions, targets, bad):
+    with pytest.raises(TypeError, match=r"one \[batch, dim\] array per view") as info:
+        fn(predictions, targets)
+    message = str(info.value)
+    name = list(inspect.signature(fn).parameters)[bad]
+    assert message.startswith(f"{fn.__name__}: {name} must be a tuple")
+    assert f"got an array of shape {np.shape((predictions, targets)[bad])}" in message
+    assert f"pass {name}=(view1, view2) for two views, or (view,) for one" in message
 
 
 @pytest.mark.parametrize("fn", _ALL_FNS, ids=_FN_IDS)

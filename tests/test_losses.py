@@ -557,3 +557,34 @@ def test_bad_shapes_raise(call, match):
 def test_bad_hyperparameters_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_sinkhorn_and_swav_take_a_traced_num_iters():
+    """``jax.jit(sinkhorn)(scores, num_iters=3)`` traces the keyword: the loop then runs that many
+    rounds, as a static ``num_iters`` does."""
+    scores = _cosine_scores(80, 6)
+    np.testing.assert_allclose(
+        jax.jit(losses.sinkhorn)(scores, num_iters=3),
+        losses.sinkhorn(scores, num_iters=3),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+    s1, s2 = scores, _cosine_scores(81, 6)
+    value, grads = jax.jit(jax.value_and_grad(losses.swav_loss, argnums=(0, 1)))(
+        s1, s2, num_iters=jnp.int32(5)
+    )
+    np.testing.assert_allclose(value, losses.swav_loss(s1, s2, num_iters=5), rtol=RTOL)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    with pytest.raises(
+        TypeError, match="sinkhorn: num_iters must be an integer scalar.*num_iters=3"
+    ):
+        jax.jit(losses.sinkhorn)(scores, num_iters=3.0)
+
+
+def test_l2_normalize_axis_is_keyword_only():
+    x = _normal(82, (3, 4))
+    np.testing.assert_allclose(
+        losses.l2_normalize(x, axis=0), x / np.linalg.norm(x, axis=0, keepdims=True), rtol=RTOL
+    )
+    with pytest.raises(TypeError, match="positional argument"):
+        losses.l2_normalize(x, 0)

@@ -6,8 +6,10 @@ frozen previous-task model's projection z-bar^v *of the same view*, through a lo
 kind as the SSL objective; PFR (Gomez-Villa et al., CVPRW 2022) applies a predictor the same way
 to backbone features. Every function here takes the predictions p^v = h(z^v) and the teacher's
 outputs as tuples with one [B, D] array per view (the student's views, usually two) and averages
-its per-view terms, the (1/2) sum_v of CaSSLe's distillers. The teacher side always passes
-through ``stop_gradient``.
+its per-view terms, the (1/2) sum_v of CaSSLe's distillers: ``fn((p1, p2), (z1, z2))``, or
+``fn((p,), (z,))`` for one view. A bare array in place of a tuple raises ``TypeError`` (a
+[V, B, D] stack would otherwise pass for V views, and a [B, D] array for B of them). The teacher
+side always passes through ``stop_gradient``.
 
 Conventions (float32 compute, global batch under ``jit``, optional ``axis_name`` inside
 ``shard_map``) are those of ``cl_ssl.losses.objectives``.
@@ -41,7 +43,21 @@ from cl_ssl.losses.objectives import (
 Views = Sequence[jax.Array]
 
 
-def _check_views(fn: str, predictions: Views, targets: Views) -> None:
+def _check_view_tuple(fn: str, name: str, views: Views) -> None:
+    """``views`` is a tuple or list of arrays, not one array (whose rows would pass for views)."""
+    if hasattr(views, "shape") or not isinstance(views, Sequence):
+        got = f"an array of shape {jnp.shape(views)}" if hasattr(views, "shape") else type(views)
+        raise TypeError(
+            f"{fn}: {name} must be a tuple with one [batch, dim] array per view, got {got}; pass "
+            f"{name}=(view1, view2) for two views, or (view,) for one"
+        )
+
+
+def _check_views(
+    fn: str, predictions: Views, targets: Views, names: tuple[str, str] = ("predictions", "targets")
+) -> None:
+    _check_view_tuple(fn, names[0], predictions)
+    _check_view_tuple(fn, names[1], targets)
     if len(predictions) != len(targets) or not predictions:
         raise ValueError(
             f"{fn}: pass one prediction and one teacher output per view, got {len(predictions)} "
@@ -57,8 +73,14 @@ def _check_views(fn: str, predictions: Views, targets: Views) -> None:
         )
 
 
-def _mean_over_views(fn: str, term, predictions: Views, targets: Views) -> jax.Array:
-    _check_views(fn, predictions, targets)
+def _mean_over_views(
+    fn: str,
+    term,
+    predictions: Views,
+    targets: Views,
+    names: tuple[str, str] = ("predictions", "targets"),
+) -> jax.Array:
+    _check_views(fn, predictions, targets, names)
     values = [term(p, lax.stop_gradient(t)) for p, t in zip(predictions, targets, strict=True)]
     return sum(values) / len(values)
 
@@ -235,7 +257,13 @@ def knowledge_distillation(
     def cross_entropy(s, t):
         return soft_cross_entropy(s, t, temperature=temperature, axis_name=axis_name)
 
-    return _mean_over_views("knowledge_distillation", cross_entropy, student_scores, teacher_scores)
+    return _mean_over_views(
+        "knowledge_distillation",
+        cross_entropy,
+        student_scores,
+        teacher_scores,
+        ("student_scores", "teacher_scores"),
+    )
 
 
 def similarity_distillation(

@@ -41,7 +41,7 @@ def _as_float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+def l2_normalize(x: jax.Array, *, axis: int = -1) -> jax.Array:
     """n(x) = x / max(||x||_2, 1e-12) along ``axis``, as PyTorch's ``F.normalize``."""
     sq_norm = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * lax.rsqrt(jnp.maximum(sq_norm, _NORM_EPS**2))
@@ -127,6 +127,22 @@ def _check_positive(fn: str, **values: float) -> None:
     for name, value in values.items():
         if isinstance(value, numbers.Real) and not value > 0:
             raise ValueError(f"{fn}: {name} must be > 0, got {value}; pass a positive {name}")
+
+
+def _check_num_iters(fn: str, num_iters: int | jax.Array) -> None:
+    """A Python (or NumPy) integer >= 1, or a traced integer scalar (not checked further)."""
+    if isinstance(num_iters, jax.core.Tracer):
+        if jnp.shape(num_iters) != () or not jnp.issubdtype(
+            jnp.result_type(num_iters), jnp.integer
+        ):
+            raise TypeError(
+                f"{fn}: num_iters must be an integer scalar, got a traced "
+                f"{jax.typeof(num_iters).str_short()}; pass an int such as num_iters=3"
+            )
+    elif isinstance(num_iters, bool) or not (
+        isinstance(num_iters, numbers.Integral) and num_iters >= 1
+    ):
+        raise ValueError(f"{fn}: num_iters must be an integer >= 1, got {num_iters!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +433,9 @@ def sinkhorn(
       scores: [B, K] sample-to-prototype scores (cosines between normalised embeddings and
         normalised prototypes in SwAV). Rows of a feature queue may be appended to the batch.
       epsilon: entropic regularisation > 0.
-      num_iters: number of column-then-row normalisation rounds, >= 1.
+      num_iters: number of column-then-row normalisation rounds, >= 1. A Python int unrolls into
+        a fixed loop; a traced integer (``jax.jit(sinkhorn)(scores, num_iters=3)`` traces keyword
+        arguments) runs a loop of that many rounds and, like traced temperatures, is not checked.
       axis_name: mesh axis that splits the samples inside ``jax.shard_map``; prototype sums, the
         total and B then cover all devices, and each device returns the codes of its own rows.
 
@@ -429,8 +447,7 @@ def sinkhorn(
             f"sinkhorn: scores must be a 2-D [batch, prototypes] array, got shape {jnp.shape(scores)}"
         )
     _check_positive("sinkhorn", epsilon=epsilon)
-    if not (isinstance(num_iters, numbers.Integral) and num_iters >= 1):
-        raise ValueError(f"sinkhorn: num_iters must be an integer >= 1, got {num_iters!r}")
+    _check_num_iters("sinkhorn", num_iters)
     logits = lax.stop_gradient(_as_float(scores)) / epsilon
     n, k = scores.shape[0] * _axis_size(axis_name), scores.shape[1]
     peak = jnp.max(logits)
