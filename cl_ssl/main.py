@@ -18,11 +18,23 @@ import traceback
 
 import jax
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from cl_ssl import train
-from cl_ssl.evaluation import report
+try:
+    from absl import app, flags, logging
+    from ml_collections import config_flags
+
+    from cl_ssl import train
+    from cl_ssl.evaluation import report
+except ModuleNotFoundError as _missing:
+    # The plain install (pip install cl_ssl) is the loss library, JAX and NumPy only; the command
+    # line's training stack is the `train` extra.
+    if __name__ != "__main__" or (_missing.name or "").partition(".")[0] == "cl_ssl":
+        raise
+    sys.exit(
+        f"error: python -m cl_ssl.main needs the training stack, which the plain install of "
+        f"cl_ssl (the loss library) leaves out: {_missing}. Install the train extra: "
+        f"pip install 'cl_ssl[train]' (from a checkout: pip install '.[train]')"
+    )
 
 _DEMO_CONFIG = importlib.resources.files("cl_ssl.configs") / "fashion_mnist.py"
 

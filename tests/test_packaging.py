@@ -4,6 +4,7 @@ import configparser
 import importlib.metadata
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -73,3 +74,80 @@ def test_installed_demo_runs_from_another_directory(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "config.json").exists()
     assert "fashion_mnist_idx" in (tmp_path / "run" / "config.json").read_text()
+
+
+# The top-level modules of the `train` extra's packages (and TensorFlow): absent from a plain
+# install.
+_TRAINING_STACK = (
+    "absl",
+    "chex",
+    "dm_pix",
+    "flax",
+    "grain",
+    "matplotlib",
+    "ml_collections",
+    "optax",
+    "orbax",
+    "sklearn",
+    "tensorboardX",
+    "tensorflow",
+    "tensorflow_datasets",
+    "tqdm",
+)
+_WITHOUT_TRAINING_STACK = f"""
+import importlib.abc, sys
+
+class PlainInstall(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {_TRAINING_STACK!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, PlainInstall())
+"""
+
+
+@pytest.fixture(scope="module")
+def plain_install(tmp_path_factory):
+    """The package as ``pip install .`` lays it out (setuptools' build_py of a copy of the
+    sources: the listed packages and their package data), in a folder to put on PYTHONPATH."""
+    root = tmp_path_factory.mktemp("plain_install")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, root / name)
+    for name in ("cl_ssl", "configs"):
+        shutil.copytree(ROOT / name, root / name, ignore=ignore)
+    subprocess.run(
+        [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py"]
+        + ["--build-lib", str(root / "lib")],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    return root / "lib"
+
+
+def test_plain_install_ships_py_typed_and_data(plain_install):
+    """Type checkers read the installed package's signatures (PEP 561's py.typed)."""
+    assert (plain_install / "cl_ssl" / "py.typed").is_file()
+    assert (plain_install / "cl_ssl" / "losses" / "objectives.py").is_file()
+    assert list((plain_install / "cl_ssl" / "data" / "splits").glob("*.json"))
+
+
+def test_plain_install_main_says_to_install_the_train_extra(plain_install, tmp_path):
+    """Without the `train` extra the losses import, and ``python -m cl_ssl.main`` says which
+    extra to install and exits non-zero, in place of a traceback ending in ModuleNotFoundError."""
+    code = _WITHOUT_TRAINING_STACK + (
+        "import runpy, cl_ssl.losses\n"
+        "print(cl_ssl.losses.__file__)\n"
+        "sys.argv = ['cl_ssl.main']\n"
+        "runpy.run_module('cl_ssl.main', run_name='__main__', alter_sys=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(plain_install), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert done.stdout.strip() == str(plain_install / "cl_ssl" / "losses" / "__init__.py")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "No module named 'absl'" in done.stderr
+    assert "pip install 'cl_ssl[train]'" in done.stderr
