@@ -3,8 +3,8 @@
 They use no Flax, no config objects and no global state, so that other JAX projects can import
 them. The SSL objectives (``objectives.py``), the continual strategies' distillation terms
 (``distill.py``), the classification terms of strategies that train a classifier
-(``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``)
-and ``sinkhorn`` (the [batch, prototypes] codes).
+(``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``),
+``sinkhorn`` (the [batch, prototypes] codes) and ``l2_normalize`` (its input, normalised).
 """
 
 from cl_ssl.losses.classification import (
