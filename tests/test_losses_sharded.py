@@ -240,8 +240,9 @@ def test_every_public_function_has_a_case():
     assert {name.partition(" ")[0] for name in CASES} == set(losses.__all__)
 
 
-@pytest.mark.parametrize("mode, devices", SETTINGS, ids=[f"{m}-{d}" for m, d in SETTINGS])
+# Settings vary slowest, so that each pytest-xdist worker starts on settings of its own.
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("mode, devices", SETTINGS, ids=[f"{m}-{d}" for m, d in SETTINGS])
 def test_sharded_equals_one_device(name, mode, devices):
     assert jax.device_count() >= devices, "tests/conftest.py should force 4 CPU devices"
     expected = _output(name, "one device", 1)
