@@ -4,6 +4,7 @@ min_var exemplars at the end of a task, and a whole run that resumes exactly mid
 import functools
 import json
 import shutil
+import types
 
 import chex
 import jax
@@ -28,7 +29,9 @@ from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data import augment
 from cl_ssl.data.batch import current_batch, join
+from cl_ssl.data.sources import ArraySplit
 from cl_ssl.objectives.base import target_params
+from cl_ssl.state import StrategyState
 from cl_ssl.strategies import base, ccl, replay
 from cl_ssl.strategies.base import BufferInputs, LossInputs
 
@@ -583,6 +586,51 @@ def test_min_var_memory_has_room_for_every_task_of_a_data_incremental_stream():
     labels = np.arange(100) % 10
     assert replay.capacity(r, labels, 10) == 200
     assert replay.capacity(r, labels, 10, tasks_per_class=5) == 1000
+
+
+def test_random_with_replacement_is_simplereplays_draw_over_each_task():
+    """replay.selection='random_with_replacement' (CCL's SimpleReplay, ``train.py`` l.386-389):
+    at the end of every task, per_class x (the task's classes) ids drawn uniformly with
+    replacement among the task's examples, each draw its own slot (duplicates kept), the earlier
+    tasks' exemplars untouched; the draws follow a NumPy generator seeded with the strategy's key
+    and the task."""
+    r = replay.default_config()
+    r.update(selection="random_with_replacement", per_class=3)
+    labels = np.repeat(np.arange(4), 3)  # 4 classes of 3 images: tasks of classes (0, 1), (2, 3)
+    assert replay.capacity(r, labels, 4) == 12
+    memory_state = memory.empty_memory(12)
+    key = jax.random.key(5)
+    end_task = replay.end_of_task_selection(r, None)
+    expected = []
+    for task in range(2):
+        indices = np.flatnonzero(np.isin(labels, (2 * task, 2 * task + 1)))
+        end = base.TaskEnd(
+            state=types.SimpleNamespace(
+                strategy=StrategyState(buffers={"memory": memory_state}), params={}, batch_stats={}
+            ),
+            next_task=task + 1,
+            key=key,
+            indices=indices,
+            train=ArraySplit(
+                images=np.zeros((12, 2, 2, 3), np.uint8), labels=labels, num_classes=4
+            ),
+            features=None,
+            map_images=None,
+        )
+        memory_state = end_task(end).buffers["memory"]
+        # The NumPy rule: 3 x 2 draws of np.random.Generator.integers over the task's 6 images.
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist() + [task]
+        expected.append(indices[np.random.default_rng(seed).integers(0, 6, size=6)])
+        valid = np.asarray(memory_state.valid)
+        assert valid.sum() == 6 * (task + 1)
+        stored = np.asarray(memory_state.ids)[valid]
+        stored_tasks = np.asarray(memory_state.tasks)[valid]
+        for t, ids in enumerate(expected):
+            np.testing.assert_array_equal(np.sort(stored[stored_tasks == t]), np.sort(ids))
+        np.testing.assert_array_equal(np.asarray(memory_state.labels)[valid], labels[stored])
+    assert len(np.unique(expected[0])) < 6 or len(np.unique(expected[1])) < 6  # a repeat kept
+    with pytest.raises(ValueError, match="ccl.replay.per_class to at least 1"):
+        _parts(**{"ccl.replay.selection": "random_with_replacement", "ccl.replay.per_class": 0})
 
 
 def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():

@@ -26,7 +26,11 @@ fills it:
   each cluster the ``replay.per_class`` images whose embedding moves least under augmentation
   (``cl_ssl.memory.min_var_per_cluster``), at the end of every task. With ``strategy=replay`` it
   is the SimpleReplay baseline on CCL's exemplars (CCL's own SimpleReplay draws uniformly,
-  ``train.py::save_replay_image``).
+  ``train.py::save_replay_image``);
+- ``random_with_replacement``: CCL's SimpleReplay (``train.py`` l.386-389,
+  ``np.random.randint(len(X_train), size=n_save * n_cls)``): ``replay.per_class`` times the
+  task's class count draws among the task's images, uniform and with replacement (an image
+  drawn twice fills two slots), at the end of every task; the labels play no part in the draw.
 
 Budgets: a fixed total ``replay.memory_size`` shared equally by the seen classes (iCaRL), or
 ``replay.per_class`` exemplars per class when it is > 0 (the capacity is then per_class times the
@@ -56,7 +60,10 @@ from cl_ssl.state import StrategyState
 from cl_ssl.strategies.base import BufferInputs, RowInputs, Strategy, StrategySpec, TaskEnd
 
 IN_STEP = ("reservoir", "class_balanced")
-AT_TASK_END = ("herding", "random", "first_per_class", "min_var")
+AT_TASK_END = ("herding", "random", "first_per_class", "min_var", "random_with_replacement")
+PER_TASK = ("min_var", "random_with_replacement")
+"""Selections that add ``replay.per_class`` exemplars per class of the finished task, whatever
+their classes, and never shrink the earlier ones."""
 MIN_VAR_VIEWS = 7
 """Views per image that ``min_var`` embeds: 6 augmentations and the centre crop, last
 (``moco/loader.py::MultiViewTransform``, num=6)."""
@@ -111,7 +118,7 @@ def capacity(
     if r.selection == "first_per_class":
         counts = np.bincount(classes, minlength=num_classes)
         return int(sum(math.floor(r.fraction * n + 1e-9) for n in counts))
-    if r.selection == "min_var":
+    if r.selection in PER_TASK:
         return r.per_class * num_classes * tasks_per_class
     return r.per_class * num_classes if r.per_class > 0 else r.memory_size
 
@@ -138,10 +145,11 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
         raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
     if r.sampling not in SAMPLINGS:
         raise ValueError(f"{section}.sampling={r.sampling!r}; choose one of {list(SAMPLINGS)}")
-    if r.selection == "min_var" and r.per_class < 1:
+    if r.selection in PER_TASK and r.per_class < 1:
         raise ValueError(
-            f"{section}.selection='min_var' keeps {section}.per_class exemplars per cluster and "
-            f"task; set {section}.per_class to at least 1 (CCL: 20)"
+            f"{section}.selection={r.selection!r} keeps {section}.per_class exemplars per class "
+            f"(min_var: per cluster) of every task; set {section}.per_class to at least 1 "
+            "(CCL: 20)"
         )
 
 
@@ -287,6 +295,10 @@ def end_of_task_selection(
         elif r.selection == "min_var":
             rows, priority = _min_var_rows(end, ids, classes, r.per_class, embed, task)
             quota = memory.capacity  # per_class per cluster, as many clusters as classes
+        elif r.selection == "random_with_replacement":
+            rows = random_with_replacement_rows(end.key, task, classes, r.per_class)
+            priority = np.zeros(len(rows), np.float32)
+            quota = memory.capacity  # per_class per class of the task, drawn over the task
         else:
             rows, priority = _ranked_rows(end, ids, classes, quota, r.selection, task)
         chosen = ids[rows]
@@ -318,6 +330,16 @@ def _min_var_rows(end: TaskEnd, ids, classes, per_cluster: int, embed, task: int
         embeddings, num_clusters=len(np.unique(classes)), per_cluster=per_cluster, seed=task
     )
     return rows, -rank.astype(np.float32)
+
+
+def random_with_replacement_rows(
+    key: jax.Array, task: int, classes: np.ndarray, per_class: int
+) -> np.ndarray:
+    """int [per_class * (the task's class count)]: rows of the finished task's examples (whose
+    classes are ``classes``), drawn uniformly with replacement from a generator seeded with the
+    strategy's ``key`` and the ``task`` (CCL's SimpleReplay, ``train.py`` l.386-389)."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist() + [task])
+    return rng.integers(0, len(classes), size=per_class * len(np.unique(classes)))
 
 
 def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: int):
