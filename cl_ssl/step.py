@@ -253,7 +253,7 @@ def build_step_fn(
             for key, view, crop in zip(view_keys, objective.views, crops, strict=True)
         )
         if extend and strategy.transform_views is not None:
-            views = strategy.transform_views(views, batch, strategy_key)
+            views = strategy.transform_views(views, batch, rows(strategy_key))
         target = None
         if objective.target is not None:
             target = objective.target(state.objective_state, *views)

@@ -583,15 +583,13 @@ def test_generated_rows_share_one_crop_and_flip_and_stay_in_float(initial):
 
     data = train_data(8, tasks=np.array([0, 0, 1, 1, 0, 0, 1, 1]))
     batch = current_batch(data, jnp.arange(8))
-    key = jax.random.PRNGKey(2)
-    joined = strategy.extend_batch(RowInputs(state, batch, data, key, jnp.int32(1), {}))
+    rows = RowInputs(state, batch, data, jax.random.PRNGKey(2), jnp.int32(1), {})
+    joined = strategy.extend_batch(rows)
     views = (augment.augment_batch(jax.random.PRNGKey(5), joined.images, view),) * 2
-    new = strategy.transform_views(views, joined, key)
+    new = strategy.transform_views(views, joined, rows)
     np.testing.assert_array_equal(new[0][:4], views[0][:4])
     generated = np.asarray(new[0][4:]) * np.asarray(view.std) + np.asarray(view.mean)
     assert generated.min() >= -1e-5 and generated.max() <= 1 + 1e-5
     assert not np.allclose(generated * 255, np.round(generated * 255), atol=1e-3)  # not pixels
-    with pytest.raises(RuntimeError, match="the batch its extend_batch returned"):
-        strategy.transform_views(views, joined, key)  # used once
     _, _, as_pixels = _parts(**{"genifer.replay_images": "uint8"})
     assert as_pixels.transform_views is None

@@ -218,6 +218,11 @@ def test_first_per_class_selection_is_kaizens():
 # LUMP's mixup
 
 
+def _rows(batch, key):
+    """The ``RowInputs`` LUMP's hooks read: the batch and the step's key."""
+    return base.RowInputs(state=None, batch=batch, data=None, key=key, task=0, hyper={})
+
+
 def test_lump_mixes_both_views_with_one_beta_lambda():
     _, _, strat = _parts("lump")
     rng = np.random.default_rng(0)
@@ -225,7 +230,7 @@ def test_lump_mixes_both_views_with_one_beta_lambda():
     full = current_batch(train_data(8), jnp.arange(8))
     lams = []
     for seed in range(400):
-        mixed = strat.transform_views(views, full, jax.random.PRNGKey(seed))
+        mixed = strat.transform_views(views, full, _rows(full, jax.random.PRNGKey(seed)))
         assert all(m.shape == (4, 4, 4, 3) for m in mixed)
         # x~ = lam a + (1 - lam) b: lam recovered from one entry fits every entry of both views.
         a, b = views[0][:4], views[0][4:]
@@ -240,7 +245,7 @@ def test_lump_mixes_both_views_with_one_beta_lambda():
     assert abs(lams.var() - 1 / (4 * (2 * alpha + 1))) < 0.03
     # An empty buffer (invalid buffer rows): no mixing at all.
     empty = full.replace(valid=jnp.arange(8) < 4)
-    mixed = strat.transform_views(views, empty, jax.random.PRNGKey(0))
+    mixed = strat.transform_views(views, empty, _rows(empty, jax.random.PRNGKey(0)))
     for m, v in zip(mixed, views, strict=True):
         np.testing.assert_array_equal(m, v[:4])
 

@@ -261,8 +261,10 @@ class Strategy:
         objective's loss nor the student's BatchNorm statistics (``LossInputs.side_outputs``),
         from stage ``extends_batch_from`` on; their ``valid`` flag is the strategy's to apply.
       extends_batch_from: the first stage whose step calls ``extend_batch`` and ``side_batch``.
-      transform_views: optional (augmented views of the extended batch, that batch, key) -> the
-        views the student and the objective see (LUMP's mixup); with ``extend_batch`` only.
+      transform_views: optional (augmented views of the extended batch, that batch, the
+        ``RowInputs`` ``extend_batch`` got, its key included) -> the views the student and the
+        objective see (LUMP's mixup; Genifer's float generated images, drawn again from those
+        inputs); with ``extend_batch`` only.
       loss: optional ``LossInputs`` -> (weighted term added to the objective's loss, metrics),
         with its own gating (a term that needs a previous task's teacher is 0 on the first task).
       update_buffers: optional ``BufferInputs`` -> the new ``buffers`` (a queue of the step's

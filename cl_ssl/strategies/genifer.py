@@ -182,36 +182,25 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             buffers={**state.buffers, generative.BUFFERS: replay.init(variables, k_gan, train)},
         )
 
-    # With replay_images='float', ``extend_batch`` joins the generated rows as uint8 pixels (the
-    # batch holds uint8 images) and leaves their float images here; ``transform_views``, which the
-    # step calls next, in the same trace and with the batch ``extend_batch`` returned, puts them
-    # in place of those rows' views. The check on the batch's identity keeps a traced array from
-    # reaching another trace.
-    pending: dict = {}
+    def generate(inputs: RowInputs):
+        """The generator's images and classes of the step's generated rows."""
+        own = inputs.state.buffers[generative.BUFFERS]
+        channels = inputs.batch.images.shape[-1]
+        return replay.generated(own, inputs.data, inputs.key, inputs.task, generated, channels)
 
     def extend_batch(inputs: RowInputs):
         kept = jax.tree.map(lambda x: x[:real], inputs.batch)
-        channels = inputs.batch.images.shape[-1]
-        own = inputs.state.buffers[generative.BUFFERS]
-        images, labels = replay.generated(
-            own, inputs.data, inputs.key, inputs.task, generated, channels
-        )
-        joined = join(kept, replay.as_rows(images, labels))
-        pending.clear()
-        pending.update(batch=joined, images=images)
-        return joined
+        return join(kept, replay.as_rows(*generate(inputs)))
 
-    def transform_views(views, batch, key):
-        if pending.get("batch") is not batch:
-            raise RuntimeError(
-                "genifer's transform_views needs the batch its extend_batch returned, in the "
-                "same trace"
-            )
-        images = pending.pop("images")
-        pending.clear()
+    def transform_views(views, batch, inputs: RowInputs):
+        # With replay_images='float' the generated rows joined the batch as uint8 pixels (the
+        # batch holds uint8 images); their views become the float images, drawn again from the
+        # same inputs: inside the jitted step the two identical computations are one.
+        del batch
+        images, _ = generate(inputs)
         return tuple(
             view_images.at[real:].set(
-                crop_and_flip_together(jax.random.fold_in(key, 0x47E + i), images, cfg)
+                crop_and_flip_together(jax.random.fold_in(inputs.key, 0x47E + i), images, cfg)
             )
             for i, (view_images, cfg) in enumerate(zip(views, objective.views, strict=True))
         )

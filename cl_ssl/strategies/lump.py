@@ -53,9 +53,9 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         slots, available = replay.draw(memory, inputs.key, batch.size, memory.valid)
         return join(batch, replay.memory_rows(memory, slots, inputs.data, available))
 
-    def transform_views(views, batch, key):
+    def transform_views(views, batch, inputs: RowInputs):
         half = batch.size // 2
-        lam = jax.random.beta(jax.random.fold_in(key, 3), c.alpha, c.alpha)
+        lam = jax.random.beta(jax.random.fold_in(inputs.key, 3), c.alpha, c.alpha)
         lam = jnp.where(batch.valid[half], lam, 1.0)  # nothing in the buffer yet: no mixing
         return tuple(lam * v[:half] + (1.0 - lam) * v[half:] for v in views)
 
