@@ -17,8 +17,9 @@ such a GAN too.
 Every strategy is a module that declares a ``StrategySpec`` as its module-level ``STRATEGY``; a
 run names it by the module's import path (``--config.strategy=my_project.my_method``, or
 ``my_project.my_method:OTHER_SPEC`` for a spec under another name), and the built-in names below
-are short names for the library's own modules. ``cl_ssl.config.use_strategy`` adds a strategy's
-config section to a config.
+are short names for the library's own modules. ``cl_ssl.config.use_strategy`` sets the name and
+adds the strategy's config section to a config: a config file calls it for a strategy with
+settings, which the command line alone cannot add.
 """
 
 from __future__ import annotations

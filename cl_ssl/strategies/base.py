@@ -313,8 +313,10 @@ class Strategy:
 @dataclasses.dataclass(frozen=True)
 class StrategySpec:
     """What a strategy module declares, as its module-level ``STRATEGY``, for a run to select it
-    by name: ``--config.strategy=cassle`` (a built-in) or ``--config.strategy=package.module``
-    (any importable module: a user's own, registered exactly as the built-ins are).
+    by name: ``--config.strategy=cassle`` (a built-in) or ``package.module`` (any importable
+    module: a user's own, registered exactly as the built-ins are). A strategy with a config
+    section is named in the config file by ``cl_ssl.config.use_strategy``, which adds the section
+    (a run refuses a config that lacks it).
 
     Attributes:
       make: (the run's config, ``Objective``) -> ``Strategy``. It runs before anything compiles:
