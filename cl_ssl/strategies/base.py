@@ -78,7 +78,8 @@ class LossInputs:
       data: the training split (``TrainData``): the classes and tasks of every example (the
         classes seen so far, for a growing classifier).
       key: the strategy's key for random draws inside its term, new every step.
-      own_rows: the number of the step's own rows, first in ``batch`` (static).
+      own_rows: the number of the step's own rows, first in ``batch`` (static); a strategy whose
+        ``extend_batch`` replaces some of them instead of joining rows (Genifer) knows its layout.
       extended: whether this stage's step joined the strategy's rows (static): ``batch`` then has
         ``batch.size - own_rows`` of them after the step's own, and ``side`` is set when the
         strategy has a ``side_batch``.
