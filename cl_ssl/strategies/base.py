@@ -37,7 +37,9 @@ class RowInputs:
       state: the strategy's state before the step (its buffers: a memory to draw from).
       batch: the step's own rows (``Batch``).
       data: the training split (``TrainData``): images on the device, labels, classes, tasks.
-      key: the strategy's key for this hook's draws, new every step.
+      key: the strategy's key for this hook's draws, new every step; the keys of ``side_batch``,
+        ``loss`` and ``update_buffers`` are ``jax.random.fold_in(key, 5 | 4 | 1)``, so draw
+        further keys from it with ``jax.random.split``, not with ``fold_in`` of small integers.
       task: int32 [], the task being trained.
       hyper: the step's per-step scalars (the strategy's ``schedules`` among them: a replay
         loader's position in its epoch).
