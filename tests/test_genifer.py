@@ -555,6 +555,10 @@ def test_ema_ramp_spans_a_quarter_of_the_classifiers_batches_as_the_reference():
     assert genifer_gan.iterations(config, 1, 5000) == 80028
     config.genifer.gan.ema_rampup = "quarter"
     assert genifer_gan.ema_rampup_steps(config, 1, 5000) == 80028  # full after 20,007 steps
+    # A task smaller than the classifier's batch: no step, and no division by zero.
+    config.genifer.gan.ema_rampup = "reference"
+    assert genifer_gan.ema_rampup_steps(config, 1, 31) == 0
+    assert genifer_gan.ema_rampup(c.ema_kimg, c.batch_size, 0) == 500 * 1000 / (64 / 4)
 
 
 def test_generated_rows_share_one_crop_and_flip_and_stay_in_float(initial):

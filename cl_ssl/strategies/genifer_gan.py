@@ -215,8 +215,9 @@ def ema_beta(generator_steps: jax.Array, *, batch: int, ema_kimg: float, rampup:
 
 def ema_rampup(ema_kimg: float, batch: int, iterations: int) -> float:
     """The ramp-up factor that brings the EMA horizon to ``ema_kimg`` thousand images after
-    ``iterations / 4`` generator steps of ``batch`` images (``genifer_trainer.py`` l.123-127)."""
-    return ema_kimg * 1000.0 / (batch * iterations / EMA_RAMPUP_DIVISOR)
+    ``iterations / 4`` generator steps of ``batch`` images (``genifer_trainer.py`` l.123-127);
+    ``iterations`` 0 (a task smaller than a batch) counts as 1, the factor of no step."""
+    return ema_kimg * 1000.0 / (batch * max(iterations, 1) / EMA_RAMPUP_DIVISOR)
 
 
 def ema_rampup_steps(config: ml_collections.ConfigDict, boundary: int, num_images: int) -> int:
@@ -224,11 +225,9 @@ def ema_rampup_steps(config: ml_collections.ConfigDict, boundary: int, num_image
     ``genifer.gan.ema_rampup='reference'`` the GAN's epochs times the classifier's full batches
     per epoch (``config.batch_size``; the reference's ``n_iter * len(train_loader)``,
     ``genifer_trainer.py`` l.126 and l.373), with 'quarter' the GAN's own iterations."""
-    c = config.genifer.gan
-    if c.ema_rampup == "quarter":
+    if config.genifer.gan.ema_rampup == "quarter":
         return iterations(config, boundary, num_images)
-    epochs = c.epochs_first if boundary == 0 else c.epochs
-    return epochs * (num_images // config.batch_size)
+    return _epochs(config, boundary) * (num_images // config.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,9 +382,13 @@ def epoch_order(seed: int, boundary: int, epoch: int, indices: np.ndarray) -> np
 
 def iterations(config: ml_collections.ConfigDict, boundary: int, num_images: int) -> int:
     """The GAN iterations of ``boundary`` (the task just finished): epochs times full batches."""
+    return _epochs(config, boundary) * (num_images // config.genifer.gan.batch_size)
+
+
+def _epochs(config: ml_collections.ConfigDict, boundary: int) -> int:
+    """The GAN's epochs at ``boundary``: ``epochs_first`` after the first task, ``epochs`` after."""
     c = config.genifer.gan
-    epochs = c.epochs_first if boundary == 0 else c.epochs
-    return epochs * (num_images // c.batch_size)
+    return c.epochs_first if boundary == 0 else c.epochs
 
 
 def check_config(config: ml_collections.ConfigDict, image_size: int) -> None:
