@@ -3,6 +3,8 @@ beyond CaSSLe's probe: initial weights from N(0, init_std^2), the best epoch's t
 (``linear_best``), centre-cropped fixed views, and training on a random resized, flipped crop
 of every image at every epoch through the frozen backbone."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,3 +231,115 @@ def test_settings_the_probe_cannot_take_are_rejected():
     ):
         with pytest.raises(ValueError, match=message):
             _evaluator(**fields)
+
+
+class _LinearBackbone:
+    """A frozen "backbone" whose features are the flattened standardised view times a fixed
+    matrix ``variables["w"]``."""
+
+    def features(self, x):
+        raise NotImplementedError  # named by apply's method; apply computes the features
+
+    def apply(self, variables, x, method=None):
+        del method
+        flat = x.reshape(x.shape[0], -1)
+        return jnp.dot(flat, variables["w"], precision=jax.lax.Precision.HIGHEST)
+
+
+def _pytorch_sgd_probe(
+    features,
+    labels,
+    test_f,
+    test_labels,
+    *,
+    params,
+    seed,
+    epochs,
+    batch,
+    lr,
+    momentum,
+    wd,
+    drop_epochs,
+):
+    """``lincls_eval.py``'s training of its linear layer, written out in float64: cross-entropy
+    averaged over each batch's rows, ``torch.optim.SGD(momentum, weight_decay)`` (d = g + wd * w;
+    b = momentum * b + d, b = d at the first step; w -= lr * b), the learning rate x0.1 from each
+    of ``drop_epochs`` on (``adjust_learning_rate``), the classifier scored after every epoch and
+    the first of the best kept; batches of the epoch's permutation, the last one smaller."""
+    w = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    buf = None
+    n = len(labels)
+    best = (None, -1.0, -1)
+    for epoch in range(epochs):
+        rate = lr * 0.1 ** sum(epoch >= m for m in drop_epochs)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            f, y = features[idx], labels[idx]
+            logits = f @ w["kernel"] + w["bias"]
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            p[np.arange(len(y)), y] -= 1.0
+            grad = {"kernel": f.T @ p / len(y), "bias": p.mean(0)}
+            d = {k: grad[k] + wd * w[k] for k in w}
+            buf = d if buf is None else {k: momentum * buf[k] + d[k] for k in w}
+            w = {k: w[k] - rate * buf[k] for k in w}
+        accuracy = 100.0 * np.mean((test_f @ w["kernel"] + w["bias"]).argmax(1) == test_labels)
+        if accuracy > best[1]:
+            best = (w, accuracy, epoch)
+    logits = [test_f @ p["kernel"] + p["bias"] for p in (w, best[0])]
+    return logits[0], logits[1], best[2]
+
+
+def test_augmented_probe_runs_pytorch_sgd_with_momentum_decay_drops_and_a_partial_batch():
+    """Three epochs of ten 4x4 images in batches of four (the last one of two real rows), the
+    learning rate x0.1 after the first epoch and again after the second, momentum and weight
+    decay, against a float64 transcription of lincls_eval.py's loop. The crops cover the whole
+    image (scale 1 of a square image: every fitting candidate box is the image, as is the
+    fallback) and every view is flipped, so the reference computes the same features. The test
+    accuracy rises after epoch 1 and stays: the best epoch is 1, not the last."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 4, 4, 3), np.uint8)
+    labels = rng.integers(0, 3, 10).astype(np.int32)
+    test_f = rng.standard_normal((9, 5)).astype(np.float32)
+    test_labels = rng.integers(0, 3, 9).astype(np.int32)
+    w = rng.standard_normal((48, 5)).astype(np.float32) / 4.0
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    view = dataclasses.replace(
+        probes.probe_view(4, mean=mean, std=std), min_scale=1.0, flip_prob=1.0
+    )
+    probe = probes.AugmentedLinearProbe(_LinearBackbone(), parallel.make_mesh(1), view)
+    schedule = dict(
+        epochs=3,
+        batch_size=4,
+        learning_rate=0.5,
+        momentum=0.9,
+        weight_decay=0.05,
+        milestones=(1 / 3, 2 / 3),
+        init_std=0.1,
+        seed=11,
+    )
+    rows = np.arange(10)
+    final, best, best_epoch = probe(
+        {"w": w}, images, labels, rows, test_f, test_labels, num_classes=3, **schedule
+    )
+    x = (images[:, :, ::-1].astype(np.float64) / 255.0 - mean) / std
+    features = x.reshape(10, -1) @ w.astype(np.float64)
+    start = probes.init_linear(jax.random.key(11), 5, 3, 0.1)
+    expected = _pytorch_sgd_probe(
+        features,
+        labels,
+        test_f.astype(np.float64),
+        test_labels,
+        params=jax.device_get(start),
+        seed=11,
+        epochs=3,
+        batch=4,
+        lr=0.5,
+        momentum=0.9,
+        wd=0.05,
+        drop_epochs=(1, 2),
+    )
+    np.testing.assert_allclose(final, expected[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(best, expected[1], rtol=1e-5, atol=1e-5)
+    assert best_epoch == expected[2] == 1  # epoch 2 ties it; the earliest stays
