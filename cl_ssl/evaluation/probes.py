@@ -63,7 +63,10 @@ def linear_optimizer(
     learning_rate: Any, momentum: Any, weight_decay: Any, boundaries: jax.Array
 ) -> optax.GradientTransformation:
     """The probe's SGD: weight decay added to the gradient of every parameter, (heavy-ball,
-    PyTorch-style) momentum, the learning rate x0.1 at each of the step ``boundaries``."""
+    PyTorch-style) momentum, the learning rate x0.1 at each of the step ``boundaries``
+    (:func:`step_boundaries`): ``torch.optim.SGD(momentum, weight_decay)`` with
+    ``adjust_learning_rate`` (``lincls_eval.py`` l.233-235, l.515-521). The hyperparameters may be
+    traced arrays, so one compiled program serves every value."""
 
     def schedule(count: jax.Array) -> jax.Array:
         return learning_rate * 0.1 ** jnp.sum(count >= boundaries)
@@ -72,6 +75,12 @@ def linear_optimizer(
         optax.add_decayed_weights(weight_decay),
         optax.sgd(learning_rate=schedule, momentum=momentum),
     )
+
+
+def step_boundaries(epochs: Sequence[int], steps_per_epoch: int) -> jax.Array:
+    """int32 [M]: the optimizer steps at which the epochs ``epochs`` begin, the
+    ``boundaries`` of :func:`linear_optimizer`."""
+    return jnp.asarray([epoch * steps_per_epoch for epoch in epochs], dtype=jnp.int32)
 
 
 def init_linear(key: jax.Array, dim: int, num_classes: int, init_std: float) -> dict:
@@ -151,9 +160,7 @@ def _fit_linear(
 
     steps_per_epoch = -(-num_train // batch_size)
     padded = steps_per_epoch * batch_size
-    boundaries = jnp.asarray(
-        [epoch * steps_per_epoch for epoch in milestone_epochs], dtype=jnp.int32
-    )
+    boundaries = step_boundaries(milestone_epochs, steps_per_epoch)
     optimizer = linear_optimizer(learning_rate, momentum, weight_decay, boundaries)
     params = init_linear(key, dim, num_classes, init_std)
     opt_state = optimizer.init(params)
@@ -402,7 +409,8 @@ class AugmentedLinearProbe:
     streamed split, ``dataset.host_crop``) each crop is taken on the host from the decoded image at
     its own size (``parallel.gather_with_crops``), as torchvision crops the decoded image; else on
     the device from the stored image. Each epoch's order and crops come from the seed, the epoch
-    and the step. One jitted step per (momentum, weight decay), kept by the instance.
+    and the step. One jitted step, kept by the instance, takes the optimizer's hyperparameters as
+    arguments; the optimizer's state counts the steps, which sets the learning rate.
     """
 
     def __init__(
@@ -416,37 +424,30 @@ class AugmentedLinearProbe:
     ):
         self._model, self._mesh, self._view = model, mesh, view
         self._host_crop, self._progress = host_crop, progress
-        self._steps = {}
+        self._step = self._make_step()
 
-    def _step(self, momentum: float, weight_decay: float):
-        """(jitted step, its optimizer): weight decay and momentum; the step applies the
-        learning rate it is given after them, as PyTorch's (and optax.sgd's) momentum does."""
-        cache_key = (float(momentum), float(weight_decay))
-        if cache_key in self._steps:
-            return self._steps[cache_key]
+    def _make_step(self):
+        """The jitted SGD step of :func:`linear_optimizer` on one batch's fresh views; its last
+        argument is ``(learning_rate, momentum, weight_decay, boundaries)``."""
         model, view, cropped = self._model, self._view, self._host_crop
-        tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
 
-        def step(variables, params, opt_state, images, labels, weights, key, lr):
+        def step(variables, params, opt_state, images, labels, weights, key, hyper):
             keys = jax.random.split(key, images.shape[0])
             x = jax.vmap(lambda k, im: augment.augment_image(k, im, view, cropped=cropped))(
                 keys, images
             )
             features = jax.lax.stop_gradient(model.apply(variables, x, method=model.features))
             grads = jax.grad(linear_loss)(params, features, labels, weights)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            updates = jax.tree.map(lambda u: -lr * u, updates)
+            updates, opt_state = linear_optimizer(*hyper).update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
         rep = parallel.replicated(self._mesh)
         rows = parallel.batch_sharded(self._mesh)
-        jitted = jax.jit(
+        return jax.jit(
             step,
             in_shardings=(rep, rep, rep, rows, rows, rows, rep, rep),
             out_shardings=(rep, rep),
         )
-        self._steps[cache_key] = (jitted, tx)
-        return self._steps[cache_key]
 
     def __call__(
         self,
@@ -485,20 +486,26 @@ class AugmentedLinearProbe:
         n, devices = len(rows), self._mesh.size
         b = -(-min(batch_size, n) // devices) * devices  # whole rows per device
         steps = -(-n // b)
-        drops = milestone_epochs(milestones, epochs)
         key = jax.random.key(seed)
-        step, tx = self._step(momentum, weight_decay)
         rep = parallel.replicated(self._mesh)
+        hyper = jax.device_put(
+            (
+                jnp.float32(learning_rate),
+                jnp.float32(momentum),
+                jnp.float32(weight_decay),
+                step_boundaries(milestone_epochs(milestones, epochs), steps),
+            ),
+            rep,
+        )
         test = jax.device_put(jnp.asarray(test_features, jnp.float32), rep)
         test_labels = jax.device_put(jnp.asarray(test_labels, jnp.int32), rep)
         params = jax.device_put(init_linear(key, test.shape[1], num_classes, init_std), rep)
-        opt_state = jax.device_put(tx.init(params), rep)
+        opt_state = jax.device_put(linear_optimizer(*hyper).init(params), rep)
         best = (params, jnp.float32(-1.0), jnp.int32(-1))
         bar = tqdm.tqdm(
             range(epochs), "linear probe", unit="epoch", leave=False, disable=not self._progress
         )
         for epoch in bar:
-            lr = jnp.float32(learning_rate * 0.1 ** sum(epoch >= m for m in drops))
             order = np.random.default_rng([seed, epoch]).permutation(n)
             for s in range(steps):
                 chosen = order[s * b : (s + 1) * b]
@@ -514,7 +521,7 @@ class AugmentedLinearProbe:
                     )
                 else:
                     batch = parallel.gather_batch(self._mesh, images, ids)
-                params, opt_state = step(
+                params, opt_state = self._step(
                     variables,
                     params,
                     opt_state,
@@ -522,7 +529,7 @@ class AugmentedLinearProbe:
                     parallel.global_batch(self._mesh, np.asarray(labels[ids], np.int32)),
                     parallel.global_batch(self._mesh, weights),
                     jax.random.fold_in(jax.random.fold_in(key, epoch), s),
-                    lr,
+                    hyper,
                 )
             best = keep_best(best, params, accuracy_of(params, test, test_labels), epoch)
         final, best_params = (
