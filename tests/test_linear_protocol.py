@@ -99,6 +99,39 @@ def test_default_probe_fills_linear_only():
     assert set(evaluator(variables["params"], variables["batch_stats"], stage=1)) == {"linear"}
 
 
+def test_centre_cropped_probe_embeds_only_its_own_views(monkeypatch):
+    """With the linear evaluator alone and center_crop < 1, the probe trains and is tested on the
+    centre crops; no full-image features are computed."""
+    evaluator, objective, config, variables = _evaluator(center_crop=0.875, epochs=2)
+
+    def no_full_features(*args):
+        raise AssertionError("full-image features computed but unused")
+
+    monkeypatch.setattr(evaluator, "features", no_full_features)
+    accuracy = evaluator(variables["params"], variables["batch_stats"], stage=1)
+    model, view = objective.model, config.augment.view1
+    cfg = augment.ViewConfig(mean=view.mean, std=view.std)
+
+    def crops_features(images):
+        crops = augment.center_crop_batch(jnp.asarray(images), cfg, fraction=0.875)
+        return np.asarray(model.apply(variables, crops, method=model.features))
+
+    rows = evaluator.probe_examples(1)
+    lin = config.eval.linear
+    schedule = {k: lin[k] for k in evaluate.LINEAR_SCHEDULE if k in lin}
+    logits = probes.linear_probe(
+        crops_features(TRAIN.images[rows]),
+        TRAIN.labels[rows],
+        crops_features(TEST.images),
+        num_classes=4,
+        seed=evaluator._seed,
+        **schedule,
+    )
+    predictions = logits.argmax(-1)
+    expected = [100.0 * np.mean(predictions[i] == TEST.labels[i]) for i in SCENARIO.test_indices]
+    np.testing.assert_allclose(accuracy["linear"], expected)
+
+
 FIELDS = dict(
     augment=True,
     report_best=True,

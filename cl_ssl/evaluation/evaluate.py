@@ -266,7 +266,17 @@ class Evaluator:
         else:
             train_f = None
         train_labels = self._train.labels[rows]
-        test_f = self.features(variables, self._test.images)
+        # The centre-cropped linear probe embeds its own test view; the full-image test features
+        # serve the other evaluators, the linear probe without a centre crop, the online probe and
+        # the strategy's classifier.
+        if (
+            any(name != "linear" or not self._linear_crop < 1.0 for name in e.evaluators)
+            or self._online_logits is not None
+            or self._classify is not None
+        ):
+            test_f = self.features(variables, self._test.images)
+        else:
+            test_f = None
         scores = {}
         for name in e.evaluators:
             if name == "linear":
