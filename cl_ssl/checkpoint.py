@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +36,18 @@ def _summary(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + more
 
 
+@dataclasses.dataclass
+class _StepSet:
+    """An orbax preservation policy: keeps the checkpoints of the steps in ``steps``, a set that
+    may grow while the manager runs."""
+
+    steps: set[int]
+
+    def should_preserve(self, checkpoints, *, context):
+        del context
+        return [checkpoint.step in self.steps for checkpoint in checkpoints]
+
+
 class Checkpointer:
     """Saves (state, meta) pairs under ``directory`` and restores the newest one that reads back.
 
@@ -55,15 +68,21 @@ class Checkpointer:
         must_be_finite: Callable[[PyTree], PyTree] = lambda state: state,
     ):
         policies = ocp.checkpoint_managers
+        self._kept_steps = _StepSet(set(keep_steps))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(
-                [policies.LatestN(keep), policies.CustomSteps(list(keep_steps))]
+                [policies.LatestN(keep), self._kept_steps]
             ),
             create=True,
         )
         self.directory = directory
         self._must_be_finite = must_be_finite
         self._manager = ocp.CheckpointManager(directory, options=options)
+
+    def keep_step(self, step: int) -> None:
+        """Keeps checkpoint ``step`` whatever its age, as those of ``keep_steps`` (a task boundary
+        known only once reached)."""
+        self._kept_steps.steps.add(int(step))
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
         """Saves ``state`` and ``meta`` as checkpoint ``step`` (the global optimizer step).

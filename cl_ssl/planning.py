@@ -57,6 +57,18 @@ def epoch_order(seed: int, stage: int, epoch: int, indices: np.ndarray) -> np.nd
     return np.random.default_rng((seed, stage, epoch)).permutation(indices)
 
 
+def with_examples(stage: Stage, examples: np.ndarray, batch_size: int) -> Stage:
+    """``stage`` with ``examples`` (int [M], ``Strategy.stage_examples``) joining its N examples:
+    its indices are the N + M ids (the stage's first), which ``epoch_order`` shuffles together,
+    and an epoch runs floor((N + M) / batch_size) steps (the incomplete last batch dropped, as a
+    ``DataLoader(drop_last=True)`` over the concatenated data set). No examples: ``stage``."""
+    examples = np.asarray(examples, np.int32).reshape(-1)
+    if examples.size == 0:
+        return stage
+    indices = np.concatenate([stage.indices, examples])
+    return dataclasses.replace(stage, indices=indices, steps_per_epoch=len(indices) // batch_size)
+
+
 def visible_labels(
     labels: np.ndarray, task_indices: list[np.ndarray], *, fraction: float, seed: int
 ) -> np.ndarray:
@@ -175,5 +187,15 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
 
 def boundary_steps(p: Plan) -> list[int]:
     """The global steps of the checkpoints that start each stage and end the last one: row i of
-    the accuracy matrices scores the state of boundary i (step 0: the random network)."""
+    the accuracy matrices scores the state of boundary i (step 0: the random network).
+
+    A strategy that adds examples to its stages (``Strategy.stage_examples``) learns their number
+    only at each boundary: its runs record the steps in their checkpoints (``BOUNDARY_STEPS``),
+    and here only step 0 is known."""
+    if p.strategy.stage_examples is not None:
+        return [0]
     return [0, *np.cumsum([stage.num_steps for stage in p.stages]).tolist()]
+
+
+BOUNDARY_STEPS = "boundary_steps"
+"""The key of a checkpoint's meta that lists the task boundaries' global steps reached so far."""

@@ -28,7 +28,7 @@ from cl_ssl import checkpoint, parallel, train
 from cl_ssl import config as config_lib
 from cl_ssl import workdir as workdir_lib
 from cl_ssl.objectives import resolve_config
-from cl_ssl.planning import boundary_steps, plan
+from cl_ssl.planning import BOUNDARY_STEPS, boundary_steps, plan
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the run to re-evaluate.")
 _NAME = flags.DEFINE_string(
@@ -77,7 +77,11 @@ def reevaluate(
             jax.eval_shape(scorer.initial_state), parallel.replicated(p.mesh)
         )
         on_disk = set(ckpt.all_steps())
-        for row, step in enumerate(boundary_steps(p)):
+        steps = boundary_steps(p)
+        if p.strategy.stage_examples is not None:  # boundaries that follow from the memory
+            newest = ckpt.restore(abstract)
+            steps = newest[2].get(BOUNDARY_STEPS, steps) if newest is not None else steps
+        for row, step in enumerate(steps):
             if step not in on_disk:
                 logging.warning(
                     "row %d: no checkpoint of step %d in %s (not yet trained, or from a version "
@@ -90,7 +94,6 @@ def reevaluate(
             state, _ = ckpt.restore_step(step, abstract)
             scorer.results.record(row, scorer.evaluate(state, row), step=step)
         return scorer.results.matrices
-
 
 
 def stored_config(workdir: str) -> ml_collections.ConfigDict:

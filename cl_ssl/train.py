@@ -23,7 +23,15 @@ from cl_ssl.data import host_crop
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
-from cl_ssl.planning import Plan, Stage, boundary_steps, epoch_order, plan
+from cl_ssl.planning import (
+    BOUNDARY_STEPS,
+    Plan,
+    Stage,
+    boundary_steps,
+    epoch_order,
+    plan,
+    with_examples,
+)
 from cl_ssl.strategies import TaskEnd
 from cl_ssl.strategies.base import Progress
 
@@ -160,6 +168,7 @@ class Run:
             on_device=on_device,
         )
         self._steps = {}  # extend_batch (bool) -> jitted step, built when a stage first needs it
+        self._boundaries = []  # the global steps of the task boundaries reached so far
         self._clock = time.perf_counter()  # since the last charge of training time
 
     def run(self) -> dict[str, Any]:
@@ -200,10 +209,12 @@ class Run:
             state = jax.jit(self.initial_state, out_shardings=rep)()
             self._report_buffers(state)
             self.results.record(0, self.evaluate(state, 0), step=0)
-            self._save(0, state)
+            self._save(0, state, boundary=True)
             return state
         _, state, meta = restored
         self.results.load_checkpoint_meta(meta)
+        for step in meta.get(BOUNDARY_STEPS, []):  # older checkpoints have none
+            self._keep_boundary(step)
         self._report_buffers(state)
         if jax.process_index() == 0:
             where = (
@@ -214,10 +225,19 @@ class Run:
             print(f"resumed from {self.ckpt.directory} at step {int(state.step)} ({where})")
         return state
 
-    def _save(self, step: int, state: state_lib.ContinualState) -> None:
-        """Checkpoints ``state`` with the results so far; a non-finite state is never saved."""
+    def _keep_boundary(self, step: int) -> None:
+        if step not in self._boundaries:
+            self._boundaries.append(step)
+            self.ckpt.keep_step(step)
+
+    def _save(self, step: int, state: state_lib.ContinualState, *, boundary: bool = False) -> None:
+        """Checkpoints ``state`` with the results so far and the task boundaries' steps (kept
+        whatever their age when ``boundary``); a non-finite state is never saved."""
+        if boundary:
+            self._keep_boundary(step)
+        meta = {**self.results.checkpoint_meta(), BOUNDARY_STEPS: list(self._boundaries)}
         try:
-            self.ckpt.save(step, state, self.results.checkpoint_meta())
+            self.ckpt.save(step, state, meta)
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
@@ -263,12 +283,21 @@ class Run:
             )
         return self._steps[extend]
 
+    def stage(self, stage_id: int, state: state_lib.ContinualState) -> Stage:
+        """Stage ``stage_id`` as it trains from ``state`` (its start, or a checkpoint inside it):
+        the plan's, with the examples the strategy adds from its state (``stage_examples``)."""
+        stage = self.p.stages[stage_id]
+        if self.p.strategy.stage_examples is None:
+            return stage
+        examples = self.p.strategy.stage_examples(state.strategy, stage_id)
+        return with_examples(stage, examples, self.config.batch_size)
+
     def train_stage(
         self, stage_id: int, state: state_lib.ContinualState
     ) -> tuple[state_lib.ContinualState, bool]:
         """The stage's remaining steps; (state, True) when ``stop_after_steps`` ends the run."""
         config, mesh, p = self.config, self.mesh, self.p
-        stage = p.stages[stage_id]
+        stage = self.stage(stage_id, state)
         train_step = self._step(stage_id)
         # The whole stage's schedules at once, so the loop never waits on the device for one.
         hyper = step_lib.stage_hyper(
@@ -415,7 +444,7 @@ class Run:
             reset_optimizer=p.config.optimizer.reset_each_task,
         )
         state = jax.device_put(state, parallel.replicated(self.mesh))
-        self._save(step, state)
+        self._save(step, state, boundary=True)
         if self.writer:
             self.writer.flush()
         return state

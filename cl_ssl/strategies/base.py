@@ -287,6 +287,14 @@ class Strategy:
         after every stage, as the ``classifier`` accuracy matrix.
       evaluated: optional (the run's state, ``ContinualState``, after a stage) -> the (params,
         BatchNorm statistics) the evaluator scores instead of the student's (CCL's teacher).
+      stage_examples: optional (the strategy's state at a stage's start, as the previous
+        boundary's ``end_task`` left it; the stage) -> int [M] ids of training examples (repeats
+        allowed) that join the stage's own N in its data, on the host: every epoch shuffles the
+        N + M ids together (``planning.epoch_order``) and runs floor((N + M) / batch_size) steps,
+        each id once (CCL's exemplars concatenated to the task's data set). The joined rows are
+        the step's own rows with their own task ids (``batch.tasks < task``). Read again when a
+        killed stage resumes, so the ids must follow from the checkpointed state alone (a
+        memory that only ``end_task`` fills).
     """
 
     name: str
@@ -305,6 +313,7 @@ class Strategy:
     param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
     classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
     evaluated: Callable[[Any], tuple[PyTree, PyTree]] | None = None
+    stage_examples: Callable[[StrategyState, int], np.ndarray] | None = None
 
     def extends_batch(self, stage: int) -> bool:
         """Whether the step of ``stage`` joins the strategy's rows to the batch or draws its side

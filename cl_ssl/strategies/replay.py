@@ -77,6 +77,16 @@ SOURCES = ("memory", "generator")
 """Where ``replay`` draws its rows from: an exemplar memory, or a GAN (``strategies.generative``)."""
 
 
+MODES = ("extend", "mix")
+"""How the exemplars reach the steps (``replay.mode``): ``extend``, ``batch_size`` replay rows
+joined to every step's batch (``extend_batch``); ``mix``, the exemplars of earlier tasks added to
+the task's data set at the task's start (``Strategy.stage_examples``): every epoch shuffles the
+task's N examples and the memory's M exemplars together and runs floor((N + M) / batch size)
+steps of the run's batch size, each exemplar once (CCL, ``train.py`` l.318-336: a
+``ConcatDataset`` of the task's images and the saved ones, ``DataLoader(shuffle=True,
+drop_last=True)``). ``mix`` needs a memory filled at the ends of tasks only (``AT_TASK_END``):
+the stage's data follow from the memory as the boundary checkpointed it."""
+
 SAMPLINGS = ("uniform", "loader")
 """How a step draws its replay rows (``replay.sampling``): ``uniform``, afresh every step
 (without replacement within the step); ``loader``, as a PyTorch ``DataLoader(shuffle=True,
@@ -104,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
             source="memory",
             generator_stage=placeholder(int),
             sampling="uniform",
+            mode="extend",
         )
     )
 
@@ -143,6 +154,16 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
         )
     if not 0.0 < r.fraction <= 1.0:
         raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
+    mode, source = r.get("mode", "extend"), r.get("source", "memory")  # Kaizen's has neither
+    if mode not in MODES:
+        raise ValueError(f"{section}.mode={mode!r}; choose one of {list(MODES)}")
+    if mode == "mix" and (r.selection not in AT_TASK_END or source != "memory"):
+        raise ValueError(
+            f"{section}.mode='mix' adds the memory's exemplars to each task's data at its start, "
+            f"so it needs a memory filled at the ends of tasks: set {section}.selection to one of "
+            f"{list(AT_TASK_END)} (not {r.selection!r}) and {section}.source='memory' (not "
+            f"{source!r}), or {section}.mode='extend'"
+        )
     if r.sampling not in SAMPLINGS:
         raise ValueError(f"{section}.sampling={r.sampling!r}; choose one of {list(SAMPLINGS)}")
     if r.selection in PER_TASK and r.per_class < 1:
@@ -381,15 +402,35 @@ def memory_state(slots_for: Callable[[Any], int], *, on_device: bool, payload: A
     return init
 
 
+def mixed_exemplars(state: StrategyState, stage: int) -> np.ndarray:
+    """``Strategy.stage_examples`` of ``replay.mode='mix'``: the example ids of the memory's
+    valid exemplars of tasks before ``stage``, in slot order (repeats kept)."""
+    memory = state.buffers["memory"]
+    keep = np.asarray(memory.valid) & (np.asarray(memory.tasks) < stage)
+    return np.asarray(memory.ids)[keep].astype(np.int32)
+
+
 def rehearsal(
-    config: ml_collections.ConfigDict, objective: Objective, section: str = "replay"
+    config: ml_collections.ConfigDict,
+    objective: Objective,
+    section: str = "replay",
+    *,
+    allow_mix: bool = False,
 ) -> Strategy:
     """Replay from the settings ``config.<section>`` (a dotted path): the memory, its selection
-    and the replay sub-batch, for any strategy that rehearses (replay itself, Kaizen, CCL);
-    ``min_var`` embeds with ``objective``'s model and views, and sizes the memory for the run's
-    scenario (``tasks_per_class``)."""
+    and the replay sub-batch (``mode='extend'``) or the exemplars added to each task's data
+    (``mode='mix'``, where ``allow_mix``: the strategies whose terms read such rows, replay and
+    CCL), for any strategy that rehearses (replay itself, Kaizen, CCL); ``min_var`` embeds with
+    ``objective``'s model and views, and sizes the memory for the run's scenario
+    (``tasks_per_class``)."""
     r = functools.reduce(lambda c, key: c[key], section.split("."), config)
     check_config(r, section)
+    mix = r.get("mode", "extend") == "mix"
+    if mix and not allow_mix:
+        raise ValueError(
+            f"{section}.mode='mix': this strategy reads its replayed rows from a joined replay "
+            f"batch; set {section}.mode='extend'"
+        )
     epoch, step_in_epoch = f"{section}/epoch", f"{section}/step_in_epoch"
     fill = memory_state(
         lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class(config)),
@@ -427,6 +468,13 @@ def rehearsal(
         steps = np.arange(num_steps)
         return {epoch: steps // steps_per_epoch, step_in_epoch: steps % steps_per_epoch}
 
+    if mix:
+        return Strategy(
+            name="replay",
+            init=init,
+            stage_examples=mixed_exemplars,
+            end_task=end_of_task_selection(r, objective),
+        )
     return Strategy(
         name="replay",
         init=init,
@@ -443,7 +491,7 @@ def rehearsal(
 
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """Replay from ``config.replay``, for any objective."""
-    return rehearsal(config, objective)
+    return rehearsal(config, objective, allow_mix=True)
 
 
 STRATEGY = StrategySpec(make=make, section="replay", default_config=default_config)
