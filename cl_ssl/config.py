@@ -441,7 +441,10 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     """CCL's setting (Lin et al., ICME 2022; ``VDIGPKU/ContinualContrastiveLearning`` README
     command and ``train.py``): MoCoV2+ trained in one direction as the reference's MoCo
     (``mocov2plus.symmetric=False``: InfoNCE(q1, k2) against one queue of view-2 keys,
-    ``moco/builder.py`` l.186-213), the optimizer's momentum carried across tasks.
+    ``moco/builder.py`` l.186-213), the optimizer's momentum carried across tasks, and the
+    exemplars mixed into each task's data set (``ccl.replay.mode='mix'``, ``train.py``
+    l.318-336) with the distillation computed per group of ``ccl.group_size`` rows (32: one of
+    the reference's 8 GPUs' share of its batch of 256).
 
     On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet
     classes in 10 tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
@@ -461,6 +464,8 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     config.objective = "mocov2plus"
     config.mocov2plus.symmetric = False
     config.optimizer.reset_each_task = False
+    # The exemplars join each task's data set (train.py l.318-336), not every step's batch.
+    config.ccl.replay.mode = "mix"
     if config.dataset.name != "imagenet100":
         return
     config.dataset.name = "imagenet_sub"

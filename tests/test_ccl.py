@@ -24,7 +24,7 @@ from test_distill import np_relational_distillation
 from test_losses import np_info_nce
 
 from cl_ssl import config as config_lib
-from cl_ssl import memory, objectives, parallel, strategies
+from cl_ssl import memory, objectives, parallel, planning, strategies
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
 from cl_ssl.data import augment
@@ -50,6 +50,7 @@ OWN, REPLAYED = 8, 4
 
 
 RESERVOIR = {"ccl.replay.selection": "reservoir"}
+MIX = {"ccl.replay.mode": "mix", "ccl.group_size": 4}
 
 
 def _config(**overrides):
@@ -338,6 +339,54 @@ def test_loss_is_esq_info_nce_plus_relational_distillation_of_the_replayed_rows(
 ONE_WAY = {"mocov2plus.symmetric": False}
 
 
+def np_ddp_distillation(sq, sa, tq, ta, is_from_old, gpus):
+    """CCL's ``moco/builder.py`` l.233-255 on each of ``gpus`` processes, each with its
+    consecutive share of the rows, then DDP's mean of the processes' terms: a process whose
+    rows hold no old one adds nothing (0)."""
+    terms = []
+    for g in range(gpus):
+        rows = slice(g * len(sq) // gpus, (g + 1) * len(sq) // gpus)
+        idx = np.asarray(is_from_old[rows]) == 1
+        if idx.sum() == 0:
+            terms.append(0.0)
+            continue
+        s_q, s_anchor = _normalize(sq[rows])[idx], _normalize(sa[rows])[idx]
+        t_q, t_anchor = _normalize(tq[rows])[idx], _normalize(ta[rows])[idx]
+        s_simi = s_q @ s_anchor.T
+        t_simi = t_q @ t_anchor.T
+        log_s = s_simi / 0.07 - np.log(np.exp(s_simi / 0.07).sum(1, keepdims=True))
+        knowledge = np.exp(t_simi / 0.04) / np.exp(t_simi / 0.04).sum(1, keepdims=True)
+        # F.kl_div(log_s, knowledge, reduction='batchmean'): the sum over the matrix / its rows.
+        kl = np.sum(knowledge * (np.log(knowledge) - log_s)) / s_q.shape[0]
+        terms.append(kl)
+    return np.mean(terms)
+
+
+def test_groupwise_distillation_is_the_reference_ddps_per_gpu_kl_averaged_over_gpus():
+    """Rows in 4 groups of 4 (one GPU's batch each): the first with 2 old rows, the second with
+    none (counts 0), the third with 1 (a 1x1 matrix: KL 0), the fourth all old."""
+    rng = np.random.default_rng(11)
+    sq, sa, tq, ta = (rng.standard_normal((16, 6)).astype(np.float32) for _ in range(4))
+    old = np.array([1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 1, 1], bool)
+    got = ccl.groupwise_relational_distillation(
+        *(jnp.asarray(x) for x in (sq, sa, tq, ta)),
+        old=jnp.asarray(old),
+        group_size=4,
+        student_temperature=0.07,
+        teacher_temperature=0.04,
+    )
+    expected = np_ddp_distillation(sq, sa, tq, ta, old.astype(int), gpus=4)
+    np.testing.assert_allclose(float(got), expected, rtol=2e-5, atol=1e-6)
+    # Only the first and last groups contribute; the empty one is a 0 in the mean of 4.
+    first = np_ddp_distillation(sq[:4], sa[:4], tq[:4], ta[:4], old[:4].astype(int), gpus=1)
+    last = np_ddp_distillation(sq[12:], sa[12:], tq[12:], ta[12:], old[12:].astype(int), gpus=1)
+    assert first > 0 and last > 0
+    np.testing.assert_allclose(float(got), (first + last) / 4, rtol=2e-5)
+    # The whole batch as one group differs: the groups' anchors are their own old rows.
+    one_group = np_ddp_distillation(sq, sa, tq, ta, old.astype(int), gpus=1)
+    assert abs(one_group - expected) > 1e-3
+
+
 def np_moco_logits_loss(q, k, queue, temperature):
     """The reference's one-direction MoCo term, transcribed (moco/builder.py l.186-216 with the
     CrossEntropyLoss of train.py l.230, l.495): q and k L2-normalised rows, the queue one key per
@@ -488,6 +537,91 @@ def test_one_direction_ccl_esq_and_distillation_read_view1_queries_and_view2_key
     np.testing.assert_array_equal(started.items, moco_queue.items[:16])
 
 
+def test_mix_mode_distils_the_old_rows_of_each_group_and_queues_their_view2_keys():
+    """ccl.replay.mode='mix' with the one-direction MoCo: 12 rows of the step's own batch in 3
+    groups of 4, old rows (task 0 < 1, valid) 0 and 2, none, then 8, 9 and 10; the loss is
+    0.1 * InfoNCE(q1, k2, ESQ) over every row + 0.1 * the reference's per-GPU distillation
+    (``np_ddp_distillation``) with every group's anchors, teacher queries and centre crops
+    embedded by its group alone; the ESQ takes the old rows' view-2 keys, in order."""
+    config, objective, strat = _parts(**ONE_WAY, **MIX)
+    state = _initial(config, objective, strat, SPLIT)
+    model = objective.model
+    teacher = _moved(state.strategy.buffers["teacher"], seed=4)
+    esq = (memory.random_unit_queue(jax.random.PRNGKey(5), 16, 16),)
+    strategy_state = state.strategy.replace(
+        buffers={**state.strategy.buffers, "teacher": teacher, "esq": esq}
+    )
+    data = train_data(16, tasks=1)
+    old = np.array([1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0], bool)
+    batch = current_batch(data, jnp.arange(12))
+    batch = batch.replace(
+        tasks=jnp.asarray(np.where(old, 0, 1), jnp.int32).at[11].set(0),
+        valid=jnp.ones(12, bool).at[11].set(False),  # task 0 but invalid: not old
+    )
+    rng = np.random.default_rng(6)
+    views = tuple(jnp.asarray(rng.standard_normal((12, 32, 32, 3)), jnp.float32) for _ in range(2))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    outputs = tuple(model.apply(variables, x, True, mutable=["batch_stats"])[0] for x in views)
+    target = _keys(seed=7, rows=12)
+    value, metrics = strat.loss(
+        LossInputs(
+            outputs=outputs,
+            views=views,
+            batch=batch,
+            params=state.params,
+            trainable=state.strategy.trainable,
+            state=strategy_state,
+            task=jnp.int32(1),
+            hyper={},
+            target=target,
+            own_rows=12,
+        )
+    )
+    q1 = np.asarray(outputs[0]["projection"])
+    k2 = np.asarray(target[1]["projection"])
+    esq_expected = np_moco_logits_loss(q1, k2, esq[0].items, config.mocov2plus.temperature)
+
+    def project(params, x):  # group by group, BatchNorm on each group's statistics
+        out = [
+            model.apply(
+                {"params": params}, x[g : g + 4], True, method="project", mutable=["batch_stats"]
+            )[0]["projection"]
+            for g in range(0, 12, 4)
+        ]
+        return np.concatenate(out)
+
+    anchors = augment.center_crop_batch(batch.images, objective.views[0], fraction=0.875)
+    distill_expected = np_ddp_distillation(
+        q1,
+        project(state.params, anchors),
+        project(teacher, views[0]),
+        project(teacher, anchors),
+        old.astype(int),
+        gpus=3,
+    )
+    assert distill_expected > 0
+    np.testing.assert_allclose(metrics["esq"], esq_expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["distill"], distill_expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
+
+    buffers = strat.update_buffers(
+        BufferInputs(
+            state=state.strategy,
+            params=state.params,
+            batch=batch,
+            joined=batch,
+            target=target,
+            data=data,
+            key=jax.random.PRNGKey(0),
+            task=jnp.int32(1),
+            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(1.0)},
+        )
+    )
+    (queue,) = buffers["esq"]
+    np.testing.assert_allclose(queue.items[:5], _normalize(k2)[old], rtol=1e-6)
+    np.testing.assert_array_equal(queue.items[5:], 0.0)
+
+
 def test_the_optimizer_state_carries_over_a_boundary_unless_reset_each_task():
     config, objective, strat, state = _default()
     tx = step_lib.make_tx(config, objective, strat)
@@ -562,6 +696,65 @@ def test_run_compiles_twice_fills_memory_and_esq_and_resumes_exactly_mid_task(
     np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
 
 
+def test_mixed_stage_walks_each_exemplar_once_an_epoch_in_floor_n_plus_m_over_b_steps():
+    """``planning.with_examples``: the task's 10 examples and 7 exemplar ids (one stored twice)
+    make 17 ids, floor(17 / 4) = 4 steps an epoch of the batch of 4; each epoch's order (a
+    function of seed, stage and epoch) holds every task example and every exemplar slot exactly
+    once, and its first 16 ids are the epoch's batches. Without exemplars, the stage as
+    planned, its orders unchanged."""
+    stage = planning.Stage(
+        indices=np.arange(10, 20, dtype=np.int32), num_epochs=2, steps_per_epoch=2
+    )
+    assert planning.with_examples(stage, np.zeros(0, np.int32), 4) is stage
+    exemplars = np.array([0, 3, 3, 5, 7, 8, 9], np.int32)
+    mixed = planning.with_examples(stage, exemplars, 4)
+    assert (mixed.steps_per_epoch, mixed.num_steps, mixed.num_epochs) == (4, 8, 2)
+    orders = [planning.epoch_order(0, 1, epoch, mixed.indices) for epoch in range(2)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.sort(np.r_[np.arange(10, 20), exemplars]))
+        assert np.sum(order == 3) == 2  # both slots of the repeated exemplar
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(orders[1], planning.epoch_order(0, 1, 1, mixed.indices))
+    # The memory's valid exemplars of earlier tasks, in slot order, are the stage's additions.
+    m = memory.empty_memory(5).replace(
+        ids=jnp.array([4, 9, 9, 2, 0], jnp.int32),
+        tasks=jnp.array([0, 1, 0, 0, 0], jnp.int32),
+        valid=jnp.array([True, True, True, False, True]),
+    )
+    np.testing.assert_array_equal(
+        replay.mixed_exemplars(StrategyState(buffers={"memory": m}), 1), [4, 9, 0]
+    )
+
+
+def test_mix_run_trains_the_exemplars_in_the_tasks_data_and_resumes_exactly_mid_task(
+    finished_run, tmp_path
+):
+    """ccl.replay.mode='mix': task 0 (24 images, batch 8) trains 3 steps an epoch; its end stores
+    2 min_var exemplars per cluster (as many clusters as the task's classes), which join task 1's
+    16 images, so task 1 trains floor((16 + M) / 8) steps an epoch, with one compiled step for
+    both tasks. Killed after the mid-task checkpoint 9, the run resumes to exactly the same end,
+    and the boundary checkpoints (0, 6 and the end) are kept."""
+    config = _config(**MIX)
+    whole, workdir = finished_run(config)
+    assert whole["traces"] == [1]  # no joined rows: the same step for every task
+    stored = whole["state"].strategy.buffers["memory"]
+    tasks = np.asarray(stored.tasks)[np.asarray(stored.valid)]
+    m = int(np.sum(tasks == 0))
+    assert m == 2 * 5  # 2 per cluster, 5 clusters (task 0's classes)
+    steps = 6 + 2 * ((16 + m) // 8)
+    assert int(whole["state"].step) == steps == 12
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed_dir)
+    assert sorted(int(p.name) for p in (resumed_dir / "checkpoints").iterdir()) == [0, 6, 9, 12]
+    shutil.rmtree(resumed_dir / "checkpoints" / "12")
+    resumed = run(config, resumed_dir)
+    for field in ("params", "batch_stats", "strategy", "objective_state", "opt_state"):
+        chex.assert_trees_all_equal(
+            getattr(whole["state"], field), getattr(resumed["state"], field)
+        )
+    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Settings
 
@@ -578,6 +771,20 @@ def test_settings_that_cannot_work_are_rejected_before_compiling():
         _parts(**{"ccl.replay.per_class": 0})
     with pytest.raises(ValueError, match="ccl.teacher_temperature=0"):
         _parts(**{"ccl.teacher_temperature": 0.0})
+
+
+def test_mix_mode_settings_that_cannot_work_are_rejected_before_compiling():
+    """``ccl.replay.mode='mix'``: the group size must divide the batch, the memory must be filled
+    at the ends of tasks; the defaults keep the joined replay batch."""
+    assert _config().ccl.replay.mode == "extend" and _config().replay.mode == "extend"
+    with pytest.raises(ValueError, match="ccl.group_size=3 must divide batch_size=8"):
+        _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 3})
+    with pytest.raises(ValueError, match="ccl.replay.mode='mix' adds the memory's exemplars"):
+        _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4, **RESERVOIR})
+    with pytest.raises(ValueError, match="ccl.replay.mode='blend'"):
+        _parts(**{"ccl.replay.mode": "blend"})
+    _, _, strat = _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4})
+    assert strat.extend_batch is None and strat.stage_examples is not None
 
 
 def test_min_var_memory_has_room_for_every_task_of_a_data_incremental_stream():
@@ -679,6 +886,9 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         20,
         "min_var",
     )
+    # The exemplars join each task's data; distillation per group of one GPU's 32 rows.
+    assert (c.ccl.replay.mode, c.ccl.group_size) == ("mix", 32)
+    assert strategies.get_strategy(c, objectives.get_objective(c)).stage_examples is not None
     lin = c.eval.linear
     assert (lin.learning_rate, lin.momentum, lin.weight_decay, lin.epochs, lin.batch_size) == (
         30.0,
@@ -706,6 +916,8 @@ def test_imagenet100_ccl_preset_is_ccls_imagenet_sub_command():
         False,
     )
     assert not cifar.mocov2plus.symmetric
+    assert (cifar.ccl.replay.mode, cifar.ccl.group_size, cifar.batch_size % 32) == ("mix", 32, 0)
+    strategies.get_strategy(cifar, objectives.get_objective(cifar))  # its checks pass
     # CaSSLe's probe on CIFAR: the reference has no CIFAR code.
     lin = cifar.eval.linear
     assert (lin.init_std, lin.augment, lin.center_crop, lin.report_best) == (0.0, False, 1.0, False)

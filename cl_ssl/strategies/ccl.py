@@ -35,21 +35,37 @@ with ESQ^v the replayed images' view-v keys. Reference code ``VDIGPKU/ContinualC
   keys ``k`` that also enter MoCo's queue (l.84, l.258; ``train.py`` l.493 passes the second
   view as ``im_k``).
 - **Exemplars:** ``ccl.replay``, by default the reference's ``min_var`` selection of 20 images per
-  cluster and task (``cl_ssl.strategies.replay``).
+  cluster and task (``cl_ssl.strategies.replay``). With ``ccl.replay.mode='mix'`` (the ``:ccl``
+  presets) they join each task's data set as the reference's ``ConcatDataset`` of the task's
+  images and the saved ones (``train.py`` l.318-336): every epoch shuffles the N + M images
+  together, floor((N + M) / 256) steps of 256 rows, each exemplar once
+  (``Strategy.stage_examples``); the old rows are those whose task precedes the current one
+  (the reference's ``is_from_old``).
+- **Distillation per GPU (``mix``):** the reference's DDP computes L_KD on each of its 8 GPUs
+  over that GPU's 32 rows (``moco/builder.py`` l.233-255): the GPU's old rows are both the
+  queries and the anchors (``s_anchor[idx]``), KL ``batchmean`` over them, no term on a GPU
+  without old rows, and DDP averages the GPUs' gradients. Here the batch is cut into
+  consecutive groups of ``ccl.group_size`` rows (32; it must divide the batch size) and the
+  term is the mean over the groups, an empty group counting 0 (``groupwise_relational_
+  distillation``); the teacher's and the anchors' forward passes run group by group, BatchNorm
+  on each group's statistics, over every row of the group as in the reference (which embeds
+  its GPU's whole batch, then keeps the old rows).
 
 Choices of this library:
 - The objective is this library's MoCoV2+; with ``mocov2plus.symmetric=True`` (its default,
   CaSSLe's) CCL's terms are symmetrised as above: one ESQ per view, whose keys are the negatives
   of the other view's queries as in MoCoV2+, and the distillation averaged over the two views'
   queries. The ``:ccl`` presets set ``mocov2plus.symmetric=False``, the reference's one direction.
-- Replayed images come as a dedicated replay sub-batch of ``ccl.replay.batch_size`` rows joined to
-  every batch, and the distillation reads exactly those rows. The reference mixes the exemplars
-  into the task's data set, so a GPU's batch of 32 holds 0.5 to 4 old images on ImageNet-Sub and
-  its distillation matrices are 1x1 to 4x4, or absent.
-- The distillation's networks see the replayed rows alone: the student embeds their centre crops
-  and the teacher their queries and centre crops, in train mode, so BatchNorm normalises with the
-  statistics of the old images (the reference embeds the whole batch, old and new images, then
-  keeps the old rows); these forward passes keep no BatchNorm statistics.
+- ``ccl.replay.mode='extend'`` (the default outside the presets): replayed images come as a
+  dedicated replay sub-batch of ``ccl.replay.batch_size`` rows joined to every batch, and the
+  distillation reads exactly those rows, as one group: its networks see the replayed rows
+  alone (the student embeds their centre crops and the teacher their queries and centre crops,
+  in train mode, BatchNorm on the statistics of the old images). The reference's mixed data
+  give a GPU's batch of 32 some 0.5 to 4 old images on ImageNet-Sub and distillation matrices
+  of 1x1 to 4x4, or none.
+- In both modes the student's queries come from the step's forward pass, BatchNorm on the
+  statistics of the whole batch (the reference's: its GPU's 32 rows); the distillation's own
+  forward passes keep no BatchNorm statistics.
 - The anchor is the ImageNet evaluation crop (``augment.CENTER_CROP_FRACTION``, Resize(256) +
   CenterCrop(224)) on every data set, 28 of 32 pixels on CIFAR; the reference has no code for
   smaller images.
@@ -108,6 +124,9 @@ def default_config() -> ml_collections.ConfigDict:
             # Evaluate the teacher's backbone instead of the student's (lincls_eval.py
             # --use_teacher_weight).
             evaluate_teacher=False,
+            # replay.mode='mix': the rows of one GPU's batch in the reference (256 over 8 GPUs),
+            # over whose old rows each distillation term runs.
+            group_size=32,
             # --n_save 20 images per cluster and task; 32 replayed rows per step.
             replay=replay_config,
         )
@@ -151,13 +170,61 @@ def check_config(config: ml_collections.ConfigDict, objective: Objective) -> Non
             raise ValueError(f"ccl.{field}={c[field]}; set a weight >= 0")
     if not 0.0 <= c.teacher_momentum <= 1.0:
         raise ValueError(f"ccl.teacher_momentum={c.teacher_momentum}; set it in [0, 1]")
+    if c.replay.get("mode", "extend") == "mix" and (
+        c.group_size < 1 or config.batch_size % c.group_size
+    ):
+        raise ValueError(
+            f"ccl.group_size={c.group_size} must divide batch_size={config.batch_size} "
+            "(ccl.replay.mode='mix' distils within groups of that many rows, one GPU's batch of "
+            "the reference); set a divisor of the batch size"
+        )
+
+
+def groupwise_relational_distillation(
+    student_queries: jax.Array,
+    student_anchors: jax.Array,
+    teacher_queries: jax.Array,
+    teacher_anchors: jax.Array,
+    *,
+    old: jax.Array,
+    group_size: int,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> jax.Array:
+    """CCL's distillation as its DDP computes it (``moco/builder.py`` l.233-255, one process per
+    GPU): the batch [B, D] cut into B / ``group_size`` consecutive groups, each GPU's batch; in
+    each group, ``losses.relational_distillation`` of its ``old`` rows (bool [B]) against its own
+    old rows' anchors (KL batchmean over the group's old rows; 0 for a group without one, whose
+    process adds no term); then the mean over the groups (DDP averages the processes'
+    gradients)."""
+
+    def groups(x):
+        return x.reshape(-1, group_size, *x.shape[1:])
+
+    def one_group(sq, sa, tq, ta, valid):
+        return losses.relational_distillation(
+            sq,
+            sa,
+            tq,
+            ta,
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            valid=valid,
+        )
+
+    per_group = jax.vmap(one_group)(
+        *(groups(x) for x in (student_queries, student_anchors, teacher_queries, teacher_anchors)),
+        groups(old),
+    )
+    return jnp.mean(per_group)
 
 
 def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
     """CCL from ``config.ccl`` over MoCoV2+ (``config.mocov2plus``)."""
     check_config(config, objective)
     c = config.ccl
-    rehearsal = replay.rehearsal(config, objective, section="ccl.replay")
+    rehearsal = replay.rehearsal(config, objective, section="ccl.replay", allow_mix=True)
+    mix = c.replay.mode == "mix"  # the exemplars are rows of the task's data, not a sub-batch
     model = objective.model
     temperature = config.mocov2plus.temperature
     replayed_rows = c.replay.batch_size
@@ -199,9 +266,12 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             buffers["teacher"], target_params(inputs.params), inputs.hyper[TEACHER_MOMENTUM]
         )
         buffers = {**buffers, "teacher": teacher}
-        if inputs.joined.size == inputs.batch.size:  # no replayed rows in this stage's step
+        if mix:  # the old rows are among the step's own
+            start = 0
+        elif inputs.joined.size == inputs.batch.size:  # no replayed rows in this stage's step
             return buffers
-        start = inputs.batch.size
+        else:
+            start = inputs.batch.size
         old = inputs.joined.valid[start:] & (inputs.joined.tasks[start:] < inputs.task)
         esq = tuple(
             memory_lib.push_where(
@@ -223,6 +293,10 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
                 )
             else:  # the view-2 keys' ESQ against view 1's queries (builder.py l.225-230)
                 esq_loss = losses.info_nce(q[0], k[1], esq[0].items, temperature=temperature)
+            if mix:
+                distill = mixed_distillation(q)
+                total = c.esq_weight * esq_loss + c.distill_weight * distill
+                return total, {"esq": esq_loss, "distill": distill}
             start = inputs.batch.size - replayed_rows
             old = inputs.batch.valid[start:] & (inputs.batch.tasks[start:] < inputs.task)
             anchors = augment.center_crop_batch(
@@ -253,6 +327,46 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
             total = c.esq_weight * esq_loss + c.distill_weight * distill
             return total, {"esq": esq_loss, "distill": distill}
 
+        def mixed_distillation(q):
+            # Every row through the networks, each group of group_size rows apart (BatchNorm on
+            # that group's statistics, as on the reference's GPUs); the old rows distil.
+            old = inputs.batch.valid & (inputs.batch.tasks < inputs.task)
+            anchors = augment.center_crop_batch(
+                inputs.batch.images, anchor_view, fraction=augment.CENTER_CROP_FRACTION
+            )
+
+            def per_group(fn, x):
+                out = jax.vmap(fn)(x.reshape(-1, c.group_size, *x.shape[1:]))
+                return out.reshape(-1, *out.shape[2:])
+
+            def student_projection(x):
+                out, _ = model.apply(
+                    {"params": inputs.params}, x, True, method="project", mutable=["batch_stats"]
+                )
+                return out["projection"]
+
+            teacher = {"params": inputs.state.buffers["teacher"]}
+
+            def teacher_projection(x):
+                out = apply_teacher(model, teacher, x, train_bn=True, method="project")
+                return out["projection"]
+
+            student_anchors = per_group(student_projection, anchors)
+            teacher_anchors = per_group(teacher_projection, anchors)
+            return sum(
+                groupwise_relational_distillation(
+                    q[v],
+                    student_anchors,
+                    per_group(teacher_projection, inputs.views[v]),
+                    teacher_anchors,
+                    old=old,
+                    group_size=c.group_size,
+                    student_temperature=c.student_temperature,
+                    teacher_temperature=c.teacher_temperature,
+                )
+                for v in query_views
+            ) / len(query_views)
+
         def first_task():
             return jax.tree.map(jnp.zeros_like, jax.eval_shape(incremental_terms))
 
@@ -268,6 +382,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         init=init,
         end_task=end_task,
         extend_batch=rehearsal.extend_batch,
+        stage_examples=rehearsal.stage_examples,
         extends_batch_from=rehearsal.extends_batch_from,
         loss=loss,
         update_buffers=update_buffers,
