@@ -588,3 +588,108 @@ def test_l2_normalize_axis_is_keyword_only():
     )
     with pytest.raises(TypeError, match="positional argument"):
         losses.l2_normalize(x, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses from solo-learn and lightly, against NumPy transcriptions of their reference code:
+# lightly at commit e8d317fc5a87f4387a85a35e689869039ec249ee (lightly-ai/lightly) and solo-learn
+# at commit 9187ea39c2c3f43c455ab06664d2b019a9802954 (vturrisi/solo-learn).
+
+
+def np_dcl(out0, out1, temperature, sigma=None):
+    """lightly ``lightly/loss/dcl_loss.py`` (DCLLoss.forward and _loss, and
+    ``negative_mises_fisher_weights`` for DCLW), without gather_distributed."""
+    out0, out1 = (
+        _np_normalize(np.asarray(out0, np.float64)),
+        _np_normalize(np.asarray(out1, np.float64)),
+    )
+
+    def weight_fn(a, b):
+        similarity = np.einsum("nm,nm->n", a, b) / sigma
+        return 2 - a.shape[0] * np.exp(_np_log_softmax(similarity))
+
+    def loss(a, b):
+        n = a.shape[0]
+        sim_00 = np.einsum("nc,mc->nm", a, a) / temperature
+        sim_01 = np.einsum("nc,mc->nm", a, b) / temperature
+        positive_loss = -np.diag(sim_01)
+        if sigma is not None:
+            positive_loss = positive_loss * weight_fn(a, b)
+        off = ~np.eye(n, dtype=bool)
+        all_negs = np.concatenate([sim_00[off].reshape(n, -1), sim_01[off].reshape(n, -1)], axis=1)
+        peak = all_negs.max(axis=1)
+        negative_loss = peak + np.log(np.exp(all_negs - peak[:, None]).sum(axis=1))
+        return np.mean(positive_loss + negative_loss)
+
+    return 0.5 * (loss(out0, out1) + loss(out1, out0))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_dcl_and_dclw_match_numpy_reference(temperature):
+    z1, z2 = _normal(90, (6, 5)), _normal(91, (6, 5))
+    np.testing.assert_allclose(
+        losses.dcl_loss(z1, z2, temperature=temperature), np_dcl(z1, z2, temperature), rtol=RTOL
+    )
+    for sigma in (0.5, 2.0):
+        np.testing.assert_allclose(
+            losses.dclw_loss(z1, z2, temperature=temperature, sigma=sigma),
+            np_dcl(z1, z2, temperature, sigma),
+            rtol=RTOL,
+        )
+
+
+def test_dcl_closed_form():
+    # Orthonormal embeddings, identical views: the positive 1/tau, the 2B - 2 negatives 0.
+    tau, b = 0.2, 3
+    e = np.eye(4, dtype=np.float32)[:b]
+    expected = -1 / tau + np.log(2 * b - 2)
+    np.testing.assert_allclose(losses.dcl_loss(e, e, temperature=tau), expected, rtol=RTOL)
+    # Equal positive cosines: every DCLW weight is 1, so DCLW is DCL.
+    np.testing.assert_allclose(losses.dclw_loss(e, e, temperature=tau), expected, rtol=RTOL)
+
+
+_TRANSCRIBED_LOSSES = {
+    "dcl_loss": losses.dcl_loss,
+    "dclw_loss": losses.dclw_loss,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TRANSCRIBED_LOSSES))
+def test_transcribed_losses_have_finite_gradients_for_equal_views(name):
+    z = _normal(121, (8, 3))
+    value, grad = jax.value_and_grad(_TRANSCRIBED_LOSSES[name])(z, z)
+    assert np.isfinite(value) and value.dtype == jnp.float32
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+
+
+@pytest.mark.parametrize("name", ["dcl_loss"])
+def test_transcribed_losses_gradients_match_finite_differences(name):
+    z1, z2 = _normal(122, (6, 3)).astype(np.float64), _normal(123, (6, 3)).astype(np.float64)
+    fn, reference = {
+        "dcl_loss": (
+            functools.partial(losses.dcl_loss, temperature=0.5),
+            lambda a, b: np_dcl(a, b, 0.5),
+        ),
+    }[name]
+    with jax.enable_x64(True):
+        g1, g2 = jax.grad(fn, argnums=(0, 1))(jnp.asarray(z1), jnp.asarray(z2))
+    rng = np.random.default_rng(10)
+    for _ in range(3):
+        d1, d2 = rng.standard_normal(z1.shape), rng.standard_normal(z2.shape)
+        numeric = _central_difference(lambda t: reference(z1 + t * d1, z2 + t * d2), 0.0, 1.0, 1e-6)
+        analytic = np.sum(np.asarray(g1) * d1) + np.sum(np.asarray(g2) * d2)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: losses.dcl_loss(_ONES, _ONES[:3]), "same"),
+        (lambda: losses.dclw_loss(_ONES[:1], _ONES[:1]), "at least 2"),
+        (lambda: losses.dcl_loss(_ONES, _ONES, temperature=0.0), "temperature must be > 0"),
+        (lambda: losses.dclw_loss(_ONES, _ONES, sigma=-1.0), "sigma must be > 0"),
+    ],
+)
+def test_transcribed_losses_reject_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -53,7 +53,8 @@ class Case:
     """``fn(diff, data, replicated, axis_name)``: ``diff`` the float batch inputs (sharded,
     differentiated), ``data`` other batch inputs (sharded: labels, masks), ``replicated`` inputs
     the same on every device. ``kind``: "loss" (a scalar; compared with its gradient), "aux" (a
-    scalar and a dict of terms) or "rows" (one output row per input row, no gradient)."""
+    scalar and auxiliary outputs: a dict of terms, a new state) or "rows" (one output row per
+    input row, no gradient)."""
 
     fn: Callable
     diff: tuple
@@ -78,6 +79,10 @@ CASES = {
     ),
     "contrastive_distillation": _distiller(losses.contrastive_distillation),
     "cosine_distillation": _distiller(losses.cosine_distillation),
+    "dcl_loss": Case(lambda d, _, __, axis_name: losses.dcl_loss(*d, axis_name=axis_name), (X, Y)),
+    "dclw_loss": Case(
+        lambda d, _, __, axis_name: losses.dclw_loss(*d, axis_name=axis_name), (X, Y)
+    ),
     "decorrelative_distillation": _distiller(losses.decorrelative_distillation),
     "dino_loss": Case(
         lambda d, _, r, axis_name: losses.dino_loss(*d, *r, axis_name=axis_name),

@@ -3,8 +3,9 @@
 They use no Flax, no config objects and no global state, so that other JAX projects can import
 them. The SSL objectives (``objectives.py``), the continual strategies' distillation terms
 (``distill.py``), the classification terms of strategies that train a classifier
-(``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``),
-``sinkhorn`` (the [batch, prototypes] codes) and ``l2_normalize`` (its input, normalised).
+(``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function
+returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``), ``sinkhorn`` (the [batch,
+prototypes] codes) and ``l2_normalize`` (its input, normalised).
 """
 
 from cl_ssl.losses.classification import (
@@ -32,6 +33,8 @@ from cl_ssl.losses.gan import (
 from cl_ssl.losses.objectives import (
     barlow_twins_loss,
     byol_loss,
+    dcl_loss,
+    dclw_loss,
     dino_loss,
     info_nce,
     l2_normalize,
@@ -48,6 +51,8 @@ __all__ = [
     "byol_loss",
     "contrastive_distillation",
     "cosine_distillation",
+    "dcl_loss",
+    "dclw_loss",
     "decorrelative_distillation",
     "dino_loss",
     "discriminator_loss",

@@ -650,3 +650,112 @@ def dino_loss(
     )
     log_student = jax.nn.log_softmax(_as_float(student_logits) / student_temperature, axis=-1)
     return -_batch_mean(jnp.sum(teacher * log_student, axis=-1), axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# DCL and DCLW
+
+
+def _global_softmax(logits: jax.Array, axis_name: str | None) -> jax.Array:
+    """softmax of the [B] ``logits`` over the global batch (this call's rows of it)."""
+    peak = jnp.max(logits)
+    if axis_name is not None:
+        peak = lax.pmax(peak, axis_name)
+    e = jnp.exp(logits - peak)
+    return e / _batch_sum(e, axis_name)
+
+
+def _dcl(
+    fn: str, z1: jax.Array, z2: jax.Array, temperature: float, sigma: float | None, axis_name
+) -> jax.Array:
+    _check_embeddings(fn, z1=z1, z2=z2)
+    _check_positive(fn, temperature=temperature)
+    if sigma is not None:
+        _check_positive(fn, sigma=sigma)
+    b = z1.shape[0]
+    _check_min_batch(fn, b, 2, axis_name)
+    u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
+    positive = jnp.sum(u1 * u2, axis=-1) / temperature  # [b]
+    if sigma is None:
+        weight = 1.0
+    else:
+        n = b * _axis_size(axis_name)
+        cosine = lax.stop_gradient(jnp.sum(u1 * u2, axis=-1))
+        weight = 2.0 - n * _global_softmax(cosine / sigma, axis_name)
+    columns1, offset = _gathered_rows(u1, axis_name)
+    columns2, _ = _gathered_rows(u2, axis_name)
+    is_self = jnp.arange(columns1.shape[0])[None, :] == (offset + jnp.arange(b))[:, None]
+
+    def one_direction(u, same_view, other_view):
+        # Every other image of either view; the image's own two rows are left out.
+        negatives = jnp.concatenate([u @ same_view.T, u @ other_view.T], axis=-1) / temperature
+        negatives = jnp.where(jnp.concatenate([is_self, is_self], axis=-1), -jnp.inf, negatives)
+        return -weight * positive + jax.nn.logsumexp(negatives, axis=-1)
+
+    rows = one_direction(u1, columns1, columns2) + one_direction(u2, columns2, columns1)
+    return 0.5 * _batch_mean(rows, axis_name)
+
+
+def dcl_loss(
+    z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1, axis_name: str | None = None
+) -> jax.Array:
+    """Decoupled contrastive loss, DCL (Yeh et al., ECCV 2022, Sec. 3;
+    arXiv:2110.06848, Eq. 6 as lightly cites it, with w = 1).
+
+    Reference code: lightly ``lightly/loss/dcl_loss.py::DCLLoss``.
+
+    NT-Xent without the positive pair in the denominator. With u^v = n(z^v) (L2-normalised here),
+    N the global batch and s(a, b) = a . b / tau:
+
+      l^(1)_i = -s(u^1_i, u^2_i) + log sum_{j != i} [exp s(u^1_i, u^1_j) + exp s(u^1_i, u^2_j)]
+      L = (1 / 2N) sum_i (l^(1)_i + l^(2)_i)
+
+    with l^(2) the same with the views swapped: 2N - 2 negatives per row, both views of every
+    other image.
+
+    Args:
+      z1: [B, D] projections of the first view (any float dtype).
+      z2: [B, D] projections of the second view, row i the same image as ``z1[i]``.
+      temperature: tau > 0 (0.1, lightly's default and the paper's SimCLR setting).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; negatives are gathered
+        from every device.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    return _dcl("dcl_loss", z1, z2, temperature, None, axis_name)
+
+
+def dclw_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    temperature: float = 0.1,
+    sigma: float = 0.5,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Weighted decoupled contrastive loss, DCLW (Yeh et al., ECCV 2022, Sec. 3;
+    arXiv:2110.06848, Eq. 6 as lightly cites it).
+
+    Reference code: lightly ``lightly/loss/dcl_loss.py::DCLWLoss`` (``negative_mises_fisher_weights``).
+
+    ``dcl_loss`` with the positive term of image i weighted by the paper's negative von
+    Mises-Fisher weighting function w, computed without gradient over the global batch of N images:
+
+      w_i = 2 - N exp(u^1_i . u^2_i / sigma) / sum_k exp(u^1_k . u^2_k / sigma)
+      l^(1)_i = -w_i s(u^1_i, u^2_i) + log sum_{j != i} [exp s(u^1_i, u^1_j) + exp s(u^1_i, u^2_j)]
+
+    so that the weights average 1 and the harder positive pairs (lower cosine) weigh more. Inside
+    ``shard_map`` with ``axis_name`` the softmax and N cover every device (lightly's
+    ``gather_distributed`` weighs each GPU's rows among its own).
+
+    Args:
+      z1, z2: [B, D] projections of the two views, row i the same image.
+      temperature: tau > 0 of the similarities.
+      sigma: sigma > 0 of the weights (0.5, the paper's and lightly's).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    return _dcl("dclw_loss", z1, z2, temperature, sigma, axis_name)
