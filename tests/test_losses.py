@@ -624,6 +624,19 @@ def np_dcl(out0, out1, temperature, sigma=None):
     return 0.5 * (loss(out0, out1) + loss(out1, out0))
 
 
+def np_tico(z_a, z_b, c, beta, rho):
+    """lightly ``lightly/loss/tico_loss.py`` (TiCoLoss.forward with self.C = c)."""
+    z_a, z_b = (
+        _np_normalize(np.asarray(z_a, np.float64)),
+        _np_normalize(np.asarray(z_b, np.float64)),
+    )
+    b_matrix = z_a.T @ z_a / z_a.shape[0]
+    c = beta * c + (1 - beta) * b_matrix
+    transformative_invariance_loss = 1.0 - (z_a * z_b).sum(axis=1).mean()
+    covariance_contrast_loss = rho * ((z_a @ c) * z_a).sum(axis=1).mean()
+    return transformative_invariance_loss + covariance_contrast_loss, c
+
+
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_dcl_and_dclw_match_numpy_reference(temperature):
     z1, z2 = _normal(90, (6, 5)), _normal(91, (6, 5))
@@ -648,9 +661,33 @@ def test_dcl_closed_form():
     np.testing.assert_allclose(losses.dclw_loss(e, e, temperature=tau), expected, rtol=RTOL)
 
 
+def test_tico_matches_numpy_reference():
+    z1, z2 = _normal(92, (6, 5)), _normal(93, (6, 5))
+    c = np.zeros((5, 5))
+    for beta, rho in ((0.9, 8.0), (0.5, 2.0)):  # two steps: C carried from the first
+        loss, c_new = losses.tico_loss(z1, z2, c.astype(np.float32), beta=beta, rho=rho)
+        expected_loss, expected_c = np_tico(z1, z2, c, beta, rho)
+        np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
+        np.testing.assert_allclose(c_new, expected_c, rtol=RTOL, atol=1e-7)
+        c, z1 = expected_c, z2  # the next step's inputs
+        z2 = _normal(94, (6, 5))
+
+
+def test_tico_covariance_receives_no_gradient():
+    z1, z2, c = _normal(95, (4, 3)), _normal(96, (4, 3)), np.eye(3, dtype=np.float32)
+    grad_c = jax.grad(lambda c: losses.tico_loss(z1, z2, c)[0])(c)
+    np.testing.assert_array_equal(grad_c, np.zeros_like(grad_c))
+    # The gradient is that of the loss with C' held fixed: beta = 1 keeps C' as given.
+    _, c_new = losses.tico_loss(z1, z2, c)
+    g = jax.grad(lambda a: losses.tico_loss(a, z2, c)[0])(z1)
+    g_fixed = jax.grad(lambda a: losses.tico_loss(a, z2, c_new, beta=1.0)[0])(z1)
+    np.testing.assert_allclose(g, g_fixed, rtol=RTOL, atol=ATOL)
+
+
 _TRANSCRIBED_LOSSES = {
     "dcl_loss": losses.dcl_loss,
     "dclw_loss": losses.dclw_loss,
+    "tico_loss": lambda a, b: losses.tico_loss(a, b, 0.1 * jnp.eye(a.shape[1]))[0],
 }
 
 
@@ -688,6 +725,7 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         (lambda: losses.dclw_loss(_ONES[:1], _ONES[:1]), "at least 2"),
         (lambda: losses.dcl_loss(_ONES, _ONES, temperature=0.0), "temperature must be > 0"),
         (lambda: losses.dclw_loss(_ONES, _ONES, sigma=-1.0), "sigma must be > 0"),
+        (lambda: losses.tico_loss(_ONES, _ONES, np.zeros((4, 4))), "covariance must be"),
     ],
 )
 def test_transcribed_losses_reject_bad_inputs(call, match):

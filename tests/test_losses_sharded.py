@@ -46,6 +46,8 @@ VALID = np.array([1, 0, 1, 1, 0, 0, 0, 0], bool)
 LABELS = np.array([0, 1, -1, 2, 3, -1, -1, 1], np.int32)
 OLD = np.array([1, 1, 0, 0], bool)
 SEEN = np.array([1, 1, 1, 0], bool)
+# A running covariance (symmetric, positive semi-definite) for TiCo.
+COVARIANCE = (lambda a: a.T @ a / 6)(_normal(32, (6, 4)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +173,12 @@ CASES = {
             d[0], d[1], queue_scores1=d[1][::-1], queue_scores2=2 * d[0], axis_name=axis_name
         ),
         tuple(SCORES[:2]),
+    ),
+    "tico_loss": Case(
+        lambda d, _, r, axis_name: losses.tico_loss(*d, *r, axis_name=axis_name),
+        (X, Y),
+        replicated=(COVARIANCE,),
+        kind="aux",
     ),
     "vicreg_loss": Case(
         lambda d, _, __, axis_name: losses.vicreg_loss(*d, axis_name=axis_name), (X, Y), kind="aux"

@@ -4,8 +4,9 @@ They use no Flax, no config objects and no global state, so that other JAX proje
 them. The SSL objectives (``objectives.py``), the continual strategies' distillation terms
 (``distill.py``), the classification terms of strategies that train a classifier
 (``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function
-returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``), ``sinkhorn`` (the [batch,
-prototypes] codes) and ``l2_normalize`` (its input, normalised).
+returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``), ``tico_loss`` (``(loss,
+new_covariance)``), ``sinkhorn`` (the [batch, prototypes] codes) and ``l2_normalize`` (its input,
+normalised).
 """
 
 from cl_ssl.losses.classification import (
@@ -43,6 +44,7 @@ from cl_ssl.losses.objectives import (
     simsiam_loss,
     sinkhorn,
     swav_loss,
+    tico_loss,
     vicreg_loss,
 )
 
@@ -75,5 +77,6 @@ __all__ = [
     "sinkhorn",
     "soft_cross_entropy",
     "swav_loss",
+    "tico_loss",
     "vicreg_loss",
 ]

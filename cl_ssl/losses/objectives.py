@@ -759,3 +759,62 @@ def dclw_loss(
       Scalar float32 loss.
     """
     return _dcl("dclw_loss", z1, z2, temperature, sigma, axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# TiCo
+
+
+def tico_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    covariance: jax.Array,
+    *,
+    beta: float = 0.9,
+    rho: float = 8.0,
+    axis_name: str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """TiCo's transformation-invariance and covariance-contrast loss (Zhu et al., 2022,
+    arXiv:2206.10698, Sec. 3).
+
+    Reference code: lightly ``lightly/loss/tico_loss.py::TiCoLoss``.
+
+    With u^v = n(z^v) (L2-normalised here), N the global batch and C the running covariance
+    (D x D, the state; start it at zeros as the reference does):
+
+      C' = beta C + (1 - beta) sg(u^1^T u^1 / N)
+      L = 1 - (1/N) sum_i u^1_i . u^2_i + rho (1/N) sum_i u^1_i^T C' u^1_i
+
+    No gradient flows into C' (the reference detaches both its parts); u^2 is not detached (the
+    reference does not). The function is pure: it returns C', which the caller carries to the next
+    step (the reference's ``update_covariance_matrix=False`` is not passing it on).
+
+    Args:
+      z1: [B, D] projections of the first view (the online network's in the paper).
+      z2: [B, D] projections of the second view, row i the same image as ``z1[i]``.
+      covariance: [D, D] running covariance C from the previous step (the same on every device).
+      beta: EMA coefficient of C in [0, 1] (0.9, the paper's and lightly's).
+      rho: weight of the covariance-contrast term (8.0, the paper's and lightly's).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; C' and the means then
+        cover the global batch (as lightly's ``gather_distributed``).
+
+    Returns:
+      ``(loss, new_covariance)``: the scalar float32 loss and C' [D, D], float32.
+    """
+    _check_embeddings("tico_loss", z1=z1, z2=z2)
+    d = z1.shape[1]
+    if jnp.shape(covariance) != (d, d):
+        raise ValueError(
+            f"tico_loss: covariance must be [{d}, {d}] for {d}-dimensional embeddings, got shape "
+            f"{jnp.shape(covariance)}; start it at jnp.zeros(({d}, {d}))"
+        )
+    _check_min_batch("tico_loss", z1.shape[0], 2, axis_name)
+    u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
+    n = z1.shape[0] * _axis_size(axis_name)
+    batch_covariance = _batch_product(u1, u1, axis_name) / n
+    new_covariance = lax.stop_gradient(
+        beta * _as_float(covariance) + (1.0 - beta) * batch_covariance
+    )
+    invariance = 1.0 - _batch_mean(jnp.sum(u1 * u2, axis=-1), axis_name)
+    contrast = _batch_mean(jnp.sum((u1 @ new_covariance) * u1, axis=-1), axis_name)
+    return invariance + rho * contrast, new_covariance
