@@ -637,6 +637,29 @@ def np_tico(z_a, z_b, c, beta, rho):
     return transformative_invariance_loss + covariance_contrast_loss, c
 
 
+def np_find_nn(z, queue):
+    """solo-learn ``solo/methods/nnclr.py`` (NNCLR.find_nn on the normalised z and queue)."""
+    z, queue = (_np_normalize(np.asarray(a, np.float64)) for a in (z, queue))
+    idx = np.argmax(z @ queue.T, axis=1)
+    return queue[idx], idx
+
+
+def np_nnclr(nn, p, temperature):
+    """solo-learn ``solo/losses/nnclr.py`` (nnclr_loss_func on one process)."""
+    nn, p = (_np_normalize(np.asarray(a, np.float64)) for a in (nn, p))
+    log_prob = _np_log_softmax(nn @ p.T / temperature)
+    return -np.mean([log_prob[i, i] for i in range(len(nn))])
+
+
+def np_ressl(q, k, queue, temperature_q, temperature_k):
+    """solo-learn ``solo/losses/ressl.py`` (ressl_loss_func), on q, k and queue normalised as
+    ``solo/methods/ressl.py`` gives them."""
+    q, k, queue = (_np_normalize(np.asarray(a, np.float64)) for a in (q, k, queue))
+    logits_q, logits_k = q @ queue.T, k @ queue.T
+    targets = np.exp(_np_log_softmax(logits_k / temperature_k))
+    return -np.mean(np.sum(targets * _np_log_softmax(logits_q / temperature_q), axis=1))
+
+
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_dcl_and_dclw_match_numpy_reference(temperature):
     z1, z2 = _normal(90, (6, 5)), _normal(91, (6, 5))
@@ -684,10 +707,48 @@ def test_tico_covariance_receives_no_gradient():
     np.testing.assert_allclose(g, g_fixed, rtol=RTOL, atol=ATOL)
 
 
+def test_nnclr_matches_numpy_reference():
+    z1, z2, p1, p2 = (_normal(97 + i, (6, 5)) for i in range(4))
+    queue = _np_normalize(_normal(101, (9, 5))).astype(np.float32)
+    nn1, idx1 = losses.nearest_neighbours(z1, queue)
+    nn2, _ = losses.nearest_neighbours(z2, queue)
+    expected_nn1, expected_idx1 = np_find_nn(z1, queue)
+    np.testing.assert_array_equal(idx1, expected_idx1)
+    np.testing.assert_allclose(nn1, expected_nn1, rtol=RTOL)
+    loss = (losses.nnclr_loss(nn1, p2) + losses.nnclr_loss(nn2, p1)) / 2
+    expected = (np_nnclr(expected_nn1, p2, 0.1) + np_nnclr(np_find_nn(z2, queue)[0], p1, 0.1)) / 2
+    np.testing.assert_allclose(loss, expected, rtol=RTOL)
+    np.testing.assert_allclose(
+        losses.nnclr_loss(nn1, p2, temperature=0.5), np_nnclr(nn1, p2, 0.5), rtol=RTOL
+    )
+    # The neighbours are the support's rows as given, with no gradient into the support.
+    raw = 3 * queue
+    np.testing.assert_array_equal(losses.nearest_neighbours(z1, raw)[0], raw[idx1])
+    g = jax.grad(lambda s: jnp.sum(losses.nearest_neighbours(z1, s)[0]))(raw)
+    np.testing.assert_array_equal(g, np.zeros_like(g))
+
+
+def test_ressl_matches_numpy_reference():
+    q, k, queue = _normal(102, (6, 5)), _normal(103, (6, 5)), _normal(104, (7, 5))
+    np.testing.assert_allclose(
+        losses.ressl_loss(q, k, queue), np_ressl(q, k, queue, 0.1, 0.04), rtol=RTOL
+    )
+    np.testing.assert_allclose(
+        losses.ressl_loss(q, k, queue, temperature_q=0.2, temperature_k=0.1),
+        np_ressl(q, k, queue, 0.2, 0.1),
+        rtol=RTOL,
+    )
+    grads = jax.grad(losses.ressl_loss, argnums=(1, 2))(q, k, queue)
+    for g in grads:
+        np.testing.assert_array_equal(g, np.zeros_like(g))
+
+
 _TRANSCRIBED_LOSSES = {
     "dcl_loss": losses.dcl_loss,
     "dclw_loss": losses.dclw_loss,
     "tico_loss": lambda a, b: losses.tico_loss(a, b, 0.1 * jnp.eye(a.shape[1]))[0],
+    "nnclr_loss": losses.nnclr_loss,
+    "ressl_loss": lambda a, b: losses.ressl_loss(a, b, _normal(120, (5, a.shape[1]))),
 }
 
 
@@ -699,13 +760,17 @@ def test_transcribed_losses_have_finite_gradients_for_equal_views(name):
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
-@pytest.mark.parametrize("name", ["dcl_loss"])
+@pytest.mark.parametrize("name", ["dcl_loss", "nnclr_loss"])
 def test_transcribed_losses_gradients_match_finite_differences(name):
     z1, z2 = _normal(122, (6, 3)).astype(np.float64), _normal(123, (6, 3)).astype(np.float64)
     fn, reference = {
         "dcl_loss": (
             functools.partial(losses.dcl_loss, temperature=0.5),
             lambda a, b: np_dcl(a, b, 0.5),
+        ),
+        "nnclr_loss": (
+            functools.partial(losses.nnclr_loss, temperature=0.5),
+            lambda a, b: np_nnclr(a, b, 0.5),
         ),
     }[name]
     with jax.enable_x64(True):
@@ -726,6 +791,10 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         (lambda: losses.dcl_loss(_ONES, _ONES, temperature=0.0), "temperature must be > 0"),
         (lambda: losses.dclw_loss(_ONES, _ONES, sigma=-1.0), "sigma must be > 0"),
         (lambda: losses.tico_loss(_ONES, _ONES, np.zeros((4, 4))), "covariance must be"),
+        (lambda: losses.nearest_neighbours(_ONES, np.ones((5, 2))), "support must be"),
+        (lambda: losses.nnclr_loss(_ONES, _ONES, temperature=-1), "temperature must be > 0"),
+        (lambda: losses.ressl_loss(_ONES, _ONES, np.ones((3,))), "queue must be"),
+        (lambda: losses.ressl_loss(_ONES, _ONES, _ONES, temperature_k=0), "temperature_k must"),
     ],
 )
 def test_transcribed_losses_reject_bad_inputs(call, match):

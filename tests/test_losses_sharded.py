@@ -127,6 +127,15 @@ CASES = {
         (LABELS,),
     ),
     "mse_distillation": _distiller(losses.mse_distillation),
+    "nearest_neighbours": Case(
+        lambda d, _, r, axis_name: losses.nearest_neighbours(d[0], r[0]),
+        (X,),
+        replicated=(_normal(33, (6, 4)),),
+        kind="rows",
+    ),
+    "nnclr_loss": Case(
+        lambda d, _, __, axis_name: losses.nnclr_loss(*d, axis_name=axis_name), (X, Y)
+    ),
     "nt_xent": Case(lambda d, _, __, axis_name: losses.nt_xent(*d, axis_name=axis_name), (X, Y)),
     "old_class_distillation": Case(
         lambda d, m, r, axis_name: losses.old_class_distillation(
@@ -149,6 +158,11 @@ CASES = {
         ),
         (X, Y, Z, W),
         (VALID,),
+    ),
+    "ressl_loss": Case(
+        lambda d, _, r, axis_name: losses.ressl_loss(*d, *r, axis_name=axis_name),
+        (X, Y),
+        replicated=(_normal(34, (6, 4)),),
     ),
     "similarity_distillation": _distiller(losses.similarity_distillation),
     "similarity_kl": Case(

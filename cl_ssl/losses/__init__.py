@@ -5,8 +5,8 @@ them. The SSL objectives (``objectives.py``), the continual strategies' distilla
 (``distill.py``), the classification terms of strategies that train a classifier
 (``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function
 returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``), ``tico_loss`` (``(loss,
-new_covariance)``), ``sinkhorn`` (the [batch, prototypes] codes) and ``l2_normalize`` (its input,
-normalised).
+new_covariance)``), ``sinkhorn`` (the [batch, prototypes] codes), ``nearest_neighbours``
+(``(neighbours, indices)``) and ``l2_normalize`` (its input, normalised).
 """
 
 from cl_ssl.losses.classification import (
@@ -39,7 +39,10 @@ from cl_ssl.losses.objectives import (
     dino_loss,
     info_nce,
     l2_normalize,
+    nearest_neighbours,
+    nnclr_loss,
     nt_xent,
+    ressl_loss,
     similarity_kl,
     simsiam_loss,
     sinkhorn,
@@ -66,11 +69,14 @@ __all__ = [
     "l2_normalize",
     "labelled_cross_entropy",
     "mse_distillation",
+    "nearest_neighbours",
+    "nnclr_loss",
     "nt_xent",
     "old_class_distillation",
     "predictive_distillation",
     "r1_penalty",
     "relational_distillation",
+    "ressl_loss",
     "similarity_distillation",
     "similarity_kl",
     "simsiam_loss",

@@ -818,3 +818,133 @@ def tico_loss(
     invariance = 1.0 - _batch_mean(jnp.sum(u1 * u2, axis=-1), axis_name)
     contrast = _batch_mean(jnp.sum((u1 @ new_covariance) * u1, axis=-1), axis_name)
     return invariance + rho * contrast, new_covariance
+
+
+# ---------------------------------------------------------------------------------------------
+# NNCLR
+
+
+def nearest_neighbours(z: jax.Array, support: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """NNCLR's nearest-neighbour lookup in a support set (Dwibedi et al., ICCV 2021, Sec. 3).
+
+    Reference code: solo-learn ``solo/methods/nnclr.py::NNCLR.find_nn``.
+
+    For each row z_i, the support row with the largest cosine similarity:
+
+      NN(z_i) = Q_{k*},   k* = argmax_k n(z_i) . n(Q_k)
+
+    (solo-learn takes the argmax of z_i . Q_k with rows of z and Q L2-normalised beforehand; the
+    cosine is the same.) Ties go to the first such row. The returned rows pass through
+    ``stop_gradient``, as the reference's queue is a buffer. Row-wise: nothing reduces over the
+    batch, so there is no ``axis_name``; inside ``shard_map`` give every device the whole support.
+
+    Args:
+      z: [B, D] projections of one view.
+      support: [K, D] support set (NNCLR's queue of past projections).
+
+    Returns:
+      ``(neighbours, indices)``: [B, D] the support rows as given (float32), and int32 [B] their
+      row indices in ``support`` (for NNCLR's nearest-neighbour accuracy).
+    """
+    _check_embeddings("nearest_neighbours", z=z)
+    if jnp.ndim(support) != 2 or jnp.shape(support)[1] != z.shape[1]:
+        raise ValueError(
+            f"nearest_neighbours: support must be [K, D] with D = {z.shape[1]} (one row per "
+            f"sample), got shape {jnp.shape(support)}"
+        )
+    support = lax.stop_gradient(_as_float(support))
+    similarity = lax.stop_gradient(l2_normalize(_as_float(z))) @ l2_normalize(support).T
+    indices = jnp.argmax(similarity, axis=-1).astype(jnp.int32)
+    mesh = _explicit_mesh(indices)
+    rows = None if mesh is None else NamedSharding(mesh, P(jax.typeof(indices).sharding.spec[0]))
+    return _replicated(support).at[indices].get(out_sharding=rows), indices
+
+
+def nnclr_loss(
+    neighbours: jax.Array,
+    p: jax.Array,
+    *,
+    temperature: float = 0.1,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """NNCLR's contrastive loss, one direction (Dwibedi et al., ICCV 2021, Sec. 3).
+
+    Reference code: solo-learn ``solo/losses/nnclr.py::nnclr_loss_func``.
+
+    The NT-Xent between the nearest neighbours of one view and the predictions of the other, the
+    other images' predictions as negatives. With a = n(NN(z^1)), b = n(p^2) (L2-normalised here)
+    and N the global batch:
+
+      L = -(1/N) sum_i log( exp(a_i . b_i / tau) / sum_{j=1}^{N} exp(a_i . b_j / tau) )
+
+    NNCLR averages the two directions: (nnclr_loss(NN(z1), p2) + nnclr_loss(NN(z2), p1)) / 2,
+    with ``nearest_neighbours`` giving NN(z) from the support set.
+
+    Args:
+      neighbours: [B, D] nearest neighbours of the first view's projections in the support set.
+      p: [B, D] predictions of the second view, row i the same image.
+      temperature: tau > 0 (0.1, the paper's and solo-learn's).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; the predictions are
+        gathered from every device, as solo-learn's ``gather(p)``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("nnclr_loss", neighbours=neighbours, p=p)
+    _check_positive("nnclr_loss", temperature=temperature)
+    a, b = l2_normalize(_as_float(neighbours)), l2_normalize(_as_float(p))
+    columns, offset = _gathered_rows(b, axis_name)
+    log_prob = jax.nn.log_softmax(a @ columns.T / temperature, axis=-1)  # [b, N]
+    positive = offset + jnp.arange(a.shape[0])
+    return -_batch_mean(jnp.take_along_axis(log_prob, positive[:, None], axis=-1)[:, 0], axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# ReSSL
+
+
+def ressl_loss(
+    q: jax.Array,
+    k: jax.Array,
+    queue: jax.Array,
+    *,
+    temperature_q: float = 0.1,
+    temperature_k: float = 0.04,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """ReSSL's relational loss (Zheng et al., NeurIPS 2021, Sec. 3).
+
+    Reference code: solo-learn ``solo/losses/ressl.py::ressl_loss_func``.
+
+    The cross-entropy between the key's and the query's similarity distributions over a queue of
+    past keys. q, k and the queue rows are L2-normalised here (solo-learn's ReSSL normalises its
+    projections before the loss, ``solo/methods/ressl.py``); k and the queue pass through
+    ``stop_gradient``:
+
+      L = -(1/B) sum_i sum_j softmax_j(k_i . Q_j / tau_k) log softmax_j(q_i . Q_j / tau_q)
+
+    Args:
+      q: [B, D] online projections of the strongly augmented view.
+      k: [B, D] momentum-encoder projections of the weakly augmented view, row i the same image.
+      queue: [K, D] past keys, one per row (the same on every device).
+      temperature_q: tau_q > 0 of the query (0.1, the paper's and solo-learn's).
+      temperature_k: tau_k > 0 of the key, sharper (0.04, the paper's and solo-learn's).
+      axis_name: mesh axis that splits q and k inside ``jax.shard_map``; only the batch mean is
+        reduced over it.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("ressl_loss", q=q, k=k)
+    if jnp.ndim(queue) != 2 or jnp.shape(queue)[1] != q.shape[1]:
+        raise ValueError(
+            f"ressl_loss: queue must be [K, D] with D = {q.shape[1]} (one key per row), got "
+            f"shape {jnp.shape(queue)}"
+        )
+    _check_positive("ressl_loss", temperature_q=temperature_q, temperature_k=temperature_k)
+    queue = lax.stop_gradient(l2_normalize(_as_float(queue)))
+    q = l2_normalize(_as_float(q))
+    k = lax.stop_gradient(l2_normalize(_as_float(k)))
+    target = jax.nn.softmax(k @ queue.T / temperature_k, axis=-1)
+    log_prob = jax.nn.log_softmax(q @ queue.T / temperature_q, axis=-1)
+    return -_batch_mean(jnp.sum(target * log_prob, axis=-1), axis_name)
