@@ -785,6 +785,17 @@ def test_mix_mode_settings_that_cannot_work_are_rejected_before_compiling():
         _parts(**{"ccl.replay.mode": "blend"})
     _, _, strat = _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4})
     assert strat.extend_batch is None and strat.stage_examples is not None
+    # CCL's SimpleReplay: plain replay of random exemplars mixed into the tasks' data.
+    simple = {
+        "strategy": "replay",
+        "replay.mode": "mix",
+        "replay.selection": "random_with_replacement",
+        "replay.per_class": 2,
+    }
+    config, objective, strat = _parts(**simple)
+    assert strat.extend_batch is None and strat.stage_examples is replay.mixed_exemplars
+    with pytest.raises(ValueError, match="set replay.mode='extend'"):  # a joined-batch reader
+        replay.rehearsal(config, objective)
 
 
 def test_min_var_memory_has_room_for_every_task_of_a_data_incremental_stream():
