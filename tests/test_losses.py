@@ -660,6 +660,27 @@ def np_ressl(q, k, queue, temperature_q, temperature_k):
     return -np.mean(np.sum(targets * _np_log_softmax(logits_q / temperature_q), axis=1))
 
 
+def np_whitening2d(x, eps):
+    """solo-learn ``solo/utils/whitening.py`` (Whitening2d.forward; the conv2d with a 1 x 1
+    kernel is the product with inv_sqrt)."""
+    x = np.asarray(x, np.float64)
+    xn = x - x.mean(axis=0)
+    f_cov = xn.T @ xn / (len(x) - 1)
+    f_cov_shrinked = (1 - eps) * f_cov + eps * np.eye(x.shape[1])
+    inv_sqrt = np.linalg.inv(np.linalg.cholesky(f_cov_shrinked))  # triangular_solve(eye, L)
+    return np.einsum("oi,ni->no", inv_sqrt, xn)
+
+
+def np_wmse(v1, v2, perm, whitening_size, eps):
+    """solo-learn ``solo/methods/wmse.py`` (training_step, one whitening iteration, two crops,
+    the sub-batches ``perm.view(-1, whitening_size)``) and ``solo/losses/wmse.py``."""
+    z1, z2 = np.empty_like(v1, np.float64), np.empty_like(v2, np.float64)
+    for idx in np.asarray(perm).reshape(-1, whitening_size):
+        z1[idx] = np_whitening2d(v1[idx], eps)
+        z2[idx] = np_whitening2d(v2[idx], eps)
+    return 2 - 2 * np.mean(np.sum(_np_normalize(z1) * _np_normalize(z2), axis=-1))
+
+
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_dcl_and_dclw_match_numpy_reference(temperature):
     z1, z2 = _normal(90, (6, 5)), _normal(91, (6, 5))
@@ -743,12 +764,39 @@ def test_ressl_matches_numpy_reference():
         np.testing.assert_array_equal(g, np.zeros_like(g))
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_whiten_and_wmse_match_numpy_reference(eps):
+    v1, v2 = _normal(105, (12, 3)), _normal(106, (12, 3)) + _normal(107, (12, 3), scale=0.3)
+    np.testing.assert_allclose(
+        losses.whiten(v1, eps=eps), np_whitening2d(v1, eps), rtol=1e-4, atol=1e-5
+    )
+    # solo-learn's random sub-batches: permute the rows, whiten consecutive sub-batches of 6.
+    perm = np.random.default_rng(4).permutation(12)
+    np.testing.assert_allclose(
+        losses.wmse_loss(v1[perm], v2[perm], whitening_size=6, eps=eps),
+        np_wmse(v1, v2, perm, 6, eps),
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        losses.wmse_loss(v1, v2, eps=eps), np_wmse(v1, v2, np.arange(12), 12, eps), rtol=1e-4
+    )
+
+
+def test_whiten_gives_each_sub_batch_identity_covariance():
+    x = _normal(108, (12, 3), scale=2.0) + 5.0
+    w = np.asarray(losses.whiten(x, whitening_size=6), np.float64)
+    for rows in (slice(0, 6), slice(6, 12)):
+        np.testing.assert_allclose(w[rows].mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(np.cov(w[rows], rowvar=False), np.eye(3), atol=1e-4)
+
+
 _TRANSCRIBED_LOSSES = {
     "dcl_loss": losses.dcl_loss,
     "dclw_loss": losses.dclw_loss,
     "tico_loss": lambda a, b: losses.tico_loss(a, b, 0.1 * jnp.eye(a.shape[1]))[0],
     "nnclr_loss": losses.nnclr_loss,
     "ressl_loss": lambda a, b: losses.ressl_loss(a, b, _normal(120, (5, a.shape[1]))),
+    "wmse_loss": functools.partial(losses.wmse_loss, whitening_size=4),
 }
 
 
@@ -760,7 +808,7 @@ def test_transcribed_losses_have_finite_gradients_for_equal_views(name):
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
 
 
-@pytest.mark.parametrize("name", ["dcl_loss", "nnclr_loss"])
+@pytest.mark.parametrize("name", ["dcl_loss", "nnclr_loss", "wmse_loss"])
 def test_transcribed_losses_gradients_match_finite_differences(name):
     z1, z2 = _normal(122, (6, 3)).astype(np.float64), _normal(123, (6, 3)).astype(np.float64)
     fn, reference = {
@@ -771,6 +819,10 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         "nnclr_loss": (
             functools.partial(losses.nnclr_loss, temperature=0.5),
             lambda a, b: np_nnclr(a, b, 0.5),
+        ),
+        "wmse_loss": (
+            functools.partial(losses.wmse_loss, whitening_size=6),
+            lambda a, b: np_wmse(a, b, np.arange(6), 6, 0.0),
         ),
     }[name]
     with jax.enable_x64(True):
@@ -795,6 +847,8 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         (lambda: losses.nnclr_loss(_ONES, _ONES, temperature=-1), "temperature must be > 0"),
         (lambda: losses.ressl_loss(_ONES, _ONES, np.ones((3,))), "queue must be"),
         (lambda: losses.ressl_loss(_ONES, _ONES, _ONES, temperature_k=0), "temperature_k must"),
+        (lambda: losses.whiten(_ONES, whitening_size=3), "divides the global batch"),
+        (lambda: losses.wmse_loss(_ONES, _ONES, whitening_size=1), "divides the global batch"),
     ],
 )
 def test_transcribed_losses_reject_bad_inputs(call, match):

@@ -197,6 +197,26 @@ CASES = {
     "vicreg_loss": Case(
         lambda d, _, __, axis_name: losses.vicreg_loss(*d, axis_name=axis_name), (X, Y), kind="aux"
     ),
+    # Sub-batches of 4 rows of 2 features: on 4 devices each spans two devices.
+    "whiten": Case(
+        lambda d, _, __, axis_name: losses.whiten(
+            d[0][:, :2], whitening_size=4, axis_name=axis_name
+        ),
+        (X,),
+        kind="rows",
+    ),
+    "wmse_loss": Case(
+        lambda d, _, __, axis_name: losses.wmse_loss(
+            d[0][:, :2], d[1][:, 1:3], whitening_size=4, axis_name=axis_name
+        ),
+        (X, Y),
+    ),
+    "wmse_loss over the whole batch": Case(
+        lambda d, _, __, axis_name: losses.wmse_loss(
+            d[0][:, :3], d[1][:, :3], eps=0.1, axis_name=axis_name
+        ),
+        (X, Y),
+    ),
 }
 
 SETTINGS = [

@@ -6,7 +6,7 @@ them. The SSL objectives (``objectives.py``), the continual strategies' distilla
 (``classification.py``) and the GAN terms of Genifer's generator (``gan.py``). Every function
 returns a scalar loss, except ``vicreg_loss`` (``(loss, terms)``), ``tico_loss`` (``(loss,
 new_covariance)``), ``sinkhorn`` (the [batch, prototypes] codes), ``nearest_neighbours``
-(``(neighbours, indices)``) and ``l2_normalize`` (its input, normalised).
+(``(neighbours, indices)``), ``whiten`` and ``l2_normalize`` (their input, whitened or normalised).
 """
 
 from cl_ssl.losses.classification import (
@@ -49,6 +49,8 @@ from cl_ssl.losses.objectives import (
     swav_loss,
     tico_loss,
     vicreg_loss,
+    whiten,
+    wmse_loss,
 )
 
 __all__ = [
@@ -85,4 +87,6 @@ __all__ = [
     "swav_loss",
     "tico_loss",
     "vicreg_loss",
+    "whiten",
+    "wmse_loss",
 ]

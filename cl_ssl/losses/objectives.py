@@ -948,3 +948,110 @@ def ressl_loss(
     target = jax.nn.softmax(k @ queue.T / temperature_k, axis=-1)
     log_prob = jax.nn.log_softmax(q @ queue.T / temperature_q, axis=-1)
     return -_batch_mean(jnp.sum(target * log_prob, axis=-1), axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# W-MSE
+
+
+def whiten(
+    x: jax.Array,
+    *,
+    whitening_size: int | None = None,
+    eps: float = 0.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """W-MSE's Cholesky whitening of each sub-batch (Ermolov et al., ICML 2021, Sec. 3).
+
+    Reference code: solo-learn ``solo/utils/whitening.py::Whitening2d`` (in training mode; the
+    same as lightly ``lightly/loss/wmse_loss.py::Whitening2d``).
+
+    The global batch of N rows is cut into consecutive sub-batches of w = ``whitening_size`` rows
+    (rows 0..w-1, w..2w-1, ...; N a multiple of w). Within each, with mean mu and the unbiased
+    covariance Sigma = (x - mu)^T (x - mu) / (w - 1) (D x D),
+
+      Sigma_eps = (1 - eps) Sigma + eps I = L L^T   (Cholesky, L lower-triangular)
+      whiten(x)_n = L^{-1} (x_n - mu)
+
+    so that each sub-batch's output has identity covariance. Gradients flow through mu and L
+    (as in the reference). Sigma_eps must be positive definite: w > D, and in practice w >= 2D
+    (lightly requires it), or eps > 0.
+
+    Args:
+      x: [B, D] projections (any float dtype).
+      whitening_size: rows w per sub-batch; None: the whole global batch is one sub-batch.
+        solo-learn's default is 256, its CIFAR script 128 with D = 64. To draw sub-batches at
+        random, as the reference's ``torch.randperm``, permute the rows before the call.
+      eps: shrinkage towards I in [0, 1) (0, the reference's default).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; a sub-batch may then
+        span devices, and its statistics are reduced over the axis.
+
+    Returns:
+      [B, D] float32 whitened rows, in the input's order.
+    """
+    _check_embeddings("whiten", x=x)
+    b, d = x.shape
+    n = b * _axis_size(axis_name)
+    w = n if whitening_size is None else whitening_size
+    if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 2 or n % w:
+        raise ValueError(
+            f"whiten: whitening_size must be an integer >= 2 that divides the global batch of {n} "
+            f"rows, got {whitening_size!r}"
+        )
+    x = _as_float(x)
+    groups = n // w
+    # One-hot sub-batch of each of this call's rows: [b, G].
+    first_row = 0 if axis_name is None else lax.axis_index(axis_name) * b
+    member = jax.nn.one_hot((first_row + jnp.arange(b)) // w, groups, dtype=x.dtype)
+    mean = _batch_product(member, x, axis_name) / w  # [G, D]
+    centred = x - member @ mean
+    # Sigma_g = sum_n member_ng centred_n centred_n^T, as one product over the batch.
+    spread = (member[:, :, None] * centred[:, None, :]).reshape(b, groups * d)
+    sigma = _batch_product(spread, centred, axis_name).reshape(groups, d, d) / (w - 1)
+    sigma = (1.0 - eps) * sigma + eps * jnp.eye(d, dtype=x.dtype)
+    cholesky = jnp.linalg.cholesky(sigma)
+    inverse = jax.scipy.linalg.solve_triangular(
+        cholesky, jnp.broadcast_to(jnp.eye(d, dtype=x.dtype), sigma.shape), lower=True
+    )  # [G, D, D]
+    row_inverse = (member @ inverse.reshape(groups, d * d)).reshape(b, d, d)
+    return jnp.einsum("nij,nj->ni", row_inverse, centred)
+
+
+def wmse_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    whitening_size: int | None = None,
+    eps: float = 0.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """W-MSE's loss for one pair of views (Ermolov et al., ICML 2021, Sec. 3).
+
+    Reference code: solo-learn ``solo/losses/wmse.py::wmse_loss_func`` after
+    ``solo/methods/wmse.py``'s whitening (``solo/utils/whitening.py``).
+
+    Each view is whitened on its own, sub-batch by sub-batch (``whiten``), then
+
+      L = (1/N) sum_i || n(whiten(z1)_i) - n(whiten(z2)_i) ||^2
+        = 2 - 2 (1/N) sum_i cos(whiten(z1)_i, whiten(z2)_i)
+
+    Both views receive the gradient, as the paper's and lightly's ``norm_mse_loss`` and
+    solo-learn's ``simplified=False``; solo-learn's default ``simplified=True`` has the same value
+    but stops the gradient into the second view. For V views average over the V(V-1)/2 pairs; for
+    solo-learn's ``whitening_iters`` > 1 average over calls with differently permuted rows.
+
+    Args:
+      z1: [B, D] projections of the first view.
+      z2: [B, D] projections of the second view, row i the same image as ``z1[i]``.
+      whitening_size, eps: see ``whiten``.
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [0, 4].
+    """
+    _check_embeddings("wmse_loss", z1=z1, z2=z2)
+    w1, w2 = (
+        l2_normalize(whiten(z, whitening_size=whitening_size, eps=eps, axis_name=axis_name))
+        for z in (z1, z2)
+    )
+    return 2.0 - 2.0 * _batch_mean(jnp.sum(w1 * w2, axis=-1), axis_name)
