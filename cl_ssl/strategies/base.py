@@ -126,7 +126,8 @@ class BufferInputs:
       hyper: the step's per-step scalars.
       outputs: the student's outputs of each of its views of ``joined``, from this step's forward
         pass (before the update), through ``stop_gradient``: what the network gave the rows it
-        trained on (the first ``batch.size`` rows are the step's own), to store without a second
+        trained on (the first ``batch.size`` rows are the step's own unless ``extend_batch``
+        replaced some of them, as Genifer's does), to store without a second
         forward pass.
       side: the rows of ``side_batch`` this step, or None (see ``LossInputs``).
       side_outputs: the student's outputs of each view of ``side``, as ``outputs``; or None.

@@ -70,9 +70,6 @@ MIN_VAR_VIEWS = 7
 SELECTIONS = IN_STEP + AT_TASK_END
 
 
-ORDER_KEY = "replay_order_key"
-"""The buffer of ``replay.sampling='loader'``: the key data its orders derive from."""
-
 SOURCES = ("memory", "generator")
 """Where ``replay`` draws its rows from: an exemplar memory, or a GAN (``strategies.generative``)."""
 
@@ -187,8 +184,9 @@ def loader_draw(
     gives at step ``step_in_epoch`` of epoch ``epoch`` (int32 []), restarted every epoch: with n
     eligible slots, a pass is floor(n / size) batches of a random order drawn from ``key``
     (constant within the stage) folded with the epoch and the pass; fewer than ``size`` eligible
-    slots are cycled (the reference's loader then takes batches of n). Returns (slots int32
-    [size], any eligible: bool [])."""
+    slots are cycled (the reference's loader then takes one batch of all n:
+    ``batch_size=min(args.replay_batch_size, len(replay_dataset))``, Kaizen ``main_pretrain.py``
+    l.162). Returns (slots int32 [size], any eligible: bool [])."""
     n = jnp.sum(eligible, dtype=jnp.int32)
     per_pass = jnp.maximum(n // size, 1)
     pass_key = jax.random.fold_in(jax.random.fold_in(key, epoch), step_in_epoch // per_pass)
@@ -432,18 +430,12 @@ def rehearsal(
             f"batch; set {section}.mode='extend'"
         )
     epoch, step_in_epoch = f"{section}/epoch", f"{section}/step_in_epoch"
-    fill = memory_state(
+    init = memory_state(
         lambda train: capacity(r, train.labels, train.num_classes, tasks_per_class(config)),
         on_device=config.dataset.on_device,
     )
-
-    def init(variables, key, train):
-        state = fill(variables, key, train)
-        if r.sampling == "uniform":
-            return state
-        # The loader's orders derive from this key, the task, the epoch and the pass.
-        order_key = jax.random.key_data(jax.random.fold_in(key, 0x10AD))
-        return state.replace(buffers={**state.buffers, ORDER_KEY: order_key})
+    # The loader's orders derive from the run's seed, the task, the epoch and the pass.
+    order_key = jax.random.fold_in(jax.random.key(config.seed), 0x10AD)
 
     def extend_batch(inputs: RowInputs):
         memory = inputs.state.buffers["memory"]
@@ -451,7 +443,6 @@ def rehearsal(
         if r.sampling == "uniform":
             slots, available = draw(memory, inputs.key, r.batch_size, eligible)
         else:
-            order_key = jax.random.wrap_key_data(inputs.state.buffers[ORDER_KEY])
             slots, available = loader_draw(
                 memory,
                 jax.random.fold_in(order_key, inputs.task),
