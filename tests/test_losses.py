@@ -681,6 +681,18 @@ def np_wmse(v1, v2, perm, whitening_size, eps):
     return 2 - 2 * np.mean(np.sum(_np_normalize(z1) * _np_normalize(z2), axis=-1))
 
 
+def np_deepclusterv2(outputs, assignments, temperature):
+    """solo-learn ``solo/losses/deepclusterv2.py`` (outputs P x V x N x C, assignments P x N)."""
+    loss = 0.0
+    for h in range(outputs.shape[0]):
+        scores = np.asarray(outputs[h], np.float64).reshape(-1, outputs.shape[-1]) / temperature
+        targets = np.tile(assignments[h], outputs.shape[1])
+        log_prob = _np_log_softmax(scores)
+        picked = [log_prob[i, t] for i, t in enumerate(targets) if t != -1]
+        loss += -np.mean(picked)  # F.cross_entropy(..., ignore_index=-1)
+    return loss / outputs.shape[0]
+
+
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_dcl_and_dclw_match_numpy_reference(temperature):
     z1, z2 = _normal(90, (6, 5)), _normal(91, (6, 5))
@@ -790,6 +802,28 @@ def test_whiten_gives_each_sub_batch_identity_covariance():
         np.testing.assert_allclose(np.cov(w[rows], rowvar=False), np.eye(3), atol=1e-4)
 
 
+def test_deepclusterv2_matches_numpy_reference():
+    heads, views, b, k = 2, 2, 6, 5
+    outputs = np.stack(
+        [np.stack([_cosine_scores(110 + 2 * h + v, b, k) for v in range(views)]) for h in range(2)]
+    )
+    assignments = np.random.default_rng(5).integers(-1, k, (heads, b)).astype(np.int32)
+    assignments[:, 0] = 1  # at least one assigned row per head
+    for temperature in (0.1, 0.5):
+        value = np.mean(
+            [
+                losses.deepclusterv2_loss(outputs[h, v], assignments[h], temperature=temperature)
+                for h in range(heads)
+                for v in range(views)
+            ]
+        )
+        np.testing.assert_allclose(
+            value, np_deepclusterv2(outputs, assignments, temperature), rtol=RTOL
+        )
+    # No assigned row: 0, not NaN.
+    assert losses.deepclusterv2_loss(outputs[0, 0], np.full(b, -1)) == 0
+
+
 _TRANSCRIBED_LOSSES = {
     "dcl_loss": losses.dcl_loss,
     "dclw_loss": losses.dclw_loss,
@@ -797,6 +831,9 @@ _TRANSCRIBED_LOSSES = {
     "nnclr_loss": losses.nnclr_loss,
     "ressl_loss": lambda a, b: losses.ressl_loss(a, b, _normal(120, (5, a.shape[1]))),
     "wmse_loss": functools.partial(losses.wmse_loss, whitening_size=4),
+    "deepclusterv2_loss": lambda a, b: losses.deepclusterv2_loss(
+        a @ b.T, jnp.arange(a.shape[0]) % 3 - 1
+    ),
 }
 
 
@@ -849,6 +886,7 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         (lambda: losses.ressl_loss(_ONES, _ONES, _ONES, temperature_k=0), "temperature_k must"),
         (lambda: losses.whiten(_ONES, whitening_size=3), "divides the global batch"),
         (lambda: losses.wmse_loss(_ONES, _ONES, whitening_size=1), "divides the global batch"),
+        (lambda: losses.deepclusterv2_loss(_ONES, np.zeros(3, int)), "assignments must be"),
     ],
 )
 def test_transcribed_losses_reject_bad_inputs(call, match):

@@ -86,6 +86,11 @@ CASES = {
         lambda d, _, __, axis_name: losses.dclw_loss(*d, axis_name=axis_name), (X, Y)
     ),
     "decorrelative_distillation": _distiller(losses.decorrelative_distillation),
+    "deepclusterv2_loss": Case(
+        lambda d, m, _, axis_name: losses.deepclusterv2_loss(d[0], m[0], axis_name=axis_name),
+        (SCORES[0],),
+        (LABELS,),
+    ),
     "dino_loss": Case(
         lambda d, _, r, axis_name: losses.dino_loss(*d, *r, axis_name=axis_name),
         (X, Y),

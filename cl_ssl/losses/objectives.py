@@ -1055,3 +1055,58 @@ def wmse_loss(
         for z in (z1, z2)
     )
     return 2.0 - 2.0 * _batch_mean(jnp.sum(w1 * w2, axis=-1), axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepClusterV2
+
+
+def deepclusterv2_loss(
+    scores: jax.Array,
+    assignments: jax.Array,
+    *,
+    temperature: float = 0.1,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """DeepClusterV2's cross-entropy against k-means assignments (Caron et al., NeurIPS 2020:
+    the SwAV paper's appendix on DeepCluster-v2).
+
+    Reference code: solo-learn ``solo/losses/deepclusterv2.py::deepclusterv2_loss_func``.
+
+    With s_i the prototype scores of row i (cosines of the normalised projection to the
+    normalised prototypes in solo-learn) and a_i its cluster from the k-means run on the memory
+    bank (an input here; -1 or any negative value for a row without one):
+
+      L = -(1 / |{i : a_i >= 0}|) sum_{i : a_i >= 0} log softmax(s_i / tau)_{a_i}
+
+    a batch without any assigned row gives 0 (PyTorch's ``ignore_index`` gives NaN). solo-learn
+    stacks the views (which share one assignment per image) and averages over the prototype
+    heads: average this function over views and heads.
+
+    Args:
+      scores: [B, K] prototype scores of one view by one prototype head.
+      assignments: int [B] cluster of each row in [0, K), negative for none.
+      temperature: tau > 0 (0.1, solo-learn's and SwAV's DeepCluster-v2 setting).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    if jnp.ndim(scores) != 2:
+        raise ValueError(
+            f"deepclusterv2_loss: scores must be a 2-D [batch, prototypes] array, got shape "
+            f"{jnp.shape(scores)}"
+        )
+    if jnp.shape(assignments) != scores.shape[:1]:
+        raise ValueError(
+            f"deepclusterv2_loss: assignments must be [{scores.shape[0]}], one cluster per row of "
+            f"scores, got shape {jnp.shape(assignments)}"
+        )
+    _check_positive("deepclusterv2_loss", temperature=temperature)
+    log_prob = jax.nn.log_softmax(_as_float(scores) / temperature, axis=-1)
+    assigned = assignments >= 0
+    target = jnp.where(assigned, assignments, 0).astype(jnp.int32)
+    picked = jnp.take_along_axis(log_prob, target[:, None], axis=-1)[:, 0]
+    total = _batch_sum(jnp.where(assigned, picked, 0.0), axis_name)
+    count = _batch_sum(assigned.astype(log_prob.dtype), axis_name)
+    return -total / jnp.maximum(count, 1.0)
