@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from helpers import initial_state, shipped_config, tiny_config, train_data
 
-from cl_ssl import losses, parallel, train
+from cl_ssl import parallel, train
 from cl_ssl import step as step_lib
 from cl_ssl.data import ada, augment
 from cl_ssl.data.batch import TrainData, current_batch
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
+from cl_ssl.losses import gan as gan_losses
 from cl_ssl.models import gan
 from cl_ssl.objectives import get_objective, resolve_config
 from cl_ssl.strategies import (
@@ -258,25 +259,25 @@ def test_first_iteration_r1_on_features_no_distillation_and_ema_copy(gan_parts):
 def test_r1_penalty_is_the_scaled_squared_gradient_norm():
     grads = np.random.default_rng(6).standard_normal((4, 2, 2, 3)).astype(np.float32)
     expected = 0.5 / 2 * np.mean(np.sum(grads.reshape(4, -1) ** 2, axis=1)) * 16 / 17
-    got = losses.r1_penalty(grads, gamma=0.5, interval=16)
+    got = gan_losses.r1_penalty(grads, gamma=0.5, interval=16)
     np.testing.assert_allclose(float(got), expected, rtol=1e-6)
-    assert float(losses.r1_penalty(grads, gamma=0.5)) == pytest.approx(expected * 17 / 16)
+    assert float(gan_losses.r1_penalty(grads, gamma=0.5)) == pytest.approx(expected * 17 / 16)
 
 
 def test_gan_losses_and_distillation_against_hand_values():
     real, fake = np.array([0.0, 2.0]), np.array([-1.0, 1.0])
     softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
     np.testing.assert_allclose(
-        float(losses.discriminator_loss(real, fake)),
+        float(gan_losses.discriminator_loss(real, fake)),
         np.mean(softplus(fake)) + np.mean(softplus(-real)),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        float(losses.generator_loss(fake)), np.mean(softplus(-fake)), rtol=1e-6
+        float(gan_losses.generator_loss(fake)), np.mean(softplus(-fake)), rtol=1e-6
     )
     x = np.random.default_rng(7).standard_normal((2, 4, 4, 3)).astype(np.float32)
-    assert float(losses.generator_distillation(x, x)) == 0.0
-    np.testing.assert_allclose(float(losses.generator_distillation(x, x + 0.5)), 0.5, rtol=1e-6)
+    assert float(gan_losses.generator_distillation(x, x)) == 0.0
+    np.testing.assert_allclose(float(gan_losses.generator_distillation(x, x + 0.5)), 0.5, rtol=1e-6)
 
 
 def test_ada_is_identity_at_p_zero_and_moves_p_towards_the_target():

@@ -270,7 +270,8 @@ def test_barlow_twins_matches_numpy_reference(lambd, scale):
 
 def test_vicreg_matches_numpy_reference():
     z1, z2 = _normal(27, (6, 4)), _normal(28, (6, 4), scale=0.5)
-    loss, terms = losses.vicreg_loss(z1, z2, sim_weight=2.0, var_weight=3.0, cov_weight=4.0)
+    loss = losses.vicreg_loss(z1, z2, sim_weight=2.0, var_weight=3.0, cov_weight=4.0)
+    terms = losses.vicreg_terms(z1, z2)
     expected_loss, expected_terms = np_vicreg(z1, z2, 2.0, 3.0, 4.0)
     np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
     chex.assert_trees_all_close(terms, expected_terms, rtol=RTOL)
@@ -373,12 +374,12 @@ def test_barlow_twins_closed_forms():
 def test_vicreg_closed_forms():
     # Collapsed: no invariance or covariance penalty; variance term 2 * (1 - sqrt(1e-4)).
     c = np.ones((4, 3), np.float32)
-    loss, terms = losses.vicreg_loss(c, c)
+    loss, terms = losses.vicreg_loss(c, c), losses.vicreg_terms(c, c)
     np.testing.assert_allclose(terms["variance"], 2 * (1 - 0.01), rtol=RTOL)
     np.testing.assert_allclose(loss, 25 * 2 * (1 - 0.01), rtol=RTOL)
     assert terms["invariance"] == 0 and terms["covariance"] == 0
     # Identical, decorrelated, std sqrt(4/3) * 3 > 1: nothing to penalise.
-    loss, _ = losses.vicreg_loss(3 * _HADAMARD, 3 * _HADAMARD)
+    loss = losses.vicreg_loss(3 * _HADAMARD, 3 * _HADAMARD)
     np.testing.assert_allclose(loss, 0.0, atol=ATOL)
 
 
@@ -412,7 +413,7 @@ _PAIR_LOSSES = {
     "byol_loss": losses.byol_loss,
     "simsiam_loss": losses.simsiam_loss,
     "barlow_twins_loss": losses.barlow_twins_loss,
-    "vicreg_loss": lambda a, b: losses.vicreg_loss(a, b)[0],
+    "vicreg_loss": losses.vicreg_loss,
     "swav_loss": losses.swav_loss,
     "similarity_kl": losses.similarity_kl,
     "dino_loss": lambda a, b: losses.dino_loss(a, b, np.zeros(4, np.float32)),
@@ -721,7 +722,8 @@ def test_tico_matches_numpy_reference():
     z1, z2 = _normal(92, (6, 5)), _normal(93, (6, 5))
     c = np.zeros((5, 5))
     for beta, rho in ((0.9, 8.0), (0.5, 2.0)):  # two steps: C carried from the first
-        loss, c_new = losses.tico_loss(z1, z2, c.astype(np.float32), beta=beta, rho=rho)
+        loss = losses.tico_loss(z1, z2, c.astype(np.float32), beta=beta, rho=rho)
+        c_new = losses.tico_covariance(z1, c.astype(np.float32), beta=beta)
         expected_loss, expected_c = np_tico(z1, z2, c, beta, rho)
         np.testing.assert_allclose(loss, expected_loss, rtol=RTOL)
         np.testing.assert_allclose(c_new, expected_c, rtol=RTOL, atol=1e-7)
@@ -731,12 +733,12 @@ def test_tico_matches_numpy_reference():
 
 def test_tico_covariance_receives_no_gradient():
     z1, z2, c = _normal(95, (4, 3)), _normal(96, (4, 3)), np.eye(3, dtype=np.float32)
-    grad_c = jax.grad(lambda c: losses.tico_loss(z1, z2, c)[0])(c)
+    grad_c = jax.grad(lambda c: losses.tico_loss(z1, z2, c))(c)
     np.testing.assert_array_equal(grad_c, np.zeros_like(grad_c))
     # The gradient is that of the loss with C' held fixed: beta = 1 keeps C' as given.
-    _, c_new = losses.tico_loss(z1, z2, c)
-    g = jax.grad(lambda a: losses.tico_loss(a, z2, c)[0])(z1)
-    g_fixed = jax.grad(lambda a: losses.tico_loss(a, z2, c_new, beta=1.0)[0])(z1)
+    c_new = losses.tico_covariance(z1, c)
+    g = jax.grad(lambda a: losses.tico_loss(a, z2, c))(z1)
+    g_fixed = jax.grad(lambda a: losses.tico_loss(a, z2, c_new, beta=1.0))(z1)
     np.testing.assert_allclose(g, g_fixed, rtol=RTOL, atol=ATOL)
 
 
@@ -827,7 +829,7 @@ def test_deepclusterv2_matches_numpy_reference():
 _TRANSCRIBED_LOSSES = {
     "dcl_loss": losses.dcl_loss,
     "dclw_loss": losses.dclw_loss,
-    "tico_loss": lambda a, b: losses.tico_loss(a, b, 0.1 * jnp.eye(a.shape[1]))[0],
+    "tico_loss": lambda a, b: losses.tico_loss(a, b, 0.1 * jnp.eye(a.shape[1])),
     "nnclr_loss": losses.nnclr_loss,
     "ressl_loss": lambda a, b: losses.ressl_loss(a, b, _normal(120, (5, a.shape[1]))),
     "wmse_loss": functools.partial(losses.wmse_loss, whitening_size=4),
@@ -880,6 +882,7 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
         (lambda: losses.dcl_loss(_ONES, _ONES, temperature=0.0), "temperature must be > 0"),
         (lambda: losses.dclw_loss(_ONES, _ONES, sigma=-1.0), "sigma must be > 0"),
         (lambda: losses.tico_loss(_ONES, _ONES, np.zeros((4, 4))), "covariance must be"),
+        (lambda: losses.tico_covariance(_ONES, np.zeros((4, 4))), "covariance must be"),
         (lambda: losses.nearest_neighbours(_ONES, np.ones((5, 2))), "support must be"),
         (lambda: losses.nnclr_loss(_ONES, _ONES, temperature=-1), "temperature must be > 0"),
         (lambda: losses.ressl_loss(_ONES, _ONES, np.ones((3,))), "queue must be"),

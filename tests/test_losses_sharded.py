@@ -24,6 +24,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cl_ssl import losses
+from cl_ssl.losses import gan
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -54,9 +55,9 @@ COVARIANCE = (lambda a: a.T @ a / 6)(_normal(32, (6, 4)))
 class Case:
     """``fn(diff, data, replicated, axis_name)``: ``diff`` the float batch inputs (sharded,
     differentiated), ``data`` other batch inputs (sharded: labels, masks), ``replicated`` inputs
-    the same on every device. ``kind``: "loss" (a scalar; compared with its gradient), "aux" (a
-    scalar and auxiliary outputs: a dict of terms, a new state) or "rows" (one output row per
-    input row, no gradient)."""
+    the same on every device. ``kind``: "loss" (a scalar; compared with its gradient), "value"
+    (outputs the same on every device, no gradient: a dict of terms, a new state) or "rows" (one
+    output row per input row, no gradient)."""
 
     fn: Callable
     diff: tuple
@@ -97,7 +98,7 @@ CASES = {
         replicated=(_normal(30, (4,), scale=0.1),),
     ),
     "discriminator_loss": Case(
-        lambda d, _, __, axis_name: losses.discriminator_loss(
+        lambda d, _, __, axis_name: gan.discriminator_loss(
             d[0][:, 0], d[1][:, 1], axis_name=axis_name
         ),
         (X, Y),
@@ -108,10 +109,10 @@ CASES = {
         (VALID,),
     ),
     "generator_distillation": Case(
-        lambda d, _, __, axis_name: losses.generator_distillation(*d, axis_name=axis_name), (X, Y)
+        lambda d, _, __, axis_name: gan.generator_distillation(*d, axis_name=axis_name), (X, Y)
     ),
     "generator_loss": Case(
-        lambda d, _, __, axis_name: losses.generator_loss(d[0][:, 2], axis_name=axis_name), (X,)
+        lambda d, _, __, axis_name: gan.generator_loss(d[0][:, 2], axis_name=axis_name), (X,)
     ),
     "info_nce": Case(
         lambda d, _, r, axis_name: losses.info_nce(*d, *r, axis_name=axis_name),
@@ -152,7 +153,7 @@ CASES = {
     ),
     "predictive_distillation": _distiller(losses.predictive_distillation),
     "r1_penalty": Case(
-        lambda d, _, __, axis_name: losses.r1_penalty(
+        lambda d, _, __, axis_name: gan.r1_penalty(
             d[0], gamma=0.5, interval=4, axis_name=axis_name
         ),
         (X,),
@@ -193,14 +194,24 @@ CASES = {
         ),
         tuple(SCORES[:2]),
     ),
+    "tico_covariance": Case(
+        lambda d, _, r, axis_name: losses.tico_covariance(d[0], *r, axis_name=axis_name),
+        (X,),
+        replicated=(COVARIANCE,),
+        kind="value",
+    ),
     "tico_loss": Case(
         lambda d, _, r, axis_name: losses.tico_loss(*d, *r, axis_name=axis_name),
         (X, Y),
         replicated=(COVARIANCE,),
-        kind="aux",
     ),
     "vicreg_loss": Case(
-        lambda d, _, __, axis_name: losses.vicreg_loss(*d, axis_name=axis_name), (X, Y), kind="aux"
+        lambda d, _, __, axis_name: losses.vicreg_loss(*d, axis_name=axis_name), (X, Y)
+    ),
+    "vicreg_terms": Case(
+        lambda d, _, __, axis_name: losses.vicreg_terms(*d, axis_name=axis_name),
+        (X, Y),
+        kind="value",
     ),
     # Sub-batches of 4 rows of 2 features: on 4 devices each spans two devices.
     "whiten": Case(
@@ -241,9 +252,9 @@ def _evaluate(case: Case, diff, data, replicated, mesh=None):
             in_specs=(P("data"), P("data"), P()),
             out_specs=P("data") if case.kind == "rows" else P(),
         )
-    if case.kind == "rows":
+    if case.kind != "loss":
         return fn(diff, data, replicated)
-    return jax.value_and_grad(fn, has_aux=case.kind == "aux")(diff, data, replicated)
+    return jax.value_and_grad(fn)(diff, data, replicated)
 
 
 def _run(names, mode, devices):
@@ -289,7 +300,7 @@ def _output(name, mode, devices):
 
 
 def test_every_public_function_has_a_case():
-    assert {name.partition(" ")[0] for name in CASES} == set(losses.__all__)
+    assert {name.partition(" ")[0] for name in CASES} == set(losses.__all__) | set(gan.__all__)
 
 
 # Settings vary slowest, so that each pytest-xdist worker starts on settings of its own.

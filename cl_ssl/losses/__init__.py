@@ -25,12 +25,6 @@ from cl_ssl.losses.distill import (
     relational_distillation,
     similarity_distillation,
 )
-from cl_ssl.losses.gan import (
-    discriminator_loss,
-    generator_distillation,
-    generator_loss,
-    r1_penalty,
-)
 from cl_ssl.losses.objectives import (
     barlow_twins_loss,
     byol_loss,
@@ -48,8 +42,10 @@ from cl_ssl.losses.objectives import (
     simsiam_loss,
     sinkhorn,
     swav_loss,
+    tico_covariance,
     tico_loss,
     vicreg_loss,
+    vicreg_terms,
     whiten,
     wmse_loss,
 )
@@ -64,10 +60,7 @@ __all__ = [
     "decorrelative_distillation",
     "deepclusterv2_loss",
     "dino_loss",
-    "discriminator_loss",
     "feature_distance",
-    "generator_distillation",
-    "generator_loss",
     "info_nce",
     "knowledge_distillation",
     "l2_normalize",
@@ -78,7 +71,6 @@ __all__ = [
     "nt_xent",
     "old_class_distillation",
     "predictive_distillation",
-    "r1_penalty",
     "relational_distillation",
     "ressl_loss",
     "similarity_distillation",
@@ -87,8 +79,23 @@ __all__ = [
     "sinkhorn",
     "soft_cross_entropy",
     "swav_loss",
+    "tico_covariance",
     "tico_loss",
     "vicreg_loss",
+    "vicreg_terms",
     "whiten",
     "wmse_loss",
 ]
+
+
+_MOVED_TO_GAN = ("discriminator_loss", "generator_distillation", "generator_loss", "r1_penalty")
+
+
+def __getattr__(name: str):
+    """A clear error for the GAN terms, which live in ``cl_ssl.losses.gan``."""
+    if name in _MOVED_TO_GAN:
+        raise AttributeError(
+            f"cl_ssl.losses.{name} moved to cl_ssl.losses.gan: use "
+            f"`from cl_ssl.losses.gan import {name}`"
+        )
+    raise AttributeError(f"module 'cl_ssl.losses' has no attribute {name!r}")

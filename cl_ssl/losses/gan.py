@@ -17,6 +17,8 @@ from jax import lax
 
 from cl_ssl.losses.objectives import _as_float
 
+__all__ = ["discriminator_loss", "generator_distillation", "generator_loss", "r1_penalty"]
+
 
 def _mean(x: jax.Array, axis_name: str | None) -> jax.Array:
     """The mean of every element of the global batch (equal rows on every device)."""

@@ -352,18 +352,14 @@ def barlow_twins_loss(
     return scale * (on_diagonal + lambd * _off_diagonal_square_sum(c))
 
 
-def vicreg_loss(
-    z1: jax.Array,
-    z2: jax.Array,
-    *,
-    sim_weight: float = 25.0,
-    var_weight: float = 25.0,
-    cov_weight: float = 1.0,
-    axis_name: str | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """VICReg's variance-invariance-covariance loss (Bardes et al., ICLR 2022, Sec. 3).
+def vicreg_terms(
+    z1: jax.Array, z2: jax.Array, *, axis_name: str | None = None
+) -> dict[str, jax.Array]:
+    """VICReg's three unweighted terms (Bardes et al., ICLR 2022, Sec. 3, Eqs. 1-6), which
+    ``vicreg_loss`` weighs and sums; for logging them (collapse shows in ``variance``).
 
-    Reference code: CaSSLe ``cassle/losses/vicreg.py``.
+    Reference code: CaSSLe ``cassle/losses/vicreg.py`` (``invariance_loss``, ``variance_loss``,
+    ``covariance_loss``).
 
     No normalisation. With N rows, D features, Var and Cov the unbiased (1/(N-1)) estimators on
     features centred over the batch:
@@ -371,21 +367,24 @@ def vicreg_loss(
       invariance = (1 / ND) sum_{n,d} (z1_nd - z2_nd)^2
       variance   = sum_{v=1,2} (1/D) sum_d ReLU(1 - sqrt(Var(z^v_d) + 1e-4))
       covariance = sum_{v=1,2} (1/D) sum_{i != j} Cov(z^v)_ij^2
-      L = sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
     Args:
       z1: [N, D] projections of the first view.
       z2: [N, D] projections of the second view, row i the same image as ``z1[i]``.
-      sim_weight, var_weight, cov_weight: term weights (25, 25, 1 in the reference).
       axis_name: mesh axis that splits the batch inside ``jax.shard_map``; means, variances and
         covariances then cover the global batch (CaSSLe uses per-device statistics).
 
     Returns:
-      ``(loss, terms)``: the scalar float32 loss and a dict with the unweighted ``invariance``,
-      ``variance`` and ``covariance`` terms, for monitoring collapse.
+      ``{"invariance", "variance", "covariance"}``: three scalar float32 arrays.
     """
-    _check_embeddings("vicreg_loss", z1=z1, z2=z2)
-    _check_min_batch("vicreg_loss", z1.shape[0], 2, axis_name)
+    return _vicreg_terms("vicreg_terms", z1, z2, axis_name)
+
+
+def _vicreg_terms(
+    fn: str, z1: jax.Array, z2: jax.Array, axis_name: str | None
+) -> dict[str, jax.Array]:
+    _check_embeddings(fn, z1=z1, z2=z2)
+    _check_min_batch(fn, z1.shape[0], 2, axis_name)
     z1, z2 = _as_float(z1), _as_float(z2)
     n, d = z1.shape[0] * _axis_size(axis_name), z1.shape[1]
     invariance = jnp.mean(_batch_mean((z1 - z2) ** 2, axis_name))
@@ -401,13 +400,42 @@ def vicreg_loss(
 
     var1, cov1 = variance_and_covariance(z1)
     var2, cov2 = variance_and_covariance(z2)
-    terms = {"invariance": invariance, "variance": var1 + var2, "covariance": cov1 + cov2}
-    loss = (
+    return {"invariance": invariance, "variance": var1 + var2, "covariance": cov1 + cov2}
+
+
+def vicreg_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """VICReg's variance-invariance-covariance loss (Bardes et al., ICLR 2022, Sec. 3, Eq. 6).
+
+    Reference code: CaSSLe ``cassle/losses/vicreg.py::vicreg_loss_func``.
+
+      L = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+    with the terms of ``vicreg_terms`` (which see for their formulas); to log the terms, call
+    ``vicreg_terms`` and weigh them as above, which computes the same loss once.
+
+    Args:
+      z1: [N, D] projections of the first view.
+      z2: [N, D] projections of the second view, row i the same image as ``z1[i]``.
+      sim_weight, var_weight, cov_weight: term weights (25, 25, 1 in the reference).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    terms = _vicreg_terms("vicreg_loss", z1, z2, axis_name)
+    return (
         sim_weight * terms["invariance"]
         + var_weight * terms["variance"]
         + cov_weight * terms["covariance"]
     )
-    return loss, terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -765,6 +793,49 @@ def dclw_loss(
 # TiCo
 
 
+def _tico_covariance(
+    fn: str, z1: jax.Array, covariance: jax.Array, beta: float, axis_name: str | None
+) -> jax.Array:
+    _check_embeddings(fn, z1=z1)
+    d = z1.shape[1]
+    if jnp.shape(covariance) != (d, d):
+        raise ValueError(
+            f"{fn}: covariance must be [{d}, {d}] for {d}-dimensional embeddings, got shape "
+            f"{jnp.shape(covariance)}; start it at jnp.zeros(({d}, {d}))"
+        )
+    _check_min_batch(fn, z1.shape[0], 2, axis_name)
+    u1 = l2_normalize(_as_float(z1))
+    n = z1.shape[0] * _axis_size(axis_name)
+    batch_covariance = _batch_product(u1, u1, axis_name) / n
+    return lax.stop_gradient(beta * _as_float(covariance) + (1.0 - beta) * batch_covariance)
+
+
+def tico_covariance(
+    z1: jax.Array, covariance: jax.Array, *, beta: float = 0.9, axis_name: str | None = None
+) -> jax.Array:
+    """TiCo's running covariance after this batch (Zhu et al., 2022, arXiv:2206.10698, Sec. 3):
+    the state ``tico_loss`` uses and the caller carries to the next step.
+
+    Reference code: lightly ``lightly/loss/tico_loss.py::TiCoLoss`` (its ``self.C`` update).
+
+    With u^1 = n(z^1) (L2-normalised here) and N the global batch,
+
+      C' = beta C + (1 - beta) sg(u^1^T u^1 / N)
+
+    No gradient flows (the reference detaches both parts). Start C at zeros, as the reference.
+
+    Args:
+      z1: [B, D] projections of the first view, as passed to ``tico_loss``.
+      covariance: [D, D] running covariance C from the previous step (the same on every device).
+      beta: EMA coefficient in [0, 1] (0.9, the paper's and lightly's).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      C', [D, D] float32.
+    """
+    return _tico_covariance("tico_covariance", z1, covariance, beta, axis_name)
+
+
 def tico_loss(
     z1: jax.Array,
     z2: jax.Array,
@@ -773,21 +844,21 @@ def tico_loss(
     beta: float = 0.9,
     rho: float = 8.0,
     axis_name: str | None = None,
-) -> tuple[jax.Array, jax.Array]:
+) -> jax.Array:
     """TiCo's transformation-invariance and covariance-contrast loss (Zhu et al., 2022,
     arXiv:2206.10698, Sec. 3).
 
     Reference code: lightly ``lightly/loss/tico_loss.py::TiCoLoss``.
 
-    With u^v = n(z^v) (L2-normalised here), N the global batch and C the running covariance
-    (D x D, the state; start it at zeros as the reference does):
+    With u^v = n(z^v) (L2-normalised here), N the global batch, C the running covariance of the
+    previous step and C' = ``tico_covariance(z1, C, beta=beta)`` the one updated with this batch:
 
-      C' = beta C + (1 - beta) sg(u^1^T u^1 / N)
       L = 1 - (1/N) sum_i u^1_i . u^2_i + rho (1/N) sum_i u^1_i^T C' u^1_i
 
-    No gradient flows into C' (the reference detaches both its parts); u^2 is not detached (the
-    reference does not). The function is pure: it returns C', which the caller carries to the next
-    step (the reference's ``update_covariance_matrix=False`` is not passing it on).
+    No gradient flows into C'; u^2 is not detached (the reference does not). The function is
+    pure: pass C' = ``tico_covariance(z1, C, beta=beta)`` on to the next step (under ``jit`` the
+    shared product is computed once); not passing it on is the reference's
+    ``update_covariance_matrix=False``.
 
     Args:
       z1: [B, D] projections of the first view (the online network's in the paper).
@@ -799,25 +870,14 @@ def tico_loss(
         cover the global batch (as lightly's ``gather_distributed``).
 
     Returns:
-      ``(loss, new_covariance)``: the scalar float32 loss and C' [D, D], float32.
+      Scalar float32 loss.
     """
     _check_embeddings("tico_loss", z1=z1, z2=z2)
-    d = z1.shape[1]
-    if jnp.shape(covariance) != (d, d):
-        raise ValueError(
-            f"tico_loss: covariance must be [{d}, {d}] for {d}-dimensional embeddings, got shape "
-            f"{jnp.shape(covariance)}; start it at jnp.zeros(({d}, {d}))"
-        )
-    _check_min_batch("tico_loss", z1.shape[0], 2, axis_name)
+    new_covariance = _tico_covariance("tico_loss", z1, covariance, beta, axis_name)
     u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
-    n = z1.shape[0] * _axis_size(axis_name)
-    batch_covariance = _batch_product(u1, u1, axis_name) / n
-    new_covariance = lax.stop_gradient(
-        beta * _as_float(covariance) + (1.0 - beta) * batch_covariance
-    )
     invariance = 1.0 - _batch_mean(jnp.sum(u1 * u2, axis=-1), axis_name)
     contrast = _batch_mean(jnp.sum((u1 @ new_covariance) * u1, axis=-1), axis_name)
-    return invariance + rho * contrast, new_covariance
+    return invariance + rho * contrast
 
 
 # ---------------------------------------------------------------------------------------------

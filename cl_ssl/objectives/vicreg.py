@@ -49,12 +49,11 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     def loss(student, target, state, params, hyper):
         del target, state, params, hyper
         out1, out2 = student
-        value, terms = losses.vicreg_loss(
-            out1["projection"],
-            out2["projection"],
-            sim_weight=c.sim_weight,
-            var_weight=c.var_weight,
-            cov_weight=c.cov_weight,
+        terms = losses.vicreg_terms(out1["projection"], out2["projection"])
+        value = (
+            c.sim_weight * terms["invariance"]
+            + c.var_weight * terms["variance"]
+            + c.cov_weight * terms["covariance"]
         )
         return value, terms, None
 

@@ -44,9 +44,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from cl_ssl import losses
 from cl_ssl.data import ada
 from cl_ssl.data import augment as augment_lib
+from cl_ssl.losses import gan as gan_losses
 from cl_ssl.models import gan
 
 PyTree = Any
@@ -309,11 +309,11 @@ def build_gan_step(
                 return g.discriminator.apply({"params": d_params}, h, y)
 
             d_real = score(real_h, real_labels)
-            loss = losses.discriminator_loss(d_real, score(fake_h, labels))
+            loss = gan_losses.discriminator_loss(d_real, score(fake_h, labels))
 
             def r1():
                 grads = jax.grad(lambda h: jnp.sum(score(h, real_labels)))(real_h)
-                return losses.r1_penalty(grads, gamma=c.r1_gamma, interval=R1_INTERVAL)
+                return gan_losses.r1_penalty(grads, gamma=c.r1_gamma, interval=R1_INTERVAL)
 
             penalty = jax.lax.cond(
                 state.step % R1_INTERVAL == 0, r1, lambda: jnp.zeros((), jnp.float32)
@@ -338,10 +338,10 @@ def build_gan_step(
         def g_loss_fn(g_params):
             images = g.generate(g_params, z, labels, noise)
             h = features(classifier, augment(keys[8], images, ada_p))
-            adversarial = losses.generator_loss(
+            adversarial = gan_losses.generator_loss(
                 g.discriminator.apply({"params": d_params}, h, labels)
             )
-            distill = losses.generator_distillation(images[:half], previous_images[:half])
+            distill = gan_losses.generator_distillation(images[:half], previous_images[:half])
             return adversarial + inputs.distill_weight * distill, (adversarial, distill)
 
         (g_total, (g_gan, g_dist)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
