@@ -4,15 +4,57 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 PyTree = Any
+
+DIGEST_ALGORITHM = "sha256"
+
+
+def digest(state: PyTree, meta: dict) -> dict[str, str]:
+    """SHA-256 digests of what a checkpoint holds: ``state``'s leaves (each leaf's path, dtype,
+    shape and bytes, in path order) and ``meta`` (its JSON text with sorted keys).
+
+    orbax stores no checksums, and damaged bytes that still decode to finite numbers would restore
+    unnoticed; ``Checkpointer`` saves this digest with every checkpoint and compares it with the
+    restored values. It digests the values rather than the files, so it holds whatever the storage
+    layout (local folder or bucket, orbax's file format) and covers every byte that reaches the run.
+    The leaves are read from this process's copy of each array: the train state is replicated,
+    so every process computes the same digest.
+    """
+    h = hashlib.new(DIGEST_ALGORITHM)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        local = _local_copy(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}|{local.dtype.str}|{local.shape}|".encode())
+        h.update(local.tobytes())
+    # A JSON round trip first, so that a tuple and the list it restores as digest alike.
+    text = json.dumps(json.loads(json.dumps(meta)), sort_keys=True)
+    return {
+        "algorithm": DIGEST_ALGORITHM,
+        "state": h.hexdigest(),
+        "meta": hashlib.new(DIGEST_ALGORITHM, text.encode()).hexdigest(),
+    }
+
+
+def _local_copy(leaf) -> np.ndarray:
+    """The whole of ``leaf`` as a host array, read from this process's devices."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+        return np.asarray(leaf)
+    if leaf.sharding.is_fully_replicated:
+        return np.asarray(leaf.addressable_data(0))
+    raise ValueError(
+        f"a checkpointed array of shape {leaf.shape} is split over processes "
+        f"({leaf.sharding}); the digest needs every process to hold a whole copy (replicate it)"
+    )
 
 
 def non_finite_leaves(tree: PyTree) -> list[str]:
@@ -55,8 +97,10 @@ class Checkpointer:
     ``keep`` checkpoints are kept, and those of the steps in ``keep_steps`` (a run's task
     boundaries) whatever their age. ``must_be_finite(state)`` is the part of a state that must hold
     no NaN or infinity to be saved or restored (the whole state by default; a train state's
-    parameters, not the -inf priorities of an empty exemplar memory). Saving is asynchronous; orbax writes each checkpoint to a temporary
-    folder and renames it when complete, so a killed save never leaves a checkpoint that looks whole.
+    parameters, not the -inf priorities of an empty exemplar memory). Saving is asynchronous;
+    orbax writes each checkpoint to a temporary folder and renames it when complete, so a killed
+    save never leaves a checkpoint that looks whole. Each checkpoint also holds the ``digest`` of
+    its state and meta, which restoring checks.
     """
 
     def __init__(
@@ -105,7 +149,9 @@ class Checkpointer:
             self._manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(meta),
+                    digest=ocp.args.JsonSave(digest(state, meta)),
                 ),
                 force=True,
             )
@@ -133,8 +179,8 @@ class Checkpointer:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the
             state.
 
-        A checkpoint that fails to restore (corrupt or partial files) or restores a non-finite
-        state (damaged bytes that still parse) is skipped with a warning and the one before it is
+        A checkpoint that fails to restore (corrupt or partial files), whose values differ from
+        its saved digest, or that restores a non-finite state is skipped with a warning and the one before it is
         tried; once an older one restores, the unusable newer ones are deleted, so that the
         replayed run can save those steps again.
 
@@ -183,15 +229,32 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def restore_step(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
-        """(state, meta) of the checkpoint of ``step``, shaped as ``abstract_state``; orbax's
-        error when it cannot be read."""
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["state"], restored["meta"]
+        """(state, meta) of the checkpoint of ``step``, shaped as ``abstract_state``.
+
+        Raises:
+          ValueError: when the restored values differ from the digest saved with them (damaged
+            bytes that still decode); orbax's error when the checkpoint cannot be read.
+        """
+        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+        # Checkpoints of cl_ssl versions before the digest have none: they restore unverified.
+        has_digest = (self._step_path(step) / "digest").exists()
+        if has_digest:
+            items["digest"] = ocp.args.JsonRestore()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        state, meta = restored["state"], restored["meta"]
+        if has_digest:
+            saved, found = restored["digest"], digest(state, meta)
+            damaged = [item for item in ("state", "meta") if saved[item] != found[item]]
+            if damaged:
+                raise ValueError(
+                    f"checkpoint {step}'s {' and '.join(damaged)} differ from the "
+                    f"{DIGEST_ALGORITHM} digest saved with them: its files are damaged"
+                )
+        return state, meta
+
+    def _step_path(self, step: int):
+        """The folder (an ``etils.epath.Path``) of the checkpoint of ``step``."""
+        return self._manager.directory / ocp.step.standard_name_format().build_name(step)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are written."""

@@ -7,7 +7,9 @@ with an uninterrupted run of the same config (its results.json accuracy matrices
 - ``kill``: SIGKILL once checkpoint N exists (N in ``KILL_AFTER``), then the same command
   resumes;
 - ``corrupt``: the newest checkpoint's largest file overwritten in its middle (1000 bytes, same
-  size), truncated to half, or the checkpoint deleted, after a kill; then the run resumes;
+  size), truncated to half, one digit of its saved accuracy matrices changed (bytes that still
+  decode, which only the checkpoint's digest reveals), or the checkpoint deleted, after a kill;
+  then the run resumes;
 - ``unwritable``: the checkpoints folder replaced by a file during the run (what a read-only
   folder does to a run by root, whom permissions do not stop): the process must exit within
   seconds with an error naming the checkpoint folder; the folder restored, the run resumes;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -191,13 +194,20 @@ def trial_corrupt(root, reference, steps):
     out = []
     del steps
     kill_at = 60
-    for damage in ("overwrite", "truncate", "delete"):
+    for damage in ("overwrite", "truncate", "digit", "delete"):
         workdir = os.path.join(root, f"corrupt_{damage}")
         shutil.rmtree(workdir, ignore_errors=True)
         _kill_when(workdir, kill_at)
         newest = os.path.join(workdir, "checkpoints", str(max(_checkpoints(workdir))))
         if damage == "delete":
             shutil.rmtree(newest)
+        elif damage == "digit":
+            path = os.path.join(newest, "meta", "metadata")
+            with open(path) as f:
+                text = f.read()
+            at = re.search(r"\d\.\d", text).start()  # a digit of the first accuracy saved
+            with open(path, "w") as f:
+                f.write(text[:at] + str(9 - int(text[at])) + text[at + 1 :])
         else:
             path = _largest_file(newest)
             size = os.path.getsize(path)
@@ -209,7 +219,12 @@ def trial_corrupt(root, reference, steps):
                     f.truncate(size // 2)
         resumed = _resume(workdir)
         ok = resumed.returncode == 0 and _same(workdir, reference)
-        done = {"overwrite": "overwritten", "truncate": "truncated", "delete": "deleted"}[damage]
+        done = {
+            "overwrite": "overwritten",
+            "truncate": "truncated",
+            "digit": "changed in one digit of its accuracy matrices",
+            "delete": "deleted",
+        }[damage]
         out.append((f"newest checkpoint {done} after a kill", ok))
     return out
 

@@ -1,7 +1,10 @@
 """Checkpoints hold finite states only: a non-finite state is never saved, and a checkpoint that
-restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one.
-Task-boundary checkpoints outlive the newest ones. One run owns a workdir."""
+restores non-finite values (damaged bytes that still parse) is skipped like an unreadable one, as is
+one whose values differ from the digest saved with it. Task-boundary checkpoints outlive the newest
+ones. One run owns a workdir."""
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +69,77 @@ def test_a_checkpoint_with_non_finite_values_falls_back_to_the_one_before(tmp_pa
     ckpt._manager.delete(1)
     with pytest.raises(RuntimeError, match=r"no checkpoint .*step 3: non-finite \['params'\]"):
         ckpt.restore(_abstract())
+    ckpt.close()
+
+
+def test_the_digest_is_sha256_of_each_leaf_and_of_the_json_meta():
+    """Against hashlib over the bytes the digest documents, in path order."""
+    state, meta = _state(), {"matrices": {"linear": [[50.0, 0.25]]}, "steps": (3, 6)}
+    h = hashlib.sha256()
+    for name, array in (
+        ("['params']['b']", np.zeros(2, np.float32)),
+        ("['params']['w']", np.ones(3, np.float32)),
+        ("['step']", np.array(7, np.int32)),
+    ):
+        h.update(f"{name}|{array.dtype.str}|{array.shape}|".encode() + array.tobytes())
+    text = '{"matrices": {"linear": [[50.0, 0.25]]}, "steps": [3, 6]}'
+    assert checkpoint.digest(state, meta) == {
+        "algorithm": "sha256",
+        "state": h.hexdigest(),
+        "meta": hashlib.sha256(text.encode()).hexdigest(),
+    }
+    assert checkpoint.digest(_state(1.0 + 2**-20), meta)["state"] != h.hexdigest()
+
+
+def test_a_finite_change_to_a_saved_byte_is_detected_and_the_one_before_restored(tmp_path):
+    """One digit of the saved meta changed on disk still parses: the digest catches it."""
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+    for step in (1, 2):
+        ckpt.save(step, _state(float(step)), {"matrices": {"linear": [[12.5]]}})
+    ckpt.wait()
+    path = tmp_path / "2" / "meta" / "metadata"
+    path.write_text(path.read_text().replace("12.5", "13.5"))
+    assert json.loads(path.read_text()) == {"matrices": {"linear": [[13.5]]}}
+    with pytest.raises(ValueError, match="checkpoint 2's meta differ from the sha256 digest"):
+        ckpt.restore_step(2, _abstract())
+    step, state, meta = ckpt.restore(_abstract())
+    assert (step, meta) == (1, {"matrices": {"linear": [[12.5]]}})
+    np.testing.assert_array_equal(state["params"]["w"], 1.0)
+    assert ckpt.all_steps() == [1]
+    ckpt.close()
+
+
+def test_state_values_unlike_their_digest_and_unreadable_files_fall_back(tmp_path):
+    """A state that decodes to other finite values than were saved (written here with the digest
+    of another state, as damaged bytes would leave it), then a checkpoint whose files no longer
+    parse: each is skipped for the one before. A checkpoint without a digest (of an older
+    version) restores unverified."""
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=4)
+    _write_unchecked(ckpt, 1, _state(1.0))
+    ckpt.save(2, _state(2.0), {"matrices": {}})
+    ckpt._manager.save(
+        3,
+        args=checkpoint.ocp.args.Composite(
+            state=checkpoint.ocp.args.StandardSave(_state(3.5)),
+            meta=checkpoint.ocp.args.JsonSave({"matrices": {}}),
+            digest=checkpoint.ocp.args.JsonSave(checkpoint.digest(_state(3.0), {"matrices": {}})),
+        ),
+        force=True,
+    )
+    ckpt.save(4, _state(4.0), {"matrices": {}})
+    ckpt.wait()
+    for root, _, files in os.walk(tmp_path / "4" / "state"):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"damaged")
+    with pytest.raises(ValueError, match="checkpoint 3's state differ"):
+        ckpt.restore_step(3, _abstract())
+    step, state, _ = ckpt.restore(_abstract())
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], 2.0)
+    assert ckpt.all_steps() == [1, 2]
+    ckpt._manager.delete(2)
+    assert ckpt.restore(_abstract())[0] == 1
     ckpt.close()
 
 
