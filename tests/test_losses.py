@@ -895,3 +895,192 @@ def test_transcribed_losses_gradients_match_finite_differences(name):
 def test_transcribed_losses_reject_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment and uniformity, KoLeo, MMCR, VIbCReg, FroSSL: NumPy transcriptions of the reference
+# code (SsnL/align_uniform align_uniform/__init__.py; lightly-ai/lightly e8d317f
+# lightly/loss/{hypersphere,koleo,mmcr,frossl}_loss.py; vturrisi/solo-learn 9187ea3
+# solo/losses/vibcreg.py and vicreg.py), torch functions spelled out in NumPy.
+
+
+def np_align(x, y, alpha):
+    return np.mean(np.linalg.norm(x - y, axis=1) ** alpha)
+
+
+def np_uniform(x, t):
+    i, j = np.triu_indices(len(x), 1)  # torch.pdist's pairs
+    return np.log(np.mean(np.exp(-t * np.linalg.norm(x[i] - x[j], axis=1) ** 2)))
+
+
+def np_hypersphere(z_a, z_b, t, lam, alpha):
+    x, y = _np_normalize(z_a), _np_normalize(z_b)
+    return np_align(x, y, alpha) + lam * (np_uniform(x, t) + np_uniform(y, t)) / 2
+
+
+def np_koleo(x, eps):
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+    dots = x @ x.T
+    np.fill_diagonal(dots, -1)
+    nn = dots.argmax(axis=1)
+    distance = np.linalg.norm(x - x[nn] + eps, axis=-1)  # nn.PairwiseDistance(2, eps)
+    return -np.mean(np.log(distance + eps))
+
+
+def np_mmcr(online, momentum, lmda):
+    z = np.concatenate([online, momentum], axis=1)  # [B, 2k, D]
+    c = z.mean(axis=1)
+    s_z = np.linalg.svd(z, compute_uv=False)
+    s_c = np.linalg.svd(c, compute_uv=False)
+    return -np.sum(s_c) + lmda * np.sum(s_z) / z.shape[0]
+
+
+def np_vibcreg(z1, z2, sim_w, var_w, cov_w):
+    def normalise_columns(z):
+        z = z - z.mean(axis=0)
+        return z / np.maximum(np.linalg.norm(z, axis=0), 1e-12)
+
+    def off_diagonal_mean(z):
+        g = z.T @ z
+        np.fill_diagonal(g, 0.0)
+        return np.mean(g**2)
+
+    invariance = np.mean((z1 - z2) ** 2)
+    variance = sum(
+        np.mean(np.maximum(1 - np.sqrt(z.var(axis=0, ddof=1) + 1e-4), 0)) for z in (z1, z2)
+    )
+    covariance = off_diagonal_mean(normalise_columns(z1)) + off_diagonal_mean(normalise_columns(z2))
+    return sim_w * invariance + var_w * variance + cov_w * covariance
+
+
+def np_frossl(z_views, invariance_weight):
+    v, dim = len(z_views), z_views[0].shape[1]
+    normalized = [z / np.maximum(np.linalg.norm(z, axis=0), 1e-12) for z in z_views]
+    average = np.mean(np.stack(normalized), axis=0)
+    regularization = invariance = 0.0
+    for z in normalized:
+        cov = z.T @ z if z.shape[0] > dim else z @ z.T
+        cov = cov / np.trace(cov)
+        regularization += 2 * np.log(np.linalg.norm(cov, "fro"))
+        invariance += v * dim * np.mean((z - average) ** 2)
+    return regularization + invariance_weight * invariance
+
+
+@pytest.mark.parametrize("alpha, t, lam", [(2.0, 2.0, 1.0), (1.0, 1.0, 0.5)])
+def test_hypersphere_losses_match_numpy_reference(alpha, t, lam):
+    z1, z2 = _normal(130, (7, 5)), _normal(131, (7, 5))
+    u1, u2 = _np_normalize(z1), _np_normalize(z2)
+    np.testing.assert_allclose(
+        losses.alignment_loss(z1, z2, alpha=alpha), np_align(u1, u2, alpha), rtol=RTOL
+    )
+    np.testing.assert_allclose(losses.uniformity_loss(z1, t=t), np_uniform(u1, t), rtol=RTOL)
+    np.testing.assert_allclose(
+        losses.hypersphere_loss(z1, z2, alpha=alpha, t=t, uniformity_weight=lam),
+        np_hypersphere(z1, z2, t, lam, alpha),
+        rtol=RTOL,
+    )
+
+
+def test_koleo_matches_numpy_reference():
+    z = _normal(132, (9, 4))
+    np.testing.assert_allclose(losses.koleo_loss(z), np_koleo(z, 1e-8), rtol=RTOL)
+    np.testing.assert_allclose(losses.koleo_loss(z, eps=0.1), np_koleo(z, 0.1), rtol=RTOL)
+
+
+@pytest.mark.parametrize("k, dim, lambd", [(1, 5, 0.0), (2, 3, 5e-3), (2, 6, 0.3)])
+def test_mmcr_matches_numpy_reference(k, dim, lambd):
+    online = _np_normalize(_normal(133, (6, k, dim))).astype(np.float32)
+    momentum = _np_normalize(_normal(134, (6, k, dim))).astype(np.float32)
+    views = (*online.swapaxes(0, 1), *momentum.swapaxes(0, 1))
+    np.testing.assert_allclose(
+        losses.mmcr_loss(views, lambd=lambd), np_mmcr(online, momentum, lambd), rtol=RTOL
+    )
+
+
+def test_vibcreg_matches_numpy_reference():
+    z1, z2 = _normal(135, (6, 4)), _normal(136, (6, 4), scale=0.5)
+    np.testing.assert_allclose(
+        losses.vibcreg_loss(z1, z2, sim_weight=2.0, var_weight=3.0, cov_weight=4.0),
+        np_vibcreg(z1, z2, 2.0, 3.0, 4.0),
+        rtol=RTOL,
+    )
+
+
+@pytest.mark.parametrize("rows, num_views", [(7, 2), (3, 3)])  # N > D and N < D
+def test_frossl_matches_numpy_reference(rows, num_views):
+    views = tuple(_normal(137 + v, (rows, 5)) for v in range(num_views))
+    np.testing.assert_allclose(
+        losses.frossl_loss(views, invariance_weight=0.5), np_frossl(views, 0.5), rtol=RTOL
+    )
+
+
+def test_added_losses_gradients_match_finite_differences():
+    """Against the NumPy references in float64, on random directions (KoLeo's nearest
+    neighbours stay fixed under the small steps)."""
+    z1, z2 = _normal(140, (6, 4)).astype(np.float64), _normal(141, (6, 4)).astype(np.float64)
+    cases = [
+        (
+            lambda a, b: losses.hypersphere_loss(a, b, alpha=1.5),
+            lambda a, b: np_hypersphere(a, b, 2.0, 1.0, 1.5),
+        ),
+        (lambda a, b: losses.koleo_loss(a) + 0 * b.sum(), lambda a, b: np_koleo(a, 1e-8)),
+        (
+            lambda a, b: losses.mmcr_loss((a, b), lambd=0.1),
+            lambda a, b: np_mmcr(_np_normalize(a)[:, None], _np_normalize(b)[:, None], 0.1),
+        ),
+        (losses.vibcreg_loss, lambda a, b: np_vibcreg(a, b, 25.0, 25.0, 200.0)),
+        (lambda a, b: losses.frossl_loss((a, b)), lambda a, b: np_frossl((a, b), 1.0)),
+    ]
+    rng = np.random.default_rng(11)
+    for fn, reference in cases:
+        with jax.enable_x64(True):
+            g1, g2 = jax.grad(fn, argnums=(0, 1))(jnp.asarray(z1), jnp.asarray(z2))
+        d1, d2 = rng.standard_normal(z1.shape), rng.standard_normal(z2.shape)
+        numeric = _central_difference(lambda t: reference(z1 + t * d1, z2 + t * d2), 0.0, 1.0, 1e-6)
+        analytic = np.sum(np.asarray(g1) * d1) + np.sum(np.asarray(g2) * d2)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+
+
+_ADDED_LOSSES = {
+    "alignment_loss": functools.partial(losses.alignment_loss, alpha=1.0),
+    "uniformity_loss": lambda a, b: losses.uniformity_loss(a),
+    "hypersphere_loss": losses.hypersphere_loss,
+    "koleo_loss": lambda a, b: losses.koleo_loss(a),
+    "mmcr_loss": lambda a, b: losses.mmcr_loss((a, b), lambd=0.1),
+    "vibcreg_loss": losses.vibcreg_loss,
+    "frossl_loss": lambda a, b: losses.frossl_loss((a, b)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ADDED_LOSSES))
+def test_added_losses_have_finite_gradients_for_equal_views_and_take_bf16(name):
+    z = _normal(142, (8, 3))
+    value, grad = jax.value_and_grad(_ADDED_LOSSES[name])(z, z)
+    assert np.isfinite(value) and value.dtype == jnp.float32
+    assert np.all(np.isfinite(grad))
+    other = _normal(143, (8, 3))
+    low = _ADDED_LOSSES[name](jnp.asarray(z, jnp.bfloat16), jnp.asarray(other, jnp.bfloat16))
+    assert low.dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa: the inputs' rounding alone moves the loss by ~1e-2.
+    np.testing.assert_allclose(low, _ADDED_LOSSES[name](z, other), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: losses.alignment_loss(_ONES, _ONES[:3]), ValueError, "same"),
+        (lambda: losses.alignment_loss(_ONES, _ONES, alpha=0), ValueError, "alpha must be > 0"),
+        (lambda: losses.uniformity_loss(_ONES[:1]), ValueError, "at least 2"),
+        (lambda: losses.hypersphere_loss(_ONES, _ONES, t=-1.0), ValueError, "t must be > 0"),
+        (lambda: losses.koleo_loss(_ONES[0]), ValueError, "2-D"),
+        (lambda: losses.mmcr_loss(_ONES), TypeError, "tuple with one"),
+        (lambda: losses.mmcr_loss((_ONES,)), ValueError, "at least 2 views"),
+        (lambda: losses.mmcr_loss((_ONES, _ONES), lambd=-1.0), ValueError, "lambd must be >= 0"),
+        (lambda: losses.vibcreg_loss(_ONES[:1], _ONES[:1]), ValueError, "at least 2"),
+        (lambda: losses.frossl_loss((_ONES, _ONES[:, :2])), ValueError, "same"),
+        (lambda: losses.frossl_loss(np.stack([_ONES, _ONES])), TypeError, "tuple with one"),
+    ],
+)
+def test_added_losses_reject_bad_inputs(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

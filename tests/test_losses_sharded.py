@@ -74,6 +74,10 @@ def _distiller(fn, **kwargs):
 
 
 CASES = {
+    "alignment_loss": Case(
+        lambda d, _, __, axis_name: losses.alignment_loss(*d, alpha=1.5, axis_name=axis_name),
+        (X, Y),
+    ),
     "barlow_twins_loss": Case(
         lambda d, _, __, axis_name: losses.barlow_twins_loss(*d, axis_name=axis_name), (X, Y)
     ),
@@ -108,11 +112,17 @@ CASES = {
         (X, Y),
         (VALID,),
     ),
+    "frossl_loss": Case(
+        lambda d, _, __, axis_name: losses.frossl_loss(d, axis_name=axis_name), (X, Y, Z)
+    ),
     "generator_distillation": Case(
         lambda d, _, __, axis_name: gan.generator_distillation(*d, axis_name=axis_name), (X, Y)
     ),
     "generator_loss": Case(
         lambda d, _, __, axis_name: gan.generator_loss(d[0][:, 2], axis_name=axis_name), (X,)
+    ),
+    "hypersphere_loss": Case(
+        lambda d, _, __, axis_name: losses.hypersphere_loss(*d, axis_name=axis_name), (X, Y)
     ),
     "info_nce": Case(
         lambda d, _, r, axis_name: losses.info_nce(*d, *r, axis_name=axis_name),
@@ -125,12 +135,18 @@ CASES = {
         ),
         tuple(SCORES),
     ),
+    "koleo_loss": Case(
+        lambda d, _, __, axis_name: losses.koleo_loss(*d, axis_name=axis_name), (X,)
+    ),
     # Row-wise: no batch statistic, so nothing to pass inside shard_map.
     "l2_normalize": Case(lambda d, _, __, axis_name: losses.l2_normalize(d[0]), (X,), kind="rows"),
     "labelled_cross_entropy": Case(
         lambda d, m, _, axis_name: losses.labelled_cross_entropy(d[0], m[0], axis_name=axis_name),
         (X,),
         (LABELS,),
+    ),
+    "mmcr_loss": Case(
+        lambda d, _, __, axis_name: losses.mmcr_loss(d, lambd=0.1, axis_name=axis_name), (X, Y, Z)
     ),
     "mse_distillation": _distiller(losses.mse_distillation),
     "nearest_neighbours": Case(
@@ -204,6 +220,12 @@ CASES = {
         lambda d, _, r, axis_name: losses.tico_loss(*d, *r, axis_name=axis_name),
         (X, Y),
         replicated=(COVARIANCE,),
+    ),
+    "uniformity_loss": Case(
+        lambda d, _, __, axis_name: losses.uniformity_loss(*d, t=1.0, axis_name=axis_name), (X,)
+    ),
+    "vibcreg_loss": Case(
+        lambda d, _, __, axis_name: losses.vibcreg_loss(*d, axis_name=axis_name), (X, Y)
     ),
     "vicreg_loss": Case(
         lambda d, _, __, axis_name: losses.vicreg_loss(*d, axis_name=axis_name), (X, Y)
@@ -313,3 +335,29 @@ def test_sharded_equals_one_device(name, mode, devices):
     chex.assert_trees_all_close(got, expected, rtol=RTOL, atol=ATOL)
     # The output is not trivially 0.
     assert np.any(np.asarray(jax.tree.leaves(expected)[0]) != 0)
+
+
+def test_gradients_inside_shard_map_are_already_summed_over_the_axis():
+    """The package docstring's promise: ``jax.grad`` taken *inside* ``shard_map`` of a loss with
+    ``axis_name``, with respect to parameters replicated over the axis, is the gradient of the
+    global loss on every device, without a further ``psum``."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))
+    weights = _normal(40, (4, 4))
+
+    def loss(w, x, y, axis_name=None):
+        return losses.nt_xent(x @ w, y @ w, axis_name=axis_name)
+
+    inside = jax.jit(
+        jax.shard_map(
+            lambda w, x, y: jax.grad(loss)(w, x, y, axis_name="data"),
+            mesh=mesh,
+            in_specs=(P(), P("data"), P("data")),
+            out_specs=P(),
+        )
+    )(
+        *(
+            jax.device_put(a, NamedSharding(mesh, s))
+            for a, s in ((weights, P()), (X, P("data")), (Y, P("data")))
+        )
+    )
+    np.testing.assert_allclose(inside, jax.grad(loss)(weights, X, Y), rtol=RTOL, atol=ATOL)

@@ -26,14 +26,19 @@ from cl_ssl.losses.distill import (
     similarity_distillation,
 )
 from cl_ssl.losses.objectives import (
+    alignment_loss,
     barlow_twins_loss,
     byol_loss,
     dcl_loss,
     dclw_loss,
     deepclusterv2_loss,
     dino_loss,
+    frossl_loss,
+    hypersphere_loss,
     info_nce,
+    koleo_loss,
     l2_normalize,
+    mmcr_loss,
     nearest_neighbours,
     nnclr_loss,
     nt_xent,
@@ -44,6 +49,8 @@ from cl_ssl.losses.objectives import (
     swav_loss,
     tico_covariance,
     tico_loss,
+    uniformity_loss,
+    vibcreg_loss,
     vicreg_loss,
     vicreg_terms,
     whiten,
@@ -51,6 +58,13 @@ from cl_ssl.losses.objectives import (
 )
 
 __all__ = [
+    "alignment_loss",
+    "frossl_loss",
+    "hypersphere_loss",
+    "koleo_loss",
+    "mmcr_loss",
+    "uniformity_loss",
+    "vibcreg_loss",
     "barlow_twins_loss",
     "byol_loss",
     "contrastive_distillation",

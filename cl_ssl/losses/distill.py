@@ -17,20 +17,20 @@ Conventions (float32 compute, global batch under ``jit``, optional ``axis_name``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from cl_ssl.losses.classification import soft_cross_entropy
 from cl_ssl.losses.objectives import (
+    Views,
     _as_float,
     _batch_mean,
     _batch_sum,
     _check_embeddings,
     _check_min_batch,
     _check_positive,
+    _check_view_tuple,
     _gathered_rows,
     barlow_twins_loss,
     byol_loss,
@@ -39,18 +39,6 @@ from cl_ssl.losses.objectives import (
     similarity_kl_rows,
     simsiam_loss,
 )
-
-Views = Sequence[jax.Array]
-
-
-def _check_view_tuple(fn: str, name: str, views: Views) -> None:
-    """``views`` is a tuple or list of arrays, not one array (whose rows would pass for views)."""
-    if hasattr(views, "shape") or not isinstance(views, Sequence):
-        got = f"an array of shape {jnp.shape(views)}" if hasattr(views, "shape") else type(views)
-        raise TypeError(
-            f"{fn}: {name} must be a tuple with one [batch, dim] array per view, got {got}; pass "
-            f"{name}=(view1, view2) for two views, or (view,) for one"
-        )
 
 
 def _check_views(

@@ -25,6 +25,7 @@ Temperatures and epsilon given as Python or NumPy numbers are checked; traced va
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 _NORM_EPS = 1e-12  # torch.nn.functional.normalize's eps, used by the reference implementations.
+
+Views = Sequence[jax.Array]
+"""A tuple (or list) with one [batch, dim] array per view."""
 
 
 def _as_float(x: jax.Array) -> jax.Array:
@@ -121,6 +125,28 @@ def _check_min_batch(fn: str, rows: int, minimum: int, axis_name: str | None) ->
             f"{fn}: needs a global batch of at least {minimum} rows, got {global_rows}; "
             f"increase the batch size"
         )
+
+
+def _check_view_tuple(fn: str, name: str, views: Views, minimum: int = 1) -> None:
+    """``views`` is a tuple or list of at least ``minimum`` arrays, not one array (whose rows
+    would pass for views)."""
+    if hasattr(views, "shape") or not isinstance(views, Sequence):
+        got = f"an array of shape {jnp.shape(views)}" if hasattr(views, "shape") else type(views)
+        raise TypeError(
+            f"{fn}: {name} must be a tuple with one [batch, dim] array per view, got {got}; pass "
+            f"{name}=(view1, view2) for two views, or (view,) for one"
+        )
+    if len(views) < minimum:
+        raise ValueError(f"{fn}: needs at least {minimum} views, got {len(views)}")
+
+
+def _take_rows(columns: jax.Array, indices: jax.Array) -> jax.Array:
+    """Rows ``columns[indices]``: ``columns`` [N, D] holds every row of the global batch
+    (replicated, or gathered inside ``shard_map``), ``indices`` int [B] is split like the batch;
+    on an Explicit mesh the result is split along the batch as ``indices``."""
+    mesh = _explicit_mesh(indices)
+    rows = None if mesh is None else NamedSharding(mesh, P(jax.typeof(indices).sharding.spec[0]))
+    return _replicated(columns).at[indices].get(out_sharding=rows)
 
 
 def _check_positive(fn: str, **values: float) -> None:
@@ -915,9 +941,7 @@ def nearest_neighbours(z: jax.Array, support: jax.Array) -> tuple[jax.Array, jax
     support = lax.stop_gradient(_as_float(support))
     similarity = lax.stop_gradient(l2_normalize(_as_float(z))) @ l2_normalize(support).T
     indices = jnp.argmax(similarity, axis=-1).astype(jnp.int32)
-    mesh = _explicit_mesh(indices)
-    rows = None if mesh is None else NamedSharding(mesh, P(jax.typeof(indices).sharding.spec[0]))
-    return _replicated(support).at[indices].get(out_sharding=rows), indices
+    return _take_rows(support, indices), indices
 
 
 def nnclr_loss(
@@ -1170,3 +1194,307 @@ def deepclusterv2_loss(
     total = _batch_sum(jnp.where(assigned, picked, 0.0), axis_name)
     count = _batch_sum(assigned.astype(log_prob.dtype), axis_name)
     return -total / jnp.maximum(count, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment and uniformity on the hypersphere
+
+
+def _alignment(u1: jax.Array, u2: jax.Array, alpha: float, axis_name: str | None) -> jax.Array:
+    squared = jnp.sum((u1 - u2) ** 2, axis=-1)
+    if alpha == 2:
+        return _batch_mean(squared, axis_name)
+    # ||.||^alpha with a zero gradient, not NaN, where the two rows are equal.
+    positive = squared > 0
+    power = jnp.where(positive, jnp.where(positive, squared, 1.0) ** (alpha / 2), 0.0)
+    return _batch_mean(power, axis_name)
+
+
+def _uniformity(u: jax.Array, t: float, axis_name: str | None) -> jax.Array:
+    columns, offset = _gathered_rows(u, axis_name)
+    n = columns.shape[0]
+    # ||u_i - u_j||^2 = 2 - 2 u_i . u_j for unit rows.
+    squared = jnp.maximum(2.0 - 2.0 * (u @ columns.T), 0.0)  # [b, N]
+    is_self = jnp.arange(n)[None, :] == (offset + jnp.arange(u.shape[0]))[:, None]
+    kernel = jnp.sum(jnp.where(is_self, 0.0, jnp.exp(-t * squared)), axis=-1)
+    return jnp.log(_batch_sum(kernel, axis_name) / (n * (n - 1)))
+
+
+def alignment_loss(
+    z1: jax.Array, z2: jax.Array, *, alpha: float = 2.0, axis_name: str | None = None
+) -> jax.Array:
+    """Alignment of positive pairs on the hypersphere (Wang & Isola, ICML 2020, Sec. 4.1, Eq. 4).
+
+    Reference code: ``SsnL/align_uniform`` ``align_uniform/__init__.py::align_loss`` (as lightly
+    ``lightly/loss/hypersphere_loss.py::HypersphereLoss.forward``'s ``lalign``).
+
+    With u^v = n(z^v) (L2-normalised here; the reference takes normalised inputs) and N the
+    global batch:
+
+      L_align = (1/N) sum_i ||u^1_i - u^2_i||_2^alpha
+
+    Args:
+      z1: [B, D] embeddings of the first view.
+      z2: [B, D] embeddings of the second view, row i the same image as ``z1[i]``.
+      alpha: exponent > 0 (2, the paper's and the reference's).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss in [0, 2^alpha].
+    """
+    _check_embeddings("alignment_loss", z1=z1, z2=z2)
+    _check_positive("alignment_loss", alpha=alpha)
+    u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
+    return _alignment(u1, u2, alpha, axis_name)
+
+
+def uniformity_loss(z: jax.Array, *, t: float = 2.0, axis_name: str | None = None) -> jax.Array:
+    """Uniformity on the hypersphere (Wang & Isola, ICML 2020, Sec. 4.1, Eq. 5): the log of the
+    mean Gaussian potential over the pairs of the batch.
+
+    Reference code: ``SsnL/align_uniform`` ``align_uniform/__init__.py::uniform_loss`` (as lightly
+    ``lightly/loss/hypersphere_loss.py``'s ``lunif``).
+
+    With u = n(z) (L2-normalised here) and N the global batch, over the N(N-1)/2 pairs i < j:
+
+      L_uniform = log( (2 / (N(N-1))) sum_{i<j} exp(-t ||u_i - u_j||_2^2) )
+
+    Args:
+      z: [B, D] embeddings of one view.
+      t: t > 0 of the Gaussian kernel (2, the paper's and the reference's; lightly's default 1).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; the pairs then span
+        every device.
+
+    Returns:
+      Scalar float32 loss in [-4t, 0].
+    """
+    _check_embeddings("uniformity_loss", z=z)
+    _check_positive("uniformity_loss", t=t)
+    _check_min_batch("uniformity_loss", z.shape[0], 2, axis_name)
+    return _uniformity(l2_normalize(_as_float(z)), t, axis_name)
+
+
+def hypersphere_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    alpha: float = 2.0,
+    t: float = 2.0,
+    uniformity_weight: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Alignment plus uniformity (Wang & Isola, ICML 2020, Sec. 4.1 and 5): lightly's
+    ``HypersphereLoss`` (``lightly/loss/hypersphere_loss.py``).
+
+      L = alignment_loss(z1, z2) + uniformity_weight * (uniformity_loss(z1) + uniformity_loss(z2)) / 2
+
+    The official training script weighs the two terms 1 and 1 (``SsnL/align_uniform``
+    ``examples/stl10/main.py``: ``align_w``, ``unif_w``).
+
+    Args:
+      z1, z2: [B, D] embeddings of the two views, row i the same image.
+      alpha: exponent of the alignment term (see ``alignment_loss``).
+      t: kernel parameter of the uniformity term (see ``uniformity_loss``; lightly's default 1).
+      uniformity_weight: weight of the uniformity term (lightly's ``lam``, default 1).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("hypersphere_loss", z1=z1, z2=z2)
+    _check_positive("hypersphere_loss", alpha=alpha, t=t)
+    _check_min_batch("hypersphere_loss", z1.shape[0], 2, axis_name)
+    u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
+    uniformity = _uniformity(u1, t, axis_name) + _uniformity(u2, t, axis_name)
+    return _alignment(u1, u2, alpha, axis_name) + uniformity_weight * uniformity / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# KoLeo
+
+
+def koleo_loss(z: jax.Array, *, eps: float = 1e-8, axis_name: str | None = None) -> jax.Array:
+    """The KoLeo regulariser: the Kozachenko-Leonenko entropy estimator's distance term
+    (Sablayrolles et al., "Spreading vectors for similarity search", ICLR 2019, Sec. 3.3, Eq. 4;
+    added to DINO's loss by DINOv2, Oquab et al., TMLR 2024, Sec. 4).
+
+    Reference code: facebookresearch/dinov2 ``dinov2/loss/koleo_loss.py::KoLeoLoss`` (lightly
+    ``lightly/loss/koleo_loss.py`` is a copy).
+
+    With u_i = z_i / max(||z_i||, eps) and rho_i the distance of u_i to its nearest other row of
+    the global batch of N rows (nearest by cosine, as the reference),
+
+      rho_i = || u_i - u_{j*} + eps ||_2,   j* = argmax_{j != i} u_i . u_j
+      L = -(1/N) sum_i log(rho_i + eps)
+
+    (the eps inside the norm is PyTorch's ``PairwiseDistance``). The gradient reaches both u_i
+    and its neighbour, as in the reference. DINOv2 applies it to each view's class tokens on each
+    GPU's rows: call it per view, inside ``shard_map`` without ``axis_name`` for that; with
+    ``axis_name`` the neighbours are sought in the global batch.
+
+    Args:
+      z: [B, D] embeddings of one view.
+      eps: the reference's eps > 0 (1e-8).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("koleo_loss", z=z)
+    _check_positive("koleo_loss", eps=eps)
+    _check_min_batch("koleo_loss", z.shape[0], 2, axis_name)
+    z = _as_float(z)
+    u = z * lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps**2))
+    columns, offset = _gathered_rows(u, axis_name)
+    is_self = jnp.arange(columns.shape[0])[None, :] == (offset + jnp.arange(u.shape[0]))[:, None]
+    similarity = jnp.where(is_self, -jnp.inf, lax.stop_gradient(u @ columns.T))
+    neighbour = _take_rows(columns, jnp.argmax(similarity, axis=-1).astype(jnp.int32))
+    distance = jnp.sqrt(jnp.sum((u - neighbour + eps) ** 2, axis=-1))
+    return -_batch_mean(jnp.log(distance + eps), axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# MMCR
+
+
+def mmcr_loss(views: Views, *, lambd: float = 0.0, axis_name: str | None = None) -> jax.Array:
+    """Maximum manifold capacity representations, MMCR (Yerxa et al., NeurIPS 2023, Sec. 3).
+
+    Reference code: ``ThomasYerxa/mmcr`` (``MMCR_Loss``), as lightly
+    ``lightly/loss/mmcr_loss.py::MMCRLoss`` with its inputs L2-normalised.
+
+    With u^k = n(z^k) for the K views (L2-normalised here), the centroid of image i
+    c_i = (1/K) sum_k u^k_i, C = [c_1; ...; c_N] (N x D, the global batch), U_i = [u^1_i; ...;
+    u^K_i] (K x D) and ||.||_* the nuclear norm (the sum of singular values):
+
+      L = -||C||_* + lambd (1/N) sum_i ||U_i||_*
+
+    Args:
+      views: tuple of K >= 2 arrays [B, D], one per view, row i the same image in each (lightly's
+        ``online`` and ``momentum`` [B, k, D] are the 2k views ``(*online.swapaxes(0, 1),
+        *momentum.swapaxes(0, 1))``).
+      lambd: weight >= 0 of the local nuclear norms (0, the paper's objective; lightly's default
+        5e-3).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; C is then gathered
+        from every device and each computes its singular values.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_view_tuple("mmcr_loss", "views", views, minimum=2)
+    _check_embeddings("mmcr_loss", **{f"views[{k}]": v for k, v in enumerate(views)})
+    if isinstance(lambd, numbers.Real) and lambd < 0:
+        raise ValueError(f"mmcr_loss: lambd must be >= 0, got {lambd}")
+    stacked = l2_normalize(jnp.stack([_as_float(v) for v in views], axis=1))  # [b, K, D]
+    centroids, _ = _gathered_rows(jnp.mean(stacked, axis=1), axis_name)
+    loss = -jnp.sum(jnp.linalg.svd(centroids, compute_uv=False))
+    if axis_name is not None:
+        # Every device computed the same value from the gathered C; the mean over devices says
+        # so (an invariant value) and divides the gradient among their copies.
+        loss = lax.pmean(loss, axis_name)
+    if isinstance(lambd, numbers.Real) and lambd == 0:
+        return loss
+    local = jnp.sum(jnp.linalg.svd(stacked, compute_uv=False), axis=-1)
+    return loss + lambd * _batch_mean(local, axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# VIbCReg
+
+
+def vibcreg_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 200.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """VIbCReg's loss: VICReg with a normalised covariance term (Lee & Aune, "VIbCReg:
+    Variance-Invariance-better-Covariance Regularization for Self-Supervised Learning on Time
+    Series", arXiv:2109.00783, 2021, Sec. 3; official code ``danelee2601/VIbCReg``).
+
+    Reference code: solo-learn ``solo/losses/vibcreg.py::vibcreg_loss_func``.
+
+    invariance and variance are those of ``vicreg_terms``; the covariance term correlates the
+    features instead: with z-tilde^v the batch-centred z^v whose feature columns are L2-normalised
+    over the batch (F.normalize(dim=0)), G^v = z-tilde^v^T z-tilde^v (D x D, a correlation
+    matrix),
+
+      covariance = sum_{v=1,2} (1/D^2) sum_{i != j} (G^v_ij)^2
+      L = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+    VIbCReg's IterNorm whitening is part of its projector, not of the loss.
+
+    Args:
+      z1: [N, D] projections of the first view.
+      z2: [N, D] projections of the second view, row i the same image as ``z1[i]``.
+      sim_weight, var_weight, cov_weight: term weights (25, 25, 200: solo-learn's defaults).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map`` (solo-learn gathers the
+        batch for the variance and covariance terms; this covers the global batch for all three).
+
+    Returns:
+      Scalar float32 loss.
+    """
+    terms = _vicreg_terms("vibcreg_loss", z1, z2, axis_name)
+    d = z1.shape[1]
+
+    def correlation(z):
+        centred = _as_float(z) - _batch_mean(_as_float(z), axis_name)
+        norm = jnp.sqrt(_batch_sum(centred * centred, axis_name))
+        normalised = centred / jnp.maximum(norm, _NORM_EPS)
+        return _off_diagonal_square_sum(_batch_product(normalised, normalised, axis_name)) / d**2
+
+    return (
+        sim_weight * terms["invariance"]
+        + var_weight * terms["variance"]
+        + cov_weight * (correlation(z1) + correlation(z2))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# FroSSL
+
+
+def frossl_loss(
+    views: Views, *, invariance_weight: float = 1.0, axis_name: str | None = None
+) -> jax.Array:
+    """FroSSL's loss (Skean et al., "FroSSL: Frobenius Norm Minimization for Self-Supervised
+    Learning", ECCV 2024, Sec. 3; official code ``OFSkean/FroSSL``).
+
+    Reference code: lightly ``lightly/loss/frossl_loss.py::FroSSLLoss``.
+
+    Each of the V views is normalised per feature over the global batch of N rows, z-hat^v =
+    z^v / ||z^v_{:,d}||_2 (F.normalize(dim=0)); z-bar is their mean over views. With
+    K^v = z-hat^v^T z-hat^v (D x D, the same Frobenius norm as the N x N Gram matrix) divided by
+    its trace (through ``stop_gradient``, as the reference's ``.item()``):
+
+      L = sum_v 2 log ||K^v / tr(K^v)||_F + invariance_weight * sum_v V D (1/(N D)) ||z-hat^v - z-bar||_F^2
+
+    Args:
+      views: tuple of V >= 2 arrays [B, D], one per view, row i the same image in each.
+      invariance_weight: weight of the invariance term (1, lightly's default).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_view_tuple("frossl_loss", "views", views, minimum=2)
+    _check_embeddings("frossl_loss", **{f"views[{k}]": v for k, v in enumerate(views)})
+    num_views, d = len(views), views[0].shape[1]
+
+    def normalise(z):
+        z = _as_float(z)
+        return z / jnp.maximum(jnp.sqrt(_batch_sum(z * z, axis_name)), _NORM_EPS)
+
+    normalised = [normalise(z) for z in views]
+    mean = sum(normalised) / num_views
+    regularisation, invariance = 0.0, 0.0
+    for z in normalised:
+        gram = _batch_product(z, z, axis_name)
+        gram = gram / lax.stop_gradient(jnp.trace(gram))
+        regularisation = regularisation + jnp.log(jnp.sum(gram * gram))  # 2 log ||.||_F
+        squared = jnp.mean((z - mean) ** 2, axis=-1)
+        invariance = invariance + num_views * d * _batch_mean(squared, axis_name)
+    return regularisation + invariance_weight * invariance
