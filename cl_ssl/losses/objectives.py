@@ -127,7 +127,7 @@ def _check_min_batch(fn: str, rows: int, minimum: int, axis_name: str | None) ->
         )
 
 
-def _check_view_tuple(fn: str, name: str, views: Views, minimum: int = 1) -> None:
+def _check_view_tuple(fn: str, name: str, views: Views, minimum: int = 0) -> None:
     """``views`` is a tuple or list of at least ``minimum`` arrays, not one array (whose rows
     would pass for views)."""
     if hasattr(views, "shape") or not isinstance(views, Sequence):
