@@ -2,6 +2,8 @@
 The single-device, sharded-jit and shard_map paths are compared in tests/test_losses_sharded.py."""
 
 import functools
+import inspect
+import re
 
 import chex
 import jax
@@ -11,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cl_ssl import losses
+from cl_ssl.losses import gan
 
 RTOL = 1e-5
 ATOL = 1e-5
@@ -1084,3 +1087,28 @@ def test_added_losses_have_finite_gradients_for_equal_views_and_take_bf16(name):
 def test_added_losses_reject_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# The namespace: the package docstring's catalogue, typed signatures, the GAN terms' new home.
+
+
+def test_catalogue_lists_every_exported_name_once():
+    entries = re.findall(r"^  ``(\w+)``", losses.__doc__, re.M)
+    assert sorted(entries) == sorted(losses.__all__)
+    assert len(set(losses.__all__)) == len(losses.__all__)
+
+
+@pytest.mark.parametrize("module", [losses, gan])
+def test_public_signatures_are_typed(module):
+    for name in module.__all__:
+        signature = inspect.signature(getattr(module, name))
+        untyped = [p.name for p in signature.parameters.values() if p.annotation is p.empty]
+        assert not untyped, f"{name}: parameters {untyped} have no type annotation"
+        assert signature.return_annotation is not signature.empty, f"{name}: no return type"
+
+
+def test_gan_terms_live_in_their_own_module():
+    assert not set(gan.__all__) & set(losses.__all__)
+    with pytest.raises(AttributeError, match="from cl_ssl.losses.gan import r1_penalty"):
+        _ = losses.r1_penalty
