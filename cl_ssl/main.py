@@ -105,7 +105,8 @@ def _resume_hint(workdir: str) -> str:
 def _exit(code: int, message: str) -> None:
     """Prints ``message`` and ends the process now: a failed asynchronous checkpoint save can leave
     threads that would keep the interpreter from exiting."""
-    print(message, file=sys.stderr, flush=True)
+    if message:
+        print(message, file=sys.stderr, flush=True)
     logging.flush()
     sys.stdout.flush()
     os._exit(code)
@@ -149,6 +150,8 @@ def main(argv):
     except BaseException:
         traceback.print_exc()
         _exit(1, f"error: the run failed (traceback above); {_resume_hint(_WORKDIR.value)}")
+    if result["preempted"] is not None:  # the checkpoint to resume from is named above
+        _exit(128 + result["preempted"], "")
     if jax.process_index() == 0 and not result["stopped"]:
         for name, matrix in result["matrices"].items():
             print(report.format_matrix(np.asarray(matrix), title=f"{name} accuracy (%)"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import tqdm
 from absl import logging
 
 from cl_ssl import checkpoint, parallel
+from cl_ssl import preemption as preemption_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
 from cl_ssl import step as step_lib
@@ -63,7 +65,8 @@ def run(
     Every bad setting fails here before anything compiles. Returns {'matrices': evaluator ->
     accuracy matrix [stages + 1, T] in percent (row 0: random initialisation), 'summaries':
     evaluator -> metrics, 'state': the last ContinualState, 'stopped': True when
-    ``stop_after_steps`` ended the run early}. Writes config.json, checkpoints/, results.json,
+    ``stop_after_steps`` or a signal ended the run early, 'preempted': the signal's number when a
+    signal did (``cl_ssl.preemption``), else None}. Writes config.json, checkpoints/, results.json,
     results.md, plots/ and TensorBoard events (tb/) to ``workdir``, which the run holds for
     itself (``workdir.workdir_lock``).
     """
@@ -78,7 +81,8 @@ def run(
             )
             stack.callback(writer.close)
         ckpt = stack.enter_context(contextlib.closing(checkpointer(p, workdir)))
-        return Run(p, workdir, ckpt, writer).run()
+        preemption = stack.enter_context(preemption_lib.Preemption())
+        return Run(p, workdir, ckpt, writer, preemption).run()
 
 
 def checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
@@ -138,8 +142,11 @@ class Run:
         workdir: str,
         ckpt: checkpoint.Checkpointer,
         writer: report.ScalarWriter | None,
+        preemption: preemption_lib.Preemption | None = None,
     ):
         self.p, self.ckpt, self.writer = p, ckpt, writer
+        # Without one (rescoring saved checkpoints), no signal stops the loop early.
+        self.preemption = preemption or preemption_lib.Preemption()
         self.workdir = os.path.abspath(workdir)
         self.config, self.mesh = p.config, p.mesh
         self.tx = step_lib.make_tx(p.config, p.objective, p.strategy, p.online)
@@ -178,7 +185,19 @@ class Run:
             if stopped:
                 return self._result(state, stopped=True)
             state = self.end_stage(stage_id, state)
+            if self.preemption.signal is not None and stage_id + 1 < len(self.p.stages):
+                # A signal during the end-of-task work, or agreed at the stage's last step.
+                self._report_preemption(int(state.step))
+                return self._result(state, stopped=True)
         return self._result(state, stopped=False)
+
+    def _report_preemption(self, step: int) -> None:
+        if jax.process_index() == 0:
+            print(
+                f"stopped by {signal.Signals(self.preemption.signal).name} at step {step}: the "
+                f"same command resumes from checkpoint {step} in {self.ckpt.directory}",
+                flush=True,
+            )
 
     def _result(self, state: state_lib.ContinualState, *, stopped: bool) -> dict[str, Any]:
         return {
@@ -186,6 +205,7 @@ class Run:
             "summaries": self.results.summaries(),
             "state": state,
             "stopped": stopped,
+            "preempted": self.preemption.signal if stopped else None,
         }
 
     def initial_state(self) -> state_lib.ContinualState:
@@ -295,7 +315,9 @@ class Run:
     def train_stage(
         self, stage_id: int, state: state_lib.ContinualState
     ) -> tuple[state_lib.ContinualState, bool]:
-        """The stage's remaining steps; (state, True) when ``stop_after_steps`` ends the run."""
+        """The stage's remaining steps; (state, True) when ``stop_after_steps`` or a signal ends the
+        run (``cl_ssl.preemption``: saved at the step every process agrees on; agreed at the
+        stage's last step, the run stops after the boundary checkpoint instead)."""
         config, mesh, p = self.config, self.mesh, self.p
         stage = self.stage(stage_id, state)
         train_step = self._step(stage_id)
@@ -369,15 +391,19 @@ class Run:
             pending = (global_step, step_metrics)
             bar.update(1)
             stop = global_step == config.stop_after_steps
+            preempted = self.preemption.reached(global_step) and task_step + 1 < stage.num_steps
             if task_step + 1 < stage.num_steps and (
-                global_step % config.checkpoint_every_steps == 0 or stop
+                global_step % config.checkpoint_every_steps == 0 or stop or preempted
             ):
                 _check_finite(*pending, stage_id, self.ckpt)
                 self._charge_training()
                 self._save(global_step, state)
-            if stop:
+            if stop or preempted:
                 bar.close()
-                logging.warning("stopping after step %d as stop_after_steps asks", global_step)
+                if preempted:
+                    self._report_preemption(global_step)
+                else:
+                    logging.warning("stopping after step %d as stop_after_steps asks", global_step)
                 return state, True
         bar.close()
         if pending is not None:

@@ -1,15 +1,18 @@
 """Two processes of two CPU devices each form one run of four devices, started as the README shows
 (``--multihost --coordinator_address=127.0.0.1:PORT --num_processes=2 --process_id=I``, gloo
-collectives), killed mid-task and started again; the run ends where a one-process run on four
-devices ends."""
+collectives), preempted mid-task (SIGTERM to one of them) and started again; the run ends where a
+one-process run on four devices ends. One process preempted the same way resumes to that run's
+numbers exactly."""
 
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import chex
@@ -155,20 +158,26 @@ def _wait(processes, workdir: pathlib.Path, attempt: str, timeout: float) -> lis
     return [(workdir.parent / f"{attempt}_{i}.out").read_text() for i in (0, 1)]
 
 
-def _kill_after_checkpoint(
+def _preempt_after_checkpoint(
     processes, workdir: pathlib.Path, attempt: str, step: int, timeout: float
-) -> None:
-    """SIGKILL to every process once checkpoint ``step`` is complete (orbax renames a checkpoint's
-    folder to its step number when every process has written its part)."""
+) -> int:
+    """SIGTERM to the first process alone once checkpoint ``step`` is complete, as a preemption
+    notice reaches one worker; every process must then exit within 30 s (a TPU VM's grace
+    period) with status 143 and a checkpoint at the step they agreed on, which is returned."""
     deadline = time.monotonic() + timeout
     while not (workdir / "checkpoints" / str(step)).is_dir():
         _fail_if_one_failed(processes, workdir, attempt)
         assert all(p.poll() is None for p in processes), f"the run ended before checkpoint {step}"
         assert time.monotonic() < deadline, f"no checkpoint {step} after {timeout} s"
         time.sleep(0.05)
+    processes[0].send_signal(signal.SIGTERM)
     for p in processes:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        p.wait(timeout=30)
+    out = (workdir.parent / f"{attempt}_0.out").read_text()
+    assert [p.returncode for p in processes] == [143] * len(processes), out
+    agreed = int(re.search(r"stopped by SIGTERM at step (\d+): the same command resumes", out)[1])
+    assert agreed > step and (workdir / "checkpoints" / str(agreed)).is_dir()
+    return agreed
 
 
 def _written(workdir: pathlib.Path, process: int) -> set[str]:
@@ -186,19 +195,19 @@ def one_process_run(tmp_path_factory, tiny_fashion_mnist):
     return run(config, workdir, num_devices=4), workdir
 
 
-def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
+def test_two_processes_preempted_mid_task_resume_to_the_one_process_result(
     tmp_path, tiny_fashion_mnist, one_process_run
 ):
     whole, whole_dir = one_process_run
     workdir = tmp_path / "two_processes"
     steps_per_task = NUM_CLASSES // 2 * TRAIN_PER_CLASS // OVERRIDES["batch_size"]
 
-    # Killed after the mid-task checkpoint of task 1 (step 4 of 5), then the same two commands.
+    # Preempted after the checkpoint of step 2, then the same two commands.
     first = _start_processes(workdir, tiny_fashion_mnist, "first")
-    _kill_after_checkpoint(first, workdir, "first", 4, timeout=240)
+    agreed = _preempt_after_checkpoint(first, workdir, "first", 2, timeout=240)
     assert json.loads((workdir / "results.json").read_text())["meta"]["rows_evaluated"] < 3
     outputs = _wait(_start_processes(workdir, tiny_fashion_mnist, "second"), workdir, "second", 240)
-    assert "at step 4 (task 1, step 4 of the task)" in outputs[0]  # resumed, not started over
+    assert f"at step {agreed} (" in outputs[0]  # resumed, not started over
 
     assert json.loads((workdir / "config.json").read_text()) == json.loads(
         (whole_dir / "config.json").read_text()
@@ -232,3 +241,36 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_result(
     assert any(p.startswith("tb/events.out.tfevents") for p in by_process_0)
     by_process_1 = _written(workdir, 1)
     assert by_process_1 and all(p.startswith("checkpoints/") for p in by_process_1), by_process_1
+
+
+def test_one_process_preempted_mid_task_resumes_to_the_same_numbers(
+    tmp_path, tiny_fashion_mnist, one_process_run
+):
+    """SIGTERM to this process once checkpoint 2 exists: the run saves at the next step and
+    returns as preempted; run again, it ends with the uninterrupted run's parameters and matrices,
+    exactly. (The command line's exit status: the two-process test.)"""
+    whole, _ = one_process_run
+    config = shipped_config("fashion_mnist", "runlocal")
+    config.update_from_flattened_dict({**OVERRIDES, "dataset.data_dir": str(tiny_fashion_mnist)})
+    late = []  # a signal after the run's own handler is gone lands here, not in pytest's
+
+    def send_when_checkpoint_2_exists():
+        while not (tmp_path / "checkpoints" / "2").is_dir():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))
+    try:
+        threading.Thread(target=send_when_checkpoint_2_exists, daemon=True).start()
+        first = run(config, tmp_path, num_devices=4)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not late and first["stopped"] and first["preempted"] == signal.SIGTERM
+    agreed = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    assert agreed.latest_step() > 2
+    agreed.close()
+    resumed = run(config, tmp_path, num_devices=4)
+    assert not resumed["stopped"] and resumed["preempted"] is None
+    for name in whole["matrices"]:
+        np.testing.assert_array_equal(resumed["matrices"][name], whole["matrices"][name])
+    chex.assert_trees_all_equal(resumed["state"].params, whole["state"].params)
