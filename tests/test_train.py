@@ -3,6 +3,9 @@
 import json
 import os
 import re
+import signal
+import threading
+import time
 
 import chex
 import jax
@@ -52,13 +55,30 @@ def test_end_to_end_two_tasks(finished_run, strategy):
         assert "forgetting" in " ".join(result["summaries"]["linear"])
 
 
-def test_resume_is_exact(finished_run, tmp_path):
-    """A run stopped mid-task (at step 5, between the periodic checkpoints 3 and 9) and resumed
-    ends bit-identical to an uninterrupted run."""
+def test_preempted_mid_task_resumes_exactly(finished_run, tmp_path):
+    """SIGTERM to this process once checkpoint 3 exists: the run saves at the next step it
+    reaches (before the next periodic checkpoint, 9) and returns as preempted; run again, it ends
+    bit-identical to an uninterrupted run. (On two processes, through the command line's exit
+    status: tests/test_multihost.py.)"""
     whole, _ = finished_run(tiny_config())
-    stopped = _run(tiny_config(stop_after_steps=5), tmp_path)
-    assert stopped["stopped"]
+    late = []  # a signal after the run's own handler is gone lands here, not in pytest's
+
+    def send_when_checkpoint_3_exists():
+        while not (tmp_path / "checkpoints" / "3").is_dir():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: late.append(True))
+    try:
+        threading.Thread(target=send_when_checkpoint_3_exists, daemon=True).start()
+        stopped = _run(tiny_config(), tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not late and stopped["stopped"] and stopped["preempted"] == signal.SIGTERM
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert 3 < steps[-1] < 9, steps
     resumed = _run(tiny_config(), tmp_path)
+    assert not resumed["stopped"] and resumed["preempted"] is None
     chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
     chex.assert_trees_all_equal(whole["state"].batch_stats, resumed["state"].batch_stats)
     for name in whole["matrices"]:
