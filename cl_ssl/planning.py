@@ -18,21 +18,34 @@ from cl_ssl import step as step_lib
 from cl_ssl.data import scenarios, sources
 from cl_ssl.evaluation import online as online_lib
 from cl_ssl.objectives import Objective, get_objective, resolve_config
-from cl_ssl.strategies import Strategy, get_strategy
+from cl_ssl.strategies import Phase, Strategy, get_strategy
 from cl_ssl.strategies.base import output_widths
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One training stage: a task of the scenario, or the union of all tasks for ``offline``."""
+    """One training stage: a task of the scenario, or the union of all tasks for ``offline``.
+
+    ``phases``: the consecutive parts of its training (``Strategy.phases``; one phase of all its
+    epochs in which the objective trains, for a strategy without phases)."""
 
     indices: np.ndarray  # int32 [N_stage], examples of the train split
     num_epochs: int
     steps_per_epoch: int
+    phases: tuple[Phase, ...] = ()
+
+    def __post_init__(self):
+        if not self.phases:
+            object.__setattr__(self, "phases", (Phase(epochs=self.num_epochs),))
 
     @property
     def num_steps(self) -> int:
         return self.num_epochs * self.steps_per_epoch
+
+    def phase_starts(self) -> list[int]:
+        """The step within the stage at which each phase starts, [0, ...]."""
+        epochs = np.cumsum([0] + [phase.epochs for phase in self.phases[:-1]])
+        return [int(e) * self.steps_per_epoch for e in epochs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +124,7 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
     epochs = config.epochs_per_task
     if strategy.name == "offline" and config.offline_epochs > 0:
         epochs = config.offline_epochs
-    if not 0 <= config.optimizer.warmup_epochs < epochs:
+    if strategy.phases is None and not 0 <= config.optimizer.warmup_epochs < epochs:
         raise ValueError(
             f"optimizer.warmup_epochs={config.optimizer.warmup_epochs} must lie in "
             f"[0, {epochs}) for {epochs} epochs per stage; lower it or raise the epochs"
@@ -153,13 +166,17 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
                 f"stage {i} has {len(indices)} training examples, fewer than batch_size="
                 f"{config.batch_size}; lower --config.batch_size or --config.num_tasks"
             )
+        phases = (Phase(epochs=epochs),) if strategy.phases is None else strategy.phases(i)
         stages.append(
             Stage(
                 indices=np.asarray(indices, np.int32),
-                num_epochs=epochs,
+                num_epochs=sum(phase.epochs for phase in phases),
                 steps_per_epoch=len(indices) // config.batch_size,
+                phases=tuple(phases),
             )
         )
+    if strategy.phases is not None:
+        check_phases(config, objective, [stage.phases for stage in stages])
     example_tasks = np.full(len(train.labels), -1, np.int32)
     for task, indices in enumerate(scenario.train_indices):
         example_tasks[indices] = task
@@ -183,6 +200,41 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             config, train.num_classes, output_widths(objective)["features"]
         ),
     )
+
+
+def check_phases(
+    config: ml_collections.ConfigDict, objective: Objective, phases: list[tuple[Phase, ...]]
+) -> None:
+    """ValueError unless the stages' phases (``Strategy.phases``) can share one compiled step per
+    phase index: at least one epoch each, more than ``optimizer.warmup_epochs`` (every phase
+    restarts the schedule), the same ``objective`` flag and ``hyper`` names at each index, and no
+    phase without the objective for an objective with optimizer groups of its own (a phase in
+    which the objective rests cannot rest them)."""
+    warmup = config.optimizer.warmup_epochs
+    first = phases[0]
+    for stage, stage_phases in enumerate(phases):
+        for i, phase in enumerate(stage_phases):
+            if not 0 <= warmup < phase.epochs:
+                raise ValueError(
+                    f"phase {i} of stage {stage} has {phase.epochs} epochs and every phase "
+                    f"restarts the schedule with optimizer.warmup_epochs={warmup} of warm-up; "
+                    "set the phase's epochs above the warm-up, or lower optimizer.warmup_epochs"
+                )
+        if len(stage_phases) != len(first) or any(
+            a.objective != b.objective or set(a.hyper) != set(b.hyper)
+            for a, b in zip(stage_phases, first, strict=True)
+        ):
+            raise ValueError(
+                f"the phases of stage {stage} differ from the first stage's in number, objective "
+                "flag or hyper names; a strategy's phases must share those so that the step "
+                "compiles once per phase index"
+            )
+    if objective.param_groups and not all(phase.objective for phase in first):
+        raise ValueError(
+            f"objective {objective.name!r} trains parameters in optimizer groups of its own "
+            f"({sorted(objective.param_groups)}), which a phase without the objective cannot "
+            "let rest; choose an objective without them (--config.objective)"
+        )
 
 
 def boundary_steps(p: Plan) -> list[int]:

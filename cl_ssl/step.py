@@ -11,7 +11,7 @@ one set per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from cl_ssl.evaluation.online import OnlineProbe
 from cl_ssl.objectives import Objective
 from cl_ssl.parallel import batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
-from cl_ssl.strategies import BufferInputs, LossInputs, RowInputs, Strategy
+from cl_ssl.strategies import BufferInputs, LossInputs, Phase, RowInputs, Strategy
 
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[ContinualState, TrainData, jax.Array, Metrics], tuple[ContinualState, Metrics]]
@@ -105,8 +105,11 @@ def make_tx(
     def labels(trainable):
         if objective is None:
             return jax.tree.map(lambda _: optim.DEFAULT_GROUP, trainable)
+        student = _labels(objective.param_labels, trainable["student"])
+        if strategy.student_labels is not None:
+            student = strategy.student_labels(trainable["student"], student)
         return {
-            "student": _labels(objective.param_labels, trainable["student"]),
+            "student": student,
             "strategy": _labels(strategy.param_labels, trainable["strategy"]),
             "online_probe": jax.tree.map(lambda _: online_lib.GROUP, trainable["online_probe"]),
         }
@@ -199,8 +202,11 @@ def build_step_fn(
     *,
     extend: bool,
     online: OnlineProbe | None = None,
+    phase: int = 0,
+    with_objective: bool = True,
 ) -> StepFn:
-    """The (un-jitted) train step for ``objective`` under ``strategy``.
+    """The (un-jitted) train step for ``objective`` under ``strategy``, in phase ``phase`` of a
+    stage (``Strategy.phases``; ``LossInputs.phase``).
 
     The returned function maps (state, data, ids, hyper) to (new state, metrics):
       data: the training split (``TrainData``): labels, classes and tasks of every example, and its
@@ -229,6 +235,10 @@ def build_step_fn(
     metrics). Every random draw comes from the run key folded with the global step (the host crops'
     boxes from the seed, task and step, ``host_crop.crop_uniforms``), so a resumed run draws as an
     uninterrupted one.
+
+    Without ``with_objective`` (a ``Phase`` in which the objective rests) the step computes no
+    target outputs, no objective loss and no objective state update, and the student runs its
+    backbone alone: its outputs are {'features'}, and the strategy's term is the loss.
     """
     model = objective.model
     groups = param_groups(objective, strategy, online)
@@ -255,7 +265,7 @@ def build_step_fn(
         if extend and strategy.transform_views is not None:
             views = strategy.transform_views(views, batch, rows(strategy_key))
         target = None
-        if objective.target is not None:
+        if objective.target is not None and with_objective:
             target = objective.target(state.objective_state, *views)
         student_views = tuple(views[v] for v in objective.student_views)
         side, side_views = None, None
@@ -283,12 +293,16 @@ def build_step_fn(
                     view,
                     train=True,
                     mutable=["batch_stats"],
+                    **({} if with_objective else {"method": _backbone_outputs}),
                 )
                 batch_stats = mutated["batch_stats"]
                 outputs.append(out)
-            loss, terms, aux = objective.loss(
-                tuple(outputs), target, state.objective_state, params, hyper
-            )
+            if with_objective:
+                loss, terms, aux = objective.loss(
+                    tuple(outputs), target, state.objective_state, params, hyper
+                )
+            else:
+                loss, terms, aux = jnp.zeros((), jnp.float32), {}, None
             side_outputs = None
             if side is not None:
                 # Normalised with the side rows' own statistics; the running ones they would
@@ -321,6 +335,7 @@ def build_step_fn(
                         side=side,
                         side_outputs=side_outputs,
                         side_views=side_views,
+                        phase=phase,
                     )
                 )
                 loss, terms = loss + extra, {**terms, **extra_terms}
@@ -371,7 +386,11 @@ def build_step_fn(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            objective_state=objective.update_state(state.objective_state, params, aux, hyper),
+            objective_state=(
+                objective.update_state(state.objective_state, params, aux, hyper)
+                if with_objective
+                else state.objective_state
+            ),
             strategy=strategy_state,
             online_probe=online_probe,
         )
@@ -379,6 +398,11 @@ def build_step_fn(
         return new_state, metrics
 
     return train_step
+
+
+def _backbone_outputs(module, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """The student's outputs in a phase without the objective: its backbone's features alone."""
+    return {"features": module.backbone(images, train=train)}
 
 
 def stage_hyper(
@@ -390,10 +414,44 @@ def stage_hyper(
     steps_per_epoch: int,
     stage: int = 0,
     online: OnlineProbe | None = None,
+    phases: Sequence[Phase] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every per-step scalar of stage ``stage``: name -> float32 [steps]; 'lr', each group's own
     learning rate ('lr/<group>', ``group_lr_key``), the switch to ``optimizer.later_tasks`` (when
-    set), the objective's schedules and the strategy's."""
+    set), the objective's schedules and the strategy's.
+
+    With ``phases`` (the stage's ``Phase``s, whose epochs sum to ``num_epochs``) each phase's
+    scalars are those of a stage of its epochs, followed by the next phase's, and each phase's
+    ``hyper`` values are held over its steps."""
+    if not phases:
+        phases = (Phase(epochs=num_epochs),)
+    parts = [
+        _phase_hyper(
+            config,
+            objective,
+            strategy,
+            num_epochs=phase.epochs,
+            steps_per_epoch=steps_per_epoch,
+            stage=stage,
+            online=online,
+            held=phase.hyper,
+        )
+        for phase in phases
+    ]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _phase_hyper(
+    config: ml_collections.ConfigDict,
+    objective: Objective,
+    strategy: Strategy,
+    *,
+    num_epochs: int,
+    steps_per_epoch: int,
+    stage: int,
+    online: OnlineProbe | None,
+    held: Mapping[str, float],
+) -> dict[str, np.ndarray]:
     num_steps = num_epochs * steps_per_epoch
     steps = np.arange(num_steps)
     schedules = {"lr": optim.ParamGroup()}
@@ -413,7 +471,10 @@ def stage_hyper(
     if config.optimizer.later_tasks.name:
         hyper[LATER_TASKS] = np.full(num_steps, float(stage > 0), np.float32)
     own = objective.schedules(num_steps, steps_per_epoch)
-    extra = strategy.schedules(num_steps, steps_per_epoch)
+    extra = {
+        **strategy.schedules(num_steps, steps_per_epoch),
+        **{name: np.full(num_steps, value) for name, value in held.items()},
+    }
     clash = (set(own) | set(extra)) & set(hyper) | set(own) & set(extra)
     if clash:
         raise ValueError(f"per-step schedules {sorted(clash)} are named twice")

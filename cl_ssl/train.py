@@ -34,7 +34,7 @@ from cl_ssl.planning import (
     plan,
     with_examples,
 )
-from cl_ssl.strategies import TaskEnd
+from cl_ssl.strategies import PhaseStart, TaskEnd
 from cl_ssl.strategies.base import Progress
 
 
@@ -174,7 +174,8 @@ class Run:
             tasks=jax.device_put(p.example_tasks, rep),
             on_device=on_device,
         )
-        self._steps = {}  # extend_batch (bool) -> jitted step, built when a stage first needs it
+        # (extend_batch, phase index) -> jitted step, built when a stage first needs it
+        self._steps = {}
         self._boundaries = []  # the global steps of the task boundaries reached so far
         self._clock = time.perf_counter()  # since the last charge of training time
 
@@ -287,21 +288,43 @@ class Run:
         if size and jax.process_index() == 0:
             print(f"strategy {self.p.strategy.name}: buffers of {size / 2**20:.2f} MiB")
 
-    def _step(self, stage_id: int):
+    def _step(self, stage_id: int, phase: int = 0):
         extend = self.p.strategy.extends_batch(stage_id)
-        if extend not in self._steps:
+        if (extend, phase) not in self._steps:
             p = self.p
             fn = step_lib.build_step_fn(
-                p.objective, p.strategy, self.tx, extend=extend, online=p.online
+                p.objective,
+                p.strategy,
+                self.tx,
+                extend=extend,
+                online=p.online,
+                phase=phase,
+                with_objective=p.stages[stage_id].phases[phase].objective,
             )
-            self._steps[extend] = step_lib.jit_step(
+            self._steps[extend, phase] = step_lib.jit_step(
                 fn,
                 self.mesh,
                 on_device=self.data.on_device,
                 online=p.online is not None,
                 host_crop=p.config.dataset.host_crop,
             )
-        return self._steps[extend]
+        return self._steps[extend, phase]
+
+    def start_phase(
+        self, stage_id: int, phase: int, state: state_lib.ContinualState
+    ) -> state_lib.ContinualState:
+        """The state at the start of phase ``phase`` >= 1 of the stage: the strategy's
+        ``start_phase`` (when it has one) and, under ``optimizer.reset_each_task``, a fresh
+        optimizer state."""
+        strategy = self.p.strategy
+        if strategy.start_phase is not None:
+            params, batch_stats, strategy_state = strategy.start_phase(
+                PhaseStart(state=state, stage=stage_id, phase=phase, key=self.keys.strategy)
+            )
+            state = state.replace(params=params, batch_stats=batch_stats, strategy=strategy_state)
+        if self.config.optimizer.reset_each_task:
+            state = state.replace(opt_state=self.tx.init(state_lib.trainable(state)))
+        return jax.device_put(state, parallel.replicated(self.mesh))
 
     def stage(self, stage_id: int, state: state_lib.ContinualState) -> Stage:
         """Stage ``stage_id`` as it trains from ``state`` (its start, or a checkpoint inside it):
@@ -320,7 +343,7 @@ class Run:
         stage's last step, the run stops after the boundary checkpoint instead)."""
         config, mesh, p = self.config, self.mesh, self.p
         stage = self.stage(stage_id, state)
-        train_step = self._step(stage_id)
+        starts = stage.phase_starts()
         # The whole stage's schedules at once, so the loop never waits on the device for one.
         hyper = step_lib.stage_hyper(
             config,
@@ -330,6 +353,7 @@ class Run:
             steps_per_epoch=stage.steps_per_epoch,
             stage=stage_id,
             online=p.online,
+            phases=stage.phases,
         )
         # The online probe's labelled examples during this stage: the row it is scored in.
         probe_pool = (
@@ -349,7 +373,16 @@ class Run:
         order, probe_order, order_epoch = None, None, -1
         tic, tic_step = time.perf_counter(), first
         b, views = config.batch_size, p.objective.views
+        # The phase of the step before ``first``: a run resumed from the checkpoint saved at a
+        # phase's first step has yet to start that phase.
+        phase = max(int(np.searchsorted(starts, first)) - 1, 0)
+        train_step = self._step(stage_id, phase)
         for task_step in range(first, stage.num_steps):
+            if phase + 1 < len(starts) and task_step == starts[phase + 1]:
+                # Also on resuming from the checkpoint at the boundary, saved before it.
+                phase += 1
+                state = self.start_phase(stage_id, phase, state)
+                train_step = self._step(stage_id, phase)
             epoch, position = divmod(task_step, stage.steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch

@@ -32,6 +32,8 @@ from cl_ssl.objectives import SUPERVISED, Objective
 from cl_ssl.strategies.base import (
     BufferInputs,
     LossInputs,
+    Phase,
+    PhaseStart,
     RowInputs,
     Strategy,
     StrategySpec,
@@ -43,6 +45,8 @@ __all__ = [
     "STRATEGIES",
     "BufferInputs",
     "LossInputs",
+    "Phase",
+    "PhaseStart",
     "RowInputs",
     "Strategy",
     "StrategySpec",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -90,6 +90,8 @@ class LossInputs:
         BatchNorm normalising with the side rows' own statistics and its running statistics left
         as the step's own rows set them; None without side rows.
       side_views: the student's augmented views of ``side``, float [S, H, W, C] each; or None.
+      phase: the index of the stage's phase being trained (static; ``Strategy.phases``), 0 for a
+        strategy without phases.
     """
 
     outputs: tuple[Outputs, ...]
@@ -108,6 +110,7 @@ class LossInputs:
     side: Batch | None = None
     side_outputs: tuple[Outputs, ...] | None = None
     side_views: tuple[jax.Array, ...] | None = None
+    phase: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +200,53 @@ class TaskEnd:
     progress: Progress | None = None
     log_scalars: Callable[[dict[str, float], int], None] = lambda values, step: None
     log_image: Callable[[str, np.ndarray, str], None] = lambda name, image, tag: None
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One of the consecutive parts a stage's training is split into (POCON's expert phase, then
+    its adaptation-retrospection phase: Gomez-Villa et al., WACV 2024, Sec. 3), each over the
+    stage's examples for its own number of epochs.
+
+    Every phase restarts the learning-rate schedule and the objective's and strategy's
+    ``schedules`` (each phase is a training process of its own, as the stage is), and every phase
+    after a stage's first starts with ``Strategy.start_phase`` and, under
+    ``optimizer.reset_each_task``, a fresh optimizer state. The step compiles once per phase
+    index: the phases of every stage must agree in ``objective`` and in the names of ``hyper``.
+
+    Attributes:
+      epochs: the phase's epochs (>= 1).
+      objective: whether the objective trains in this phase. False skips the objective's target
+        network, loss and state update, and runs the student's backbone alone ('features' are the
+        only outputs its term sees): the strategy's term is the whole loss, and the student's heads
+        receive no gradient (``Strategy.student_labels`` can let them rest in an optimizer group
+        with an ``active`` switch).
+      hyper: name -> value of per-step scalars held for the whole phase, passed in the step's
+        ``hyper`` to every hook and to the optimizer groups' ``active`` switches (a group that
+        trains in one phase only).
+    """
+
+    epochs: int
+    objective: bool = True
+    hyper: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseStart:
+    """What ``Strategy.start_phase`` sees on the host when a phase after a stage's first starts.
+
+    Attributes:
+      state: the run's state after the previous phase's last step (``ContinualState``).
+      stage: the index of the stage being trained.
+      phase: the index of the phase about to start (>= 1).
+      key: the strategy's key (the one ``Strategy.init`` got); fold in the stage and the phase
+        for draws.
+    """
+
+    state: Any
+    stage: int
+    phase: int
+    key: jax.Array
 
 
 def combine_schedules(
@@ -296,6 +346,17 @@ class Strategy:
         the step's own rows with their own task ids (``batch.tasks < task``). Read again when a
         killed stage resumes, so the ids must follow from the checkpointed state alone (a
         memory that only ``end_task`` fills).
+      phases: optional stage -> its ``Phase``s, in order (POCON's expert and adaptation phases);
+        the stage trains for the sum of their epochs and is evaluated after the last. None: one
+        phase of ``config.epochs_per_task`` epochs in which the objective trains.
+      start_phase: optional ``PhaseStart`` -> (the student's params, its BatchNorm statistics,
+        the strategy's state) for the phase about to start, on the host (POCON snapshots the
+        trained expert and puts the main network in the student's place). A killed run resumes
+        from the last checkpoint and calls it again when it reaches the phase, so it must be a
+        function of the state alone.
+      student_labels: optional (the student's params, the objective's labels of them) -> the
+        labels the optimizer uses for them (POCON moves the projector into a group that rests
+        while the objective does); None: the objective's.
     """
 
     name: str
@@ -315,6 +376,9 @@ class Strategy:
     classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
     evaluated: Callable[[Any], tuple[PyTree, PyTree]] | None = None
     stage_examples: Callable[[StrategyState, int], np.ndarray] | None = None
+    phases: Callable[[int], tuple[Phase, ...]] | None = None
+    start_phase: Callable[[PhaseStart], tuple[PyTree, PyTree, StrategyState]] | None = None
+    student_labels: Callable[[PyTree, PyTree], PyTree] | None = None
 
     def extends_batch(self, stage: int) -> bool:
         """Whether the step of ``stage`` joins the strategy's rows to the batch or draws its side
