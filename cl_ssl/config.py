@@ -296,6 +296,7 @@ STRATEGY_VARIANTS = (
     "kaizen",
     "ccl",
     "genifer",
+    "pocon",
 )
 
 
@@ -332,6 +333,8 @@ def apply_variants(
         use_ccl_setting(config)
     if config.strategy == "genifer":
         use_genifer_setting(config)
+    if config.strategy == "pocon":
+        use_pocon_setting(config)
     if "runlocal" in variants:
         use_runlocal_setting(config)
     return variants
@@ -499,6 +502,61 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
         center_crop=224 / 256,
         report_best=True,
     )
+
+
+def use_pocon_setting(config: ml_collections.ConfigDict) -> None:
+    """POCON's CIFAR-100 run (Gomez-Villa et al., WACV 2024; ``alviur/pocon_wacv2024`` @ 2c38b9c,
+    ``src/tests/wacv.py``, the CopyOP approach ``src/approach/copyOPscratch.py``).
+
+    10 tasks; Barlow Twins as the expert's objective, its loss scaled by 0.025 with off-diagonal
+    weight 0.0051 and its 2048-2048-2048 projector (``--projectorArc``; ``sslModels.py``
+    l.92-100, l.142); batch 256; 500 expert epochs per task (``--nepochs``, ``--task1_nepochs``),
+    then the adaptation-retrospection phase, 500 epochs on the first task and 250 on the others,
+    lambda_r 25 (``config.pocon``'s defaults). Both phases train with PyTorch SGD at lr 0.01,
+    momentum 0.9 and weight decay 5e-4 on every parameter, a fresh optimizer per phase and no
+    schedule (``configure_optimizers``, ``sslModels.py`` l.249-277: the scheduler it builds is
+    never returned, and ``--weight_decay`` is not read). The views are lightly's
+    ``SimCLRCollateFunction(input_size=32, gaussian_blur=0., cj_strength=0.5)``
+    (``copyOPscratch.py`` l.358-364): a random resized crop of scale 0.08-1, a flip, colour
+    jitter of 0.8, 0.8, 0.8 and 0.2 times the strength with probability 0.8, grayscale 0.2, no
+    blur and no solarisation, normalised with the code's CIFAR-100 mean and std. No online
+    probe: the code trains none; the offline probes score the main network."""
+    config.strategy = "pocon"
+    config.objective = "barlow_twins"
+    config.num_tasks = 10
+    config.batch_size = 256
+    config.epochs_per_task = 500
+    config.barlow_twins.update(
+        scale=0.025, lambd=0.0051, proj_hidden_dim=2048, proj_output_dim=2048
+    )
+    config.optimizer.update(
+        name="sgd",
+        lr=0.01,
+        weight_decay=5e-4,
+        min_lr=0.01,
+        scale_lr_by_batch=False,
+        warmup_epochs=0,
+        reset_each_task=True,
+    )
+    config.optimizer.kwargs = {"momentum": 0.9, "exclude_bias_and_norm": False}
+    view = dict(
+        min_scale=0.08,
+        max_scale=1.0,
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        jitter_prob=0.8,
+        gray_prob=0.2,
+        blur_prob=0.0,
+        solarize_prob=0.0,
+        flip_prob=0.5,
+    )
+    if config.dataset.name == "cifar100":
+        view.update(mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023))
+    for v in (config.augment.view1, config.augment.view2):
+        v.update(view)
+    config.eval.online = False
 
 
 def use_runlocal_setting(config: ml_collections.ConfigDict) -> None:

@@ -11,8 +11,12 @@ The argument after ':' is a comma-separated list of variants:
     first task (``cassle/utils/pretrain_dataloader.py::split_dataset``). The partition is drawn
     with numpy from ``split_seed`` 42: the same sizes and rule as CaSSLe's ``random_split`` with a
     torch generator seeded 42, not the same images (JAX cannot regenerate a torch permutation).
-  cassle, pfr, replay, lump, kaizen, ccl, finetune, offline: the continual strategy (kaizen also
-    applies Kaizen's settings: every label, its recipes and heads, ``use_kaizen_setting``).
+  cassle, pfr, replay, lump, kaizen, ccl, pocon, finetune, offline: the continual strategy
+    (kaizen also applies Kaizen's settings: every label, its recipes and heads,
+    ``use_kaizen_setting``).
+  pocon: POCON's official CIFAR-100 run (``use_pocon_setting``): 10 tasks, Barlow Twins experts
+    trained for 500 epochs per task, then 250 epochs of adaptation-retrospection (500 on the first
+    task), SGD at lr 0.01 without a schedule, no online probe.
   ccl: CCL over MoCoV2+ (``use_ccl_setting``); CaSSLe's MoCoV2+ recipe, the optimizer's momentum
     carried across tasks as in CCL's code (the paper's CIFAR-100 settings are not released).
   genifer: Genifer's supervised setting instead (``use_genifer_setting``): 50 base classes then 5
@@ -44,6 +48,6 @@ def get_config(arg: str | None = None):
     config.dataset.name = "cifar100"
     config.class_order = "cifar100_cassle_seed5"
     config_lib.apply_variants(config, "cifar100", arg, ("class_incremental", "data_incremental"))
-    # CaSSLe's main_pretrain.py feeds the online probe on CIFAR-100 only.
-    config.eval.online = config.objective != "supervised"
+    # CaSSLe's main_pretrain.py feeds the online probe on CIFAR-100 only; POCON's code has none.
+    config.eval.online = config.objective != "supervised" and config.strategy != "pocon"
     return config

@@ -107,6 +107,13 @@ def get_config(arg: str | None = None):
         config.batch_size = 256
     if arg == "genifer":
         use_genifer_setting(config)
+    # POCON's adaptation-retrospection phases at this scale, in the official run's proportions to
+    # the expert's epochs (500 on the first task, 250 after, against 500): the warm-up restarts
+    # with each phase, so each keeps more epochs than it.
+    config.pocon.update(
+        first_adaptation_epochs=config.epochs_per_task,
+        adaptation_epochs=max(config.epochs_per_task // 2, config.optimizer.warmup_epochs + 1),
+    )
     return config
 
 

@@ -70,6 +70,7 @@ BUILTIN = {
     "finetune_supervised": f"{_PACKAGE}.supervised:FINETUNE_SUPERVISED",
     "replay_supervised": f"{_PACKAGE}.supervised:REPLAY_SUPERVISED",
     "genifer": f"{_PACKAGE}.genifer",
+    "pocon": f"{_PACKAGE}.pocon",
 }
 """Built-in name -> where its ``StrategySpec`` is, as a user's strategy is named:
 ``package.module`` (its ``STRATEGY``) or ``package.module:ATTRIBUTE``."""
