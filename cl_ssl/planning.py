@@ -177,6 +177,18 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         )
     if strategy.phases is not None:
         check_phases(config, objective, [stage.phases for stage in stages])
+    network = config.eval.get("network", "")
+    if network and network not in strategy.networks:
+        raise ValueError(
+            f"eval.network={network!r}; strategy {strategy.name!r} names "
+            f"{sorted(strategy.networks) or 'no other network'}: set one of them, or '' for the "
+            "network the strategy trains to be scored"
+        )
+    if network and config.eval.online:
+        raise ValueError(
+            f"eval.network={network!r} scores another network than the one the online probe "
+            "learns from; set eval.online=False"
+        )
     example_tasks = np.full(len(train.labels), -1, np.int32)
     for task, indices in enumerate(scenario.train_indices):
         example_tasks[indices] = task

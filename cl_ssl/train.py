@@ -269,7 +269,10 @@ class Run:
             what = "the random network" if row == 0 else f"stage {row}"
             print(f"evaluating {what}: {', '.join(self.results.matrices)}", flush=True)
         params, batch_stats = state.params, state.batch_stats
-        if self.p.strategy.evaluated is not None:
+        network = self.config.eval.get("network", "")  # the config.json of older runs lacks it
+        if network:
+            params, batch_stats = self.p.strategy.networks[network](state)
+        elif self.p.strategy.evaluated is not None:
             params, batch_stats = self.p.strategy.evaluated(state)
         rows = self.evaluator(params, batch_stats, state.strategy, state.online_probe, stage=row)
         self.results.wall_seconds["evaluation"] += time.perf_counter() - tic

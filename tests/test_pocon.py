@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import initial_state, random_split, run, shipped_config, tiny_objective_config
 
-from cl_ssl import objectives, strategies
+from cl_ssl import objectives, parallel, planning, rescore, strategies
 from cl_ssl import step as step_lib
 from cl_ssl.data.batch import TrainData
 from cl_ssl.strategies import PhaseStart, TaskEnd
@@ -268,6 +268,10 @@ def test_phase_switch_snapshots_the_expert_and_the_next_expert_starts_from_main(
         },
     )
     chex.assert_trees_all_equal(after.frozen["main"], main)
+    # eval.network=expert scores the frozen expert.
+    scored, stats = strategy.networks["expert"](trained.replace(strategy=after))
+    chex.assert_trees_all_equal(scored["backbone"], trained.params["backbone"])
+    chex.assert_trees_all_equal(stats["backbone"], trained.batch_stats["backbone"])
     chex.assert_trees_all_equal(
         after.trainable["retrospection"], state.strategy.trainable["retrospection"]
     )
@@ -298,8 +302,9 @@ def test_run_resumes_exactly_mid_phase(finished_run, tmp_path):
     switches at their steps 3 and 2) compile two steps, each traced once for the whole run.
     Killed at step 3 (the checkpoint at the first task's phase switch, saved before it) and at
     step 9 (mid adaptation of the second task), the run ends as the uninterrupted one. Its
-    student is then the main network, its old network a copy of it."""
-    whole, _ = finished_run(_config())
+    student is then the main network, its old network a copy of it; eval.network=expert scores
+    the experts from its checkpoints."""
+    whole, whole_dir = finished_run(_config())
     assert whole["traces"] == [1, 1]
     workdir = tmp_path / "resumed"
     killed = run(_config(stop_after_steps=3), workdir)
@@ -323,6 +328,13 @@ def test_run_resumes_exactly_mid_phase(finished_run, tmp_path):
     chex.assert_trees_all_equal(
         final.strategy.frozen["main"]["params"]["backbone"], final.params["backbone"]
     )
+    # The experts' accuracy matrix from the boundary checkpoints: the first expert starts as the
+    # random student (row 0 alike), and the trained experts are not the main networks.
+    experts = rescore.reevaluate(
+        _config(**{"eval.network": "expert"}), str(whole_dir), "expert", parallel.make_mesh(1)
+    )["knn"]
+    np.testing.assert_array_equal(experts[0], whole["matrices"]["knn"][0])
+    assert not np.array_equal(experts[1:], whole["matrices"]["knn"][1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +359,15 @@ def test_bad_settings_are_refused_before_compiling(overrides, message):
     objective = objectives.get_objective(config)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         strategies.get_strategy(config, objective)
+
+
+@pytest.mark.parametrize(
+    ("network", "message"), [("teacher", "names \\['expert'\\]"), ("expert", "eval.online=False")]
+)
+def test_the_scored_network_must_be_one_the_strategy_names(mock_cifar10, network, message):
+    config = _config(**{"eval.network": network, "eval.online": network == "expert"})
+    with pytest.raises(ValueError, match=message):
+        planning.plan(objectives.resolve_config(config), parallel.make_mesh(1))
 
 
 def test_preset_is_the_official_cifar100_run():

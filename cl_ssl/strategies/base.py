@@ -338,6 +338,9 @@ class Strategy:
         after every stage, as the ``classifier`` accuracy matrix.
       evaluated: optional (the run's state, ``ContinualState``, after a stage) -> the (params,
         BatchNorm statistics) the evaluator scores instead of the student's (CCL's teacher).
+      networks: name -> a function like ``evaluated``: other networks the strategy trains, which
+        ``--config.eval.network=NAME`` scores instead (POCON's expert), also when re-scoring a
+        finished run (``cl_ssl.rescore``).
       stage_examples: optional (the strategy's state at a stage's start, as the previous
         boundary's ``end_task`` left it; the stage) -> int [M] ids of training examples (repeats
         allowed) that join the stage's own N in its data, on the host: every epoch shuffles the
@@ -375,6 +378,9 @@ class Strategy:
     param_groups: dict[str, ParamGroup] = dataclasses.field(default_factory=dict)
     classify: Callable[[StrategyState, jax.Array], jax.Array] | None = None
     evaluated: Callable[[Any], tuple[PyTree, PyTree]] | None = None
+    networks: Mapping[str, Callable[[Any], tuple[PyTree, PyTree]]] = dataclasses.field(
+        default_factory=dict
+    )
     stage_examples: Callable[[StrategyState, int], np.ndarray] | None = None
     phases: Callable[[int], tuple[Phase, ...]] | None = None
     start_phase: Callable[[PhaseStart], tuple[PyTree, PyTree, StrategyState]] | None = None

@@ -57,9 +57,13 @@ This library against the code:
   last BatchNorm scale of each block).
 - The expert and the main network start from two independent random draws, as in the code, but
   not the code's draws.
-- The code's class order (``cifar100_noTrans``) and its scoring of the expert (the "Omnihead
-  Expert" accuracy, ``copyOPscratch.py`` l.730, l.814-929) are not reproduced: the probes score
-  the main network, as for every strategy.
+- The code's class order (``cifar100_noTrans``) is not reproduced, and the probes are the
+  library's, as for every strategy.
+
+The probes score the main network. ``--config.eval.network=expert`` scores the expert of each
+task instead (``Strategy.networks``; the official ``evalExpert``, the "Omnihead Expert" accuracy
+of ``copyOPscratch.py`` l.730, l.814-929), in a run or from a finished run's checkpoints:
+``python -m cl_ssl.rescore --workdir=DIR --config.eval.network=expert``.
 """
 
 from __future__ import annotations
@@ -280,6 +284,15 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         total = c.adaptation_weight * adaptation + c.retrospection_weight * retro
         return total, {"adaptation": adaptation, "retrospection": retro}
 
+    def expert(state):
+        """The last expert trained (the student's initial draw before any) with the student's
+        heads: (params, BatchNorm statistics)."""
+        net = state.strategy.frozen["expert"]
+        return (
+            {**state.params, "backbone": net["params"]["backbone"]},
+            {**state.batch_stats, "backbone": net["batch_stats"]["backbone"]},
+        )
+
     def student_labels(params, labels):
         del params
         return {
@@ -295,6 +308,7 @@ def make(config: ml_collections.ConfigDict, objective: Objective) -> Strategy:
         end_task=end_task,
         loss=loss,
         student_labels=student_labels,
+        networks={"expert": expert},
         param_labels=lambda tree: optim.label_top_level(
             tree, {"adaptation": ADAPTATION, "retrospection": RETROSPECTION}
         ),
