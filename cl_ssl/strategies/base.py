@@ -205,8 +205,9 @@ class TaskEnd:
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One of the consecutive parts a stage's training is split into (POCON's expert phase, then
-    its adaptation-retrospection phase: Gomez-Villa et al., WACV 2024, Sec. 3), each over the
-    stage's examples for its own number of epochs.
+    its adaptation-retrospection phase: Gomez-Villa et al., WACV 2024; ``alviur/pocon_wacv2024``
+    ``src/approach/copyOPscratch.py`` l.525-578), each over the stage's examples for its own
+    number of epochs.
 
     Every phase restarts the learning-rate schedule and the objective's and strategy's
     ``schedules`` (each phase is a training process of its own, as the stage is), and every phase
