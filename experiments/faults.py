@@ -10,6 +10,10 @@ with an uninterrupted run of the same config (its results.json accuracy matrices
   size), truncated to half, one digit of its saved accuracy matrices changed (bytes that still
   decode, which only the checkpoint's digest reveals), or the checkpoint deleted, after a kill;
   then the run resumes;
+- ``preempt``: SIGTERM (a preemption notice) once checkpoint N exists (N in ``PREEMPT_AFTER``):
+  the process must exit within 30 s with status 143 and a checkpoint at the step it names, and
+  the same command must then resume from that step to the same results; then SIGTERM twice in a
+  row, which must end the process at once;
 - ``unwritable``: the checkpoints folder replaced by a file during the run (what a read-only
   folder does to a run by root, whom permissions do not stop): the process must exit within
   seconds with an error naming the checkpoint folder; the folder restored, the run resumes;
@@ -41,7 +45,9 @@ import time
 from absl import app, flags
 
 _FAULTS = flags.DEFINE_list(
-    "faults", ["settings", "kill", "corrupt", "unwritable", "two"], "Which faults to inject."
+    "faults",
+    ["settings", "kill", "corrupt", "preempt", "unwritable", "two"],
+    "Which faults to inject.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cl_ssl_faults", "Parent folder of the runs.")
 
@@ -226,6 +232,64 @@ def trial_corrupt(root, reference, steps):
             "delete": "deleted",
         }[damage]
         out.append((f"newest checkpoint {done} after a kill", ok))
+    return out
+
+
+# Checkpoints to preempt at: mid-task in the first task, and in the second.
+PREEMPT_AFTER = (30, 150)
+
+
+def trial_preempt(root, reference, steps):
+    """SIGTERM once checkpoint ``step`` exists: saved at the named step within the grace period,
+    then resumed from it to the same results; a second SIGTERM ends the process at once."""
+    del steps
+    out = []
+    for step in PREEMPT_AFTER:
+        workdir = os.path.join(root, f"preempt_{step}")
+        shutil.rmtree(workdir, ignore_errors=True)
+        process = _start(workdir)
+        while step not in _checkpoints(workdir) and process.poll() is None:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        started = time.perf_counter()
+        try:
+            stdout, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out.append((f"SIGTERM after checkpoint {step}: exits within 30 s", False))
+            continue
+        waited = time.perf_counter() - started
+        named = re.search(r"stopped by SIGTERM at step (\d+)", stdout)
+        saved = named is not None and int(named[1]) in _checkpoints(workdir)
+        resumed = _resume(workdir)
+        out.append(
+            (
+                f"SIGTERM after checkpoint {step}: status {process.returncode} after {waited:.1f} s, "
+                f"checkpoint {named[1] if named else '?'} saved, resumed from it",
+                process.returncode == 143
+                and saved
+                and f"at step {named[1]} (" in resumed.stdout
+                and resumed.returncode == 0
+                and _same(workdir, reference),
+            )
+        )
+    workdir = os.path.join(root, "preempt_twice")
+    shutil.rmtree(workdir, ignore_errors=True)
+    process = _start(workdir)
+    while 30 not in _checkpoints(workdir) and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(2)  # two signals before Python runs its handler would count as one
+    process.send_signal(signal.SIGTERM)
+    started = time.perf_counter()
+    process.wait(timeout=60)
+    waited = time.perf_counter() - started
+    out.append(
+        (
+            f"two SIGTERMs in a row: ended by the signal after {waited:.1f} s",
+            process.returncode == -signal.SIGTERM and waited < 5,
+        )
+    )
     return out
 
 
