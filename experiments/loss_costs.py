@@ -129,6 +129,18 @@ def cases(b: int, d: int, k: int) -> dict:
         "sinkhorn": (losses.sinkhorn, (s1,), False),
         "nearest_neighbours": (lambda a: losses.nearest_neighbours(a, queue), (z1,), False),
         "whiten": (lambda a: losses.whiten(a[:, :64], whitening_size=min(128, b)), (z1,), False),
+        "macl_loss": (losses.macl_loss, pair, True),
+        "co2_loss": (lambda q, p: losses.co2_loss(q, p, queue), pair, True),
+        "visreg_loss": (
+            lambda a, c: losses.visreg_loss((a, c), key=jax.random.key(0)),
+            pair,
+            True,
+        ),
+        "visreg_terms": (
+            lambda a, c: sum(losses.visreg_terms((a, c), key=jax.random.key(0)).values()),
+            pair,
+            True,
+        ),
     }
 
 

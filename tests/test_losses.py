@@ -4,6 +4,7 @@ The single-device, sharded-jit and shard_map paths are compared in tests/test_lo
 import functools
 import inspect
 import re
+import statistics
 
 import chex
 import jax
@@ -807,6 +808,30 @@ def test_whiten_gives_each_sub_batch_identity_covariance():
         np.testing.assert_allclose(np.cov(w[rows], rowvar=False), np.eye(3), atol=1e-4)
 
 
+def _primitives(jaxpr):
+    """(name, input avals) of every equation of a jaxpr and of the jaxprs inside it."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name, [v.aval for v in eqn.invars]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _primitives(inner)
+
+
+def test_whiten_calls_lapack_one_matrix_at_a_time():
+    """Batched LAPACK calls can deadlock XLA's CPU thread pool (see ``whiten``): the Cholesky
+    factorisations and triangular solves of the forward and backward passes take one matrix."""
+    grad = jax.grad(lambda x: losses.wmse_loss(x, 2 * x, whitening_size=4))
+    found = [
+        (name, avals)
+        for name, avals in _primitives(jax.make_jaxpr(grad)(_normal(130, (8, 3))).jaxpr)
+        if name in ("cholesky", "triangular_solve")
+    ]
+    assert {name for name, _ in found} == {"cholesky", "triangular_solve"}
+    assert all(aval.ndim == 2 for _, avals in found for aval in avals), found
+
+
 def test_deepclusterv2_matches_numpy_reference():
     heads, views, b, k = 2, 2, 6, 5
     outputs = np.stack(
@@ -1082,11 +1107,199 @@ def test_added_losses_have_finite_gradients_for_equal_views_and_take_bf16(name):
         (lambda: losses.vibcreg_loss(_ONES[:1], _ONES[:1]), ValueError, "at least 2"),
         (lambda: losses.frossl_loss((_ONES, _ONES[:, :2])), ValueError, "same"),
         (lambda: losses.frossl_loss(np.stack([_ONES, _ONES])), TypeError, "tuple with one"),
+        (lambda: losses.macl_loss(_ONES, _ONES, temperature=0.0), ValueError, "temperature"),
+        (lambda: losses.macl_loss(_ONES, _ONES, alpha=1.5), ValueError, "alpha must be in"),
+        (lambda: losses.macl_loss(_ONES[:1], _ONES[:1]), ValueError, "at least 2"),
+        (lambda: losses.co2_loss(_ONES, _ONES, _ONES.T), ValueError, "transpose a \\[D, K\\]"),
+        (lambda: losses.co2_loss(_ONES[:1], _ONES[:1]), ValueError, "at least 2"),
+        (lambda: losses.co2_loss(_ONES, _ONES, temperature=-1), ValueError, "temperature"),
+        (lambda: losses.visreg_loss(_ONES, key=_KEY), TypeError, "tuple with one"),
+        (lambda: losses.visreg_loss((), key=_KEY), ValueError, "at least 1 views"),
+        (
+            lambda: losses.visreg_loss((_ONES,), key=_KEY, local_views=(_ONES[:, :2],)),
+            ValueError,
+            "same",
+        ),
+        (lambda: losses.visreg_loss((_ONES,), key=_KEY, num_slices=0), ValueError, "num_slices"),
+        (
+            lambda: losses.visreg_loss((_ONES,), key=_KEY, lambda_param=2),
+            ValueError,
+            "lambda_param",
+        ),
+        (lambda: losses.visreg_loss((_ONES,), key=_KEY, lambda_shape=-1), ValueError, ">= 0"),
+        (lambda: losses.visreg_terms((_ONES[:1],), key=_KEY), ValueError, "at least 2"),
     ],
 )
 def test_added_losses_reject_bad_inputs(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------------------------
+# MACL, CO2, VISReg: NumPy transcriptions of lightly-ai/lightly e8d317f
+# lightly/loss/macl_loss.py, lightly/loss/regularizer/co2.py and lightly/loss/visreg_loss.py
+# (with lejepa_loss.lejepa_invariance_loss), torch functions spelled out in NumPy. ``frozen``
+# fixes what the reference detaches, so that finite differences give the gradient it takes.
+
+_KEY = jax.random.key(0)
+
+
+def np_macl(z0, z1, temperature, alpha, a0, frozen=None):
+    out = _np_normalize(np.concatenate([z0, z1]).astype(np.float64))
+    b, n = len(z0), 2 * len(z0)
+    cov = out @ out.T
+    pos = np.array([cov[i, (i + b) % n] for i in range(n)])
+    neg = np.array([[cov[i, j] for j in range(n) if j not in (i, (i + b) % n)] for i in range(n)])
+    t = temperature * (1 + alpha * (pos.mean() - a0)) if frozen is None else frozen[0]
+    log_pos = _np_log_softmax(np.concatenate([pos[:, None], neg], axis=1) / t)[:, 0]
+    v = 1.0 / (1.0 - np.exp(log_pos) + 1e-8) if frozen is None else frozen[1]
+    return np.mean(-v * log_pos), (t, v)
+
+
+def np_co2(out0, out1, negatives, t, alpha):
+    out0, out1 = (_np_normalize(np.asarray(a, np.float64)) for a in (out0, out1))
+
+    def pseudo_labels(a, b):
+        l_pos = np.sum(a * b, axis=1, keepdims=True)
+        if negatives is None:
+            l_neg = np.array(
+                [[a[i] @ b[j] for j in range(len(a)) if j != i] for i in range(len(a))]
+            )
+        else:
+            l_neg = a @ _np_normalize(np.asarray(negatives, np.float64)).T
+        return _np_log_softmax(np.concatenate([l_pos, l_neg], axis=1) / t)
+
+    p, q = pseudo_labels(out0, out1), pseudo_labels(out1, out0)
+
+    def kl_div(inp, target):  # torch KLDivLoss(reduction="batchmean", log_target=True)
+        return np.sum(np.exp(target) * (target - inp)) / len(inp)
+
+    return alpha * 0.5 * (kl_div(p, q) + kl_div(q, p))
+
+
+def np_visreg(global_proj, local_proj, slices, lambda_param, eps, frozen_std=None):
+    global_proj, local_proj = (np.asarray(a, np.float64) for a in (global_proj, local_proj))
+    proj = np.concatenate([global_proj, local_proj])  # [V, N, D]
+    pred = np.mean((global_proj.mean(0) - proj) ** 2)
+    n = proj.shape[1]
+    std = proj.std(axis=-2, keepdims=True)
+    scale = np.mean((1.0 - std) ** 2)
+    z_norm = (proj - proj.mean(axis=-2, keepdims=True)) / (
+        (std if frozen_std is None else frozen_std) + eps
+    )
+    directions = np.asarray(slices, np.float64)
+    directions = directions / np.linalg.norm(directions, axis=0)
+    quantiles = np.array([statistics.NormalDist().inv_cdf(i / (n + 1)) for i in range(1, n + 1)])
+    shape = np.mean((np.sort(z_norm @ directions, axis=-2) - quantiles[:, None]) ** 2)
+    center = np.mean(proj.mean(axis=-2) ** 2)
+    terms = {"pred": pred, "center": center, "scale": scale, "shape": shape}
+    return (1 - lambda_param) * pred + lambda_param * (scale + shape + center), terms, std
+
+
+def _slices(key, dim, num_slices):
+    return np.asarray(jax.random.normal(key, (dim, num_slices)))
+
+
+@pytest.mark.parametrize("temperature, alpha, a0", [(0.1, 0.5, 0.0), (0.5, 1.0, 0.3)])
+def test_macl_matches_numpy_reference(temperature, alpha, a0):
+    """In float64, the value and the gradient, which holds the temperature and the weights
+    fixed, as the reference's detach()."""
+    z0, z1 = _normal(150, (6, 4)).astype(np.float64), _normal(151, (6, 4)).astype(np.float64)
+    loss = functools.partial(losses.macl_loss, temperature=temperature, alpha=alpha, a0=a0)
+    with jax.enable_x64(True):
+        value, (g0, g1) = jax.device_get(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z0, z1))
+    expected, frozen = np_macl(z0, z1, temperature, alpha, a0)
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    d0, d1 = np.random.default_rng(12).standard_normal((2, *z0.shape))
+    numeric = _central_difference(
+        lambda t: np_macl(z0 + t * d0, z1 + t * d1, temperature, alpha, a0, frozen)[0],
+        0.0,
+        1.0,
+        1e-6,
+    )
+    np.testing.assert_allclose(np.sum(g0 * d0) + np.sum(g1 * d1), numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_co2_matches_numpy_reference(with_queue):
+    """In float64, the value and the gradient in both views (the reference's torch.tensor
+    detaches its result)."""
+    z0, z1 = _normal(152, (6, 4)).astype(np.float64), _normal(153, (6, 4)).astype(np.float64)
+    queue = _normal(154, (5, 4)).astype(np.float64) if with_queue else None
+
+    def loss(a, b):
+        return losses.co2_loss(a, b, queue, temperature=0.2, alpha=0.7)
+
+    with jax.enable_x64(True):
+        value, (g0, g1) = jax.device_get(jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(z0, z1))
+    np.testing.assert_allclose(value, np_co2(z0, z1, queue, 0.2, 0.7), rtol=1e-10)
+    d0, d1 = np.random.default_rng(13).standard_normal((2, *z0.shape))
+    numeric = _central_difference(
+        lambda t: np_co2(z0 + t * d0, z1 + t * d1, queue, 0.2, 0.7), 0.0, 1.0, 1e-6
+    )
+    np.testing.assert_allclose(np.sum(g0 * d0) + np.sum(g1 * d1), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_visreg_matches_numpy_reference():
+    """Two global and three local views; in float64, the value, the terms and the gradient."""
+    num_global = 2
+    views = [_normal(160 + v, (7, 4)).astype(np.float64) for v in range(5)]
+    slices = _slices(_KEY, 4, 16)
+    expected, terms, std = np_visreg(
+        np.stack(views[:num_global]), np.stack(views[num_global:]), slices, 0.6, 1e-4
+    )
+
+    def loss_and_terms(vs):
+        kwargs = dict(key=_KEY, local_views=vs[num_global:], num_slices=16)
+        loss = losses.visreg_loss(vs[:num_global], lambda_param=0.6, **kwargs)
+        return loss, losses.visreg_terms(vs[:num_global], **kwargs)
+
+    with jax.enable_x64(True):
+        (value, got_terms), grads = jax.jit(jax.value_and_grad(loss_and_terms, has_aux=True))(views)
+        value, got_terms, grads = jax.device_get((value, got_terms, grads))
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+    chex.assert_trees_all_close(got_terms, terms, rtol=1e-10)
+    # The gradient: the shape term standardises by a detached std, as the reference.
+    directions = np.random.default_rng(14).standard_normal((len(views), 7, 4))
+
+    def reference(t):
+        moved = np.stack(views) + t * directions
+        return np_visreg(moved[:num_global], moved[num_global:], slices, 0.6, 1e-4, std)[0]
+
+    numeric = _central_difference(reference, 0.0, 1.0, 1e-6)
+    np.testing.assert_allclose(np.sum(np.stack(grads) * directions), numeric, rtol=1e-6)
+
+
+_NEW_LOSSES = {
+    "macl_loss": losses.macl_loss,
+    "co2_loss": losses.co2_loss,
+    "co2_loss with a queue": lambda a, b: losses.co2_loss(a, b, _normal(144, (5, a.shape[1]))),
+    "visreg_loss": lambda a, b: losses.visreg_loss((a,), local_views=(b,), key=_KEY),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NEW_LOSSES))
+def test_new_losses_have_finite_gradients_and_take_bf16(name):
+    """Finite gradients for equal views, for rows of zeros and for an all-zero batch (VISReg's
+    std of a collapsed feature); bfloat16 inputs within the tolerance of their rounding. One
+    compiled program per loss."""
+    fn = _NEW_LOSSES[name]
+    z, other = _normal(142, (8, 3)), _normal(143, (8, 3))
+    zero_rows = z.copy()
+    zero_rows[2:5] = 0.0
+
+    def outputs(z, other, zero_rows):
+        grad = jax.value_and_grad(fn, argnums=(0, 1))
+        low = fn(z.astype(jnp.bfloat16), other.astype(jnp.bfloat16))
+        return grad(z, z), grad(zero_rows, other), grad(0 * z, 0 * other), low, fn(z, other)
+
+    *cases, low, high = jax.jit(outputs)(z, other, zero_rows)
+    for value, grads in cases:
+        assert np.isfinite(value) and value.dtype == jnp.float32
+        assert all(np.all(np.isfinite(g)) for g in grads)
+    assert low.dtype == jnp.float32
+    # bfloat16 keeps 8 bits of mantissa: the inputs' rounding alone moves the loss by ~1e-2.
+    np.testing.assert_allclose(low, high, rtol=3e-2, atol=3e-2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ CASES = {
     "byol_loss": Case(
         lambda d, _, __, axis_name: losses.byol_loss(*d, axis_name=axis_name), (X, Y)
     ),
+    "co2_loss": Case(lambda d, _, __, axis_name: losses.co2_loss(*d, axis_name=axis_name), (X, Y)),
     "contrastive_distillation": _distiller(losses.contrastive_distillation),
     "cosine_distillation": _distiller(losses.cosine_distillation),
     "dcl_loss": Case(lambda d, _, __, axis_name: losses.dcl_loss(*d, axis_name=axis_name), (X, Y)),
@@ -144,6 +145,9 @@ CASES = {
         lambda d, m, _, axis_name: losses.labelled_cross_entropy(d[0], m[0], axis_name=axis_name),
         (X,),
         (LABELS,),
+    ),
+    "macl_loss": Case(
+        lambda d, _, __, axis_name: losses.macl_loss(*d, axis_name=axis_name), (X, Y)
     ),
     "mmcr_loss": Case(
         lambda d, _, __, axis_name: losses.mmcr_loss(d, lambd=0.1, axis_name=axis_name), (X, Y, Z)
@@ -233,6 +237,21 @@ CASES = {
     "vicreg_terms": Case(
         lambda d, _, __, axis_name: losses.vicreg_terms(*d, axis_name=axis_name),
         (X, Y),
+        kind="value",
+    ),
+    # One set of slices from a fixed key; each row is compared with the quantile at its rank in
+    # the global batch.
+    "visreg_loss": Case(
+        lambda d, _, __, axis_name: losses.visreg_loss(
+            d[:1], key=jax.random.key(0), local_views=d[1:], num_slices=8, axis_name=axis_name
+        ),
+        (X, Y),
+    ),
+    "visreg_terms": Case(
+        lambda d, _, __, axis_name: losses.visreg_terms(
+            d, key=jax.random.key(1), num_slices=8, axis_name=axis_name
+        ),
+        (X,),
         kind="value",
     ),
     # Sub-batches of 4 rows of 2 features: on 4 devices each spans two devices.

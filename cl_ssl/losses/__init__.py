@@ -97,6 +97,18 @@ SSL objectives (``cl_ssl.losses.objectives``)
   ``frossl_loss``  FroSSL. Skean et al., ECCV 2024, Sec. 3. sum_v 2 log ||K_v / tr K_v||_F +
       w sum_v V D mse(z_v, mean view). views: tuple of V >= 2 [B, D]. lightly
       ``lightly/loss/frossl_loss.py``.
+  ``macl_loss``  MACL. Huang et al., ICML 2023, arXiv:2207.07874. NT-Xent at the model-aware
+      temperature t = tau (1 + alpha (sg(A) - A_0)), A the mean positive cosine, each row weighted
+      by sg(1 / (1 - P_i)). z1, z2 [B, D]. lightly ``lightly/loss/macl_loss.py``.
+  ``co2_loss``  CO2's consistency regulariser. Wei et al., ICLR 2021, Sec. 3. alpha (1/2) mean
+      [KL(P || Q) + KL(Q || P)], P, Q = softmax([u1.u2, u.n_1..n_K] / tau) of the query u1 and
+      the key u2. z1, z2 [B, D], optional queue [K, D] (else in-batch negatives). lightly
+      ``lightly/loss/regularizer/co2.py``.
+  ``visreg_loss``  VISReg. Wu et al., arXiv:2606.02572, Algorithm 1. (1 - l) pred + l (scale +
+      shape + center): LeJEPA's invariance, per-feature std to 1, sliced Wasserstein to N(0, I),
+      batch mean to 0. global_views, local_views: tuples of [B, D]; a PRNG key for the slices.
+      lightly ``lightly/loss/visreg_loss.py``.
+  ``visreg_terms``  VISReg's unweighted pred, center, scale and shape terms (a dict), for logs.
 
 Continual distillers (``cl_ssl.losses.distill``): the student's predictions h(z^v) against the
 frozen previous model's outputs of the same view, averaged over views; tuples of [B, D] per view.
@@ -170,6 +182,7 @@ from cl_ssl.losses.objectives import (
     alignment_loss,
     barlow_twins_loss,
     byol_loss,
+    co2_loss,
     dcl_loss,
     dclw_loss,
     deepclusterv2_loss,
@@ -179,6 +192,7 @@ from cl_ssl.losses.objectives import (
     info_nce,
     koleo_loss,
     l2_normalize,
+    macl_loss,
     mmcr_loss,
     nearest_neighbours,
     nnclr_loss,
@@ -194,6 +208,8 @@ from cl_ssl.losses.objectives import (
     vibcreg_loss,
     vicreg_loss,
     vicreg_terms,
+    visreg_loss,
+    visreg_terms,
     whiten,
     wmse_loss,
 )
@@ -225,6 +241,10 @@ __all__ = [
     "koleo_loss",
     "mmcr_loss",
     "frossl_loss",
+    "macl_loss",
+    "co2_loss",
+    "visreg_loss",
+    "visreg_terms",
     # Continual distillers
     "contrastive_distillation",
     "predictive_distillation",

@@ -155,6 +155,12 @@ def _check_positive(fn: str, **values: float) -> None:
             raise ValueError(f"{fn}: {name} must be > 0, got {value}; pass a positive {name}")
 
 
+def _check_unit_interval(fn: str, **values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, numbers.Real) and not 0 <= value <= 1:
+            raise ValueError(f"{fn}: {name} must be in [0, 1], got {value}")
+
+
 def _check_num_iters(fn: str, num_iters: int | jax.Array) -> None:
     """A Python (or NumPy) integer >= 1, or a traced integer scalar (not checked further)."""
     if isinstance(num_iters, jax.core.Tracer):
@@ -205,16 +211,24 @@ def nt_xent(
     b = z1.shape[0]
     _check_min_batch("nt_xent", b, 2, axis_name)
     u = l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D], local rows
-    # [2B, D]; under shard_map device d's block of columns is [its view-1 rows; its view-2 rows].
+    return -_batch_mean(_positive_log_prob(u, temperature, axis_name), axis_name)
+
+
+def _positive_log_prob(
+    u: jax.Array, temperature: float | jax.Array, axis_name: str | None
+) -> jax.Array:
+    """NT-Xent's log softmax at the positive, one per row of u = n([z1; z2]) [2b, D]: over the
+    2N - 1 other rows of the global batch, the positive the same image's row of the other view."""
+    b = u.shape[0] // 2
+    # [2N, D]; under shard_map device d's block of columns is [its view-1 rows; its view-2 rows].
     columns, offset = _gathered_rows(u, axis_name)
-    logits = u @ columns.T / temperature  # [2b, 2B]
+    logits = u @ columns.T / temperature  # [2b, 2N]
     rows = jnp.arange(2 * b)
     self_column = offset + rows
     positive_column = offset + (rows + b) % (2 * b)
     is_self = jnp.arange(columns.shape[0])[None, :] == self_column[:, None]
     log_prob = jax.nn.log_softmax(jnp.where(is_self, -jnp.inf, logits), axis=-1)
-    positive_log_prob = jnp.take_along_axis(log_prob, positive_column[:, None], axis=-1)
-    return -_batch_mean(positive_log_prob[:, 0], axis_name)
+    return jnp.take_along_axis(log_prob, positive_column[:, None], axis=-1)[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1061,6 +1075,17 @@ def whiten(
     (as in the reference). Sigma_eps must be positive definite: w > D, and in practice w >= 2D
     (lightly requires it), or eps > 0.
 
+    The G factorisations and solves run one matrix per LAPACK call (a ``lax.map`` loop), in the
+    gradient too. Batched, jaxlib 0.10's CPU kernels (``ParallelBatchMap``,
+    ``jaxlib/cpu/lapack_kernels.cc``) split the batch over XLA's intra-op thread pool and wait for
+    it from a thread of that pool: with two such calls at once (W-MSE's two views) on a pool of
+    2 threads, both threads wait for tasks that no thread is left to run, and the program never
+    returns (seen with ``jit(value_and_grad(wmse_loss))``, [512, 64] views, w = 256, 2 CPUs under
+    load: 4 hangs in 19 runs; none in 25 with the loop). Other batched linear algebra in the
+    same program can still meet it. The same pool re-entrancy through FFTs is reported avoided
+    by XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
+    (https://github.com/PyAutoLabs/PyAutoFit/issues/1528); not checked here for LAPACK.
+
     Args:
       x: [B, D] projections (any float dtype).
       whitening_size: rows w per sub-batch; None: the whole global batch is one sub-batch.
@@ -1093,10 +1118,13 @@ def whiten(
     spread = (member[:, :, None] * centred[:, None, :]).reshape(b, groups * d)
     sigma = _batch_product(spread, centred, axis_name).reshape(groups, d, d) / (w - 1)
     sigma = (1.0 - eps) * sigma + eps * jnp.eye(d, dtype=x.dtype)
-    cholesky = jnp.linalg.cholesky(sigma)
-    inverse = jax.scipy.linalg.solve_triangular(
-        cholesky, jnp.broadcast_to(jnp.eye(d, dtype=x.dtype), sigma.shape), lower=True
-    )  # [G, D, D]
+
+    def inverse_cholesky(s):
+        lower = jnp.linalg.cholesky(s)
+        return jax.scipy.linalg.solve_triangular(lower, jnp.eye(d, dtype=x.dtype), lower=True)
+
+    # One [D, D] matrix per LAPACK call, not a batch of G: a batch can deadlock (docstring).
+    inverse = lax.map(inverse_cholesky, sigma)  # [G, D, D]
     row_inverse = (member @ inverse.reshape(groups, d * d)).reshape(b, d, d)
     return jnp.einsum("nij,nj->ni", row_inverse, centred)
 
@@ -1498,3 +1526,294 @@ def frossl_loss(
         squared = jnp.mean((z - mean) ** 2, axis=-1)
         invariance = invariance + num_views * d * _batch_mean(squared, axis_name)
     return regularisation + invariance_weight * invariance
+
+
+# ---------------------------------------------------------------------------------------------
+# MACL
+
+
+def macl_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    temperature: float = 0.1,
+    alpha: float = 0.5,
+    a0: float = 0.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Model-aware contrastive loss, MACL (Huang et al., "Model-Aware Contrastive Learning:
+    Towards Escaping the Dilemmas", ICML 2023, arXiv:2207.07874): NT-Xent with a temperature that
+    follows the batch's alignment and a gradient reweighting of each row.
+
+    Reference code: lightly ``lightly/loss/macl_loss.py::MACLLoss`` (commit 6c3dbc8).
+
+    With u = n([z1; z2]) (2N rows of the global batch, L2-normalised here), A = sg(mean_i
+    u1_i . u2_i) the alignment magnitude and the model-aware temperature
+    t = temperature * (1 + alpha (A - a0)):
+
+      P_i = exp(u_i . u_pi(i) / t) / sum_{j != i} exp(u_i . u_j / t)   (pi(i) the other view)
+      L = -(1 / 2N) sum_{i=1}^{2N} sg(V_i) log P_i,   V_i = 1 / (1 - P_i + 1e-8)
+
+    i.e. ``nt_xent`` at temperature t with each row weighted by sg(V_i); t and V carry no
+    gradient, as in the reference.
+
+    Args:
+      z1: [B, D] projections of the first view (any float dtype).
+      z2: [B, D] projections of the second view, row i the same image as ``z1[i]``.
+      temperature: the base temperature > 0 (0.1, lightly's default).
+      alpha: how much the temperature follows the alignment, in [0, 1] (0.5).
+      a0: the alignment threshold A_0 in [0, 1] (0).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; negatives are gathered
+        from every device and A covers the global batch.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_embeddings("macl_loss", z1=z1, z2=z2)
+    _check_positive("macl_loss", temperature=temperature)
+    _check_unit_interval("macl_loss", alpha=alpha, a0=a0)
+    _check_min_batch("macl_loss", z1.shape[0], 2, axis_name)
+    u = l2_normalize(_as_float(jnp.concatenate([z1, z2], axis=0)))  # [2b, D]
+    b = z1.shape[0]
+    alignment = lax.stop_gradient(_batch_mean(jnp.sum(u[:b] * u[b:], axis=-1), axis_name))
+    log_prob = _positive_log_prob(u, temperature * (1.0 + alpha * (alignment - a0)), axis_name)
+    weight = lax.stop_gradient(1.0 / (1.0 - jnp.exp(log_prob) + 1e-8))
+    return -_batch_mean(weight * log_prob, axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# CO2
+
+
+def co2_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    queue: jax.Array | None = None,
+    *,
+    temperature: float = 0.05,
+    alpha: float = 1.0,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """CO2's consistency regulariser (Wei et al., "CO2: Consistent Contrast for Unsupervised
+    Visual Representation Learning", ICLR 2021, Sec. 3, arXiv:2010.02217): a symmetric KL between
+    the query's and the positive key's similarity distributions over the same negatives; add it
+    to the contrastive loss (``info_nce`` for MoCo, as the paper).
+
+    Reference code: lightly ``lightly/loss/regularizer/co2.py::CO2Regularizer`` (commit
+    fc27082), with its ``MemoryBankModule`` as the ``queue`` input.
+
+    With u1 = n(z1), u2 = n(z2) (L2-normalised here) and tau = ``temperature``, for each row i
+    the logits over the positive and the negatives n_1..n_K are
+
+      p_i = [u1_i . u2_i, u1_i . n_1, ..., u1_i . n_K] / tau,   q_i = [u2_i . u1_i, u2_i . n_1, ...] / tau
+      P_i = softmax(p_i), Q_i = softmax(q_i)
+      L = alpha * (1/2) (1/N) sum_i [KL(P_i || Q_i) + KL(Q_i || P_i)]
+        = alpha * (1/2) (1/N) sum_i sum_k (P_ik - Q_ik) (log P_ik - log Q_ik)
+
+    The negatives are the rows of ``queue`` (sg(n(queue))), or, without a queue (lightly's
+    default ``memory_bank_size=0``), the other images of the global batch: u2_j (j != i) for p_i
+    and u1_j for q_i. Both views receive the gradient (pass momentum keys as z2: their encoder
+    takes none). The reference wraps its result in ``torch.tensor(...)``, which detaches it, so
+    that at fc27082 lightly's regulariser moves no weights; this function is differentiable, as
+    the paper intends.
+
+    Args:
+      z1: [B, D] queries (first view).
+      z2: [B, D] positive keys (second view), row i the same image as ``z1[i]``.
+      queue: [K, D] negative keys, one per row (the same on every device), or None for the
+        in-batch negatives.
+      temperature: tau_con > 0 (0.05, lightly's ``t_consistency``).
+      alpha: the regulariser's weight (1, lightly's default).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``; in-batch negatives are
+        gathered from every device.
+
+    Returns:
+      Scalar float32 loss (0 when both views agree).
+    """
+    _check_embeddings("co2_loss", z1=z1, z2=z2)
+    _check_positive("co2_loss", temperature=temperature)
+    u1, u2 = l2_normalize(_as_float(z1)), l2_normalize(_as_float(z2))
+    if queue is None:
+        _check_min_batch("co2_loss", z1.shape[0], 2, axis_name)
+        # Column j is image j for both distributions: the positive on the diagonal, the other
+        # images' rows of the other view as negatives, in the same order.
+        logits_p = u1 @ _gathered_rows(u2, axis_name)[0].T
+        logits_q = u2 @ _gathered_rows(u1, axis_name)[0].T
+    else:
+        if jnp.ndim(queue) != 2 or jnp.shape(queue)[1] != z1.shape[1]:
+            raise ValueError(
+                f"co2_loss: queue must be [K, D] with D = {z1.shape[1]} (one key per row), got "
+                f"shape {jnp.shape(queue)}; transpose a [D, K] queue"
+            )
+        negatives = lax.stop_gradient(l2_normalize(_as_float(queue)))
+        positive = jnp.sum(u1 * u2, axis=-1, keepdims=True)
+        logits_p = jnp.concatenate([positive, u1 @ negatives.T], axis=-1)
+        logits_q = jnp.concatenate([positive, u2 @ negatives.T], axis=-1)
+    log_p = jax.nn.log_softmax(logits_p / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(logits_q / temperature, axis=-1)
+    divergence = jnp.sum((jnp.exp(log_p) - jnp.exp(log_q)) * (log_p - log_q), axis=-1)
+    return alpha * 0.5 * _batch_mean(divergence, axis_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# VISReg
+
+
+def visreg_terms(
+    global_views: Views,
+    *,
+    key: jax.Array,
+    local_views: Views = (),
+    num_slices: int = 4096,
+    eps: float = 1e-4,
+    axis_name: str | None = None,
+) -> dict[str, jax.Array]:
+    """VISReg's four unweighted terms, which ``visreg_loss`` weighs and sums; for logging them.
+
+    Reference code: lightly ``lightly/loss/visreg_loss.py`` (commit 948454f):
+    ``VISRegLoss.forward_components``, ``visreg_center_loss``, ``visreg_scale_loss``,
+    ``visreg_shape_loss`` and ``lightly/loss/lejepa_loss.py::lejepa_invariance_loss``.
+
+    Over the V = Vg + Vl views z^v (global first), each [N, D] over the global batch, with mu^v
+    and sigma^v the per-feature batch mean and (biased) standard deviation, c the mean of the Vg
+    global views, w_1..w_S unit directions drawn from ``key`` (the same for every view) and
+    g_r = Phi^{-1}(r / (N + 1)) the standard normal quantiles:
+
+      pred   = mean_{v, n, d} (c_nd - z^v_nd)^2                               (LeJEPA's invariance)
+      center = mean_{v, d} (mu^v_d)^2
+      scale  = mean_{v, d} (1 - sigma^v_d)^2
+      shape  = mean_{v, s, r} (sort_n(x^v_ns)_r - g_r)^2,   x^v = ((z^v - mu^v) / (sg(sigma^v) + eps)) w
+
+    (shape: the sliced 2-Wasserstein distance of the standardised embeddings to N(0, I)).
+
+    Args:
+      global_views: tuple of Vg >= 1 arrays [B, D], one per global view, row i the same image.
+      key: a ``jax.random`` key for the slices; pass a fresh one each step, the same on every
+        device.
+      local_views: tuple of Vl >= 0 arrays [B, D], one per local (small-crop) view.
+      num_slices: S >= 1, random directions per call (4096, lightly's default).
+      eps: > 0, added to sigma before standardising (1e-4).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      ``{"pred", "center", "scale", "shape"}``: four scalar float32 arrays.
+    """
+    return _visreg_terms("visreg_terms", global_views, local_views, key, num_slices, eps, axis_name)
+
+
+def _visreg_terms(
+    fn: str,
+    global_views: Views,
+    local_views: Views,
+    key: jax.Array,
+    num_slices: int,
+    eps: float,
+    axis_name: str | None,
+) -> dict[str, jax.Array]:
+    _check_view_tuple(fn, "global_views", global_views, minimum=1)
+    _check_view_tuple(fn, "local_views", local_views)
+    views = [*global_views, *local_views]
+    _check_embeddings(fn, **{f"views[{k}]": v for k, v in enumerate(views)})
+    if isinstance(num_slices, bool) or not (
+        isinstance(num_slices, numbers.Integral) and num_slices >= 1
+    ):
+        raise ValueError(f"{fn}: num_slices must be an integer >= 1, got {num_slices!r}")
+    _check_positive(fn, eps=eps)
+    b, d = views[0].shape
+    _check_min_batch(fn, b, 2, axis_name)
+    n = b * _axis_size(axis_name)
+    views = [_as_float(z) for z in views]
+    # Drawn in float32 whatever the inputs' dtype, so that a key gives the same slices.
+    slices = jax.random.normal(key, (d, num_slices), jnp.float32).astype(views[0].dtype)
+    slices = slices / jnp.linalg.norm(slices, axis=0)
+    # Standard normal quantiles at r / (N + 1), r = 1..N: [N].
+    quantiles = jax.scipy.special.ndtri(jnp.arange(1, n + 1, dtype=views[0].dtype) / (n + 1))
+    centre = sum(views[: len(global_views)]) / len(global_views)
+    pred, center, scale, shape = [], [], [], []
+    for z in views:
+        pred.append(jnp.mean(_batch_mean((centre - z) ** 2, axis_name)))
+        mean = _batch_mean(z, axis_name)
+        variance = _batch_mean((z - mean) ** 2, axis_name)
+        # sqrt with a zero gradient at a zero variance (a collapsed feature), where sqrt's is inf.
+        positive = variance > 0
+        std = jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1.0)), 0.0)
+        center.append(jnp.mean(mean**2))
+        scale.append(jnp.mean((1.0 - std) ** 2))
+        projections = (z - mean) / (lax.stop_gradient(std) + eps) @ slices  # [b, S]
+        # sort_n(x)_r - g_r summed over r equals x_n - g_{rank(n)} summed over n: each row is
+        # compared with the quantile at its rank in the global batch, so that the rows stay on
+        # their devices (a stable argsort breaks ties).
+        columns, offset = _gathered_rows(lax.stop_gradient(projections), axis_name)
+        order = jnp.argsort(columns, axis=0)  # [N, S]: the rows of each slice in sorted order
+        ranks = (
+            jnp.zeros_like(order)
+            .at[order, jnp.arange(num_slices)]
+            .set(jnp.broadcast_to(jnp.arange(n)[:, None], order.shape), unique_indices=True)
+        )  # the inverse permutation: each row's rank, half the time of a second argsort
+        ranks = lax.dynamic_slice_in_dim(ranks, offset, b, axis=0)
+        shape.append(jnp.mean(_batch_mean((projections - quantiles[ranks]) ** 2, axis_name)))
+    return {
+        name: sum(terms) / len(views)
+        for name, terms in zip(
+            ("pred", "center", "scale", "shape"), (pred, center, scale, shape), strict=True
+        )
+    }
+
+
+def visreg_loss(
+    global_views: Views,
+    *,
+    key: jax.Array,
+    local_views: Views = (),
+    lambda_param: float = 0.9,
+    num_slices: int = 4096,
+    lambda_scale: float = 1.0,
+    lambda_shape: float = 1.0,
+    lambda_center: float = 1.0,
+    eps: float = 1e-4,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """VISReg (Wu et al., 2026, arXiv:2606.02572, Algorithm 1; Eqs. 1, 2, 5, 6 and 8 as lightly
+    cites them): LeJEPA's multi-view invariance plus decoupled centre, scale and sliced-Wasserstein
+    shape regularisers of the embedding distribution.
+
+    Reference code: lightly ``lightly/loss/visreg_loss.py::VISRegLoss`` (commit 948454f).
+
+      L = (1 - lambda_param) pred + lambda_param (lambda_scale scale + lambda_shape shape
+                                                  + lambda_center center)
+
+    with the terms of ``visreg_terms`` (formulas there). Statistics, sorts and quantiles cover
+    the global batch with one set of slices: lightly's default computes the regularisers on each
+    device's rows with slices of its own (its ``gather_distributed=True`` gathers the rows but
+    keeps per-device slices); on one device the two agree.
+
+    Args:
+      global_views: tuple of Vg >= 1 arrays [B, D], one per global view, row i the same image.
+      key: a ``jax.random`` key for the slices; pass a fresh one each step, the same on every
+        device.
+      local_views: tuple of Vl >= 0 arrays [B, D], one per local view (lightly's ``local_proj``).
+      lambda_param: the regularisers' share in [0, 1] (0.9, the paper's ImageNet setting; it
+        recommends 0.6 for small datasets).
+      num_slices: S >= 1 random directions (4096).
+      lambda_scale, lambda_shape, lambda_center: the regularisers' weights >= 0 (1 each).
+      eps: > 0, added to sigma before standardising (1e-4).
+      axis_name: mesh axis that splits the batch inside ``jax.shard_map``.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    _check_unit_interval("visreg_loss", lambda_param=lambda_param)
+    for name, value in (
+        ("lambda_scale", lambda_scale),
+        ("lambda_shape", lambda_shape),
+        ("lambda_center", lambda_center),
+    ):
+        if isinstance(value, numbers.Real) and value < 0:
+            raise ValueError(f"visreg_loss: {name} must be >= 0, got {value}")
+    terms = _visreg_terms("visreg_loss", global_views, local_views, key, num_slices, eps, axis_name)
+    regularisation = (
+        lambda_scale * terms["scale"]
+        + lambda_shape * terms["shape"]
+        + lambda_center * terms["center"]
+    )
+    return (1.0 - lambda_param) * terms["pred"] + lambda_param * regularisation
