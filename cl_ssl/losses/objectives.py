@@ -1081,7 +1081,7 @@ def whiten(
     it from a thread of that pool: with two such calls at once (W-MSE's two views) on a pool of
     2 threads, both threads wait for tasks that no thread is left to run, and the program never
     returns (seen with ``jit(value_and_grad(wmse_loss))``, [512, 64] views, w = 256, 2 CPUs under
-    load: 4 hangs in 19 runs; none in 25 with the loop). Other batched linear algebra in the
+    load: 5 hangs in 20 runs; none in 25 with the loop). Other batched linear algebra in the
     same program can still meet it. The same pool re-entrancy through FFTs is reported avoided
     by XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
     (https://github.com/PyAutoLabs/PyAutoFit/issues/1528); not checked here for LAPACK.
