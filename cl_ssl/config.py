@@ -115,6 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
             width_multiplier=1.0,
             cifar_stem_padding=2,
             dtype="float32",
+            # 0: BatchNorm over the whole global batch; G > 0: train-mode BatchNorm of the
+            # objective's backbone and heads per group of G consecutive rows of the global batch,
+            # running statistics from the first group (cl_ssl.models.resnet.GroupBatchNorm, a
+            # DDP run's per-GPU BatchNorm; G = batch_size / devices makes a group one device's
+            # rows). G must divide batch_size. Strategies' own heads keep whole-batch BatchNorm.
+            batch_norm_group=0,
         )
     )
     # Which of the objective's recipes fills the unset optimizer and augmentation fields:
@@ -445,6 +451,10 @@ def use_genifer_setting(config: ml_collections.ConfigDict) -> None:
             view.update(mean=(0.507, 0.487, 0.441), std=(0.267, 0.256, 0.276))
 
 
+CCL_GPU_ROWS = 32
+"""The rows of one GPU in CCL's reference run: batch 256 over 8 GPUs (``train.py`` l.151, 211)."""
+
+
 def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     """CCL's setting (Lin et al., ICME 2022; ``VDIGPKU/ContinualContrastiveLearning`` README
     command and ``train.py``): MoCoV2+ trained in one direction as the reference's MoCo
@@ -452,7 +462,12 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     ``moco/builder.py`` l.186-213), the optimizer's momentum carried across tasks, and the
     exemplars mixed into each task's data set (``ccl.replay.mode='mix'``, ``train.py``
     l.318-336) with the distillation computed per group of ``ccl.group_size`` rows (32: one of
-    the reference's 8 GPUs' share of its batch of 256).
+    the reference's 8 GPUs' share of its batch of 256), and the same GPUs' BatchNorm:
+    ``model.batch_norm_group=32`` (BatchNorm statistics per group of 32 rows, DDP without
+    SyncBatchNorm, ``train.py`` l.205-213) with ``mocov2plus.shuffle_keys=True`` (the key batch
+    permuted across the groups before the key encoder and put back after, ``moco/builder.py``
+    l.113-158, 194-200). The two group sizes are separate fields (one the backbone's, for any
+    objective; the other the distillation's), both the reference's per-GPU batch here.
 
     On the ImageNet-100 preset, the reference's ImageNet-Sub run instead: the first 100 ImageNet
     classes in 10 tasks of 10 (class order: NumPy seed 1), ResNet-50, 200 epochs per task, batch 256, SGD lr 0.03
@@ -474,6 +489,9 @@ def use_ccl_setting(config: ml_collections.ConfigDict) -> None:
     config.optimizer.reset_each_task = False
     # The exemplars join each task's data set (train.py l.318-336), not every step's batch.
     config.ccl.replay.mode = "mix"
+    config.ccl.group_size = CCL_GPU_ROWS
+    config.model.batch_norm_group = CCL_GPU_ROWS
+    config.mocov2plus.shuffle_keys = True
     if config.dataset.name != "imagenet100":
         return
     config.dataset.name = "imagenet_sub"
@@ -693,6 +711,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         config.dataset.image_size >= 0,
         f"dataset.image_size={config.dataset.image_size}; set 0 (keep) or a side in pixels",
+    )
+    group = config.model.get("batch_norm_group", 0)
+    _require(
+        group == 0 or (group >= 1 and config.batch_size % group == 0),
+        f"model.batch_norm_group={group} with batch_size={config.batch_size}; set 0 (BatchNorm "
+        "over the whole batch) or a group size that divides --config.batch_size",
     )
     _require(
         config.model.dtype in ("float32", "bfloat16"),

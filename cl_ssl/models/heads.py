@@ -20,7 +20,8 @@ i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and bias U(-1/sqrt(fan_in), 1/sqrt(fan_
 the reference heads are PyTorch modules with default initialisation and the projector's initial
 scale interacts with LARS's trust ratio. Every Linear keeps its bias, including those followed by
 BatchNorm, as in the reference code. BatchNorm uses PyTorch's defaults (Flax momentum 0.9,
-epsilon 1e-5).
+epsilon 1e-5); ``batch_norm_group`` = G > 0 computes its train-mode statistics per group of G
+consecutive rows (`cl_ssl.models.resnet.GroupBatchNorm`, one GPU's rows in a DDP run).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cl_ssl.models.resnet import batch_norm
 
 __all__ = ["MLPHead", "torch_linear_bias_init", "torch_linear_kernel_init"]
 
@@ -59,6 +62,8 @@ class MLPHead(nn.Module):
       last_batch_norm: BatchNorm (with scale and shift) after the final Linear; False for every
         head of the reference configurations (table above).
       dtype: computation dtype; parameters stay float32 and the output is float32.
+      batch_norm_group: 0 (BatchNorm over the whole batch) or G, train-mode BatchNorm per group
+        of G consecutive rows; G must divide the batch.
     """
 
     hidden_dims: Sequence[int]
@@ -66,6 +71,7 @@ class MLPHead(nn.Module):
     batch_norm: bool = False
     last_batch_norm: bool = False
     dtype: Any = jnp.float32
+    batch_norm_group: int = 0
 
     def _dense(self, x: jax.Array, features: int, name: str) -> jax.Array:
         return nn.Dense(
@@ -78,14 +84,7 @@ class MLPHead(nn.Module):
         )(x)
 
     def _bn(self, x: jax.Array, train: bool, name: str) -> jax.Array:
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name=name,
-        )(x)
+        return batch_norm(train, self.dtype, name, self.batch_norm_group)(x)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

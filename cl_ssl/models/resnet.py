@@ -16,6 +16,14 @@ difference from PyTorch remains: Flax updates the running variance with the bias
 variance, PyTorch with the unbiased one (factor n / (n - 1)); it only affects evaluation-mode
 outputs, and only slightly at realistic batch sizes.
 
+``batch_norm_group`` = G > 0 computes BatchNorm's train-mode statistics per group of G consecutive
+rows (`GroupBatchNorm`), as a PyTorch run under DistributedDataParallel without SyncBatchNorm does
+on each GPU's rows: MoCo's and CCL's official code (``VDIGPKU/ContinualContrastiveLearning``
+``train.py`` l.205-213, 8 GPUs sharing a batch of 256, 32 rows each). The groups are rows of the
+global batch, not devices: with G = global batch / number of devices, a group is one device's
+rows and needs no communication; any other G that divides the batch gives the same numbers on any
+mesh. G = 0 normalises over the whole global batch (`flax.linen.BatchNorm`).
+
 Parameter names follow torchvision (`conv1`, `bn1`, `layer1_0/conv1`, `layer2_0/downsample_conv`,
 ...) so that PyTorch checkpoints map one-to-one.
 """
@@ -28,8 +36,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-__all__ = ["BACKBONES", "BasicBlock", "Bottleneck", "ResNet", "feature_dim", "make_backbone"]
+__all__ = [
+    "BACKBONES",
+    "BasicBlock",
+    "Bottleneck",
+    "GroupBatchNorm",
+    "ResNet",
+    "batch_norm",
+    "feature_dim",
+    "make_backbone",
+]
 
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 """torchvision's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: N(0, 2 / fan_out)."""
@@ -58,7 +76,68 @@ def _conv(features: int, kernel: int, stride: int, padding: int, dtype: Any, nam
     )
 
 
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+class GroupBatchNorm(nn.Module):
+    """Train-mode BatchNorm over groups of ``group_size`` consecutive rows, each normalised with
+    its own mean and biased variance, as PyTorch's ``nn.BatchNorm2d`` on each GPU of a
+    DistributedDataParallel run without SyncBatchNorm.
+
+    The running statistics move with the first group's statistics alone (PyTorch semantics,
+    r <- 0.9 r + 0.1 s, the variance biased as in `flax.linen.BatchNorm`): DDP's default
+    ``broadcast_buffers=True`` copies rank 0's buffers to every replica at each forward, so the
+    running statistics a DDP run evaluates with are those of rank 0, the first rows of the batch.
+    Variables, names and initialisation are `flax.linen.BatchNorm`'s (``scale``, ``bias``;
+    ``batch_stats`` ``mean``, ``var``), so checkpoints are interchangeable. Inference mode is
+    `flax.linen.BatchNorm` itself (`batch_norm`).
+    """
+
+    group_size: int
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[B, ..., C] -> [B, ..., C] in ``dtype``; ValueError unless G divides B."""
+        rows, features = x.shape[0], x.shape[-1]
+        # Initialisation (of any batch, e.g. the one row of cl_ssl.state.initial_state) creates
+        # the variables and normalises the batch as one group; the running statistics stay.
+        initializing = self.is_initializing()
+        group_size = rows if initializing else self.group_size
+        if group_size < 1 or rows % group_size:
+            raise ValueError(
+                f"BatchNorm in groups of model.batch_norm_group={self.group_size} rows got a "
+                f"batch of {rows} rows; set --config.batch_size (and every batch the network "
+                f"sees in train mode) to a multiple of {self.group_size}, or "
+                "model.batch_norm_group to a divisor of it (0: the whole batch)"
+            )
+        ra_mean = self.variable(
+            "batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,)
+        )
+        ra_var = self.variable(
+            "batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,)
+        )
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        groups = x.reshape(rows // group_size, group_size, *x.shape[1:])
+        groups = groups.astype(stats_dtype)
+        axes = tuple(range(1, groups.ndim - 1))
+        mean = jnp.mean(groups, axes, keepdims=True)
+        var = jnp.maximum(0.0, jnp.mean(jnp.square(groups), axes, keepdims=True) - mean**2)
+        if not initializing:
+            first = (0,) * (groups.ndim - 1)
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean[first]
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var[first]
+        y = (groups - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+        return jnp.asarray(y.reshape(x.shape), self.dtype)
+
+
+def batch_norm(train: bool, dtype: Any, name: str, group_size: int = 0) -> nn.Module:
+    """PyTorch-default BatchNorm (Flax momentum 0.9, epsilon 1e-5) named ``name``: over the whole
+    batch (`flax.linen.BatchNorm`) for ``group_size`` 0 or in inference mode, else
+    `GroupBatchNorm` in groups of ``group_size`` rows."""
+    if train and group_size:
+        return GroupBatchNorm(group_size, dtype=dtype, name=name)
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
@@ -79,17 +158,21 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    batch_norm_group: int = 0
+
+    def _bn(self, train: bool, name: str) -> nn.Module:
+        return batch_norm(train, self.dtype, name, self.batch_norm_group)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         residual = x
         y = _conv(self.planes, 3, self.stride, 1, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+        y = nn.relu(self._bn(train, "bn1")(y))
         y = _conv(self.planes, 3, 1, 1, self.dtype, "conv2")(y)
-        y = _batch_norm(train, self.dtype, "bn2")(y)
+        y = self._bn(train, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.planes:
             residual = _conv(self.planes, 1, self.stride, 0, self.dtype, "downsample_conv")(x)
-            residual = _batch_norm(train, self.dtype, "downsample_bn")(residual)
+            residual = self._bn(train, "downsample_bn")(residual)
         return nn.relu(y + residual)
 
 
@@ -103,20 +186,24 @@ class Bottleneck(nn.Module):
     planes: int
     stride: int = 1
     dtype: Any = jnp.float32
+    batch_norm_group: int = 0
+
+    def _bn(self, train: bool, name: str) -> nn.Module:
+        return batch_norm(train, self.dtype, name, self.batch_norm_group)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         out_features = self.planes * _EXPANSION["bottleneck"]
         residual = x
         y = _conv(self.planes, 1, 1, 0, self.dtype, "conv1")(x)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
+        y = nn.relu(self._bn(train, "bn1")(y))
         y = _conv(self.planes, 3, self.stride, 1, self.dtype, "conv2")(y)
-        y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
+        y = nn.relu(self._bn(train, "bn2")(y))
         y = _conv(out_features, 1, 1, 0, self.dtype, "conv3")(y)
-        y = _batch_norm(train, self.dtype, "bn3")(y)
+        y = self._bn(train, "bn3")(y)
         if self.stride != 1 or x.shape[-1] != out_features:
             residual = _conv(out_features, 1, self.stride, 0, self.dtype, "downsample_conv")(x)
-            residual = _batch_norm(train, self.dtype, "downsample_bn")(residual)
+            residual = self._bn(train, "downsample_bn")(residual)
         return nn.relu(y + residual)
 
 
@@ -135,6 +222,8 @@ class ResNet(nn.Module):
         inputs), 1 for Genifer (4x4).
       dtype: computation dtype (e.g. jnp.bfloat16 for mixed precision). Parameters and BatchNorm
         statistics stay float32 and the returned features are float32.
+      batch_norm_group: 0 (BatchNorm over the whole batch) or G, train-mode BatchNorm per group
+        of G consecutive rows (`GroupBatchNorm`, the module docstring); G must divide the batch.
     """
 
     stage_sizes: Sequence[int]
@@ -143,6 +232,7 @@ class ResNet(nn.Module):
     stem: str = "cifar"
     cifar_stem_padding: int = 2
     dtype: Any = jnp.float32
+    batch_norm_group: int = 0
 
     @property
     def feature_dim(self) -> int:
@@ -172,10 +262,10 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         if self.stem == "cifar":
             x = _conv(self.width, 3, 1, self.cifar_stem_padding, self.dtype, "conv1")(x)
-            x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+            x = nn.relu(batch_norm(train, self.dtype, "bn1", self.batch_norm_group)(x))
         elif self.stem == "imagenet":
             x = _conv(self.width, 7, 2, 3, self.dtype, "conv1")(x)
-            x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+            x = nn.relu(batch_norm(train, self.dtype, "bn1", self.batch_norm_group)(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
@@ -187,6 +277,7 @@ class ResNet(nn.Module):
                     planes=self.width * 2**i,
                     stride=stride,
                     dtype=self.dtype,
+                    batch_norm_group=self.batch_norm_group,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
             outputs.append(x)
@@ -235,6 +326,7 @@ def make_backbone(
     width_multiplier: float = 1.0,
     cifar_stem_padding: int = 2,
     dtype: Any = jnp.float32,
+    batch_norm_group: int = 0,
 ) -> ResNet:
     """Builds a named backbone.
 
@@ -245,6 +337,7 @@ def make_backbone(
       width_multiplier: scales every width; the stem width becomes round(base * multiplier).
       cifar_stem_padding: 2 (CaSSLe) or 1 (Genifer); ignored by the ImageNet stem.
       dtype: computation dtype; parameters stay float32.
+      batch_norm_group: 0, or the rows of each train-mode BatchNorm group (`GroupBatchNorm`).
 
     Raises:
       ValueError: for an unknown name, listing the valid ones.
@@ -257,6 +350,7 @@ def make_backbone(
         stem=stem,
         cifar_stem_padding=cifar_stem_padding,
         dtype=dtype,
+        batch_norm_group=batch_norm_group,
     )
 
 

@@ -151,6 +151,7 @@ def make_backbone(config: ml_collections.ConfigDict) -> nn.Module:
         width_multiplier=m.width_multiplier,
         cifar_stem_padding=m.cifar_stem_padding,
         dtype=jnp.dtype(m.dtype),
+        batch_norm_group=m.get("batch_norm_group", 0),
     )
 
 
@@ -175,6 +176,7 @@ def mlp(
         batch_norm=batch_norm,
         last_batch_norm=last_batch_norm,
         dtype=jnp.dtype(config.model.dtype),
+        batch_norm_group=config.model.get("batch_norm_group", 0),
     )
 
 

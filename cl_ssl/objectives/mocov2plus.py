@@ -9,6 +9,15 @@ arXiv:2003.04297); reference code CaSSLe ``cassle/methods/mocov2plus.py`` and
 InfoNCE(q^1, k^2, Q) alone, against one queue Q that takes the key encoder's view-2 keys; the
 state then holds that one queue (``key_views``).
 
+``mocov2plus.shuffle_keys=True`` is MoCo's shuffled BatchNorm (``moco/builder.py`` l.113-158,
+194-200): the key encoder's input rows of each view are permuted by a random permutation, the
+keys computed on the permuted batch and put back in the original order, so that with BatchNorm in
+groups (``model.batch_norm_group``, the reference's per-GPU BatchNorm) a key's statistics come
+from other images than its query's. The permutation of a step is drawn from a key kept in the
+objective's state (``shuffle_key``, split at every step, so a resumed run draws as an
+uninterrupted one); with whole-batch BatchNorm the shuffle leaves the keys unchanged up to the
+order of the float reductions.
+
 CaSSLe ships no CIFAR MoCoV2+ script; the recipe is Kaizen's CIFAR script (LARS, lr 1.0, wd 1e-5,
 mild jitter, solarisation on the second view) and the projector output is CaSSLe's code default
 D = 128 (Kaizen uses 256).
@@ -80,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
             # (CaSSLe's MoCoV2+); False: InfoNCE(q1, k2, Q) with one queue of view-2 keys (MoCo
             # v2's and CCL's moco/builder.py l.186-213).
             symmetric=True,
+            # True: the key encoder sees its batch in a random row order, its keys put back in
+            # the batch's order (MoCo's shuffled BatchNorm, moco/builder.py l.113-158, 194-200).
+            shuffle_keys=False,
         )
     )
 
@@ -98,10 +110,31 @@ def restart_key_encoder(state: dict, params: dict) -> dict:
     return {**state, "momentum": jax.tree.map(jnp.copy, target_params(params))}
 
 
+def shuffled_target(target):
+    """``Objective.target`` of ``target`` run on each view's rows in the order of a random
+    permutation drawn from ``state['shuffle_key']`` (a fold of it per view, the reference's
+    ``idx_shuffle``) and its outputs put back in the batch's order (``idx_unshuffle``,
+    ``moco/builder.py`` l.126-158)."""
+
+    def apply(state, x1, x2):
+        perms = [
+            jax.random.permutation(jax.random.fold_in(state["shuffle_key"], v), x.shape[0])
+            for v, x in enumerate((x1, x2))
+        ]
+        outputs = target(state, *(x[perm] for x, perm in zip((x1, x2), perms, strict=True)))
+        return tuple(
+            None if out is None else jax.tree.map(lambda y, p=perm: y[jnp.argsort(p)], out)
+            for out, perm in zip(outputs, perms, strict=True)
+        )
+
+    return apply
+
+
 def make(config: ml_collections.ConfigDict) -> Objective:
     """MoCoV2+ from ``config.mocov2plus``; the queue length must be a multiple of the batch."""
     c = config.mocov2plus
     memory.check_fits("mocov2plus.queue_size", c.queue_size, config.batch_size)
+    shuffle = c.get("shuffle_keys", False)
     model = make_model(
         config, mlp(config, (c.proj_hidden_dim,), c.proj_output_dim, batch_norm=False)
     )
@@ -112,12 +145,15 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         # cassle/methods/mocov2plus.py), random unit rows at first; the one-direction queue is
         # drawn from key2, as the symmetric loss's view-2 queue.
         queue_keys = (key1, key2) if c.symmetric else (key2,)
-        return {
+        state = {
             "momentum": target_params(params),
             "queues": tuple(
                 memory.random_unit_queue(k, c.queue_size, c.proj_output_dim) for k in queue_keys
             ),
         }
+        if shuffle:
+            state["shuffle_key"] = jax.random.fold_in(key, 2)
+        return state
 
     def loss(student, target, state, params, hyper):
         del params, hyper
@@ -143,6 +179,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
                 memory.push(queue, l2_normalize(k))
                 for queue, k in zip(state["queues"], keys, strict=True)
             ),
+            **({"shuffle_key": jax.random.split(state["shuffle_key"])[0]} if shuffle else {}),
         }
 
     return Objective(
@@ -151,7 +188,7 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         views=make_views(config),
         loss=loss,
         init_state=init_state,
-        target=momentum_target(model),
+        target=shuffled_target(momentum_target(model)) if shuffle else momentum_target(model),
         update_state=update_state,
         schedules=momentum_schedules(c.base_momentum, c.final_momentum),
     )

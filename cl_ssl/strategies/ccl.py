@@ -74,8 +74,11 @@ Choices of this library:
   train-mode passes), and the student for the first task's row, where no teacher has been reset
   from the student yet (the EMA then still holds part of the initial weights).
 
-Not reproduced: MoCo's shuffled BatchNorm (the library's MoCoV2+ follows CaSSLe and solo-learn,
-which do without it).
+MoCo's shuffled BatchNorm is the ``:ccl`` presets' ``model.batch_norm_group=32`` (the student's
+and the key encoder's statistics per GPU's rows, ``cl_ssl.models.resnet.GroupBatchNorm``) with
+``mocov2plus.shuffle_keys=True`` (``moco/builder.py`` l.113-158, 194-200); the distillation's
+passes, one group of ``ccl.group_size`` rows each, then see one BatchNorm group when the two sizes
+are equal (the presets'), several when ``model.batch_norm_group`` divides ``ccl.group_size``.
 """
 
 from __future__ import annotations
