@@ -15,9 +15,9 @@ adaptation projector n, retrospection projector m.
    mode 1: f, n, m, ``sslModels.py`` l.257-262). With f^v the main network's features [B, F] of
    view v in train mode, g^v and f_old^v those of the frozen expert and of the main network at
    the end of the previous task, both with BatchNorm in inference mode (``set_bn_eval``, l.546,
-   l.557), and n(.) the row-wise x / max(||x||, 1e-12):
+   l.557), and u(.) the row-wise x / max(||x||, 1e-12):
 
-       L = lambda_a sum_v ||n(n(f^v)) - n(g^v)||_F + lambda_r sum_v ||n(m(f^v)) - n(f_old^v)||_F
+       L = lambda_a sum_v ||u(n(f^v)) - u(g^v)||_F + lambda_r sum_v ||u(m(f^v)) - u(f_old^v)||_F
 
    (``sslModels.py`` l.146-190, ``kd_method='L2'``): ``torch.dist``, the Frobenius norm of the
    whole [B, F] difference (not a mean over rows), summed over the two views; lambda_a =
