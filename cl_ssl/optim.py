@@ -283,7 +283,11 @@ def radam(
 
         ws = params if params is not None else mu
         new_updates = jax.tree.map(
-            lambda m, v, w, d, g: direction(m, v, w, d).astype(g.dtype), mu, nu, ws, decayed,
+            lambda m, v, w, d, g: direction(m, v, w, d).astype(g.dtype),
+            mu,
+            nu,
+            ws,
+            decayed,
             updates,
         )
         return new_updates, RAdamState(count=count, mu=mu, nu=nu)

@@ -81,14 +81,14 @@ def np_matrices(u, n, p, ops, width, height):
         if "rotate" in ops:
             on = gate("rotate_pre", p_rot)
             theta = (u[b, ROW["rotate_pre"], 1] * 2 - 1) * np.pi if on else 0.0
-            g = g @ rotate2d(-(-theta))
+            g = g @ rotate2d(theta)  # the official rotate2d_inv(-theta)
         if "aniso" in ops:
             s = 2 ** (n[b, ROW["aniso"], 0] * 0.2) if gate("aniso") else 1.0
             g = g @ scale2d(1 / s, 1 / (1 / s))
         if "rotate" in ops:
             on = gate("rotate_post", p_rot)
             theta = (u[b, ROW["rotate_post"], 1] * 2 - 1) * np.pi if on else 0.0
-            g = g @ rotate2d(-(-theta))
+            g = g @ rotate2d(theta)  # the official rotate2d_inv(-theta)
         if "xfrac" in ops:
             t = n[b, ROW["xfrac"], 0:2] * 0.125 if gate("xfrac") else np.zeros(2)
             g = g @ translate2d(-t[0] * width, -t[1] * height)
@@ -124,7 +124,7 @@ def np_upfirdn2d(x, f, up=1, down=1, padding=(0, 0, 0, 0), flip_filter=False, ga
     z = np.pad(z, ((0, 0), (0, 0), (max(pady0, 0), max(pady1, 0)), (max(padx0, 0), max(padx1, 0))))
     z = z[:, :, max(-pady0, 0) : z.shape[2] - max(-pady1, 0),
           max(-padx0, 0) : z.shape[3] - max(-padx1, 0)]  # fmt: skip
-    f = np.asarray(f) * gain ** 0.5
+    f = np.asarray(f) * gain**0.5
     if not flip_filter:
         f = f[::-1]
     k = len(f)
@@ -179,9 +179,7 @@ def np_geometric(images, g_inv):
     yn = (2 * np.arange(ho) + 1) / ho - 1
     base = np.stack(np.meshgrid(xn, yn), -1)  # [ho, wo, 2] (x, y)
     homog = np.concatenate([base, np.ones((ho, wo, 1))], -1)
-    sampled = np.stack(
-        [np_grid_sample(x[i], homog @ g[i, :2, :].T) for i in range(b)]
-    )
+    sampled = np.stack([np_grid_sample(x[i], homog @ g[i, :2, :].T) for i in range(b)])
     pad = -hz_pad * 2
     p0, p1 = pad + (fw - 2 + 1) // 2, pad + (fw - 2) // 2
     out = np_upfirdn2d(sampled, f, down=2, padding=(p0, p1, p0, p1), flip_filter=True)
@@ -268,9 +266,10 @@ def test_colour_transform_is_the_matrix_on_each_pixels_channels():
     want = np.einsum("bij,bhwj->bhwi", cn[:, :3, :3], images) + cn[:, None, None, :3, 3]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     grey = images[..., :1]
-    want1 = grey * cn[:, :3, :3].mean(1).sum(-1)[:, None, None, None] + cn[:, :3, 3].mean(-1)[
-        :, None, None, None
-    ]
+    want1 = (
+        grey * cn[:, :3, :3].mean(1).sum(-1)[:, None, None, None]
+        + cn[:, :3, 3].mean(-1)[:, None, None, None]
+    )
     np.testing.assert_allclose(ada.execute_color(jnp.asarray(grey), c), want1, rtol=1e-5, atol=1e-5)
 
 

@@ -240,15 +240,22 @@ def test_radam_matches_the_reference_implementation(degenerated_to_sgd):
     lr, wd, b1, b2, eps = 1e-2, 5e-4, 0.9, 0.999, 1e-3  # a large eps tests where it is added
     tx = radam(lr, weight_decay=wd, eps=eps, degenerated_to_sgd=degenerated_to_sgd)
     want = _numpy_radam(
-        params, grads_seq, lr=lr, wd=wd, b1=b1, b2=b2, eps=eps,
+        params,
+        grads_seq,
+        lr=lr,
+        wd=wd,
+        b1=b1,
+        b2=b2,
+        eps=eps,
         degenerated_to_sgd=degenerated_to_sgd,
     )
     _assert_trees_close(_run_optax(tx, params, grads_seq), want, rtol=1e-5, atol=1e-6)
     if not degenerated_to_sgd:  # the first 5 steps leave the parameters as they were
         five = _run_optax(tx, params, grads_seq[:5])
         jax.tree.map(np.testing.assert_array_equal, five, params)
-        assert not np.allclose(_run_optax(tx, params, grads_seq[:6])["conv"]["kernel"],
-                               params["conv"]["kernel"])
+        assert not np.allclose(
+            _run_optax(tx, params, grads_seq[:6])["conv"]["kernel"], params["conv"]["kernel"]
+        )
 
 
 def test_switch_runs_one_optimizer_and_keeps_the_other_state():

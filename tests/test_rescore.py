@@ -65,6 +65,6 @@ def test_reevaluation_command_line(saved_run):
     assert out.returncode != 0 and "num_tasks differ" in out.stderr
     with pytest.raises(ValueError, match="config.json not found"):
         rescore.stored_config(str(workdir / "nothing"))
-    assert rescore.default_name(
-        ["--config.eval.probe_data=seen", "--config.eval.knn.k=5"]
-    ) == ("probe_data-seen_knn.k-5")
+    assert rescore.default_name(["--config.eval.probe_data=seen", "--config.eval.knn.k=5"]) == (
+        "probe_data-seen_knn.k-5"
+    )

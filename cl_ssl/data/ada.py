@@ -176,8 +176,10 @@ def _matrix(rows: list[list]) -> jax.Array:
     """[B, R, C] from rows of scalars and [B] arrays."""
     batch = next(x.shape[0] for row in rows for x in row if isinstance(x, jax.Array))
     return jnp.stack(
-        [jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.float32), (batch,)) for x in row], -1)
-         for row in rows],
+        [
+            jnp.stack([jnp.broadcast_to(jnp.asarray(x, jnp.float32), (batch,)) for x in row], -1)
+            for row in rows
+        ],
         -2,
     )
 
@@ -339,9 +341,12 @@ def execute_geometric(images: jax.Array, g_inv: jax.Array) -> jax.Array:
 
     # The pipe's matrix adjustments (l.287-296), with its padded image's size.
     f32 = jnp.float32
-    g = _translate2d(
-        jnp.full((batch,), (mx0 - mx1) / 2, f32), jnp.full((batch,), (my0 - my1) / 2, f32)
-    ) @ g_inv
+    g = (
+        _translate2d(
+            jnp.full((batch,), (mx0 - mx1) / 2, f32), jnp.full((batch,), (my0 - my1) / 2, f32)
+        )
+        @ g_inv
+    )
     two = jnp.full((batch,), 2.0, f32)
     g = _scale2d(two, two) @ g @ _scale2d(1 / two, 1 / two)
     half = jnp.full((batch,), 0.5, f32)
