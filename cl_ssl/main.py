@@ -23,7 +23,7 @@ try:
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    from cl_ssl import train
+    from cl_ssl import storage, train
     from cl_ssl.evaluation import report
 except ModuleNotFoundError as _missing:
     # The plain install (pip install cl_ssl) is the loss library, JAX and NumPy only; the command
@@ -95,8 +95,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _resume_hint(workdir: str) -> str:
-    folder = os.path.join(workdir, "checkpoints")
-    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    folder = storage.path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
     if not steps:
         return "no checkpoint was saved yet"
     return f"rerun the same command to resume from checkpoint {max(steps)} in {folder}"

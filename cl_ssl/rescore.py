@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cl_ssl import checkpoint, parallel, train
+from cl_ssl import checkpoint, parallel, storage, train
 from cl_ssl import config as config_lib
 from cl_ssl import workdir as workdir_lib
 from cl_ssl.objectives import resolve_config
@@ -51,8 +50,7 @@ def reevaluate(
     one the next task starts from: it scores as the run scored its row, except a CCL teacher
     (``ccl.evaluate_teacher``), which restarts from the student at every boundary, hence
     refused."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        stored = json.load(f)
+    stored = json.loads((storage.path(workdir) / "config.json").read_text())
     given = json.loads(resolve_config(config).to_json())  # config.json holds the resolved one
     changed = [f for f in config_lib.differing_fields(stored, given) if not f.startswith("eval.")]
     if changed:
@@ -72,7 +70,7 @@ def reevaluate(
                 "re-evaluation cannot reproduce it"
             )
         ckpt = stack.enter_context(contextlib.closing(train.checkpointer(p, workdir)))
-        scorer = train.Run(p, os.path.join(workdir, f"eval_{name}"), ckpt, writer=None)
+        scorer = train.Run(p, str(storage.path(workdir) / f"eval_{name}"), ckpt, writer=None)
         abstract = checkpoint.abstract_like(
             jax.eval_shape(scorer.initial_state), parallel.replicated(p.mesh)
         )
@@ -98,8 +96,8 @@ def reevaluate(
 
 def stored_config(workdir: str) -> ml_collections.ConfigDict:
     """The config of the run in ``workdir`` (its config.json), JSON lists back as tuples."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = storage.path(workdir) / "config.json"
+    if not path.exists():
         raise ValueError(f"{path} not found: --workdir must be the workdir of a cl_ssl run")
 
     def tuples(value):
@@ -107,8 +105,7 @@ def stored_config(workdir: str) -> ml_collections.ConfigDict:
             return {k: tuples(v) for k, v in value.items()}
         return tuple(tuples(v) for v in value) if isinstance(value, list) else value
 
-    with open(path) as f:
-        return ml_collections.ConfigDict(tuples(json.load(f)))
+    return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
 
 
 def default_name(argv: Sequence[str]) -> str:
@@ -130,7 +127,7 @@ def main(argv: Sequence[str]) -> None:
         reevaluate(flags.FLAGS.config, _WORKDIR.value, name)
     except (ValueError, RuntimeError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    print(f"results: {os.path.join(_WORKDIR.value, f'eval_{name}', 'results.md')}")
+    print(f"results: {storage.path(_WORKDIR.value) / f'eval_{name}' / 'results.md'}")
 
 
 if __name__ == "__main__":

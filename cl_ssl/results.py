@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from cl_ssl import storage
 from cl_ssl.evaluation import evaluate, metrics, report
 from cl_ssl.planning import Plan
 
@@ -161,14 +161,14 @@ def wandb_init(p: Plan, workdir: str) -> dict[str, Any] | None:
     w = p.config.wandb
     if not w.project:
         return None
-    path = os.path.abspath(workdir)
+    path = str(storage.path(workdir))
     return {
         "project": w.project,
         "entity": w.entity or None,
         "mode": w.mode,
         "name": run_name(p),
         "config": _flat_config(p.config.to_dict()),
-        "dir": path,
+        "dir": None if storage.is_remote(path) else path,  # W&B keeps its files on a local disk
         "id": hashlib.sha256(path.encode()).hexdigest()[:16],
         "resume": "allow",
     }

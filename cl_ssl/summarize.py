@@ -22,13 +22,13 @@ import glob
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
 
 from cl_ssl import config as config_lib
+from cl_ssl import storage
 from cl_ssl.evaluation import metrics
 
 METRICS = {
@@ -77,11 +77,10 @@ def figures(R: np.ndarray, summary: dict) -> dict[str, float]:
 
 def load_run(workdir: str) -> Run | None:
     """The run in ``workdir`` when its results.json is complete (every matrix filled), else None."""
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
+    path = storage.path(workdir) / "results.json"
+    if not path.exists():
         return None
-    with open(path) as f:
-        document = json.load(f)
+    document = json.loads(path.read_text())
     matrices = {
         name: np.array(rows, dtype=float) for name, rows in document["matrices"].items()
     }  # JSON null (not yet evaluated) becomes NaN
@@ -207,23 +206,33 @@ def summarize_runs(workdirs: Sequence[str]) -> tuple[str, str, list[str]]:
     return to_markdown(fields, rows), to_csv(fields, rows), skipped
 
 
+def _expand(pattern: str) -> list[str]:
+    """The paths that ``pattern`` matches, sorted: a glob of local paths, or of a bucket URI's last
+    part (``gs://bucket/runs/c100_*``)."""
+    if not storage.is_remote(pattern):
+        return sorted(glob.glob(pattern))
+    folder, _, name = pattern.rpartition("/")
+    parent = storage.path(folder)
+    return sorted(str(p) for p in parent.glob(name)) if parent.is_dir() else []
+
+
 def main(argv: Sequence[str]) -> None:
     patterns = argv[1:]
     if not patterns:
         raise app.UsageError(
             "pass the workdirs of the runs (or globs): python -m cl_ssl.summarize runs/*"
         )
-    workdirs = [w for p in patterns for w in sorted(glob.glob(p)) or [p]]
+    workdirs = [w for p in patterns for w in _expand(p) or [p]]
     markdown, csv_text, skipped = summarize_runs(workdirs)
     for workdir in skipped:
         print(f"skipped {workdir}: no complete results.json")
     print(markdown, end="")
     output = flags.FLAGS.output
     if output:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        target = storage.path(output)
+        target.parent.mkdir(parents=True, exist_ok=True)
         for suffix, text in ((".md", markdown), (".csv", csv_text)):
-            with open(output + suffix, "w") as f:
-                f.write(text)
+            target.with_name(target.name + suffix).write_text(text)
 
 
 if __name__ == "__main__":

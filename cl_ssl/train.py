@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import signal
 import time
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from cl_ssl import checkpoint, parallel
+from cl_ssl import checkpoint, parallel, storage
 from cl_ssl import preemption as preemption_lib
 from cl_ssl import results as results_lib
 from cl_ssl import state as state_lib
@@ -77,7 +76,7 @@ def run(
         writer = None
         if jax.process_index() == 0:
             writer = report.ScalarWriter(
-                os.path.join(workdir, "tb"), wandb_init=results_lib.wandb_init(p, workdir)
+                str(storage.path(workdir) / "tb"), wandb_init=results_lib.wandb_init(p, workdir)
             )
             stack.callback(writer.close)
         ckpt = stack.enter_context(contextlib.closing(checkpointer(p, workdir)))
@@ -88,7 +87,7 @@ def run(
 def checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
     """The run's checkpoints: the newest ``keep_checkpoints`` and every task boundary's."""
     return checkpoint.Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        str(storage.path(workdir) / "checkpoints"),
         keep=p.config.keep_checkpoints,
         keep_steps=boundary_steps(p),
         must_be_finite=_learned,
@@ -109,17 +108,17 @@ def _learned(state: state_lib.ContinualState) -> dict[str, Any]:
 def task_end_progress(workdir: str, stage_id: int, mesh: jax.sharding.Mesh) -> Progress:
     """Checkpoints of a strategy's own loop at the end of stage ``stage_id`` (Genifer's GAN), in
     ``task_end/stage_<id>`` of ``workdir`` (created on the first save; the newest one kept)."""
-    directory = os.path.join(os.path.abspath(workdir), "task_end", f"stage_{stage_id}")
+    directory = storage.path(workdir) / "task_end" / f"stage_{stage_id}"
     rep = parallel.replicated(mesh)
 
     def save(iteration: int, tree: Any) -> None:
-        with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+        with contextlib.closing(checkpoint.Checkpointer(str(directory), keep=1)) as ckpt:
             ckpt.save(iteration, tree, {})
 
     def restore(like: Any) -> Any:
-        if not os.path.isdir(directory):
+        if not directory.is_dir():
             return None
-        with contextlib.closing(checkpoint.Checkpointer(directory, keep=1)) as ckpt:
+        with contextlib.closing(checkpoint.Checkpointer(str(directory), keep=1)) as ckpt:
             restored = ckpt.restore(checkpoint.abstract_like(like, rep))
         if restored is None:
             return None
@@ -147,7 +146,7 @@ class Run:
         self.p, self.ckpt, self.writer = p, ckpt, writer
         # Without one (rescoring saved checkpoints), no signal stops the loop early.
         self.preemption = preemption or preemption_lib.Preemption()
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = storage.path(workdir)
         self.config, self.mesh = p.config, p.mesh
         self.tx = step_lib.make_tx(p.config, p.objective, p.strategy, p.online)
         self.keys = state_lib.run_keys(p.config.seed)
@@ -467,7 +466,7 @@ class Run:
     def _log_image(self, name: str, image: np.ndarray, tag: str, *, step: int) -> None:
         if jax.process_index() != 0:
             return
-        report.save_image(image, os.path.join(self.workdir, "plots", f"{name}.png"))
+        report.save_image(image, self.workdir / "plots" / f"{name}.png")
         if self.writer:
             self.writer.image(tag, image, step)
 

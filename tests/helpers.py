@@ -10,6 +10,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from cl_ssl import checkpoint, parallel, train
 from cl_ssl import config as config_lib
@@ -218,6 +219,20 @@ def _write_idx(path: pathlib.Path, values: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + values.astype(np.uint8).tobytes()))
 
 
+# The README's runlocal demo (configs/fashion_mnist.py:runlocal) shrunk to 5 steps of 8 images per
+# task on the tiny IDX files of write_tiny_fashion_mnist's defaults, checkpoints every 2 steps.
+TINY_DEMO_OVERRIDES = {
+    "dataset.on_device": False,
+    "num_tasks": 2,
+    "batch_size": 8,
+    "checkpoint_every_steps": 2,
+    "eval.train_examples": 40,
+    "eval.evaluators": ("knn",),
+    "eval.knn.k": 5,
+    "progress_bar": False,
+}
+
+
 def write_tiny_fashion_mnist(folder, *, num_classes=10, train_per_class=8, test_per_class=4):
     """Fashion-MNIST IDX files of random 28x28 images in ``folder`` (a ``pathlib.Path``), for runs
     of the Fashion-MNIST configs (``--config.dataset.data_dir=folder``) in processes of their own,
@@ -230,3 +245,28 @@ def write_tiny_fashion_mnist(folder, *, num_classes=10, train_per_class=8, test_
             folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (labels.size, 28, 28))
         )
     return folder
+
+
+class ClSslTestImages(tfds.core.GeneratorBasedBuilder):
+    """A tiny data set that tfds prepares without TensorFlow (tensor images, no PNG encoding)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=7),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples(11), "test": self._generate_examples(3)}
+
+    def _generate_examples(self, num):
+        for i in range(num):
+            yield i, {"image": np.full((4, 4, 3), i, np.uint8), "label": i % 7}

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from helpers import write_tiny_fashion_mnist
+from helpers import ClSslTestImages, write_tiny_fashion_mnist
 
 from cl_ssl.data import scenarios, sources
 
@@ -198,31 +198,6 @@ def test_a_data_set_without_ids_has_no_archive_rank(tmp_path):
         sources.load_split("fashion_mnist_idx", "train", data_dir=str(tmp_path)).archive_rank
         is None
     )
-
-
-class ClSslTestImages(tfds.core.GeneratorBasedBuilder):
-    """A tiny data set that tfds prepares without TensorFlow (tensor images, no PNG encoding)."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=7),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {"train": self._generate_examples(11), "test": self._generate_examples(3)}
-
-    def _generate_examples(self, num):
-        for i in range(num):
-            yield i, {"image": np.full((4, 4, 3), i, np.uint8), "label": i % 7}
 
 
 def test_tfds_prepared_array_record(tmp_path, monkeypatch):

@@ -17,25 +17,16 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import run, shipped_config, write_tiny_fashion_mnist
+from helpers import TINY_DEMO_OVERRIDES, run, shipped_config, write_tiny_fashion_mnist
 
 from cl_ssl import checkpoint, parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 8, 4
 
-# The README's runlocal demo, shrunk to 5 steps of 8 images per task, checkpoints every 2 steps,
-# with the images in host memory: each process then sends its own rows of every batch.
-OVERRIDES = {
-    "dataset.on_device": False,
-    "num_tasks": 2,
-    "batch_size": 8,
-    "checkpoint_every_steps": 2,
-    "eval.train_examples": 40,
-    "eval.evaluators": ("knn",),
-    "eval.knn.k": 5,
-    "progress_bar": False,
-}
+# The README's runlocal demo, shrunk, with the images in host memory: each process then sends its
+# own rows of every batch.
+OVERRIDES = TINY_DEMO_OVERRIDES
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cl_ssl import storage
+
 CLASS_INCREMENTAL = "class_incremental"
 DATA_INCREMENTAL = "data_incremental"
 DOMAIN_INCREMENTAL = "domain_incremental"
@@ -315,7 +317,7 @@ def load_split_file(name: str | os.PathLike) -> dict:
       ValueError: unknown name, missing fields, failed checksum, or task lists that do not follow
         from the permutation.
     """
-    path = pathlib.Path(name) if str(name).endswith(".json") else SPLITS_DIR / f"{name}.json"
+    path = storage.path(name) if str(name).endswith(".json") else SPLITS_DIR / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"No split file {str(name)!r}; the shipped ones are {split_file_names()}.")
     content = json.loads(path.read_text(encoding="utf-8"))

@@ -24,6 +24,10 @@ domains 62 GB (27 GB more for their test images), so their presets stream them
 over all its records that decodes no image (the ImageNet ones make that pass anyway, to find
 their 100 classes), and its images can also be read at their own size, for views cropped on the
 host (``StreamedImages.read_with_crops``, ``dataset.host_crop``).
+
+``data_dir`` may be a bucket (``gs://bucket/tensorflow_datasets``): the IDX files are read through
+``etils.epath``, and ArrayRecord reads ``gs://`` records itself (its GCS reader, with the
+machine's default credentials), without copying the data set to local disk.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cl_ssl import storage
 from cl_ssl.data import streaming as streaming_lib
 
 FASHION_MNIST_IDX = "fashion_mnist_idx"
@@ -266,21 +271,20 @@ def central_square(image, size: int) -> np.ndarray:
     return np.asarray(pil.crop((left, top, left + size, top + size)))
 
 
-def _read_idx(path: str, ndim: int) -> np.ndarray:
+def _read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     """Reads a gzip-compressed IDX file of uint8 values.
 
     IDX layout: two zero bytes, a type byte (0x08 = uint8), a byte with the number of dimensions,
     one big-endian uint32 per dimension, then the values in C order.
 
     Args:
-      path: the .gz file.
+      path: the .gz file, a local path or a bucket URI.
       ndim: the number of dimensions the file must have (3 for images, 1 for labels).
 
     Returns:
       uint8 array with the shape stored in the header.
     """
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    data = gzip.decompress(storage.path(path).read_bytes())
     header_len = 4 + 4 * ndim
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(
@@ -309,8 +313,8 @@ def _load_idx_split(split: str, data_dir: str) -> ArraySplit:
             f"Split {split!r} does not exist for {FASHION_MNIST_IDX!r}; "
             f"use one of {sorted(_IDX_FILES)}."
         )
-    paths = [os.path.join(data_dir, f) for f in _IDX_FILES[split]]
-    missing = [p for p in paths if not os.path.exists(p)]
+    paths = [storage.path(data_dir) / f for f in _IDX_FILES[split]]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST IDX files not found: {', '.join(missing)}. Install them with "

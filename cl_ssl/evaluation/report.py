@@ -10,6 +10,7 @@ evaluated hold NaN; NaN renders as an empty table or heat-map cell and is writte
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cl_ssl import storage
 from cl_ssl.evaluation.metrics import validate_accuracy_matrix
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -140,7 +142,7 @@ def _new_figure(width: float, height: float) -> Figure:
     return figure
 
 
-def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None:
+def plot_accuracy_matrix(R: Any, path: str | os.PathLike, *, title: str | None = None) -> None:
     """Saves a PNG heat map of an accuracy matrix with the values written in the cells.
 
     Rows are ``random init`` and ``after task 1..T`` (time runs downwards), columns the evaluated tasks and
@@ -175,10 +177,10 @@ def plot_accuracy_matrix(R: Any, path: str, *, title: str | None = None) -> None
     axes.set_xlabel("evaluated on task")
     axes.set_title(title or "accuracy (%)", fontsize=9)
     figure.colorbar(image, ax=axes, label="accuracy (%)")
-    figure.savefig(path, dpi=120)
+    _save_png(figure, path)
 
 
-def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
+def plot_task_accuracy(R: Any, path: str | os.PathLike, *, title: str | None = None) -> None:
     """Saves a PNG line plot of each task's accuracy over time (x = the rows: random init, after task 1..T).
 
     With one row per task, the point where task ``j`` itself is trained has a larger marker. A dashed black
@@ -232,7 +234,7 @@ def plot_task_accuracy(R: Any, path: str, *, title: str | None = None) -> None:
     axes.legend(
         loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncol=1 if num_tasks <= 20 else 2
     )
-    figure.savefig(path, dpi=120)
+    _save_png(figure, path)
 
 
 def _to_json(value: Any, where: str = "") -> Any:
@@ -253,11 +255,11 @@ def _to_json(value: Any, where: str = "") -> Any:
     )
 
 
-def write_atomic(path: str, text: str) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+def _save_png(figure: Figure, path: str | os.PathLike) -> None:
+    """Writes ``figure`` as a PNG to ``path``, a local path or a bucket URI."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    storage.path(path).write_bytes(buffer.getvalue())
 
 
 def write_results(
@@ -306,9 +308,10 @@ def write_results(
     document = _to_json(
         {"accuracy_unit": "percent", "matrices": checked, "summaries": summaries, "meta": meta}
     )
-    os.makedirs(workdir, exist_ok=True)
-    write_atomic(
-        os.path.join(workdir, "results.json"),
+    folder = storage.path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage.write_atomic(
+        folder / "results.json",
         json.dumps(document, indent=2, allow_nan=False) + "\n",
     )
 
@@ -321,37 +324,75 @@ def write_results(
         if name in summaries:
             sections.append(format_summary(summaries[name]))
     sections += ["## Run", "", "```json", json.dumps(document["meta"], indent=2), "```", ""]
-    write_atomic(os.path.join(workdir, "results.md"), "\n".join(sections))
+    storage.write_atomic(folder / "results.md", "\n".join(sections))
 
     if not plots:
         return
-    folder = os.path.join(workdir, "plots")
-    os.makedirs(folder, exist_ok=True)
+    plots_folder = folder / "plots"
+    plots_folder.mkdir(exist_ok=True)
     above = f"{run_name}\n" if run_name else ""
     for name, R in checked.items():
         plot_accuracy_matrix(
             R,
-            os.path.join(folder, f"accuracy_matrix_{name}.png"),
+            plots_folder / f"accuracy_matrix_{name}.png",
             title=f"{above}{name}: accuracy (%)",
         )
         plot_task_accuracy(
             R,
-            os.path.join(folder, f"task_accuracy_{name}.png"),
+            plots_folder / f"task_accuracy_{name}.png",
             title=f"{above}{name}: task accuracy",
         )
 
 
 def save_image(image: np.ndarray, path: str) -> None:
     """Writes a uint8 [H, W, C] image (C in {1, 3}) as a PNG, creating its folder."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    target = storage.path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     pixels = image[..., 0] if image.shape[-1] == 1 else image
-    matplotlib.image.imsave(path, pixels, cmap="gray", vmin=0, vmax=255)
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, pixels, cmap="gray", vmin=0, vmax=255, format="png")
+    target.write_bytes(buffer.getvalue())
+
+
+class _ObjectRecordWriter:
+    """A TensorBoard event file in a bucket for tensorboardX: the bytes written so far, uploaded
+    whole at each flush (an object cannot be appended to), as tensorboardX's own ``gs://`` writer
+    does; that one needs the google-cloud-storage client, this one the ``epath`` the rest of the
+    run's files go through. Event files of scalars stay small (about 50 bytes a value)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = storage.path(path)
+        self._buffer = io.BytesIO()
+        self._uploaded = -1
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        if self._buffer.tell() != self._uploaded:
+            self._path.write_bytes(self._buffer.getvalue())
+            self._uploaded = self._buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectRecordWriterFactory:
+    def open(self, path: str) -> _ObjectRecordWriter:
+        return _ObjectRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        del path  # a bucket has no folders to create
+
+
+tensorboardX.record_writer.register_writer_factory("gs", _ObjectRecordWriterFactory())
 
 
 class ScalarWriter:
-    """TensorBoard logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``) and,
-    given ``wandb_init``, Weights & Biases too: ``wandb.init(**wandb_init)``, with every value
-    plotted against the ``global_step`` it is logged at."""
+    """TensorBoard logger (``tensorboardX.SummaryWriter`` writing event files into ``logdir``, a
+    local folder or a ``gs://`` URI, uploaded at each flush) and, given ``wandb_init``, Weights &
+    Biases too: ``wandb.init(**wandb_init)``, with every value plotted against the ``global_step``
+    it is logged at."""
 
     def __init__(self, logdir: str, *, wandb_init: Mapping[str, Any] | None = None) -> None:
         self._writer = tensorboardX.SummaryWriter(logdir)

@@ -1,0 +1,292 @@
+"""Runs whose workdir and data live in a bucket (``gs://``), against a local GCS emulator, and the
+workdir lock that holds on object storage.
+
+The emulator (``gcs_emulator.py``: the ``gcp-storage-emulator`` package with the generation
+headers and write preconditions of GCS, on the loopback address) is reached by every client the
+library uses through its standard variable: gcsfs (``etils.epath``, hence results, plots,
+TensorBoard, configs and IDX data) through ``STORAGE_EMULATOR_HOST``, tensorstore (orbax's
+checkpoints, the lock) through ``TENSORSTORE_GCS_HTTP_URL``, ArrayRecord's GCS reader (tfds data)
+through ``CLOUD_STORAGE_EMULATOR_ENDPOINT``. The lock's protocol (races, staleness, renewal) is
+tested on tensorstore's file store, which has the same conditional writes, without a server.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import chex
+import numpy as np
+import pytest
+import tensorstore as ts
+from etils import epath
+from helpers import (
+    TINY_DEMO_OVERRIDES,
+    ClSslTestImages,
+    run,
+    shipped_config,
+    write_tiny_fashion_mnist,
+)
+
+from cl_ssl import workdir as workdir_lib
+from cl_ssl.data import sources
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    """``gs://bkt`` on an in-memory GCS emulator that this module starts and stops."""
+    port = _free_port()
+    emulator = subprocess.Popen(
+        [
+            *(sys.executable, str(ROOT / "tests" / "gcs_emulator.py"), "start", "--in-memory"),
+            *("--host=127.0.0.1", f"--port={port}", "--default-bucket=bkt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/bkt", timeout=1).close()
+            break
+        except OSError:
+            assert emulator.poll() is None and time.monotonic() < deadline, "no GCS emulator"
+            time.sleep(0.1)
+    variables = {
+        "STORAGE_EMULATOR_HOST": url,
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    # gcsfs warns at every listing that the emulator does not say whether a bucket is
+    # hierarchical,
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)
+    # and google-auth at every client that there is no metadata server to ask for credentials.
+    logging.getLogger("google.auth._default").setLevel(logging.ERROR)
+    try:
+        yield "gs://bkt"
+    finally:
+        emulator.kill()
+        emulator.wait()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _upload(folder: pathlib.Path, target: str) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            (epath.Path(target) / str(f.relative_to(folder))).write_bytes(f.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def data(bucket, tmp_path_factory):
+    """The tiny Fashion-MNIST IDX files in a local folder and in the bucket: (local, URI)."""
+    local = write_tiny_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist_idx"))
+    _upload(local, f"{bucket}/data")
+    return str(local), f"{bucket}/data"
+
+
+def _config(data_dir: str):
+    config = shipped_config("fashion_mnist", "runlocal")
+    config.update_from_flattened_dict({**TINY_DEMO_OVERRIDES, "dataset.data_dir": data_dir})
+    return config
+
+
+@pytest.fixture(scope="module")
+def local_run(data, tmp_path_factory):
+    """The run on the local folders, on one device."""
+    workdir = tmp_path_factory.mktemp("local_run")
+    return run(_config(data[0]), workdir), workdir
+
+
+def _assert_same_run(result, local_run):
+    whole, _ = local_run
+    chex.assert_trees_all_equal(result["state"].params, whole["state"].params)
+    for name in whole["matrices"]:
+        np.testing.assert_array_equal(result["matrices"][name], whole["matrices"][name])
+
+
+def test_a_run_with_its_workdir_and_data_in_a_bucket_ends_as_in_a_folder(data, local_run):
+    workdir = "gs://bkt/runs/whole"
+    _assert_same_run(run(_config(data[1]), workdir), local_run)
+    folder, local = epath.Path(workdir), local_run[1]
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["matrices"] == json.loads((local / "results.json").read_text())["matrices"]
+    assert (folder / "results.md").read_text().startswith("# Results: fashion_mnist_idx")
+    stored = json.loads((folder / "config.json").read_text())
+    assert stored["dataset"].pop("data_dir") == data[1]
+    expected = json.loads((local / "config.json").read_text())
+    expected["dataset"].pop("data_dir")
+    assert stored == expected
+    assert {p.name for p in (folder / "plots").iterdir()} == {
+        p.name for p in (local / "plots").iterdir()
+    }
+    # The same scalars as the local run's event file: as many bytes.
+    (events,) = [p for p in (folder / "tb").iterdir() if p.name.startswith("events.out")]
+    (local_events,) = (local / "tb").glob("events.out*")
+    assert events.stat().length == local_events.stat().st_size > 0
+    assert (folder / "tb" / "hparams").is_dir()
+    assert (folder / "checkpoints" / "10" / "commit_success.txt").exists()
+    assert not (folder / "LOCK").exists()
+
+
+def test_a_run_killed_in_a_bucket_resumes_and_its_busy_workdir_is_refused(
+    data, local_run, tmp_path, capsys
+):
+    """kill -9 once checkpoint 2 is committed; before that, a second run on the workdir is
+    refused. The lock of the killed run names a process of this host that has ended: the next run
+    takes it over at once and resumes to the numbers of the local run."""
+    workdir = "gs://bkt/runs/killed"
+    command = [
+        *(sys.executable, "-m", "cl_ssl.main", f"--workdir={workdir}"),
+        f"--config={ROOT / 'configs' / 'fashion_mnist.py'}:runlocal",
+        f"--config.dataset.data_dir={data[1]}",
+        *(
+            f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+            for k, v in TINY_DEMO_OVERRIDES.items()
+        ),
+    ]
+    with open(tmp_path / "out", "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        committed = epath.Path(workdir) / "checkpoints" / "2" / "commit_success.txt"
+        deadline = time.monotonic() + 240
+        while not committed.exists():
+            assert process.poll() is None, (tmp_path / "out").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint 2 after 240 s"
+            time.sleep(0.05)
+        with pytest.raises(
+            RuntimeError, match=rf"in use by another run \(host .* pid {process.pid}, started"
+        ):
+            run(_config(data[1]), workdir)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert f'"pid": {process.pid}' in (epath.Path(workdir) / "LOCK").read_text()
+    capsys.readouterr()
+    resumed = run(_config(data[1]), workdir)
+    assert f"resumed from {workdir}/checkpoints at step" in capsys.readouterr().out
+    # The killed process had one CPU device, this one four (one in the mesh): XLA's CPU client
+    # orders some float32 sums differently, so the parameters agree to float32 rounding, and the
+    # kNN accuracies (20 test images a task) to one image.
+    whole, _ = local_run
+    chex.assert_trees_all_close(
+        resumed["state"].params, whole["state"].params, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(resumed["matrices"]["knn"], whole["matrices"]["knn"], atol=5.01)
+
+
+def test_tfds_data_in_a_bucket_reads_as_in_a_folder(bucket, tmp_path):
+    ClSslTestImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    _upload(tmp_path, f"{bucket}/tensorflow_datasets")
+    local = sources.load_split("cl_ssl_test_images", "train", data_dir=str(tmp_path))
+    remote = sources.load_split(
+        "cl_ssl_test_images", "train", data_dir=f"{bucket}/tensorflow_datasets"
+    )
+    np.testing.assert_array_equal(remote.images, local.images)
+    np.testing.assert_array_equal(remote.labels, local.labels)
+
+
+def test_a_workdir_on_another_object_store_is_refused():
+    with pytest.raises(ValueError, match=r"s3://b/run: a workdir is a local folder or .*gs://"):
+        workdir_lib.bucket_kvstore("s3://b/run")
+
+
+# The lock's protocol, on a store that enforces write preconditions.
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ts.KvStore.open({"driver": "file", "path": f"{tmp_path}/"}).result()
+
+
+def _holder(host: str, pid: int, renewed_ago: float) -> bytes:
+    record = {"host": host, "pid": pid, "started": "then", "renewed": time.time() - renewed_ago}
+    return json.dumps(record).encode()
+
+
+def test_the_lock_is_refused_while_held_and_deleted_on_release(store):
+    with workdir_lib.ObjectLock(store, where="gs://b/run"):
+        holder = json.loads(store["LOCK"])
+        assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+        with pytest.raises(
+            RuntimeError, match=rf"in use by another run \(host .* pid {os.getpid()}"
+        ):
+            with workdir_lib.ObjectLock(store, where="gs://b/run"):
+                pass
+    assert store.read("LOCK").result().state == "missing"
+
+
+@pytest.mark.parametrize(
+    ("host", "pid", "renewed_ago", "taken"),
+    [
+        ("another-host", 1, 10.0, False),  # fresh: refused
+        ("another-host", 1, 301.0, True),  # not renewed for LOCK_STALE_SECONDS
+        (socket.gethostname(), 2**22 + 1, 10.0, True),  # a process of this host that has ended
+    ],
+)
+def test_a_stale_lock_is_taken_over(store, caplog, host, pid, renewed_ago, taken):
+    store["LOCK"] = _holder(host, pid, renewed_ago)
+    if not taken:
+        with pytest.raises(RuntimeError, match=rf"host {host} pid {pid}, .* renewed 10 s ago"):
+            with workdir_lib.ObjectLock(store, where="gs://b/run"):
+                pass
+        return
+    with workdir_lib.ObjectLock(store, where="gs://b/run"):
+        assert json.loads(store["LOCK"])["pid"] == os.getpid()
+    assert f"taking over the lock of gs://b/run from host {host} pid {pid}" in caplog.text
+
+
+def test_of_two_runs_creating_the_lock_at_once_one_wins(store):
+    """The other run's lock appears between this run's read and its write: the conditional
+    write fails, and the run is refused with the winner's name."""
+
+    class Racing:
+        def __init__(self):
+            self.raced = False
+
+        def read(self, key):
+            result = store.read(key)
+            if not self.raced:
+                self.raced = True
+                store[key] = _holder("winner", 7, 0.0)
+            return result
+
+        def write(self, *args, **kwargs):
+            return store.write(*args, **kwargs)
+
+    with pytest.raises(RuntimeError, match=r"host winner pid 7"):
+        with workdir_lib.ObjectLock(Racing(), where="gs://b/run"):
+            pass
+    assert json.loads(store["LOCK"])["host"] == "winner"
+
+
+def test_the_holder_renews_the_lock_and_says_when_it_was_taken_over(store, caplog):
+    with workdir_lib.ObjectLock(store, where="gs://b/run", stale_after=1.0, renew_every=0.05):
+        first = json.loads(store["LOCK"])["renewed"]
+        time.sleep(0.3)
+        assert json.loads(store["LOCK"])["renewed"] > first
+        store["LOCK"] = _holder("intruder", 9, 0.0)
+        time.sleep(0.3)
+    assert "was taken over by host intruder pid 9" in caplog.text
+    assert json.loads(store["LOCK"])["host"] == "intruder"  # the release leaves it alone
