@@ -19,13 +19,16 @@ with an uninterrupted run of the same config (its results.json accuracy matrices
   seconds with an error naming the checkpoint folder; the folder restored, the run resumes;
 - ``two``: a second process started on the workdir of a running one must stop at once, and the
   first must end as the uninterrupted run;
+- ``bucket``: the workdir in a bucket (``gs://``, on the tests' local GCS emulator): killed after
+  checkpoint 60 and resumed; a second process on it while a run holds it; SIGTERM to the run,
+  then resumed;
 - ``settings``: bad settings, each of which must end the command within seconds, before any
   checkpoint exists, with one ``error:`` line naming the field and no traceback.
 
 A full disk cannot be made here without mounting a file system; it is not tried.
 
     python experiments/faults.py --faults=settings
-    python experiments/faults.py --faults=kill,corrupt,unwritable,two --workdir=/tmp/faults
+    python experiments/faults.py --faults=kill,corrupt,unwritable,two,bucket --workdir=/tmp/faults
 
 Prints one line per trial and a summary table (tried, survived with nothing lost or reported as
 required).
@@ -33,20 +36,25 @@ required).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 from absl import app, flags
 
+from cl_ssl import storage
+
 _FAULTS = flags.DEFINE_list(
     "faults",
-    ["settings", "kill", "corrupt", "preempt", "unwritable", "two"],
+    ["settings", "kill", "corrupt", "preempt", "unwritable", "two", "bucket"],
     "Which faults to inject.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/cl_ssl_faults", "Parent folder of the runs.")
@@ -122,15 +130,15 @@ def _command(workdir: str, *extra: str) -> list[str]:
 
 
 def _matrices(workdir: str):
-    with open(os.path.join(workdir, "results.json")) as f:
-        return json.load(f)["matrices"]
+    return json.loads((storage.path(workdir) / "results.json").read_text())["matrices"]
 
 
 def _checkpoints(workdir: str) -> list[int]:
-    folder = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(folder):
+    """The steps of the checkpoints in ``workdir`` (a folder or a bucket URI)."""
+    folder = storage.path(workdir) / "checkpoints"
+    if not folder.is_dir():
         return []
-    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def _start(workdir: str, *extra: str) -> subprocess.Popen:
@@ -165,7 +173,8 @@ def _reference(root: str):
 
 
 def _same(workdir: str, reference) -> bool:
-    return os.path.exists(os.path.join(workdir, "results.json")) and _matrices(workdir) == reference
+    done = (storage.path(workdir) / "results.json").exists()
+    return done and _matrices(workdir) == reference
 
 
 # Checkpoints to kill at (every 10 steps and at the boundary, step 117 of 234): early, mid-task,
@@ -344,6 +353,84 @@ def trial_two(root, reference, steps):
             first.returncode == 0 and _same(workdir, reference),
         ),
     ]
+
+
+# The tests' GCS emulator (gcp-storage-emulator with GCS's generation headers and preconditions)
+# and the variables through which every client reaches it.
+_EMULATOR = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "gcs_emulator.py")
+
+
+@contextlib.contextmanager
+def _emulated_bucket():
+    """``gs://bkt`` on a local GCS emulator, for this process and the runs it starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    emulator = subprocess.Popen(
+        [sys.executable, _EMULATOR, "start", "--in-memory", f"--port={port}"]
+        + ["--host=127.0.0.1", "--default-bucket=bkt"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/bkt", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.environ.update(
+        STORAGE_EMULATOR_HOST=url,
+        TENSORSTORE_GCS_HTTP_URL=url,
+        GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
+        CLOUD_STORAGE_EMULATOR_ENDPOINT=url,
+    )
+    try:
+        yield "gs://bkt"
+    finally:
+        emulator.kill()
+        emulator.wait()
+
+
+def trial_bucket(root, reference, steps):
+    """The workdir in a bucket (an emulated one): killed and resumed, preempted and resumed, and a
+    second process refused by the lock object while a run holds it."""
+    del root, steps
+    out = []
+    with _emulated_bucket() as bucket:
+        workdir = f"{bucket}/faults/kill"
+        _kill_when(workdir, 60)
+        resumed = _resume(workdir)
+        ok = resumed.returncode == 0 and _same(workdir, reference)
+        out.append(("bucket workdir: kill -9 after checkpoint 60, then the same command", ok))
+
+        workdir = f"{bucket}/faults/preempt"
+        process = _start(workdir)
+        while 60 not in _checkpoints(workdir) and process.poll() is None:
+            time.sleep(0.2)
+        started = time.perf_counter()
+        second = subprocess.run(_command(workdir), capture_output=True, text=True, timeout=600)
+        waited = time.perf_counter() - started
+        refused = second.returncode != 0 and "in use by another run" in second.stderr
+        out.append((f"bucket workdir: a second process refused after {waited:.0f} s", refused))
+        process.send_signal(signal.SIGTERM)
+        started = time.perf_counter()
+        stdout, _ = process.communicate(timeout=60)
+        waited = time.perf_counter() - started
+        named = re.search(r"stopped by SIGTERM at step (\d+)", stdout)
+        resumed = _resume(workdir)
+        out.append(
+            (
+                f"bucket workdir: SIGTERM, status {process.returncode} after {waited:.1f} s, "
+                f"checkpoint {named[1] if named else '?'}, then resumed from it",
+                process.returncode == 143
+                and named is not None
+                and f"at step {named[1]} (" in resumed.stdout
+                and resumed.returncode == 0
+                and _same(workdir, reference),
+            )
+        )
+    return out
 
 
 def trial_settings(root):

@@ -47,7 +47,8 @@ def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path):
         "pod",
         "us-central2-b",
         "configs/imagenet100.py:cassle",
-        "/mnt/bucket/runs/in100",
+        "gs://bucket/runs/in100",
+        "gs://bucket/tensorflow_datasets",
         "--config.seed=1",
         tmp_path=tmp_path,
     )
@@ -56,7 +57,8 @@ def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path):
     for part in (
         "python -m cl_ssl.main --multihost",
         "--config=configs/imagenet100.py:cassle",
-        "--workdir=/mnt/bucket/runs/in100",
+        "--workdir=gs://bucket/runs/in100",
+        "--config.dataset.data_dir=gs://bucket/tensorflow_datasets",
         "--config.seed=1",
     ):
         assert part in command
