@@ -146,6 +146,10 @@ class Checkpointer:
                 f"{self.directory}"
             )
         with self._writing():
+            if step in self._manager.all_steps():
+                # Saved again: a task's trained state before its end-of-task work was stopped,
+                # then, resumed, the task's boundary.
+                self._manager.delete(step)
             self._manager.save(
                 step,
                 args=ocp.args.Composite(

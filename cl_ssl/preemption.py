@@ -11,9 +11,10 @@ On one process the signal is caught here. On several, JAX's preemption service c
 (``jax.distributed.initialize`` installs it), tells every process, and agrees on the step: the
 largest step any process has reached, plus one
 (``jax.experimental.multihost_utils.reached_preemption_sync_point``); SIGINT is forwarded to it as
-a SIGTERM of this process. A signal that arrives during end-of-task work (evaluation, exemplar
-selection, Genifer's GAN loop) is honoured once that work ends and the task's boundary checkpoint
-is saved.
+a SIGTERM of this process. A signal that arrives during end-of-task work is honoured once that
+work ends and the task's boundary checkpoint is saved (evaluation, exemplar selection), or, in a
+strategy's own training loop there (Genifer's GAN), at the next iteration every process reaches:
+the loop saves its progress and raises ``Stopped``, and the run saves the task's trained state.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ import threading
 
 import jax
 from jax.experimental import multihost_utils
+
+
+class Stopped(Exception):
+    """Raised by a strategy's own loop at a task's end (``TaskEnd.progress``) once a signal stopped
+    it, after saving its progress; the message says where it stopped."""
 
 
 class Preemption:

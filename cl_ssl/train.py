@@ -6,6 +6,7 @@ import contextlib
 import functools
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -105,9 +106,15 @@ def _learned(state: state_lib.ContinualState) -> dict[str, Any]:
     }
 
 
-def task_end_progress(workdir: str, stage_id: int, mesh: jax.sharding.Mesh) -> Progress:
+def task_end_progress(
+    workdir: str,
+    stage_id: int,
+    mesh: jax.sharding.Mesh,
+    stop_requested: Callable[[int], bool] = lambda iterations: False,
+) -> Progress:
     """Checkpoints of a strategy's own loop at the end of stage ``stage_id`` (Genifer's GAN), in
-    ``task_end/stage_<id>`` of ``workdir`` (created on the first save; the newest one kept)."""
+    ``task_end/stage_<id>`` of ``workdir`` (created on the first save; the newest one kept), and
+    ``stop_requested``, whether a signal stops the loop after an iteration."""
     directory = storage.path(workdir) / "task_end" / f"stage_{stage_id}"
     rep = parallel.replicated(mesh)
 
@@ -126,7 +133,7 @@ def task_end_progress(workdir: str, stage_id: int, mesh: jax.sharding.Mesh) -> P
             print(f"resumed the end of task {stage_id + 1} from {directory}")
         return restored[1]
 
-    return Progress(save=save, restore=restore)
+    return Progress(save=save, restore=restore, stop_requested=stop_requested)
 
 
 class Run:
@@ -184,18 +191,28 @@ class Run:
             state, stopped = self.train_stage(stage_id, state)
             if stopped:
                 return self._result(state, stopped=True)
-            state = self.end_stage(stage_id, state)
+            try:
+                state = self.end_stage(stage_id, state)
+            except preemption_lib.Stopped as stopped:
+                # The stage's trained state, so that the same command goes straight back to the
+                # end-of-task work, which resumes from its own saved progress.
+                self._save(int(state.step), state)
+                self._report_preemption(
+                    int(state.step),
+                    f"; the end of task {stage_id + 1} resumes where it stopped ({stopped})",
+                )
+                return self._result(state, stopped=True)
             if self.preemption.signal is not None and stage_id + 1 < len(self.p.stages):
                 # A signal during the end-of-task work, or agreed at the stage's last step.
                 self._report_preemption(int(state.step))
                 return self._result(state, stopped=True)
         return self._result(state, stopped=False)
 
-    def _report_preemption(self, step: int) -> None:
+    def _report_preemption(self, step: int, more: str = "") -> None:
         if jax.process_index() == 0:
             print(
                 f"stopped by {signal.Signals(self.preemption.signal).name} at step {step}: the "
-                f"same command resumes from checkpoint {step} in {self.ckpt.directory}",
+                f"same command resumes from checkpoint {step} in {self.ckpt.directory}{more}",
                 flush=True,
             )
 
@@ -487,7 +504,13 @@ class Run:
                 features=self.evaluator.features,
                 map_images=self.evaluator.map_images,
                 mesh=self.mesh,
-                progress=task_end_progress(self.workdir, stage_id, self.mesh),
+                # The loop's iterations continue the run's steps for the processes' agreement.
+                progress=task_end_progress(
+                    self.workdir,
+                    stage_id,
+                    self.mesh,
+                    lambda iterations: self.preemption.reached(step + iterations),
+                ),
                 log_scalars=self._log_scalars,
                 log_image=functools.partial(self._log_image, step=step),
             )

@@ -159,10 +159,14 @@ class Progress:
       save: (iterations done, pytree) -> None; writes before returning.
       restore: (a pytree of the saved structure, e.g. the loop's initial state) -> the newest
         saved pytree, or None when this boundary saved none.
+      stop_requested: (iterations done) -> whether a signal asks the run to stop there; call it
+        after every iteration (on several processes all must, with the same iterations), and when
+        True, save and raise ``cl_ssl.preemption.Stopped``.
     """
 
     save: Callable[[int, PyTree], None]
     restore: Callable[[PyTree], PyTree | None]
+    stop_requested: Callable[[int], bool] = lambda iterations: False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from cl_ssl import parallel
+from cl_ssl import parallel, preemption
 from cl_ssl.data.augment import ViewConfig, normalize
 from cl_ssl.data.batch import Batch, join
 from cl_ssl.data.sources import ArraySplit
@@ -262,8 +262,14 @@ class GenerativeReplay:
                 end.log_scalars(
                     {f"gan_after_task{finished + 1}/{k}": v for k, v in values.items()}, done
                 )
-            if done % c.checkpoint_every == 0 and done < total:
+            stop = done < total and end.progress.stop_requested(done)
+            if (done % c.checkpoint_every == 0 and done < total) or stop:
                 end.progress.save(done, gan_state)
+            if stop:
+                bar.close()
+                raise preemption.Stopped(
+                    f"the GAN after task {finished + 1} saved at iteration {done} of {total}"
+                )
         bar.close()
         return gan_state
 
