@@ -32,7 +32,7 @@ from typing import TextIO
 
 from absl import app, flags
 
-from cl_ssl import reproduce_compare, reproduce_runs, summarize
+from cl_ssl import reproduce_compare, reproduce_runs, storage, summarize
 from cl_ssl.reproduce_tables import NOT_LISTED, PAPERS, SCALES, Paper, Row, Table
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -197,8 +197,7 @@ def _run(options: Options, out: TextIO) -> None:
         return
     if options.jobs:
         pending = [job.command for job, state in jobs if state != "finished"]
-        with open(options.jobs, "w") as f:
-            f.writelines(command + "\n" for command in pending)
+        storage.path(options.jobs).write_text("".join(command + "\n" for command in pending))
         out.write(f"wrote {len(pending)} of {len(jobs)} commands to {options.jobs}\n")
         return
     for index, (job, state) in enumerate(jobs, start=1):
@@ -240,11 +239,9 @@ def _compare(options: Options, out: TextIO) -> None:
     markdown = reproduce_compare.to_markdown(columns, cells)
     out.write(markdown)
     prefix = options.output or os.path.join(root, f"comparison_{scale}")
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    with open(prefix + ".md", "w") as f:
-        f.write(markdown)
-    with open(prefix + ".csv", "w") as f:
-        f.write(reproduce_compare.to_csv(columns, cells))
+    storage.path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    storage.path(prefix + ".md").write_text(markdown)
+    storage.path(prefix + ".csv").write_text(reproduce_compare.to_csv(columns, cells))
     written = [f"{prefix}.md", f"{prefix}.csv"]
     if reproduce_compare.any_finished(results):
         plot(results, prefix + ".png")

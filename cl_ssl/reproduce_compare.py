@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from cl_ssl import reproduce_runs, summarize
+from cl_ssl import reproduce_runs, storage, summarize
 from cl_ssl.reproduce_tables import PAPERS, SCALES, Ordering, Paper, Row, Table
 
 
@@ -115,7 +115,8 @@ def orderings(table: Table) -> list[Ordering]:
 
 
 def _seed_folders(folder: str) -> dict[int, str]:
-    names = os.listdir(folder) if os.path.isdir(folder) else []
+    path = storage.path(folder)
+    names = [p.name for p in path.iterdir()] if path.is_dir() else []
     return {
         int(n.removeprefix("seed")): os.path.join(folder, n)
         for n in names
@@ -296,8 +297,10 @@ def plot_paper(results: Sequence[RowResult], path: str) -> None:
     ax.set(xlim=(low, high), ylim=(low, high), xlabel="paper (%)", ylabel="cl_ssl (%)")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    storage.path(path).write_bytes(buffer.getvalue())
 
 
 def plot_cpu(results: Sequence[OrderingResult], path: str) -> None:
@@ -321,8 +324,10 @@ def plot_cpu(results: Sequence[OrderingResult], path: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("margin of the paper's ordering at CPU scale (points)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
+    storage.path(path).write_bytes(buffer.getvalue())
 
 
 def missing_lines(
@@ -358,4 +363,4 @@ def any_finished(results: Iterable[RowResult | OrderingResult]) -> bool:
 
 
 def scales_present(root: str) -> list[str]:
-    return [s for s in SCALES if os.path.isdir(os.path.join(root, s))]
+    return [s for s in SCALES if (storage.path(root) / s).is_dir()]

@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cl_ssl import config as config_lib
-from cl_ssl import summarize
+from cl_ssl import storage, summarize
 from cl_ssl.evaluation import evaluate
 from cl_ssl.objectives import get_objective, resolve_config
 from cl_ssl.reproduce_tables import SCALES, Paper, Run, Table
@@ -131,14 +131,13 @@ def check_config(config: ml_collections.ConfigDict, evaluator: str) -> ml_collec
 def _checkpointed_config(folder: str) -> dict | None:
     """The stored config of a run in ``folder`` that saved checkpoints; None otherwise (a stored
     config without checkpoints is replaced by the next run, ``cl_ssl.workdir.check_config``)."""
-    checkpoints = os.path.join(folder, "checkpoints")
-    path = os.path.join(folder, "config.json")
-    if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+    checkpoints = storage.path(folder) / "checkpoints"
+    path = storage.path(folder) / "config.json"
+    if not checkpoints.is_dir() or not any(p.name.isdigit() for p in checkpoints.iterdir()):
         return None
-    if not os.path.exists(path):
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def workdir_state(config: ml_collections.ConfigDict, folder: str) -> str:
