@@ -151,6 +151,10 @@ def main(argv):
         traceback.print_exc()
         _exit(1, f"error: the run failed (traceback above); {_resume_hint(_WORKDIR.value)}")
     if result["preempted"] is not None:  # the checkpoint to resume from is named above
+        if _MULTIHOST.value:
+            # The processes leave together (the shutdown's barrier): process 0 holds the
+            # coordination service, whose end aborts a process still finishing its checkpoint.
+            jax.distributed.shutdown()
         _exit(128 + result["preempted"], "")
     if jax.process_index() == 0 and not result["stopped"]:
         for name, matrix in result["matrices"].items():
