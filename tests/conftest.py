@@ -26,7 +26,12 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
-from helpers import run  # noqa: E402
+from helpers import (  # noqa: E402
+    TINY_DEMO_OVERRIDES,
+    run,
+    shipped_config,
+    write_tiny_fashion_mnist,
+)
 from tensorflow_datasets.testing import mocking  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
@@ -138,8 +143,36 @@ def finished_run(_finished_runs_dir, mock_cifar10):
     return get
 
 
-# test_multihost's one_process_run: its test starts two more runs in processes of their own.
-_WHOLE_RUN_FIXTURES = {"mock_cifar10", "mock_tfds", "finished_run", "one_process_run"}
+@pytest.fixture
+def tiny_demo_run(finished_run, tiny_fashion_mnist):
+    """``finished_run`` of the README's runlocal demo shrunk (``helpers.TINY_DEMO_OVERRIDES``) on
+    the tiny IDX files, on four devices: (``config`` for another data dir -> the config, the run,
+    its workdir). tests/test_multihost.py and tests/test_bucket.py end where it ends."""
+
+    def config(data_dir=tiny_fashion_mnist):
+        c = shipped_config("fashion_mnist", "runlocal")
+        c.update_from_flattened_dict({**TINY_DEMO_OVERRIDES, "dataset.data_dir": str(data_dir)})
+        return c
+
+    return config, *finished_run(config(), num_devices=4)
+
+
+@pytest.fixture
+def tiny_fashion_mnist(_finished_runs_dir):
+    """``helpers.write_tiny_fashion_mnist``'s files in a folder that the session's workers share,
+    so that runs on them share ``finished_run``'s results."""
+    folder = _finished_runs_dir / "fashion_mnist_idx"
+    with open(_finished_runs_dir / "fashion_mnist_idx.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not folder.is_dir():
+            part = _finished_runs_dir / "fashion_mnist_idx.part"
+            part.mkdir(exist_ok=True)
+            write_tiny_fashion_mnist(part).rename(folder)
+    return folder
+
+
+# test_multihost's and test_bucket's tests start more runs in processes of their own.
+_WHOLE_RUN_FIXTURES = {"mock_cifar10", "mock_tfds", "finished_run", "tiny_demo_run"}
 
 
 def pytest_collection_modifyitems(items):

@@ -29,8 +29,6 @@ from helpers import (
     TINY_DEMO_OVERRIDES,
     ClSslTestImages,
     run,
-    shipped_config,
-    write_tiny_fashion_mnist,
 )
 
 from cl_ssl import workdir as workdir_lib
@@ -95,38 +93,21 @@ def _upload(folder: pathlib.Path, target: str) -> None:
             (epath.Path(target) / str(f.relative_to(folder))).write_bytes(f.read_bytes())
 
 
-@pytest.fixture(scope="module")
-def data(bucket, tmp_path_factory):
+@pytest.fixture
+def data(bucket, tiny_fashion_mnist):
     """The tiny Fashion-MNIST IDX files in a local folder and in the bucket: (local, URI)."""
-    local = write_tiny_fashion_mnist(tmp_path_factory.mktemp("fashion_mnist_idx"))
-    _upload(local, f"{bucket}/data")
-    return str(local), f"{bucket}/data"
+    _upload(tiny_fashion_mnist, f"{bucket}/data")
+    return str(tiny_fashion_mnist), f"{bucket}/data"
 
 
-def _config(data_dir: str):
-    config = shipped_config("fashion_mnist", "runlocal")
-    config.update_from_flattened_dict({**TINY_DEMO_OVERRIDES, "dataset.data_dir": data_dir})
-    return config
-
-
-@pytest.fixture(scope="module")
-def local_run(data, tmp_path_factory):
-    """The run on the local folders, on one device."""
-    workdir = tmp_path_factory.mktemp("local_run")
-    return run(_config(data[0]), workdir), workdir
-
-
-def _assert_same_run(result, local_run):
-    whole, _ = local_run
+def test_a_run_with_its_workdir_and_data_in_a_bucket_ends_as_in_a_folder(data, tiny_demo_run):
+    config, whole, local = tiny_demo_run
+    workdir = "gs://bkt/runs/whole"
+    result = run(config(data[1]), workdir, num_devices=4)
     chex.assert_trees_all_equal(result["state"].params, whole["state"].params)
     for name in whole["matrices"]:
         np.testing.assert_array_equal(result["matrices"][name], whole["matrices"][name])
-
-
-def test_a_run_with_its_workdir_and_data_in_a_bucket_ends_as_in_a_folder(data, local_run):
-    workdir = "gs://bkt/runs/whole"
-    _assert_same_run(run(_config(data[1]), workdir), local_run)
-    folder, local = epath.Path(workdir), local_run[1]
+    folder = epath.Path(workdir)
     saved = json.loads((folder / "results.json").read_text())
     assert saved["matrices"] == json.loads((local / "results.json").read_text())["matrices"]
     assert (folder / "results.md").read_text().startswith("# Results: fashion_mnist_idx")
@@ -148,11 +129,12 @@ def test_a_run_with_its_workdir_and_data_in_a_bucket_ends_as_in_a_folder(data, l
 
 
 def test_a_run_killed_in_a_bucket_resumes_and_its_busy_workdir_is_refused(
-    data, local_run, tmp_path, capsys
+    data, tiny_demo_run, tmp_path, capsys
 ):
     """kill -9 once checkpoint 2 is committed; before that, a second run on the workdir is
     refused. The lock of the killed run names a process of this host that has ended: the next run
     takes it over at once and resumes to the numbers of the local run."""
+    config, whole, _ = tiny_demo_run
     workdir = "gs://bkt/runs/killed"
     command = [
         *(sys.executable, "-m", "cl_ssl.main", f"--workdir={workdir}"),
@@ -175,18 +157,17 @@ def test_a_run_killed_in_a_bucket_resumes_and_its_busy_workdir_is_refused(
         with pytest.raises(
             RuntimeError, match=rf"in use by another run \(host .* pid {process.pid}, started"
         ):
-            run(_config(data[1]), workdir)
+            run(config(data[1]), workdir, num_devices=4)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert f'"pid": {process.pid}' in (epath.Path(workdir) / "LOCK").read_text()
     capsys.readouterr()
-    resumed = run(_config(data[1]), workdir)
+    resumed = run(config(data[1]), workdir, num_devices=4)
     assert f"resumed from {workdir}/checkpoints at step" in capsys.readouterr().out
-    # The killed process had one CPU device, this one four (one in the mesh): XLA's CPU client
-    # orders some float32 sums differently, so the parameters agree to float32 rounding, and the
-    # kNN accuracies (20 test images a task) to one image.
-    whole, _ = local_run
+    # The killed process trained on one device, the local run on four: float32 sums in another
+    # order, so the parameters agree to float32 rounding, and the kNN accuracies (20 test images a
+    # task) to one image.
     chex.assert_trees_all_close(
         resumed["state"].params, whole["state"].params, rtol=1e-4, atol=1e-6
     )

@@ -17,27 +17,16 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import TINY_DEMO_OVERRIDES, run, shipped_config, write_tiny_fashion_mnist
+from helpers import TINY_DEMO_OVERRIDES
 
 from cl_ssl import checkpoint, parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 8, 4
+NUM_CLASSES, TRAIN_PER_CLASS = 10, 8  # helpers.write_tiny_fashion_mnist's defaults
 
 # The README's runlocal demo, shrunk, with the images in host memory: each process then sends its
 # own rows of every batch.
 OVERRIDES = TINY_DEMO_OVERRIDES
-
-
-@pytest.fixture(scope="module")
-def tiny_fashion_mnist(tmp_path_factory) -> pathlib.Path:
-    """A folder of Fashion-MNIST IDX files with random 28x28 images, 10 classes."""
-    return write_tiny_fashion_mnist(
-        tmp_path_factory.mktemp("fashion_mnist_idx"),
-        num_classes=NUM_CLASSES,
-        train_per_class=TRAIN_PER_CLASS,
-        test_per_class=TEST_PER_CLASS,
-    )
 
 
 # Started through PYTHONPATH in each process: records every path the process opens for writing,
@@ -175,19 +164,10 @@ def _written(workdir: pathlib.Path, process: int) -> set[str]:
     return {os.path.relpath(p, workdir) for p in log if p.startswith(f"{workdir}{os.sep}")}
 
 
-@pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory, tiny_fashion_mnist):
-    """The same config in this process, on four devices."""
-    config = shipped_config("fashion_mnist", "runlocal")
-    config.update_from_flattened_dict({**OVERRIDES, "dataset.data_dir": str(tiny_fashion_mnist)})
-    workdir = tmp_path_factory.mktemp("one_process")
-    return run(config, workdir, num_devices=4), workdir
-
-
 def test_two_processes_preempted_mid_task_resume_to_the_one_process_result(
-    tmp_path, tiny_fashion_mnist, one_process_run
+    tmp_path, tiny_fashion_mnist, tiny_demo_run
 ):
-    whole, whole_dir = one_process_run
+    _, whole, whole_dir = tiny_demo_run  # the same config in one process, on four devices
     workdir = tmp_path / "two_processes"
     steps_per_task = NUM_CLASSES // 2 * TRAIN_PER_CLASS // OVERRIDES["batch_size"]
 
