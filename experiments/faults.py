@@ -12,16 +12,17 @@ with an uninterrupted run of the same config (its results.json accuracy matrices
   then the run resumes;
 - ``preempt``: SIGTERM (a preemption notice) once checkpoint N exists (N in ``PREEMPT_AFTER``):
   the process must exit within 30 s with status 143 and a checkpoint at the step it names, and
-  the same command must then resume from that step to the same results; then SIGTERM twice in a
-  row, which must end the process at once;
+  the same command must then resume from that step to the same results; then a second SIGTERM
+  while the first waits for the evaluation at the task boundary, which must end the process at
+  once;
 - ``unwritable``: the checkpoints folder replaced by a file during the run (what a read-only
   folder does to a run by root, whom permissions do not stop): the process must exit within
   seconds with an error naming the checkpoint folder; the folder restored, the run resumes;
 - ``two``: a second process started on the workdir of a running one must stop at once, and the
   first must end as the uninterrupted run;
 - ``bucket``: the workdir in a bucket (``gs://``, on the tests' local GCS emulator): killed after
-  checkpoint 60 and resumed; a second process on it while a run holds it; SIGTERM to the run,
-  then resumed;
+  checkpoint 60 and resumed; a second process started once a run holds the lock object; SIGTERM
+  after checkpoint 60, then resumed;
 - ``settings``: bad settings, each of which must end the command within seconds, before any
   checkpoint exists, with one ``error:`` line naming the field and no traceback.
 
@@ -282,20 +283,26 @@ def trial_preempt(root, reference, steps):
                 and _same(workdir, reference),
             )
         )
+    # The second signal must come while the first is being honoured: during the evaluation at
+    # the task boundary, which the first signal waits for, once the run has said it received it.
     workdir = os.path.join(root, "preempt_twice")
     shutil.rmtree(workdir, ignore_errors=True)
-    process = _start(workdir)
-    while 30 not in _checkpoints(workdir) and process.poll() is None:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    time.sleep(2)  # two signals before Python runs its handler would count as one
-    process.send_signal(signal.SIGTERM)
+    process = subprocess.Popen(
+        _command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for line in process.stdout:
+        if "evaluating stage 1" in line:
+            process.send_signal(signal.SIGTERM)
+        if "SIGTERM received" in line:
+            process.send_signal(signal.SIGTERM)
+            break
     started = time.perf_counter()
-    process.wait(timeout=60)
+    process.communicate(timeout=60)
     waited = time.perf_counter() - started
     out.append(
         (
-            f"two SIGTERMs in a row: ended by the signal after {waited:.1f} s",
+            f"a second SIGTERM during the first's end-of-task wait: ended by it after "
+            f"{waited:.1f} s",
             process.returncode == -signal.SIGTERM and waited < 5,
         )
     )
@@ -407,15 +414,27 @@ def trial_bucket(root, reference, steps):
         ok = resumed.returncode == 0 and _same(workdir, reference)
         out.append(("bucket workdir: kill -9 after checkpoint 60, then the same command", ok))
 
-        workdir = f"{bucket}/faults/preempt"
-        process = _start(workdir)
-        while 60 not in _checkpoints(workdir) and process.poll() is None:
+        workdir = f"{bucket}/faults/two"
+        first = _start(workdir)
+        while not (storage.path(workdir) / "LOCK").exists() and first.poll() is None:
             time.sleep(0.2)
         started = time.perf_counter()
         second = subprocess.run(_command(workdir), capture_output=True, text=True, timeout=600)
         waited = time.perf_counter() - started
         refused = second.returncode != 0 and "in use by another run" in second.stderr
-        out.append((f"bucket workdir: a second process refused after {waited:.0f} s", refused))
+        first.communicate(timeout=1800)
+        out.append(
+            (
+                f"bucket workdir: a second process refused after {waited:.0f} s; the first ends "
+                "as the uninterrupted run",
+                refused and first.returncode == 0 and _same(workdir, reference),
+            )
+        )
+
+        workdir = f"{bucket}/faults/preempt"
+        process = _start(workdir)
+        while 60 not in _checkpoints(workdir) and process.poll() is None:
+            time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         started = time.perf_counter()
         stdout, _ = process.communicate(timeout=60)
