@@ -26,7 +26,7 @@ from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import online as online_lib
 from cl_ssl.evaluation.online import OnlineProbe
 from cl_ssl.objectives import Objective
-from cl_ssl.parallel import batch_sharded, replicated
+from cl_ssl.parallel import DATA_AXIS, batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
 from cl_ssl.strategies import BufferInputs, LossInputs, Phase, RowInputs, Strategy
 
@@ -509,4 +509,23 @@ def jit_step(
     )
     return jax.jit(
         step_fn, in_shardings=(rep, data, batch, rep), out_shardings=(rep, rep), donate_argnums=0
+    )
+
+
+def jit_replicated_step(step_fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
+    """Jits ``step_fn`` for R runs at once (replicas: the same config with R seeds), state
+    donated: ``jax.vmap`` over a leading replica axis of the state ([R, ...] every leaf, each
+    replica's own parameters, buffers and key) and of the ids ([R, B], each replica's own batch,
+    its B axis sharded over ``data``), with the data set (on the devices) and the step's scalars
+    shared. Replica r computes what ``step_fn`` computes for its state and ids alone, up to the
+    order of float32 sums; R small steps become one program of R-fold work, for accelerators that
+    one small step leaves idle. Metrics come back [R]."""
+    rep = replicated(mesh)
+    data = TrainData(images=rep, labels=rep, classes=rep, tasks=rep, on_device=True)
+    ids = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
+    return jax.jit(
+        jax.vmap(step_fn, in_axes=(0, None, 0, None)),
+        in_shardings=(rep, data, ids, rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
     )

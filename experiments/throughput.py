@@ -9,7 +9,11 @@ utilisation of the JAX step when the device's peak is known.
     python experiments/throughput.py                       # CPU, batch 256
     python experiments/throughput.py --dtype=bfloat16      # GPU: bf16 compute, f32 parameters
     python experiments/throughput.py --strategy=cassle --peer=false   # the distillation step
+    python experiments/throughput.py --replicas=1,2,4 --peer=false    # several runs per program
 
+``--replicas=R`` steps R runs (seeds 0 to R-1) as one program (``step.jit_replicated_step``) and
+reports images/s summed over them; ``--barrier`` lines up the timed loops of separate processes
+that share a device, the alternative (experiments/gpu_bench.sh runs both).
 With ``--strategy=cassle`` (or ``pfr``) the step runs in the second task, so it includes the frozen
 teacher's forward pass and the distillation predictor; compare its images/s with finetune's.
 ``--on_device=false`` keeps the images in host memory and sends each step's batch to the devices
@@ -22,6 +26,7 @@ The PyTorch peer needs the `bench` extra (`pip install -e '.[bench]'`); it is sk
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import time
@@ -54,6 +59,24 @@ _PEAK = flags.DEFINE_float(
     "peak_tflops", 0.0, "Device peak TFLOP/s for MFU; 0 looks the device kind up."
 )
 _OUTPUT = flags.DEFINE_string("output", "", "Optional JSON file for the figures.")
+_SET = flags.DEFINE_list(
+    "set",
+    [],
+    "Config fields FIELD=VALUE (Python literals), e.g. objective='mocov2plus' for CCL, "
+    "labels.fraction=1.0 for Kaizen.",
+)
+_REPLICAS = flags.DEFINE_list(
+    "replicas",
+    ["1"],
+    "Runs per program, each R in turn: R seeds' states stepped at once "
+    "(step.jit_replicated_step); images/s summed over the replicas.",
+)
+_BARRIER = flags.DEFINE_string(
+    "barrier",
+    "",
+    "FOLDER:N: after the warm-up, wait until N processes (this one included) have warmed up, so "
+    "that the timed loops of separate processes sharing a device overlap.",
+)
 
 # Dense peak TFLOP/s per device (vendor figures, no sparsity). Under XLA's default precision the
 # float32 convolutions and matmuls of a Hopper GPU run on TF32 tensor cores, so float32 is rated
@@ -73,11 +96,28 @@ def _config():
     config.model.backbone = _BACKBONE.value
     config.model.dtype = _DTYPE.value
     config.strategy = _STRATEGY.value
+    config.update_from_flattened_dict(
+        {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in _SET.value)}
+    )
     return resolve_config(config)
 
 
-def time_jax() -> dict:
-    """images/s and FLOPs per step of cl_ssl's train step on random CIFAR-sized uint8 images."""
+def _wait_for_the_others() -> None:
+    """The ``--barrier``: this process's mark in the folder, then the others'."""
+    if not _BARRIER.value:
+        return
+    folder, count = _BARRIER.value.rsplit(":", 1)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    while len(os.listdir(folder)) < int(count):
+        time.sleep(0.01)
+
+
+def time_jax(replicas: int = 1) -> dict:
+    """images/s (summed over ``replicas`` runs stepped at once) and FLOPs per step of cl_ssl's
+    train step on random CIFAR-sized uint8 images."""
+    if replicas > 1 and not _ON_DEVICE.value:
+        raise app.UsageError("--replicas above 1 needs the images on the devices (--on_device)")
     config = _config()
     mesh = parallel.make_mesh()
     objective = get_objective(config)
@@ -89,11 +129,19 @@ def time_jax() -> dict:
         labels=rng.integers(0, 10, NUM_IMAGES).astype(np.int32),
         num_classes=10,
     )
-    state = state_lib.initial_state(
-        objective=objective, strategy=strategy, tx=tx, seed=0, train=train
-    )
     # The second task: distillation (if any) is on, a replay sub-batch (if any) joins the batch.
-    state = parallel.put_replicated(mesh, state.replace(task=np.int32(1)))
+    states = [
+        state_lib.initial_state(
+            objective=objective, strategy=strategy, tx=tx, seed=seed, train=train
+        ).replace(task=np.int32(1))
+        for seed in range(replicas)
+    ]
+    # Host copies, stacked for replicas: a leaf that shares its buffer with another (CCL's
+    # teacher starts as the student) could not be donated to the step twice.
+    state = jax.tree.map(
+        lambda *leaves: np.stack(leaves) if replicas > 1 else np.array(leaves[0]), *states
+    )
+    state = parallel.put_replicated(mesh, state)
     labels = parallel.put_replicated(mesh, train.labels)
     data = TrainData(
         images=parallel.put_replicated(mesh, train.images) if _ON_DEVICE.value else None,
@@ -102,11 +150,14 @@ def time_jax() -> dict:
         tasks=parallel.put_replicated(mesh, np.zeros(NUM_IMAGES, np.int32)),
         on_device=_ON_DEVICE.value,
     )
+    shape = (_BATCH.value,) if replicas == 1 else (replicas, _BATCH.value)
     indices = [
-        np.random.default_rng(i).choice(NUM_IMAGES, _BATCH.value, replace=False).astype(np.int32)
-        for i in range(4)
+        np.random.default_rng(i).integers(0, NUM_IMAGES, shape).astype(np.int32) for i in range(4)
     ]
-    batches = [parallel.global_batch(mesh, i) for i in indices]
+    ids = parallel.batch_sharded(mesh)
+    if replicas > 1:
+        ids = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+    batches = [jax.device_put(i, ids) for i in indices]
 
     def inputs(i):
         if _ON_DEVICE.value:
@@ -115,11 +166,11 @@ def time_jax() -> dict:
         images = parallel.gather_batch(mesh, train.images, indices[i % 4])
         return data.replace(images=images), batches[i % 4]
 
-    step = step_lib.jit_step(
-        step_lib.build_step_fn(objective, strategy, tx, extend=strategy.extends_batch(1)),
-        mesh,
-        on_device=_ON_DEVICE.value,
-    )
+    step_fn = step_lib.build_step_fn(objective, strategy, tx, extend=strategy.extends_batch(1))
+    if replicas == 1:
+        step = step_lib.jit_step(step_fn, mesh, on_device=_ON_DEVICE.value)
+    else:
+        step = step_lib.jit_replicated_step(step_fn, mesh)
     # The per-step scalars once the warm-up is over: every group at its base learning rate.
     warmup = config.optimizer.warmup_epochs
     hyper = step_lib.stage_hyper(
@@ -136,16 +187,18 @@ def time_jax() -> dict:
     for i in range(_WARMUP.value):
         state, metrics = step(state, *inputs(i), lr)
     jax.block_until_ready(metrics)
+    _wait_for_the_others()
     start = time.perf_counter()
     for i in range(_STEPS.value):
         state, metrics = step(state, *inputs(i), lr)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
     return {
-        "images_per_s": _STEPS.value * _BATCH.value / seconds,
+        "replicas": replicas,
+        "images_per_s": replicas * _STEPS.value * _BATCH.value / seconds,
         "step_ms": 1e3 * seconds / _STEPS.value,
         "flops_per_step": flops,
-        "loss": float(metrics["loss"]),
+        "loss": float(np.mean(metrics["loss"])),
     }
 
 
@@ -258,22 +311,29 @@ def main(argv):
         except ImportError as error:
             print(f"PyTorch peer skipped ({error}); install it with pip install -e '.[bench]'")
     device = jax.devices()[0]
-    results.update(device=device.device_kind, num_devices=jax.device_count(), jax=time_jax())
     peak = _PEAK.value or PEAK_TFLOPS.get((device.device_kind, _DTYPE.value), 0.0)
-    if peak:
-        achieved = results["jax"]["flops_per_step"] * 1e3 / results["jax"]["step_ms"]
-        results["jax"]["mfu"] = achieved / (peak * 1e12 * jax.device_count())
+    runs = []
+    for replicas in map(int, _REPLICAS.value):
+        figures = time_jax(replicas)
+        if peak:  # the lowered program's FLOPs cover every replica
+            achieved = figures["flops_per_step"] * 1e3 / figures["step_ms"]
+            figures["mfu"] = achieved / (peak * 1e12 * jax.device_count())
+        runs.append(figures)
+    results.update(device=device.device_kind, num_devices=jax.device_count(), jax=runs[0])
+    if len(runs) > 1:
+        results["jax_replicas"] = runs
     print(json.dumps(results, indent=2))
-    print(f"\n{'loop':<10}{'images/s':>12}{'ms/step':>12}")
-    for name in ("jax", "torch"):
-        if name in results:
-            r = results[name]
-            print(f"{name:<10}{r['images_per_s']:>12.1f}{r['step_ms']:>12.1f}")
+    print(f"\n{'loop':<14}{'images/s':>12}{'ms/step':>12}{'MFU':>8}")
+    for r in runs:
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        print(
+            f"{'jax x' + str(r['replicas']):<14}{r['images_per_s']:>12.1f}{r['step_ms']:>12.1f}{mfu:>8}"
+        )
     if "torch" in results:
+        r = results["torch"]
+        print(f"{'torch':<14}{r['images_per_s']:>12.1f}{r['step_ms']:>12.1f}{'-':>8}")
         ratio = results["jax"]["images_per_s"] / results["torch"]["images_per_s"]
         print(f"ratio jax/torch: {ratio:.2f}")
-    if "mfu" in results["jax"]:
-        print(f"MFU (jax): {100 * results['jax']['mfu']:.1f}%")
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(results, f, indent=2)

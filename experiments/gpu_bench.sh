@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Several runs on one GPU: R runs stepped as one program (--replicas, step.jit_replicated_step)
+# against R separate processes sharing the GPU, for the ResNet-18 CIFAR step at batch 256 in
+# bfloat16. Prints one table: images/s summed over the runs, ms per step, MFU.
+#
+#   experiments/gpu_bench.sh OUT_DIR
+#
+# On a lent GPU machine (no network), from the repository root, after
+# ../shared/gpu/prepare-carry.sh here and with .whl carried:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+#     && export PYTHONPATH=/tmp/site:$PWD && experiments/gpu_bench.sh $OUT
+# About 7 minutes on an H100 (each program compiles once). CPU smoke test:
+#   BACKBONE=resnet_tiny BATCH=16 DTYPE=float32 STEPS=2 experiments/gpu_bench.sh /tmp/gpu_bench
+set -euo pipefail
+out=${1:?the output folder}
+mkdir -p "$out"
+common=(
+  --backbone="${BACKBONE:-resnet18}" --batch_size="${BATCH:-256}" --dtype="${DTYPE:-bfloat16}"
+  --steps="${STEPS:-30}" --warmup=3 --peer=false
+)
+
+# Replicas in one program: fine-tuning and CaSSLe at 1, 2 and 4; Kaizen and CCL at 1 and 4.
+replicas() {  # STRATEGY REPLICAS [--set=...]
+  python3 experiments/throughput.py "${common[@]}" --strategy="$1" --replicas="$2" "${@:3}" \
+    --output="$out/replicas_$1.json" > "$out/replicas_$1.log" 2>&1
+}
+replicas finetune "${REPLICAS:-1,2,4}"
+replicas cassle "${REPLICAS:-1,2,4}"
+replicas kaizen "${FEW_REPLICAS:-1,4}" --set=labels.fraction=1.0
+replicas ccl "${FEW_REPLICAS:-1,4}" --set=objective="'mocov2plus'"
+
+# The alternative: N fine-tuning processes sharing the GPU, their timed loops lined up.
+for n in ${PROCESSES:-2 4}; do
+  barrier="$out/barrier_$n"
+  rm -rf "$barrier"
+  for i in $(seq 1 "$n"); do
+    XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $n, 3))") \
+      python3 experiments/throughput.py "${common[@]}" --strategy=finetune \
+      --barrier="$barrier:$n" --output="$out/processes_${n}_$i.json" \
+      > "$out/processes_${n}_$i.log" 2>&1 &
+  done
+  wait
+done
+
+python3 - "$out" <<'EOF'
+import glob, json, os, sys
+
+out = sys.argv[1]
+rows = []
+for path in sorted(glob.glob(os.path.join(out, "replicas_*.json"))):
+    result = json.load(open(path))
+    for r in result.get("jax_replicas", [result["jax"]]):
+        rows.append((result["strategy"], f"{r['replicas']} in one program", r["images_per_s"],
+                     r["step_ms"], r.get("mfu")))
+for n in sorted({int(p.split("_")[-2]) for p in glob.glob(os.path.join(out, "processes_*.json"))}):
+    runs = [json.load(open(p))["jax"] for p in glob.glob(os.path.join(out, f"processes_{n}_*.json"))]
+    rows.append(("finetune", f"{n} processes", sum(r["images_per_s"] for r in runs),
+                 max(r["step_ms"] for r in runs), sum(r.get("mfu") or 0.0 for r in runs) or None))
+device = json.load(open(glob.glob(os.path.join(out, "replicas_*.json"))[0]))["device"]
+print(f"\n{device}\n| strategy | runs | images/s (sum) | ms/step | MFU |\n|---|---|---:|---:|---:|")
+for strategy, runs, images, ms, mfu in rows:
+    print(f"| {strategy} | {runs} | {images:,.0f} | {ms:.1f} | "
+          f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} |")
+EOF
