@@ -152,13 +152,22 @@ def _start(workdir: str, *extra: str) -> subprocess.Popen:
     )
 
 
-def _kill_when(workdir: str, has_checkpoint: int) -> None:
-    """Starts the run and SIGKILLs it once checkpoint ``has_checkpoint`` exists."""
+def _reached(workdir: str, step: int) -> bool:
+    """Whether a checkpoint of ``step`` or later exists (older periodic ones are deleted as the
+    run goes on, and a listing in a bucket can miss one that lived a fraction of a second)."""
+    return any(s >= step for s in _checkpoints(workdir))
+
+
+def _kill_when(workdir: str, has_checkpoint: int) -> bool:
+    """Starts the run and SIGKILLs it once checkpoint ``has_checkpoint`` (or a later one) exists;
+    whether it was still running then."""
     process = _start(workdir)
-    while has_checkpoint not in _checkpoints(workdir) and process.poll() is None:
+    while not _reached(workdir, has_checkpoint) and process.poll() is None:
         time.sleep(0.2)
+    running = process.poll() is None
     process.kill()
     process.wait()
+    return running
 
 
 def _resume(workdir: str) -> subprocess.CompletedProcess:
@@ -190,12 +199,12 @@ def trial_kill(root, reference, steps):
     for step in KILL_AFTER:
         workdir = os.path.join(root, f"kill_{step}")
         shutil.rmtree(workdir, ignore_errors=True)
-        _kill_when(workdir, step)
+        killed = _kill_when(workdir, step)
         resumed = _resume(workdir)
         out.append(
             (
                 f"kill -9 after checkpoint {step}",
-                resumed.returncode == 0 and _same(workdir, reference),
+                killed and resumed.returncode == 0 and _same(workdir, reference),
             )
         )
     return out
@@ -213,7 +222,7 @@ def trial_corrupt(root, reference, steps):
     for damage in ("overwrite", "truncate", "digit", "delete"):
         workdir = os.path.join(root, f"corrupt_{damage}")
         shutil.rmtree(workdir, ignore_errors=True)
-        _kill_when(workdir, kill_at)
+        killed = _kill_when(workdir, kill_at)
         newest = os.path.join(workdir, "checkpoints", str(max(_checkpoints(workdir))))
         if damage == "delete":
             shutil.rmtree(newest)
@@ -234,7 +243,7 @@ def trial_corrupt(root, reference, steps):
                 else:
                     f.truncate(size // 2)
         resumed = _resume(workdir)
-        ok = resumed.returncode == 0 and _same(workdir, reference)
+        ok = killed and resumed.returncode == 0 and _same(workdir, reference)
         done = {
             "overwrite": "overwritten",
             "truncate": "truncated",
@@ -258,7 +267,7 @@ def trial_preempt(root, reference, steps):
         workdir = os.path.join(root, f"preempt_{step}")
         shutil.rmtree(workdir, ignore_errors=True)
         process = _start(workdir)
-        while step not in _checkpoints(workdir) and process.poll() is None:
+        while not _reached(workdir, step) and process.poll() is None:
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         started = time.perf_counter()
@@ -409,9 +418,9 @@ def trial_bucket(root, reference, steps):
     out = []
     with _emulated_bucket() as bucket:
         workdir = f"{bucket}/faults/kill"
-        _kill_when(workdir, 60)
+        killed = _kill_when(workdir, 60)
         resumed = _resume(workdir)
-        ok = resumed.returncode == 0 and _same(workdir, reference)
+        ok = killed and resumed.returncode == 0 and _same(workdir, reference)
         out.append(("bucket workdir: kill -9 after checkpoint 60, then the same command", ok))
 
         workdir = f"{bucket}/faults/two"
@@ -433,7 +442,7 @@ def trial_bucket(root, reference, steps):
 
         workdir = f"{bucket}/faults/preempt"
         process = _start(workdir)
-        while 60 not in _checkpoints(workdir) and process.poll() is None:
+        while not _reached(workdir, 60) and process.poll() is None:
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         started = time.perf_counter()
