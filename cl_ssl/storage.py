@@ -13,9 +13,16 @@ from __future__ import annotations
 import os
 import re
 
+import fsspec.config
 from etils import epath
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+# A run's folder changes under other processes (the other hosts' checkpoints, orbax writing
+# through tensorstore, a run resumed on another machine): gcsfs's cached listings would go stale,
+# so each listing asks the bucket (unless the user's fsspec configuration says otherwise).
+for _protocol in ("gs", "gcs"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(location: str | os.PathLike) -> bool:
