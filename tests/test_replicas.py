@@ -27,13 +27,13 @@ def _close(replica, alone):
 
 
 def test_each_replica_steps_as_its_run_alone():
-    """Replay with MoCoV2+ (a queue in the objective's state, a memory updated in the step and
-    joined to the batch), two replicas of two seeds, two steps."""
+    """Replay with BYOL (a momentum network in the objective's state, a memory updated in the step
+    and joined to the batch), two replicas of two seeds, two steps."""
     config = resolve_config(
         tiny_config(
             strategy="replay",
-            objective="mocov2plus",
-            **{f"mocov2plus.{k}": v for k, v in TINY_HEADS["mocov2plus"].items()},
+            objective="byol",
+            **{f"byol.{k}": v for k, v in TINY_HEADS["byol"].items()},
             **{"replay.batch_size": 8},
         )
     )
