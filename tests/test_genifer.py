@@ -2,14 +2,13 @@
 the features, generator distillation, ADA), and a whole run that resumes inside GAN training."""
 
 import dataclasses
-import signal
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import initial_state, run, shipped_config, tiny_config, train_data
+from helpers import initial_state, shipped_config, tiny_config, train_data
 
 from cl_ssl import parallel, preemption, train
 from cl_ssl import step as step_lib
@@ -329,51 +328,14 @@ def test_run_draws_samples_and_scores_the_classifier_on_the_seen_classes(finishe
     assert R.shape == (3, 2) and not np.isnan(R).any() and R[1, 1] == 0.0
 
 
-def test_a_signal_during_the_gan_saves_its_progress_and_the_task_and_resumes_exactly(
-    finished_run, tmp_path, monkeypatch, capsys
-):
-    """SIGTERM while the GAN trains after task 1 (noticed after its iteration 2): the GAN saves
-    its progress there, the run saves the task's trained state and stops as preempted, and the
-    same command resumes inside the GAN and ends as the uninterrupted run."""
-    config = genifer_config(
-        epochs_per_task=1, **{"optimizer.warmup_epochs": 0}, checkpoint_every_steps=1000
-    )
-    whole, whole_dir = finished_run(config)
-    steps = sorted(int(p.name) for p in (whole_dir / "checkpoints").iterdir())
-    assert steps[0] == 0 and len(steps) == 3  # the start and the two boundaries
-    boundary = steps[1]
-
-    class SignalledDuringTheGan(preemption.Preemption):
-        def reached(self, step):
-            if step == boundary + 2:  # the GAN's iterations continue the run's steps
-                self.signal = signal.SIGTERM
-            return super().reached(step)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(preemption, "Preemption", SignalledDuringTheGan)
-        stopped = run(config, tmp_path)
-    assert stopped["stopped"] and stopped["preempted"] == signal.SIGTERM
-    assert (
-        f"stopped by SIGTERM at step {boundary}: the same command resumes from checkpoint "
-        f"{boundary} in {tmp_path}/checkpoints; the end of task 1 resumes where it stopped (the "
-        "GAN after task 1 saved at iteration 2 of "
-    ) in capsys.readouterr().out
-    assert [p.name for p in (tmp_path / "task_end" / "stage_0").iterdir()] == ["2"]
-    resumed = run(config, tmp_path)
-    assert "resumed the end of task 1 from" in capsys.readouterr().out
-    chex.assert_trees_all_equal(resumed["state"].params, whole["state"].params)
-    for name in whole["matrices"]:
-        np.testing.assert_array_equal(resumed["matrices"][name], whole["matrices"][name])
-
-
 class _Killed(Exception):
     pass
 
 
 def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_path):
     """The GAN's training at a boundary, killed right after its checkpoint at iteration 2 of 4
-    (``task_end/stage_0``, as the run writes it), resumes from it to the same state as a training
-    never killed."""
+    (``task_end/stage_0``, as the run writes it), or stopped by a signal after iteration 3, resumes
+    from its checkpoint to the same state as a training never stopped."""
     config, objective, _, variables, state = initial
     replay = genifer.classifier_feature_replay(config, objective)
     mesh = parallel.make_mesh(1)
@@ -409,6 +371,15 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
     fresh = train.task_end_progress(str(tmp_path / "whole"), 0, mesh)
     whole = replay._train(end(fresh), buffers, variables)
     chex.assert_trees_all_equal(whole, resumed)
+
+    # A signal noticed after iteration 3: the loop saves there and stops; resumed, it ends the same.
+    stopping = train.task_end_progress(
+        str(tmp_path / "stopped"), 0, mesh, stop_requested=lambda iterations: iterations == 3
+    )
+    with pytest.raises(preemption.Stopped, match="saved at iteration 3 of 4"):
+        replay._train(end(stopping), buffers, variables)
+    stopped = train.task_end_progress(str(tmp_path / "stopped"), 0, mesh)
+    chex.assert_trees_all_equal(whole, replay._train(end(stopped), buffers, variables))
 
 
 # ---------------------------------------------------------------------------------------------
