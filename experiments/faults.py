@@ -37,21 +37,22 @@ required).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 from absl import app, flags
 
 from cl_ssl import storage
+
+# The tests' GCS emulator (gcp-storage-emulator with GCS's generation headers and preconditions).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+import gcs_emulator  # noqa: E402
 
 _FAULTS = flags.DEFINE_list(
     "faults",
@@ -371,52 +372,12 @@ def trial_two(root, reference, steps):
     ]
 
 
-# The tests' GCS emulator (gcp-storage-emulator with GCS's generation headers and preconditions)
-# and the variables through which every client reaches it.
-_EMULATOR = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "gcs_emulator.py")
-
-
-@contextlib.contextmanager
-def _emulated_bucket():
-    """``gs://bkt`` on a local GCS emulator, for this process and the runs it starts."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    emulator = subprocess.Popen(
-        [sys.executable, _EMULATOR, "start", "--in-memory", f"--port={port}"]
-        + ["--host=127.0.0.1", "--default-bucket=bkt"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b/bkt", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    os.environ.update(
-        STORAGE_EMULATOR_HOST=url,
-        TENSORSTORE_GCS_HTTP_URL=url,
-        GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator",
-        CLOUD_STORAGE_EMULATOR_ENDPOINT=url,
-        # gcsfs's default file system asks GCS's control API, which is not emulated, for every
-        # bucket's layout, and warns at each failure; the plain one does not ask.
-        GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
-    )
-    try:
-        yield "gs://bkt"
-    finally:
-        emulator.kill()
-        emulator.wait()
-
-
 def trial_bucket(root, reference, steps):
     """The workdir in a bucket (an emulated one): killed and resumed, preempted and resumed, and a
     second process refused by the lock object while a run holds it."""
     del root, steps
     out = []
-    with _emulated_bucket() as bucket:
+    with gcs_emulator.serve() as bucket:
         workdir = f"{bucket}/faults/kill"
         killed = _kill_when(workdir, 60)
         resumed = _resume(workdir)

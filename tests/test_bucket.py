@@ -18,9 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import chex
+import gcs_emulator
 import numpy as np
 import pytest
 import tensorstore as ts
@@ -37,54 +37,11 @@ from cl_ssl.data import sources
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def bucket():
     """``gs://bkt`` on an in-memory GCS emulator that this module starts and stops."""
-    port = _free_port()
-    emulator = subprocess.Popen(
-        [
-            *(sys.executable, str(ROOT / "tests" / "gcs_emulator.py"), "start", "--in-memory"),
-            *("--host=127.0.0.1", f"--port={port}", "--default-bucket=bkt"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b/bkt", timeout=1).close()
-            break
-        except OSError:
-            assert emulator.poll() is None and time.monotonic() < deadline, "no GCS emulator"
-            time.sleep(0.1)
-    variables = {
-        "STORAGE_EMULATOR_HOST": url,
-        "TENSORSTORE_GCS_HTTP_URL": url,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
-        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
-        # gcsfs's default file system first asks GCS's control API (not emulated) for every
-        # bucket's layout, fails and warns, each time; the plain one does not ask.
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-    }
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield "gs://bkt"
-    finally:
-        emulator.kill()
-        emulator.wait()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with gcs_emulator.serve() as uri:
+        yield uri
 
 
 def _upload(folder: pathlib.Path, target: str) -> None:
