@@ -62,3 +62,18 @@ def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path):
         "--config.seed=1",
     ):
         assert part in command
+
+
+def test_launch_without_a_data_dir_leaves_the_configs(tmp_path):
+    (call,) = _run(
+        "launch.sh",
+        "pod",
+        "us-central2-b",
+        "configs/imagenet100.py:cassle",
+        "gs://bucket/runs/in100",
+        "--config.seed=1",
+        tmp_path=tmp_path,
+    )
+    command = call[-1]
+    assert "--workdir=gs://bucket/runs/in100" in command and "--config.seed=1" in command
+    assert "data_dir" not in command
