@@ -664,12 +664,9 @@ def test_evaluate_teacher_scores_the_teacher_once_one_was_reset_from_the_student
 # A whole run
 
 
-def test_run_compiles_twice_fills_memory_and_esq_and_resumes_exactly_mid_task(
-    finished_run, tmp_path
-):
+def test_run_compiles_twice_fills_memory_and_esq(finished_run):
     """Two tasks: the step compiles without, then with, the replay rows; the memory is full, the
-    ESQ holds unit keys; killed after checkpoint 9 (mid task 1, memory and ESQ non-empty) the run
-    resumes to exactly the same end."""
+    ESQ holds unit keys. (Resuming mid-task with memory and ESQ non-empty: the mix run below.)"""
     # Reservoir exemplars here (min_var's selection is the boundary test's): 2 x 10 class slots.
     whole, workdir = finished_run(_config(**RESERVOIR))
     assert whole["traces"] == [1, 1]
@@ -682,18 +679,6 @@ def test_run_compiles_twice_fills_memory_and_esq_and_resumes_exactly_mid_task(
     chex.assert_trees_all_equal(s.buffers["teacher"], target_params(whole["state"].params))
     document = json.loads((workdir / "results.json").read_text())
     assert np.isfinite(np.array(document["matrices"]["knn"][-1], float)).all()
-
-    resumed_dir = tmp_path / "resumed"
-    shutil.copytree(workdir, resumed_dir)
-    # Task 0 has 24 mock images (steps 0-5), task 1 16 (steps 6-9): checkpoints 0 and 6 (the
-    # boundaries), 9 (mid task 1) and 10 (the end), which a kill at step 10 would not have written.
-    assert sorted(int(p.name) for p in (resumed_dir / "checkpoints").iterdir()) == [0, 6, 9, 10]
-    shutil.rmtree(resumed_dir / "checkpoints" / "10")
-    resumed = run(_config(**RESERVOIR), resumed_dir)
-    chex.assert_trees_all_equal(whole["state"].params, resumed["state"].params)
-    chex.assert_trees_all_equal(whole["state"].strategy, resumed["state"].strategy)
-    chex.assert_trees_all_equal(whole["state"].objective_state, resumed["state"].objective_state)
-    np.testing.assert_array_equal(whole["matrices"]["knn"], resumed["matrices"]["knn"])
 
 
 def test_mixed_stage_walks_each_exemplar_once_an_epoch_in_floor_n_plus_m_over_b_steps():

@@ -231,11 +231,15 @@ def test_der_step_adds_its_term_on_the_drawn_slots_outputs():
     )
 
 
-def test_der_resumes_mid_task_to_the_uninterrupted_run(finished_run, tmp_path):
+def test_der_resumes_to_the_uninterrupted_run(finished_run, tmp_path):
+    """Killed mid-task, resumed from the boundary checkpoint with its memory's stored outputs."""
     whole, _ = finished_run(_der_config())
     assert whole["traces"] == [1]  # side rows from the first step: one compiled step
     assert_resumes_exactly(
-        lambda **overrides: _der_config(**overrides), whole, tmp_path / "resumed"
+        lambda **overrides: _der_config(**overrides),
+        whole,
+        tmp_path / "resumed",
+        mid_task_kill=False,
     )
 
 
