@@ -64,6 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
     """CIFAR-100, 5 class-incremental tasks, CaSSLe's settings; SimCLR unless --config.objective."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # seeds: several seeds of this config trained in one program (a leading replica axis on the
+    # state; e.g. --config.seeds=0,1,2), each in <workdir>/seed_<s>/ with the results of the run
+    # with --config.seed=<s>; () trains the one run of ``seed``.
+    c.seeds = ()
 
     # image_size: the side at which images are stored (required for data sets of varying image
     # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains:

@@ -157,12 +157,16 @@ def main(argv):
             jax.distributed.shutdown()
         _exit(128 + result["preempted"], "")
     if jax.process_index() == 0 and not result["stopped"]:
-        for name, matrix in result["matrices"].items():
-            print(report.format_matrix(np.asarray(matrix), title=f"{name} accuracy (%)"))
-            for metric, value in result["summaries"].get(name, {}).items():
-                if isinstance(value, float):
-                    print(f"  {metric}: {value:.2f}")
-        print(f"results: {_WORKDIR.value}/results.md")
+        runs = result.get("replicas", [{**result, "seed": None, "workdir": _WORKDIR.value}])
+        for run in runs:
+            seed = "" if run["seed"] is None else f", seed {run['seed']}"
+            for name, matrix in run["matrices"].items():
+                title = f"{name} accuracy (%){seed}"
+                print(report.format_matrix(np.asarray(matrix), title=title))
+                for metric, value in run["summaries"].get(name, {}).items():
+                    if isinstance(value, float):
+                        print(f"  {metric}: {value:.2f}")
+            print(f"results: {run['workdir']}/results.md")
 
 
 if __name__ == "__main__":

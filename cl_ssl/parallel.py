@@ -48,6 +48,20 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def replica_batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of per-replica batches [R, B, ...]: every replica's B axis split over ``data``
+    (``step.jit_replicated_step``)."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def global_replica_batch(mesh: jax.sharding.Mesh, batches: np.ndarray) -> jax.Array:
+    """``global_batch`` of R replicas' batches [R, B, ...], identical on every process: a global
+    array sharded by ``replica_batch_sharded``."""
+    return jax.make_array_from_callback(
+        batches.shape, replica_batch_sharded(mesh), lambda index: batches[index]
+    )
+
+
 def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
     """Places a host array that every process holds whole as a batch-sharded global array.
 

@@ -98,8 +98,13 @@ def visible_labels(
     return visible
 
 
-def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
-    """Validates ``config``, loads the data and cuts the stages; ValueError says what to change.
+def plan(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    splits: tuple[sources.ArraySplit, sources.ArraySplit] | None = None,
+) -> Plan:
+    """Validates ``config``, loads the data (unless ``splits`` gives the train and test splits
+    already read) and cuts the stages; ValueError says what to change.
 
     ``Plan.config`` is the resolved config: fields left unset hold the objective's recipe.
     """
@@ -145,8 +150,12 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
         streaming=d.streaming,
         read_threads=d.read_threads,
     )
-    train = sources.load_split(d.name, "train", **read)
-    test = sources.load_split(d.name, "test", **read)
+    if splits is None:
+        splits = (
+            sources.load_split(d.name, "train", **read),
+            sources.load_split(d.name, "test", **read),
+        )
+    train, test = splits
     scenario = scenarios.make_scenario(
         config.scenario,
         train.labels,
@@ -212,6 +221,74 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Plan:
             config, train.num_classes, output_widths(objective)["features"]
         ),
     )
+
+
+def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> list[Plan]:
+    """The plans of the replicas of a run with ``config.seeds`` (R seeds trained in one program,
+    ``step.jit_replicated_step``): replica r's is the plan of the run with ``seed=seeds[r]`` and
+    no ``seeds``, its class order, visible labels, data orders and keys its seed's. The data are
+    read once.
+
+    ValueError, before anything compiles, for what replicas cannot share: the images are on the
+    devices (one copy for every replica), the stages have the same number of steps (one schedule
+    and one compiled step), the strategy adds no examples to its stages (their number is each
+    seed's own) and draws no replay rows from a loader ordered by the seed, and W&B is off (it
+    logs one run per process).
+    """
+    seeds = tuple(config.seeds)
+    if not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds={seeds!r}; list non-negative integers, e.g. --config.seeds=0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={seeds} names a seed twice; list each seed once")
+    d = config.dataset
+    if not d.on_device:
+        raise ValueError(
+            "seeds: replicas share the training images on the devices; set "
+            "dataset.on_device=True (and dataset.streaming=False), or run the seeds separately "
+            "with --config.seed"
+        )
+    if config.wandb.project:
+        raise ValueError(
+            "seeds: Weights & Biases logs one run per process; set wandb.project='' (each "
+            "replica writes TensorBoard events in its seed_<s>/tb) or run the seeds separately"
+        )
+    plans = []
+    for seed in seeds:
+        replica = config.copy_and_resolve_references()
+        replica.seed, replica.seeds = seed, ()
+        plans.append(plan(replica, mesh, (plans[0].train, plans[0].test) if plans else None))
+    first = plans[0]
+    strategy = first.strategy
+    if strategy.stage_examples is not None:
+        raise ValueError(
+            f"seeds: strategy {strategy.name!r} adds exemplars to each task's data at its start, "
+            "as many as each seed's task ends store, so the replicas' stages differ in length; "
+            "run the seeds separately with --config.seed"
+        )
+    section = {"kaizen": "kaizen.replay", "ccl": "ccl.replay"}.get(strategy.name, "replay")
+    if strategy.extend_batch is not None and _get(config, section, "sampling") == "loader":
+        raise ValueError(
+            f"seeds: {section}.sampling='loader' orders the replayed rows by the run's seed "
+            f"inside the compiled step, which the replicas share; set {section}.sampling="
+            "'uniform', or run the seeds separately with --config.seed"
+        )
+    for seed, other in zip(seeds[1:], plans[1:], strict=True):
+        if [s.num_steps for s in other.stages] != [s.num_steps for s in first.stages]:
+            raise ValueError(
+                f"seeds: seed {seed}'s tasks train {[s.num_steps for s in other.stages]} steps, "
+                f"seed {seeds[0]}'s {[s.num_steps for s in first.stages]} (its class order gives "
+                "tasks of other sizes); set a class_order that does not depend on the seed, or "
+                "run the seeds separately with --config.seed"
+            )
+    return plans
+
+
+def _get(config: ml_collections.ConfigDict, section: str, field: str):
+    """``config.<section>.<field>``, None where the section does not exist."""
+    node = config
+    for part in section.split("."):
+        node = node.get(part) if node is not None else None
+    return None if node is None else node.get(field)
 
 
 def check_phases(

@@ -51,6 +51,12 @@ def reevaluate(
     (``ccl.evaluate_teacher``), which restarts from the student at every boundary, hence
     refused."""
     stored = json.loads((storage.path(workdir) / "config.json").read_text())
+    if stored.get("seeds"):
+        raise ValueError(
+            f"{workdir} holds the replicas of seeds {tuple(stored['seeds'])} trained in one "
+            "program (--config.seeds), whose checkpoints re-evaluation cannot read; re-evaluate "
+            "runs trained one seed at a time"
+        )
     given = json.loads(resolve_config(config).to_json())  # config.json holds the resolved one
     changed = [f for f in config_lib.differing_fields(stored, given) if not f.startswith("eval.")]
     if changed:

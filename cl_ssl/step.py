@@ -26,7 +26,7 @@ from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import online as online_lib
 from cl_ssl.evaluation.online import OnlineProbe
 from cl_ssl.objectives import Objective
-from cl_ssl.parallel import DATA_AXIS, batch_sharded, replicated
+from cl_ssl.parallel import batch_sharded, replica_batch_sharded, replicated
 from cl_ssl.state import ContinualState, trainable
 from cl_ssl.strategies import BufferInputs, LossInputs, Phase, RowInputs, Strategy
 
@@ -512,20 +512,34 @@ def jit_step(
     )
 
 
-def jit_replicated_step(step_fn: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
+def jit_replicated_step(
+    step_fn: StepFn, mesh: jax.sharding.Mesh, *, online: bool = False
+) -> StepFn:
     """Jits ``step_fn`` for R runs at once (replicas: the same config with R seeds), state
     donated: ``jax.vmap`` over a leading replica axis of the state ([R, ...] every leaf, each
-    replica's own parameters, buffers and key) and of the ids ([R, B], each replica's own batch,
-    its B axis sharded over ``data``), with the data set (on the devices) and the step's scalars
-    shared. Replica r computes what ``step_fn`` computes for its state and ids alone, up to the
-    order of float32 sums; R small steps become one program of R-fold work, for accelerators that
-    one small step leaves idle. Metrics come back [R]."""
+    replica's own parameters, buffers and key), of the ids ([R, B], each replica's own batch,
+    its B axis sharded over ``data``) and of the data's ``labels`` and ``tasks`` ([R, N], each
+    seed's visible labels and class order; with ``online``, ``probe_ids`` [R, B] too), with the
+    images (the whole split on the devices), ``classes`` and the step's scalars shared. Replica r
+    computes what ``step_fn`` computes for its state and ids alone, up to the order of float32
+    sums; R small steps become one program of R-fold work, for accelerators that one small step
+    leaves idle. Metrics come back [R]."""
     rep = replicated(mesh)
-    data = TrainData(images=rep, labels=rep, classes=rep, tasks=rep, on_device=True)
-    ids = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, DATA_AXIS))
+    per_replica = replica_batch_sharded(mesh)
+    data = TrainData(
+        images=rep,
+        labels=rep,
+        classes=rep,
+        tasks=rep,
+        probe_ids=per_replica if online else None,
+        on_device=True,
+    )
+    data_axes = TrainData(
+        images=None, labels=0, classes=None, tasks=0, probe_ids=0 if online else None
+    )
     return jax.jit(
-        jax.vmap(step_fn, in_axes=(0, None, 0, None)),
-        in_shardings=(rep, data, ids, rep),
+        jax.vmap(step_fn, in_axes=(0, data_axes, 0, None)),
+        in_shardings=(rep, data, per_replica, rep),
         out_shardings=(rep, rep),
         donate_argnums=0,
     )

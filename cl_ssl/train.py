@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import signal
 import time
@@ -10,10 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from etils import epath
 
 from cl_ssl import checkpoint, parallel, storage
 from cl_ssl import preemption as preemption_lib
@@ -25,6 +28,7 @@ from cl_ssl.data import host_crop
 from cl_ssl.data.batch import TrainData
 from cl_ssl.evaluation import evaluate, report
 from cl_ssl.evaluation import online as online_lib
+from cl_ssl.objectives import resolve_config
 from cl_ssl.planning import (
     BOUNDARY_STEPS,
     Plan,
@@ -32,23 +36,40 @@ from cl_ssl.planning import (
     boundary_steps,
     epoch_order,
     plan,
+    replica_plans,
     with_examples,
 )
 from cl_ssl.strategies import PhaseStart, TaskEnd
 from cl_ssl.strategies.base import Progress
 
 
-def _check_finite(step: int, step_metrics: dict, stage_id: int, ckpt: checkpoint.Checkpointer):
+def _check_finite(
+    step: int,
+    step_metrics: dict,
+    stage_id: int,
+    ckpt: checkpoint.Checkpointer,
+    seeds: list[int] | None = None,
+):
     """FloatingPointError unless a step's loss and gradient norm (hence its updated parameters)
-    are finite; the message names the last checkpoint and what to change."""
-    values = {k: float(v) for k, v in step_metrics.items()}
-    if np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]):
-        return
-    raise FloatingPointError(
-        f"non-finite loss or gradient (loss {values['loss']}, gradient norm "
-        f"{values['grad_norm']}) at step {step} (task {stage_id + 1}; metrics {values}); "
-        f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. {_DIVERGED}"
-    )
+    are finite; the message names the last checkpoint and what to change. With ``seeds``, the
+    metrics are the replicas' ([R] each) and the message names the first replica that failed."""
+    for r, seed in enumerate(seeds or [None]):
+        values = {k: float(v if seed is None else v[r]) for k, v in step_metrics.items()}
+        if np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]):
+            continue
+        replica = "" if seed is None else f" of the replica of seed {seed}"
+        raise FloatingPointError(
+            f"non-finite loss or gradient{replica} (loss {values['loss']}, gradient norm "
+            f"{values['grad_norm']}) at step {step} (task {stage_id + 1}; metrics {values}); "
+            f"the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. "
+            f"{_DIVERGED}"
+        )
+
+
+def _counter(x: jax.Array) -> int:
+    """A counter of the state (step, task, task_step): a scalar, or [R] equal entries for
+    replicas, which step together."""
+    return int(np.asarray(x).flat[0])
 
 
 _DIVERGED = (
@@ -69,20 +90,38 @@ def run(
     signal did (``cl_ssl.preemption``), else None}. Writes config.json, checkpoints/, results.json,
     results.md, plots/ and TensorBoard events (tb/) to ``workdir``, which the run holds for
     itself (``workdir.workdir_lock``).
+
+    With ``config.seeds`` (R seeds), the R runs train as replicas in one program: 'state' carries
+    a leading replica axis, and 'replicas' lists per seed {'seed', 'workdir', 'matrices',
+    'summaries'} in place of 'matrices' and 'summaries'. ``workdir`` holds the config and the
+    checkpoints of all of them, and ``workdir/seed_<s>/`` the config, results files, plots and
+    TensorBoard events of seed s, those of the run with ``--config.seed=<s>``.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(workdir_lib.workdir_lock(workdir))
-        p = plan(config, mesh or parallel.make_mesh())
-        workdir_lib.check_config(workdir, p.config)
-        writer = None
-        if jax.process_index() == 0:
-            writer = report.ScalarWriter(
-                str(storage.path(workdir) / "tb"), wandb_init=results_lib.wandb_init(p, workdir)
-            )
-            stack.callback(writer.close)
-        ckpt = stack.enter_context(contextlib.closing(checkpointer(p, workdir)))
+        mesh = mesh or parallel.make_mesh()
+        if config.seeds:
+            plans = replica_plans(config, mesh)
+            workdir_lib.check_config(workdir, resolve_config(config))
+            folders = [str(storage.path(workdir) / f"seed_{q.config.seed}") for q in plans]
+            for q, folder in zip(plans, folders, strict=True):
+                workdir_lib.check_config(folder, q.config)  # each seed's own config.json
+        else:
+            plans, folders = [plan(config, mesh)], [workdir]
+            workdir_lib.check_config(workdir, plans[0].config)
+        writers = []
+        for q, folder in zip(plans, folders, strict=True):
+            writer = None
+            if jax.process_index() == 0:
+                writer = report.ScalarWriter(
+                    str(storage.path(folder) / "tb"), wandb_init=results_lib.wandb_init(q, folder)
+                )
+                stack.callback(writer.close)
+            writers.append(writer)
+        ckpt = stack.enter_context(contextlib.closing(checkpointer(plans[0], workdir)))
         preemption = stack.enter_context(preemption_lib.Preemption())
-        return Run(p, workdir, ckpt, writer, preemption).run()
+        replicas = list(zip(plans, folders, writers, strict=True)) if config.seeds else None
+        return Run(plans[0], workdir, ckpt, writers[0], preemption, replicas).run()
 
 
 def checkpointer(p: Plan, workdir: str) -> checkpoint.Checkpointer:
@@ -136,10 +175,31 @@ def task_end_progress(
     return Progress(save=save, restore=restore, stop_requested=stop_requested)
 
 
+@dataclasses.dataclass
+class Replica:
+    """What one seed of a run owns: its plan (class order, visible labels and stages follow from
+    the seed), keys, results (its files in ``workdir``), evaluator and TensorBoard writer."""
+
+    p: Plan
+    workdir: epath.Path
+    keys: state_lib.RunKeys
+    results: results_lib.RunResults
+    evaluator: evaluate.Evaluator
+    writer: report.ScalarWriter | None
+
+    @property
+    def seed(self) -> int:
+        return int(self.p.config.seed)
+
+
 class Run:
     """One run's training loop: start or resume, then each stage's steps and its end.
 
-    ``rescore.reevaluate`` builds one to score saved checkpoints without training.
+    With ``replicas`` ((plan, workdir, writer) per seed of ``config.seeds``), the state carries a
+    leading replica axis, every step trains all of them (``step.jit_replicated_step``), and the
+    host-side work (evaluation, the strategies' task ends and phase starts) runs for each replica
+    on its slice of the state. ``rescore.reevaluate`` builds one to score saved checkpoints
+    without training.
     """
 
     def __init__(
@@ -149,35 +209,24 @@ class Run:
         ckpt: checkpoint.Checkpointer,
         writer: report.ScalarWriter | None,
         preemption: preemption_lib.Preemption | None = None,
+        replicas: list[tuple[Plan, str, report.ScalarWriter | None]] | None = None,
     ):
-        self.p, self.ckpt, self.writer = p, ckpt, writer
+        self.p, self.ckpt = p, ckpt
         # Without one (rescoring saved checkpoints), no signal stops the loop early.
         self.preemption = preemption or preemption_lib.Preemption()
         self.workdir = storage.path(workdir)
         self.config, self.mesh = p.config, p.mesh
         self.tx = step_lib.make_tx(p.config, p.objective, p.strategy, p.online)
-        self.keys = state_lib.run_keys(p.config.seed)
-        self.results = results_lib.RunResults(p, workdir, writer)
-        self.evaluator = evaluate.Evaluator(
-            p.objective.model,
-            p.train,
-            p.test,
-            p.scenario,
-            p.config,
-            p.mesh,
-            key=self.keys.eval,
-            stage_indices=[stage.indices for stage in p.stages],
-            classify=p.strategy.classify,
-            online=p.online,
-            progress=p.config.progress_bar and jax.process_index() == 0,
-        )
+        self.stacked = replicas is not None
+        self.replicas = [self._replica(*r) for r in (replicas or [(p, workdir, writer)])]
         on_device = p.config.dataset.on_device
         rep = parallel.replicated(p.mesh)
+        per_replica = np.stack if self.stacked else lambda arrays: arrays[0]
         self.data = TrainData(
             images=parallel.put_replicated(p.mesh, p.train.images) if on_device else None,
-            labels=jax.device_put(p.labels, rep),
+            labels=jax.device_put(per_replica([r.p.labels for r in self.replicas]), rep),
             classes=jax.device_put(p.train.labels.astype(np.int32), rep),
-            tasks=jax.device_put(p.example_tasks, rep),
+            tasks=jax.device_put(per_replica([r.p.example_tasks for r in self.replicas]), rep),
             on_device=on_device,
         )
         # (extend_batch, phase index) -> jitted step, built when a stage first needs it
@@ -185,9 +234,45 @@ class Run:
         self._boundaries = []  # the global steps of the task boundaries reached so far
         self._clock = time.perf_counter()  # since the last charge of training time
 
+    def _replica(self, p: Plan, workdir: str, writer: report.ScalarWriter | None) -> Replica:
+        keys = state_lib.run_keys(p.config.seed)
+        evaluator = evaluate.Evaluator(
+            p.objective.model,
+            p.train,
+            p.test,
+            p.scenario,
+            p.config,
+            p.mesh,
+            key=keys.eval,
+            stage_indices=[stage.indices for stage in p.stages],
+            classify=p.strategy.classify,
+            online=p.online,
+            progress=p.config.progress_bar and jax.process_index() == 0,
+        )
+        results = results_lib.RunResults(p, workdir, writer)
+        return Replica(p, storage.path(workdir), keys, results, evaluator, writer)
+
+    @property
+    def results(self) -> results_lib.RunResults:
+        """The results of a run without replicas."""
+        (replica,) = self.replicas
+        return replica.results
+
+    def split(self, state: state_lib.ContinualState) -> list[state_lib.ContinualState]:
+        """Each replica's state: the slices of the replica axis (the state itself without one)."""
+        if not self.stacked:
+            return [state]
+        return [jax.tree.map(lambda x, r=r: x[r], state) for r in range(len(self.replicas))]
+
+    def join(self, states: list[state_lib.ContinualState]) -> state_lib.ContinualState:
+        """The replicas' states stacked along a leading axis (``split``'s inverse), replicated
+        over the mesh."""
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
+        return jax.device_put(state, parallel.replicated(self.mesh))
+
     def run(self) -> dict[str, Any]:
         state = self.start_or_resume()
-        for stage_id in range(int(state.task), len(self.p.stages)):
+        for stage_id in range(_counter(state.task), len(self.p.stages)):
             state, stopped = self.train_stage(stage_id, state)
             if stopped:
                 return self._result(state, stopped=True)
@@ -196,15 +281,15 @@ class Run:
             except preemption_lib.Stopped as stopped:
                 # The stage's trained state, so that the same command goes straight back to the
                 # end-of-task work, which resumes from its own saved progress.
-                self._save(int(state.step), state)
+                self._save(_counter(state.step), state)
                 self._report_preemption(
-                    int(state.step),
+                    _counter(state.step),
                     f"; the end of task {stage_id + 1} resumes where it stopped ({stopped})",
                 )
                 return self._result(state, stopped=True)
             if self.preemption.signal is not None and stage_id + 1 < len(self.p.stages):
                 # A signal during the end-of-task work, or agreed at the stage's last step.
-                self._report_preemption(int(state.step))
+                self._report_preemption(_counter(state.step))
                 return self._result(state, stopped=True)
         return self._result(state, stopped=False)
 
@@ -217,24 +302,41 @@ class Run:
             )
 
     def _result(self, state: state_lib.ContinualState, *, stopped: bool) -> dict[str, Any]:
-        return {
-            "matrices": self.results.matrices,
-            "summaries": self.results.summaries(),
+        outcome = {
             "state": state,
             "stopped": stopped,
             "preempted": self.preemption.signal if stopped else None,
         }
+        if not self.stacked:
+            return {
+                **outcome,
+                "matrices": self.results.matrices,
+                "summaries": self.results.summaries(),
+            }
+        replicas = [
+            {
+                "seed": r.seed,
+                "workdir": str(r.workdir),
+                "matrices": r.results.matrices,
+                "summaries": r.results.summaries(),
+            }
+            for r in self.replicas
+        ]
+        return {**outcome, "replicas": replicas}
 
     def initial_state(self) -> state_lib.ContinualState:
-        p = self.p
-        return state_lib.initial_state(
-            objective=p.objective,
-            strategy=p.strategy,
-            tx=self.tx,
-            seed=p.config.seed,
-            train=p.train,
-            online=p.online,
-        )
+        states = [
+            state_lib.initial_state(
+                objective=r.p.objective,
+                strategy=r.p.strategy,
+                tx=self.tx,
+                seed=r.seed,
+                train=r.p.train,
+                online=r.p.online,
+            )
+            for r in self.replicas
+        ]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
 
     def start_or_resume(self) -> state_lib.ContinualState:
         """The newest checkpoint's state, or a fresh one evaluated as row 0 and saved as step 0."""
@@ -245,21 +347,27 @@ class Run:
         if restored is None:
             state = jax.jit(self.initial_state, out_shardings=rep)()
             self._report_buffers(state)
-            self.results.record(0, self.evaluate(state, 0), step=0)
+            for replica, replica_state in zip(self.replicas, self.split(state), strict=True):
+                rows = self.evaluate(replica_state, 0, replica)
+                replica.results.record(0, rows, step=0)
             self._save(0, state, boundary=True)
             return state
         _, state, meta = restored
-        self.results.load_checkpoint_meta(meta)
+        for replica, replica_meta in zip(
+            self.replicas, meta["replicas"] if self.stacked else [meta], strict=True
+        ):
+            replica.results.load_checkpoint_meta(replica_meta)
         for step in meta.get(BOUNDARY_STEPS, []):  # older checkpoints have none
             self._keep_boundary(step)
         self._report_buffers(state)
         if jax.process_index() == 0:
+            task = _counter(state.task)
             where = (
                 "the run is complete"
-                if int(state.task) >= len(self.p.stages)
-                else f"task {int(state.task) + 1}, step {int(state.task_step)} of the task"
+                if task >= len(self.p.stages)
+                else f"task {task + 1}, step {_counter(state.task_step)} of the task"
             )
-            print(f"resumed from {self.ckpt.directory} at step {int(state.step)} ({where})")
+            print(f"resumed from {self.ckpt.directory} at step {_counter(state.step)} ({where})")
         return state
 
     def _keep_boundary(self, step: int) -> None:
@@ -268,44 +376,59 @@ class Run:
             self.ckpt.keep_step(step)
 
     def _save(self, step: int, state: state_lib.ContinualState, *, boundary: bool = False) -> None:
-        """Checkpoints ``state`` with the results so far and the task boundaries' steps (kept
-        whatever their age when ``boundary``); a non-finite state is never saved."""
+        """Checkpoints ``state`` with the results so far (each replica's under 'replicas') and the
+        task boundaries' steps (kept whatever their age when ``boundary``); a non-finite state
+        is never saved."""
         if boundary:
             self._keep_boundary(step)
-        meta = {**self.results.checkpoint_meta(), BOUNDARY_STEPS: list(self._boundaries)}
+        results = [r.results.checkpoint_meta() for r in self.replicas]
+        meta = {"replicas": results} if self.stacked else results[0]
+        meta = {**meta, BOUNDARY_STEPS: list(self._boundaries)}
         try:
             self.ckpt.save(step, state, meta)
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
 
-    def evaluate(self, state: state_lib.ContinualState, row: int) -> dict[str, np.ndarray]:
-        """Row ``row`` of every accuracy matrix (0: the random network; s: after stage s)."""
+    def evaluate(
+        self, state: state_lib.ContinualState, row: int, replica: Replica | None = None
+    ) -> dict[str, np.ndarray]:
+        """Row ``row`` of every accuracy matrix (0: the random network; s: after stage s) of
+        ``replica`` (the run's one without replicas) from its ``state`` (no replica axis)."""
+        replica = replica or self.replicas[0]
         tic = time.perf_counter()
         if jax.process_index() == 0:
             what = "the random network" if row == 0 else f"stage {row}"
-            print(f"evaluating {what}: {', '.join(self.results.matrices)}", flush=True)
+            seed = f" (seed {replica.seed})" if self.stacked else ""
+            names = ", ".join(replica.results.matrices)
+            print(f"evaluating {what}{seed}: {names}", flush=True)
         params, batch_stats = state.params, state.batch_stats
+        strategy = replica.p.strategy
         network = self.config.eval.get("network", "")  # the config.json of older runs lacks it
         if network:
-            params, batch_stats = self.p.strategy.networks[network](state)
-        elif self.p.strategy.evaluated is not None:
-            params, batch_stats = self.p.strategy.evaluated(state)
-        rows = self.evaluator(params, batch_stats, state.strategy, state.online_probe, stage=row)
-        self.results.wall_seconds["evaluation"] += time.perf_counter() - tic
+            params, batch_stats = strategy.networks[network](state)
+        elif strategy.evaluated is not None:
+            params, batch_stats = strategy.evaluated(state)
+        rows = replica.evaluator(params, batch_stats, state.strategy, state.online_probe, stage=row)
+        replica.results.wall_seconds["evaluation"] += time.perf_counter() - tic
         return rows
 
     def _charge_training(self) -> None:
-        """Adds the time since the last charge to the run's training time."""
+        """Adds the time since the last charge to the run's training time (each replica's share
+        of it, with replicas)."""
         now = time.perf_counter()
-        self.results.wall_seconds["training"] += now - self._clock
+        for replica in self.replicas:
+            replica.results.wall_seconds["training"] += (now - self._clock) / len(self.replicas)
         self._clock = now
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
         size = sum(x.nbytes for x in jax.tree.leaves(state.strategy.buffers))
-        self.results.buffer_bytes = size
+        size //= len(self.replicas)
+        for replica in self.replicas:
+            replica.results.buffer_bytes = size
         if size and jax.process_index() == 0:
-            print(f"strategy {self.p.strategy.name}: buffers of {size / 2**20:.2f} MiB")
+            each = " per replica" if self.stacked else ""
+            print(f"strategy {self.p.strategy.name}: buffers of {size / 2**20:.2f} MiB{each}")
 
     def _step(self, stage_id: int, phase: int = 0):
         extend = self.p.strategy.extends_batch(stage_id)
@@ -320,13 +443,17 @@ class Run:
                 phase=phase,
                 with_objective=p.stages[stage_id].phases[phase].objective,
             )
-            self._steps[extend, phase] = step_lib.jit_step(
-                fn,
-                self.mesh,
-                on_device=self.data.on_device,
-                online=p.online is not None,
-                host_crop=p.config.dataset.host_crop,
-            )
+            if self.stacked:
+                jitted = step_lib.jit_replicated_step(fn, self.mesh, online=p.online is not None)
+            else:
+                jitted = step_lib.jit_step(
+                    fn,
+                    self.mesh,
+                    on_device=self.data.on_device,
+                    online=p.online is not None,
+                    host_crop=p.config.dataset.host_crop,
+                )
+            self._steps[extend, phase] = jitted
         return self._steps[extend, phase]
 
     def start_phase(
@@ -334,25 +461,44 @@ class Run:
     ) -> state_lib.ContinualState:
         """The state at the start of phase ``phase`` >= 1 of the stage: the strategy's
         ``start_phase`` (when it has one) and, under ``optimizer.reset_each_task``, a fresh
-        optimizer state."""
-        strategy = self.p.strategy
-        if strategy.start_phase is not None:
-            params, batch_stats, strategy_state = strategy.start_phase(
-                PhaseStart(state=state, stage=stage_id, phase=phase, key=self.keys.strategy)
-            )
-            state = state.replace(params=params, batch_stats=batch_stats, strategy=strategy_state)
-        if self.config.optimizer.reset_each_task:
-            state = state.replace(opt_state=self.tx.init(state_lib.trainable(state)))
-        return jax.device_put(state, parallel.replicated(self.mesh))
+        optimizer state; for each replica."""
+        states = []
+        for replica, replica_state in zip(self.replicas, self.split(state), strict=True):
+            strategy = replica.p.strategy
+            if strategy.start_phase is not None:
+                params, batch_stats, strategy_state = strategy.start_phase(
+                    PhaseStart(
+                        state=replica_state, stage=stage_id, phase=phase, key=replica.keys.strategy
+                    )
+                )
+                replica_state = replica_state.replace(
+                    params=params, batch_stats=batch_stats, strategy=strategy_state
+                )
+            if self.config.optimizer.reset_each_task:
+                opt_state = self.tx.init(state_lib.trainable(replica_state))
+                replica_state = replica_state.replace(opt_state=opt_state)
+            states.append(replica_state)
+        return self.join(states)
 
     def stage(self, stage_id: int, state: state_lib.ContinualState) -> Stage:
         """Stage ``stage_id`` as it trains from ``state`` (its start, or a checkpoint inside it):
-        the plan's, with the examples the strategy adds from its state (``stage_examples``)."""
+        the plan's, with the examples the strategy adds from its state (``stage_examples``; a run
+        with replicas has none, ``planning.replica_plans``)."""
         stage = self.p.stages[stage_id]
         if self.p.strategy.stage_examples is None:
             return stage
         examples = self.p.strategy.stage_examples(state.strategy, stage_id)
         return with_examples(stage, examples, self.config.batch_size)
+
+    def _batch_ids(self, orders: list[np.ndarray], position: int) -> tuple[np.ndarray, jax.Array]:
+        """The step's example ids of each replica's epoch order at ``position``: the host array
+        ([B], or [R, B] with replicas) and its global array, sharded over ``data``."""
+        b = self.config.batch_size
+        if not self.stacked:
+            batch = orders[0][position * b : (position + 1) * b]
+            return batch, parallel.global_batch(self.mesh, batch)
+        batches = np.stack([order[position * b : (position + 1) * b] for order in orders])
+        return batches, parallel.global_replica_batch(self.mesh, batches)
 
     def train_stage(
         self, stage_id: int, state: state_lib.ContinualState
@@ -362,6 +508,9 @@ class Run:
         stage's last step, the run stops after the boundary checkpoint instead)."""
         config, mesh, p = self.config, self.mesh, self.p
         stage = self.stage(stage_id, state)
+        # Each replica's examples (its seed's class order); the same number of steps for all.
+        stages = [stage] if not self.stacked else [r.p.stages[stage_id] for r in self.replicas]
+        seeds = [r.seed for r in self.replicas]
         starts = stage.phase_starts()
         # The whole stage's schedules at once, so the loop never waits on the device for one.
         hyper = step_lib.stage_hyper(
@@ -375,10 +524,11 @@ class Run:
             phases=stage.phases,
         )
         # The online probe's labelled examples during this stage: the row it is scored in.
-        probe_pool = (
-            self.evaluator.probe_pool(stage_id + 1, config.eval.online_data) if p.online else None
-        )
-        first, global_step = int(state.task_step), int(state.step)
+        probe_pools = [
+            r.evaluator.probe_pool(stage_id + 1, config.eval.online_data) if p.online else None
+            for r in self.replicas
+        ]
+        first, global_step = _counter(state.task_step), _counter(state.step)
         self._clock = time.perf_counter()
         bar = tqdm.tqdm(
             total=stage.num_steps,
@@ -389,9 +539,12 @@ class Run:
             disable=not (config.progress_bar and jax.process_index() == 0),
         )
         pending = None  # (global step, metrics) of the previous step, checked while the next runs
-        order, probe_order, order_epoch = None, None, -1
+        orders, probe_orders, order_epoch = None, None, -1
         tic, tic_step = time.perf_counter(), first
         b, views = config.batch_size, p.objective.views
+        check = functools.partial(
+            _check_finite, stage_id=stage_id, ckpt=self.ckpt, seeds=seeds if self.stacked else None
+        )
         # The phase of the step before ``first``: a run resumed from the checkpoint saved at a
         # phase's first step has yet to start that phase.
         phase = max(int(np.searchsorted(starts, first)) - 1, 0)
@@ -404,12 +557,17 @@ class Run:
                 train_step = self._step(stage_id, phase)
             epoch, position = divmod(task_step, stage.steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(config.seed, stage_id, epoch, stage.indices), epoch
+                orders = [
+                    epoch_order(seed, stage_id, epoch, s.indices)
+                    for seed, s in zip(seeds, stages, strict=True)
+                ]
+                order_epoch = epoch
                 if p.online:
-                    probe_order = online_lib.epoch_ids(
-                        config.seed, stage_id, epoch, probe_pool, stage.steps_per_epoch * b
-                    )
-            batch = order[position * b : (position + 1) * b]
+                    probe_orders = [
+                        online_lib.epoch_ids(seed, stage_id, epoch, pool, stage.steps_per_epoch * b)
+                        for seed, pool in zip(seeds, probe_pools, strict=True)
+                    ]
+            batch, ids = self._batch_ids(orders, position)
             hyper_now = parallel.put_replicated(mesh, {k: v[task_step] for k, v in hyper.items()})
             data = self.data
             if config.dataset.host_crop:  # read while the device runs the previous step
@@ -424,18 +582,16 @@ class Run:
             elif not data.on_device:
                 data = data.replace(images=parallel.gather_batch(mesh, p.train.images, batch))
             if p.online:
-                probe = probe_order[position * b : (position + 1) * b]
-                data = data.replace(probe_ids=parallel.global_batch(mesh, probe))
+                probe, probe_ids = self._batch_ids(probe_orders, position)
+                data = data.replace(probe_ids=probe_ids)
                 if not data.on_device:
                     data = data.replace(
                         probe_images=parallel.gather_batch(mesh, p.train.images, probe)
                     )
-            state, step_metrics = train_step(
-                state, data, parallel.global_batch(mesh, batch), hyper_now
-            )
+            state, step_metrics = train_step(state, data, ids, hyper_now)
             global_step += 1
             if pending is not None:
-                _check_finite(*pending, stage_id, self.ckpt)
+                check(*pending)
                 if pending[0] % config.log_every_steps == 0:
                     rate = (task_step - tic_step) * config.batch_size / (time.perf_counter() - tic)
                     tic, tic_step = time.perf_counter(), task_step
@@ -447,7 +603,7 @@ class Run:
             if task_step + 1 < stage.num_steps and (
                 global_step % config.checkpoint_every_steps == 0 or stop or preempted
             ):
-                _check_finite(*pending, stage_id, self.ckpt)
+                check(*pending)
                 self._charge_training()
                 self._save(global_step, state)
             if stop or preempted:
@@ -459,67 +615,91 @@ class Run:
                 return state, True
         bar.close()
         if pending is not None:
-            _check_finite(*pending, stage_id, self.ckpt)
+            check(*pending)
         self._charge_training()
         return state, False
 
     def _log(self, bar: tqdm.tqdm, pending: tuple, epoch: int, stage: Stage, rate: float) -> None:
+        """The progress bar's loss (each replica's) and every replica's TensorBoard scalars;
+        ``rate``: images per second of each replica."""
         step, step_metrics = pending
+        losses = np.atleast_1d(np.asarray(step_metrics["loss"]))
         bar.set_postfix(
             epoch=f"{epoch + 1}/{stage.num_epochs}",
-            loss=f"{float(step_metrics['loss']):.4f}",
-            img_s=f"{rate:.0f}",
+            loss=" ".join(f"{loss:.4f}" for loss in losses),
+            img_s=f"{rate * len(self.replicas):.0f}",
         )
-        if self.writer:
-            for k, v in step_metrics.items():
-                self.writer.scalar(f"train/{k}", float(v), step)
-            self.writer.scalar("train/images_per_second", rate, step)
+        for r, replica in enumerate(self.replicas):
+            if replica.writer:
+                for k, v in step_metrics.items():
+                    value = np.asarray(v)[r] if self.stacked else v
+                    replica.writer.scalar(f"train/{k}", float(value), step)
+                replica.writer.scalar("train/images_per_second", rate, step)
 
-    def _log_scalars(self, values: dict[str, float], iteration: int) -> None:
-        if self.writer:
+    def _log_scalars(self, replica: Replica, values: dict[str, float], iteration: int) -> None:
+        if replica.writer:
             for name, value in values.items():
-                self.writer.scalar(name, value, iteration)
+                replica.writer.scalar(name, value, iteration)
 
-    def _log_image(self, name: str, image: np.ndarray, tag: str, *, step: int) -> None:
+    def _log_image(
+        self, replica: Replica, name: str, image: np.ndarray, tag: str, *, step: int
+    ) -> None:
         if jax.process_index() != 0:
             return
-        report.save_image(image, self.workdir / "plots" / f"{name}.png")
-        if self.writer:
-            self.writer.image(tag, image, step)
+        report.save_image(image, replica.workdir / "plots" / f"{name}.png")
+        if replica.writer:
+            replica.writer.image(tag, image, step)
 
     def end_stage(self, stage_id: int, state: state_lib.ContinualState) -> state_lib.ContinualState:
         """Evaluates the stage's row, lets the strategy and the objective start the next stage, and
-        saves the boundary checkpoint."""
-        p = self.p
-        step = int(state.step)
-        self.results.record(stage_id + 1, self.evaluate(state, stage_id + 1), step=step)
-        self._clock = time.perf_counter()  # the strategy's own training at the boundary
+        saves the boundary checkpoint; for each replica."""
+        step = _counter(state.step)
+        states = []
+        for replica, replica_state in zip(self.replicas, self.split(state), strict=True):
+            rows = self.evaluate(replica_state, stage_id + 1, replica)
+            replica.results.record(stage_id + 1, rows, step=step)
+            states.append(self._start_next_stage(stage_id, replica, replica_state, step))
+        state = self.join(states)
+        self._save(step, state, boundary=True)
+        for replica in self.replicas:
+            if replica.writer:
+                replica.writer.flush()
+        return state
+
+    def _start_next_stage(
+        self, stage_id: int, replica: Replica, state: state_lib.ContinualState, step: int
+    ) -> state_lib.ContinualState:
+        """One replica's state (no replica axis) after stage ``stage_id``'s end: the strategy's
+        ``end_task`` (its own training at the boundary charged as training time), the
+        objective's ``start_task`` and the next stage's counters."""
+        p = replica.p
+        self._clock = time.perf_counter()
         strategy_state = p.strategy.end_task(
             TaskEnd(
                 state=state,
                 next_task=stage_id + 1,
-                key=self.keys.strategy,
+                key=replica.keys.strategy,
                 indices=p.stages[stage_id].indices,
                 train=p.train,
-                features=self.evaluator.features,
-                map_images=self.evaluator.map_images,
+                features=replica.evaluator.features,
+                map_images=replica.evaluator.map_images,
                 mesh=self.mesh,
                 # The loop's iterations continue the run's steps for the processes' agreement.
                 progress=task_end_progress(
-                    self.workdir,
+                    str(replica.workdir),
                     stage_id,
                     self.mesh,
                     lambda iterations: self.preemption.reached(step + iterations),
                 ),
-                log_scalars=self._log_scalars,
-                log_image=functools.partial(self._log_image, step=step),
+                log_scalars=functools.partial(self._log_scalars, replica),
+                log_image=functools.partial(self._log_image, replica, step=step),
             )
         )
         self._charge_training()
         objective_state = p.objective.start_task(state.objective_state)
         if p.strategy.start_objective is not None:
             objective_state = p.strategy.start_objective(objective_state, state.params)
-        state = state_lib.start_task(
+        return state_lib.start_task(
             state,
             task=stage_id + 1,
             tx=self.tx,
@@ -527,8 +707,3 @@ class Run:
             strategy_state=strategy_state,
             reset_optimizer=p.config.optimizer.reset_each_task,
         )
-        state = jax.device_put(state, parallel.replicated(self.mesh))
-        self._save(step, state, boundary=True)
-        if self.writer:
-            self.writer.flush()
-        return state
