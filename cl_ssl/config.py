@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     # state; e.g. --config.seeds=0,1,2), each in <workdir>/seed_<s>/ with the results of the run
     # with --config.seed=<s>; () trains the one run of ``seed``.
     c.seeds = ()
+    # replica_program: how one program steps the replicas: "loop" (each replica's step in turn)
+    # or "vmap" (one step mapped over the replica axis; step.jit_replicated_step).
+    c.replica_program = "loop"
 
     # image_size: the side at which images are stored (required for data sets of varying image
     # size, e.g. imagenet100, imagenet_sub and domainnet); 0 keeps them as they are. domains:

@@ -512,18 +512,29 @@ def jit_step(
     )
 
 
+REPLICA_PROGRAMS = ("loop", "vmap")
+"""How ``jit_replicated_step`` steps the replicas inside one program (``config.replica_program``)."""
+
+
 def jit_replicated_step(
-    step_fn: StepFn, mesh: jax.sharding.Mesh, *, online: bool = False
+    step_fn: StepFn, mesh: jax.sharding.Mesh, *, online: bool = False, program: str = "loop"
 ) -> StepFn:
     """Jits ``step_fn`` for R runs at once (replicas: the same config with R seeds), state
-    donated: ``jax.vmap`` over a leading replica axis of the state ([R, ...] every leaf, each
-    replica's own parameters, buffers and key), of the ids ([R, B], each replica's own batch,
-    its B axis sharded over ``data``) and of the data's ``labels`` and ``tasks`` ([R, N], each
-    seed's visible labels and class order; with ``online``, ``probe_ids`` [R, B] too), with the
-    images (the whole split on the devices), ``classes`` and the step's scalars shared. Replica r
-    computes what ``step_fn`` computes for its state and ids alone, up to the order of float32
-    sums; R small steps become one program of R-fold work, for accelerators that one small step
-    leaves idle. Metrics come back [R]."""
+    donated, over a leading replica axis of the state ([R, ...] every leaf, each replica's own
+    parameters, buffers and key), of the ids ([R, B], each replica's own batch, its B axis
+    sharded over ``data``) and of the data's ``labels`` and ``tasks`` ([R, N], each seed's
+    visible labels and class order; with ``online``, ``probe_ids`` [R, B] too), with the images
+    (the whole split on the devices), ``classes`` and the step's scalars shared. Metrics come
+    back [R].
+
+    ``program``: "loop" traces ``step_fn`` once per replica, R independent steps in one
+    program (one dispatch a step for all of them); "vmap" maps it over the replica axis
+    (``jax.vmap``: each convolution becomes one grouped convolution over the R replicas'
+    weights, larger kernels for an accelerator that one small step leaves idle, but on the CPU
+    half as fast as separate runs, BENCHMARKS.md). Replica r computes what ``step_fn`` computes
+    for its state and ids alone, up to the order of float32 sums."""
+    if program not in REPLICA_PROGRAMS:
+        raise ValueError(f"replica_program={program!r}; choose one of {list(REPLICA_PROGRAMS)}")
     rep = replicated(mesh)
     per_replica = replica_batch_sharded(mesh)
     data = TrainData(
@@ -534,11 +545,27 @@ def jit_replicated_step(
         probe_ids=per_replica if online else None,
         on_device=True,
     )
-    data_axes = TrainData(
-        images=None, labels=0, classes=None, tasks=0, probe_ids=0 if online else None
-    )
+    if program == "vmap":
+        data_axes = TrainData(
+            images=None, labels=0, classes=None, tasks=0, probe_ids=0 if online else None
+        )
+        stepped = jax.vmap(step_fn, in_axes=(0, data_axes, 0, None))
+    else:
+
+        def stepped(state, data, ids, hyper):
+            outputs = []
+            for r in range(ids.shape[0]):
+                replica_data = data.replace(
+                    labels=data.labels[r],
+                    tasks=data.tasks[r],
+                    probe_ids=None if data.probe_ids is None else data.probe_ids[r],
+                )
+                replica_state = jax.tree.map(lambda x, r=r: x[r], state)
+                outputs.append(step_fn(replica_state, replica_data, ids[r], hyper))
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+
     return jax.jit(
-        jax.vmap(step_fn, in_axes=(0, data_axes, 0, None)),
+        stepped,
         in_shardings=(rep, data, per_replica, rep),
         out_shardings=(rep, rep),
         donate_argnums=0,

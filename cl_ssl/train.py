@@ -444,7 +444,12 @@ class Run:
                 with_objective=p.stages[stage_id].phases[phase].objective,
             )
             if self.stacked:
-                jitted = step_lib.jit_replicated_step(fn, self.mesh, online=p.online is not None)
+                jitted = step_lib.jit_replicated_step(
+                    fn,
+                    self.mesh,
+                    online=p.online is not None,
+                    program=p.config.replica_program,
+                )
             else:
                 jitted = step_lib.jit_step(
                     fn,

@@ -9,7 +9,7 @@
 # ../shared/gpu/prepare-carry.sh here and with .whl carried:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && experiments/gpu_bench.sh $OUT
-# About 7 minutes on an H100 (each program compiles once). CPU smoke test:
+# About 8 minutes on an H100 (each program compiles once). CPU smoke test:
 #   BACKBONE=resnet_tiny BATCH=16 DTYPE=float32 STEPS=2 experiments/gpu_bench.sh /tmp/gpu_bench
 set -euo pipefail
 out=${1:?the output folder}
@@ -19,15 +19,18 @@ common=(
   --steps="${STEPS:-30}" --warmup=3 --peer=false
 )
 
-# Replicas in one program: fine-tuning and CaSSLe at 1, 2 and 4; Kaizen and CCL at 1 and 4.
-replicas() {  # STRATEGY REPLICAS [--set=...]
-  python3 experiments/throughput.py "${common[@]}" --strategy="$1" --replicas="$2" "${@:3}" \
-    --output="$out/replicas_$1.json" > "$out/replicas_$1.log" 2>&1
+# Replicas in one program (--replica_program: each replica's step in turn, or one step mapped
+# over them): fine-tuning and CaSSLe at 1, 2 and 4 both ways; Kaizen and CCL at 1 and 4.
+replicas() {  # PROGRAM STRATEGY REPLICAS [--set=...]
+  python3 experiments/throughput.py "${common[@]}" --replica_program="$1" --strategy="$2" \
+    --replicas="$3" "${@:4}" --output="$out/replicas_$2_$1.json" > "$out/replicas_$2_$1.log" 2>&1
 }
-replicas finetune "${REPLICAS:-1,2,4}"
-replicas cassle "${REPLICAS:-1,2,4}"
-replicas kaizen "${FEW_REPLICAS:-1,4}" --set=labels.fraction=1.0
-replicas ccl "${FEW_REPLICAS:-1,4}" --set=objective="'mocov2plus'"
+for program in loop vmap; do
+  replicas $program finetune "${REPLICAS:-1,2,4}"
+  replicas $program cassle "${REPLICAS:-1,2,4}"
+done
+replicas loop kaizen "${FEW_REPLICAS:-1,4}" --set=labels.fraction=1.0
+replicas loop ccl "${FEW_REPLICAS:-1,4}" --set=objective="'mocov2plus'"
 
 # The alternative: N fine-tuning processes sharing the GPU, their timed loops lined up.
 for n in ${PROCESSES:-2 4}; do
@@ -50,7 +53,8 @@ rows = []
 for path in sorted(glob.glob(os.path.join(out, "replicas_*.json"))):
     result = json.load(open(path))
     for r in result.get("jax_replicas", [result["jax"]]):
-        rows.append((result["strategy"], f"{r['replicas']} in one program", r["images_per_s"],
+        runs = f"{r['replicas']} in one program ({result['replica_program']})"
+        rows.append((result["strategy"], runs, r["images_per_s"],
                      r["step_ms"], r.get("mfu")))
 for n in sorted({int(p.split("_")[-2]) for p in glob.glob(os.path.join(out, "processes_*.json"))}):
     runs = [json.load(open(p))["jax"] for p in glob.glob(os.path.join(out, f"processes_{n}_*.json"))]

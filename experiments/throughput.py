@@ -10,6 +10,7 @@ utilisation of the JAX step when the device's peak is known.
     python experiments/throughput.py --dtype=bfloat16      # GPU: bf16 compute, f32 parameters
     python experiments/throughput.py --strategy=cassle --peer=false   # the distillation step
     python experiments/throughput.py --replicas=1,2,4 --peer=false    # several runs per program
+    python experiments/throughput.py --replicas=2 --replica_program=vmap --peer=false
 
 ``--replicas=R`` steps R runs (seeds 0 to R-1) as one program (``step.jit_replicated_step``) and
 reports images/s summed over them; ``--barrier`` lines up the timed loops of separate processes
@@ -70,6 +71,13 @@ _REPLICAS = flags.DEFINE_list(
     ["1"],
     "Runs per program, each R in turn: R seeds' states stepped at once "
     "(step.jit_replicated_step); images/s summed over the replicas.",
+)
+_REPLICA_PROGRAM = flags.DEFINE_enum(
+    "replica_program",
+    "loop",
+    list(step_lib.REPLICA_PROGRAMS),
+    "With --replicas above 1: each replica's step in turn (loop) or one step mapped over them "
+    "(vmap).",
 )
 _BARRIER = flags.DEFINE_string(
     "barrier",
@@ -142,21 +150,20 @@ def time_jax(replicas: int = 1) -> dict:
         lambda *leaves: np.stack(leaves) if replicas > 1 else np.array(leaves[0]), *states
     )
     state = parallel.put_replicated(mesh, state)
-    labels = parallel.put_replicated(mesh, train.labels)
+    # Each replica's labels and tasks (the run's of its seed; here the same).
+    per_replica = (lambda x: np.stack([x] * replicas)) if replicas > 1 else (lambda x: x)
     data = TrainData(
         images=parallel.put_replicated(mesh, train.images) if _ON_DEVICE.value else None,
-        labels=labels,
-        classes=labels,
-        tasks=parallel.put_replicated(mesh, np.zeros(NUM_IMAGES, np.int32)),
+        labels=parallel.put_replicated(mesh, per_replica(train.labels)),
+        classes=parallel.put_replicated(mesh, train.labels),
+        tasks=parallel.put_replicated(mesh, per_replica(np.zeros(NUM_IMAGES, np.int32))),
         on_device=_ON_DEVICE.value,
     )
     shape = (_BATCH.value,) if replicas == 1 else (replicas, _BATCH.value)
     indices = [
         np.random.default_rng(i).integers(0, NUM_IMAGES, shape).astype(np.int32) for i in range(4)
     ]
-    ids = parallel.batch_sharded(mesh)
-    if replicas > 1:
-        ids = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+    ids = parallel.batch_sharded(mesh) if replicas == 1 else parallel.replica_batch_sharded(mesh)
     batches = [jax.device_put(i, ids) for i in indices]
 
     def inputs(i):
@@ -170,7 +177,7 @@ def time_jax(replicas: int = 1) -> dict:
     if replicas == 1:
         step = step_lib.jit_step(step_fn, mesh, on_device=_ON_DEVICE.value)
     else:
-        step = step_lib.jit_replicated_step(step_fn, mesh)
+        step = step_lib.jit_replicated_step(step_fn, mesh, program=_REPLICA_PROGRAM.value)
     # The per-step scalars once the warm-up is over: every group at its base learning rate.
     warmup = config.optimizer.warmup_epochs
     hyper = step_lib.stage_hyper(
@@ -302,6 +309,7 @@ def main(argv):
         "dtype": _DTYPE.value,
         "strategy": _STRATEGY.value,
         "on_device": _ON_DEVICE.value,
+        "replica_program": _REPLICA_PROGRAM.value,
     }
     if _PEER.value:
         # The peer runs first: its DataLoader forks worker processes, which is unsafe once JAX

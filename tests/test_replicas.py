@@ -38,11 +38,14 @@ def replicated_run(finished_run):
     return finished_run(REPLICATED, 4)
 
 
-def test_each_replica_ends_as_its_seeds_run_alone(replicated_run, finished_run):
-    """On 4 devices, each replica's batch sharded over them: each replica's state (up to float32
-    sums in another order, ``_close``), accuracy matrices (equal) and results files are those of
-    the run of its seed alone."""
-    both, workdir = replicated_run
+@pytest.mark.parametrize("program", ["loop", "vmap"])
+def test_each_replica_ends_as_its_seeds_run_alone(finished_run, program):
+    """On 4 devices, each replica's batch sharded over them, stepped in turn or mapped over:
+    each replica's state (up to float32 sums in another order, ``_close``), accuracy matrices
+    (equal) and results files are those of the run of its seed alone."""
+    config = REPLICATED.copy_and_resolve_references()
+    config.replica_program = program
+    both, workdir = finished_run(config, 4)
     assert both["traces"] == [1]  # one step for both tasks and both replicas
     stored = json.loads((workdir / "config.json").read_text())
     assert stored["seeds"] == list(SEEDS)
@@ -58,6 +61,7 @@ def test_each_replica_ends_as_its_seeds_run_alone(replicated_run, finished_run):
         assert own == {
             **json.loads((alone_dir / "config.json").read_text()),
             "checkpoint_every_steps": 2,
+            "replica_program": program,
         }
         results = json.loads((folder / "results.json").read_text())
         np.testing.assert_array_equal(results["matrices"]["knn"], replica["matrices"]["knn"])
