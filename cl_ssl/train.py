@@ -53,8 +53,9 @@ def _check_finite(
     """FloatingPointError unless a step's loss and gradient norm (hence its updated parameters)
     are finite; the message names the last checkpoint and what to change. With ``seeds``, the
     metrics are the replicas' ([R] each) and the message names the first replica that failed."""
+    host = {k: np.atleast_1d(np.asarray(v)) for k, v in step_metrics.items()}
     for r, seed in enumerate(seeds or [None]):
-        values = {k: float(v if seed is None else v[r]) for k, v in step_metrics.items()}
+        values = {k: float(v[r]) for k, v in host.items()}
         if np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"]):
             continue
         replica = "" if seed is None else f" of the replica of seed {seed}"
@@ -264,11 +265,13 @@ class Run:
             return [state]
         return [jax.tree.map(lambda x, r=r: x[r], state) for r in range(len(self.replicas))]
 
+    def stack(self, states: list[state_lib.ContinualState]) -> state_lib.ContinualState:
+        """The replicas' states stacked along a leading axis (``split``'s inverse)."""
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
+
     def join(self, states: list[state_lib.ContinualState]) -> state_lib.ContinualState:
-        """The replicas' states stacked along a leading axis (``split``'s inverse), replicated
-        over the mesh."""
-        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
-        return jax.device_put(state, parallel.replicated(self.mesh))
+        """``stack``, replicated over the mesh."""
+        return jax.device_put(self.stack(states), parallel.replicated(self.mesh))
 
     def run(self) -> dict[str, Any]:
         state = self.start_or_resume()
@@ -336,7 +339,7 @@ class Run:
             )
             for r in self.replicas
         ]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
+        return self.stack(states)
 
     def start_or_resume(self) -> state_lib.ContinualState:
         """The newest checkpoint's state, or a fresh one evaluated as row 0 and saved as step 0."""

@@ -2,7 +2,6 @@
 (``alviur/pocon_wacv2024`` @ 2c38b9c), its two phases in the step, and its life cycle in a run."""
 
 import dataclasses
-import shutil
 
 import chex
 import jax
@@ -301,27 +300,30 @@ def test_phase_switch_snapshots_the_expert_and_the_next_expert_starts_from_main(
 def test_run_resumes_exactly_mid_phase(finished_run, tmp_path):
     """Two tasks (mock CIFAR-10 splits them 3 and 2 steps per epoch: 6 and 4 steps, the phase
     switches at their steps 3 and 2) compile two steps, each traced once for the whole run.
-    Killed after checkpoint 3 (the first task's phase switch, saved before it) or after
-    checkpoint 9 (mid adaptation of the second task), the run ends as the uninterrupted one. Its
+    Killed at step 3 (the checkpoint at the first task's phase switch, saved before it) and at
+    step 9 (mid adaptation of the second task), the run ends as the uninterrupted one. Its
     student is then the main network, its old network a copy of it; eval.network=expert scores
     the experts from its checkpoints."""
-    config = _config(keep_checkpoints=5)  # every checkpoint of the 10 steps
-    whole, whole_dir = finished_run(config)
+    whole, whole_dir = finished_run(_config())
     assert whole["traces"] == [1, 1]
-    for last in (3, 9):
-        workdir = tmp_path / f"killed_after_{last}"
-        shutil.copytree(whole_dir, workdir)
-        checkpoints = workdir / "checkpoints"
-        assert sorted(int(c.name) for c in checkpoints.iterdir()) == [0, 3, 6, 9, 10]
-        for later in (c for c in checkpoints.iterdir() if int(c.name) > last):
-            shutil.rmtree(later)
-        resumed = run(config, workdir)
-        for field in ("params", "batch_stats", "strategy", "objective_state", "opt_state"):
-            chex.assert_trees_all_equal(
-                getattr(whole["state"], field), getattr(resumed["state"], field)
-            )
-        for name, matrix in whole["matrices"].items():
-            np.testing.assert_array_equal(matrix, resumed["matrices"][name])
+    workdir = tmp_path / "resumed"
+    killed = run(_config(stop_after_steps=3), workdir)
+    assert killed["stopped"] and (int(killed["state"].task), int(killed["state"].task_step)) == (
+        0,
+        3,
+    )
+    killed = run(_config(stop_after_steps=9), workdir)
+    assert killed["stopped"] and (int(killed["state"].task), int(killed["state"].task_step)) == (
+        1,
+        3,
+    )
+    resumed = run(_config(), workdir)
+    for field in ("params", "batch_stats", "strategy", "objective_state", "opt_state"):
+        chex.assert_trees_all_equal(
+            getattr(whole["state"], field), getattr(resumed["state"], field)
+        )
+    for name, matrix in whole["matrices"].items():
+        np.testing.assert_array_equal(matrix, resumed["matrices"][name])
     final = whole["state"]
     chex.assert_trees_all_equal(
         final.strategy.frozen["main"]["params"]["backbone"], final.params["backbone"]
@@ -329,10 +331,7 @@ def test_run_resumes_exactly_mid_phase(finished_run, tmp_path):
     # The experts' accuracy matrix from the boundary checkpoints: the first expert starts as the
     # random student (row 0 alike), and the trained experts are not the main networks.
     experts = rescore.reevaluate(
-        _config(keep_checkpoints=5, **{"eval.network": "expert"}),
-        str(whole_dir),
-        "expert",
-        parallel.make_mesh(1),
+        _config(**{"eval.network": "expert"}), str(whole_dir), "expert", parallel.make_mesh(1)
     )["knn"]
     np.testing.assert_array_equal(experts[0], whole["matrices"]["knn"][0])
     assert not np.array_equal(experts[1:], whole["matrices"]["knn"][1:])

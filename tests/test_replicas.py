@@ -7,11 +7,23 @@ import shutil
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ONE_EPOCH, run, tiny_config
+from helpers import (
+    ONE_EPOCH,
+    TINY_HEADS,
+    initial_state,
+    random_split,
+    run,
+    tiny_config,
+    train_data,
+)
 
 from cl_ssl import parallel, planning, rescore, train
+from cl_ssl import step as step_lib
+from cl_ssl.objectives import get_objective, resolve_config
+from cl_ssl.strategies import get_strategy
 
 
 def _close(replica, alone):
@@ -38,15 +50,12 @@ def replicated_run(finished_run):
     return finished_run(REPLICATED, 4)
 
 
-@pytest.mark.parametrize("program", ["loop", "vmap"])
-def test_each_replica_ends_as_its_seeds_run_alone(finished_run, program):
-    """On 4 devices, each replica's batch sharded over them, stepped in turn or mapped over:
-    each replica's state (up to float32 sums in another order, ``_close``), accuracy matrices
-    (equal) and results files are those of the run of its seed alone."""
-    config = REPLICATED.copy_and_resolve_references()
-    config.replica_program = program
-    both, workdir = finished_run(config, 4)
-    assert both["traces"] == [1]  # one step for both tasks and both replicas
+def test_each_replica_ends_as_its_seeds_run_alone(replicated_run, finished_run):
+    """On 4 devices, each replica's batch sharded over them: each replica's state (up to float32
+    sums in another order, ``_close``), accuracy matrices (equal) and results files are those of
+    the run of its seed alone."""
+    both, workdir = replicated_run
+    assert both["traces"] == [len(SEEDS)]  # one program for both tasks, the step once a replica
     stored = json.loads((workdir / "config.json").read_text())
     assert stored["seeds"] == list(SEEDS)
     for r, seed in enumerate(SEEDS):
@@ -61,7 +70,6 @@ def test_each_replica_ends_as_its_seeds_run_alone(finished_run, program):
         assert own == {
             **json.loads((alone_dir / "config.json").read_text()),
             "checkpoint_every_steps": 2,
-            "replica_program": program,
         }
         results = json.loads((folder / "results.json").read_text())
         np.testing.assert_array_equal(results["matrices"]["knn"], replica["matrices"]["knn"])
@@ -70,6 +78,35 @@ def test_each_replica_ends_as_its_seeds_run_alone(finished_run, program):
     assert not np.allclose(
         both["replicas"][0]["matrices"]["knn"], both["replicas"][1]["matrices"]["knn"]
     )
+
+
+def test_the_step_mapped_over_replicas_steps_each_as_alone():
+    """``replica_program='vmap'``: BYOL (a momentum network in the objective's state), two
+    replicas of two seeds with their own batches and labels, each stepped as alone."""
+    config = resolve_config(
+        tiny_config(objective="byol", **{f"byol.{k}": v for k, v in TINY_HEADS["byol"].items()})
+    )
+    obj = get_objective(config)
+    strat = get_strategy(config, obj)
+    tx = step_lib.make_tx(config, obj, strat)
+    data = train_data(64)
+    states = [initial_state(obj, strat, tx, random_split(64), seed=seed) for seed in SEEDS]
+    ids = np.stack([np.random.default_rng(s).permutation(64)[:8] for s in SEEDS]).astype(np.int32)
+    hyper = step_lib.stage_hyper(config, obj, strat, num_epochs=2, steps_per_epoch=1)
+    hyper = {k: v[-1] for k, v in hyper.items()}
+    fn = step_lib.build_step_fn(obj, strat, tx, extend=False)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    per_replica = data.replace(
+        labels=jnp.stack([data.labels] * 2), tasks=jnp.stack([data.tasks] * 2)
+    )
+    stepped = step_lib.jit_replicated_step(fn, parallel.make_mesh(2), program="vmap")
+    stacked, metrics = stepped(stacked, per_replica, ids, hyper)
+    alone = jax.jit(fn)
+    for r, state in enumerate(states):
+        state, alone_metrics = alone(state, data, ids[r], hyper)
+        jax.tree.map(_close, jax.tree.map(lambda leaf, r=r: leaf[r], stacked), state)
+        np.testing.assert_allclose(metrics["loss"][r], alone_metrics["loss"], rtol=1e-5)
+    assert not np.allclose(metrics["loss"][0], metrics["loss"][1])  # two runs, not one twice
 
 
 def test_replicas_killed_mid_task_resume_to_the_same_numbers(replicated_run, tmp_path):
