@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 import pytest
 from helpers import (
-    assert_resumes_exactly,
     initial_state,
     random_split,
     tiny_config,
@@ -228,18 +227,6 @@ def test_der_step_adds_its_term_on_the_drawn_slots_outputs():
         features(own_view)[np.asarray(kept.ids)],
         rtol=1e-5,
         atol=1e-6,
-    )
-
-
-def test_der_resumes_to_the_uninterrupted_run(finished_run, tmp_path):
-    """Killed mid-task, resumed from the boundary checkpoint with its memory's stored outputs."""
-    whole, _ = finished_run(_der_config())
-    assert whole["traces"] == [1]  # side rows from the first step: one compiled step
-    assert_resumes_exactly(
-        lambda **overrides: _der_config(**overrides),
-        whole,
-        tmp_path / "resumed",
-        mid_task_kill=False,
     )
 
 
