@@ -5,6 +5,8 @@ import os
 import pathlib
 import subprocess
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -41,14 +43,17 @@ def test_create_installs_the_training_stack_and_jax_for_tpus(tmp_path):
     assert "pip install -e '.[train]'" in command  # the plain install trains nothing
 
 
-def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path):
+@pytest.mark.parametrize("data_dir", ["gs://bucket/tensorflow_datasets", None])
+def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path, data_dir):
+    """With a data dir, the run reads it; without (the call before the data dir was added), the
+    config's."""
     (call,) = _run(
         "launch.sh",
         "pod",
         "us-central2-b",
         "configs/imagenet100.py:cassle",
         "gs://bucket/runs/in100",
-        "gs://bucket/tensorflow_datasets",
+        *([data_dir] if data_dir else []),
         "--config.seed=1",
         tmp_path=tmp_path,
     )
@@ -58,22 +63,10 @@ def test_launch_starts_the_same_multihost_run_on_every_worker(tmp_path):
         "python -m cl_ssl.main --multihost",
         "--config=configs/imagenet100.py:cassle",
         "--workdir=gs://bucket/runs/in100",
-        "--config.dataset.data_dir=gs://bucket/tensorflow_datasets",
         "--config.seed=1",
     ):
         assert part in command
-
-
-def test_launch_without_a_data_dir_leaves_the_configs(tmp_path):
-    (call,) = _run(
-        "launch.sh",
-        "pod",
-        "us-central2-b",
-        "configs/imagenet100.py:cassle",
-        "gs://bucket/runs/in100",
-        "--config.seed=1",
-        tmp_path=tmp_path,
-    )
-    command = call[-1]
-    assert "--workdir=gs://bucket/runs/in100" in command and "--config.seed=1" in command
-    assert "data_dir" not in command
+    if data_dir:
+        assert f"--config.dataset.data_dir={data_dir}" in command
+    else:
+        assert "data_dir" not in command
