@@ -10,7 +10,8 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD && experiments/gpu_bench.sh $OUT
 # About 8 minutes on an H100 (each program compiles once). CPU smoke test:
-#   BACKBONE=resnet_tiny BATCH=16 DTYPE=float32 STEPS=2 experiments/gpu_bench.sh /tmp/gpu_bench
+#   BACKBONE=resnet_tiny BATCH=16 DTYPE=float32 STEPS=2 REPLICAS=1,2 VMAP_REPLICAS=2 \
+#     FEW_REPLICAS=1,2 PROCESSES=2 experiments/gpu_bench.sh /tmp/gpu_bench
 set -euo pipefail
 out=${1:?the output folder}
 mkdir -p "$out"
@@ -20,14 +21,15 @@ common=(
 )
 
 # Replicas in one program (--replica_program: each replica's step in turn, or one step mapped
-# over them): fine-tuning and CaSSLe at 1, 2 and 4 both ways; Kaizen and CCL at 1 and 4.
+# over them): fine-tuning and CaSSLe at 1, 2 and 4 (vmap at 2 and 4: one replica is the same
+# program either way); Kaizen and CCL at 1 and 4.
 replicas() {  # PROGRAM STRATEGY REPLICAS [--set=...]
   python3 experiments/throughput.py "${common[@]}" --replica_program="$1" --strategy="$2" \
     --replicas="$3" "${@:4}" --output="$out/replicas_$2_$1.json" > "$out/replicas_$2_$1.log" 2>&1
 }
-for program in loop vmap; do
-  replicas $program finetune "${REPLICAS:-1,2,4}"
-  replicas $program cassle "${REPLICAS:-1,2,4}"
+for strategy in finetune cassle; do
+  replicas loop $strategy "${REPLICAS:-1,2,4}"
+  replicas vmap $strategy "${VMAP_REPLICAS:-2,4}"
 done
 replicas loop kaizen "${FEW_REPLICAS:-1,4}" --set=labels.fraction=1.0
 replicas loop ccl "${FEW_REPLICAS:-1,4}" --set=objective="'mocov2plus'"
