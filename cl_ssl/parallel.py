@@ -57,25 +57,26 @@ def replica_batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
 def global_replica_batch(mesh: jax.sharding.Mesh, batches: np.ndarray) -> jax.Array:
     """``global_batch`` of R replicas' batches [R, B, ...], identical on every process: a global
     array sharded by ``replica_batch_sharded``."""
-    return jax.make_array_from_callback(
-        batches.shape, replica_batch_sharded(mesh), lambda index: batches[index]
-    )
+    return global_batch(mesh, batches, replica_batch_sharded(mesh))
 
 
-def global_batch(mesh: jax.sharding.Mesh, batch: np.ndarray) -> jax.Array:
+def global_batch(
+    mesh: jax.sharding.Mesh, batch: np.ndarray, sharding: NamedSharding | None = None
+) -> jax.Array:
     """Places a host array that every process holds whole as a batch-sharded global array.
 
     Args:
       mesh: the data mesh.
       batch: [B, ...], identical on every process (for example the example indices of one step,
         derived from the shared seed).
+      sharding: how the array is laid out; default ``batch_sharded(mesh)``.
 
     Returns:
-      A global jax.Array of shape [B, ...] sharded along ``data``; each process transfers only the
-      rows that its own devices hold.
+      A global jax.Array of shape [B, ...] sharded along ``data`` (or by ``sharding``); each
+      process transfers only the rows that its own devices hold.
     """
     return jax.make_array_from_callback(
-        batch.shape, batch_sharded(mesh), lambda index: batch[index]
+        batch.shape, sharding or batch_sharded(mesh), lambda index: batch[index]
     )
 
 

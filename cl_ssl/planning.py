@@ -240,11 +240,7 @@ def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
         raise ValueError(f"seeds={seeds!r}; list non-negative integers, e.g. --config.seeds=0,1,2")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={seeds} names a seed twice; list each seed once")
-    if config.replica_program not in step_lib.REPLICA_PROGRAMS:
-        raise ValueError(
-            f"replica_program={config.replica_program!r}; choose one of "
-            f"{list(step_lib.REPLICA_PROGRAMS)}"
-        )
+    step_lib.check_replica_program(config.replica_program)
     d = config.dataset
     if not d.on_device:
         raise ValueError(

@@ -516,6 +516,12 @@ REPLICA_PROGRAMS = ("loop", "vmap")
 """How ``jit_replicated_step`` steps the replicas inside one program (``config.replica_program``)."""
 
 
+def check_replica_program(program: str) -> None:
+    """ValueError unless ``program`` is one of ``REPLICA_PROGRAMS``."""
+    if program not in REPLICA_PROGRAMS:
+        raise ValueError(f"replica_program={program!r}; choose one of {list(REPLICA_PROGRAMS)}")
+
+
 def jit_replicated_step(
     step_fn: StepFn, mesh: jax.sharding.Mesh, *, online: bool = False, program: str = "loop"
 ) -> StepFn:
@@ -533,8 +539,7 @@ def jit_replicated_step(
     weights, larger kernels for an accelerator that one small step leaves idle, but on the CPU
     half as fast as separate runs, BENCHMARKS.md). Replica r computes what ``step_fn`` computes
     for its state and ids alone, up to the order of float32 sums."""
-    if program not in REPLICA_PROGRAMS:
-        raise ValueError(f"replica_program={program!r}; choose one of {list(REPLICA_PROGRAMS)}")
+    check_replica_program(program)
     rep = replicated(mesh)
     per_replica = replica_batch_sharded(mesh)
     data = TrainData(
