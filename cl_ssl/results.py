@@ -1,5 +1,5 @@
-"""What a run reports: its accuracy matrices and their metrics, the wall time spent training and
-evaluating, and the files and logs (console, results files, TensorBoard, Weights & Biases) that
+"""What a run reports: its accuracy matrices and their metrics, the wall time spent training,
+evaluating and checkpointing, and the files and logs (console, results files, TensorBoard, Weights & Biases) that
 carry them."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def run_name(p: Plan) -> str:
 
 
 class RunResults:
-    """The accuracy matrices of a run, their metrics, the wall time spent training and
-    evaluating, and the files and logs that report them."""
+    """The accuracy matrices of a run, their metrics, the wall time spent training, evaluating and
+    checkpointing, and the files and logs that report them."""
 
     def __init__(self, p: Plan, workdir: str, writer: report.ScalarWriter | None):
         self._plan, self._workdir, self._writer = p, workdir, writer
@@ -35,8 +35,18 @@ class RunResults:
         names = evaluate.matrix_names(p.config, has_classifier=p.strategy.classify is not None)
         self.matrices = {name: np.full((rows, tasks), np.nan) for name in names}
         self.buffer_bytes = 0  # size of the strategy's buffers (an exemplar memory)
-        # Seconds over every process that worked on the run (kept in the checkpoints).
-        self.wall_seconds = {"training": 0.0, "evaluation": 0.0}
+        # Seconds over every process that worked on the run (kept in the checkpoints), and their
+        # totals when each row was recorded ({row: wall_seconds}; a stage's cost is the difference
+        # of two rows: its training, the previous stage's end-of-task work, its evaluation).
+        # Training includes the time the host waited for the device (for each step's metrics, one
+        # step behind): the rest is the host's own work, which a fast device waits for instead.
+        self.wall_seconds = {
+            "training": 0.0,
+            "training_waiting_for_device": 0.0,
+            "evaluation": 0.0,
+            "checkpointing": 0.0,
+        }
+        self.wall_seconds_at_rows: dict[str, dict[str, float]] = {}
         self.name = run_name(p)
         self._environment = report.environment()
 
@@ -49,6 +59,7 @@ class RunResults:
                 for k, R in self.matrices.items()
             },
             "wall_seconds": dict(self.wall_seconds),
+            "wall_seconds_at_rows": dict(self.wall_seconds_at_rows),
         }
 
     def load_checkpoint_meta(self, meta: dict) -> None:
@@ -56,7 +67,9 @@ class RunResults:
             k: np.array([[np.nan if v is None else v for v in row] for row in rows])
             for k, rows in meta["matrices"].items()
         }
-        self.wall_seconds.update(meta.get("wall_seconds", {}))  # older checkpoints have none
+        # Older checkpoints have neither.
+        self.wall_seconds.update(meta.get("wall_seconds", {}))
+        self.wall_seconds_at_rows.update(meta.get("wall_seconds_at_rows", {}))
 
     def summaries(self) -> dict[str, dict]:
         """Metrics of every complete matrix: every continual metric for continual runs, final accuracy
@@ -94,6 +107,7 @@ class RunResults:
         TensorBoard gets the accuracies at the global optimizer ``step``, the x-axis of the
         training scalars too, and, once every matrix is complete, the summary metrics and the
         config as hparams."""
+        self.wall_seconds_at_rows[str(row)] = dict(self.wall_seconds)
         for name, acc in accuracies.items():
             self.matrices[name][row] = acc
             if self._writer:
@@ -117,6 +131,7 @@ class RunResults:
                 "rows_evaluated": row + 1,
                 "strategy_buffer_bytes": self.buffer_bytes,
                 "wall_seconds": self.wall_seconds,
+                "wall_seconds_at_rows": self.wall_seconds_at_rows,
                 "environment": self._environment,
             },
             plots=p.config.eval.plots,

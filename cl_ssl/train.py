@@ -234,6 +234,7 @@ class Run:
         self._steps = {}
         self._boundaries = []  # the global steps of the task boundaries reached so far
         self._clock = time.perf_counter()  # since the last charge of training time
+        self._waited = 0.0  # of which the host waited for a step's metrics
 
     def _replica(self, p: Plan, workdir: str, writer: report.ScalarWriter | None) -> Replica:
         keys = state_lib.run_keys(p.config.seed)
@@ -382,6 +383,7 @@ class Run:
         """Checkpoints ``state`` with the results so far (each replica's under 'replicas') and the
         task boundaries' steps (kept whatever their age when ``boundary``); a non-finite state
         is never saved."""
+        tic = time.perf_counter()
         if boundary:
             self._keep_boundary(step)
         results = [r.results.checkpoint_meta() for r in self.replicas]
@@ -391,6 +393,10 @@ class Run:
             self.ckpt.save(step, state, meta)
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
+        elapsed = time.perf_counter() - tic
+        for replica in self.replicas:
+            replica.results.wall_seconds["checkpointing"] += elapsed / len(self.replicas)
+        self._clock += elapsed  # not training time
 
     def evaluate(
         self, state: state_lib.ContinualState, row: int, replica: Replica | None = None
@@ -416,12 +422,14 @@ class Run:
         return rows
 
     def _charge_training(self) -> None:
-        """Adds the time since the last charge to the run's training time (each replica's share
-        of it, with replicas)."""
+        """Adds the time since the last charge to the run's training time, and the part of it
+        the host spent waiting for the device (each replica's share, with replicas)."""
         now = time.perf_counter()
         for replica in self.replicas:
-            replica.results.wall_seconds["training"] += (now - self._clock) / len(self.replicas)
-        self._clock = now
+            seconds = replica.results.wall_seconds
+            seconds["training"] += (now - self._clock) / len(self.replicas)
+            seconds["training_waiting_for_device"] += self._waited / len(self.replicas)
+        self._clock, self._waited = now, 0.0
 
     def _report_buffers(self, state: state_lib.ContinualState) -> None:
         """Prints the size of the strategy's buffers (an exemplar memory) and records it."""
@@ -599,7 +607,9 @@ class Run:
             state, step_metrics = train_step(state, data, ids, hyper_now)
             global_step += 1
             if pending is not None:
-                check(*pending)
+                waiting = time.perf_counter()
+                check(*pending)  # waits for the previous step, while this one is queued
+                self._waited += time.perf_counter() - waiting
                 if pending[0] % config.log_every_steps == 0:
                     rate = (task_step - tic_step) * config.batch_size / (time.perf_counter() - tic)
                     tic, tic_step = time.perf_counter(), task_step

@@ -1,8 +1,11 @@
 """The benchmark scripts still run against the library (tiny settings, no timing claims)."""
 
+import importlib.util
+import pathlib
 import subprocess
 import sys
 
+import pytest
 from helpers import shipped_config, write_finished_run
 
 
@@ -121,3 +124,56 @@ def test_quality_script_reruns_a_workdir_of_another_config(tmp_path):
     # It trains instead, which needs the (absent) data set.
     assert out.returncode != 0
     assert "Fashion-MNIST IDX files not found" in out.stderr
+
+
+def _wall_time_module():
+    spec = importlib.util.spec_from_file_location(
+        "wall_time", pathlib.Path(__file__).resolve().parents[1] / "experiments" / "wall_time.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wall_time_module_extrapolates_by_hand():
+    """Step 0's checkpoint, each stage's last and every 4th step inside a stage; the steady stages'
+    training (from the third) scales with the epochs, the rest does not."""
+    wall_time = _wall_time_module()
+    assert wall_time.checkpoint_saves([10, 10], every=4) == 7  # 0, 4, 8, 10, 12, 16, 20
+    assert wall_time.checkpoint_saves([3], every=4) == 2
+    at_rows = {
+        str(row): {
+            "training": training,
+            "training_waiting_for_device": waiting,
+            "evaluation": 1.5 * row,
+            "checkpointing": 0.75 * row,
+        }
+        for row, (training, waiting) in enumerate(
+            zip([0.0, 10.0, 17.0, 21.0, 25.0], [0.0, 1.0, 2.0, 5.0, 8.0], strict=True)
+        )
+    }
+    times = wall_time.extrapolate(at_rows, epochs=2, target_epochs=10, saves=6, target_saves=20)
+    assert times["measured"] == pytest.approx(
+        {
+            "training": 25.0,
+            "rest": 25.0 - 4 * 2 * 2.0,
+            "evaluation": 6.0,
+            "checkpointing": 3.0,
+            "total": 34.0,
+            "seconds_per_epoch": 2.0,
+            "host_share": 1.0 - 6.0 / 8.0,  # stages 3 and 4 waited 3 s of their 4 s each
+        }
+    )
+    assert times["extrapolated"] == pytest.approx(
+        {
+            "training": 9.0 + 4 * 10 * 2.0,
+            "rest": 9.0,
+            "evaluation": 6.0,
+            "checkpointing": 10.0,
+            "total": 105.0,
+        }
+    )
+    with pytest.raises(ValueError, match="3 or more tasks"):
+        wall_time.extrapolate(
+            {r: at_rows[r] for r in "012"}, epochs=2, target_epochs=10, saves=3, target_saves=3
+        )

@@ -44,7 +44,18 @@ def test_end_to_end_two_tasks(finished_run, strategy):
     run_name = f"cifar10, class-incremental (2 tasks), simclr, {strategy}, seed 0"
     assert (workdir / "results.md").read_text().startswith(f"# Results: {run_name}\n")
     meta = saved["meta"]
-    assert meta["wall_seconds"]["training"] > 0 and meta["wall_seconds"]["evaluation"] > 0
+    assert all(meta["wall_seconds"][k] > 0 for k in ("training", "evaluation", "checkpointing"))
+    # The totals when each row was recorded: row 0's after evaluating the random network.
+    at_rows = meta["wall_seconds_at_rows"]
+    assert list(at_rows) == [str(r) for r in range(stages + 1)]
+    assert at_rows["0"]["training"] == 0 and at_rows["0"]["evaluation"] > 0
+    assert at_rows[str(stages)] == meta["wall_seconds"]
+    assert (
+        0 < meta["wall_seconds"]["training_waiting_for_device"] < meta["wall_seconds"]["training"]
+    )
+    assert all(
+        at_rows[str(r)][k] <= at_rows[str(r + 1)][k] for r in range(stages) for k in at_rows["0"]
+    )
     assert meta["environment"]["device_count"] == jax.device_count()  # the mesh may use fewer
     assert (workdir / "tb" / "hparams").is_dir()  # the summary metrics and the config
     for name in names:
