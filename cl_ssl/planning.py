@@ -226,8 +226,8 @@ def plan(
 def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> list[Plan]:
     """The plans of the replicas of a run with ``config.seeds`` (R seeds trained in one program,
     ``step.jit_replicated_step``): replica r's is the plan of the run with ``seed=seeds[r]`` and
-    no ``seeds``, its class order, visible labels, data orders and keys its seed's. The data are
-    read once.
+    no ``seeds``: its visible labels, data orders and keys its seed's (the class order and the
+    tasks follow ``split_seed``, the same for every replica). The data are read once.
 
     ValueError, before anything compiles, for what replicas cannot share: the images are on the
     devices (one copy for every replica), the stages have the same number of steps (one schedule
@@ -277,9 +277,9 @@ def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
         if [s.num_steps for s in other.stages] != [s.num_steps for s in first.stages]:
             raise ValueError(
                 f"seeds: seed {seed}'s tasks train {[s.num_steps for s in other.stages]} steps, "
-                f"seed {seeds[0]}'s {[s.num_steps for s in first.stages]} (its class order gives "
-                "tasks of other sizes); set a class_order that does not depend on the seed, or "
-                "run the seeds separately with --config.seed"
+                f"seed {seeds[0]}'s {[s.num_steps for s in first.stages]}, but the replicas "
+                "share one schedule and one compiled step; run the seeds separately with "
+                "--config.seed"
             )
     return plans
 

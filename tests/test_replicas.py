@@ -2,6 +2,7 @@
 axis (``step.jit_replicated_step``), and the run whose replicas each end as the run of their seed
 alone."""
 
+import dataclasses
 import json
 import shutil
 
@@ -162,6 +163,24 @@ def test_what_replicas_cannot_share_is_refused_before_compiling(mock_cifar10, ov
     config = tiny_config(**{"seeds": (0, 1), **overrides})
     with pytest.raises(ValueError, match=message):
         planning.replica_plans(config, parallel.make_mesh(1))
+
+
+def test_seeds_whose_tasks_train_different_steps_are_refused(mock_cifar10, monkeypatch):
+    """No shipped setting makes a task's length depend on the seed (a strategy that adds
+    exemplars to its tasks is refused first); a plan whose second task is shorter for seed 1
+    stands for one that would."""
+    plan = planning.plan
+
+    def shorter_for_seed_1(config, mesh, splits=None):
+        p = plan(config, mesh, splits)
+        if config.seed != 1:
+            return p
+        last = dataclasses.replace(p.stages[-1], steps_per_epoch=p.stages[-1].steps_per_epoch - 1)
+        return dataclasses.replace(p, stages=(*p.stages[:-1], last))
+
+    monkeypatch.setattr(planning, "plan", shorter_for_seed_1)
+    with pytest.raises(ValueError, match=r"seed 1's tasks train \[\d+, \d+\] steps, seed 0's"):
+        planning.replica_plans(tiny_config(seeds=(0, 1)), parallel.make_mesh(1))
 
 
 def test_re_evaluation_refuses_a_run_of_replicas(replicated_run):
