@@ -1,6 +1,6 @@
 """What a run reports: its accuracy matrices and their metrics, the wall time spent training,
-evaluating and checkpointing, and the files and logs (console, results files, TensorBoard, Weights & Biases) that
-carry them."""
+evaluating and checkpointing, and the files and logs (console, results files, TensorBoard,
+Weights & Biases) that carry them."""
 
 from __future__ import annotations
 
