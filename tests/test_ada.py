@@ -281,8 +281,21 @@ def test_pipe_is_the_identity_at_p_zero_and_differentiable():
         fn = jax.jit(lambda x, p, s=space, k=key: ada.ada_augment(k, x, p, space=s, **kw))
         np.testing.assert_allclose(fn(images, jnp.float32(0.0)), images, atol=2e-5)
         assert not np.allclose(fn(images, jnp.float32(1.0)), images, atol=1e-2)
-    grad = jax.grad(lambda x: jnp.sum(ada.ada_augment(jax.random.PRNGKey(0), x, 1.0, **kw) ** 2))
+    grad = jax.jit(  # compiled: op by op, the pipeline's many small ops take seconds
+        jax.grad(lambda x: jnp.sum(ada.ada_augment(jax.random.PRNGKey(0), x, 1.0, **kw) ** 2))
+    )
     assert np.abs(np.asarray(grad(images))).sum() > 0  # the generator learns through it
+
+
+def test_adjust_moves_p_towards_the_target_at_each_interval_only():
+    """At GAN steps that are multiples of ADJUST_INTERVAL, p moves by ADJUST_INTERVAL /
+    (ADJUST_KIMG * 1000), up where the discriminator's mean sign on real images exceeds the
+    target and down where it does not; in between it holds."""
+    step = ada.ADJUST_INTERVAL / (ada.ADJUST_KIMG * 1000)
+    up = ada.ada_adjust(jnp.float32(0.1), jnp.ones(4), jnp.int32(8), target=0.5, max_p=0.5)
+    down = ada.ada_adjust(jnp.float32(0.1), -jnp.ones(4), jnp.int32(8), target=0.5, max_p=0.5)
+    held = ada.ada_adjust(jnp.float32(0.1), jnp.ones(4), jnp.int32(9), target=0.5, max_p=0.5)
+    np.testing.assert_allclose([up, down, held], [0.1 + step, 0.1 - step, 0.1], rtol=1e-6)
 
 
 def test_standardised_and_signed_spaces_differ_in_brightness_only_by_the_scale():

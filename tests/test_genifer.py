@@ -12,7 +12,7 @@ from helpers import initial_state, shipped_config, tiny_config, train_data
 
 from cl_ssl import parallel, preemption, train
 from cl_ssl import step as step_lib
-from cl_ssl.data import ada, augment
+from cl_ssl.data import augment
 from cl_ssl.data.batch import TrainData, current_batch
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
@@ -278,22 +278,6 @@ def test_gan_losses_and_distillation_against_hand_values():
     x = np.random.default_rng(7).standard_normal((2, 4, 4, 3)).astype(np.float32)
     assert float(gan_losses.generator_distillation(x, x)) == 0.0
     np.testing.assert_allclose(float(gan_losses.generator_distillation(x, x + 0.5)), 0.5, rtol=1e-6)
-
-
-def test_ada_is_identity_at_p_zero_and_moves_p_towards_the_target():
-    images = jnp.asarray(np.random.default_rng(8).standard_normal((3, 8, 8, 3)), jnp.float32)
-    kw = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
-    same = ada.ada_augment(jax.random.PRNGKey(0), images, jnp.float32(0.0), **kw)
-    np.testing.assert_allclose(same, images, atol=1e-5)
-    moved = ada.ada_augment(jax.random.PRNGKey(0), images, jnp.float32(1.0), **kw)
-    assert not np.allclose(moved, images)
-    grad = jax.grad(lambda x: jnp.sum(ada.ada_augment(jax.random.PRNGKey(0), x, 1.0, **kw)))(images)
-    assert np.abs(np.asarray(grad)).sum() > 0  # differentiable: the generator learns through it
-    step = ada.ADJUST_INTERVAL / (ada.ADJUST_KIMG * 1000)
-    up = ada.ada_adjust(jnp.float32(0.1), jnp.ones(4), jnp.int32(8), target=0.5, max_p=0.5)
-    down = ada.ada_adjust(jnp.float32(0.1), -jnp.ones(4), jnp.int32(8), target=0.5, max_p=0.5)
-    held = ada.ada_adjust(jnp.float32(0.1), jnp.ones(4), jnp.int32(9), target=0.5, max_p=0.5)
-    np.testing.assert_allclose([up, down, held], [0.1 + step, 0.1 - step, 0.1], rtol=1e-6)
 
 
 def test_minibatch_std_matches_numpy():

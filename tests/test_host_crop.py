@@ -66,7 +66,7 @@ def test_given_crops_replace_the_crop_and_keep_every_other_draw():
     mixed = batch(key, images, cfg, other)
     np.testing.assert_array_equal(mixed[3:], plain[3:])
     keys = jax.random.split(key, 5)[:3]
-    cropped = jax.vmap(functools.partial(augment.augment_image, cfg=cfg, cropped=True))
+    cropped = jax.jit(jax.vmap(functools.partial(augment.augment_image, cfg=cfg, cropped=True)))
     np.testing.assert_allclose(mixed[:3], cropped(keys, other), atol=1e-5)
     with pytest.raises(ValueError, match="a cropped view must be 16 x 16"):
         batch(key, images, cfg, images[:3, :8, :8])

@@ -4,6 +4,7 @@ beyond CaSSLe's probe: initial weights from N(0, init_std^2), the best epoch's t
 of every image at every epoch through the frozen backbone."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -166,10 +167,12 @@ def _one_step_logits(evaluator, objective, config, variables, images, labels, *,
     model, view = objective.model, config.augment.view1
     key = jax.random.key(evaluator._seed)
     keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 0), 0), len(images))
-    x = jax.vmap(lambda k, im: augment.augment_image(k, im, _probe_view(view), cropped=cropped))(
-        keys, jnp.asarray(images)
-    )
-    features = np.asarray(model.apply(variables, x, method=model.features), np.float64)
+    # Compiled: op by op, the augmentations and the backbone take seconds.
+    x = jax.jit(
+        jax.vmap(lambda k, im: augment.augment_image(k, im, _probe_view(view), cropped=cropped))
+    )(keys, jnp.asarray(images))
+    features = jax.jit(functools.partial(model.apply, method=model.features))(variables, x)
+    features = np.asarray(features, np.float64)
     kernel = 0.01 * np.asarray(
         jax.random.normal(jax.random.fold_in(key, 0x696E6974), (features.shape[1], 4)), np.float64
     )
