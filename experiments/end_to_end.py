@@ -111,7 +111,8 @@ def main(argv):
         _summed_rows(folders),
         epochs=_EPOCHS.value,
         target_epochs=target_epochs,
-        saves=checkpoint_saves([n * _EPOCHS.value for n in steps_per_epoch], every),
+        # The last row is recorded before the run's last checkpoint.
+        saves=checkpoint_saves([n * _EPOCHS.value for n in steps_per_epoch], every) - 1,
         target_saves=checkpoint_saves([n * target_epochs for n in steps_per_epoch], every),
     )
     programs = _TABLE_RUNS.value / len(seeds)

@@ -34,10 +34,12 @@ def extrapolate(
 
     Args:
       at_rows: {row: {'training', 'training_waiting_for_device', 'evaluation', 'checkpointing'}},
-        cumulative seconds when each row was recorded (row 0: the random network; the last: the run's end).
+        cumulative seconds when each row was recorded (row 0: the random network; the last: after
+        the last stage's evaluation, before the run's last checkpoint).
       epochs: training epochs per task of the measured run.
       target_epochs: epochs per task to extrapolate to.
-      saves, target_saves: checkpoints saved at ``epochs`` and at ``target_epochs``.
+      saves: checkpoints the measured run saved before its last row was recorded.
+      target_saves: checkpoints a run of ``target_epochs`` saves in all.
 
     Returns:
       {'measured', 'extrapolated'}: seconds of 'training', 'rest' (the training time that does not
