@@ -181,6 +181,14 @@ def check_config(config: ml_collections.ConfigDict, objective: Objective) -> Non
             "(ccl.replay.mode='mix' distils within groups of that many rows, one GPU's batch of "
             "the reference); set a divisor of the batch size"
         )
+    bn_group = config.model.get("batch_norm_group", 0)
+    if c.replay.get("mode", "extend") == "mix" and bn_group and c.group_size % bn_group:
+        raise ValueError(
+            f"model.batch_norm_group={bn_group} must divide ccl.group_size={c.group_size} "
+            "(ccl.replay.mode='mix' passes each group of ccl.group_size rows through the networks "
+            "apart, and BatchNorm splits each pass into groups of model.batch_norm_group rows); "
+            "set equal sizes, as the :ccl presets do, or a divisor"
+        )
 
 
 def groupwise_relational_distillation(
