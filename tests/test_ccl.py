@@ -122,6 +122,23 @@ def test_teacher_momentum_is_set_at_the_last_step_of_each_epoch_only():
     np.testing.assert_array_equal(schedule, np.float32([1, 1, 0.996, 1, 1, 0.996]))
 
 
+def _update_buffers(strat, s, params, batch, joined, target, data, momentum=1.0):
+    """``strat.update_buffers`` at task 1 with teacher momentum ``momentum``."""
+    return strat.update_buffers(
+        BufferInputs(
+            state=s,
+            params=params,
+            batch=batch,
+            joined=joined,
+            target=target,
+            data=data,
+            key=jax.random.PRNGKey(0),
+            task=jnp.int32(1),
+            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(momentum)},
+        )
+    )
+
+
 def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only():
     _, _, strat, state = _default()
     s = state.strategy
@@ -130,19 +147,7 @@ def test_teacher_moves_at_epoch_ends_only_and_the_esq_takes_replayed_keys_only()
     target = _keys(seed=2)
 
     def update(tau, joined=joined, target=target):
-        return strat.update_buffers(
-            BufferInputs(
-                state=s,
-                params=params,
-                batch=own,
-                joined=joined,
-                target=target,
-                data=data,
-                key=jax.random.PRNGKey(0),
-                task=jnp.int32(1),
-                hyper={ccl.TEACHER_MOMENTUM: jnp.float32(tau)},
-            )
-        )
+        return _update_buffers(strat, s, params, own, joined, target, data, tau)
 
     within_epoch, epoch_end = update(1.0), update(0.996)
     # The same update jitted with the batch split over 4 devices.
@@ -503,19 +508,7 @@ def test_one_direction_ccl_esq_and_distillation_read_view1_queries_and_view2_key
     np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
 
     # The ESQ takes the old replayed rows' view-2 keys.
-    buffers = strat.update_buffers(
-        BufferInputs(
-            state=state.strategy,
-            params=state.params,
-            batch=own,
-            joined=joined,
-            target=target,
-            data=data,
-            key=jax.random.PRNGKey(0),
-            task=jnp.int32(1),
-            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(1.0)},
-        )
-    )
+    buffers = _update_buffers(strat, state.strategy, state.params, own, joined, target, data)
     (queue,) = buffers["esq"]
     np.testing.assert_allclose(queue.items[:2], _normalize(k2[OWN:])[OLD], rtol=1e-6)
     np.testing.assert_array_equal(queue.items[2:], 0.0)
@@ -604,19 +597,7 @@ def test_mix_mode_distils_the_old_rows_of_each_group_and_queues_their_view2_keys
     np.testing.assert_allclose(metrics["distill"], distill_expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(value, 0.1 * esq_expected + 0.1 * distill_expected, rtol=1e-5)
 
-    buffers = strat.update_buffers(
-        BufferInputs(
-            state=state.strategy,
-            params=state.params,
-            batch=batch,
-            joined=batch,
-            target=target,
-            data=data,
-            key=jax.random.PRNGKey(0),
-            task=jnp.int32(1),
-            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(1.0)},
-        )
-    )
+    buffers = _update_buffers(strat, state.strategy, state.params, batch, batch, target, data)
     (queue,) = buffers["esq"]
     np.testing.assert_allclose(queue.items[:5], _normalize(k2)[old], rtol=1e-6)
     np.testing.assert_array_equal(queue.items[5:], 0.0)
@@ -759,13 +740,16 @@ def test_settings_that_cannot_work_are_rejected_before_compiling():
 
 
 def test_mix_mode_settings_that_cannot_work_are_rejected_before_compiling():
-    """``ccl.replay.mode='mix'``: the group size must divide the batch, the memory must be filled
-    at the ends of tasks; the defaults keep the joined replay batch."""
+    """``ccl.replay.mode='mix'``: the group size must divide the batch, the BatchNorm group the
+    group size, the memory must be filled at the ends of tasks; the defaults keep the joined
+    replay batch."""
     assert _config().ccl.replay.mode == "extend" and _config().replay.mode == "extend"
     with pytest.raises(ValueError, match="ccl.group_size=3 must divide batch_size=8"):
         _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 3})
     with pytest.raises(ValueError, match="ccl.replay.mode='mix' adds the memory's exemplars"):
         _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4, **RESERVOIR})
+    with pytest.raises(ValueError, match="model.batch_norm_group=8 must divide ccl.group_size=4"):
+        _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4, "model.batch_norm_group": 8})
     with pytest.raises(ValueError, match="ccl.replay.mode='blend'"):
         _parts(**{"ccl.replay.mode": "blend"})
     _, _, strat = _parts(**{"ccl.replay.mode": "mix", "ccl.group_size": 4})
