@@ -319,7 +319,8 @@ class _Killed(Exception):
 def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_path):
     """The GAN's training at a boundary, killed right after its checkpoint at iteration 2 of 4
     (``task_end/stage_0``, as the run writes it), or stopped by a signal after iteration 3, resumes
-    from its checkpoint to the same state as a training never stopped."""
+    from its checkpoint to the same state as a training never stopped; a diverging one stops at
+    its first non-finite metrics."""
     config, objective, _, variables, state = initial
     replay = genifer.classifier_feature_replay(config, objective)
     mesh = parallel.make_mesh(1)
@@ -364,6 +365,12 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
         replay._train(end(stopping), buffers, variables)
     stopped = train.task_end_progress(str(tmp_path / "stopped"), 0, mesh)
     chex.assert_trees_all_equal(whole, replay._train(end(stopped), buffers, variables))
+
+    # A GAN that diverges (here on a network of NaN weights) stops the run, naming where.
+    broken = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables)
+    diverging = train.task_end_progress(str(tmp_path / "diverged"), 0, mesh)
+    with pytest.raises(FloatingPointError, match="the GAN after task 1 diverged at iteration 1 "):
+        replay._train(end(diverging), buffers, broken)
 
 
 # ---------------------------------------------------------------------------------------------
