@@ -27,8 +27,13 @@ with ESQ^v the replayed images' view-v keys. Reference code ``VDIGPKU/ContinualC
   first the teacher and MoCo's key encoder are overwritten with the student's weights
   (``reset_teacher``, ``reset_k``); during a task the teacher follows a per-epoch EMA of the
   student, momentum 0.996, applied after the last step of every epoch (``train.py`` calls
-  ``update_teacher`` after each epoch). Its BatchNorm normalises with the batch's statistics: the
-  reference's ``model.train()`` at every epoch overrides the ``teacher.eval()`` of the reset.
+  ``update_teacher`` after each epoch). Its BatchNorm normalises with the batch's statistics in
+  every epoch. The reference's does so from the second epoch of a task on, where ``train.py``'s
+  ``model.train()`` (l.478) overrides the ``teacher.eval()`` of the reset (``builder.py`` l.181);
+  in the first epoch of tasks 2, 3, ... its teacher runs in eval mode on running statistics that
+  only its own train-mode passes update (the reset copies parameters, not buffers): PyTorch's
+  initial mean 0 and variance 1 in task 2, whose first epoch thus distils from an un-normalised
+  network. This teacher keeps no running statistics, and that first epoch is not reproduced.
 - **Extra sample queue (ESQ):** 256 keys, taken at the first incremental step from the first 256
   rows of MoCo's queue (``begin_incremental``, l.62-63); afterwards only the key encoder's keys of
   replayed images enter it, first in first out (``_dequeue_and_enqueue``, l.89-111), the view-2
