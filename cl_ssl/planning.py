@@ -232,8 +232,7 @@ def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     ValueError, before anything compiles, for what replicas cannot share: the images are on the
     devices (one copy for every replica), the stages have the same number of steps (one schedule
     and one compiled step), the strategy adds no examples to its stages (their number is each
-    seed's own) and draws no replay rows from a loader ordered by the seed, and W&B is off (it
-    logs one run per process).
+    seed's own) and draws no replay rows from a loader ordered by the seed.
     """
     seeds = tuple(config.seeds)
     if not all(isinstance(s, int) and s >= 0 for s in seeds):
@@ -247,11 +246,6 @@ def replica_plans(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
             "seeds: replicas share the training images on the devices; set "
             "dataset.on_device=True (and dataset.streaming=False), or run the seeds separately "
             "with --config.seed"
-        )
-    if config.wandb.project:
-        raise ValueError(
-            "seeds: Weights & Biases logs one run per process; set wandb.project='' (each "
-            "replica writes TensorBoard events in its seed_<s>/tb) or run the seeds separately"
         )
     plans = []
     for seed in seeds:

@@ -172,7 +172,9 @@ class RunResults:
 def wandb_init(p: Plan, workdir: str) -> dict[str, Any] | None:
     """The ``wandb.init`` arguments of a run, None when ``wandb.project`` is empty: the run's name
     and flattened config, files under ``workdir``, and an id drawn from the workdir's path, so
-    that a resumed run goes on logging into the same W&B run."""
+    that a resumed run goes on logging into the same W&B run. Each call makes a run of its own
+    beside any already open in the process (``reinit='create_new'``, W&B 0.19.10 or newer): the
+    replicas of ``--config.seeds`` log one W&B run per seed, each through its own writer."""
     w = p.config.wandb
     if not w.project:
         return None
@@ -186,6 +188,7 @@ def wandb_init(p: Plan, workdir: str) -> dict[str, Any] | None:
         "dir": None if storage.is_remote(path) else path,  # W&B keeps its files on a local disk
         "id": hashlib.sha256(path.encode()).hexdigest()[:16],
         "resume": "allow",
+        "reinit": "create_new",
     }
 
 

@@ -143,7 +143,6 @@ def test_a_non_finite_replica_stops_the_run_naming_its_seed(tmp_path):
         ({"seeds": (0, 0)}, r"seeds=\(0, 0\) names a seed twice"),
         ({"seeds": (0, -1)}, r"seeds=\(0, -1\); list non-negative integers"),
         ({"dataset.on_device": False}, "set dataset.on_device=True"),
-        ({"wandb.project": "p"}, "set wandb.project=''"),
         (
             {"strategy": "kaizen", "labels.fraction": 1.0, "kaizen.replay.sampling": "loader"},
             "kaizen.replay.sampling='loader' orders",

@@ -47,11 +47,12 @@ def test_weights_and_biases_is_off_by_default_and_resumes_into_the_same_run(tmp_
     init = results.wandb_init(plan, str(tmp_path / "run"))
     assert init == results.wandb_init(plan, str(tmp_path / "run"))  # the same id on resume
     assert init["id"] != results.wandb_init(plan, str(tmp_path / "other"))["id"]
-    assert (init["project"], init["mode"], init["entity"], init["resume"]) == (
+    assert (init["project"], init["mode"], init["entity"], init["resume"], init["reinit"]) == (
         "cl",
         "offline",
         None,
         "allow",
+        "create_new",  # a run beside those open: one per replica of --config.seeds
     )
     assert init["name"] == "cifar10, class-incremental (3 tasks), simclr, cassle, seed 0"
     assert init["config"]["batch_size"] == plan.config.batch_size
