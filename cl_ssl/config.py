@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
             streaming=False,
             read_threads=16,
             host_crop=False,
+            # holdout_fraction: the share of each class's training images in every task that
+            # nothing trains on (drawn with split_seed; the test split is unchanged), as the
+            # validation split that FACIL-based code holds out (POCON's preset: 0.1).
+            holdout_fraction=0.0,
         )
     )
     c.scenario = "class_incremental"
@@ -549,8 +553,15 @@ def use_pocon_setting(config: ml_collections.ConfigDict) -> None:
     ``SimCLRCollateFunction(input_size=32, gaussian_blur=0., cj_strength=0.5)``
     (``copyOPscratch.py`` l.358-364): a random resized crop of scale 0.08-1, a flip, colour
     jitter of 0.8, 0.8, 0.8 and 0.2 times the strength with probability 0.8, grayscale 0.2, no
-    blur and no solarisation, normalised with the code's CIFAR-100 mean and std. No online
-    probe: the code trains none; the offline probes score the main network."""
+    blur and no solarisation, normalised with the code's CIFAR-100 mean and std. The class order
+    is the run's (``--seed 667``, ``--datasets cifar100_noTrans``, which names no order):
+    ``np.random.seed(667)`` then ``np.random.shuffle`` of 0..99 (``utils.py`` l.10-12,
+    ``datasets/memory_dataset.py`` l.74-82), the stream of ``class_order='random'`` with
+    ``split_seed=667``. The runs train on 90% of each task's images: ``get_loaders`` holds 10%
+    of every class out as a validation split (``main_incremental.py`` l.184-186 with the default
+    ``validation=.1``; ``dataset.holdout_fraction``; the code draws which with Python's
+    ``random.sample``, this library with NumPy). No online probe: the code trains none; the
+    offline probes score the main network."""
     config.strategy = "pocon"
     config.objective = "barlow_twins"
     config.num_tasks = 10
@@ -586,6 +597,9 @@ def use_pocon_setting(config: ml_collections.ConfigDict) -> None:
         view.update(mean=(0.5071, 0.4866, 0.4409), std=(0.2009, 0.1984, 0.2023))
     for v in (config.augment.view1, config.augment.view2):
         v.update(view)
+    config.class_order = "random"
+    config.split_seed = 667
+    config.dataset.holdout_fraction = 0.1
     config.eval.online = False
 
 
@@ -714,6 +728,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         0.0 <= config.labels.fraction <= 1.0,
         f"labels.fraction={config.labels.fraction}; set a fraction of each task's labels in [0, 1]",
+    )
+    _require(
+        0.0 <= config.dataset.holdout_fraction < 1.0,
+        f"dataset.holdout_fraction={config.dataset.holdout_fraction}; set the held-out share of "
+        "each class's training images in [0, 1)",
     )
     _require(
         config.dataset.image_size >= 0,

@@ -168,6 +168,9 @@ def plan(
         train_domains=train.domains,
         test_domains=test.domains,
     )
+    scenario = scenarios.hold_out(
+        scenario, train.labels, fraction=d.holdout_fraction, seed=config.split_seed
+    )
     stages = []
     for i, indices in enumerate(strategy.stages(scenario.train_indices)):
         if len(indices) < config.batch_size:

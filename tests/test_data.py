@@ -337,6 +337,29 @@ def test_random_class_order_is_the_seeded_numpy_permutation():
     assert other.task_classes != random.task_classes
 
 
+def test_hold_out_leaves_out_a_rounded_share_of_each_class_in_each_task():
+    """Classes of 10, 15 and 25 images in two tasks, 10% held out: np.round(1.0), np.round(1.5)
+    and np.round(2.5) are 1, 2 and 2 (halves to even, as FACIL's ``np.round``)."""
+    labels = np.repeat(np.arange(3), [10, 15, 25])
+    scenario = scenarios.class_incremental(labels, np.arange(3), task_classes=[[0, 1], [2]])
+    thinned = scenarios.hold_out(scenario, labels, fraction=0.1, seed=3)
+    for full, kept, held in zip(
+        scenario.train_indices, thinned.train_indices, ([1, 2], [2]), strict=True
+    ):
+        assert kept.dtype == np.int32 and (np.diff(kept) > 0).all() and np.isin(kept, full).all()
+        classes = np.unique(labels[full])
+        removed = [np.sum(labels[full] == c) - np.sum(labels[kept] == c) for c in classes]
+        assert removed == held
+    assert thinned.test_indices is scenario.test_indices
+    again = scenarios.hold_out(scenario, labels, fraction=0.1, seed=3).train_indices
+    other = scenarios.hold_out(scenario, labels, fraction=0.1, seed=4).train_indices
+    assert all(np.array_equal(a, b) for a, b in zip(again, thinned.train_indices, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(other, thinned.train_indices, strict=True))
+    assert scenarios.hold_out(scenario, labels, fraction=0.0, seed=3) is scenario
+    with pytest.raises(ValueError, match="set a share in"):
+        scenarios.hold_out(scenario, labels, fraction=1.0, seed=3)
+
+
 def test_class_order_tasks_order_of_appearance():
     assert scenarios.class_order_tasks([5, 0, 3, 1, 4, 2], 3) == [[5, 0], [3, 1], [4, 2]]
 

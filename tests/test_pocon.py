@@ -12,6 +12,7 @@ from helpers import initial_state, random_split, run, shipped_config, tiny_objec
 
 from cl_ssl import objectives, parallel, planning, rescore, strategies
 from cl_ssl import step as step_lib
+from cl_ssl.data import sources
 from cl_ssl.data.batch import TrainData
 from cl_ssl.strategies import PhaseStart, TaskEnd
 from cl_ssl.strategies.base import LossInputs, output_widths
@@ -377,9 +378,33 @@ def test_preset_is_the_official_cifar100_run():
     assert (config.barlow_twins.scale, config.barlow_twins.lambd) == (0.025, 0.0051)
     o = config.optimizer
     assert (o.name, o.lr, o.min_lr, o.weight_decay, o.warmup_epochs) == ("sgd", 0.01, 0.01, 5e-4, 0)
-    assert not config.eval.online
+    assert not config.eval.online and config.dataset.holdout_fraction == 0.1
     objective = objectives.get_objective(config)
     strategy = strategies.get_strategy(config, objective)
     epochs = [[phase.epochs for phase in strategy.phases(t)] for t in (0, 1, 9)]
     assert epochs == [[500, 500], [500, 250], [500, 250]]
     assert [phase.objective for phase in strategy.phases(1)] == [True, False]
+
+
+def test_preset_trains_on_nine_tenths_of_each_task(monkeypatch):
+    """The official loaders shuffle the classes after ``np.random.seed(667)`` and hold 10% of
+    every class out (FACIL's validation split): on a split of CIFAR-100's shape, each task of 10
+    classes trains, and its probes fit, on 4,500 of its 5,000 images, 17 steps of 256 an
+    epoch."""
+    cifar100 = sources.ArraySplit(
+        images=np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (50_000, 32, 32, 3)),
+        labels=np.repeat(np.arange(100, dtype=np.int32), 500),
+        num_classes=100,
+    )
+    monkeypatch.setattr(sources, "load_split", lambda *args, **kwargs: cifar100)
+    p = planning.plan(shipped_config("cifar100", "pocon"), parallel.make_mesh(1))
+    assert [(len(s.indices), s.steps_per_epoch) for s in p.stages] == [(4500, 17)] * 10
+    np.random.seed(667)
+    order = list(range(100))
+    np.random.shuffle(order)  # the official code's draw, datasets/memory_dataset.py l.82
+    assert [list(classes) for classes in p.scenario.task_classes] == [
+        order[10 * t : 10 * t + 10] for t in range(10)
+    ]
+    for stage, indices in zip(p.stages, p.scenario.train_indices, strict=True):
+        np.testing.assert_array_equal(stage.indices, indices)
+        assert (np.bincount(cifar100.labels[indices], minlength=100) % 450 == 0).all()

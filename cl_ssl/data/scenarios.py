@@ -512,3 +512,35 @@ def make_scenario(
         )
         tasks = split["task_classes"]
     return class_incremental(train_labels, test_labels, task_classes=tasks)
+
+
+def hold_out(
+    scenario: Scenario, train_labels: np.ndarray, *, fraction: float, seed: int
+) -> Scenario:
+    """``scenario`` without a held-out share of every task's training images: of each class's n
+    images in a task, round(fraction * n) drawn at random (``np.round``, halves to even) leave the
+    task's ``train_indices``, so that nothing trains or fits a probe on them; the test indices are
+    unchanged. The validation split of FACIL-based code, which POCON's official runs hold out
+    (``alviur/pocon_wacv2024`` ``src/datasets/data_loader.py`` l.17, ``validation=.1``, and
+    ``src/datasets/memory_dataset.py`` l.140-151) and never score.
+
+    Args:
+      scenario: the scenario to thin.
+      train_labels: int [N_train] labels of the training split.
+      fraction: share in [0, 1) held out per class and task; 0 returns ``scenario`` itself.
+      seed: seed of the draw (``np.random.RandomState``).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"hold-out fraction {fraction}; set a share in [0, 1)")
+    if fraction == 0.0:
+        return scenario
+    rng = np.random.RandomState(seed)
+    labels = np.asarray(train_labels)
+    kept = []
+    for indices in scenario.train_indices:
+        held = [
+            rng.choice(rows, int(np.round(len(rows) * fraction)), replace=False)
+            for rows in (indices[labels[indices] == c] for c in np.unique(labels[indices]))
+        ]
+        kept.append(np.setdiff1d(indices, np.concatenate(held)).astype(np.int32))
+    return dataclasses.replace(scenario, train_indices=tuple(kept))

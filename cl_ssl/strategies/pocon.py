@@ -57,8 +57,7 @@ This library against the code:
   last BatchNorm scale of each block).
 - The expert and the main network start from two independent random draws, as in the code, but
   not the code's draws.
-- The code's class order (``cifar100_noTrans``) is not reproduced, and the probes are the
-  library's, as for every strategy.
+- The probes are the library's, as for every strategy.
 
 The probes score the main network. ``--config.eval.network=expert`` scores the expert of each
 task instead (``Strategy.networks``; the official ``evalExpert``, the "Omnihead Expert" accuracy
