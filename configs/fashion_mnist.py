@@ -56,7 +56,11 @@ def get_config(arg: str | None = None):
     config.isd.update(proj_hidden_dim=256, proj_output_dim=64, pred_hidden_dim=256, bank_size=4096)
     config.simsiam.update(proj_hidden_dim=512, proj_output_dim=512, pred_hidden_dim=128)
     config.dino.update(
-        proj_hidden_dim=256, proj_output_dim=64, num_prototypes=1024, warmup_teacher_epochs=1
+        proj_hidden_dim=256,
+        proj_output_dim=64,
+        num_prototypes=1024,
+        warmup_teacher_epochs=1,
+        freeze_prototypes_epochs=0,
     )
     # Grayscale images: brightness and contrast jitter of 0.4 only, whatever the objective;
     # objects are centred and small, so crops keep at least 20% of the image. The objective's

@@ -1,5 +1,7 @@
 """Backbones and heads: shapes, parameter counts, BatchNorm state, mixed precision, prototypes."""
 
+import math
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -206,6 +208,23 @@ def test_mlp_head_pytorch_linear_init():
     for leaf in (params["kernel"], params["bias"]):
         assert np.abs(leaf).max() <= bound
         assert np.abs(leaf).max() > 0.9 * bound  # uniform over the whole interval
+
+
+def test_mlp_head_dino_init_and_exact_gelu():
+    """``init_std``: kernels N(0, std^2), zero biases; ``gelu``: x Phi(x), with the erf (PyTorch's
+    ``nn.GELU`` default), after the hidden Linear."""
+    head = MLPHead(hidden_dims=(512,), out_dim=512, gelu=True, init_std=0.02)
+    variables = head.init(_key(0), jnp.zeros((1, 256)), train=False)
+    params = variables["params"]
+    for layer in ("linear0", "linear1"):
+        assert np.std(params[layer]["kernel"]) == pytest.approx(0.02, rel=0.02)
+        assert not np.any(params[layer]["bias"])
+    x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+    hidden = x @ np.asarray(params["linear0"]["kernel"], np.float64)
+    erf = np.vectorize(math.erf)
+    gelu = hidden * 0.5 * (1.0 + erf(hidden / np.sqrt(2.0)))
+    expected = gelu @ np.asarray(params["linear1"]["kernel"], np.float64)
+    np.testing.assert_allclose(head.apply(variables, x, train=False), expected, atol=1e-5)
 
 
 def _np_normalize(x, axis=-1):

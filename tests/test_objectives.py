@@ -240,6 +240,26 @@ def test_dino_centre_moves_towards_the_teacher_mean():
     assert float(hyper["teacher_temperature"]) == pytest.approx(0.04)
 
 
+def test_dino_prototypes_frozen_in_the_first_epoch_and_the_temperature_a_linspace():
+    """CaSSLe's DINO: no prototype update in epoch 0 (``--freeze_last_layer 1``), the rest of the
+    network trained; the teacher temperature is ``np.linspace(0.04, 0.07, W)`` over the first W
+    epochs of a task, then 0.07."""
+    objective, before, after, hyper, _ = _one_step("dino")  # step 0: epoch 0
+    assert float(hyper["prototype_grad"]) == 0.0
+    chex.assert_trees_all_equal(before.params["prototypes"], after.params["prototypes"])
+    assert not np.allclose(
+        before.params["projector"]["linear0"]["kernel"],
+        after.params["projector"]["linear0"]["kernel"],
+    )
+    config = objectives.resolve_config(
+        tiny_objective_config("dino", **{"dino.warmup_teacher_epochs": 3})
+    )
+    schedules = objectives.get_objective(config).schedules(num_steps=10, steps_per_epoch=2)
+    expected = np.r_[np.linspace(0.04, 0.07, 3), 0.07, 0.07].repeat(2)
+    np.testing.assert_allclose(schedules["teacher_temperature"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(schedules["prototype_grad"], [0, 0] + [1] * 8)
+
+
 # ---------------------------------------------------------------------------------------------
 # Wiring of each objective's loss: which outputs meet, and how the directions combine
 

@@ -52,7 +52,7 @@ def torch_linear_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 class MLPHead(nn.Module):
-    """Projector / predictor: Linear -> [BN] -> ReLU -> ... -> Linear(out_dim) [-> BN].
+    """Projector / predictor: Linear -> [BN] -> ReLU (or GELU) -> ... -> Linear(out_dim) [-> BN].
 
     Attributes:
       hidden_dims: widths of the hidden layers, each Linear -> [BatchNorm] -> ReLU. Empty gives a
@@ -64,6 +64,10 @@ class MLPHead(nn.Module):
       dtype: computation dtype; parameters stay float32 and the output is float32.
       batch_norm_group: 0 (BatchNorm over the whole batch) or G, train-mode BatchNorm per group
         of G consecutive rows; G must divide the batch.
+      gelu: GELU (exact, PyTorch's ``nn.GELU``) after the hidden layers instead of ReLU.
+      init_std: 0 for PyTorch's ``nn.Linear`` initialisation; s > 0 for kernels N(0, s^2) and
+        zero biases (DINO heads' ``trunc_normal_(std=s)``, whose absolute bounds +-2 never bind
+        at s = 0.02).
     """
 
     hidden_dims: Sequence[int]
@@ -72,16 +76,21 @@ class MLPHead(nn.Module):
     last_batch_norm: bool = False
     dtype: Any = jnp.float32
     batch_norm_group: int = 0
+    gelu: bool = False
+    init_std: float = 0.0
 
     def _dense(self, x: jax.Array, features: int, name: str) -> jax.Array:
-        return nn.Dense(
-            features,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=torch_linear_kernel_init,
-            bias_init=torch_linear_bias_init(x.shape[-1]),
-            name=name,
-        )(x)
+        if self.init_std > 0:
+            inits = dict(
+                kernel_init=nn.initializers.normal(self.init_std),
+                bias_init=nn.initializers.zeros,
+            )
+        else:
+            inits = dict(
+                kernel_init=torch_linear_kernel_init,
+                bias_init=torch_linear_bias_init(x.shape[-1]),
+            )
+        return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, name=name, **inits)(x)
 
     def _bn(self, x: jax.Array, train: bool, name: str) -> jax.Array:
         return batch_norm(train, self.dtype, name, self.batch_norm_group)(x)
@@ -98,7 +107,7 @@ class MLPHead(nn.Module):
             x = self._dense(x, width, f"linear{i}")
             if self.batch_norm:
                 x = self._bn(x, train, f"bn{i}")
-            x = nn.relu(x)
+            x = nn.gelu(x, approximate=False) if self.gelu else nn.relu(x)
         x = self._dense(x, self.out_dim, f"linear{len(self.hidden_dims)}")
         if self.last_batch_norm:
             x = self._bn(x, train, f"bn{len(self.hidden_dims)}")

@@ -168,8 +168,10 @@ def mlp(
     *,
     batch_norm: bool,
     last_batch_norm: bool = False,
+    gelu: bool = False,
+    init_std: float = 0.0,
 ) -> heads.MLPHead:
-    """An MLP head in the model's compute dtype."""
+    """An MLP head in the model's compute dtype (``heads.MLPHead``'s fields)."""
     return heads.MLPHead(
         hidden_dims=tuple(hidden_dims),
         out_dim=out_dim,
@@ -177,6 +179,8 @@ def mlp(
         last_batch_norm=last_batch_norm,
         dtype=jnp.dtype(config.model.dtype),
         batch_norm_group=config.model.get("batch_norm_group", 0),
+        gelu=gelu,
+        init_std=init_std,
     )
 
 

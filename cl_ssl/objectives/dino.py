@@ -1,11 +1,16 @@
 """DINO with two views: EMA teacher, centred and sharpened teacher distribution over prototypes.
 
-Beyond CaSSLe's seeds. Head: a 3-layer MLP (2048, 2048 -> 256 bottleneck, ReLU in place of GELU)
-then 4,096 unit-norm prototypes on the normalised bottleneck (``norm_last_layer``). The teacher
-temperature warms up linearly per epoch from ``warmup_teacher_temperature`` to
-``teacher_temperature`` over ``warmup_teacher_epochs`` epochs of each task; the centre is
-c <- m c + (1 - m) mean(teacher scores of both views). Hyper-parameters follow the DINO paper's
-defaults; the recipe (lr 0.3, wd 1e-6) is a project choice.
+Caron et al., ICCV 2021, Sec. 3.1, as CaSSLe's code runs it (``cassle/methods/dino.py``,
+``cassle/losses/dino.py``), whose defaults are this module's: a 3-layer head (Linear-BN-GELU to
+2048, twice, then Linear to the 256-d bottleneck; kernels N(0, 0.02^2), zero biases, l.47-78)
+then 4,096 unit-norm prototypes on the normalised bottleneck (``norm_last_layer``), frozen during
+the first ``freeze_prototypes_epochs`` epoch of each task (``--freeze_last_layer 1``, l.168,
+l.280-282: their optimizer group skips those steps, as SwAV's). The teacher temperature follows
+``np.linspace(warmup_teacher_temperature, teacher_temperature, warmup_teacher_epochs)`` over the
+first epochs of each task, then stays at ``teacher_temperature`` (``cassle/losses/dino.py``
+l.43-48); the centre is c <- m c + (1 - m) mean(teacher scores of both views), m = 0.9; student
+temperature 0.1; the teacher's EMA goes from 0.996 to 1 (the DINO paper's). CaSSLe ships no DINO
+script: the recipe (lr 0.3, wd 1e-6, BYOL's CIFAR views) is a project choice.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cl_ssl import losses
+from cl_ssl import losses, optim
 from cl_ssl.models.ssl import Prototypes
 from cl_ssl.objectives.base import (
     BYOL_VIEWS,
@@ -38,7 +43,7 @@ RECIPE = Recipe(
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """``config.dino``: the DINO paper's temperatures, centring and EMA schedule."""
+    """``config.dino``: CaSSLe's DINO defaults (``cassle/methods/dino.py`` l.167-180)."""
     return ml_collections.ConfigDict(
         dict(
             proj_hidden_dim=2048,
@@ -48,6 +53,7 @@ def default_config() -> ml_collections.ConfigDict:
             warmup_teacher_temperature=0.04,
             teacher_temperature=0.07,
             warmup_teacher_epochs=50,
+            freeze_prototypes_epochs=1,
             center_momentum=0.9,
             base_momentum=0.996,
             final_momentum=1.0,
@@ -60,7 +66,14 @@ def make(config: ml_collections.ConfigDict) -> Objective:
     c = config.dino
     model = make_model(
         config,
-        mlp(config, (c.proj_hidden_dim,) * 2, c.proj_output_dim, batch_norm=False),
+        mlp(
+            config,
+            (c.proj_hidden_dim,) * 2,
+            c.proj_output_dim,
+            batch_norm=True,
+            gelu=True,
+            init_std=0.02,
+        ),
         prototypes=Prototypes(c.num_prototypes),
     )
 
@@ -95,15 +108,20 @@ def make(config: ml_collections.ConfigDict) -> Objective:
 
     def schedules(num_steps, steps_per_epoch):
         epoch = epoch_of_step(num_steps, steps_per_epoch)
-        warm = max(c.warmup_teacher_epochs, 1)
-        ramp = np.minimum(epoch / warm, 1.0)
+        warm = c.warmup_teacher_epochs
+        # np.linspace over the warm-up epochs: its last value at epoch warm - 1.
+        ramp = np.minimum(epoch / (warm - 1), 1.0) if warm > 1 else (epoch >= warm) * 1.0
         temperature = c.warmup_teacher_temperature + ramp * (
             c.teacher_temperature - c.warmup_teacher_temperature
         )
         return {
             "momentum": cosine_momentum(c.base_momentum, c.final_momentum, num_steps),
             "teacher_temperature": temperature.astype(np.float32),
+            "prototype_grad": (epoch >= c.freeze_prototypes_epochs).astype("float32"),
         }
+
+    def param_labels(params):
+        return optim.label_top_level(params, {"prototypes": "dino_prototypes"})
 
     return Objective(
         name="dino",
@@ -114,4 +132,6 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         target=momentum_target(model),
         update_state=update_state,
         schedules=schedules,
+        param_labels=param_labels,
+        param_groups={"dino_prototypes": optim.ParamGroup(active="prototype_grad")},
     )
