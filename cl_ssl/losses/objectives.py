@@ -261,7 +261,7 @@ def info_nce(
       k: [B, D] keys of the other view from the momentum encoder, row i the positive of ``q[i]``.
       queue: [K, D] past keys, one per row (the same on every device).
       temperature: softmax temperature tau > 0 (0.2 in MoCo v2, Chen et al., arXiv:2003.04297,
-        and CaSSLe's MoCoV2+; solo-learn's default 0.1).
+        and in CaSSLe's MoCoV2+ scripts; the default of CaSSLe's and solo-learn's code is 0.1).
       axis_name: mesh axis that splits q and k inside ``jax.shard_map``; only the batch mean is
         reduced over it, the negatives are the queue alone.
 

@@ -93,7 +93,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     of ``augment.view1`` / ``augment.view2`` (from the recipe, else ``ViewConfig``'s default). A
     value given in the config or on the command line always wins. ``config.recipe`` picks the
     recipe: ``'cifar'`` (CaSSLe's CIFAR-100 scripts), ``'imagenet'`` (its ImageNet-100 scripts,
-    also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one) or
+    also used for DomainNet; only SimCLR, BYOL, Barlow Twins, SwAV and VICReg have one here:
+    CaSSLe's MoCoV2+ ImageNet-100 script, plain SGD at lr 0.4, is not transcribed) or
     ``'kaizen'`` (Kaizen's CIFAR-100 scripts; they differ from CaSSLe's for SimCLR only, the
     other objectives take their CIFAR recipe) or ``'ccl'`` (CCL's ImageNet command, MoCoV2+ only).
     """
@@ -105,8 +106,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     )
     if recipe is None:
         raise ValueError(
-            f"objective {config.objective!r} has no {config.recipe!r} recipe (CaSSLe ships no "
-            "such script for it); use --config.recipe=cifar and set optimizer.lr, "
+            f"objective {config.objective!r} has no {config.recipe!r} recipe in this library; "
+            "use --config.recipe=cifar and set optimizer.lr, "
             "optimizer.weight_decay and the augment fields for this data set"
         )
     resolved = ml_collections.ConfigDict(config.to_dict())

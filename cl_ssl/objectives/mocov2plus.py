@@ -47,7 +47,12 @@ from cl_ssl.objectives.base import (
 RECIPE = Recipe(
     optimizer=dict(lr=1.0, weight_decay=1e-5, min_lr=0.0, exclude_bias_and_norm=True),
     views=BYOL_VIEWS,
-    source="Kaizen bash_files/mocov2plus.sh (no CaSSLe CIFAR script exists)",
+    # Kaizen's script trains 2 epochs a task (--max_epochs 2, l.6); the 500 of CaSSLe's other CIFAR
+    # scripts stay.
+    source=(
+        "Kaizen bash_files/mocov2plus_cifar_distill_classifier_l1000_soft_label_replay_0.01_b32.sh"
+        " (no CaSSLe CIFAR script exists)"
+    ),
 )
 
 
@@ -106,7 +111,7 @@ def key_views(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def restart_key_encoder(state: dict, params: dict) -> dict:
     """The objective's ``state`` with the key encoder overwritten by a copy of the student's
     ``params`` and the queues kept (CCL's ``reset_k`` at the start of each task,
-    ``VDIGPKU/ContinualContrastiveLearning`` ``moco/builder.py`` l.58-62)."""
+    ``VDIGPKU/ContinualContrastiveLearning`` ``moco/builder.py`` l.57-60)."""
     return {**state, "momentum": jax.tree.map(jnp.copy, target_params(params))}
 
 

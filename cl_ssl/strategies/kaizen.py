@@ -5,7 +5,7 @@ from labels whenever they exist, with distillation for both.
 Networks: the student (backbone e_t and projector), a classifier g_t = Linear(F -> 1000)-ReLU-
 Linear(1000 -> C) with one C-way head from the first task (no task identity at test time), and
 at each task boundary a frozen copy of the backbone, projector **and classifier** (the teacher,
-``kaizen/distiller_factories/base.py`` l.15-30). From the second task on:
+``kaizen/distiller_factories/base.py`` l.14-31). From the second task on:
 
     L = L_SSL(x^1, x^2)
       + lambda_FE * L_D(h(z^v), z-bar^v)                          (CaSSLe's distiller, via h)
@@ -16,7 +16,7 @@ and on the first task L_SSL + w_C * CE. The classifier reads stop-gradient featu
 (``classifier_stop_gradient``, ``kaizen/methods/base.py`` l.490): labels never shape the
 representation, and both classifier terms update g_t only. The classifier CE is summed over views
 and its distillation averaged (``base.py`` l.500, ``distiller_factories/soft_label.py`` l.77).
-Every term sees the joined batch of current and replayed rows (``base.py`` l.474-477); the
+Every term sees the joined batch of current and replayed rows (``base.py`` l.475-478); the
 teacher's BatchNorm uses the batch's statistics (``cassle.teacher_train_bn``), as the frozen copy
 is never switched to eval mode in the reference.
 
@@ -36,7 +36,7 @@ Choices of this library where the reference is silent or differs:
   too (the "No Distill" row) there is no teacher at all;
 - ``kaizen.replay.sampling='uniform'`` draws each step's replay rows afresh, without replacement
   within the step; the ``:kaizen`` presets walk a shuffled replay loader as the reference does
-  (``'loader'``: ``main_pretrain.py`` l.132-164, Lightning's ``max_size_cycle``).
+  (``'loader'``: ``main_pretrain.py`` l.133-165, Lightning's ``max_size_cycle`` of l.52).
 - the online evaluation of the reference scripts (``main_pretrain.py`` l.179-195, the
   ``:kaizen`` presets' ``eval.online_data='seen'``) trains on as many rows per step as the task
   (the reference: ceil(seen images / steps per epoch), one pass over the seen tasks per epoch,

@@ -88,9 +88,9 @@ SAMPLINGS = ("uniform", "loader")
 """How a step draws its replay rows (``replay.sampling``): ``uniform``, afresh every step
 (without replacement within the step); ``loader``, as a PyTorch ``DataLoader(shuffle=True,
 drop_last=True)`` over the memory cycled next to the task's loader (Kaizen, ``main_pretrain.py``
-l.132-164 with Lightning's ``max_size_cycle``): each epoch walks passes over a fresh random order
-of the eligible exemplars, ``batch_size`` of them a step, the last incomplete batch of a pass
-dropped."""
+l.133-165 with Lightning's ``max_size_cycle`` of l.52): each epoch walks passes over a fresh
+random order of the eligible exemplars, ``batch_size`` of them a step, the last incomplete batch
+of a pass dropped."""
 
 
 def default_config() -> ml_collections.ConfigDict:
