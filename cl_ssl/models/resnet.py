@@ -10,7 +10,10 @@ output is the global-average-pooled feature vector. Two stems are available:
 
 Convolutions use PyTorch's explicit symmetric padding (not Flax's 'SAME', which pads
 asymmetrically for stride 2), no bias before BatchNorm, and torchvision's initialisation
-(kaiming-normal, fan-out, untruncated). BatchNorm uses PyTorch's defaults (Flax momentum 0.9,
+(kaiming-normal, fan-out, untruncated), except the CIFAR stem's convolution: the reference code
+replaces torchvision's ``conv1`` by a fresh ``nn.Conv2d`` after building the network (CaSSLe
+``cassle/methods/base.py`` l.171, POCON ``src/approach/sslModels.py`` l.62, Genifer
+``genifer/model/backbones.py`` l.63), which keeps PyTorch's default U(+-1/sqrt(fan_in)). BatchNorm uses PyTorch's defaults (Flax momentum 0.9,
 epsilon 1e-5; scale 1, shift 0) with statistics in the `batch_stats` collection. One known
 difference from PyTorch remains: Flax updates the running variance with the biased batch
 variance, PyTorch with the unbiased one (factor n / (n - 1)); it only affects evaluation-mode
@@ -52,6 +55,9 @@ __all__ = [
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 """torchvision's `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: N(0, 2 / fan_out)."""
 
+torch_conv_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+"""PyTorch's `nn.Conv2d` default, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))."""
+
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 
 BACKBONES: dict[str, dict[str, Any]] = {
@@ -62,7 +68,15 @@ BACKBONES: dict[str, dict[str, Any]] = {
 """Backbone names accepted by `make_backbone`, with their layout at width multiplier 1."""
 
 
-def _conv(features: int, kernel: int, stride: int, padding: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(
+    features: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    dtype: Any,
+    name: str,
+    kernel_init: nn.initializers.Initializer = conv_kernel_init,
+) -> nn.Conv:
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -71,7 +85,7 @@ def _conv(features: int, kernel: int, stride: int, padding: int, dtype: Any, nam
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=conv_kernel_init,
+        kernel_init=kernel_init,
         name=name,
     )
 
@@ -261,7 +275,15 @@ class ResNet(nn.Module):
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         x = jnp.asarray(x, self.dtype)
         if self.stem == "cifar":
-            x = _conv(self.width, 3, 1, self.cifar_stem_padding, self.dtype, "conv1")(x)
+            x = _conv(
+                self.width,
+                3,
+                1,
+                self.cifar_stem_padding,
+                self.dtype,
+                "conv1",
+                kernel_init=torch_conv_default_init,
+            )(x)
             x = nn.relu(batch_norm(train, self.dtype, "bn1", self.batch_norm_group)(x))
         elif self.stem == "imagenet":
             x = _conv(self.width, 7, 2, 3, self.dtype, "conv1")(x)
