@@ -227,8 +227,8 @@ def base_config() -> ml_collections.ConfigDict:
             knn=ml_collections.ConfigDict(dict(k=20, temperature=0.07)),
             # Which network the probes score: '' the strategy's (the student, or CCL's teacher),
             # or one the strategy names in Strategy.networks ('expert': POCON's expert, the
-            # official evalExpert); python -m cl_ssl.rescore --config.eval.network=expert scores
-            # it from a finished run's checkpoints.
+            # official "Omnihead Expert"); python -m cl_ssl.rescore
+            # --config.eval.network=expert scores it from a finished run's checkpoints.
             network="",
             forgetting="max_prev",
             bwt_norm="T-1",

@@ -36,8 +36,9 @@ fresh optimizer (``configure_optimizers`` in each phase, l.516, l.562).
 
 Projectors by the code's numbering, ``utilsProj.prediction_mlp(F, F / 2, k)`` (l.5-59), F the
 feature width, hidden layers Linear-BN-ReLU: 0, Linear(F, F); 1, F -> F/2 -> F; 2,
-F -> F/2 -> F/2 -> F; 3 (n in the paper's runs, ``--linearProj 3``), F -> 2F -> F -> 2F -> F; 4,
-F -> 2F -> F -> 2F -> F -> 2F -> F. m is 0 (``linearProjRet``'s default).
+F -> F/2 -> F/2 -> F; 3 (n in the official run script, ``--linearProj 3``, although its
+docstring says the paper used 1, ``src/tests/wacv.py`` l.65-66, l.76), F -> 2F -> F -> 2F -> F;
+4, F -> 2F -> F -> 2F -> F -> 2F -> F. m is 0 (``linearProjRet``'s default).
 
 Paper and code. Of the paper, only its abstract and the method figure could be read here; the
 code agrees with both, and its text (the loss equations) could not be compared: the losses
@@ -60,8 +61,9 @@ This library against the code:
 - The probes are the library's, as for every strategy.
 
 The probes score the main network. ``--config.eval.network=expert`` scores the expert of each
-task instead (``Strategy.networks``; the official ``evalExpert``, the "Omnihead Expert" accuracy
-of ``copyOPscratch.py`` l.730, l.814-929), in a run or from a finished run's checkpoints:
+task instead (``Strategy.networks``; the official "Omnihead Expert" accuracy of
+``copyOPscratch.py`` l.731, ``_train_Expert`` l.814-929), in a run or from a finished run's
+checkpoints:
 ``python -m cl_ssl.rescore --workdir=DIR --config.eval.network=expert``.
 """
 
