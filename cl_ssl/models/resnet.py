@@ -15,12 +15,11 @@ replaces torchvision's ``conv1`` by a fresh ``nn.Conv2d`` after building the net
 ``cassle/methods/base.py`` l.171, POCON ``src/approach/sslModels.py`` l.62, Genifer
 ``genifer/model/backbones.py`` l.63), which keeps PyTorch's default U(+-1/sqrt(fan_in)).
 BatchNorm uses PyTorch's defaults (Flax momentum 0.9, epsilon 1e-5; scale 1, shift 0) with
-statistics in the `batch_stats` collection. One known
-difference from PyTorch remains: Flax updates the running variance with the biased batch
-variance, PyTorch with the unbiased one (factor n / (n - 1), n the rows times the map's pixels);
-it affects inference-mode outputs only (evaluation, and frozen networks run in inference mode,
-such as POCON's, whose outputs are training targets), and only slightly at realistic batch
-sizes.
+statistics in the `batch_stats` collection. One known difference from PyTorch remains: Flax
+updates the running variance with the biased batch variance, PyTorch with the unbiased one
+(factor n / (n - 1), n the rows times the map's pixels); it affects inference-mode outputs only
+(evaluation, and frozen networks run in inference mode, such as POCON's, whose outputs are
+training targets), and only slightly at realistic batch sizes.
 
 ``batch_norm_group`` = G > 0 computes BatchNorm's train-mode statistics per group of G consecutive
 rows (`GroupBatchNorm`), as a PyTorch run under DistributedDataParallel without SyncBatchNorm does
