@@ -467,6 +467,8 @@ class ParamGroup:
       active: the name of a per-step scalar of the step's ``hyper`` (1: update, 0: skip the step:
         parameters *and* optimizer state unchanged, as PyTorch skips a parameter whose gradient is
         None); None: always active.
+      static: the group's base learning rate at every step, without warm-up or decay (CaSSLe's
+        and solo-learn's ``static_lr`` groups, ``cassle/methods/base.py`` l.20-26, l.332-338).
     """
 
     lr_scale: float = 1.0
@@ -474,10 +476,11 @@ class ParamGroup:
     weight_decay: float | None = None
     frozen: bool = False
     active: str | None = None
+    static: bool = False
 
     @property
     def own_schedule(self) -> bool:
-        return self.lr is not None or self.lr_scale != 1.0
+        return self.lr is not None or self.lr_scale != 1.0 or self.static
 
 
 DEFAULT_GROUP = "default"

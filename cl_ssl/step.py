@@ -171,11 +171,14 @@ def lr_schedule(
     stage: int = 0,
 ) -> optax.Schedule:
     """The schedule of stage ``stage`` for ``group``, a function of the step within the stage:
-    warm-up and cosine, or step decay at ``optimizer.milestones``; the group's base learning rate
-    is its own ``lr`` or the run's times its ``lr_scale``."""
+    warm-up and cosine, or step decay at ``optimizer.milestones``, or constant for a ``static``
+    group; the group's base learning rate is its own ``lr`` or the run's times its
+    ``lr_scale``."""
     o = config.optimizer
     group = group or optim.ParamGroup()
     base = group.lr if group.lr is not None else scaled_base_lr(config, stage) * group.lr_scale
+    if group.static:
+        return optax.constant_schedule(base)
     if o.milestones:
         return optim.multistep_schedule(
             base,

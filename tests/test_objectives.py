@@ -240,6 +240,26 @@ def test_dino_centre_moves_towards_the_teacher_mean():
     assert float(hyper["teacher_temperature"]) == pytest.approx(0.04)
 
 
+def test_simsiam_predictor_trains_at_the_base_learning_rate_throughout():
+    """solo-learn's and CaSSLe's ``static_lr`` predictor: the run's scaled base learning rate at
+    every step, while the rest warms up from 0.003 and decays."""
+    config = objectives.resolve_config(
+        tiny_objective_config("simsiam", **{"optimizer.warmup_epochs": 1})
+    )
+    objective = objectives.get_objective(config)
+    finetune = strategies.base.make_finetune(config, objective)
+    hyper = step_lib.stage_hyper(config, objective, finetune, num_epochs=3, steps_per_epoch=2)
+    base = step_lib.scaled_base_lr(config)
+    np.testing.assert_allclose(hyper[step_lib.group_lr_key("simsiam_predictor")], base, rtol=1e-6)
+    assert hyper["lr"][0] < base and hyper["lr"][-1] < base
+    labels = objective.param_labels({"predictor": 0, "projector": 0, "backbone": 0})
+    assert labels == {
+        "predictor": "simsiam_predictor",
+        "projector": "default",
+        "backbone": "default",
+    }
+
+
 def test_dino_prototypes_frozen_in_the_first_epoch_and_the_temperature_a_linspace():
     """CaSSLe's DINO: no prototype update in epoch 0 (``--freeze_last_layer 1``), the rest of the
     network trained; the teacher temperature is ``np.linspace(0.04, 0.07, W)`` over the first W
