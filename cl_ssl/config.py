@@ -729,10 +729,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         0.0 <= config.labels.fraction <= 1.0,
         f"labels.fraction={config.labels.fraction}; set a fraction of each task's labels in [0, 1]",
     )
+    holdout = config.dataset.get("holdout_fraction", 0.0)  # absent from older runs' config.json
     _require(
-        0.0 <= config.dataset.holdout_fraction < 1.0,
-        f"dataset.holdout_fraction={config.dataset.holdout_fraction}; set the held-out share of "
-        "each class's training images in [0, 1)",
+        0.0 <= holdout < 1.0,
+        f"dataset.holdout_fraction={holdout}; set the held-out share of each class's training "
+        "images in [0, 1)",
     )
     _require(
         config.dataset.image_size >= 0,

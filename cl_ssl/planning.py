@@ -169,7 +169,7 @@ def plan(
         test_domains=test.domains,
     )
     scenario = scenarios.hold_out(
-        scenario, train.labels, fraction=d.holdout_fraction, seed=config.split_seed
+        scenario, train.labels, fraction=d.get("holdout_fraction", 0.0), seed=config.split_seed
     )
     stages = []
     for i, indices in enumerate(strategy.stages(scenario.train_indices)):

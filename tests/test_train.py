@@ -205,6 +205,7 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
             "genifer replaces part of each batch.*set dataset.host_crop=False",
         ),
         ({"checkpoint_every_steps": 0}, "checkpoint_every_steps=0"),
+        ({"dataset.holdout_fraction": 1.0}, r"dataset.holdout_fraction=1.0; set the held-out"),
         ({"epochs_per_task": 2, "optimizer.warmup_epochs": 2}, "warmup_epochs=2 must lie in"),
         ({"optimizer.name": "sgd"}, "of optimizer 'sgd' do not fit"),
         (
