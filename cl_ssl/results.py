@@ -13,6 +13,7 @@ import numpy as np
 
 from cl_ssl import storage
 from cl_ssl.evaluation import evaluate, metrics, report
+from cl_ssl.evaluation import online as online_lib
 from cl_ssl.planning import Plan
 
 
@@ -86,6 +87,12 @@ class RunResults:
                     forgetting_variant=c.eval.forgetting,
                     bwt_norm=c.eval.bwt_norm,
                 )
+                if name == online_lib.ONLINE:
+                    # Row 0 is the untrained online probe (chance), not a probe trained on the
+                    # random network's features, CaSSLe's baseline of forward transfer
+                    # (DonkeyShot21/cassle#11, #13): the two metrics that read row 0 would
+                    # measure the probe's training, not the representation.
+                    del out[name]["forward_transfer"], out[name]["random_init_accuracy"]
                 if name == evaluate.CLASSIFIER:
                     # Kaizen's name (Tang et al., WACV 2024) for the mean over tasks of the
                     # accuracy on the tasks seen so far.

@@ -2,6 +2,8 @@
 configured, its examples drawn from the protocol's pool only, and a whole run that trains it,
 carries it across tasks and scores it after every task."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -80,3 +82,6 @@ def test_a_run_trains_the_probe_and_scores_it_after_every_task(finished_run):
     trained = result["state"].online_probe
     assert not np.allclose(trained["linear0"]["kernel"], initial["linear0"]["kernel"])
     assert "online" in (workdir / "results.md").read_text()
+    # Row 0 is the untrained probe: no forward transfer against it (the kNN matrix keeps it).
+    summaries = json.loads((workdir / "results.json").read_text())["summaries"]
+    assert "forward_transfer" not in summaries["online"] and "forward_transfer" in summaries["knn"]
