@@ -201,9 +201,10 @@ def base_config() -> ml_collections.ConfigDict:
             online_data="all",
             online_lr=placeholder(float),
             online_updates_bn=True,
-            # CaSSLe's offline probe (main_linear.py): 100 epochs, lr x0.1 at 60 and 80,
-            # lr 1.0 for SimCLR, raw (unstandardised) features, zero initial weights, trained on
-            # the fixed features of the whole images, the last epoch's classifier scored.
+            # The offline probe: CaSSLe's main_linear.py optimizer and schedule (100 epochs, lr
+            # x0.1 at 60 and 80, lr 1.0 for SimCLR), the last epoch's classifier scored, trained
+            # by default on the raw fixed features of the whole images from zero weights (CaSSLe's
+            # trains nn.Linear, uniform init, on augmented crops).
             # MoCo's and CCL's lincls_eval.py (the ImageNet :ccl preset): augment, a random
             # resized crop and flip of every training image at every epoch through the frozen
             # backbone in inference mode; center_crop, the share of the shorter side of the fixed

@@ -69,8 +69,11 @@ class Evaluator:
       probes, ``probes.class_balanced_subset``);
     - ``eval.train_examples``: at most that many of them, a fixed random subset, when set.
 
-    The linear probe trains on those examples' fixed features by default (CaSSLe's
-    ``main_linear.py``). MoCo's and CCL's ``lincls_eval.py`` protocol instead (``eval.linear``):
+    The linear probe trains by default with the optimizer and schedule of CaSSLe's
+    ``main_linear.py``, but on those examples' fixed features from zero weights, where CaSSLe's
+    trains ``nn.Linear`` (PyTorch's uniform initialisation) on a fresh RandomResizedCrop and flip
+    of every image at every epoch (``cassle/utils/classification_dataloader.py`` l.53-66) and
+    drops the last batch. MoCo's and CCL's ``lincls_eval.py`` protocol instead (``eval.linear``):
     ``augment``, a fresh RandomResizedCrop (scale 0.08-1, ratios 3/4-4/3) with a horizontal flip
     of every training image at every epoch (l.267-274), embedded by the frozen backbone with
     BatchNorm in inference mode (``model.eval()``, l.366), cropped on the host from the decoded

@@ -145,7 +145,10 @@ def forgetting(R: Any, variant: str = "max_prev") -> float:
 
     Variants of the per-task forgetting ``f_j^T`` (rows before task ``j`` is trained never enter the max):
 
-    - ``"max_prev"``: ``max_{l in j..T-1} R[l, j] - R[T, j]`` (Chaudhry et al., FACIL; may be negative);
+    - ``"max_prev"``: ``max_{l in j..T-1} R[l, j] - R[T, j]`` (FACIL; may be negative). Chaudhry
+      et al.'s max runs over every earlier row, l in 1..T-1, which is the same where rows before
+      task j score 0 on it (supervised class-incremental learning); the probes here score every
+      task from the start, so with a data-incremental stream the two can differ;
     - ``"max_all"``: ``max_{l in j..T} R[l, j] - R[T, j]`` (Mammoth; never negative);
     - ``"first"``: ``R[j, j] - R[T, j]`` (Avalanche; equals minus the per-task backward transfer).
 

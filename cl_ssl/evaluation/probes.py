@@ -85,7 +85,8 @@ def step_boundaries(epochs: Sequence[int], steps_per_epoch: int) -> jax.Array:
 
 def init_linear(key: jax.Array, dim: int, num_classes: int, init_std: float) -> dict:
     """The probe's initial ``{"kernel": [D, C], "bias": [C]}``: zero bias, a zero kernel for
-    ``init_std`` 0 (CaSSLe), else one drawn from N(0, init_std^2) with ``key`` folded with a
+    ``init_std`` 0 (this library's default; CaSSLe's ``nn.Linear`` keeps PyTorch's uniform
+    initialisation), else one drawn from N(0, init_std^2) with ``key`` folded with a
     stream of its own (MoCo's and CCL's ``lincls_eval.py`` l.161-163: N(0, 0.01^2))."""
     kernel = jnp.zeros((dim, num_classes), jnp.float32)
     if init_std > 0:
@@ -218,9 +219,10 @@ def fit_linear_classifier(
     seed: int = 0,
     init_std: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Trains a softmax linear classifier on frozen features (CaSSLe's offline probe).
+    """Trains a softmax linear classifier on frozen features (the offline probe).
 
-    CaSSLe ``main_linear.py`` with its ``bash_files/linear/**`` settings.
+    The optimizer and schedule of CaSSLe's ``main_linear.py`` with its ``bash_files/linear/**``
+    settings (whose probe trains on augmented crops and drops the last batch).
 
     Cross-entropy, SGD with (heavy-ball, PyTorch-style) momentum, weight decay added to the gradient of every
     parameter, the learning rate multiplied by 0.1 at each milestone (fractions of ``epochs``, rounded to whole
