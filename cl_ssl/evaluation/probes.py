@@ -585,7 +585,8 @@ def knn_scores(
     neighbours' weights, and the predicted class has the largest score (``argmax``: ties go to the smallest
     class index). This is the cosine branch of solo-learn's ``WeightedKNNClassifier``
     (``solo/utils/knn.py``, ``compute``: ``F.normalize``, ``mm``, ``topk``, ``div_(T).exp_()``, a one-hot
-    sum; CaSSLe's ``cassle/utils/knn.py`` is an older copy of that class), with its defaults k = 20 and
+    sum; CaSSLe's ``cassle/utils/knn.py`` is an older copy of that class, which CaSSLe builds with the
+    euclidean branch, ``cassle/methods/base.py`` l.177, and reports no number of), with its defaults k = 20 and
     T = 0.07; InstDisc itself used k = 200. The weights are computed as ``exp((s - s_max) / temperature)``:
     a positive factor per test sample, which leaves its prediction unchanged and avoids overflow at small
     temperatures. Test samples are processed ``batch_size`` at a time, so memory is
