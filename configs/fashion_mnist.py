@@ -126,7 +126,7 @@ def use_genifer_setting(config) -> None:
     ResNet-18 with the CIFAR stem (its layer3 map is 32 x 7 x 7), 2 epochs per task (the step
     decay then cuts the learning rate x0.04 for the second), and a GAN with fewer channels (a
     7 x 7 constant upsampled twice to 28 pixels) trained for 2 epochs of the finished task's
-    images at every boundary: 750 iterations after the first task, 375 after the others, with
+    images at every boundary: 750 iterations after the first task, 374 after the others, with
     an EMA horizon of 2,000 images. A run takes about 17 minutes on 2 CPU cores.
 
     RAdam runs the later tasks at 2e-3 instead of the paper's 1e-4: Adam moves a weight by about
