@@ -529,12 +529,13 @@ def _enabled(
 
 
 def blur_kernel_size(side: int) -> int:
-    """Odd Gaussian kernel size of about 10% of the image side.
-
-    23 at 224 px, as torchvision / solo-learn use on ImageNet; 3 at 32 px, as SimCLR's
-    side // 10 convention gives on CIFAR.
+    """Odd Gaussian kernel side: about 10% of the image side, 23 taps at 224 px (DALI's window of
+    CaSSLe's ImageNet-100 pipeline, ``cassle/utils/dali_dataloader.py`` l.116, l.128-133), and at
+    least 13 (+-6 px) on small images, where CaSSLe's and solo-learn's CIFAR views blur with PIL's
+    untruncated ``GaussianBlur(radius=sigma)`` (``cassle/utils/pretrain_dataloader.py`` l.92-93):
+    13 taps hold all but 0.3% of its mass at the largest sigma, 2.
     """
-    return 2 * (side // 20) + 1
+    return max(2 * (side // 20) + 1, 13)
 
 
 def gaussian_blur(image: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Array:
