@@ -8,8 +8,8 @@ predictor 2048 -> 512 -> 2048; lr 0.5, wd 1e-5; the ``symmetric_weak`` views: ji
 at the base learning rate throughout, without warm-up or decay (``static_lr``, solo-learn
 ``solo/methods/simsiam.py`` l.97, CaSSLe ``cassle/methods/simsiam.py`` l.73). The optimizer is the
 pipeline's (CaSSLe's LARS and per-epoch warm-up), where solo-learn's yaml takes plain SGD with a
-per-step warm-up; the projector's last BatchNorm keeps its scale and shift (the original has
-none).
+per-step warm-up; the images are normalised with CaSSLe's CIFAR constants, not solo-learn's
+CIFAR-100 ones; the projector's last BatchNorm keeps its scale and shift (the original has none).
 """
 
 from __future__ import annotations
