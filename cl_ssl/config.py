@@ -407,15 +407,18 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     16-bit mixed precision (``--precision 16``) as the library's bfloat16 computation; replay rows
     from a shuffled loader over the memory, cycled next to the task's (``replay.sampling``); the rest
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
-    Kaizen ships no ImageNet-100 script: there the ImageNet recipes stay."""
+    Kaizen ships no ImageNet-100 script: there the ImageNet recipes and CaSSLe's heads stay, and
+    ``first_per_class`` takes the first images of each class in the records' order where the
+    data set has no file ids (tfds ``imagenet2012``), not the sorted file names of an
+    ImageFolder."""
     config.labels.fraction = 1.0
     config.eval.update(online=True, online_data="seen", online_lr=0.1, online_updates_bn=True)
     config.model.dtype = "bfloat16"
     config.kaizen.replay.sampling = "loader"
     if config.recipe == "cifar":
         config.recipe = "kaizen"
-    config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
-    config.mocov2plus.proj_output_dim = 256
+        config.simclr.update(proj_hidden_dim=4096, temperature=0.1)
+        config.mocov2plus.proj_output_dim = 256
 
 
 def use_genifer_setting(config: ml_collections.ConfigDict) -> None:

@@ -292,8 +292,10 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
     assert objectives.resolve_config(config).optimizer.lr == 0.3
     k = config.kaizen
     assert (k.classifier_weight, k.classifier_distill_weight, k.replay.batch_size) == (1.0, 2.0, 32)
-    # Kaizen ships no ImageNet script: the ImageNet recipes stay.
-    assert shipped_config("imagenet100", "kaizen").recipe == "imagenet"
+    # Kaizen ships no ImageNet script: the ImageNet recipes and CaSSLe's heads stay.
+    imagenet = shipped_config("imagenet100", "kaizen")
+    assert imagenet.recipe == "imagenet"
+    assert (imagenet.simclr.proj_hidden_dim, imagenet.simclr.temperature) == (2048, 0.2)
     assert (k.replay.selection, k.replay.fraction, config.mocov2plus.proj_output_dim) == (
         "first_per_class",
         0.01,
