@@ -17,7 +17,6 @@ they are.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax
@@ -437,9 +436,10 @@ def first_per_class(
     labels: np.ndarray, fraction: float, order: np.ndarray | None = None
 ) -> np.ndarray:
     """Kaizen's exemplars (Tang et al., "Kaizen: Practical self-supervised continual learning with
-    continual fine-tuning", WACV 2024): for each class, its first floor(fraction * n_c) rows in data
-    set order (``kaizen/utils/pretrain_dataloader.py`` l.60-66: ``nonzero()`` of the class over
-    torchvision's CIFAR, in the archive's order). Host-side NumPy.
+    continual fine-tuning", WACV 2024): for each class, its first ``int(n_c * fraction)`` rows in
+    data set order (``kaizen/utils/pretrain_dataloader.py`` l.60-66: ``nonzero()`` of the class
+    over torchvision's CIFAR, in the archive's order; the float product truncated as there, so
+    0.29 of 100 rows keeps 28). Host-side NumPy.
 
     Args:
       labels: int [N], the class of each row.
@@ -458,8 +458,7 @@ def first_per_class(
     for label in np.unique(labels):
         rows = np.flatnonzero(labels == label)
         rows = rows[np.argsort(order[rows], kind="stable")]
-        # The tolerance keeps e.g. 0.29 * 100 = 28.999999999999996 at 29 rows.
-        kept.append(rows[: math.floor(fraction * len(rows) + 1e-9)])
+        kept.append(rows[: int(len(rows) * fraction)])
     return np.sort(np.concatenate([np.zeros(0, np.int64), *kept]))
 
 
