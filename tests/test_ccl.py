@@ -407,7 +407,8 @@ def np_moco_logits_loss(q, k, queue, temperature):
 
 def test_one_direction_moco_is_the_references_loss_with_one_queue_of_view2_keys():
     """symmetric=False: InfoNCE(q1, k2, Q) with Q the one queue, which takes the normalised view-2
-    keys; symmetric=True (the default) keeps both directions, a queue per view."""
+    keys, and the student sees view 1 alone (the reference's encoder_q); symmetric=True (the
+    default) keeps both directions, a queue per view."""
     rng = np.random.default_rng(11)
     s, t = (
         tuple({"projection": jnp.asarray(rng.standard_normal((8, 16)), jnp.float32)} for _ in "12")
@@ -418,7 +419,8 @@ def test_one_direction_moco_is_the_references_loss_with_one_queue_of_view2_keys(
     state = one_way.init_state(_default()[3].params, jax.random.PRNGKey(0))
     (queue,) = state["queues"]
     assert queue.items.shape == (32, 16)
-    value, metrics, keys = one_way.loss(s, t, state, None, {})
+    assert (one_way.student_views, both.student_views) == ((0,), (0, 1))
+    value, metrics, keys = one_way.loss(s[:1], t, state, None, {})
     q1, k2 = (np.asarray(x[i]["projection"]) for x, i in ((s, 0), (t, 1)))
     expected = np_moco_logits_loss(q1, k2, queue.items, 0.2)
     np.testing.assert_allclose(value, expected, rtol=1e-5)

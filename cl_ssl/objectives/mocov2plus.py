@@ -7,7 +7,9 @@ arXiv:2003.04297); reference code CaSSLe ``cassle/methods/mocov2plus.py`` and
 ``mocov2plus.symmetric=False`` trains MoCo in one direction, as MoCo v2's own code and CCL's
 (``VDIGPKU/ContinualContrastiveLearning`` ``moco/builder.py`` l.186-213, l.84): the loss is
 InfoNCE(q^1, k^2, Q) alone, against one queue Q that takes the key encoder's view-2 keys; the
-state then holds that one queue (``key_views``).
+state then holds that one queue (``key_views``), and the student sees view 1 alone (the
+reference's ``encoder_q`` runs on ``im_q`` only, l.186), so its BatchNorm statistics move once a
+step.
 
 ``mocov2plus.shuffle_keys=True`` is MoCo's shuffled BatchNorm (``moco/builder.py`` l.113-158,
 194-200): the key encoder's input rows of each view are permuted by a random permutation, the
@@ -162,13 +164,12 @@ def make(config: ml_collections.ConfigDict) -> Objective:
 
     def loss(student, target, state, params, hyper):
         del params, hyper
-        (s1, s2), (t1, t2) = student, target
-        q1, q2 = s1["projection"], s2["projection"]
-        k1, k2 = t1["projection"], t2["projection"]
+        k1, k2 = (t["projection"] for t in target)
         if not c.symmetric:
-            (queue,) = state["queues"]
-            value = losses.info_nce(q1, k2, queue.items, temperature=c.temperature)
+            ((s1,), (queue,)) = student, state["queues"]
+            value = losses.info_nce(s1["projection"], k2, queue.items, temperature=c.temperature)
             return value, {"info_nce": value}, (k2,)
+        q1, q2 = (s["projection"] for s in student)
         queue1, queue2 = state["queues"]
         value = 0.5 * (
             losses.info_nce(q1, k2, queue2.items, temperature=c.temperature)
@@ -196,4 +197,5 @@ def make(config: ml_collections.ConfigDict) -> Objective:
         target=shuffled_target(momentum_target(model)) if shuffle else momentum_target(model),
         update_state=update_state,
         schedules=momentum_schedules(c.base_momentum, c.final_momentum),
+        student_views=(0, 1) if c.symmetric else (0,),
     )

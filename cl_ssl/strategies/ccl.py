@@ -21,7 +21,7 @@ with a queue per view) every term is symmetrised the same way:
       + 0.1 * (1/2) sum_v KL(softmax(S_T^v / 0.04) || softmax(S_S^v / 0.07))
 
 with ESQ^v the replayed images' view-v keys. Reference code ``VDIGPKU/ContinualContrastiveLearning``,
-``moco/builder.py`` (``MoCoCCL.forward_train``, l.173-262) and ``train.py``:
+``moco/builder.py`` (``MoCoCCL.forward_train``, l.173-260) and ``train.py``:
 
 - **Teacher:** a copy of the student's backbone and projector; at the start of each task after the
   first the teacher and MoCo's key encoder are overwritten with the student's weights
