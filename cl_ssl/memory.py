@@ -12,7 +12,8 @@ they are.
   (``keep_top``), optionally with a per-class quota first (``keep_top_per_class``). Random
   priorities make it a reservoir sampler, overall or within each class (``reservoir_update``).
   ``herding`` orders a class's examples as iCaRL does, while ``first_per_class`` (Kaizen),
-  ``random_per_class`` and ``min_var_per_cluster`` (CCL) choose exemplars on the host, in NumPy. ``sample`` draws replay batches.
+  ``random_per_class`` and ``min_var_per_cluster`` (CCL) choose exemplars on the host, in NumPy
+  (``strategies.replay``'s task-end selections). ``sample`` draws replay batches.
 """
 
 from __future__ import annotations

@@ -375,9 +375,38 @@ def test_replay_run_compiles_twice_and_starts_as_finetune(mock_cifar10, tmp_path
     assert meta["strategy_buffer_bytes"] == memory.nbytes(mem) == 12 * (4 * 4 + 1)
 
 
+def test_class_balanced_memory_with_more_classes_than_slots_keeps_one_a_class():
+    """class_balanced with 4 slots and a batch of 8 classes: one slot a class until the slots run
+    out (a quota of 4 // 8 = 0 would empty the memory)."""
+    _, _, strat = _parts(
+        "replay", **{"replay.selection": "class_balanced", "replay.memory_size": 4}
+    )
+    data = dataclasses.replace(train_data(8), classes=jnp.arange(8, dtype=jnp.int32))
+    batch = current_batch(data, jnp.arange(8))
+    state = state_lib.StrategyState(buffers={"memory": memory.empty_memory(4)})
+    buffers = strat.update_buffers(
+        base.BufferInputs(
+            state=state,
+            params=None,
+            batch=batch,
+            joined=batch,
+            target=None,
+            data=data,
+            key=jax.random.PRNGKey(0),
+            task=jnp.int32(0),
+            hyper={},
+        )
+    )
+    stored = buffers["memory"]
+    assert int(stored.valid.sum()) == 4
+    assert len(set(np.asarray(stored.labels)[np.asarray(stored.valid)].tolist())) == 4
+
+
 def test_replay_settings_that_cannot_work_are_rejected():
     with pytest.raises(ValueError, match="replay.selection='fifo'"):
         _parts("replay", **{"replay.selection": "fifo"})
+    with pytest.raises(ValueError, match="replay.sampling='loader' walks passes over a memory"):
+        _parts("replay", **{"replay.sampling": "loader"})  # the default reservoir
     with pytest.raises(ValueError, match="lump.alpha=0"):
         _parts("lump", **{"lump.alpha": 0.0})
     assert lump.default_config().alpha == 0.4

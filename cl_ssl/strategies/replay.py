@@ -42,7 +42,6 @@ labels; ``reservoir`` is the label-free choice.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +124,7 @@ def capacity(
     (the number of tasks each class appears in) times that."""
     if r.selection == "first_per_class":
         counts = np.bincount(classes, minlength=num_classes)
-        return int(sum(math.floor(r.fraction * n + 1e-9) for n in counts))
+        return int(sum(int(n * r.fraction) for n in counts))  # memory.first_per_class's count
     if r.selection in PER_TASK:
         return r.per_class * num_classes * tasks_per_class
     return r.per_class * num_classes if r.per_class > 0 else r.memory_size
@@ -163,6 +162,12 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
         )
     if r.sampling not in SAMPLINGS:
         raise ValueError(f"{section}.sampling={r.sampling!r}; choose one of {list(SAMPLINGS)}")
+    if r.sampling == "loader" and r.selection not in AT_TASK_END:
+        raise ValueError(
+            f"{section}.sampling='loader' walks passes over a memory that stays fixed during a "
+            f"task, which {section}.selection={r.selection!r} updates at every step; set "
+            f"{section}.selection to one of {list(AT_TASK_END)} or {section}.sampling='uniform'"
+        )
     if r.selection in PER_TASK and r.per_class < 1:
         raise ValueError(
             f"{section}.selection={r.selection!r} keeps {section}.per_class exemplars per class "
@@ -249,7 +254,9 @@ def in_step_update(
         else:
             stored = jnp.where(memory.valid, memory.labels, -1)
             seen = _count_distinct(jnp.concatenate([stored, candidates["labels"]]))
-            quota = per_class if per_class > 0 else memory.capacity // seen
+            # At least one slot a class: with more classes than slots the classes keep one each
+            # until the slots run out, chosen by the random priorities, not an empty memory.
+            quota = per_class if per_class > 0 else jnp.maximum(memory.capacity // seen, 1)
             memory = memory_lib.reservoir_update(memory, inputs.key, quota=quota, **candidates)
         return {**state.buffers, "memory": memory}
 
@@ -290,9 +297,9 @@ def end_of_task_selection(
     payload: Callable[[TaskEnd, np.ndarray], Any] | None = None,
 ):
     """``Strategy.end_task`` that adds the finished task's exemplars (herding, random,
-    first_per_class or min_var, from the replay settings ``r``) and shrinks the earlier classes to
-    the new per-class quota (min_var and first_per_class size the memory so that nothing
-    shrinks); with ``payload``, (the ``TaskEnd``, the chosen example ids int [K]) -> their
+    first_per_class, min_var or random_with_replacement, from the replay settings ``r``) and
+    shrinks the earlier classes to the new per-class quota (min_var, first_per_class and
+    random_with_replacement size the memory so that nothing shrinks); with ``payload``, (the ``TaskEnd``, the chosen example ids int [K]) -> their
     payload, [K, ...] per leaf, kept with each stored exemplar."""
     embed = view_embeddings(objective) if r.selection == "min_var" else None
 
@@ -362,21 +369,23 @@ def random_with_replacement_rows(
 
 
 def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: int):
-    """(rows of ``ids``, priorities): each class's ``quota`` best rows, priority -rank."""
-    rows, priority = [], []
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(end.key)).ravel().tolist() + [task])
+    """(rows of ``ids``, priorities): each class's ``quota`` rows in order, herding's or drawn at
+    random, class by class in increasing label, priority -rank."""
+    labels = np.unique(classes)
+    counts = [min(quota, int(np.sum(classes == c))) for c in labels]
+    priority = np.concatenate([-np.arange(n, dtype=np.float32) for n in counts])
+    if selection == "random":
+        rng = np.random.default_rng(
+            np.asarray(jax.random.key_data(end.key)).ravel().tolist() + [task]
+        )
+        return memory_lib.random_per_class(classes, quota, rng), priority
     variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
-    for c in np.unique(classes):
+    rows = []
+    for c, n in zip(labels, counts, strict=True):
         members = np.flatnonzero(classes == c)
-        n = min(quota, len(members))
-        if selection == "random":
-            order = rng.choice(members, n, replace=False)
-        else:
-            features = end.features(variables, streaming.subset(end.train.images, ids[members]))
-            order = members[np.asarray(memory_lib.herding(features, n))]
-        rows.append(order)
-        priority.append(-np.arange(n, dtype=np.float32))
-    return np.concatenate(rows), np.concatenate(priority)
+        features = end.features(variables, streaming.subset(end.train.images, ids[members]))
+        rows.append(members[np.asarray(memory_lib.herding(features, n))])
+    return np.concatenate(rows), priority
 
 
 def memory_state(slots_for: Callable[[Any], int], *, on_device: bool, payload: Any = None):
