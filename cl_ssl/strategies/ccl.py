@@ -73,7 +73,10 @@ Choices of this library:
   forward passes keep no BatchNorm statistics.
 - The anchor is the ImageNet evaluation crop (``augment.CENTER_CROP_FRACTION``, Resize(256) +
   CenterCrop(224)) on every data set, 28 of 32 pixels on CIFAR; the reference has no code for
-  smaller images.
+  smaller images. On ImageNet-Sub the images are stored as their 224-pixel central squares
+  (``configs/imagenet100.py``): the anchor is 196 pixels of that square resized to 224 (the
+  reference's region, at less detail), and min_var's six augmentations crop the square, not the
+  whole image (``train.py`` l.292-294).
 - ``ccl.evaluate_teacher`` scores the teacher's weights with the student's BatchNorm statistics
   (the teacher here keeps none; the reference's teacher keeps its own running statistics from its
   train-mode passes), and the student for the first task's row, where no teacher has been reset
