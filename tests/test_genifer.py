@@ -316,7 +316,7 @@ class _Killed(Exception):
     pass
 
 
-def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_path):
+def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_path, monkeypatch):
     """The GAN's training at a boundary, killed right after its checkpoint at iteration 2 of 4
     (``task_end/stage_0``, as the run writes it), or stopped by a signal after iteration 3, resumes
     from its checkpoint to the same state as a training never stopped; a diverging one stops at
@@ -366,11 +366,14 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
     stopped = train.task_end_progress(str(tmp_path / "stopped"), 0, mesh)
     chex.assert_trees_all_equal(whole, replay._train(end(stopped), buffers, variables))
 
-    # A GAN that diverges (here on a network of NaN weights) stops the run, naming where.
-    broken = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), variables)
+    # A GAN step whose losses turn non-finite stops the run at the first metrics, naming where.
+    def diverging_step(gan_state, *args):
+        return gan_state, {"d_loss": jnp.float32(jnp.nan), "g_loss": jnp.float32(1.0)}
+
+    monkeypatch.setattr(type(replay), "_step", lambda self, *args: diverging_step)
     diverging = train.task_end_progress(str(tmp_path / "diverged"), 0, mesh)
     with pytest.raises(FloatingPointError, match="the GAN after task 1 diverged at iteration 1 "):
-        replay._train(end(diverging), buffers, broken)
+        replay._train(end(diverging), buffers, variables)
 
 
 # ---------------------------------------------------------------------------------------------
