@@ -299,8 +299,9 @@ def end_of_task_selection(
     """``Strategy.end_task`` that adds the finished task's exemplars (herding, random,
     first_per_class, min_var or random_with_replacement, from the replay settings ``r``) and
     shrinks the earlier classes to the new per-class quota (min_var, first_per_class and
-    random_with_replacement size the memory so that nothing shrinks); with ``payload``, (the ``TaskEnd``, the chosen example ids int [K]) -> their
-    payload, [K, ...] per leaf, kept with each stored exemplar."""
+    random_with_replacement size the memory so that nothing shrinks); with ``payload``, (the
+    ``TaskEnd``, the chosen example ids int [K]) -> their payload, [K, ...] per leaf, kept with
+    each stored exemplar."""
     embed = view_embeddings(objective) if r.selection == "min_var" else None
 
     def end_task(end: TaskEnd) -> StrategyState:
