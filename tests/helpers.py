@@ -20,6 +20,7 @@ from cl_ssl.data.batch import TrainData
 from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import metrics, report
 from cl_ssl.objectives import resolve_config
+from cl_ssl.strategies.base import BufferInputs
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -270,3 +271,23 @@ class ClSslTestImages(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, num):
         for i in range(num):
             yield i, {"image": np.full((4, 4, 3), i, np.uint8), "label": i % 7}
+
+
+def update_buffers(
+    strategy, state, batch, data, *, params=None, joined=None, target=None, task=1, hyper=None
+):
+    """``strategy.update_buffers`` on ``batch`` (joined rows ``joined``, default the batch) at
+    ``task`` with the step's key 0."""
+    return strategy.update_buffers(
+        BufferInputs(
+            state=state,
+            params=params,
+            batch=batch,
+            joined=batch if joined is None else joined,
+            target=target,
+            data=data,
+            key=jax.random.PRNGKey(0),
+            task=jax.numpy.int32(task),
+            hyper=hyper or {},
+        )
+    )

@@ -19,6 +19,7 @@ from helpers import (
     shipped_config,
     tiny_objective_config,
     train_data,
+    update_buffers,
 )
 from test_distill import np_relational_distillation
 from test_losses import np_info_nce
@@ -33,7 +34,7 @@ from cl_ssl.data.sources import ArraySplit
 from cl_ssl.objectives.base import target_params
 from cl_ssl.state import StrategyState
 from cl_ssl.strategies import base, ccl, replay
-from cl_ssl.strategies.base import BufferInputs, LossInputs
+from cl_ssl.strategies.base import LossInputs
 
 # Mock CIFAR-10 (48 images), 2 class-incremental tasks of 5 classes: 3 steps per epoch of 8
 # images, 6 per task; MoCo's queue of 32 keys, an ESQ of 16, 2 exemplars per cluster; the
@@ -124,18 +125,15 @@ def test_teacher_momentum_is_set_at_the_last_step_of_each_epoch_only():
 
 def _update_buffers(strat, s, params, batch, joined, target, data, momentum=1.0):
     """``strat.update_buffers`` at task 1 with teacher momentum ``momentum``."""
-    return strat.update_buffers(
-        BufferInputs(
-            state=s,
-            params=params,
-            batch=batch,
-            joined=joined,
-            target=target,
-            data=data,
-            key=jax.random.PRNGKey(0),
-            task=jnp.int32(1),
-            hyper={ccl.TEACHER_MOMENTUM: jnp.float32(momentum)},
-        )
+    return update_buffers(
+        strat,
+        s,
+        batch,
+        data,
+        params=params,
+        joined=joined,
+        target=target,
+        hyper={ccl.TEACHER_MOMENTUM: jnp.float32(momentum)},
     )
 
 

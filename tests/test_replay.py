@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import initial_state, random_split, tiny_objective_config, train_data
+from helpers import (
+    initial_state,
+    random_split,
+    tiny_objective_config,
+    train_data,
+    update_buffers,
+)
 from helpers import run as _run
 from test_memory import np_herding
 
@@ -384,19 +390,7 @@ def test_class_balanced_memory_with_more_classes_than_slots_keeps_one_a_class():
     data = dataclasses.replace(train_data(8), classes=jnp.arange(8, dtype=jnp.int32))
     batch = current_batch(data, jnp.arange(8))
     state = state_lib.StrategyState(buffers={"memory": memory.empty_memory(4)})
-    buffers = strat.update_buffers(
-        base.BufferInputs(
-            state=state,
-            params=None,
-            batch=batch,
-            joined=batch,
-            target=None,
-            data=data,
-            key=jax.random.PRNGKey(0),
-            task=jnp.int32(0),
-            hyper={},
-        )
-    )
+    buffers = update_buffers(strat, state, batch, data, task=0)
     stored = buffers["memory"]
     assert int(stored.valid.sum()) == 4
     assert len(set(np.asarray(stored.labels)[np.asarray(stored.valid)].tolist())) == 4
