@@ -191,6 +191,11 @@ def base_config() -> ml_collections.ConfigDict:
             # Also score every probe task-incrementally (logits masked to the test image's task):
             # '<evaluator>_task_aware' matrices; class-incremental scenarios only.
             task_aware=False,
+            # Domain-incremental runs: also CaSSLe's domain-aware evaluation, each evaluator again
+            # with one probe per domain, trained on that domain's labelled data alone and scored
+            # on its test images ('<evaluator>_domain_aware' matrices); the evaluators' own
+            # matrices are the domain-agnostic ones.
+            domain_aware=False,
             # CaSSLe's online linear probe (cl_ssl.evaluation.online): trained in the train step
             # on one extra batch per step of the labelled data of online_data's tasks ('all' for
             # CaSSLe's CIFAR protocol, 'seen' for Kaizen's, or 'current'), lr online_lr not scaled
@@ -784,6 +789,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f"eval.task_aware=True masks each prediction to its task's classes, which only "
         f"class-incremental scenarios define; set --config.eval.task_aware=False for "
         f"scenario {config.scenario!r}",
+    )
+    _require(
+        not config.eval.domain_aware
+        or (config.scenario == "domain_incremental" and config.eval.probe_data == "all"),
+        f"eval.domain_aware=True trains probes on each domain's data: it needs "
+        f"scenario='domain_incremental' (got {config.scenario!r}) and eval.probe_data='all' (got "
+        f"{config.eval.probe_data!r}); set --config.eval.domain_aware=False otherwise",
     )
     _require(
         config.eval.forgetting in metrics.FORGETTING_VARIANTS,

@@ -13,7 +13,8 @@ painting -> sketch -> infograph -> clipart (``cassle/methods/base.py``;
 Each task tests on its own domain's test images. CaSSLe's recipe otherwise (Fini et al., CVPR
 2022; ``bash_files/continual/domainnet/*.sh``): 200 epochs per task, batch 256, the ImageNet-100
 settings of each objective (ResNet-18, ImageNet stem, 224-pixel crops, LARS), the offline linear
-probe trained on all domains ("domain-agnostic", ``bash_files/linear/domainnet/domain/*.sh``).
+probe trained on all domains ("domain-agnostic") and one per domain ("domain-aware", the
+``*_domain_aware`` matrices), as ``bash_files/linear/domainnet/domain/*.sh`` run them.
 
 As for ImageNet-100, images are streamed from their records (``dataset.streaming=True``): each
 step's batch is read and decoded on the host when the step needs it, each view cropped there from
@@ -36,6 +37,7 @@ def get_config(arg: str | None = None):
     config.scenario = "domain_incremental"
     config.num_tasks = len(sources.DOMAINNET_CASSLE_ORDER)
     config.epochs_per_task = 200
+    config.eval.domain_aware = True
     config_lib.use_imagenet_setting(config)
     variants = config_lib.apply_variants(config, "domainnet", arg, ("domain_incremental",))
     if "runlocal" in variants:

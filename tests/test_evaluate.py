@@ -1,5 +1,5 @@
 """The evaluator: which examples train the probes (all, seen or current tasks, a label fraction,
-a cap), the classifier and task-aware accuracy matrices against hand-made cases."""
+a cap), the classifier, task-aware and domain-aware accuracy matrices against hand-made cases."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from helpers import random_split, tiny_config
 
+from cl_ssl import config as config_lib
 from cl_ssl import objectives, parallel
 from cl_ssl.data import scenarios
+from cl_ssl.data.sources import ArraySplit
 from cl_ssl.evaluation import evaluate
 
 # 40 training images, labels cycling over 4 classes; task 1 holds classes {0, 1}, task 2 {2, 3}.
@@ -18,18 +20,18 @@ SCENARIO = scenarios.make_scenario(
 )
 
 
-def _evaluator(classify=None, **eval_fields):
+def _evaluator(classify=None, model=None, train=TRAIN, test=TEST, scenario=SCENARIO, **eval_fields):
     config = objectives.resolve_config(
         tiny_config(
-            **{"eval.evaluators": ("knn",)}, **{f"eval.{k}": v for k, v in eval_fields.items()}
+            **{"eval.evaluators": ("knn",), **{f"eval.{k}": v for k, v in eval_fields.items()}}
         )
     )
     objective = objectives.get_objective(config)
     evaluator = evaluate.Evaluator(
-        objective.model,
-        TRAIN,
-        TEST,
-        SCENARIO,
+        model or objective.model,
+        train,
+        test,
+        scenario,
         config,
         parallel.make_mesh(1),
         key=jax.random.PRNGKey(0),
@@ -93,3 +95,60 @@ def test_classifier_and_task_aware_matrices_by_hand():
     np.testing.assert_allclose(accuracy["classifier"], [75.0, 50.0])  # rows 1 | 3, 6 wrong
     np.testing.assert_allclose(accuracy["classifier_task_aware"], [100.0, 75.0])  # row 6 wrong
     assert np.all(accuracy["knn_task_aware"] >= accuracy["knn"])
+
+
+class _FirstPixel:
+    """A stand-in backbone whose features are the normalised first pixel's 3 channels."""
+
+    features = "features"
+
+    def apply(self, variables, x, method):
+        return x[:, 0, 0, :]
+
+
+def test_domain_aware_probes_train_on_their_own_domain_alone():
+    """Two domains with the same two classes, whose first pixel codes the class in opposite ways:
+    class 0 is bright in domain 1 and dark in domain 2. A probe per domain separates each domain's
+    classes exactly; a probe of both domains sees the same feature under both labels and cannot
+    score both domains right: whatever it predicts for a feature, it is right on half the test
+    images."""
+    train_classes = np.array([0, 1, 0, 1] * 6)
+    train_domains = np.repeat([0, 1], 12)
+    test_classes, test_domains = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+
+    def images(classes, domains):
+        x = np.full((len(classes), 32, 32, 3), 128, np.uint8)
+        x[:, 0, 0, 0] = np.where(classes == domains, 255, 0)
+        return x
+
+    train = ArraySplit(images(train_classes, train_domains), train_classes, num_classes=2)
+    test = ArraySplit(images(test_classes, test_domains), test_classes, num_classes=2)
+    scenario = scenarios.make_scenario(
+        "domain_incremental",
+        train.labels,
+        test.labels,
+        num_classes=2,
+        num_tasks=2,
+        train_domains=train_domains,
+        test_domains=test_domains,
+    )
+    evaluator, _ = _evaluator(
+        model=_FirstPixel(),
+        train=train,
+        test=test,
+        scenario=scenario,
+        evaluators=("linear", "knn"),
+        domain_aware=True,
+    )
+    assert evaluator.names == ["linear", "knn", "linear_domain_aware", "knn_domain_aware"]
+    accuracy = evaluator({}, {}, stage=1)
+    np.testing.assert_array_equal(accuracy["linear_domain_aware"], [100.0, 100.0])
+    np.testing.assert_array_equal(accuracy["knn_domain_aware"], [100.0, 100.0])
+    for agnostic in ("linear", "knn"):
+        assert accuracy[agnostic].mean() == 50.0, agnostic
+
+
+def test_domain_aware_evaluation_needs_a_domain_incremental_run_on_all_data():
+    config = tiny_config(**{"eval.domain_aware": True})
+    with pytest.raises(ValueError, match="scenario='domain_incremental'"):
+        config_lib.validate(objectives.resolve_config(config), num_devices=1)

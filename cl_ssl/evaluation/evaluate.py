@@ -33,6 +33,9 @@ LINEAR_SCHEDULE = (
     "init_std",
 )
 """The ``eval.linear`` fields that are keywords of ``probes.linear_probe``."""
+DOMAIN_AWARE = "_domain_aware"
+"""Suffix of the domain-aware matrix of every evaluator (``eval.domain_aware``): column j scores, on
+task j's test images, a probe trained on task j's training examples alone."""
 TASK_AWARE = "_task_aware"
 """Suffix of the task-aware matrix of every evaluator (``eval.task_aware``)."""
 PROBE_DATA = ("all", "seen", "current")
@@ -40,9 +43,11 @@ PROBE_DATA = ("all", "seen", "current")
 
 
 def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> list[str]:
-    """The accuracy matrices a run of ``config`` fills: its evaluators, the online probe
-    (``eval.online``), the strategy's classifier when it trains one, and each of those again with
-    the suffix ``_task_aware`` under ``eval.task_aware``."""
+    """The accuracy matrices a run of ``config`` fills: its evaluators (with the linear probe's
+    ``linear_best`` under ``eval.linear.report_best``), the online probe (``eval.online``), the
+    strategy's classifier when it trains one, the evaluators again with the suffix
+    ``_domain_aware`` under ``eval.domain_aware``, and all of those with the suffix
+    ``_task_aware`` under ``eval.task_aware``."""
     names = []
     for name in config.eval.evaluators:
         names.append(name)
@@ -50,6 +55,8 @@ def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> 
             names.append(LINEAR_BEST)
     names += [online_lib.ONLINE] if config.eval.online else []
     names += [CLASSIFIER] if has_classifier else []
+    if config.eval.get("domain_aware", False):
+        names += [name + DOMAIN_AWARE for name in config.eval.evaluators]
     return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else [])
 
 
@@ -83,6 +90,13 @@ class Evaluator:
     ``report_best``, the ``linear_best`` matrix besides ``linear``: the accuracies of the epoch
     whose classifier scores best on the whole test set (l.327-345, its ``best_acc1``; the epoch is
     chosen on the test set, as the reference does).
+
+    With ``eval.domain_aware`` (domain-incremental runs), CaSSLe's domain-aware evaluation as
+    well: one linear probe per domain, trained on that domain's examples of the probe data alone
+    and scored on its test images (``bash_files/linear/domainnet/domain/*.sh`` with ``--domain``,
+    logged by ``cassle/methods/linear.py`` l.317-324 as ``val_acc1_{domain}``), and likewise one
+    kNN bank per domain: the ``<evaluator>_domain_aware`` matrices, whose column j is domain j's
+    probe on domain j. The all-domain probes are CaSSLe's domain-agnostic evaluation.
 
     With ``eval.task_aware`` every probe is also scored task-incrementally, each test image's
     prediction restricted to its task's classes (``probes.task_aware_predictions``): the
@@ -221,16 +235,24 @@ class Evaluator:
         images read a batch at a time), in fixed-size batches."""
         return self.map_images(self._features, variables, images)
 
-    def _linear(self, variables, rows, train_images, train_f, test_f) -> dict[str, np.ndarray]:
-        """The linear probe's test logits: ``linear``, and ``linear_best`` under
-        ``eval.linear.report_best``."""
+    def _train_images(self, rows: np.ndarray):
+        """The training images of ``rows``; no copy of a whole (large) training split, and a
+        streamed one is read a batch at a time."""
+        if len(rows) == len(self._train.labels):
+            return self._train.images
+        return streaming.subset(self._train.images, rows)
+
+    def _linear(self, variables, rows, train_f, test_f) -> dict[str, np.ndarray]:
+        """The test logits [N_test, C] of the linear probe trained on ``rows`` (sorted indices
+        into the training split): ``linear``, and ``linear_best`` under
+        ``eval.linear.report_best``. ``train_f``: the features of ``rows`` (None where the probe
+        embeds its own views), ``test_f``: the test features in the probe's view
+        (``_linear_test_features``)."""
         lin = self._config.eval.linear
         schedule = {k: lin[k] for k in LINEAR_SCHEDULE if k in lin}
         common = dict(num_classes=self._num_classes, seed=self._seed, **schedule)
-        if self._linear_crop < 1.0:
-            test_f = self.map_images(self._center_features, variables, self._test.images)
-            if not self._linear_augment:
-                train_f = self.map_images(self._center_features, variables, train_images)
+        if self._linear_crop < 1.0 and not self._linear_augment:
+            train_f = self.map_images(self._center_features, variables, self._train_images(rows))
         train_labels = self._train.labels[rows]
         if self._linear_augment:
             final, best, _ = self._augmented_probe(
@@ -250,6 +272,48 @@ class Evaluator:
             return {"linear": probes.linear_probe(train_f, train_labels, test_f, **common)}
         return {"linear": final, **({LINEAR_BEST: best} if self._report_best else {})}
 
+    def _linear_test_features(self, variables, test_f) -> np.ndarray:
+        """The linear probe's test features: ``test_f``, the whole images', or under
+        ``eval.linear.center_crop`` < 1 those of the central crops."""
+        if self._linear_crop < 1.0:
+            return self.map_images(self._center_features, variables, self._test.images)
+        return test_f
+
+    def _scores(self, name, variables, rows, train_f, test_f) -> dict[str, np.ndarray]:
+        """The test scores [N_test, C] of evaluator ``name`` trained on ``rows`` (sorted indices
+        into the training split, ``train_f`` their features), by matrix name."""
+        if name == "linear":
+            return self._linear(variables, rows, train_f, test_f)
+        knn = self._config.eval.knn.to_dict()
+        # As solo-learn's WeightedKNNClassifier: k at most the number of labelled examples (a
+        # small label_fraction or current task may hold fewer).
+        knn["k"] = min(knn["k"], len(rows))
+        train_labels = self._train.labels[rows]
+        return {
+            name: probes.knn_scores(
+                train_f, train_labels, test_f, num_classes=self._num_classes, **knn
+            )
+        }
+
+    def _domain_aware(self, name, variables, rows, train_f, test_f) -> np.ndarray:
+        """Float [T]: column j the accuracy, on task j's test images, of evaluator ``name``
+        trained on the examples of ``rows`` (as in ``_scores``) that belong to task j."""
+        scenario = self._scenario
+        accuracy = np.empty(scenario.num_tasks)
+        for j, train_j in enumerate(scenario.train_indices):
+            keep = np.isin(rows, train_j)
+            if not keep.any():
+                raise ValueError(
+                    f"eval.domain_aware: eval.train_examples={self._config.eval.train_examples} "
+                    f"leaves no training example of task {j + 1} for its probe; raise it or set -1"
+                )
+            own_f = None if train_f is None else train_f[keep]
+            scores = self._scores(name, variables, rows[keep], own_f, test_f)[name]
+            accuracy[j] = probes.per_task_accuracy(
+                scores.argmax(-1), self._test.labels, scenario.test_indices
+            )[j]
+        return accuracy
+
     def __call__(
         self, params, batch_stats, strategy_state=None, online_probe=None, *, stage: int
     ) -> dict[str, np.ndarray]:
@@ -258,17 +322,13 @@ class Evaluator:
         online probe's parameters."""
         variables = {"params": params, "batch_stats": batch_stats}
         rows = self.probe_examples(stage)
-        # No copy of a whole (large) training split; a streamed one is read a batch at a time.
-        every = len(rows) == len(self._train.labels)
-        train_images = self._train.images if every else streaming.subset(self._train.images, rows)
         e = self._config.eval
         # The augmented or centre-cropped linear probe embeds its own views of the images.
         own_views = self._linear_augment or self._linear_crop < 1.0
         if any(name != "linear" or not own_views for name in e.evaluators):
-            train_f = self.features(variables, train_images)
+            train_f = self.features(variables, self._train_images(rows))
         else:
             train_f = None
-        train_labels = self._train.labels[rows]
         # The centre-cropped linear probe embeds its own test view; the full-image test features
         # serve the other evaluators, the linear probe without a centre crop, the online probe and
         # the strategy's classifier.
@@ -280,23 +340,20 @@ class Evaluator:
             test_f = self.features(variables, self._test.images)
         else:
             test_f = None
-        scores = {}
+        scores, results = {}, {}
         for name in e.evaluators:
-            if name == "linear":
-                scores.update(self._linear(variables, rows, train_images, train_f, test_f))
-            else:
-                knn = e.knn.to_dict()
-                # As solo-learn's WeightedKNNClassifier: k at most the number of labelled examples
-                # (a small label_fraction or current task may hold fewer).
-                knn["k"] = min(knn["k"], len(rows))
-                scores[name] = probes.knn_scores(
-                    train_f, train_labels, test_f, num_classes=self._num_classes, **knn
+            own_test_f = (
+                self._linear_test_features(variables, test_f) if name == "linear" else test_f
+            )
+            scores.update(self._scores(name, variables, rows, train_f, own_test_f))
+            if e.domain_aware:
+                results[name + DOMAIN_AWARE] = self._domain_aware(
+                    name, variables, rows, train_f, own_test_f
                 )
         if self._online_logits is not None:
             scores[online_lib.ONLINE] = np.asarray(self._online_logits(online_probe, test_f))
         if self._classify is not None:
             scores[CLASSIFIER] = np.asarray(jax.device_get(self._classify(strategy_state, test_f)))
-        results = {}
         scenario, labels = self._scenario, self._test.labels
         for name, s in scores.items():
             results[name] = probes.per_task_accuracy(
