@@ -200,7 +200,8 @@ def test_augmented_probe_trains_on_fresh_crops_of_the_frozen_backbone():
     expected = _one_step_logits(
         evaluator, objective, config, variables, TRAIN.images[order], TRAIN.labels[order]
     )
-    scores = evaluator._linear(variables, np.arange(40), TRAIN.images, None, None)
+    test_f = evaluator._linear_test_features(variables, None)
+    scores = evaluator._linear(variables, np.arange(40), None, test_f)
     np.testing.assert_allclose(scores["linear"], expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores["linear_best"], expected, rtol=1e-4, atol=1e-4)
     predictions = expected.argmax(-1)
@@ -255,7 +256,8 @@ def test_augmented_probe_crops_streamed_images_on_the_host_from_the_full_image()
     expected = _one_step_logits(
         evaluator, objective, config, variables, crops, train.labels[order], cropped=True
     )
-    scores = evaluator._linear(variables, np.arange(n), images, None, None)
+    test_f = evaluator._linear_test_features(variables, None)
+    scores = evaluator._linear(variables, np.arange(n), None, test_f)
     np.testing.assert_allclose(scores["linear"], expected, rtol=1e-4, atol=1e-4)
 
 
