@@ -415,8 +415,12 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     Kaizen ships no ImageNet-100 script: there the ImageNet recipes and CaSSLe's heads stay, and
     ``first_per_class`` takes the first images of each class in the records' order where the
     data set has no file ids (tfds ``imagenet2012``), not the sorted file names of an
-    ImageFolder."""
+    ImageFolder. Data-incremental runs replay each past task's first 1% in its random split
+    order, a uniform draw (``random_per_task``), as the reference's data split does
+    (``kaizen/utils/pretrain_dataloader.py`` l.69-81)."""
     config.labels.fraction = 1.0
+    if config.scenario == "data_incremental":
+        config.kaizen.replay.selection = "random_per_task"
     config.eval.update(online=True, online_data="seen", online_lr=0.1, online_updates_bn=True)
     config.model.dtype = "bfloat16"
     config.kaizen.replay.sampling = "loader"

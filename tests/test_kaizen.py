@@ -285,6 +285,10 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
     assert (e.online, e.online_data, e.online_lr, e.probe_data) == (True, "seen", 0.1, "all")
     assert config.model.dtype == "bfloat16"
     assert config.kaizen.replay.sampling == "loader"  # a shuffled, tail-dropping, cycled loader
+    # The first 1% of each class; of each task's random split order in data-incremental runs.
+    assert config.kaizen.replay.selection == "first_per_class"
+    data_incremental = shipped_config("cifar100", "kaizen,data_incremental")
+    assert data_incremental.kaizen.replay.selection == "random_per_task"
     resolved = objectives.resolve_config(config)
     assert (resolved.optimizer.lr, resolved.simclr.proj_hidden_dim) == (1.0, 4096)
     assert resolved.augment.view2.solarize_prob == 0.2

@@ -220,6 +220,34 @@ def test_first_per_class_selection_is_kaizens():
     assert sorted(np.asarray(mem.ids)[np.asarray(mem.valid)]) == [13, 14]  # last in record order
 
 
+def test_random_per_task_selection_is_kaizens_data_incremental_draw():
+    """Each task keeps int(0.3 * N_t) of its own rows, whatever their classes: 4 of task 1's 15
+    (capacity int(0.3 * 30) = 9 >= 4 + 4), then 4 of task 2's without touching task 1's; the
+    draw is seeded by the strategy's key and the task."""
+    config, objective, strat = _parts(
+        "replay", **{"replay.selection": "random_per_task", "replay.fraction": 0.3}
+    )
+    labels = np.zeros(30, np.int32)  # one class: a per-class rule would keep int(0.3 * 15) = 4
+    features = np.zeros((30, 2), np.float32)
+    end = _task_end(strat, objective, config, features, range(15), labels, 1)
+    first = strat.end_task(end)
+    mem = first.buffers["memory"]
+    assert mem.capacity == 9
+    kept = np.asarray(mem.ids)[np.asarray(mem.valid)]
+    assert len(kept) == len(set(kept)) == 4 and set(kept) <= set(range(15))
+    again = strat.end_task(end).buffers["memory"]
+    np.testing.assert_array_equal(
+        np.sort(np.asarray(again.ids)[np.asarray(again.valid)]), np.sort(kept)
+    )
+    second = strat.end_task(
+        _task_end(strat, objective, config, features, range(15, 30), labels, 2, first.buffers)
+    ).buffers["memory"]
+    valid = np.asarray(second.valid)
+    ids, tasks = np.asarray(second.ids)[valid], np.asarray(second.tasks)[valid]
+    assert sorted(ids[tasks == 0]) == sorted(kept)
+    assert len(ids[tasks == 1]) == 4 and set(ids[tasks == 1]) <= set(range(15, 30))
+
+
 # ---------------------------------------------------------------------------------------------
 # LUMP's mixup
 

@@ -18,6 +18,10 @@ fills it:
 - ``herding``: iCaRL's Algorithm 4 on the backbone's features of each class of the finished task
   (Rebuffi et al., CVPR 2017), at the end of every task;
 - ``random``: a uniform draw per class, at the end of every task;
+- ``random_per_task``: Kaizen's data-incremental exemplars, int(``replay.fraction`` * N_t) of
+  the N_t images of every task drawn uniformly without replacement, whatever their classes, at
+  the end of every task (``kaizen/utils/pretrain_dataloader.py`` l.69-81 keeps the first rows of
+  each task of ``torch.utils.data.random_split``, a uniform draw of that size);
 - ``first_per_class``: Kaizen's first floor(``replay.fraction`` * n_c) images of every class in
   the data set's archive order (CIFAR's ``train_00000``, ...: tfds's ``id``, not its shuffled
   records), at the end of every task (``kaizen/utils/pretrain_dataloader.py`` l.60-66);
@@ -34,7 +38,8 @@ fills it:
 
 Budgets: a fixed total ``replay.memory_size`` shared equally by the seen classes (iCaRL), or
 ``replay.per_class`` exemplars per class when it is > 0 (the capacity is then per_class times the
-data set's classes); ``first_per_class`` sizes the memory to its own selection. The class-based
+data set's classes); ``first_per_class`` and ``random_per_task`` size the memory to their own
+selections. The class-based
 policies read the data set's classes (``TrainData.classes``), whether or not the learner sees the
 labels; ``reservoir`` is the label-free choice.
 """
@@ -59,7 +64,14 @@ from cl_ssl.state import StrategyState
 from cl_ssl.strategies.base import BufferInputs, RowInputs, Strategy, StrategySpec, TaskEnd
 
 IN_STEP = ("reservoir", "class_balanced")
-AT_TASK_END = ("herding", "random", "first_per_class", "min_var", "random_with_replacement")
+AT_TASK_END = (
+    "herding",
+    "random",
+    "first_per_class",
+    "random_per_task",
+    "min_var",
+    "random_with_replacement",
+)
 PER_TASK = ("min_var", "random_with_replacement")
 """Selections that add ``replay.per_class`` exemplars per class of the finished task, whatever
 their classes, and never shrink the earlier ones."""
@@ -125,6 +137,9 @@ def capacity(
     if r.selection == "first_per_class":
         counts = np.bincount(classes, minlength=num_classes)
         return int(sum(int(n * r.fraction) for n in counts))  # memory.first_per_class's count
+    if r.selection == "random_per_task":
+        # At least the sum over tasks of int(N_t * fraction), whatever the tasks' sizes.
+        return int(len(classes) * r.fraction)
     if r.selection in PER_TASK:
         return r.per_class * num_classes * tasks_per_class
     return r.per_class * num_classes if r.per_class > 0 else r.memory_size
@@ -149,7 +164,10 @@ def check_config(r: ml_collections.ConfigDict, section: str = "replay") -> None:
             "positive memory_size, or per_class > 0 for a fixed number of exemplars per class"
         )
     if not 0.0 < r.fraction <= 1.0:
-        raise ValueError(f"{section}.fraction={r.fraction}; set the share of each class in (0, 1]")
+        raise ValueError(
+            f"{section}.fraction={r.fraction}; set the share of each class (first_per_class) or "
+            "task (random_per_task) in (0, 1]"
+        )
     mode, source = r.get("mode", "extend"), r.get("source", "memory")  # Kaizen's has neither
     if mode not in MODES:
         raise ValueError(f"{section}.mode={mode!r}; choose one of {list(MODES)}")
@@ -297,9 +315,9 @@ def end_of_task_selection(
     payload: Callable[[TaskEnd, np.ndarray], Any] | None = None,
 ):
     """``Strategy.end_task`` that adds the finished task's exemplars (herding, random,
-    first_per_class, min_var or random_with_replacement, from the replay settings ``r``) and
-    shrinks the earlier classes to the new per-class quota (min_var, first_per_class and
-    random_with_replacement size the memory so that nothing shrinks); with ``payload``, (the
+    first_per_class, random_per_task, min_var or random_with_replacement, from the replay
+    settings ``r``) and shrinks the earlier classes to the new per-class quota (the last four
+    size the memory so that nothing shrinks); with ``payload``, (the
     ``TaskEnd``, the chosen example ids int [K]) -> their payload, [K, ...] per leaf, kept with
     each stored exemplar."""
     embed = view_embeddings(objective) if r.selection == "min_var" else None
@@ -317,6 +335,10 @@ def end_of_task_selection(
             rows = memory_lib.first_per_class(
                 classes, r.fraction, order=None if rank is None else rank[ids]
             )
+            priority = np.zeros(len(rows), np.float32)
+            quota = memory.capacity  # sized to fit: nothing shrinks
+        elif r.selection == "random_per_task":
+            rows = random_per_task_rows(end.key, task, len(ids), r.fraction)
             priority = np.zeros(len(rows), np.float32)
             quota = memory.capacity  # sized to fit: nothing shrinks
         elif r.selection == "min_var":
@@ -357,6 +379,15 @@ def _min_var_rows(end: TaskEnd, ids, classes, per_cluster: int, embed, task: int
         embeddings, num_clusters=len(np.unique(classes)), per_cluster=per_cluster, seed=task
     )
     return rows, -rank.astype(np.float32)
+
+
+def random_per_task_rows(key: jax.Array, task: int, num_rows: int, fraction: float) -> np.ndarray:
+    """int [int(num_rows * fraction)]: sorted rows of the finished task's ``num_rows`` examples,
+    drawn uniformly without replacement from a generator seeded with the strategy's ``key`` and
+    the ``task`` (Kaizen's data-incremental exemplars; the float product truncated as its
+    ``int(len(split_dataset) * proportion)``)."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist() + [task])
+    return np.sort(rng.choice(num_rows, int(num_rows * fraction), replace=False))
 
 
 def random_with_replacement_rows(
