@@ -56,6 +56,20 @@ def test_probe_data_sources(probe_data, rows_by_stage):
         np.testing.assert_array_equal(evaluator.probe_examples(stage), expected)
 
 
+def test_no_probe_trains_on_held_out_images():
+    """``dataset.holdout_fraction`` thins every task (one image of each class's 10 here); the
+    probes of every ``probe_data`` draw from what is left."""
+    thinned = scenarios.hold_out(SCENARIO, TRAIN.labels, fraction=0.1, seed=0)
+    kept = np.concatenate(thinned.train_indices)
+    assert len(kept) == 36
+    for probe_data in evaluate.PROBE_DATA:
+        evaluator, _ = _evaluator(scenario=thinned, probe_data=probe_data)
+        for stage in (0, 1, 2):
+            assert set(evaluator.probe_examples(stage)) <= set(kept)
+    everything, _ = _evaluator(scenario=thinned)
+    np.testing.assert_array_equal(everything.probe_examples(2), np.sort(kept))
+
+
 def test_online_data_chooses_the_online_probes_pool_apart_from_the_probes():
     """``eval.online_data='seen'`` (Kaizen's) during stage 1 draws from task 1 only, then from
     both tasks, while the offline probes keep ``eval.probe_data='all'``; the train loop asks for

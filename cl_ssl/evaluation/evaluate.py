@@ -181,7 +181,9 @@ class Evaluator:
         data = data or e.probe_data
         s = max(stage, 1) - 1
         if data == "all":
-            rows = np.arange(len(self._train.labels))
+            # The tasks' examples: none held out (dataset.holdout_fraction), as FACIL's probe
+            # trains on its train loader alone.
+            rows = np.unique(np.concatenate(self._scenario.train_indices))
         elif data == "seen":
             rows = np.unique(np.concatenate(self._stage_indices[: s + 1]))
         else:
