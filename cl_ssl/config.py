@@ -326,6 +326,8 @@ STRATEGY_VARIANTS = (
     "genifer",
     "pocon",
 )
+CLASS_INCREMENTAL_VARIANTS = ("genifer", "pocon")
+"""The strategy variants whose recipe is a class-incremental stream (class order, tasks)."""
 
 
 def apply_variants(
@@ -352,6 +354,13 @@ def apply_variants(
             raise ValueError(f"{preset} config variants {chosen} exclude each other; keep one")
         if chosen:
             config[field] = chosen[0]
+    strategy = next((v for v in variants if v in STRATEGY_VARIANTS), None)
+    if strategy in CLASS_INCREMENTAL_VARIANTS and config.scenario != "class_incremental":
+        raise ValueError(
+            f"{preset} config variant {strategy!r} sets its paper's class-incremental stream (its "
+            f"class order and tasks), which scenario {config.scenario!r} does not have; drop one "
+            f"of the two, or set --config.strategy={strategy} on a class-incremental preset"
+        )
     if config.scenario == "data_incremental":
         config.class_order = "natural"
         config.split_seed = 42

@@ -368,3 +368,8 @@ def test_cifar100_presets_reproduce_cassle():
         shipped_config("cifar100", "casle")
     with pytest.raises(ValueError, match="exclude each other"):
         shipped_config("cifar100", "cassle,pfr")
+    # POCON's and Genifer's recipes are class-incremental streams.
+    with pytest.raises(ValueError, match="variant 'pocon' sets its paper's class-incremental"):
+        shipped_config("cifar100", "pocon,data_incremental")
+    with pytest.raises(ValueError, match="scenario 'domain_incremental' does not have"):
+        shipped_config("domainnet", "genifer")
