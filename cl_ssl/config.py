@@ -423,12 +423,14 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
     Kaizen ships no ImageNet-100 script: there the ImageNet recipes and CaSSLe's heads stay, and
     ``first_per_class`` takes the first images of each class in the records' order where the
-    data set has no file ids (tfds ``imagenet2012``), not the sorted file names of an
-    ImageFolder. Data-incremental runs replay each past task's first 1% in its random split
-    order, a uniform draw (``random_per_task``), as the reference's data split does
-    (``kaizen/utils/pretrain_dataloader.py`` l.69-81)."""
+    data set has no ``id`` feature (tfds ``imagenet2012``, whose ``file_name`` is not read), not
+    the sorted file names of an ImageFolder. Data-incremental runs split the data with Kaizen's ``--split_seed`` default, 5
+    (``kaizen/args/dataset.py`` l.37; CaSSLe's is 42; the partition is NumPy's, so not Kaizen's
+    images), and replay each past task's first 1% in its random split order, a uniform draw
+    (``random_per_task``, ``kaizen/utils/pretrain_dataloader.py`` l.69-81)."""
     config.labels.fraction = 1.0
     if config.scenario == "data_incremental":
+        config.split_seed = 5
         config.kaizen.replay.selection = "random_per_task"
     config.eval.update(online=True, online_data="seen", online_lr=0.1, online_updates_bn=True)
     config.model.dtype = "bfloat16"

@@ -289,6 +289,7 @@ def test_cifar100_kaizen_preset_is_kaizens_scripts():
     assert config.kaizen.replay.selection == "first_per_class"
     data_incremental = shipped_config("cifar100", "kaizen,data_incremental")
     assert data_incremental.kaizen.replay.selection == "random_per_task"
+    assert data_incremental.split_seed == 5  # kaizen/args/dataset.py l.37
     resolved = objectives.resolve_config(config)
     assert (resolved.optimizer.lr, resolved.simclr.proj_hidden_dim) == (1.0, 4096)
     assert resolved.augment.view2.solarize_prob == 0.2
