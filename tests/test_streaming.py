@@ -30,6 +30,29 @@ def test_streamed_split_holds_the_in_memory_splits_images_and_labels(mock_tfds, 
     assert streamed.images[np.arange(0)].shape == (0, *whole.images.shape[1:])
 
 
+def test_a_split_leaves_the_image_features_it_does_not_read_encoded(mock_tfds, monkeypatch):
+    """CUB's segmentation masks, an image feature the library never reads, stay encoded (every
+    label pass and every streamed batch would decode them); so do images of varying size, which
+    the reader decodes only when kept."""
+    import tensorflow_datasets as tfds
+
+    asked = []
+    with mock_tfds(num_examples=6):
+        as_data_source = tfds.core.DatasetBuilder.as_data_source  # the mock's
+
+        def recording(self, *args, decoders=None, **kwargs):
+            asked.append(decoders)
+            return as_data_source(self, *args, decoders=decoders, **kwargs)
+
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", recording)
+        sources.load_split("caltech_birds2011", "train", image_size=8)
+        sources.load_split("cifar10", "train")
+    birds, cifar = asked
+    assert set(birds) == {"image", "segmentation_mask"}
+    assert all(isinstance(d, tfds.decode.SkipDecoding) for d in birds.values())
+    assert cifar is None  # fixed-size images, decoded by tfds in the read
+
+
 def _numbered(n, num_threads=2):
     """StreamedImages of ``n`` 1 x 1 images whose pixel is the record number, and the log of the
     records each read decodes."""

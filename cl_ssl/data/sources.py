@@ -454,9 +454,15 @@ def _tfds_reader(
             "--config.dataset.image_size to the side at which to store them (e.g. 224)."
         )
     skip = undecoded or None in image_shape
-    decoders = {"image": tfds.decode.SkipDecoding()} if skip else None
+    # Other image features (CUB's segmentation masks) are never read: left encoded, as the image
+    # is where it is decoded only when kept.
+    decoders = {
+        key: tfds.decode.SkipDecoding()
+        for key, feature in features.items()
+        if isinstance(feature, tfds.features.Image) and (key != "image" or skip)
+    }
     try:
-        source = builder.as_data_source(split=split, decoders=decoders)
+        source = builder.as_data_source(split=split, decoders=decoders or None)
     except NotImplementedError as e:
         root = data_dir or str(builder.data_dir_root)
         raise FileNotFoundError(
