@@ -9,12 +9,15 @@ SIGTERM by its default action), and the run then resumes from its last saved che
 
 On one process the signal is caught here. On several, JAX's preemption service catches SIGTERM
 (``jax.distributed.initialize`` installs it), tells every process, and agrees on the step: the
-largest step any process has reached, plus one
+next sync point that every process reaches
 (``jax.experimental.multihost_utils.reached_preemption_sync_point``); SIGINT is forwarded to it as
-a SIGTERM of this process. A signal that arrives during end-of-task work is honoured once that
-work ends and the task's boundary checkpoint is saved (evaluation, exemplar selection), or, in a
-strategy's own training loop there (Genifer's GAN), at the next iteration every process reaches:
-the loop saves its progress and raises ``Stopped``, and the run saves the task's trained state.
+a SIGTERM of this process. A signal agreed at a task's last step stops the run before the task's
+evaluation, which can take longer than the grace period; the same command evaluates it. A signal
+that arrives during end-of-task work (evaluation, exemplar selection) is honoured once that work
+ends and the task's boundary checkpoint is saved, on several processes at the next task's first
+step, which they all reach; in a strategy's own training loop there (Genifer's GAN), at the next
+iteration every process reaches: the loop saves its progress and raises ``Stopped``, and the run
+saves the task's trained state.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class Stopped(Exception):
 
 
 class Preemption:
-    """Catches SIGTERM and SIGINT for the lifetime of a run (a context manager); ``reached(step)``
-    says when the run should save at ``step`` and stop.
+    """Catches SIGTERM and SIGINT for the lifetime of a run (a context manager); ``reached()``
+    says when the run should save at the step it is on and stop.
 
     Handlers can only be installed from the main thread: elsewhere (a run started from a worker
     thread) nothing is caught and ``reached`` is always False.
@@ -45,6 +48,9 @@ class Preemption:
         self.signal: int | None = None  # the first signal seen by this process
         self._previous: dict[int, object] = {}
         self._several = jax.process_count() > 1
+        # The sync points passed: every process counts the same calls, which only go up (a
+        # strategy's loop at a task's end calls too, so the run's steps would not).
+        self._sync_points = 0
 
     def __enter__(self) -> Preemption:
         if threading.current_thread() is not threading.main_thread():
@@ -76,18 +82,27 @@ class Preemption:
         if self._several and signum == signal.SIGINT:
             os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service
 
-    def reached(self, step: int) -> bool:
-        """Whether the run saves a checkpoint at global step ``step`` and stops.
+    def reached(self) -> bool:
+        """Whether the run saves a checkpoint at the step (or iteration) it is on and stops.
 
-        On several processes this must be called at every step, by every process, with the same
-        steps (JAX's preemption sync point); it is True at the same step on all of them.
+        On several processes this must be called at every step, by every process, in the same
+        order (each call is one of JAX's preemption sync points); it is True at the same call on
+        all of them.
         """
         if self._several:
-            reached = multihost_utils.reached_preemption_sync_point(step)
+            self._sync_points += 1
+            reached = multihost_utils.reached_preemption_sync_point(self._sync_points)
             if reached and self.signal is None:
                 self.signal = signal.SIGTERM  # seen by another process
             return reached
         return self.signal is not None
+
+    def stops_between_tasks(self) -> bool:
+        """Whether a signal seen during a task's end-of-task work stops the run before the next
+        task: on one process, once a signal came; on several, never, as the processes see the
+        signal at different times: ``reached()`` at the next task's first step stops them
+        together."""
+        return not self._several and self.signal is not None
 
     @property
     def exit_status(self) -> int:

@@ -291,8 +291,8 @@ class Run:
                     f"; the end of task {stage_id + 1} resumes where it stopped ({stopped})",
                 )
                 return self._result(state, stopped=True)
-            if self.preemption.signal is not None and stage_id + 1 < len(self.p.stages):
-                # A signal during the end-of-task work, or agreed at the stage's last step.
+            if stage_id + 1 < len(self.p.stages) and self.preemption.stops_between_tasks():
+                # A signal during the end-of-task work.
                 self._report_preemption(_counter(state.step))
                 return self._result(state, stopped=True)
         return self._result(state, stopped=False)
@@ -520,8 +520,8 @@ class Run:
         self, stage_id: int, state: state_lib.ContinualState
     ) -> tuple[state_lib.ContinualState, bool]:
         """The stage's remaining steps; (state, True) when ``stop_after_steps`` or a signal ends the
-        run (``cl_ssl.preemption``: saved at the step every process agrees on; agreed at the
-        stage's last step, the run stops after the boundary checkpoint instead)."""
+        run (``cl_ssl.preemption``: saved at the step every process agrees on, the stage's last
+        step included, before its evaluation)."""
         config, mesh, p = self.config, self.mesh, self.p
         stage = self.stage(stage_id, state)
         # Each replica's examples (its seed's class order); the same number of steps for all.
@@ -617,10 +617,11 @@ class Run:
             pending = (global_step, step_metrics)
             bar.update(1)
             stop = global_step == config.stop_after_steps
-            preempted = self.preemption.reached(global_step) and task_step + 1 < stage.num_steps
-            if task_step + 1 < stage.num_steps and (
-                global_step % config.checkpoint_every_steps == 0 or stop or preempted
-            ):
+            preempted = self.preemption.reached()
+            # At the stage's last step the boundary checkpoint follows the evaluation, unless the
+            # run stops first: the same command then starts with the evaluation.
+            last = task_step + 1 == stage.num_steps
+            if stop or preempted or (not last and global_step % config.checkpoint_every_steps == 0):
                 check(*pending)
                 self._charge_training()
                 self._save(global_step, state)
@@ -702,12 +703,12 @@ class Run:
                 features=replica.evaluator.features,
                 map_images=replica.evaluator.map_images,
                 mesh=self.mesh,
-                # The loop's iterations continue the run's steps for the processes' agreement.
+                # Each iteration is a sync point of the processes' agreement, as a step is.
                 progress=task_end_progress(
                     str(replica.workdir),
                     stage_id,
                     self.mesh,
-                    lambda iterations: self.preemption.reached(step + iterations),
+                    lambda iterations: self.preemption.reached(),
                 ),
                 log_scalars=functools.partial(self._log_scalars, replica),
                 log_image=functools.partial(self._log_image, replica, step=step),

@@ -100,9 +100,15 @@ def test_resume_across_task_boundary_and_damaged_latest(finished_run, tmp_path):
     """A damaged newest checkpoint (the periodic one at step 9, in task 2: one digit of the saved
     accuracy matrices changed, which still parses) is caught by its digest and skipped with a
     warning; the run resumes from the task boundary (step 6), saves step 9 again and ends
-    identical. (Unreadable files fall back the same way: tests/test_checkpoint.py.)"""
+    identical. (Unreadable files fall back the same way: tests/test_checkpoint.py.) Stopped at
+    task 1's last step first, as a signal agreed there stops it, the run saves that step and
+    leaves task 1's evaluation to the next command."""
     whole, _ = finished_run(tiny_config())
     workdir = tmp_path
+    stopped = _run(tiny_config(stop_after_steps=6), workdir)
+    assert stopped["stopped"] and int(stopped["state"].step) == 6
+    assert np.isnan(stopped["matrices"]["linear"][1]).all()  # task 1 not yet evaluated
+    assert 6 in {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()}
     _run(tiny_config(stop_after_steps=9), workdir)
     ckpt_dir = workdir / "checkpoints"
     newest = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
