@@ -357,6 +357,12 @@ class Run:
             self._save(0, state, boundary=True)
             return state
         _, state, meta = restored
+        stop = self.config.stop_after_steps
+        if 0 <= stop <= _counter(state.step):
+            raise ValueError(
+                f"stop_after_steps={stop}, but the run resumes from step {_counter(state.step)} "
+                f"of {self.ckpt.directory}: it would never stop; set a later step, or -1"
+            )
         for replica, replica_meta in zip(
             self.replicas, meta["replicas"] if self.stacked else [meta], strict=True
         ):

@@ -109,6 +109,8 @@ def test_resume_across_task_boundary_and_damaged_latest(finished_run, tmp_path):
     assert stopped["stopped"] and int(stopped["state"].step) == 6
     assert np.isnan(stopped["matrices"]["linear"][1]).all()  # task 1 not yet evaluated
     assert 6 in {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()}
+    with pytest.raises(ValueError, match="stop_after_steps=6, but the run resumes from step 6"):
+        _run(tiny_config(stop_after_steps=6), workdir)  # would never stop
     _run(tiny_config(stop_after_steps=9), workdir)
     ckpt_dir = workdir / "checkpoints"
     newest = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
