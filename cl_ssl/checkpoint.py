@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 PyTree = Any
 
@@ -183,19 +184,27 @@ class Checkpointer:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with shardings, the shape of the
             state.
 
-        A checkpoint that fails to restore (corrupt or partial files), whose values differ from
-        its saved digest, or that restores a non-finite state is skipped with a warning and the one before it is
-        tried; once an older one restores, the unusable newer ones are deleted, so that the
-        replayed run can save those steps again.
+        A checkpoint that fails to restore (corrupt or partial files, or a read that failed
+        for a passing reason, such as a storage service's error), whose values differ from its
+        saved digest, or that restores a non-finite state is skipped with a warning and the one
+        before it is tried. Once an older one restores, the newer ones known to be damaged
+        (digest, non-finite values) are deleted; the unreadable ones stay, for a later start to
+        try again, and the replayed run saves over them.
 
         Raises:
           RuntimeError: when checkpoints exist but none of them restores (for example a state
-            whose layout changed); nothing is deleted then.
+            whose layout changed; nothing is deleted then), or when the processes of a
+            multi-process run restored different steps (a read failed on some of them).
         """
-        errors = []
+        errors, damaged = [], []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 state, meta = self.restore_step(step, abstract_state)
+            except DigestMismatch as error:
+                logging.warning("%s; trying the one before", error)
+                errors.append((step, f"step {step}: damaged"))
+                damaged.append(step)
+                continue
             except Exception as error:  # noqa: BLE001 -- any unreadable checkpoint falls back
                 logging.warning(
                     "checkpoint %d in %s cannot be restored (%s: %s); trying the one before",
@@ -215,11 +224,14 @@ class Checkpointer:
                     _summary(bad),
                 )
                 errors.append((step, f"step {step}: non-finite {_summary(bad, 1)}"))
+                damaged.append(step)
                 continue
-            for unreadable, _ in errors:
-                self._manager.delete(unreadable)
+            _check_same_step(step, self.directory)
+            for bad_step in damaged:
+                self._manager.delete(bad_step)
             return step, state, meta
         if errors:
+            _check_same_step(-1, self.directory)
             raise RuntimeError(
                 f"no checkpoint in {self.directory} restores "
                 f"({'; '.join(message for _, message in errors)}; the details are in the log): "
@@ -236,7 +248,7 @@ class Checkpointer:
         """(state, meta) of the checkpoint of ``step``, shaped as ``abstract_state``.
 
         Raises:
-          ValueError: when the restored values differ from the digest saved with them (damaged
+          DigestMismatch: when the restored values differ from the digest saved with them (damaged
             bytes that still decode); orbax's error when the checkpoint cannot be read.
         """
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
@@ -250,7 +262,7 @@ class Checkpointer:
             saved, found = restored["digest"], digest(state, meta)
             damaged = [item for item in ("state", "meta") if saved[item] != found[item]]
             if damaged:
-                raise ValueError(
+                raise DigestMismatch(
                     f"checkpoint {step}'s {' and '.join(damaged)} differ from the "
                     f"{DIGEST_ALGORITHM} digest saved with them: its files are damaged"
                 )
@@ -268,6 +280,24 @@ class Checkpointer:
     def close(self) -> None:
         with self._writing():
             self._manager.close()
+
+
+class DigestMismatch(ValueError):
+    """A checkpoint whose restored values differ from the digest saved with them."""
+
+
+def _check_same_step(step: int, directory: str) -> None:
+    """RuntimeError unless every process restored checkpoint ``step`` (a collective on several
+    processes): one whose read failed would go on from another state."""
+    if jax.process_count() == 1:
+        return
+    steps = np.asarray(multihost_utils.process_allgather(np.int64(step)))
+    if np.any(steps != step):
+        raise RuntimeError(
+            f"the processes restored different checkpoints of {directory} (steps "
+            f"{sorted(set(steps.tolist()))}): a read failed on some of them; rerun the same "
+            "command"
+        )
 
 
 def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
