@@ -67,6 +67,22 @@ def _check_finite(
         )
 
 
+def _check_task_end(
+    state: state_lib.ContinualState, *, stage_id: int, strategy: str, seed: int | None = None
+) -> None:
+    """FloatingPointError when the state the end of stage ``stage_id`` built (one replica's, of
+    ``seed``) holds non-finite learned values: the strategy's end-of-task work made them, from a
+    finite trained state, so lowering the learning rate would not help."""
+    bad = checkpoint.non_finite_leaves(_learned(state))
+    if bad:
+        replica = "" if seed is None else f" for the replica of seed {seed}"
+        raise FloatingPointError(
+            f"the end of task {stage_id + 1} (the end_task of strategy {strategy!r}){replica} left "
+            f"non-finite values in the state ({', '.join(bad[:3])}), from a finite trained state; "
+            "it was not saved. Check the strategy's end-of-task work and its settings"
+        )
+
+
 def _counter(x: jax.Array) -> int:
     """A counter of the state (step, task, task_step): a scalar, or [R] equal entries for
     replicas, which step together."""
@@ -683,7 +699,14 @@ class Run:
         for replica, replica_state in zip(self.replicas, self.split(state), strict=True):
             rows = self.evaluate(replica_state, stage_id + 1, replica)
             replica.results.record(stage_id + 1, rows, step=step)
-            states.append(self._start_next_stage(stage_id, replica, replica_state, step))
+            next_state = self._start_next_stage(stage_id, replica, replica_state, step)
+            _check_task_end(
+                next_state,
+                stage_id=stage_id,
+                strategy=replica.p.strategy.name,
+                seed=replica.seed if self.stacked else None,
+            )
+            states.append(next_state)
         state = self.join(states)
         self._save(step, state, boundary=True)
         for replica in self.replicas:

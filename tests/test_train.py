@@ -169,6 +169,28 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["0"]
 
 
+def test_a_non_finite_state_from_end_of_task_work_names_the_strategy():
+    """Not the divergence message (lower the learning rate): the trained state was finite."""
+    from helpers import initial_state, random_split, tiny_objective_config
+
+    from cl_ssl import objectives, strategies, train
+
+    config = objectives.resolve_config(tiny_objective_config("simclr", strategy="replay"))
+    objective = objectives.get_objective(config)
+    strategy = strategies.get_strategy(config, objective)
+    state = initial_state(
+        objective, strategy, step_lib.make_tx(config, objective, strategy), random_split(8)
+    )
+    train._check_task_end(state, stage_id=0, strategy="replay")
+    broken = state.replace(batch_stats=jax.tree.map(lambda x: x * jnp.nan, state.batch_stats))
+    with pytest.raises(
+        FloatingPointError,
+        match=r"end of task 2 \(the end_task of strategy 'replay'\) for the replica of seed 3 left "
+        r"non-finite values in the state \(\['batch_stats'\]",
+    ):
+        train._check_task_end(broken, stage_id=1, strategy="replay", seed=3)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
