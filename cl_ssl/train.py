@@ -182,7 +182,16 @@ def task_end_progress(
         if not directory.is_dir():
             return None
         with contextlib.closing(checkpoint.Checkpointer(str(directory), keep=1)) as ckpt:
-            restored = ckpt.restore(checkpoint.abstract_like(like, rep))
+            try:
+                restored = ckpt.restore(checkpoint.abstract_like(like, rep))
+            except RuntimeError as error:
+                # The loop is deterministic: started over, it ends as it would have.
+                logging.warning(
+                    "the end of task %d starts over: its saved progress does not restore (%s)",
+                    stage_id + 1,
+                    error,
+                )
+                return None
         if restored is None:
             return None
         if jax.process_index() == 0:

@@ -366,6 +366,13 @@ def test_gan_training_killed_after_a_checkpoint_resumes_exactly(initial, tmp_pat
     stopped = train.task_end_progress(str(tmp_path / "stopped"), 0, mesh)
     chex.assert_trees_all_equal(whole, replay._train(end(stopped), buffers, variables))
 
+    # Saved progress that no longer restores (damaged files): the loop starts over, to the same end.
+    saved = tmp_path / "stopped" / "task_end"
+    for path in [p for p in saved.rglob("*") if p.is_file() and "state" in p.parts]:
+        path.write_bytes(b"damaged")
+    assert stopped.restore(buffers[generative.GAN_STATE]) is None
+    chex.assert_trees_all_equal(whole, replay._train(end(stopped), buffers, variables))
+
     # A GAN step whose losses turn non-finite stops the run at the first metrics, naming where.
     def diverging_step(gan_state, *args):
         return gan_state, {"d_loss": jnp.float32(jnp.nan), "g_loss": jnp.float32(1.0)}
