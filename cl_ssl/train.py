@@ -412,8 +412,8 @@ class Run:
 
     def _save(self, step: int, state: state_lib.ContinualState, *, boundary: bool = False) -> None:
         """Checkpoints ``state`` with the results so far (each replica's under 'replicas') and the
-        task boundaries' steps (kept whatever their age when ``boundary``); a non-finite state
-        is never saved."""
+        task boundaries' steps (kept whatever their age when ``boundary``), and flushes the
+        TensorBoard scalars; a non-finite state is never saved."""
         tic = time.perf_counter()
         if boundary:
             self._keep_boundary(step)
@@ -424,6 +424,10 @@ class Run:
             self.ckpt.save(step, state, meta)
         except FloatingPointError as error:
             raise FloatingPointError(f"{error}. {_DIVERGED}") from None
+        # What a resumed run will not log again reaches the disk with the checkpoint.
+        for replica in self.replicas:
+            if replica.writer:
+                replica.writer.flush()
         elapsed = time.perf_counter() - tic
         for replica in self.replicas:
             replica.results.wall_seconds["checkpointing"] += elapsed / len(self.replicas)
@@ -663,9 +667,14 @@ class Run:
                 else:
                     logging.warning("stopping after step %d as stop_after_steps asks", global_step)
                 return state, True
-        bar.close()
         if pending is not None:
             check(*pending)
+            if pending[0] % config.log_every_steps == 0:  # the stage's last step
+                rate = (
+                    (stage.num_steps - tic_step) * config.batch_size / (time.perf_counter() - tic)
+                )
+                self._log(bar, pending, epoch, stage, rate)
+        bar.close()
         self._charge_training()
         return state, False
 
@@ -718,9 +727,6 @@ class Run:
             states.append(next_state)
         state = self.join(states)
         self._save(step, state, boundary=True)
-        for replica in self.replicas:
-            if replica.writer:
-                replica.writer.flush()
         return state
 
     def _start_next_stage(
@@ -731,28 +737,29 @@ class Run:
         objective's ``start_task`` and the next stage's counters."""
         p = replica.p
         self._clock = time.perf_counter()
-        strategy_state = p.strategy.end_task(
-            TaskEnd(
-                state=state,
-                next_task=stage_id + 1,
-                key=replica.keys.strategy,
-                indices=p.stages[stage_id].indices,
-                train=p.train,
-                features=replica.evaluator.features,
-                map_images=replica.evaluator.map_images,
-                mesh=self.mesh,
-                # Each iteration is a sync point of the processes' agreement, as a step is.
-                progress=task_end_progress(
-                    str(replica.workdir),
-                    stage_id,
-                    self.mesh,
-                    lambda iterations: self.preemption.reached(),
-                ),
-                log_scalars=functools.partial(self._log_scalars, replica),
-                log_image=functools.partial(self._log_image, replica, step=step),
-            )
+        task_end = TaskEnd(
+            state=state,
+            next_task=stage_id + 1,
+            key=replica.keys.strategy,
+            indices=p.stages[stage_id].indices,
+            train=p.train,
+            features=replica.evaluator.features,
+            map_images=replica.evaluator.map_images,
+            mesh=self.mesh,
+            # Each iteration is a sync point of the processes' agreement, as a step is.
+            progress=task_end_progress(
+                str(replica.workdir),
+                stage_id,
+                self.mesh,
+                lambda iterations: self.preemption.reached(),
+            ),
+            log_scalars=functools.partial(self._log_scalars, replica),
+            log_image=functools.partial(self._log_image, replica, step=step),
         )
-        self._charge_training()
+        try:
+            strategy_state = p.strategy.end_task(task_end)
+        finally:  # stopped by a signal too: the loop's time so far is training
+            self._charge_training()
         objective_state = p.objective.start_task(state.objective_state)
         if p.strategy.start_objective is not None:
             objective_state = p.strategy.start_objective(objective_state, state.params)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from helpers import CONFIGS_DIR, ONE_EPOCH, shipped_config, tiny_config
 from helpers import run as _run
+from test_report import _read_events
 
 from cl_ssl import config as config_lib
 from cl_ssl import losses, parallel, planning
@@ -64,6 +65,11 @@ def test_end_to_end_two_tasks(finished_run, strategy):
     assert result["traces"] == [1]
     if strategy == "finetune":
         assert "forgetting" in " ".join(result["summaries"]["linear"])
+        # log_every_steps=1: every step's loss in TensorBoard, each task's last step included.
+        (events,) = (workdir / "tb").glob("events.out.tfevents.*")
+        events = _read_events(str(events))
+        logged = {e.step for e in events for v in e.summary.value if v.tag == "train/loss"}
+        assert logged == set(range(1, int(result["state"].step) + 1))
 
 
 def test_preempted_mid_task_resumes_exactly(finished_run, tmp_path):
