@@ -43,7 +43,8 @@ class ContinualState:
         epoch it gives the epoch and the position inside it.
       params: the student's parameters (backbone and heads).
       batch_stats: the student's BatchNorm statistics.
-      opt_state: optimizer state of ``trainable(state)``, re-initialised at every task boundary.
+      opt_state: optimizer state of ``trainable(state)``, re-initialised at every task boundary
+        under ``optimizer.reset_each_task`` (the default), carried across tasks otherwise.
       objective_state: the objective's own fixed-shape state (momentum network, queues, centre;
         ``Objective.init_state``), carried across tasks; an empty dict for objectives without one.
       strategy: the strategy's state (``StrategyState``).

@@ -4,9 +4,9 @@ The step takes the whole on-device training set and one batch of example indices
 augments the two views on the device, and updates the state. Everything that differs between tasks
 (the task index, the learning rate and the objective's schedules, which have a different length in
 each task) enters as arrays, so a run compiles the step a bounded number of times, whatever the
-number of tasks (twice at most: a strategy's extra rows may join the batch from a later stage on).
-The training loop computes each stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes
-one set per step.
+number of tasks: once per phase of a stage (one but for POCON's two), and again for each phase
+whose batch a strategy's extra rows join from a later stage on. The training loop computes each
+stage's per-step scalars once, ahead of its steps (``stage_hyper``), and passes one set per step.
 """
 
 from __future__ import annotations
