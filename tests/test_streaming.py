@@ -37,14 +37,14 @@ def test_a_split_leaves_the_image_features_it_does_not_read_encoded(mock_tfds, m
     import tensorflow_datasets as tfds
 
     asked = []
-    with mock_tfds(num_examples=6):
+    with mock_tfds(num_examples=6), monkeypatch.context() as patch:  # undone before the mock
         as_data_source = tfds.core.DatasetBuilder.as_data_source  # the mock's
 
         def recording(self, *args, decoders=None, **kwargs):
             asked.append(decoders)
             return as_data_source(self, *args, decoders=decoders, **kwargs)
 
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", recording)
+        patch.setattr(tfds.core.DatasetBuilder, "as_data_source", recording)
         sources.load_split("caltech_birds2011", "train", image_size=8)
         sources.load_split("cifar10", "train")
     birds, cifar = asked
