@@ -305,9 +305,11 @@ class Evaluator:
         for j, train_j in enumerate(scenario.train_indices):
             keep = np.isin(rows, train_j)
             if not keep.any():
+                e = self._config.eval
                 raise ValueError(
-                    f"eval.domain_aware: eval.train_examples={self._config.eval.train_examples} "
-                    f"leaves no training example of task {j + 1} for its probe; raise it or set -1"
+                    f"eval.domain_aware: eval.train_examples={e.train_examples} and "
+                    f"eval.label_fraction={e.label_fraction} leave no training example of task "
+                    f"{j + 1} for its probe; raise them (train_examples -1: no limit)"
                 )
             own_f = None if train_f is None else train_f[keep]
             scores = self._scores(name, variables, rows[keep], own_f, test_f)[name]
