@@ -18,6 +18,7 @@ from helpers import (
     initial_state,
     random_split,
     tiny_config,
+    tiny_objective_config,
     train_data,
     write_tiny_fashion_mnist,
 )
@@ -348,3 +349,23 @@ def test_payload_follows_its_slot_in_the_end_of_task_selections(selection):
         _assert_aligned(memory)
         stored = np.asarray(split.labels)[np.asarray(memory.ids)[np.asarray(memory.valid)]]
         assert np.isin(stored, classes).any()  # the task's exemplars entered
+
+
+def test_output_widths_are_kept_per_model_and_measured_for_an_unhashable_one():
+    """The widths a strategy reads from the student's shapes: traced once per (model, crop), and
+    traced afresh for a user's model with an unhashable field (a list)."""
+    config = objectives.resolve_config(tiny_objective_config("simclr"))
+    objective = objectives.get_objective(config)
+    assert base.output_widths(objective) == {"features": 16, "projection": 16}
+    before = base._widths.cache_info().hits
+    assert base.output_widths(objectives.get_objective(config)) == {
+        "features": 16,
+        "projection": 16,
+    }
+    assert base._widths.cache_info().hits == before + 1
+    head = objective.model.projector
+    listed = objective.model.clone(projector=head.clone(hidden_dims=list(head.hidden_dims)))
+    with pytest.raises(TypeError):
+        hash(listed)
+    widths = base.output_widths(dataclasses.replace(objective, model=listed))
+    assert widths == {"features": 16, "projection": 16}

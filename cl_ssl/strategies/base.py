@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -456,13 +457,24 @@ OFFLINE = StrategySpec(make=make_offline)
 
 def output_widths(objective: Objective) -> dict[str, int]:
     """Width of each of the student's outputs ('features', 'projection', ...), from shapes only."""
-    crop = objective.views[0].crop_size
+    model, crop = objective.model, objective.views[0].crop_size
+    try:
+        return dict(_widths(model, crop))
+    except TypeError:  # a model with an unhashable field (a user's own) is traced each time
+        return dict(_widths.__wrapped__(model, crop))
+
+
+@functools.lru_cache(maxsize=32)
+def _widths(model, crop: int) -> tuple[tuple[str, int], ...]:
+    """``output_widths`` of a (hashable) Flax model at ``crop`` pixels, kept: tracing the model
+    takes a quarter of a second, and a run builds its strategy once per seed and per rescoring,
+    a table's commands once per row."""
     out, _ = jax.eval_shape(
-        lambda: objective.model.init_with_output(
+        lambda: model.init_with_output(
             jax.random.PRNGKey(0), jnp.zeros((2, crop, crop, 3)), train=False
         )
     )
-    return {name: value.shape[-1] for name, value in out.items()}
+    return tuple((name, value.shape[-1]) for name, value in out.items())
 
 
 def snapshot(keep: Callable[[PyTree], PyTree]) -> Callable[[PyTree, PyTree], PyTree]:
