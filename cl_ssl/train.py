@@ -646,9 +646,8 @@ class Run:
                 check(*pending)  # waits for the previous step, while this one is queued
                 self._waited += time.perf_counter() - waiting
                 if pending[0] % config.log_every_steps == 0:
-                    rate = (task_step - tic_step) * config.batch_size / (time.perf_counter() - tic)
+                    self._log(bar, pending, epoch, stage, steps=task_step - tic_step, since=tic)
                     tic, tic_step = time.perf_counter(), task_step
-                    self._log(bar, pending, epoch, stage, rate)
             pending = (global_step, step_metrics)
             bar.update(1)
             stop = global_step == config.stop_after_steps
@@ -670,17 +669,18 @@ class Run:
         if pending is not None:
             check(*pending)
             if pending[0] % config.log_every_steps == 0:  # the stage's last step
-                rate = (
-                    (stage.num_steps - tic_step) * config.batch_size / (time.perf_counter() - tic)
-                )
-                self._log(bar, pending, epoch, stage, rate)
+                self._log(bar, pending, epoch, stage, steps=stage.num_steps - tic_step, since=tic)
         bar.close()
         self._charge_training()
         return state, False
 
-    def _log(self, bar: tqdm.tqdm, pending: tuple, epoch: int, stage: Stage, rate: float) -> None:
-        """The progress bar's loss (each replica's) and every replica's TensorBoard scalars;
-        ``rate``: images per second of each replica."""
+    def _log(
+        self, bar: tqdm.tqdm, pending: tuple, epoch: int, stage: Stage, *, steps: int, since: float
+    ) -> None:
+        """The progress bar's loss (each replica's) and every replica's TensorBoard scalars, with
+        the images per second of each replica over the ``steps`` done since ``since``
+        (``time.perf_counter()``)."""
+        rate = steps * self.config.batch_size / (time.perf_counter() - since)
         step, step_metrics = pending
         losses = np.atleast_1d(np.asarray(step_metrics["loss"]))
         bar.set_postfix(
@@ -717,16 +717,20 @@ class Run:
         for replica, replica_state in zip(self.replicas, self.split(state), strict=True):
             rows = self.evaluate(replica_state, stage_id + 1, replica)
             replica.results.record(stage_id + 1, rows, step=step)
-            next_state = self._start_next_stage(stage_id, replica, replica_state, step)
-            _check_task_end(
-                next_state,
-                stage_id=stage_id,
-                strategy=replica.p.strategy.name,
-                seed=replica.seed if self.stacked else None,
-            )
-            states.append(next_state)
+            states.append(self._start_next_stage(stage_id, replica, replica_state, step))
         state = self.join(states)
-        self._save(step, state, boundary=True)
+        try:
+            self._save(step, state, boundary=True)  # refuses a non-finite state
+        except FloatingPointError:
+            # The trained state passed every step's check: name the end-of-task work that broke it.
+            for replica, next_state in zip(self.replicas, states, strict=True):
+                _check_task_end(
+                    next_state,
+                    stage_id=stage_id,
+                    strategy=replica.p.strategy.name,
+                    seed=replica.seed if self.stacked else None,
+                )
+            raise
         return state
 
     def _start_next_stage(

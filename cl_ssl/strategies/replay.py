@@ -381,13 +381,18 @@ def _min_var_rows(end: TaskEnd, ids, classes, per_cluster: int, embed, task: int
     return rows, -rank.astype(np.float32)
 
 
+def _task_rng(key: jax.Array, task: int) -> np.random.Generator:
+    """The host generator of a task-end draw: seeded with the strategy's ``key`` and the
+    finished ``task``."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist() + [task])
+
+
 def random_per_task_rows(key: jax.Array, task: int, num_rows: int, fraction: float) -> np.ndarray:
     """int [int(num_rows * fraction)]: sorted rows of the finished task's ``num_rows`` examples,
     drawn uniformly without replacement from a generator seeded with the strategy's ``key`` and
     the ``task`` (Kaizen's data-incremental exemplars; the float product truncated as its
     ``int(len(split_dataset) * proportion)``)."""
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist() + [task])
-    return np.sort(rng.choice(num_rows, int(num_rows * fraction), replace=False))
+    return np.sort(_task_rng(key, task).choice(num_rows, int(num_rows * fraction), replace=False))
 
 
 def random_with_replacement_rows(
@@ -396,8 +401,7 @@ def random_with_replacement_rows(
     """int [per_class * (the task's class count)]: rows of the finished task's examples (whose
     classes are ``classes``), drawn uniformly with replacement from a generator seeded with the
     strategy's ``key`` and the ``task`` (CCL's SimpleReplay, ``train.py`` l.386-389)."""
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist() + [task])
-    return rng.integers(0, len(classes), size=per_class * len(np.unique(classes)))
+    return _task_rng(key, task).integers(0, len(classes), size=per_class * len(np.unique(classes)))
 
 
 def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: int):
@@ -407,10 +411,7 @@ def _ranked_rows(end: TaskEnd, ids, classes, quota: int, selection: str, task: i
     counts = [min(quota, int(np.sum(classes == c))) for c in labels]
     priority = np.concatenate([-np.arange(n, dtype=np.float32) for n in counts])
     if selection == "random":
-        rng = np.random.default_rng(
-            np.asarray(jax.random.key_data(end.key)).ravel().tolist() + [task]
-        )
-        return memory_lib.random_per_class(classes, quota, rng), priority
+        return memory_lib.random_per_class(classes, quota, _task_rng(end.key, task)), priority
     variables = {"params": end.state.params, "batch_stats": end.state.batch_stats}
     rows = []
     for c, n in zip(labels, counts, strict=True):
