@@ -64,7 +64,7 @@ def test_given_crops_replace_the_crop_and_keep_every_other_draw():
     np.testing.assert_allclose(batch(key, images, cfg, images[:3]), plain, atol=1e-5)
     other = images[::-1][:3].copy()
     mixed = batch(key, images, cfg, other)
-    np.testing.assert_array_equal(mixed[3:], plain[3:])
+    np.testing.assert_allclose(mixed[3:], plain[3:], atol=1e-5)  # another program: rounding
     keys = jax.random.split(key, 5)[:3]
     cropped = jax.jit(jax.vmap(functools.partial(augment.augment_image, cfg=cfg, cropped=True)))
     np.testing.assert_allclose(mixed[:3], cropped(keys, other), atol=1e-5)

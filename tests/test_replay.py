@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SAME_UP_TO_ROUNDING as ROUNDING
 from helpers import (
     initial_state,
     random_split,
@@ -382,7 +383,7 @@ def _byol_init(objective):
 def test_replay_run_compiles_twice_and_starts_as_finetune(mock_cifar10, tmp_path, monkeypatch):
     """Three tasks of replay with a reservoir memory, which changes every step:
     - the step compiles twice in all (without and with the replay rows);
-    - the first task trains exactly as finetune;
+    - the first task trains as finetune (up to float rounding: another program);
     - the memory is full and reported in results.json.
     (CCL's run resumes mid-task with a reservoir memory of the same rehearsal.)
     """
@@ -401,8 +402,8 @@ def test_replay_run_compiles_twice_and_starts_as_finetune(mock_cifar10, tmp_path
     whole = _run(config(), tmp_path / "whole")
     assert whole["traces"] == [1, 1]
     finetuned = _run(config("finetune", stop_after_steps=4), tmp_path / "finetune")
-    chex.assert_trees_all_equal(ended[0].params, finetuned["state"].params)
-    chex.assert_trees_all_equal(ended[0].batch_stats, finetuned["state"].batch_stats)
+    chex.assert_trees_all_close(ended[0].params, finetuned["state"].params, **ROUNDING)
+    chex.assert_trees_all_close(ended[0].batch_stats, finetuned["state"].batch_stats, **ROUNDING)
     mem = whole["state"].strategy.buffers["memory"]
     assert int(mem.valid.sum()) == 12
     meta = json.loads((tmp_path / "whole" / "results.json").read_text())["meta"]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SAME_UP_TO_ROUNDING as ROUNDING
 from helpers import (
     assert_resumes_exactly,
     initial_state,
@@ -63,8 +64,9 @@ def _one_step(name, strategy="cassle", task=1, **overrides):
 
 
 def _changed(a, b):
+    """Whether a leaf of ``a`` differs from ``b``'s by more than float rounding."""
     return any(
-        not np.array_equal(x, y)
+        not np.allclose(x, y, **ROUNDING)
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
@@ -100,13 +102,13 @@ def test_distillation_step_trains_student_and_predictor(name, strategy):
 # CaSSLe's; PFR's term is gated by the same frozen-teacher life cycle (frozen_teacher_strategy).
 @pytest.mark.parametrize("strategy", ["cassle"])
 def test_first_task_has_no_distillation_contribution(strategy):
-    """At task 0 the student's step equals fine-tuning's exactly, whatever the teacher slot holds,
-    and the distillation term is skipped."""
+    """At task 0 the student's step equals fine-tuning's (another program: up to float rounding),
+    whatever the teacher slot holds, and the distillation term is skipped."""
     _, _, before, with_teacher, metrics = _one_step("simclr", strategy, task=0)
     _, _, _, finetune, plain = _one_step("simclr", "finetune", task=0)
-    chex.assert_trees_all_equal(with_teacher.params, finetune.params)
-    chex.assert_trees_all_equal(with_teacher.batch_stats, finetune.batch_stats)
-    np.testing.assert_array_equal(metrics["loss"], plain["loss"])
+    chex.assert_trees_all_close(with_teacher.params, finetune.params, **ROUNDING)
+    chex.assert_trees_all_close(with_teacher.batch_stats, finetune.batch_stats, **ROUNDING)
+    np.testing.assert_allclose(metrics["loss"], plain["loss"], **ROUNDING)
     assert float(metrics["distill"]) == 0.0
     _, _, _, distilled, _ = _one_step("simclr", strategy, task=1)
     assert _changed(distilled.params, finetune.params)

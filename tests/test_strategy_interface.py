@@ -9,11 +9,13 @@ import subprocess
 import sys
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import SAME_UP_TO_ROUNDING as ROUNDING
 from helpers import (
     initial_state,
     random_split,
@@ -201,14 +203,15 @@ def test_der_step_adds_its_term_on_the_drawn_slots_outputs():
     new, metrics, (side, side_view, own_view) = jax.jit(
         lambda *args: (*step(*args), seen["arrays"])
     )(state, data, ids, hyper)
-    # The side rows reach neither the SSL loss nor the BatchNorm statistics: both are finetune's.
+    # The side rows reach neither the SSL loss nor the BatchNorm statistics: both are finetune's
+    # (another program: up to float rounding).
     finetune = strategies.load_spec("finetune").make(config, objective)
     tx_plain = step_lib.make_tx(config, objective, finetune)
     plain = initial_state(objective, finetune, tx_plain, random_split(8))
     plain_step = jax.jit(step_lib.build_step_fn(objective, finetune, tx_plain, extend=True))
     plain_new, plain_metrics = plain_step(plain, data, ids, hyper)
-    np.testing.assert_array_equal(metrics["nt_xent"], plain_metrics["nt_xent"])
-    jax.tree.map(np.testing.assert_array_equal, new.batch_stats, plain_new.batch_stats)
+    np.testing.assert_allclose(metrics["nt_xent"], plain_metrics["nt_xent"], **ROUNDING)
+    chex.assert_trees_all_close(new.batch_stats, plain_new.batch_stats, **ROUNDING)
     assert seen["static"] == (True, 8, 8)
     assert side.size == 4 and bool(jnp.all(side.valid))
     slots = np.asarray(side.slots)
