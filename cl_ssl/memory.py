@@ -28,6 +28,9 @@ from jax import lax
 
 from cl_ssl.losses import l2_normalize
 
+# ``keep_top_per_class``'s quota that shares the capacity among the classes present.
+SHARED = "shared"
+
 
 @flax.struct.dataclass
 class Queue:
@@ -284,13 +287,20 @@ def keep_top_per_class(
     tasks: jax.Array,
     priority: jax.Array,
     valid: jax.Array,
-    quota: jax.Array | int,
+    quota: jax.Array | int | str,
     images: jax.Array | None = None,
     payload: Any = None,
 ) -> Memory:
     """``keep_top`` with at most ``quota`` entries per class: among the memory's valid slots and the
     valid candidates, each class keeps its ``quota`` entries of highest priority, then the union is
     cut to the capacity by priority (ties as in ``keep_top``).
+
+    With ``quota=SHARED``, the n classes present (in the memory or among the candidates) share the
+    capacity M as Avalanche's ``ClassBalancedBuffer`` does (``avalanche/training/
+    storage_policy.py``, ``BalancedExemplarsBuffer.get_group_lengths``): floor(M / n) entries each,
+    and one more for the M mod n classes first in its order, the order of a Python set of the
+    class ids, increasing for ids below the set's table size (any data set's here). With more
+    classes than slots, the M classes of lowest ids keep one entry each.
 
     Per-class keeping needs labels: entries with a label < 0, in the memory or among the
     candidates, are dropped. The class-wise rank is computed on the device: the entries are sorted
@@ -300,7 +310,7 @@ def keep_top_per_class(
       memory: the memory, of capacity M.
       ids, labels, tasks, priority, valid, images, payload: the B candidates, as in
         ``keep_top``.
-      quota: int32 scalar (may be traced), the most entries any class keeps.
+      quota: int32 scalar (may be traced), the most entries any class keeps, or ``SHARED``.
 
     Returns:
       The updated Memory of capacity M.
@@ -316,6 +326,16 @@ def keep_top_per_class(
     sorted_labels = keys[1]
     starts = jnp.concatenate([jnp.ones(1, jnp.bool_), sorted_labels[1:] != sorted_labels[:-1]])
     rank_in_class = index - lax.cummax(jnp.where(starts, index, 0))
+    if isinstance(quota, str):
+        if quota != SHARED:
+            raise ValueError(f"keep_top_per_class: quota={quota!r}; give a number or SHARED")
+        # The class's position among the eligible classes, by increasing label.
+        class_start = starts & (keys[0] == 0)
+        position = jnp.cumsum(class_start) - 1
+        num_classes = jnp.maximum(jnp.sum(class_start), 1)
+        capacity = memory.capacity
+        sorted_quota = capacity // num_classes + (position < capacity % num_classes)
+        quota = jnp.zeros_like(index).at[order].set(sorted_quota)
     rank = jnp.zeros_like(index).at[order].set(rank_in_class)
     return _select(pool, eligible & (rank < quota), memory.capacity)
 
@@ -329,7 +349,7 @@ def reservoir_update(
     tasks: jax.Array,
     valid: jax.Array | None = None,
     images: jax.Array | None = None,
-    quota: jax.Array | int | None = None,
+    quota: jax.Array | int | str | None = None,
     payload: Any = None,
 ) -> Memory:
     """Reservoir sampling (Vitter 1985, "Random sampling with a reservoir", ACM TOMS 11(1)) in its
@@ -352,7 +372,8 @@ def reservoir_update(
       key: PRNG key for this batch's priorities.
       ids, labels, tasks, images, payload: the B candidates, as in ``keep_top``.
       valid: bool [B]; None presents every candidate.
-      quota: None, or an int32 scalar (may be traced): the most exemplars per class.
+      quota: None, an int32 scalar (may be traced), the most exemplars per class, or ``SHARED``
+        (the capacity shared by the classes seen, ``keep_top_per_class``).
 
     Returns:
       The updated Memory of capacity M.

@@ -55,10 +55,22 @@ def np_herding(features, num_exemplars):
     return np.array(chosen)
 
 
+def avalanche_group_lengths(max_size, num_groups):
+    """Avalanche's ``BalancedExemplarsBuffer.get_group_lengths`` with ``adaptive_size``
+    (``avalanche/training/storage_policy.py``), transcribed."""
+    lengths = [max_size // num_groups for _ in range(num_groups)]
+    rem = max_size - sum(lengths)
+    for i in range(rem):
+        lengths[i] += 1
+    return lengths
+
+
 def np_keep(mem, ids, labels, tasks, priority, valid, quota=None):
     """The union of the memory's valid slots and the valid candidates; with a quota, each class
-    (labels >= 0 only) keeps its ``quota`` highest priorities; then the ``capacity`` highest.
-    Ties go to the memory first, then the candidates in order. Returns the packed expected arrays."""
+    (labels >= 0 only) keeps its ``quota`` highest priorities (with ``memory.SHARED``, its length
+    as Avalanche's ``ClassBalancedBuffer`` pairs its set of seen classes with the group lengths);
+    then the ``capacity`` highest. Ties go to the memory first, then the candidates in order.
+    Returns the packed expected arrays."""
     stored = list(zip(*_stored(mem), strict=True))  # the memory's valid slots, in slot order
     presented = [
         e for e, v in zip(zip(ids, labels, tasks, priority, strict=True), valid, strict=True) if v
@@ -66,10 +78,16 @@ def np_keep(mem, ids, labels, tasks, priority, valid, quota=None):
     # (position in the union, id, label, task, priority)
     entries = [(pos, *entry) for pos, entry in enumerate(stored + presented)]
     if quota is not None:
+        seen_classes = {e[2] for e in entries if e[2] >= 0}
+        if quota == memory.SHARED:
+            lengths = avalanche_group_lengths(mem.capacity, len(seen_classes))
+            quotas = dict(zip(seen_classes, lengths, strict=True))
+        else:
+            quotas = dict.fromkeys(seen_classes, quota)
         kept = []
-        for label in sorted({e[2] for e in entries if e[2] >= 0}):
+        for label, class_quota in quotas.items():
             in_class = sorted((e for e in entries if e[2] == label), key=lambda e: (-e[4], e[0]))
-            kept += in_class[:quota]
+            kept += in_class[:class_quota]
         entries = kept
     entries = sorted(entries, key=lambda e: (-e[4], e[0]))[: mem.capacity]
     pad = mem.capacity - len(entries)
@@ -138,6 +156,23 @@ def test_keep_top_per_class_matches_numpy_reference(seed, quota):
         mem = keep_top_per_class(mem, **candidates, quota=jnp.int32(quota))
         _assert_memory_equals(mem, expected)
         assert (np.asarray(mem.labels)[np.asarray(mem.valid)] >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "seed, capacity, num_classes", [(0, 7, 3), (1, 8, 3), (2, 9, 5), (3, 2, 5), (4, 3, 6)]
+)
+def test_shared_quota_is_avalanches_class_balanced_buffer(seed, capacity, num_classes):
+    """``quota=SHARED``: the classes present share the capacity, the remainder going to the first
+    classes of the set of their ids, as in Avalanche; with more classes than slots (the last two
+    cases), the classes of lowest ids keep one each."""
+    shared = jax.jit(functools.partial(memory.keep_top_per_class, quota=memory.SHARED))
+    mem = memory.empty_memory(capacity)
+    for step in range(5):
+        candidates = _candidates(10 * seed + step, 6, num_classes, first_id=6 * step)
+        expected = np_keep(mem, **candidates, quota=memory.SHARED)
+        mem = shared(mem, **candidates)
+        _assert_memory_equals(mem, expected)
+    assert int(mem.valid.sum()) == capacity  # every slot used, none left by a floored share
 
 
 def test_keep_top_per_class_shrinks_classes_to_a_lower_quota():

@@ -13,8 +13,9 @@ fills it:
 
 - ``reservoir``: reservoir sampling over every presented example, inside the step (Vitter's
   Algorithm R in its top-M random keys form; Mammoth ``utils/buffer.py``);
-- ``class_balanced``: a reservoir within each class, inside the step (Avalanche
-  ``ClassBalancedBuffer``);
+- ``class_balanced``: a reservoir within each class, inside the step, the classes seen sharing the
+  memory as Avalanche's ``ClassBalancedBuffer`` does (``memory.SHARED``: the remainder of the
+  equal shares to the classes of lowest ids);
 - ``herding``: iCaRL's Algorithm 4 on the backbone's features of each class of the finished task
   (Rebuffi et al., CVPR 2017), at the end of every task;
 - ``random``: a uniform draw per class, at the end of every task;
@@ -243,13 +244,6 @@ def memory_rows(memory: memory_lib.Memory, slots: jax.Array, data: TrainData, av
     )
 
 
-def _count_distinct(labels: jax.Array) -> jax.Array:
-    """int32 []: the number of distinct labels >= 0 in ``labels`` [K]."""
-    ordered = jnp.sort(labels)
-    first = jnp.concatenate([jnp.ones(1, bool), ordered[1:] != ordered[:-1]])
-    return jnp.sum(first & (ordered >= 0))
-
-
 def in_step_update(
     selection: str, per_class: int, payload: Callable[[BufferInputs], Any] | None = None
 ):
@@ -270,11 +264,7 @@ def in_step_update(
         if selection == "reservoir":
             memory = memory_lib.reservoir_update(memory, inputs.key, **candidates)
         else:
-            stored = jnp.where(memory.valid, memory.labels, -1)
-            seen = _count_distinct(jnp.concatenate([stored, candidates["labels"]]))
-            # At least one slot a class: with more classes than slots the classes keep one each
-            # until the slots run out, chosen by the random priorities, not an empty memory.
-            quota = per_class if per_class > 0 else jnp.maximum(memory.capacity // seen, 1)
+            quota = per_class if per_class > 0 else memory_lib.SHARED
             memory = memory_lib.reservoir_update(memory, inputs.key, quota=quota, **candidates)
         return {**state.buffers, "memory": memory}
 
