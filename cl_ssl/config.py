@@ -422,9 +422,8 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     from a shuffled loader over the memory, cycled next to the task's (``replay.sampling``); the rest
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
     Kaizen ships no ImageNet-100 script: there the ImageNet recipes and CaSSLe's heads stay, and
-    ``first_per_class`` takes the first images of each class in the records' order where the
-    data set has no ``id`` feature (tfds ``imagenet2012``, whose ``file_name`` is not read), not
-    the sorted file names of an ImageFolder. Data-incremental runs split the data with Kaizen's ``--split_seed`` default, 5
+    ``first_per_class`` takes the first images of each class in the sorted order of tfds
+    ``imagenet2012``'s ``file_name``, as an ImageFolder lists them. Data-incremental runs split the data with Kaizen's ``--split_seed`` default, 5
     (``kaizen/args/dataset.py`` l.37; CaSSLe's is 42; the partition is NumPy's, so not Kaizen's
     images), and replay each past task's first 1% in its random split order, a uniform draw
     (``random_per_task``, ``kaizen/utils/pretrain_dataloader.py`` l.69-81)."""

@@ -192,6 +192,23 @@ def test_tfds_archive_rank_is_the_order_of_the_id_feature(mock_tfds, monkeypatch
     np.testing.assert_array_equal(split.archive_rank, expected)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_imagenet_archive_rank_is_the_order_of_the_file_names(mock_tfds, monkeypatch, streaming):
+    """imagenet2012 has no ``id``; its ``file_name`` (``n01440764_10026.JPEG``) sorts as an
+    ImageFolder lists a class's images. Each ImageNet-100 row's ``archive_rank`` is its file
+    name's place in sorted order, read in the pass that finds the rows of the 100 classes."""
+    monkeypatch.setattr(sources, "_READ_BATCH", 64)
+    classes = set(sources.imagenet100_classes())
+    with mock_tfds(num_examples=1500):
+        names = tfds.builder("imagenet2012").info.features["label"].names
+        records = tfds.data_source("imagenet2012", split="train").__getitems__(list(range(1500)))
+        split = sources.load_split("imagenet100", "train", image_size=4, streaming=streaming)
+    kept = [ex["file_name"] for ex in records if names[ex["label"]] in classes]
+    kept = [f.decode() if isinstance(f, bytes) else f for f in kept]
+    assert len(set(kept)) == len(kept) == len(split.labels) > 0
+    np.testing.assert_array_equal(split.archive_rank, [sorted(kept).index(f) for f in kept])
+
+
 def test_a_data_set_without_ids_has_no_archive_rank(tmp_path):
     write_tiny_fashion_mnist(tmp_path)
     assert (

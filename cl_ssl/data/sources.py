@@ -77,9 +77,10 @@ class ArraySplit:
       domains: int32 [N], the position of each image's domain in the list that was read, for
         multi-domain data sets (DomainNet); None otherwise.
       archive_rank: int64 [N], each example's position in the data set's original order, for a
-        tfds data set with an ``id`` feature (CIFAR's ``train_00000``, ...: its archive order,
-        which tfds shuffles into its records); None where the rows are in that order already or
-        no such order is known.
+        tfds data set with one of ``ORDER_FEATURES`` (CIFAR's ``id``, ``train_00000``, ...: its
+        archive order; ImageNet's ``file_name``, ``n01440764_10026.JPEG``: an ImageFolder's sorted
+        order within each class), which tfds shuffles into its records; None where the rows are
+        in that order already or no such order is known.
     """
 
     images: np.ndarray | streaming_lib.StreamedImages
@@ -87,6 +88,11 @@ class ArraySplit:
     num_classes: int
     domains: np.ndarray | None = None
     archive_rank: np.ndarray | None = None
+
+
+# Text features whose sorted order is a tfds data set's original order (``ArraySplit.archive_rank``),
+# in order of preference.
+ORDER_FEATURES = ("id", "file_name")
 
 
 def imagenet100_classes() -> list[str]:
@@ -218,11 +224,11 @@ def _read(
             open_image=readers[0].open,
         )
         labels = np.concatenate([r.labels() for r in readers])
-        if len(readers) == 1 and readers[0].has_ids:
+        if len(readers) == 1 and readers[0].order_feature:
             ids = readers[0].ids()
     else:
         images, labels = _allocate(sum(sizes), readers[0].image_shape)
-        if len(readers) == 1 and readers[0].has_ids:
+        if len(readers) == 1 and readers[0].order_feature:
             ids = np.empty(sizes[0], object)
         starts = np.cumsum([0, *sizes[:-1]])
         for reader, start, stop in zip(readers, starts, np.cumsum(sizes), strict=True):
@@ -237,8 +243,9 @@ def _read(
 
 
 def archive_rank(ids: np.ndarray) -> np.ndarray:
-    """int64 [N]: the rank of each of the examples' ``id`` strings [N] in sorted order (tfds
-    numbers a data set's examples in its archive order with zero-padded ids, ``train_00000``)."""
+    """int64 [N]: the rank of each of the examples' ``ORDER_FEATURES`` strings [N] in sorted order
+    (tfds numbers a data set's examples in its archive order with zero-padded ids,
+    ``train_00000``; ImageNet's file names sort within a class as an ImageFolder lists them)."""
     rank = np.empty(len(ids), np.int64)
     rank[np.argsort(np.asarray(ids, str), kind="stable")] = np.arange(len(ids))
     return rank
@@ -346,7 +353,9 @@ class _TfdsReader:
       image_size: S > 0 stores images as S x S central squares; 0 as they are.
       num_classes: size of the label space after relabelling.
       kept_labels: int32 [size], the kept records' labels when a first pass has read them.
-      has_ids: whether the examples have an ``id`` feature (their archive order).
+      order_feature: the examples' feature of ``ORDER_FEATURES`` (their archive order), if any.
+      kept_order: object [size], the kept records' ``order_feature`` strings when the first pass
+        has read them.
     """
 
     source: Any
@@ -356,7 +365,8 @@ class _TfdsReader:
     image_size: int
     num_classes: int
     kept_labels: np.ndarray | None = None
-    has_ids: bool = False
+    order_feature: str | None = None
+    kept_order: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -380,19 +390,22 @@ class _TfdsReader:
         """int32 [size], the kept records' labels (a pass over the records unless one was made)."""
         if self.kept_labels is not None:
             return self.kept_labels
-        return _read_labels(self.source, self.records, self.relabel)
+        return _read_labels(self.source, self.records, self.relabel)[0]
 
     def ids(self) -> np.ndarray:
-        """object [size], the kept records' ``id`` strings (a pass over the records)."""
+        """object [size], the kept records' ``order_feature`` strings (a pass over the records
+        unless the first one read them)."""
+        if self.kept_order is not None:
+            return self.kept_order
+        batches = _batches(self.source, self.records)
         return np.array(
-            [_text(ex["id"]) for batch in _batches(self.source, self.records) for ex in batch],
-            object,
+            [_text(ex[self.order_feature]) for batch in batches for ex in batch], object
         )
 
     def fill(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Writes the kept examples, in record order, into uint8 [size, H, W, C] and int32 [size]
-        arrays (and their ``id`` strings into object [size] ``ids`` when given): each image once,
-        straight into its row, so a split never exists twice in memory."""
+        arrays (and their ``order_feature`` strings into object [size] ``ids`` when given): each
+        image once, straight into its row, so a split never exists twice in memory."""
         # PIL decodes and resizes outside the GIL: threads share the work.
         with concurrent.futures.ThreadPoolExecutor() as pool:
             start = 0
@@ -400,7 +413,7 @@ class _TfdsReader:
                 stop = start + len(batch)
                 labels[start:stop] = self.relabel[[ex["label"] for ex in batch]]
                 if ids is not None:
-                    ids[start:stop] = [_text(ex["id"]) for ex in batch]
+                    ids[start:stop] = [_text(ex[self.order_feature]) for ex in batch]
                 for row, image in enumerate(pool.map(lambda ex: self.decode(ex["image"]), batch)):
                     images[start + row] = image
                 start = stop
@@ -411,10 +424,20 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _read_labels(source, records: np.ndarray, relabel: np.ndarray) -> np.ndarray:
-    """int32 [len(records)]: ``relabel`` of the tfds labels of ``records``."""
-    labels = [ex["label"] for batch in _batches(source, records) for ex in batch]
-    return relabel[np.asarray(labels, np.int64)].astype(np.int32)
+def _read_labels(
+    source, records: np.ndarray, relabel: np.ndarray, order_feature: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """int32 [len(records)]: ``relabel`` of the tfds labels of ``records``; and, with
+    ``order_feature``, object [K] of that feature's strings for the K records kept (relabelled
+    to >= 0), read in the same pass, else None."""
+    labels, order = [], []
+    for batch in _batches(source, records):
+        for ex in batch:
+            labels.append(ex["label"])
+            if order_feature and relabel[ex["label"]] >= 0:
+                order.append(_text(ex[order_feature]))
+    kept_order = np.array(order, object) if order_feature else None
+    return relabel[np.asarray(labels, np.int64)].astype(np.int32), kept_order
 
 
 def _tfds_reader(
@@ -477,7 +500,8 @@ def _tfds_reader(
     records = np.arange(len(source))
     num_classes = int(features["label"].num_classes)
     relabel = np.arange(num_classes)
-    kept_labels = None
+    kept_labels = kept_order = None
+    order_feature = next((f for f in ORDER_FEATURES if f in features), None)
     if classes is not None:
         names = features["label"].names
         missing = sorted(set(classes) - set(names))
@@ -485,7 +509,7 @@ def _tfds_reader(
             raise ValueError(f"tfds data set {name!r} has no classes {missing[:5]}.")
         position = {c: i for i, c in enumerate(classes)}
         relabel = np.array([position.get(n, -1) for n in names])  # old label -> new, or -1
-        kept_labels = _read_labels(source, records, relabel)
+        kept_labels, kept_order = _read_labels(source, records, relabel, order_feature)
         records = records[kept_labels >= 0]
         kept_labels = kept_labels[kept_labels >= 0]
         num_classes = len(classes)
@@ -503,7 +527,8 @@ def _tfds_reader(
         image_size,
         num_classes,
         kept_labels,
-        has_ids="id" in features,
+        order_feature,
+        kept_order,
     )
 
 
