@@ -87,12 +87,6 @@ class RunResults:
                     forgetting_variant=c.eval.forgetting,
                     bwt_norm=c.eval.bwt_norm,
                 )
-                if name == online_lib.ONLINE:
-                    # Row 0 is the untrained online probe (chance), not a probe trained on the
-                    # random network's features, CaSSLe's baseline of forward transfer
-                    # (DonkeyShot21/cassle#11, #13): the two metrics that read row 0 would
-                    # measure the probe's training, not the representation.
-                    del out[name]["forward_transfer"], out[name]["random_init_accuracy"]
                 if name == evaluate.CLASSIFIER:
                     # Kaizen's name (Tang et al., WACV 2024) for the mean over tasks of the
                     # accuracy on the tasks seen so far.
@@ -105,6 +99,14 @@ class RunResults:
                     "final_overall_accuracy": float(np.average(R[-1], weights=sizes)),
                     "random_init_accuracy": float(np.average(R[0], weights=sizes)),
                 }
+            if name.removesuffix(evaluate.TASK_AWARE) in (online_lib.ONLINE, evaluate.CLASSIFIER):
+                # Row 0 scores a head trained with the backbone (the online probe, a strategy's
+                # classifier) untrained, at chance, not a probe trained on the random network's
+                # features, CaSSLe's baseline of forward transfer (DonkeyShot21/cassle#11, #13):
+                # the figures that read row 0 would measure the head's training, not the
+                # representation.
+                for key in ("forward_transfer", "random_init_accuracy"):
+                    out[name].pop(key, None)
         return out
 
     def record(self, row: int, accuracies: dict[str, np.ndarray], step: int) -> None:

@@ -62,12 +62,12 @@ class Run:
     figures: dict[str, dict[str, float]]  # evaluator -> METRICS key -> value (NaN: none)
 
 
-def figures(R: np.ndarray, summary: dict) -> dict[str, float]:
-    """The ``METRICS`` of one accuracy matrix ``R`` [S + 1, T] (percent) and its summary (the
-    run's results.json entry); NaN for what a run does not define (the offline run's transfer)."""
+def figures(summary: dict) -> dict[str, float]:
+    """The ``METRICS`` (percent) of one accuracy matrix from its summary (the run's results.json
+    entry); NaN for what a run does not define (the offline run's transfer,
+    the gain of a head trained with the backbone, whose row 0 is the untrained head)."""
     final = summary.get("final_accuracy", summary.get("final_overall_accuracy"))
-    # Results of runs before the offline summary held it: the task mean of row 0.
-    random_init = summary.get("random_init_accuracy", float(np.mean(R[0])))
+    random_init = summary.get("random_init_accuracy", math.nan)
     out = {"final": float(final), "gain": float(final) - float(random_init)}
     for name, key in _SUMMARY_KEYS.items():
         value = summary.get(key)
@@ -89,7 +89,7 @@ def load_run(workdir: str) -> Run | None:
     return Run(
         workdir=workdir,
         config=document["meta"]["config"],
-        figures={name: figures(R, document["summaries"][name]) for name, R in matrices.items()},
+        figures={name: figures(document["summaries"][name]) for name in matrices},
     )
 
 

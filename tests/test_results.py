@@ -6,7 +6,7 @@ import types
 import numpy as np
 from helpers import tiny_config
 
-from cl_ssl import results
+from cl_ssl import results, summarize
 
 
 def _plan_of_three_tasks(**overrides):
@@ -56,3 +56,21 @@ def test_weights_and_biases_is_off_by_default_and_resumes_into_the_same_run(tmp_
     )
     assert init["name"] == "cifar10, class-incremental (3 tasks), simclr, cassle, seed 0"
     assert init["config"]["batch_size"] == plan.config.batch_size
+
+
+def test_heads_trained_with_the_backbone_report_nothing_that_reads_row_zero(tmp_path):
+    """Row 0 of the online probe's and a strategy's classifier's matrices (and of their task-aware
+    scores) is the untrained head: no forward transfer or random-init accuracy from it; the
+    offline probes' matrices keep both, and summarize reports no gain without them."""
+    plan = _plan_of_three_tasks(**{"eval.online": True, "eval.task_aware": True})
+    plan.strategy.classify = lambda *args: None
+    run = results.RunResults(plan, str(tmp_path), None)
+    R = np.arange(12, dtype=float).reshape(4, 3)
+    run.matrices = dict.fromkeys(run.matrices, R)
+    summaries = run.summaries()
+    heads = {"online", "classifier", "online_task_aware", "classifier_task_aware"}
+    assert heads < set(summaries) and {"knn", "knn_task_aware"} < set(summaries)
+    for name, summary in summaries.items():
+        reads_row_zero = {"forward_transfer", "random_init_accuracy"} & set(summary)
+        assert len(reads_row_zero) == (0 if name in heads else 2), name
+        assert np.isnan(summarize.figures(summary)["gain"]) == (name in heads), name
