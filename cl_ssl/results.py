@@ -107,6 +107,11 @@ class RunResults:
                 # representation.
                 for key in ("forward_transfer", "random_init_accuracy"):
                     out[name].pop(key, None)
+            elif c.eval.probe_data != "all":
+                # Forward transfer pairs R[i-1, i] with the random network's R[0, i], whose probe
+                # trained on the first task's pool, not on row i-1's (the tasks seen, or task i-1):
+                # the two differ in what the probe saw, not only in the backbone.
+                out[name].pop("forward_transfer", None)
         return out
 
     def record(self, row: int, accuracies: dict[str, np.ndarray], step: int) -> None:

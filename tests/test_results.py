@@ -74,3 +74,16 @@ def test_heads_trained_with_the_backbone_report_nothing_that_reads_row_zero(tmp_
         reads_row_zero = {"forward_transfer", "random_init_accuracy"} & set(summary)
         assert len(reads_row_zero) == (0 if name in heads else 2), name
         assert np.isnan(summarize.figures(summary)["gain"]) == (name in heads), name
+
+
+def test_probes_of_the_seen_or_current_tasks_report_no_forward_transfer(tmp_path):
+    """With ``eval.probe_data`` other than 'all', row 0's probe trained on the first task's pool,
+    row i-1's on another: forward transfer, which subtracts one from the other, is not reported."""
+    for data, reported in (("all", True), ("seen", False), ("current", False)):
+        run = results.RunResults(
+            _plan_of_three_tasks(**{"eval.probe_data": data}), str(tmp_path), None
+        )
+        run.matrices = dict.fromkeys(run.matrices, np.arange(12, dtype=float).reshape(4, 3))
+        for summary in run.summaries().values():
+            assert ("forward_transfer" in summary) == reported, data
+            assert "random_init_accuracy" in summary
