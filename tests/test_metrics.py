@@ -72,6 +72,15 @@ def test_forgetting_variants_differ():
     assert metrics.forgetting(R, "max_prev") == pytest.approx(0.0)
     assert metrics.forgetting(R, "max_all") == pytest.approx(5.0)
     assert metrics.forgetting(R, "first") == pytest.approx(-2.5)
+    # From row 1 on, task 2's column takes R[1,2] = 85 too:
+    #   max_prev_from_row1: max(85, 70) - 80 = 5;  max_all_from_row1: max(85, 70, 80) - 80 = 5
+    # task 1 as above (its column starts at row 1): F_3 = (10 + 5) / 2 = 7.5 for both
+    assert metrics.forgetting(R, "max_prev_from_row1") == pytest.approx(7.5)
+    assert metrics.forgetting(R, "max_all_from_row1") == pytest.approx(7.5)
+    # They differ where every earlier row is below the final one: task 1 rising from 10 to 30
+    rising = np.array([[0.0, 0.0], [10.0, 5.0], [30.0, 5.0]])
+    assert metrics.forgetting(rising, "max_prev_from_row1") == pytest.approx(-20.0)
+    assert metrics.forgetting(rising, "max_all_from_row1") == pytest.approx(0.0)
 
 
 def test_backward_and_forward_transfer_with_both_norms():

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-FORGETTING_VARIANTS = ("max_prev", "max_all", "first")
+FORGETTING_VARIANTS = ("max_prev", "max_all", "first", "max_prev_from_row1", "max_all_from_row1")
 TRANSFER_NORMS = ("T-1", "T")
 AVERAGES = ("task", "sample", "class")
 
@@ -143,14 +143,16 @@ def forgetting(R: Any, variant: str = "max_prev") -> float:
 
     Chaudhry et al., ECCV 2018.
 
-    Variants of the per-task forgetting ``f_j^T`` (rows before task ``j`` is trained never enter the max):
+    Variants of the per-task forgetting ``f_j^T``:
 
-    - ``"max_prev"``: ``max_{l in j..T-1} R[l, j] - R[T, j]`` (FACIL; may be negative). Chaudhry
-      et al.'s max runs over every earlier row, l in 1..T-1, which is the same where rows before
-      task j score 0 on it (supervised class-incremental learning); the probes here score every
-      task from the start, so with a data-incremental stream the two can differ;
+    - ``"max_prev"``: ``max_{l in j..T-1} R[l, j] - R[T, j]`` (FACIL; may be negative);
     - ``"max_all"``: ``max_{l in j..T} R[l, j] - R[T, j]`` (Mammoth; never negative);
-    - ``"first"``: ``R[j, j] - R[T, j]`` (Avalanche; equals minus the per-task backward transfer).
+    - ``"first"``: ``R[j, j] - R[T, j]`` (Avalanche; equals minus the per-task backward transfer);
+    - ``"max_prev_from_row1"``, ``"max_all_from_row1"``: the max over rows from 1 on, before task
+      j was trained too: l in 1..T-1 (Chaudhry et al.'s range as written) and l in 1..T, the two
+      readings of CaSSLe's F (Fini et al., CVPR 2022). Where rows before task j score 0
+      on it (supervised class-incremental learning) they equal ``max_prev`` and ``max_all``; an
+      all-class probe scores every task from the first row, so in every scenario they can differ.
 
     Returns NaN for ``T = 1``.
     """
@@ -159,11 +161,12 @@ def forgetting(R: Any, variant: str = "max_prev") -> float:
     num_tasks = R.shape[1]
     if num_tasks == 1:
         return float("nan")
-    last = num_tasks if variant == "max_all" else num_tasks - 1
+    last = num_tasks if variant.startswith("max_all") else num_tasks - 1
     per_task = []
     for j in range(1, num_tasks):
         column = R[:, j - 1]
-        reference = column[j] if variant == "first" else np.max(column[j : last + 1])
+        start = 1 if variant.endswith("from_row1") else j
+        reference = column[j] if variant == "first" else np.max(column[start : last + 1])
         per_task.append(reference - column[num_tasks])
     return float(np.mean(per_task))
 
