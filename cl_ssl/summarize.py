@@ -66,6 +66,7 @@ def figures(summary: dict) -> dict[str, float]:
     """The ``METRICS`` (percent) of one accuracy matrix from its summary (the run's results.json
     entry); NaN for what a run does not define (the offline run's transfer,
     the gain of a head trained with the backbone, whose row 0 is the untrained head)."""
+    # Offline results written before their summary held final_accuracy: its overall accuracy.
     final = summary.get("final_accuracy", summary.get("final_overall_accuracy"))
     random_init = summary.get("random_init_accuracy", math.nan)
     out = {"final": float(final), "gain": float(final) - float(random_init)}

@@ -87,3 +87,25 @@ def test_probes_of_the_seen_or_current_tasks_report_no_forward_transfer(tmp_path
         for summary in run.summaries().values():
             assert ("forward_transfer" in summary) == reported, data
             assert "random_init_accuracy" in summary
+
+
+def test_an_offline_run_reports_its_final_accuracy_under_the_continual_runs_key(tmp_path):
+    """The offline run's one trained row: its sample-weighted accuracy is 'final_accuracy', as a
+    continual run's, so that TensorBoard's summary and ``summarize`` read one key."""
+    plan = _plan_of_three_tasks()
+    plan.stages = (None,)  # one stage trains every task
+    plan.scenario.test_indices = (np.arange(10), np.arange(30), np.arange(60))
+    written = {}
+    writer = types.SimpleNamespace(
+        scalar=lambda tag, value, step: written.update({tag: value}),
+        hparams=lambda config, values: None,
+    )
+    run = results.RunResults(plan, str(tmp_path), writer)
+    run.matrices = dict.fromkeys(run.matrices, np.array([[10.0, 20.0, 30.0], [60.0, 70.0, 80.0]]))
+    summary = run.summaries()["linear"]
+    # (600 + 2100 + 4800) / 100
+    assert summary["final_accuracy"] == summary["final_overall_accuracy"] == 75.0
+    assert summary["final_average_accuracy"] == 70.0
+    run._write_summaries(run.summaries(), step=5)
+    assert written["summary/linear/final_accuracy"] == 75.0
+    assert summarize.figures(summary)["final"] == 75.0
