@@ -92,7 +92,7 @@ def test_results_markdown_contains_tables_and_metrics(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("# Results: a run, seed 3\n")
     assert "## linear" in text and "## knn" in text
-    assert "| evaluated after | task 1 | task 2 | task 3 | mean |" in text
+    assert "| evaluated after | task 1 | task 2 | task 3 | mean of all tasks |" in text
     assert "| random init | 10.00 | 12.00 | 14.00 | 12.00 |" in text
     assert "| after task 3 | 55.00 | 80.00 | 75.00 | 70.00 |" in text
     assert "| after task 2 |  |  |  |  |" in text  # NaN row of the knn matrix renders empty
@@ -153,7 +153,7 @@ def test_format_matrix_exact():
     expected = (
         "### linear\n"
         "\n"
-        "| evaluated after | task 1 | task 2 | mean |\n"
+        "| evaluated after | task 1 | task 2 | mean of all tasks |\n"
         "|---|---:|---:|---:|\n"
         "| random init | 10.00 | 20.00 | 15.00 |\n"
         "| after task 1 | 50.00 | 30.50 | 40.25 |\n"

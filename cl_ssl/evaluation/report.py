@@ -53,7 +53,7 @@ def format_matrix(R: Any, title: str | None = None, *, digits: int = 2) -> str:
     """Markdown table of an accuracy matrix.
 
     Rows ``random init``, ``after task 1..T`` (see the module docstring for other row counts); columns
-    ``task 1..T`` and ``mean`` (task mean of the row, empty unless the row is complete). Values in percent with
+    ``task 1..T`` and ``mean of all tasks`` (the row's task mean, trained or not; empty unless the row is complete). Values in percent with
     ``digits`` decimals; NaN cells are empty. A non-empty ``title`` is put above the table as a level-3 heading.
     """
     R = _check(R)
@@ -62,7 +62,7 @@ def format_matrix(R: Any, title: str | None = None, *, digits: int = 2) -> str:
     lines.append(
         "| evaluated after | "
         + " | ".join(f"task {j}" for j in range(1, num_tasks + 1))
-        + " | mean |"
+        + " | mean of all tasks |"
     )
     lines.append("|---|" + "---:|" * (num_tasks + 1))
     for label, row in zip(_row_labels(num_rows, num_tasks), R, strict=True):
