@@ -52,9 +52,10 @@ def _format_number(value: float, digits: int) -> str:
 def format_matrix(R: Any, title: str | None = None, *, digits: int = 2) -> str:
     """Markdown table of an accuracy matrix.
 
-    Rows ``random init``, ``after task 1..T`` (see the module docstring for other row counts); columns
-    ``task 1..T`` and ``mean of all tasks`` (the row's task mean, trained or not; empty unless the row is complete). Values in percent with
-    ``digits`` decimals; NaN cells are empty. A non-empty ``title`` is put above the table as a level-3 heading.
+    Rows ``random init``, ``after task 1..T`` (see the module docstring for other row counts);
+    columns ``task 1..T`` and ``mean of all tasks`` (the row's task mean, trained or not; empty
+    unless the row is complete). Values in percent with ``digits`` decimals; NaN cells are empty.
+    A non-empty ``title`` is put above the table as a level-3 heading.
     """
     R = _check(R)
     num_rows, num_tasks = R.shape
