@@ -4,7 +4,8 @@ compiling made cheap, as it dominates the tests' tiny runs on the CPU:
   5 s instead of 10 s) and runs about three times slower, which a run of a few steps never repays;
 - its older elemental emitters (``--xla_cpu_use_fusion_emitters=false``) compile a fused program
   about 40% faster than the fusion emitters (the tiny CaSSLe step in 1.3 s instead of 2.3 s, an op
-  run eagerly in 20 ms instead of 35 ms) and run it as fast at these sizes;
+  run eagerly in 20 ms instead of 35 ms) and run it as fast at these sizes (each flag only where
+  the installed jaxlib's XLA knows it);
 - every end-to-end run builds its step, probe and kNN functions afresh, so JAX's persistent cache,
   in a folder made for this session and shared by the pytest-xdist workers and the scripts the
   tests start, compiles each distinct program once.
@@ -16,11 +17,24 @@ import io
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _xla_knows(flag: str) -> bool:
+    """Whether this jaxlib's XLA takes ``flag``: an unknown flag in XLA_FLAGS aborts the process
+    that starts a backend, so a jaxlib that drops one must not see it (a second's probe)."""
+    probe = [sys.executable, "-c", "import jax; jax.devices()"]
+    env = {**os.environ, "XLA_FLAGS": flag}
+    return subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0
+
+
+# Set once, by the first process (the xdist controller); the workers inherit them.
 for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
-    if _flag.partition("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    if _flag.partition("=")[0] not in os.environ.get("XLA_FLAGS", "") and _xla_knows(_flag):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}"
 
 import jax  # noqa: E402
