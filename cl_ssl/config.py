@@ -238,6 +238,11 @@ def base_config() -> ml_collections.ConfigDict:
             network="",
             forgetting="max_prev",
             bwt_norm="T-1",
+            # The tasks' weights in the headline averages (final_accuracy, the average
+            # incremental accuracy, random_init_accuracy): 'sample' (test images, n_j), 'task'
+            # (equal) or 'class' (classes in the task's test data, C_j). The results hold the
+            # task-mean and sample-weighted final accuracies whatever it is.
+            avg="sample",
             plots=True,  # PNG plots of the accuracy matrices next to results.json
         )
     )
@@ -814,6 +819,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
         config.eval.forgetting in metrics.FORGETTING_VARIANTS,
         f"eval.forgetting={config.eval.forgetting!r}; choose among {list(metrics.FORGETTING_VARIANTS)}",
+    )
+    _require(
+        config.eval.avg in metrics.AVERAGES,
+        f"eval.avg={config.eval.avg!r}; choose among {list(metrics.AVERAGES)}",
     )
     _require(
         config.eval.bwt_norm in metrics.TRANSFER_NORMS,

@@ -50,6 +50,10 @@ class RunResults:
         self.wall_seconds_at_rows: dict[str, dict[str, float]] = {}
         self.name = run_name(p)
         self._environment = report.environment()
+        # C_j: the classes in each task's test data.
+        self._class_counts = np.array(
+            [len(np.unique(p.test.labels[i])) for i in p.scenario.test_indices]
+        )
 
     def checkpoint_meta(self) -> dict:
         """What a checkpoint keeps of the results: the matrices (JSON null: not yet evaluated) and
@@ -76,6 +80,8 @@ class RunResults:
         """Metrics of every complete matrix: every continual metric for continual runs, final accuracy
         for the offline run's single trained row."""
         c, sizes = self._plan.config, np.array([len(i) for i in self._plan.scenario.test_indices])
+        avg = c.eval.get("avg", "sample")  # the config.json of older runs lacks it
+        weights = metrics.task_weights(avg, sizes, self._class_counts)
         out = {}
         for name, R in self.matrices.items():
             if np.isnan(R).any():
@@ -84,6 +90,8 @@ class RunResults:
                 out[name] = metrics.summarize(
                     R,
                     task_sizes=sizes,
+                    class_counts=self._class_counts,
+                    avg=avg,
                     forgetting_variant=c.eval.forgetting,
                     bwt_norm=c.eval.bwt_norm,
                 )
@@ -94,12 +102,13 @@ class RunResults:
                         "average_incremental_accuracy"
                     ]
             else:
-                overall = float(np.average(R[-1], weights=sizes))
                 out[name] = {
-                    "final_accuracy": overall,  # the continual runs' key, for one reader of both
+                    # The continual runs' keys, for one reader of both.
+                    "avg": avg,
+                    "final_accuracy": float(np.average(R[-1], weights=weights)),
                     "final_average_accuracy": float(R[-1].mean()),
-                    "final_overall_accuracy": overall,
-                    "random_init_accuracy": float(np.average(R[0], weights=sizes)),
+                    "final_overall_accuracy": float(np.average(R[-1], weights=sizes)),
+                    "random_init_accuracy": float(np.average(R[0], weights=weights)),
                 }
             if name.removesuffix(evaluate.TASK_AWARE) in (online_lib.ONLINE, evaluate.CLASSIFIER):
                 # Row 0 scores a head trained with the backbone (the online probe, a strategy's

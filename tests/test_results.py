@@ -4,6 +4,7 @@ tasks seen; the Weights & Biases settings of a run."""
 import types
 
 import numpy as np
+import pytest
 from helpers import tiny_config
 
 from cl_ssl import results, summarize
@@ -11,12 +12,13 @@ from cl_ssl import results, summarize
 
 def _plan_of_three_tasks(**overrides):
     """What _Results and the logging read of a Plan: 3 class-incremental SimCLR + CaSSLe tasks of
-    10 test images each on mock CIFAR-10."""
+    10 test images each on mock CIFAR-10, of 1, 2 and 3 classes."""
     return types.SimpleNamespace(
         config=tiny_config(**{"eval.plots": False, **overrides}),
+        test=types.SimpleNamespace(labels=np.array([0] * 10 + [1, 2] * 5 + [3, 4, 5, 3, 4] * 2)),
         stages=(None, None, None),
         scenario=types.SimpleNamespace(
-            kind="class_incremental", num_tasks=3, test_indices=(np.arange(10),) * 3
+            kind="class_incremental", num_tasks=3, test_indices=tuple(np.arange(30).reshape(3, 10))
         ),
         objective=types.SimpleNamespace(name="simclr"),
         strategy=types.SimpleNamespace(name="cassle", classify=None),
@@ -94,7 +96,7 @@ def test_an_offline_run_reports_its_final_accuracy_under_the_continual_runs_key(
     continual run's, so that TensorBoard's summary and ``summarize`` read one key."""
     plan = _plan_of_three_tasks()
     plan.stages = (None,)  # one stage trains every task
-    plan.scenario.test_indices = (np.arange(10), np.arange(30), np.arange(60))
+    plan.scenario.test_indices = (np.arange(10), np.arange(30) % 30, np.arange(60) % 30)
     written = {}
     writer = types.SimpleNamespace(
         scalar=lambda tag, value, step: written.update({tag: value}),
@@ -109,3 +111,25 @@ def test_an_offline_run_reports_its_final_accuracy_under_the_continual_runs_key(
     run._write_summaries(run.summaries(), step=5)
     assert written["summary/linear/final_accuracy"] == 75.0
     assert summarize.figures(summary)["final"] == 75.0
+
+
+@pytest.mark.parametrize(
+    "avg, final, aia",
+    [
+        # final row (40, 50, 60), rows 1-3 as below; tasks of 10 images each, of 1, 2, 3 classes
+        ("sample", 50.0, (10.0 + 30.0 + 50.0) / 3),  # equal task sizes: the task mean
+        ("task", 50.0, (10.0 + 30.0 + 50.0) / 3),
+        # class-weighted: row 1: 10; row 2: (20 + 2 * 40) / 3; row 3: (40 + 2 * 50 + 3 * 60) / 6
+        ("class", 320.0 / 6, (10.0 + 100.0 / 3 + 320.0 / 6) / 3),
+    ],
+)
+def test_eval_avg_weights_the_headline_accuracies(tmp_path, avg, final, aia):
+    run = results.RunResults(_plan_of_three_tasks(**{"eval.avg": avg}), str(tmp_path), None)
+    R = np.array([[5.0, 5.0, 5.0], [10.0, 0.0, 0.0], [20.0, 40.0, 0.0], [40.0, 50.0, 60.0]])
+    run.matrices = {"knn": R}
+    summary = run.summaries()["knn"]
+    assert summary["avg"] == avg
+    assert summary["final_accuracy"] == pytest.approx(final)
+    assert summary["average_incremental_accuracy"] == pytest.approx(aia)
+    assert summary["final_accuracy_class_weighted"] == pytest.approx(320.0 / 6)
+    assert summary["final_accuracy_task_mean"] == pytest.approx(50.0)

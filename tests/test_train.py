@@ -207,6 +207,7 @@ def test_a_non_finite_state_from_end_of_task_work_names_the_strategy():
         ({"dataset.name": "no_such_dataset"}, "no_such_dataset"),
         ({"eval.evaluators": ("linear", "magic")}, "unknown evaluator"),
         ({"eval.forgetting": "max"}, "eval.forgetting='max'; choose among"),
+        ({"eval.avg": "macro"}, "eval.avg='macro'; choose among"),
         ({"eval.batch_size": 30}, "eval.batch_size=30 is not divisible"),
         ({"keep_checkpoints": 1}, "keep at least 2"),
         (

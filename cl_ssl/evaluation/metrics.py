@@ -74,6 +74,17 @@ def _validate_sizes(sizes: Any, num_tasks: int, name: str) -> np.ndarray:
     return sizes
 
 
+def task_weights(avg: str, task_sizes: Any, class_counts: Any = None) -> np.ndarray:
+    """float64 [T]: each task's weight in the ``avg`` averages (``AVERAGES``): 1 (``"task"``),
+    its test-sample count n_j (``"sample"``, ``task_sizes``) or its class count C_j (``"class"``,
+    ``class_counts``)."""
+    _check_choice(avg, AVERAGES, "avg")
+    sizes = np.asarray(task_sizes, np.float64)
+    if avg == "class" and class_counts is None:
+        raise ValueError('avg="class" needs class_counts')
+    return {"task": np.ones_like(sizes), "sample": sizes, "class": class_counts}[avg]
+
+
 def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
@@ -239,7 +250,6 @@ def summarize(
       ``num_tasks`` and the strings ``accuracy_unit``, ``avg``, ``forgetting_variant`` and ``bwt_norm``. Every
       forgetting variant is also given under ``forgetting_<variant>``.
     """
-    _check_choice(avg, AVERAGES, "avg")
     _check_choice(forgetting_variant, FORGETTING_VARIANTS, "forgetting_variant")
     _check_choice(bwt_norm, TRANSFER_NORMS, "bwt_norm")
     R = validate_accuracy_matrix(R)
@@ -248,9 +258,7 @@ def summarize(
     classes = (
         None if class_counts is None else _validate_sizes(class_counts, num_tasks, "class_counts")
     )
-    if avg == "class" and classes is None:
-        raise ValueError('avg="class" needs class_counts')
-    weights = {"task": np.ones(num_tasks), "sample": sizes, "class": classes}[avg]
+    weights = task_weights(avg, sizes, classes)
 
     summary: dict[str, Any] = {
         "num_tasks": num_tasks,
