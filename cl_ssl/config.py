@@ -243,6 +243,9 @@ def base_config() -> ml_collections.ConfigDict:
             # (equal) or 'class' (classes in the task's test data, C_j). The results hold the
             # task-mean and sample-weighted final accuracies whatever it is.
             avg="sample",
+            # Also the top-5 accuracy matrix of every evaluator, the online probe and the
+            # classifier ('<name>_top5'; every example a hit in tasks of 5 classes or fewer).
+            top5=False,
             plots=True,  # PNG plots of the accuracy matrices next to results.json
         )
     )

@@ -110,7 +110,7 @@ class RunResults:
                     "final_overall_accuracy": float(np.average(R[-1], weights=sizes)),
                     "random_init_accuracy": float(np.average(R[0], weights=weights)),
                 }
-            if name.removesuffix(evaluate.TASK_AWARE) in (online_lib.ONLINE, evaluate.CLASSIFIER):
+            if evaluate.scored_by(name) in (online_lib.ONLINE, evaluate.CLASSIFIER):
                 # Row 0 scores a head trained with the backbone (the online probe, a strategy's
                 # classifier) untrained, at chance, not a probe trained on the random network's
                 # features, CaSSLe's baseline of forward transfer (DonkeyShot21/cassle#11, #13):

@@ -94,21 +94,31 @@ def test_label_fraction_is_class_balanced_within_the_probe_data_then_capped():
 def test_classifier_and_task_aware_matrices_by_hand():
     """'Logits' with a top and a second choice per test image (labels 0, 1, 2, 3, 0, 1, 2, 3; task 1
     holds rows 0, 1, 4, 5, task 2 rows 2, 3, 6, 7). Rows 1 and 3 put another task's class first and
-    their own label second, row 6 a wrong class of its own task first."""
+    their own label second, row 6 a wrong class of its own task first. With 4 classes every label
+    is among the top 5."""
     top = np.array([0, 2, 2, 1, 0, 1, 3, 3])
     second = np.array([1, 1, 3, 3, 1, 0, 0, 2])
     assert SCENARIO.task_classes == ((0, 1), (2, 3))
     logits = jnp.eye(4)[top] + 0.5 * jnp.eye(4)[second]
     evaluator, objective = _evaluator(
-        classify=lambda logits, features: logits[: features.shape[0]], task_aware=True
+        classify=lambda logits, features: logits[: features.shape[0]], task_aware=True, top5=True
     )
-    assert evaluator.names == ["knn", "classifier", "knn_task_aware", "classifier_task_aware"]
+    assert evaluator.names == [
+        "knn",
+        "classifier",
+        "knn_task_aware",
+        "classifier_task_aware",
+        "knn_top5",
+        "classifier_top5",
+    ]
     variables = objective.model.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 3)), train=False)
     accuracy = evaluator(variables["params"], variables["batch_stats"], logits, stage=1)
     assert set(accuracy) == set(evaluator.names)
     np.testing.assert_allclose(accuracy["classifier"], [75.0, 50.0])  # rows 1 | 3, 6 wrong
     np.testing.assert_allclose(accuracy["classifier_task_aware"], [100.0, 75.0])  # row 6 wrong
     assert np.all(accuracy["knn_task_aware"] >= accuracy["knn"])
+    np.testing.assert_array_equal(accuracy["classifier_top5"], [100.0, 100.0])
+    np.testing.assert_array_equal(accuracy["knn_top5"], [100.0, 100.0])
 
 
 class _FirstPixel:

@@ -216,6 +216,19 @@ def test_per_task_accuracy_by_hand():
         probes.per_task_accuracy(predictions[:3], labels, [np.array([0])])
 
 
+def test_top_k_hits_by_hand():
+    """Labels 2, 0, 1, 3 against scores whose two highest classes are (3, 2), (1, 2), (1, 0),
+    (0, 1): top-1 hits the third row, top-2 the first and third, top-5 (more than the 4 classes)
+    every row."""
+    scores = np.array(
+        [[0.1, 0.0, 0.5, 0.9], [0.0, 0.9, 0.5, 0.1], [0.5, 0.9, 0.0, 0.1], [0.9, 0.5, 0.0, 0.1]]
+    )
+    labels = np.array([2, 0, 1, 3])
+    np.testing.assert_array_equal(probes.top_k_hits(scores, labels, k=1), [-1, -1, 1, -1])
+    np.testing.assert_array_equal(probes.top_k_hits(scores, labels, k=2), [2, -1, 1, -1])
+    np.testing.assert_array_equal(probes.top_k_hits(scores, labels, k=5), labels)
+
+
 def test_task_aware_predictions_by_hand():
     # Task 0 holds classes {0, 2}, task 1 {1, 3}; sample 3 belongs to no task.
     scores = np.array(

@@ -62,16 +62,17 @@ def test_weights_and_biases_is_off_by_default_and_resumes_into_the_same_run(tmp_
 
 def test_heads_trained_with_the_backbone_report_nothing_that_reads_row_zero(tmp_path):
     """Row 0 of the online probe's and a strategy's classifier's matrices (and of their task-aware
-    scores) is the untrained head: no forward transfer or random-init accuracy from it; the
+    and top-5 scores) is the untrained head: no forward transfer or random-init accuracy from it; the
     offline probes' matrices keep both, and summarize reports no gain without them."""
-    plan = _plan_of_three_tasks(**{"eval.online": True, "eval.task_aware": True})
+    plan = _plan_of_three_tasks(**{"eval.online": True, "eval.task_aware": True, "eval.top5": True})
     plan.strategy.classify = lambda *args: None
     run = results.RunResults(plan, str(tmp_path), None)
     R = np.arange(12, dtype=float).reshape(4, 3)
     run.matrices = dict.fromkeys(run.matrices, R)
     summaries = run.summaries()
     heads = {"online", "classifier", "online_task_aware", "classifier_task_aware"}
-    assert heads < set(summaries) and {"knn", "knn_task_aware"} < set(summaries)
+    heads |= {"online_top5", "classifier_top5"}
+    assert heads < set(summaries) and {"knn", "knn_task_aware", "knn_top5"} < set(summaries)
     for name, summary in summaries.items():
         reads_row_zero = {"forward_transfer", "random_init_accuracy"} & set(summary)
         assert len(reads_row_zero) == (0 if name in heads else 2), name

@@ -38,6 +38,9 @@ DOMAIN_AWARE = "_domain_aware"
 task j's test images, a probe trained on task j's training examples alone."""
 TASK_AWARE = "_task_aware"
 """Suffix of the task-aware matrix of every evaluator (``eval.task_aware``)."""
+TOP5 = "_top5"
+"""Suffix of the top-5 matrix of every evaluator, the online probe and the classifier
+(``eval.top5``)."""
 PROBE_DATA = ("all", "seen", "current")
 """``eval.probe_data``: which training examples train the probes after a stage."""
 
@@ -46,8 +49,9 @@ def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> 
     """The accuracy matrices a run of ``config`` fills: its evaluators (with the linear probe's
     ``linear_best`` under ``eval.linear.report_best``), the online probe (``eval.online``), the
     strategy's classifier when it trains one, the evaluators again with the suffix
-    ``_domain_aware`` under ``eval.domain_aware``, and all of those with the suffix
-    ``_task_aware`` under ``eval.task_aware``."""
+    ``_domain_aware`` under ``eval.domain_aware``, all of those with the suffix ``_task_aware``
+    under ``eval.task_aware``, and under ``eval.top5`` the top-5 accuracies of the evaluators, the
+    online probe and the classifier (suffix ``_top5``)."""
     names = []
     for name in config.eval.evaluators:
         names.append(name)
@@ -55,9 +59,16 @@ def matrix_names(config: ml_collections.ConfigDict, *, has_classifier: bool) -> 
             names.append(LINEAR_BEST)
     names += [online_lib.ONLINE] if config.eval.online else []
     names += [CLASSIFIER] if has_classifier else []
+    top5 = [name + TOP5 for name in names] if config.eval.get("top5", False) else []
     if config.eval.get("domain_aware", False):
         names += [name + DOMAIN_AWARE for name in config.eval.evaluators]
-    return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else [])
+    return names + ([name + TASK_AWARE for name in names] if config.eval.task_aware else []) + top5
+
+
+def scored_by(name: str) -> str:
+    """The evaluator, probe or classifier whose scores matrix ``name`` reads: ``name`` without
+    its ``_task_aware`` or ``_top5`` suffix."""
+    return name.removesuffix(TASK_AWARE).removesuffix(TOP5)
 
 
 class Evaluator:
@@ -363,6 +374,10 @@ class Evaluator:
             results[name] = probes.per_task_accuracy(
                 s.argmax(axis=-1), labels, scenario.test_indices
             )
+            if e.get("top5", False):
+                results[name + TOP5] = probes.per_task_accuracy(
+                    probes.top_k_hits(s, labels, k=5), labels, scenario.test_indices
+                )
             if e.task_aware:
                 results[name + TASK_AWARE] = probes.per_task_accuracy(
                     probes.task_aware_predictions(s, scenario.test_task_ids, scenario.task_classes),

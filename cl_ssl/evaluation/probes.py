@@ -624,6 +624,15 @@ def knn_scores(
     return np.asarray(scores)
 
 
+def top_k_hits(scores: Any, labels: Any, k: int) -> np.ndarray:
+    """int [N]: each example's label where it is among its ``k`` highest ``scores`` [N, C], else
+    -1 (no class): ``per_task_accuracy`` of these is the top-k accuracy (CaSSLe's ``acc5``,
+    ``cassle/utils/metrics.py::accuracy_at_k``). With ``k`` >= C every example is a hit."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    top = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    return np.where((top == labels[:, None]).any(axis=-1), labels, -1)
+
+
 def per_task_accuracy(
     predictions: Any, labels: Any, test_indices_per_task: Sequence[Any]
 ) -> np.ndarray:
