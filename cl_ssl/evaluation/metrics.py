@@ -82,7 +82,9 @@ def task_weights(avg: str, task_sizes: Any, class_counts: Any = None) -> np.ndar
     sizes = np.asarray(task_sizes, np.float64)
     if avg == "class" and class_counts is None:
         raise ValueError('avg="class" needs class_counts')
-    return {"task": np.ones_like(sizes), "sample": sizes, "class": class_counts}[avg]
+    if avg == "class":
+        return np.asarray(class_counts, np.float64)
+    return sizes if avg == "sample" else np.ones_like(sizes)
 
 
 def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
