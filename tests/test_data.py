@@ -176,16 +176,30 @@ def test_tfds_mock_data(mock_tfds, monkeypatch, name, shape, num_classes):
     assert split.labels.min() >= 0 and split.labels.max() < num_classes
 
 
+def _count_passes(monkeypatch) -> list[int]:
+    """The number of records of each pass ``sources`` makes over a tfds split, as it goes."""
+    passes, batches = [], sources._batches
+
+    def counted(source, records):
+        passes.append(len(records))
+        return batches(source, records)
+
+    monkeypatch.setattr(sources, "_batches", counted)
+    return passes
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_tfds_archive_rank_is_the_order_of_the_id_feature(mock_tfds, monkeypatch, streaming):
     """CIFAR-100's ``id`` (``train_00000``, ...) numbers the archive's order, which tfds shuffles
     into its records: each row's ``archive_rank`` is its id's place in sorted order, in memory and
-    streamed alike."""
+    streamed alike, read in the one pass over the records that either makes."""
     monkeypatch.setattr(sources, "_READ_BATCH", 4)
+    passes = _count_passes(monkeypatch)
     with mock_tfds(num_examples=10):
         split = sources.load_split("cifar100", "train", streaming=streaming)
         source = tfds.builder("cifar100").as_data_source(split="train")
         ids = [source[i]["id"] for i in range(10)]
+    assert passes == [10]
     ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
     expected = [sorted(ids).index(i) for i in ids]
     assert len(set(ids)) == 10
@@ -196,13 +210,16 @@ def test_tfds_archive_rank_is_the_order_of_the_id_feature(mock_tfds, monkeypatch
 def test_imagenet_archive_rank_is_the_order_of_the_file_names(mock_tfds, monkeypatch, streaming):
     """imagenet2012 has no ``id``; its ``file_name`` (``n01440764_10026.JPEG``) sorts as an
     ImageFolder lists a class's images. Each ImageNet-100 row's ``archive_rank`` is its file
-    name's place in sorted order, read in the pass that finds the rows of the 100 classes."""
+    name's place in sorted order, read in the pass that finds the rows of the 100 classes (the
+    only pass of a streamed split; the rows held in memory are read in a second)."""
     monkeypatch.setattr(sources, "_READ_BATCH", 64)
     classes = set(sources.imagenet100_classes())
     with mock_tfds(num_examples=1500):
         names = tfds.builder("imagenet2012").info.features["label"].names
         records = tfds.data_source("imagenet2012", split="train").__getitems__(list(range(1500)))
+        passes = _count_passes(monkeypatch)
         split = sources.load_split("imagenet100", "train", image_size=4, streaming=streaming)
+    assert passes == [1500] if streaming else passes == [1500, len(split.labels)]
     kept = [ex["file_name"] for ex in records if names[ex["label"]] in classes]
     kept = [f.decode() if isinstance(f, bytes) else f for f in kept]
     assert len(set(kept)) == len(kept) == len(split.labels) > 0

@@ -223,9 +223,10 @@ def _read(
             num_threads=read_threads,
             open_image=readers[0].open,
         )
-        labels = np.concatenate([r.labels() for r in readers])
-        if len(readers) == 1 and readers[0].order_feature:
-            ids = readers[0].ids()
+        read = [r.labels_and_order() for r in readers]
+        labels = np.concatenate([kept_labels for kept_labels, _ in read])
+        if len(readers) == 1:
+            ids = read[0][1]
     else:
         images, labels = _allocate(sum(sizes), readers[0].image_shape)
         if len(readers) == 1 and readers[0].order_feature:
@@ -386,21 +387,12 @@ class _TfdsReader:
         three channels, "L" for one."""
         return open_image(image, "RGB" if self.image_shape[-1] == 3 else "L")
 
-    def labels(self) -> np.ndarray:
-        """int32 [size], the kept records' labels (a pass over the records unless one was made)."""
+    def labels_and_order(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """int32 [size], the kept records' labels, and object [size], their ``order_feature``
+        strings (None without one): one pass over the records unless the first one read them."""
         if self.kept_labels is not None:
-            return self.kept_labels
-        return _read_labels(self.source, self.records, self.relabel)[0]
-
-    def ids(self) -> np.ndarray:
-        """object [size], the kept records' ``order_feature`` strings (a pass over the records
-        unless the first one read them)."""
-        if self.kept_order is not None:
-            return self.kept_order
-        batches = _batches(self.source, self.records)
-        return np.array(
-            [_text(ex[self.order_feature]) for batch in batches for ex in batch], object
-        )
+            return self.kept_labels, self.kept_order
+        return _read_labels(self.source, self.records, self.relabel, self.order_feature)
 
     def fill(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Writes the kept examples, in record order, into uint8 [size, H, W, C] and int32 [size]
