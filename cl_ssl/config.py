@@ -431,9 +431,9 @@ def use_kaizen_setting(config: ml_collections.ConfigDict) -> None:
     (batch 256, 500 epochs per task, LARS, 10 warm-up epochs) is CaSSLe's, as in the base config.
     Kaizen ships no ImageNet-100 script: there the ImageNet recipes and CaSSLe's heads stay, and
     ``first_per_class`` takes the first images of each class in the sorted order of tfds
-    ``imagenet2012``'s ``file_name``, as an ImageFolder lists them. Data-incremental runs split the data with Kaizen's ``--split_seed`` default, 5
-    (``kaizen/args/dataset.py`` l.37; CaSSLe's is 42; the partition is NumPy's, so not Kaizen's
-    images), and replay each past task's first 1% in its random split order, a uniform draw
+    ``imagenet2012``'s ``file_name``, as an ImageFolder lists them. Data-incremental runs split
+    the data with Kaizen's ``--split_seed`` default, 5 (``kaizen/args/dataset.py`` l.37; CaSSLe's
+    is 42; the partition is NumPy's, so not Kaizen's images), and replay each past task's first 1% in its random split order, a uniform draw
     (``random_per_task``, ``kaizen/utils/pretrain_dataloader.py`` l.69-81)."""
     config.labels.fraction = 1.0
     if config.scenario == "data_incremental":

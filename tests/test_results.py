@@ -62,8 +62,8 @@ def test_weights_and_biases_is_off_by_default_and_resumes_into_the_same_run(tmp_
 
 def test_heads_trained_with_the_backbone_report_nothing_that_reads_row_zero(tmp_path):
     """Row 0 of the online probe's and a strategy's classifier's matrices (and of their task-aware
-    and top-5 scores) is the untrained head: no forward transfer or random-init accuracy from it; the
-    offline probes' matrices keep both, and summarize reports no gain without them."""
+    and top-5 scores) is the untrained head: no forward transfer or random-init accuracy from it;
+    the offline probes' matrices keep both, and summarize reports no gain without them."""
     plan = _plan_of_three_tasks(**{"eval.online": True, "eval.task_aware": True, "eval.top5": True})
     plan.strategy.classify = lambda *args: None
     run = results.RunResults(plan, str(tmp_path), None)

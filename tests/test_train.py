@@ -12,12 +12,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import CONFIGS_DIR, ONE_EPOCH, shipped_config, tiny_config
+from helpers import (
+    CONFIGS_DIR,
+    ONE_EPOCH,
+    initial_state,
+    random_split,
+    shipped_config,
+    tiny_config,
+    tiny_objective_config,
+)
 from helpers import run as _run
 from test_report import _read_events
 
 from cl_ssl import config as config_lib
-from cl_ssl import losses, parallel, planning
+from cl_ssl import losses, objectives, parallel, planning, strategies, train
 from cl_ssl import step as step_lib
 from cl_ssl.data import sources
 
@@ -177,10 +185,6 @@ def test_non_finite_step_stops_the_run(mock_cifar10, tmp_path, monkeypatch, bad_
 
 def test_a_non_finite_state_from_end_of_task_work_names_the_strategy():
     """Not the divergence message (lower the learning rate): the trained state was finite."""
-    from helpers import initial_state, random_split, tiny_objective_config
-
-    from cl_ssl import objectives, strategies, train
-
     config = objectives.resolve_config(tiny_objective_config("simclr", strategy="replay"))
     objective = objectives.get_objective(config)
     strategy = strategies.get_strategy(config, objective)

@@ -90,8 +90,8 @@ class ArraySplit:
     archive_rank: np.ndarray | None = None
 
 
-# Text features whose sorted order is a tfds data set's original order (``ArraySplit.archive_rank``),
-# in order of preference.
+# Text features whose sorted order is a tfds data set's original order
+# (``ArraySplit.archive_rank``), in order of preference.
 ORDER_FEATURES = ("id", "file_name")
 
 

@@ -22,8 +22,8 @@ is never switched to eval mode in the reference.
 
 Replay (``kaizen.replay``): the first 1% of each past class's training images in the archive's
 order (CIFAR's ``train_00000``, ...; ``kaizen/utils/pretrain_dataloader.py`` l.60-66 over
-torchvision's CIFAR, tfds's ``id`` here; ImageNet's sorted ``file_name``), with their labels, 32 rows per step; in
-data-incremental runs (the ``:kaizen,data_incremental`` presets) the first 1% of each past task's
+torchvision's CIFAR, tfds's ``id`` here; ImageNet's sorted ``file_name``), with their labels, 32
+rows per step; in data-incremental runs (the ``:kaizen,data_incremental`` presets) the first 1% of each past task's
 images in its random split order (l.69-81), a uniform draw (``random_per_task``). Any selection
 of the ``replay`` strategy can replace them. The classifier has its own optimizer
 group: learning rate 0.1 (0.05 for VICReg) not scaled by the batch size (only ``--lr`` is,

@@ -25,7 +25,8 @@ fills it:
   each task of ``torch.utils.data.random_split``, a uniform draw of that size);
 - ``first_per_class``: Kaizen's first floor(``replay.fraction`` * n_c) images of every class in
   the data set's archive order (CIFAR's ``train_00000``, ...: tfds's ``id``, not its shuffled
-  records; ImageNet's ``file_name``, sorted as an ImageFolder lists a class), at the end of every task (``kaizen/utils/pretrain_dataloader.py`` l.60-66);
+  records; ImageNet's ``file_name``, sorted as an ImageFolder lists a class), at the end of
+  every task (``kaizen/utils/pretrain_dataloader.py`` l.60-66);
 - ``min_var``: CCL's label-free selection (Lin et al., ICME 2022, Sec. 3.2): k-means over the
   student's embeddings of the task's images, as many clusters as the task has classes, and in
   each cluster the ``replay.per_class`` images whose embedding moves least under augmentation
